@@ -1,0 +1,72 @@
+"""Problem assets: the benchmark sets (one partition each) and the decontaminated training pool."""
+
+
+import dagster as dg
+import polars as pl
+
+from orion_assets import problems
+from orion_assets.partitions import benchmark_partitions
+from orion_assets.resources import OrionResource, markdown_table
+
+SAMPLE_SHOWN = 10
+
+
+@dg.asset(
+    group_name="problems",
+    partitions_def=benchmark_partitions,
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    tags={"layer": "source"},
+)
+def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+    """One benchmark's problems with normalized gold answers (a deterministic sample in small profiles)."""
+    benchmark = context.partition_key
+    cfg = orion.active.config.data
+    full, report = problems.load_benchmark(benchmark)
+    frame = problems.deterministic_sample(full, cfg.benchmark_limit, cfg.sample_seed)
+    context.log.info(f"{benchmark}: {frame.height} of {full.height} problems")
+    return orion.publish(
+        context,
+        frame,
+        replace_where={"benchmark": benchmark},
+        metadata={
+            "benchmark": benchmark,
+            "problems_in_source": full.height,
+            "rejected_without_gold": report.rejected_count,
+        },
+    )
+
+
+@dg.asset(group_name="problems", kinds={"duckdb", "polars"}, code_version="1", tags={"layer": "source"})
+def train_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+    """Training problems with gold answers, decontaminated against all four benchmarks."""
+    cfg = orion.active.config.data
+    frames: list[pl.DataFrame] = []
+    per_source: dict[str, dict[str, int]] = {}
+    rejected: list[dict[str, object]] = []
+    for source in cfg.train_sources:
+        frame, report = problems.load_train_source(source)
+        frames.append(frame)
+        per_source[source.name] = {"loaded": report.loaded, "rejected": report.rejected_count}
+        rejected += [{"source": source.name, **r} for r in report.rejected]
+        context.log.info(f"{source.name}: {report.loaded} problems, {report.rejected_count} rejected")
+    pool = pl.concat(frames).unique("problem_id", keep="first", maintain_order=True)
+    index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.decontamination_ngram)
+    clean, removed = problems.decontaminate(pool, index)
+    frame = problems.deterministic_sample(clean, cfg.train_limit, cfg.sample_seed)
+    context.log.info(f"{len(removed)} contaminated problems removed; {frame.height} of {clean.height} kept")
+    removed_sample = pl.DataFrame(removed[:SAMPLE_SHOWN]) if removed else pl.DataFrame()
+    return orion.publish(
+        context,
+        frame,
+        metadata={
+            "per_source": per_source,
+            "pool_after_dedup": pool.height,
+            "rejected_without_gold": len(rejected),
+            "rejected_sample": rejected[:SAMPLE_SHOWN],
+            "decontamination_ngram": cfg.decontamination_ngram,
+            "removed_contaminated": len(removed),
+            "removed_sample": dg.MetadataValue.md(markdown_table(removed_sample) if removed else "none"),
+            "pool_after_decontamination": clean.height,
+        },
+    )

@@ -1,0 +1,290 @@
+"""The DuckDB store: one file, schema ``orion``, a table per asset, plus its own lineage.
+
+DuckDB allows one writing process at a time, and a second process that opens the file while
+another holds it fails at once. Every connection here first takes an advisory lock on a sidecar
+file (shared for readers, exclusive for writers), so the runs of a multi-partition backfill queue
+for the file instead of failing. Assets do their work without a connection and hold the lock only
+while they write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+SCHEMA = "orion"
+CATALOG = "orion_db"
+LOCK_TIMEOUT_S = 1800.0
+
+MATERIALIZATIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.materializations (
+    materialization_id VARCHAR PRIMARY KEY,
+    asset_key VARCHAR NOT NULL,
+    partition_key VARCHAR,
+    dagster_run_id VARCHAR,
+    profile_name VARCHAR,
+    profile_hash VARCHAR,
+    code_version VARCHAR,
+    row_count BIGINT,
+    upstream JSON,
+    materialized_at TIMESTAMPTZ
+)"""
+
+# (child table, child id column, parent-id column, parent table). Later assets register here; the
+# view covers the tables that exist, so it is valid at every stage of a run.
+LINEAGE_LINKS: list[tuple[str, str, str, str]] = []
+
+
+def register_lineage(child_table: str, child_id: str, parent_column: str, parent_table: str) -> None:
+    link = (child_table, child_id, parent_column, parent_table)
+    if link not in LINEAGE_LINKS:
+        LINEAGE_LINKS.append(link)
+
+
+class StoreLockTimeout(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A parent materialization that an asset read, as recorded in ``orion.materializations``."""
+
+    asset_key: str
+    partition_key: str | None
+    materialization_id: str | None
+    dagster_run_id: str | None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "asset_key": self.asset_key,
+            "partition_key": self.partition_key,
+            "materialization_id": self.materialization_id,
+            "dagster_run_id": self.dagster_run_id,
+        }
+
+
+@contextmanager
+def _file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreLockTimeout(
+                        f"waited {timeout_s:.0f}s for the DuckDB lock {path}; another process holds it"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class Store:
+    """Access to ``orion.duckdb``; every connection is serialized across processes."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S):
+        self.path = Path(path).resolve()
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout_s = lock_timeout_s
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no DuckDB file at {self.path}: materialize some assets first")
+        with _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The file is attached under another name: a catalog called "orion" (from the file
+            # name) would make every "orion.<table>" reference ambiguous with the schema.
+            con = duckdb.connect()
+            try:
+                mode = " (READ_ONLY)" if read_only else ""
+                con.execute(f"ATTACH '{_sql_quote(self.path)}' AS {CATALOG}{mode}")
+                con.execute(f"USE {CATALOG}")
+                if not read_only:
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                    con.execute(MATERIALIZATIONS_DDL)
+                yield con
+            finally:
+                con.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def table_exists(self, table: str) -> bool:
+        if not self.path.exists():
+            return False
+        with self.connect(read_only=True) as con:
+            return _table_exists(con, table)
+
+    def read(self, table: str, where: dict[str, object] | None = None) -> pl.DataFrame:
+        """Rows of ``orion.<table>``, optionally filtered by column equality."""
+        clause, params = _where(where)
+        with self.connect(read_only=True) as con:
+            if not _table_exists(con, table):
+                raise LookupError(
+                    f"table {SCHEMA}.{table} does not exist in {self.path}: materialize asset '{table}' first"
+                )
+            return con.execute(f"SELECT * FROM {SCHEMA}.{table}{clause}", params).pl()
+
+    def latest_materialization(self, asset_key: str, partition_key: str | None = None) -> Upstream:
+        """The newest recorded materialization of an asset (partition), for upstream lineage."""
+        row = None
+        if self.path.exists():
+            with self.connect(read_only=True) as con:
+                row = con.execute(
+                    f"""SELECT materialization_id, dagster_run_id FROM {SCHEMA}.materializations
+                        WHERE asset_key = ? AND partition_key IS NOT DISTINCT FROM ?
+                        ORDER BY materialized_at DESC LIMIT 1""",
+                    [asset_key, partition_key],
+                ).fetchone() if _table_exists(con, "materializations") else None
+        return Upstream(asset_key, partition_key, row[0] if row else None, row[1] if row else None)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def replace_rows(
+        self,
+        table: str,
+        frame: pl.DataFrame,
+        *,
+        replace_where: dict[str, object] | None,
+        materialization: dict[str, object],
+    ) -> str:
+        """Write ``frame`` into ``orion.<table>`` and log the materialization, in one transaction.
+
+        ``replace_where=None`` replaces the whole table; otherwise only the rows matching it (one
+        partition) are deleted first, so re-materializing a partition never duplicates rows.
+        Returns the new materialization id.
+        """
+        materialization_id = uuid.uuid4().hex
+        upstream = materialization.get("upstream") or []
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.register("_incoming", frame.to_arrow())
+                if replace_where is None or not _table_exists(con, table):
+                    if replace_where is None:
+                        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
+                    else:
+                        con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
+                else:
+                    _check_columns(con, table, frame)
+                    clause, params = _where(replace_where)
+                    con.execute(f"DELETE FROM {SCHEMA}.{table}{clause}", params)
+                    con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM _incoming")
+                con.unregister("_incoming")
+                con.execute(
+                    f"INSERT INTO {SCHEMA}.materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        materialization_id,
+                        materialization["asset_key"],
+                        materialization.get("partition_key"),
+                        materialization.get("dagster_run_id"),
+                        materialization.get("profile_name"),
+                        materialization.get("profile_hash"),
+                        materialization.get("code_version"),
+                        frame.height,
+                        json.dumps([u.to_json() if isinstance(u, Upstream) else u for u in upstream]),
+                        datetime.now(UTC),
+                    ],
+                )
+                refresh_lineage_view(con)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return materialization_id
+
+
+def _sql_quote(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+            [SCHEMA, table],
+        ).fetchone()[0]
+    )
+
+
+def _where(where: dict[str, object] | None) -> tuple[str, list[object]]:
+    if not where:
+        return "", []
+    parts = [f'"{column}" IS NOT DISTINCT FROM ?' for column in where]
+    return " WHERE " + " AND ".join(parts), list(where.values())
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    existing = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+            [SCHEMA, table],
+        ).fetchall()
+    }
+    if set(frame.columns) != existing:
+        added = sorted(set(frame.columns) - existing)
+        missing = sorted(existing - set(frame.columns))
+        raise ValueError(
+            f"{SCHEMA}.{table} has other columns than the new rows (new: {added}, gone: {missing}); "
+            f"the asset's schema changed: drop the table (or the partitions written before) and re-materialize"
+        )
+
+
+def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create ``orion.lineage_edges`` over the registered parent-id columns that exist."""
+    selects: list[str] = []
+    for child, child_id, parent_column, parent in LINEAGE_LINKS:
+        columns = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+                [SCHEMA, child],
+            ).fetchall()
+        }
+        if child_id in columns and parent_column in columns:
+            selects.append(
+                f"SELECT '{child}' AS child_table, CAST({child_id} AS VARCHAR) AS child_id, "
+                f"'{parent}' AS parent_table, CAST({parent_column} AS VARCHAR) AS parent_id "
+                f"FROM {SCHEMA}.{child} WHERE {parent_column} IS NOT NULL"
+            )
+    if not selects:
+        selects.append(
+            "SELECT NULL::VARCHAR AS child_table, NULL::VARCHAR AS child_id, "
+            "NULL::VARCHAR AS parent_table, NULL::VARCHAR AS parent_id WHERE false"
+        )
+    con.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.lineage_edges AS " + "\nUNION ALL\n".join(selects))
+
+
+def content_id(*parts: object, length: int = 16) -> str:
+    """A stable content hash for row ids: same content, same id, across runs and machines."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+def content_ids(columns: Sequence[pl.Series], prefix: str = "") -> pl.Series:
+    """Vectorized :func:`content_id` over aligned columns."""
+    rows = zip(*(c.to_list() for c in columns), strict=True)
+    return pl.Series([content_id(prefix, *row) for row in rows], dtype=pl.Utf8)

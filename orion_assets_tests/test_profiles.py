@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+
+from orion_assets.profiles import ProfileError, load_profile, shipped_profiles
+
+
+def test_shipped_profiles_load_and_differ():
+    assert {"tiny", "paper"} <= set(shipped_profiles())
+    tiny, paper = load_profile("tiny"), load_profile("paper")
+    assert tiny.config.endpoints.teacher.backend == "replay"
+    assert paper.config.endpoints.teacher.backend == "openai"
+    assert paper.config.eval.k_overrides == {"aime24": 16, "amc23": 16}
+    assert tiny.hash != paper.hash
+
+
+def test_default_comes_from_environment(monkeypatch, write_profile):
+    monkeypatch.delenv("ORION_PROFILE", raising=False)
+    assert load_profile().name == "tiny"
+    path = write_profile("[data]\ntrain_limit = 5\n")
+    monkeypatch.setenv("ORION_PROFILE", str(path))
+    assert load_profile().config.data.train_limit == 5
+
+
+def test_extends_merges_tables_and_overrides_keys(write_profile):
+    path = write_profile(
+        """
+        [data]
+        train_limit = 3
+        [endpoints.teacher]
+        backend = "openai"
+        base_url = "http://127.0.0.1:9/v1"
+        model = "r1"
+        """
+    )
+    profile = load_profile(str(path))
+    tiny = load_profile("tiny")
+    assert profile.config.data.train_limit == 3
+    # keys not overridden come from the parent, table by table
+    assert profile.config.data.benchmark_limit == tiny.config.data.benchmark_limit
+    assert profile.config.endpoints.teacher.model == "r1"
+    assert profile.config.endpoints.student == tiny.config.endpoints.student
+    assert profile.hash != tiny.hash
+
+
+def test_extends_a_relative_path_chain(write_profile, tmp_path: Path):
+    write_profile("[eval]\nk = 7\n", name="base.toml", extends="paper")
+    child = write_profile("[data]\ntrain_limit = 2\n", name="child.toml", extends="base.toml")
+    profile = load_profile(str(child))
+    assert profile.config.eval.k == 7
+    assert profile.config.data.train_limit == 2
+    assert profile.config.endpoints.teacher.backend == "openai"  # from paper, two levels up
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ("[data]\ntrain_limt = 3\n", "data.train_limt"),
+        ("[sft]\nlearning_rat = 1.0\n", "sft.learning_rat"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+        ('[endpoints.teacher]\nbackend = "vllm"\n', "'vllm'"),
+        ('[endpoints.critic]\nbackend = "openai"\n', "endpoints.critic"),
+        ('[data]\nbenchmarks = ["math500", "gsm8k"]\n', "'gsm8k'"),
+        ("[eval]\nk_overrides = { aime25 = 4 }\n", "aime25"),
+        ('[reflection]\non_failure = "retry"\n', "'retry'"),
+    ],
+)
+def test_unknown_keys_backends_and_benchmarks_are_refused_by_name(write_profile, body, named):
+    path = write_profile(body)
+    with pytest.raises(ProfileError) as excinfo:
+        load_profile(str(path))
+    message = str(excinfo.value)
+    assert named in message
+    assert str(path) in message
+
+
+def test_bad_values_missing_files_and_cycles(write_profile, tmp_path: Path):
+    with pytest.raises(ProfileError, match="train_limit"):
+        load_profile(str(write_profile("[data]\ntrain_limit = -1\n")))
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile(str(tmp_path / "missing.toml"))
+    with pytest.raises(ProfileError, match="invalid TOML"):
+        load_profile(str(write_profile("[data\n")))
+    write_profile("", name="a.toml", extends="b.toml")
+    write_profile("", name="b.toml", extends="a.toml")
+    with pytest.raises(ProfileError, match="extends itself"):
+        load_profile(str(tmp_path / "a.toml"))
+    with pytest.raises(ProfileError, match="exactly one of 'path' or 'hf_dataset'"):
+        load_profile(str(write_profile('[[data.train_sources]]\nname = "x"\n')))
