@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from orion_assets.assets import problems
+from orion_assets.assets import exposure, problems, reflection, teacher
 from orion_assets.resources import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection])
 
 defs = dg.Definitions(
     assets=all_assets,

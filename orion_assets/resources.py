@@ -62,6 +62,22 @@ class OrionResource(dg.ConfigurableResource):
     def upstream(self, asset_key: str, partition_key: str | None = None) -> Upstream:
         return self.store.latest_materialization(asset_key, partition_key)
 
+    def endpoint(self, role: str, local_model: str | None = None):
+        """The profile's endpoint for ``role``; ``local_model`` is the weights the hf backend loads."""
+        from orion_assets.llm import make_endpoint
+
+        cfg = getattr(self.active.config.endpoints, role)
+        if cfg is None:
+            raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
+        model_path = local_model if cfg.backend == "hf" else None
+        return make_endpoint(cfg, self.store, role=role, model_path=model_path)
+
+    def read(
+        self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None
+    ) -> tuple[pl.DataFrame, Upstream]:
+        """A parent asset's rows and the materialization they came from (for lineage)."""
+        return self.store.read(asset_key, dict(where) if where else None), self.upstream(asset_key, partition_key)
+
     def publish(
         self,
         context: dg.AssetExecutionContext,
@@ -120,3 +136,15 @@ def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.head(rows).iter_rows()]
     more = [f"\n_{frame.height - rows} more rows_"] if frame.height > rows else []
     return "\n".join([header, rule, *body, *more])
+
+
+def progress_logger(context: dg.AssetExecutionContext, label: str):
+    """Log generation progress about every tenth of the way."""
+    state = {"next": 0.0}
+
+    def report(done: int, total: int) -> None:
+        if total and (done / total >= state["next"] or done == total):
+            context.log.info(f"{label}: {done}/{total} calls done")
+            state["next"] = done / total + 0.1
+
+    return report

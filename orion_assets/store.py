@@ -254,22 +254,28 @@ def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFra
 
 
 def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create ``orion.lineage_edges`` over the registered parent-id columns that exist."""
+    """(Re)create ``orion.lineage_edges`` over the registered parent-id columns that exist.
+
+    A parent-id column may hold one id or a list of ids (e.g. the error attempts a refinement
+    used); lists are unnested into one edge per id.
+    """
     selects: list[str] = []
     for child, child_id, parent_column, parent in LINEAGE_LINKS:
-        columns = {
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
                 [SCHEMA, child],
             ).fetchall()
-        }
-        if child_id in columns and parent_column in columns:
-            selects.append(
-                f"SELECT '{child}' AS child_table, CAST({child_id} AS VARCHAR) AS child_id, "
-                f"'{parent}' AS parent_table, CAST({parent_column} AS VARCHAR) AS parent_id "
-                f"FROM {SCHEMA}.{child} WHERE {parent_column} IS NOT NULL"
-            )
+        )
+        if child_id not in types or parent_column not in types:
+            continue
+        parent_ids = f"UNNEST({parent_column})" if types[parent_column].endswith("[]") else parent_column
+        selects.append(
+            f"SELECT '{child}' AS child_table, CAST({child_id} AS VARCHAR) AS child_id, "
+            f"'{parent}' AS parent_table, CAST({parent_ids} AS VARCHAR) AS parent_id "
+            f"FROM {SCHEMA}.{child} WHERE {parent_column} IS NOT NULL"
+        )
     if not selects:
         selects.append(
             "SELECT NULL::VARCHAR AS child_table, NULL::VARCHAR AS child_id, "

@@ -118,6 +118,21 @@ class StudentModelConfig(Section):
     tiny: TinyModelConfig = TinyModelConfig()
 
 
+class TeacherConfig(Section):
+    samples: int = Field(1, ge=1)  # verified teacher CoTs sampled per problem
+    prompt: str = "solve"
+
+
+class PromptsConfig(Section):
+    """Replacements for the templates in ``orion_assets.prompts`` (None = the shipped wording)."""
+
+    solve: str | None = None
+    reflect_orion: str | None = None
+    reflect_no_error: str | None = None
+    reflect_no_reflection: str | None = None
+    judge: str | None = None
+
+
 class ExposureConfig(Section):
     n: int = Field(4, ge=1)
     temperature: float = Field(0.7, ge=0.0)
@@ -170,6 +185,8 @@ class OrionConfig(Section):
     data: DataConfig = DataConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     student_model: StudentModelConfig = StudentModelConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    prompts: PromptsConfig = PromptsConfig()
     exposure: ExposureConfig = ExposureConfig()
     reflection: ReflectionConfig = ReflectionConfig()
     quality: QualityConfig = QualityConfig()

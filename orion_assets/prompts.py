@@ -1,0 +1,98 @@
+"""Every prompt of the pipeline, as named templates (our wording of the paper's intent).
+
+Templates name their fields in braces (``{problem}``). Rendering is one pass over the template,
+so problem text is pure data: braces, ``{question}``, backslashes, ``$`` and unicode in a
+problem or a CoT are inserted verbatim and never re-read as placeholders. A profile may replace
+any template under ``[prompts]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+SYSTEM = None  # no system prompt by default: small chat models follow the user turn best
+
+SOLVE = "{problem}\n\nReason step by step and put the final answer in \\boxed{}."
+
+REFLECT_ORION = (
+    "Problem:\n{problem}\n\n"
+    "Here is a correct solution by a stronger solver:\n{teacher_cot}\n\n"
+    "Here is your earlier attempt, which reached a wrong answer:\n{student_attempt}\n\n"
+    "Find the step where your attempt went wrong and why. Then write a complete solution in your "
+    "own words, following the correct reasoning, that avoids that mistake. Put the final answer in "
+    "\\boxed{}.\n\n"
+    "Reply in two parts:\nREFLECTION: where and why your attempt went wrong.\n"
+    "SOLUTION: the complete solution."
+)
+
+# Problems the student never got wrong are refined without an error to reflect on.
+REFLECT_NO_ERROR = (
+    "Problem:\n{problem}\n\n"
+    "Here is a correct solution by a stronger solver:\n{teacher_cot}\n\n"
+    "Rewrite this solution in your own words, keeping every step you need and dropping what you "
+    "don't. Put the final answer in \\boxed{}.\n\n"
+    "Reply in two parts:\nREFLECTION: what the solution needs and what it can drop.\n"
+    "SOLUTION: the complete solution."
+)
+
+# Sent to the teacher (the `orion_no_reflection` ablation).
+REFLECT_NO_REFLECTION = (
+    "Problem:\n{problem}\n\n"
+    "Your solution:\n{teacher_cot}\n\n"
+    "A student attempted the problem and reached a wrong answer:\n{student_attempt}\n\n"
+    "Rewrite your solution for this student so that it addresses the mistake in its attempt. "
+    "Put the final answer in \\boxed{}.\n\n"
+    "Reply in two parts:\nREFLECTION: the student's mistake.\nSOLUTION: the complete solution."
+)
+
+JUDGE = (
+    "Problem:\n{problem}\n\nSolution:\n{cot}\n\n"
+    "Rate the coherence (1-5) and the logical consistency (1-5) of this solution. "
+    'Reply with JSON only: {"coherence": <1-5>, "logical_consistency": <1-5>}'
+)
+
+TEMPLATES: dict[str, str] = {
+    "solve": SOLVE,
+    "reflect_orion": REFLECT_ORION,
+    "reflect_no_error": REFLECT_NO_ERROR,
+    "reflect_no_reflection": REFLECT_NO_REFLECTION,
+    "judge": JUDGE,
+}
+
+_FIELD = re.compile(r"\{([a-z_]+)\}")
+
+
+def render(template: str, **fields: str) -> str:
+    """Fill ``{name}`` placeholders in one pass; a missing field is an error, extra fields too."""
+    wanted = set(_FIELD.findall(template))
+    missing = wanted - fields.keys()
+    if missing:
+        raise KeyError(f"prompt needs field(s) {sorted(missing)}")
+    unused = fields.keys() - wanted
+    if unused:
+        raise KeyError(f"prompt has no placeholder for {sorted(unused)}")
+    return _FIELD.sub(lambda m: fields[m.group(1)], template)
+
+
+def messages(name: str, overrides: Mapping[str, str | None] | None = None, **fields: str) -> tuple[dict[str, str], ...]:
+    """Chat messages for template ``name`` (a profile override wins over the default)."""
+    template = (overrides or {}).get(name) or TEMPLATES[name]
+    return ({"role": "user", "content": render(template, **fields)},)
+
+
+_SOLUTION = re.compile(r"^\s*\**\s*SOLUTION\s*\**\s*:\s*", re.IGNORECASE | re.MULTILINE)
+_REFLECTION = re.compile(r"^\s*\**\s*REFLECTION\s*\**\s*:\s*", re.IGNORECASE | re.MULTILINE)
+
+
+def split_reflection(reply: str) -> tuple[str | None, str]:
+    """Split a reflect reply into (reflection notes, solution); only the solution is SFT data.
+
+    A reply without a ``SOLUTION:`` marker is taken as all solution (notes ``None``).
+    """
+    matches = list(_SOLUTION.finditer(reply))
+    if not matches:
+        return None, reply.strip()
+    last = matches[-1]
+    notes = _REFLECTION.sub("", reply[: last.start()], count=1).strip() or None
+    return notes, reply[last.end() :].strip()

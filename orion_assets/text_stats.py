@@ -1,0 +1,29 @@
+"""Small shared helpers for describing text columns: token counts and percentiles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+import polars as pl
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def token_counter(tokenizer_path: str) -> Callable[[str], int]:
+    """Count tokens the way the student sees them (its own tokenizer, no special tokens)."""
+    tokenizer = _tokenizer(str(tokenizer_path))
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:
+    """``{"p10": ..., "p50": ..., "max": ...}`` of a numeric column (None when empty)."""
+    if column.len() == 0 or column.null_count() == column.len():
+        return {f"p{int(q * 100)}": None for q in qs} | {"max": None}
+    out = {f"p{int(q * 100)}": float(column.quantile(q, interpolation="nearest")) for q in qs}
+    return out | {"max": float(column.max())}
