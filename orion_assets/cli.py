@@ -51,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         os.environ["ORION_DATA_DIR"] = str(_data_dir(args))
     import dagster as dg
+    from transformers.utils import logging as hf_logging
 
     from orion_assets.definitions import defs
     from orion_assets.profiles import load_profile
+
+    hf_logging.disable_progress_bar()
 
     profile = load_profile()
     instance = _instance()
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}: {len(steps)} materializations",
         flush=True,
     )
-    assets = list(defs.assets or [])
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     started = time.monotonic()
     for number, (key, pk) in enumerate(steps, start=1):
         label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")

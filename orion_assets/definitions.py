@@ -2,12 +2,14 @@
 
 import dagster as dg
 
-from orion_assets.assets import exposure, problems, reflection, teacher
+from orion_assets.assets import exposure, problems, quality, reflection, teacher, training
 from orion_assets.resources import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training])
+all_checks = dg.load_asset_checks_from_modules([quality])
 
 defs = dg.Definitions(
     assets=all_assets,
-    resources={"orion": OrionResource.from_env()},
+    asset_checks=all_checks,
+    resources={"orion": OrionResource.from_env(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

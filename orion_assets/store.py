@@ -215,6 +215,16 @@ class Store:
                 raise
         return materialization_id
 
+    def append(self, table: str, frame: pl.DataFrame) -> None:
+        """Append rows to a log table (created on first use); no materialization is recorded."""
+        with self.connect() as con:
+            con.register("_incoming", frame.to_arrow())
+            if _table_exists(con, table):
+                con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM _incoming")
+            else:
+                con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
+            con.unregister("_incoming")
+
 
 def _sql_quote(path: Path) -> str:
     return str(path).replace("'", "''")
