@@ -1,0 +1,309 @@
+"""The content-addressed call cache: table ``orion.llm_calls`` in the pipeline's DuckDB file.
+
+One row per call, keyed by a hash of what determines the answer (backend, base URL, model,
+messages, sampling parameters, sample index), never of credentials. Results are written while a
+batch of calls is still running, in small transactions from a writer thread, so a killed process
+keeps every flushed call and the next run sends only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from orion_assets.llm.types import GenerationResult, SamplingParams
+from orion_assets.store import SCHEMA, Store, content_id
+
+log = logging.getLogger(__name__)
+
+TABLE = "llm_calls"
+KEY_LENGTH = 32
+
+LLM_CALLS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
+    call_id VARCHAR PRIMARY KEY,
+    role VARCHAR,
+    backend VARCHAR,
+    base_url VARCHAR,
+    model VARCHAR,
+    messages JSON,
+    params JSON,
+    sample_index INTEGER,
+    text VARCHAR,
+    reasoning VARCHAR,
+    finish_reason VARCHAR,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_s DOUBLE,
+    retries INTEGER,
+    error VARCHAR,
+    status VARCHAR,
+    dagster_run_id VARCHAR,
+    created_at TIMESTAMPTZ
+)"""
+
+COLUMNS: tuple[str, ...] = (
+    "call_id", "role", "backend", "base_url", "model", "messages", "params", "sample_index",
+    "text", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s",
+    "retries", "error", "status", "dagster_run_id", "created_at",
+)  # fmt: skip
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("call_id", pa.string()),
+        ("role", pa.string()),
+        ("backend", pa.string()),
+        ("base_url", pa.string()),
+        ("model", pa.string()),
+        ("messages", pa.string()),
+        ("params", pa.string()),
+        ("sample_index", pa.int32()),
+        ("text", pa.string()),
+        ("reasoning", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float64()),
+        ("retries", pa.int32()),
+        ("error", pa.string()),
+        ("status", pa.string()),
+        ("dagster_run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _canonical_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(m) for m in messages]
+
+
+def cache_key(
+    backend: str,
+    base_url: str | None,
+    model: str | None,
+    messages: Sequence[Mapping[str, Any]],
+    params: SamplingParams,
+    sample_index: int,
+    *,
+    extra: object = None,
+) -> str:
+    """The call id: a content hash of everything that determines the reply (never a credential).
+
+    ``extra`` lets a backend add what else determines its answer (the replay backend adds a digest
+    of the text it replays).
+    """
+    base = base_url.rstrip("/") if base_url else None
+    parts: list[object] = [
+        "llm_call/v1",
+        backend,
+        base,
+        model,
+        _canonical_messages(messages),
+        params.to_json(),
+        int(sample_index),
+    ]
+    if extra is not None:
+        parts.append(extra)
+    return content_id(*parts, length=KEY_LENGTH)
+
+
+@dataclass(frozen=True)
+class CallIdentity:
+    """What a row says about its call besides the result (the columns that are not the reply)."""
+
+    role: str
+    backend: str
+    base_url: str | None
+    model: str | None
+
+
+def ensure_table(store: Store) -> None:
+    with store.connect() as con:
+        con.execute(LLM_CALLS_DDL)
+
+
+def lookup(store: Store, call_ids: Iterable[str]) -> dict[str, GenerationResult]:
+    """Rows already in the cache with status 'ok', as cached results (error rows are not returned)."""
+    ids = sorted(set(call_ids))
+    if not ids:
+        return {}
+    keys = pa.table({"call_id": pa.array(ids, pa.string())})
+    with store.connect() as con:
+        con.execute(LLM_CALLS_DDL)
+        con.register("_llm_keys", keys)
+        try:
+            rows = con.execute(
+                f"""SELECT c.call_id, c.text, c.reasoning, c.finish_reason, c.prompt_tokens,
+                           c.completion_tokens, c.latency_s, c.retries, c.error
+                    FROM {SCHEMA}.{TABLE} c JOIN _llm_keys k USING (call_id)
+                    WHERE c.status = 'ok'"""
+            ).fetchall()
+        finally:
+            con.unregister("_llm_keys")
+    return {
+        r[0]: GenerationResult(
+            call_id=r[0],
+            text=r[1],
+            reasoning=r[2],
+            finish_reason=r[3],
+            prompt_tokens=r[4],
+            completion_tokens=r[5],
+            latency_s=r[6],
+            retries=r[7] or 0,
+            error=r[8],
+            cached=True,
+        )
+        for r in rows
+    }
+
+
+def make_row(
+    identity: CallIdentity,
+    messages: Sequence[Mapping[str, Any]],
+    params: SamplingParams,
+    sample_index: int,
+    result: GenerationResult,
+    run_id: str | None,
+) -> dict[str, Any]:
+    return {
+        "call_id": result.call_id,
+        "role": identity.role,
+        "backend": identity.backend,
+        "base_url": identity.base_url,
+        "model": identity.model,
+        "messages": json.dumps(_canonical_messages(messages), ensure_ascii=False),
+        "params": json.dumps(params.to_json(), sort_keys=True),
+        "sample_index": sample_index,
+        "text": result.text,
+        "reasoning": result.reasoning,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "latency_s": result.latency_s,
+        "retries": result.retries,
+        "error": result.error,
+        "status": "error" if result.finish_reason == "error" else "ok",
+        "dagster_run_id": run_id,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool = True) -> None:
+    """Upsert rows by call_id in one short transaction (the last row for a call id wins)."""
+    if not rows:
+        return
+    latest: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        latest[row["call_id"]] = row
+    table = pa.Table.from_pylist(list(latest.values()), schema=ARROW_SCHEMA)
+    columns = ", ".join(COLUMNS)
+    with store.connect() as con:
+        if create:
+            con.execute(LLM_CALLS_DDL)
+        con.register("_llm_rows", table)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f"INSERT OR REPLACE INTO {SCHEMA}.{TABLE} ({columns}) SELECT {columns} FROM _llm_rows")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_llm_rows")
+
+
+_STOP = object()
+
+
+FLUSH_EVERY = 256
+FLUSH_INTERVAL_S = 1.0
+
+
+class CacheWriter:
+    """Writes rows from a background thread: a row is in the file at most ``flush_interval_s`` after
+    it arrived, or as soon as ``flush_every`` rows wait.
+
+    A flush takes everything queued at that moment (so a busy endpoint writes bigger batches, never
+    a backlog of tiny ones). Each flush is one short locked transaction, which costs tens of
+    milliseconds of CPU whatever its size (opening the file, the checkpoint on close), hence the
+    time-driven default rather than a small row count. :meth:`close` flushes the rest and re-raises
+    a write failure.
+    """
+
+    def __init__(self, store: Store, *, flush_every: int = FLUSH_EVERY, flush_interval_s: float = FLUSH_INTERVAL_S):
+        self.store = store
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.rows_written = 0
+        self.flushes = 0
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="orion-llm-cache-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, row: Mapping[str, Any]) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the LLM call cache writer failed: {self._error}") from self._error
+        self._queue.put(row)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the LLM call cache writer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        pending: list[Mapping[str, Any]] = []
+        first_at = 0.0
+        stopping = False
+        while not stopping:
+            timeout = None if not pending else max(0.0, first_at + self.flush_interval_s - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _STOP:
+                    stopping = True
+                    break
+                if not pending:
+                    first_at = time.monotonic()
+                pending.append(item)  # type: ignore[arg-type]
+                if len(pending) >= self.flush_every:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            due = pending and (
+                stopping or len(pending) >= self.flush_every or time.monotonic() - first_at >= self.flush_interval_s
+            )
+            if due:
+                # Take whatever else arrived meanwhile, unless we are stopping (then it is all here).
+                while not stopping:
+                    try:
+                        extra = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if extra is _STOP:
+                        stopping = True
+                        break
+                    pending.append(extra)  # type: ignore[arg-type]
+                try:
+                    write_rows(self.store, pending, create=self.flushes == 0)
+                except BaseException as exc:  # noqa: BLE001 - reported by close()/put()
+                    log.error("writing %d LLM call rows failed: %s", len(pending), exc)
+                    self._error = exc
+                    return
+                self.rows_written += len(pending)
+                self.flushes += 1
+                pending = []

@@ -1,0 +1,175 @@
+"""The endpoint base class (cache in front of every backend) and :func:`make_endpoint`."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CacheWriter, CallIdentity, cache_key, lookup, make_row
+from orion_assets.llm.types import ROLES, GenerationRequest, GenerationResult, ProgressFn
+from orion_assets.store import Store
+
+if TYPE_CHECKING:
+    from orion_assets.profiles.schema import EndpointConfig
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, GenerationResult], None]
+
+
+class EndpointError(ValueError):
+    """An endpoint that cannot be built or used as configured; the message names the setting."""
+
+
+class BaseEndpoint(abc.ABC):
+    """Looks every call up in ``orion.llm_calls``, sends the misses to the backend, writes as it goes."""
+
+    backend: str = ""
+
+    def __init__(
+        self,
+        cfg: EndpointConfig,
+        store: Store,
+        *,
+        role: str,
+        flush_every: int = FLUSH_EVERY,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+    ):
+        if role not in ROLES:
+            raise EndpointError(f"unknown endpoint role {role!r}; expected one of {', '.join(ROLES)}")
+        self.cfg = cfg
+        self.store = store
+        self.role = role
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.last_stats: dict[str, int] = {}
+
+    # -- what a backend provides -----------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def identity(self) -> CallIdentity:
+        """Backend, base URL and model as they enter the cache key and the row."""
+
+    def key_extra(self, request: GenerationRequest) -> object:
+        """What else determines this request's answer (besides messages, params and index)."""
+        return None
+
+    @abc.abstractmethod
+    def _run(self, todo: Sequence[tuple[str, GenerationRequest]], emit: Emit) -> None:
+        """Produce a result for every (call_id, request), calling ``emit`` as each arrives."""
+
+    # -- the public call -------------------------------------------------------------------------
+
+    def key_for(self, request: GenerationRequest) -> str:
+        ident = self.identity
+        return cache_key(
+            ident.backend,
+            ident.base_url,
+            ident.model,
+            request.messages,
+            request.params,
+            request.sample_index,
+            extra=self.key_extra(request),
+        )
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        run_id: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[GenerationResult]:
+        """Results in request order. Cached 'ok' calls are returned as they are; the rest (new calls
+        and earlier 'error' rows) are sent, and written to the cache as they arrive."""
+        keys = [self.key_for(r) for r in requests]
+        unique: dict[str, GenerationRequest] = {}
+        for key, request in zip(keys, requests, strict=True):
+            unique.setdefault(key, request)
+        results: dict[str, GenerationResult] = lookup(self.store, unique) if unique else {}
+        todo = [(k, r) for k, r in unique.items() if k not in results]
+        total = len(unique)
+        self.last_stats = {"requests": len(requests), "unique": total, "cached": total - len(todo), "sent": len(todo)}
+        log.info(
+            "%s endpoint (%s): %d calls, %d cached, %d to send",
+            self.role, self.backend, total, total - len(todo), len(todo),
+        )  # fmt: skip
+        if todo:
+            self._generate_missing(todo, results, run_id, progress, total)
+        elif progress is not None:
+            progress(total, total)
+        return [results[k] for k in keys]
+
+    def _generate_missing(
+        self,
+        todo: list[tuple[str, GenerationRequest]],
+        results: dict[str, GenerationResult],
+        run_id: str | None,
+        progress: ProgressFn | None,
+        total: int,
+    ) -> None:
+        ident = self.identity
+        by_key = dict(todo)
+        writer = CacheWriter(self.store, flush_every=self.flush_every, flush_interval_s=self.flush_interval_s)
+        lock = threading.Lock()
+        last_progress = [0.0]
+        if progress is not None:
+            progress(len(results), total)
+
+        def emit(key: str, result: GenerationResult) -> None:
+            request = by_key[key]
+            with lock:
+                if key in results:
+                    return  # a backend must not report a call twice; keep the first
+                results[key] = result
+                done = len(results)
+            writer.put(make_row(ident, request.messages, request.params, request.sample_index, result, run_id))
+            if progress is not None:
+                now = time.monotonic()
+                if done == total or now - last_progress[0] >= 0.5:
+                    last_progress[0] = now
+                    progress(done, total)
+
+        try:
+            self._run(todo, emit)
+        finally:
+            writer.close()
+        missing = [k for k, _ in todo if k not in results]
+        if missing:  # a backend bug, not a bad call: say so rather than return short
+            raise RuntimeError(f"{self.backend} backend returned no result for {len(missing)} calls")
+        errors = sum(1 for k, _ in todo if results[k].finish_reason == "error")
+        self.last_stats["errors"] = errors
+        if errors:
+            log.warning("%s endpoint (%s): %d of %d calls failed", self.role, self.backend, errors, len(todo))
+
+    def __repr__(self) -> str:
+        ident = self.identity
+        return f"{type(self).__name__}(role={self.role!r}, model={ident.model!r}, base_url={ident.base_url!r})"
+
+
+def make_endpoint(
+    cfg: EndpointConfig,
+    store: Store,
+    *,
+    role: str,
+    model_path: str | None = None,
+) -> BaseEndpoint:
+    """The endpoint for one role of a profile. ``model_path``: the local model directory for the hf
+    backend, or a model name that overrides ``cfg.model`` for the openai backend."""
+    if cfg.backend == "openai":
+        from orion_assets.llm.openai_backend import OpenAIEndpoint
+
+        return OpenAIEndpoint(cfg, store, role=role, model=model_path)
+    if cfg.backend == "hf":
+        from orion_assets.llm.hf_backend import HFEndpoint
+
+        return HFEndpoint(cfg, store, role=role, model_path=model_path)
+    if cfg.backend == "replay":
+        from orion_assets.llm.replay_backend import ReplayEndpoint
+
+        return ReplayEndpoint(cfg, store, role=role)
+    raise EndpointError(f"unknown endpoint backend {cfg.backend!r} for role {role!r}")

@@ -1,0 +1,105 @@
+"""The value types of the LLM layer: what the asset code sends and what it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "error"]
+Role = Literal["teacher", "student", "judge"]
+ROLES: tuple[str, ...] = ("teacher", "student", "judge")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings of one call. ``seed`` is the base seed; the sample index is added to it."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def seed_for(self, sample_index: int) -> int | None:
+        """The seed sent for sample ``sample_index`` (``None`` when no seed is configured)."""
+        return None if self.seed is None else self.seed + sample_index
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One call: chat messages, sampling settings and which of the n samples of a prompt it is.
+
+    ``replay_row`` is read by the replay backend only (it needs ``problem_id`` and the replay
+    field); it is not part of the cache key except through the text it yields.
+    """
+
+    messages: tuple[dict[str, str], ...]
+    params: SamplingParams
+    sample_index: int = 0
+    replay_row: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        for message in self.messages:
+            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+                raise ValueError(f"a chat message needs 'role' and 'content', got {message!r:.200}")
+        if self.sample_index < 0:
+            raise ValueError(f"sample_index must be >= 0, got {self.sample_index}")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The outcome of one call, fresh or from the cache. ``finish_reason`` is stop|length|error.
+
+    ``latency_s`` is the wall time of the call including retries and backoff (openai), or the time
+    of the batch it ran in (hf). ``retries`` counts the attempts after the first.
+    """
+
+    call_id: str
+    text: str | None
+    reasoning: str | None
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float | None
+    retries: int
+    error: str | None
+    cached: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.finish_reason != "error"
+
+    @property
+    def cot(self) -> str:
+        """The whole chain of thought: a reasoning model's thinking, then its answer text."""
+        parts = [p.strip("\n") for p in (self.reasoning, self.text) if p and p.strip()]
+        return "\n\n".join(parts)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+@runtime_checkable
+class Endpoint(Protocol):
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        run_id: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[GenerationResult]:
+        """Results in request order; cached calls are not sent again; never raises for one bad call."""
+        ...
