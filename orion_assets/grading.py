@@ -1,0 +1,908 @@
+"""Answer extraction and grading for math-reasoning outputs.
+
+Public API::
+
+    Verdict(correct, extracted, method, reason)
+    extract_answer(output) -> (answer, method)
+    normalize_gold(gold, benchmark=None) -> str
+    grade(output, gold, benchmark=None, timeout_s=5.0) -> Verdict
+    grade_batch(pairs, benchmark=None, timeout_s=5.0, workers=None) -> list[Verdict]
+
+Grading runs in two stages:
+
+1. A cheap, in-process stage (regular expressions and exact ``Fraction``
+   arithmetic only, never sympy): both sides are normalised (``$``, units,
+   ``\\left``/``\\right``, degrees, percents, thousands separators, ``\\dfrac``,
+   leading ``x =`` ...). Equal strings are correct; two plain numbers are
+   compared numerically (exact integers for AIME-like benchmarks, relative
+   tolerance 1e-4 for GSM-Hard, 1e-9 otherwise).
+2. Everything still undecided goes to ``math_verify`` (sympy), which can hang
+   on adversarial input (``9^{9^{9^{9^9}}}`` ...). It therefore never runs in
+   the caller's process: a small, module-level pool of worker processes
+   (``forkserver`` context, one ``Pipe`` each) does the work and the caller
+   waits with ``conn.poll(timeout)``. On timeout the worker is killed and
+   replaced, so the per-item limit is hard, does not rely on ``SIGALRM`` and
+   works from any thread (Dagster runs op code outside the main thread).
+
+Workers are started from a fork server that has imported sympy/math_verify
+once, so starting or replacing one is cheap. Like any ``spawn``/``forkserver``
+user, a *script* that grades at import time must guard its entry point with
+``if __name__ == "__main__":`` (workers re-import the main module).
+``shutdown_pool()`` stops the workers (also done at exit).
+
+Reasons: ``match:string``, ``match:numeric``, ``match:math_verify``,
+``mismatch:numeric``, ``mismatch:math_verify``, ``no_answer``, ``timeout``,
+``error:<ExcType>`` (``error:WorkerCrashed`` when a worker dies mid-item).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+
+__all__ = [
+    "Verdict",
+    "extract_answer",
+    "normalize_gold",
+    "grade",
+    "grade_batch",
+    "shutdown_pool",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0
+# Seconds a freshly started worker may take to import sympy/math_verify.
+_WORKER_START_TIMEOUT_S = 120.0
+# Recycle a worker after this many items (sympy's caches only grow).
+_MAX_TASKS_PER_WORKER = 20_000
+# grade_batch sends undecided items to a worker in chunks of at most this many.
+_BATCH_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    extracted: str | None
+    method: str | None
+    reason: str
+
+
+# --------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(boxed|fbox)(?![A-Za-z])")
+_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS_RE = re.compile(
+    r"(?i)\b(?:final\s+answer|answer)[*\s]*(?:is\b(?!['\u2019])|:|=)[*:\s]*"
+)
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
+)
+
+
+def _match_brace(s: str, i: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``s[i]``; -1 if unbalanced.
+
+    Escaped braces (``\\{``, ``\\}``) do not count.
+    """
+    depth = 0
+    n = len(s)
+    j = i
+    while j < n:
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return -1
+
+
+def _extract_boxed(text: str) -> tuple[str | None, str | None]:
+    matches = list(_BOX_RE.finditer(text))
+    # Only the last few boxes: each unbalanced one costs a scan to the end.
+    for m in reversed(matches[-8:]):
+        method = m.group(1)
+        j = m.end()
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            k = _match_brace(text, j)
+            if k < 0:
+                continue  # truncated output: try an earlier box
+            content = text[j + 1 : k].strip()
+        else:
+            # ``\boxed 5`` / ``\boxed5``: one token, up to whitespace or ``$``.
+            tok = re.match(r"[^\s$]+", text[j:])
+            content = tok.group(0) if tok else ""
+            content = content.rstrip(".,;")
+        if content:
+            return content, method
+    return None, None
+
+
+def _strip_answer_text(ans: str) -> str:
+    ans = ans.strip()
+    for _ in range(3):
+        ans = ans.strip().strip("*").strip()
+        ans = re.sub(r"[.;,:]+$", "", ans).strip()  # not "!": 5! is a factorial
+        if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
+            ans = ans.strip("$").strip()
+        elif ans.startswith("\\(") and ans.endswith("\\)"):
+            ans = ans[2:-2].strip()
+        elif ans.startswith("\\[") and ans.endswith("\\]"):
+            ans = ans[2:-2].strip()
+    return ans
+
+
+def _answer_is_tail(rest: str) -> str:
+    """The answer right after "the answer is": a math span or one sentence."""
+    rest = rest.lstrip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            if end > 0:
+                return rest[len(open_) : end]
+            break
+    line = rest.split("\n", 1)[0]
+    # end of the sentence, or a clause such as ", since ..." / "; so ..."
+    m = re.search(r"\.(?:\s|$)|[,;]\s+(?=[A-Za-z]{3,}\b)", line)
+    if m:
+        line = line[: m.start()]
+    return line
+
+
+def extract_answer(output: str) -> tuple[str | None, str | None]:
+    """Pull the final answer out of a model output / worked solution.
+
+    Order: last ``\\boxed{...}``/``\\fbox{...}`` (nested braces matched,
+    ``\\boxed 5`` accepted) -> last ``#### x`` -> last ``<answer>x</answer>``
+    or "the answer is x" / "final answer: x" (both reported as method
+    ``"answer_is"``) -> last number in the text (``"last_number"``). Returns ``(None, None)``
+    when nothing is found.
+    """
+    if not output:
+        return None, None
+    text = str(output)
+    if "\\boxed" in text or "\\fbox" in text:
+        ans, method = _extract_boxed(text)
+        if ans is not None:
+            return ans, method
+    if "####" in text:
+        for m in reversed(list(_HASH_RE.finditer(text))):
+            ans = _strip_answer_text(m.group(1))
+            if ans:
+                return ans, "hash"
+    end = text.rfind("</answer>")
+    if end > 0:  # r1-zero style "... </think> <answer> x </answer>"
+        start = text.rfind("<answer>", 0, end)
+        if start >= 0:
+            ans = _strip_answer_text(text[start + len("<answer>") : end])
+            if ans:
+                return ans, "answer_is"
+    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
+        ans = _strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400]))
+        if ans:
+            return ans, "answer_is"
+    last = None
+    for last in _NUMBER_RE.finditer(text):
+        pass
+    if last is not None:
+        return last.group(0), "last_number"
+    return None, None
+
+
+# --------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------
+
+_AIME_PREFIX = "aime"
+_TEXT_MACROS = ("text", "textbf", "textit", "textrm", "textnormal", "mathrm", "mathbf",
+                "mathit", "mbox", "hbox", "operatorname", "mathsf", "bf", "rm")
+_TEXT_MACRO_RE = re.compile(r"\\(" + "|".join(_TEXT_MACROS) + r")(?![A-Za-z])\s*")
+_UNIT_WORD_RE = re.compile(r"^[A-Za-z][A-Za-z .\-/]*(?:\^\{?\d\}?)?$")
+_NUM_RE = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?"
+_PLAIN_NUM_RE = re.compile(r"^[+-]?" + _NUM_RE + r"$")
+_FRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?" + _NUM_RE + r")\}\{([+-]?" + _NUM_RE + r")\}$")
+_SLASH_RE = re.compile(r"^([+-]?" + _NUM_RE + r")/([+-]?" + _NUM_RE + r")$")
+_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_ASSIGN_RE = re.compile(r"^\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[\w]+\}?)?\s*(?:=|\\approx)\s*(.+)$", re.S)
+_NUM_THEN_WORDS_RE = re.compile(
+    r"^([+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+([A-Za-z]{2,}(?:[ \-][A-Za-z]{2,})*)(?:\^\{?\d\}?)?$"
+)
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad(?![A-Za-z])|~")
+
+
+def _is_aime(benchmark: str | None) -> bool:
+    return bool(benchmark) and str(benchmark).lower().startswith(_AIME_PREFIX)
+
+
+def _is_gsm_hard(benchmark: str | None) -> bool:
+    return bool(benchmark) and str(benchmark).lower().replace("-", "_") == "gsm_hard"
+
+
+def _format_float(x: float) -> str:
+    if math.isfinite(x) and x == int(x) and abs(x) < 1e18:
+        return str(int(x))
+    r = repr(float(x))
+    return r
+
+
+def normalize_gold(gold: str | int | float, benchmark: str | None = None) -> str:
+    """Canonical string for a gold answer.
+
+    ``27.0 -> "27"``, ``2.5 -> "2.5"``, ``"025" -> "25"`` for AIME-like
+    benchmarks, surrounding ``$`` / a whole-string ``\\boxed{}`` removed,
+    ``"... #### 72"`` -> ``"72"``.
+    """
+    if isinstance(gold, bool):
+        gold = int(gold)
+    if isinstance(gold, int):
+        return str(gold)
+    if isinstance(gold, float):
+        return _format_float(gold)
+    s = str(gold).strip()
+    if "####" in s:
+        s = s.rsplit("####", 1)[1].strip()
+    s = _strip_answer_text(s)
+    m = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", s, re.S)
+    if m and _match_brace(s, s.index("{")) == len(s) - 1:
+        s = m.group(1).strip()
+    if re.fullmatch(r"[+-]?\d+\.0*", s):  # "27.0" -> "27"
+        s = s.split(".")[0]
+    if _is_aime(benchmark) and re.fullmatch(r"[+-]?\d+", s):
+        s = str(int(s))
+    return s
+
+
+def _unwrap_macros(s: str) -> str:
+    """Drop trailing unit text (``5\\text{ cm}``) and unwrap other ``\\text{X}``."""
+    for _ in range(20):
+        m = None
+        for m in _TEXT_MACRO_RE.finditer(s):
+            pass  # innermost-last: work from the end
+        if m is None:
+            return s
+        start, j = m.start(), m.end()
+        if j < len(s) and s[j] == "{":
+            k = _match_brace(s, j)
+            if k < 0:
+                return s
+            inner = s[j + 1 : k]
+            after = s[k + 1 :]
+            prefix = s[:start]
+            unit_tail = re.fullmatch(r"\s*(?:\^\{?\d\}?)?\s*\.?\s*", after)
+            if (
+                unit_tail
+                and prefix.strip()
+                and re.search(r"[\d}]\s*$", prefix)
+                and _UNIT_WORD_RE.match(inner.strip() or "x")
+            ):
+                s = prefix.rstrip()
+            else:
+                s = prefix + inner + after
+        else:  # ``\bf 5`` style: just drop the macro name
+            s = s[:start] + s[j:]
+    return s
+
+
+_UNICODE = {"\u2212": "-", "\u2013": "-", "\u2044": "/", "\u00d7": "\\times ", "\u00b7": "\\cdot ",
+            "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt", "\u2264": "\\le ",
+            "\u2265": "\\ge ", "\u00a0": " ", "\u2009": " ", "\u202f": " "}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
+                      "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100"})
+
+
+def _normalize(s: str) -> tuple[str, bool]:
+    """Canonical comparable form of an answer; second item: a percent sign was seen."""
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s.strip()).strip()
+    if "\\boxed" in s or "\\fbox" in s:
+        inner, _ = _extract_boxed(s)
+        if inner is not None and "\\boxed" not in inner:
+            s = inner
+    s = s.replace("\\displaystyle", "")
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?", "", s)
+    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
+    s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
+    s = s.replace("{,}", ",")
+    s = _SPACING_RE.sub("", s)
+    s = s.replace("\\$", "").replace("$", "")
+    # degrees
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree(?![A-Za-z])", "", s)
+    pct = False
+    if re.search(r"\\?%|\\percent(?![A-Za-z])", s):
+        pct = True
+        s = re.sub(r"\\?%|\\percent(?![A-Za-z])", "", s)
+    s = _unwrap_macros(s)
+    s = s.strip()
+    if len(s) >= 2 and s[0] == "{" and _match_brace(s, 0) == len(s) - 1:
+        s = s[1:-1].strip()
+    s = re.sub(r"[.\s]+$", "", s)
+    m = _ASSIGN_RE.match(s)
+    if m and "=" not in m.group(1) and "\\approx" not in m.group(1):
+        s = m.group(1).strip()
+    m = _NUM_THEN_WORDS_RE.match(s)
+    if m:  # "5 cm", "12 dollars", "45 degrees", "50 percent"
+        if m.group(2).lower() == "percent":
+            pct = True
+        s = m.group(1)
+    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"[.]+$", "", s)
+    # \frac shorthands: \frac12, \frac1{2}, \frac{1}2 ; \sqrt2
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    m = re.fullmatch(r"\(([+-]?" + _NUM_RE + r")\)", s)
+    if m:  # "(113)" (AMC/AIME-style answer label) -> 113
+        s = m.group(1)
+    m = re.fullmatch(r"\(([A-Z])\)", s)
+    if m:  # "(E)" -> "E" (multiple-choice label)
+        s = m.group(1)
+    if s.startswith("+") and _PLAIN_NUM_RE.match(s):
+        s = s[1:]
+    s = _NUMBER_WORDS.get(s.lower(), s)
+    return s, pct
+
+
+def _to_fraction(tok: str) -> Fraction | None:
+    m = re.search(r"[eE]([+-]?\d+)$", tok)
+    if m and abs(int(m.group(1))) > 300:
+        return None
+    try:
+        return Fraction(tok)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _to_number(s: str) -> Fraction | None:
+    """Value of a *plain* number: int, decimal, ``\\frac{a}{b}``, ``a/b``."""
+    if _PLAIN_NUM_RE.match(s):
+        return _to_fraction(s)
+    m = _FRAC_RE.match(s)
+    if m:
+        num, den = _to_fraction(m.group(2)), _to_fraction(m.group(3))
+        if num is None or not den:
+            return None
+        v = num / den
+        return -v if m.group(1) == "-" else v
+    m = _SLASH_RE.match(s)
+    if m:
+        num, den = _to_fraction(m.group(1)), _to_fraction(m.group(2))
+        if num is None or not den:
+            return None
+        return num / den
+    return None
+
+
+_REL_TOL = Fraction(1, 10**9)
+_REL_TOL_GSM_HARD = Fraction(1, 10**4)
+_ABS_TOL = Fraction(1, 10**9)
+
+
+def _close(a: Fraction, b: Fraction, benchmark: str | None) -> bool:
+    """``math.isclose`` in exact arithmetic (no float overflow on 1e300)."""
+    if a == b:
+        return True
+    rel = _REL_TOL_GSM_HARD if _is_gsm_hard(benchmark) else _REL_TOL
+    return abs(a - b) <= max(rel * max(abs(a), abs(b)), _ABS_TOL)
+
+
+def _numeric_equal(p: Fraction, p_pct: bool, g: Fraction, g_pct: bool, benchmark: str | None) -> bool:
+    if _is_aime(benchmark) and g.denominator == 1:
+        return p == g  # exact integers: 025 == 25, 25.5 != 25
+    if _close(p, g, benchmark):
+        return True
+    if g_pct and _close(p, g / 100, benchmark):  # gold 50%, pred 0.5
+        return True
+    if p_pct and _close(p / 100, g, benchmark):  # gold 0.5, pred 50%
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------
+# Cheap in-process stage
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An item the cheap stage could not decide: math_verify must look at it."""
+
+    extracted: str
+    method: str
+    gold_mv: str
+    pred_mv: str
+
+
+def _wrap_for_mv(s: str) -> str:
+    s = s.strip()
+    if s.count("{") - s.count("\\{") == s.count("}") - s.count("\\}"):
+        return "\\boxed{" + s + "}"
+    return "$" + s + "$"
+
+
+def _prepare(output: str, gold, benchmark: str | None) -> Verdict | _Pending:
+    extracted, method = extract_answer(output)
+    if extracted is None:
+        return Verdict(False, None, None, "no_answer")
+    gold_s = normalize_gold(gold, benchmark)
+    p_norm, p_pct = _normalize(extracted)
+    g_norm, g_pct = _normalize(gold_s)
+    if p_norm and p_norm == g_norm:
+        return Verdict(True, extracted, method, "match:string")
+    p_val, g_val = _to_number(p_norm), _to_number(g_norm)
+    if p_val is not None and g_val is not None:
+        ok = _numeric_equal(p_val, p_pct, g_val, g_pct, benchmark)
+        return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
+    return _Pending(extracted, method, _wrap_for_mv(gold_s), _wrap_for_mv(extracted))
+
+
+# --------------------------------------------------------------------------
+# Worker processes running math_verify
+# --------------------------------------------------------------------------
+
+
+def _limit_worker_memory() -> None:  # pragma: no cover - runs in the child process
+    """Cap a worker's address space so a runaway sympy computation fails with
+    ``MemoryError`` (math_verify then reports a mismatch) instead of exhausting
+    the machine before the timeout fires. ``ORION_GRADING_WORKER_MEM_MB``
+    (default 4096, 0 = no cap) is added to the worker's current size."""
+    try:
+        import resource
+
+        extra_mb = int(os.environ.get("ORION_GRADING_WORKER_MEM_MB", "4096"))
+        if extra_mb <= 0:
+            return
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = current + extra_mb * 1024 * 1024
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except Exception:  # noqa: BLE001 - best effort (non-Linux, no /proc)
+        pass
+
+
+def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
+    """Loop of a math_verify worker: recv (gold, pred) -> send result."""
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    _limit_worker_memory()
+    try:
+        from math_verify import parse, verify
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            conn.send(("fatal", type(exc).__name__))
+        finally:
+            return
+    gold_cache: dict[str, list] = {}
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if msg is None:
+            break
+        # msg: a list of (gold, pred); one result is sent back per item, as
+        # soon as it is ready, so the parent can time each item separately.
+        for gold, pred in msg:
+            t0 = time.perf_counter()
+            try:
+                g = gold_cache.get(gold)
+                if g is None:
+                    g = parse(gold, parsing_timeout=None)
+                    if len(gold_cache) > 4096:
+                        gold_cache.clear()
+                    gold_cache[gold] = g
+                p = parse(pred, parsing_timeout=None)
+                ok = bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=None))
+                result = ("ok", ok, time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                result = ("error", type(exc).__name__, time.perf_counter() - t0)
+            try:
+                conn.send(result)
+            except (OSError, ValueError):
+                return
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "tasks")
+
+    def __init__(self, ctx) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                                name="orion-grading-worker")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.tasks = 0
+        try:
+            if not parent.poll(_WORKER_START_TIMEOUT_S):
+                raise TimeoutError("math_verify worker did not start")
+            msg = parent.recv()
+            if msg[0] != "ready":
+                raise RuntimeError(f"math_verify worker failed to start: {msg[1]}")
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+            self.proc.join(timeout=1)
+        except Exception:  # noqa: BLE001
+            pass
+        self.kill()
+
+
+def _mp_context():
+    methods = mp.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        # Import sympy/math_verify once in the fork server; each worker is then
+        # a cheap fork of it (the server is single-threaded, so this is safe
+        # even when the caller has many threads).
+        ctx.set_forkserver_preload([__name__, "math_verify", "sympy"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class _WorkerPool:
+    """At most ``size`` math_verify worker processes, started on demand.
+
+    A caller checks out an idle worker (thread-safe, LIFO so caches stay
+    warm), sends it one item or a chunk, and waits on the worker's own pipe.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+        self._ctx = _mp_context()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle: list[_Worker] = []
+        self._live: set[_Worker] = set()
+        self._starting = 0
+        self._closed = False
+        self.pid = os.getpid()
+        self.stats = {"items": 0, "timeouts": 0, "crashes": 0, "started": 0, "worker_s": 0.0}
+
+    # -- checkout --------------------------------------------------------
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("grading pool is shut down")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._live) + self._starting < self.size:
+                    self._starting += 1
+                    break
+                self._cond.wait()
+        try:
+            w = _Worker(self._ctx)
+        except BaseException:
+            with self._cond:
+                self._starting -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._starting -= 1
+            self._live.add(w)
+            self.stats["started"] += 1
+        return w
+
+    def _release(self, w: _Worker, healthy: bool) -> None:
+        """Return a worker; an unhealthy one (timed out, crashed) is killed."""
+        retire = healthy and w.tasks >= _MAX_TASKS_PER_WORKER
+        with self._cond:
+            keep = healthy and not retire and not self._closed
+            if keep:
+                self._idle.append(w)
+            else:
+                self._live.discard(w)
+            self._cond.notify()
+        if not keep:
+            w.stop() if healthy else w.kill()
+
+    def warm(self, n: int) -> None:
+        """Start up to ``n`` workers in parallel (best effort)."""
+        n = min(n, self.size)
+        with self._cond:
+            missing = n - len(self._live) - self._starting
+        if missing <= 0:
+            return
+        ws: list[_Worker] = []
+        lock = threading.Lock()
+
+        def start():
+            try:
+                w = self._acquire()
+            except Exception:  # noqa: BLE001
+                return
+            with lock:
+                ws.append(w)
+
+        threads = [threading.Thread(target=start, daemon=True) for _ in range(missing)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for w in ws:
+            self._release(w, True)
+
+    # -- items -----------------------------------------------------------
+    def run(self, gold: str, pred: str, timeout_s: float) -> tuple[str, object]:
+        """``("ok", bool)`` | ``("timeout", None)`` | ``("error", ExcName)``."""
+        return self.run_many([(gold, pred)], timeout_s)[0]
+
+    def run_many(self, items: list[tuple[str, str]], timeout_s: float) -> list[tuple[str, object]]:
+        """Verify ``items`` on one worker, streaming: the worker goes through
+        the whole list without waiting for the caller, the caller waits at
+        most ``timeout_s`` for each next result. After a timeout or crash the
+        worker is killed and the rest of the list goes to a fresh worker."""
+        results: list[tuple[str, object]] = []
+        send_failures = 0
+        while len(results) < len(items):
+            rest = items[len(results):]
+            try:
+                w = self._acquire()
+            except Exception as exc:  # noqa: BLE001
+                results += [("error", type(exc).__name__)] * len(rest)
+                break
+            try:
+                w.conn.send(rest)
+            except (OSError, ValueError):
+                # died while idle (killed from outside): retry on a fresh one
+                self._release(w, False)
+                send_failures += 1
+                if send_failures > 2:
+                    results += [("error", "WorkerCrashed")] * len(rest)
+                    break
+                continue
+            healthy = False
+            try:
+                for _ in rest:
+                    w.tasks += 1
+                    try:
+                        ready = w.conn.poll(timeout_s)
+                        msg = w.conn.recv() if ready else None
+                    except (EOFError, OSError, ValueError):
+                        ready, msg = True, None
+                    if not ready:
+                        results.append(("timeout", None))
+                        self._count("timeouts")
+                        break
+                    if msg is None:
+                        results.append(("error", "WorkerCrashed"))
+                        self._count("crashes")
+                        break
+                    with self._cond:
+                        self.stats["items"] += 1
+                        self.stats["worker_s"] += msg[2]
+                    results.append((msg[0], msg[1]))
+                else:
+                    healthy = True
+            finally:
+                # unhealthy (timeout, crash, caller interrupted): killed here;
+                # a fresh worker replaces it on demand
+                self._release(w, healthy)
+        return results
+
+    def _count(self, key: str) -> None:
+        with self._cond:
+            self.stats[key] += 1
+
+    def worker_pids(self) -> list[int]:
+        with self._cond:
+            return [w.pid for w in self._live if w.pid is not None]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            live = list(self._live)
+            self._live.clear()
+            self._cond.notify_all()
+        for w in idle:
+            w.stop()
+        for w in live:
+            if w not in idle:
+                w.kill()
+
+
+_POOL: _WorkerPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _get_pool(min_size: int | None = None) -> _WorkerPool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid() or _POOL._closed:
+            _POOL = _WorkerPool(os.cpu_count() or 1)
+        if min_size and min_size > _POOL.size:
+            with _POOL._cond:
+                _POOL.size = int(min_size)
+        return _POOL
+
+
+def shutdown_pool() -> None:
+    """Stop all math_verify worker processes (a later call starts new ones)."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None and pool.pid == os.getpid():
+        pool.close()
+
+
+atexit.register(shutdown_pool)
+
+
+def _pool_stats() -> dict[str, float]:
+    pool = _POOL
+    return dict(pool.stats) if pool is not None else {}
+
+
+def _pool_worker_pids() -> list[int]:
+    pool = _POOL
+    return pool.worker_pids() if pool is not None else []
+
+
+# --------------------------------------------------------------------------
+# Public grading API
+# --------------------------------------------------------------------------
+
+
+def _verdict(pending: _Pending, status: str, value: object) -> Verdict:
+    if status == "ok":
+        ok = bool(value)
+        return Verdict(ok, pending.extracted, pending.method,
+                       "match:math_verify" if ok else "mismatch:math_verify")
+    if status == "timeout":
+        return Verdict(False, pending.extracted, pending.method, "timeout")
+    return Verdict(False, pending.extracted, pending.method, f"error:{value}")
+
+
+def _timeout(timeout_s: float | None) -> float:
+    if timeout_s is None or timeout_s <= 0:
+        return DEFAULT_TIMEOUT_S
+    return float(timeout_s)
+
+
+def _run_pending(pending: _Pending, timeout_s: float | None) -> tuple[str, object]:
+    return _get_pool().run(pending.gold_mv, pending.pred_mv, _timeout(timeout_s))
+
+
+def _safe_prepare(output, gold, benchmark) -> Verdict | _Pending:
+    try:
+        return _prepare("" if output is None else str(output), gold, benchmark)
+    except Exception as exc:  # noqa: BLE001 - grading must never raise
+        log.debug("grading prepare failed", exc_info=True)
+        return Verdict(False, None, None, f"error:{type(exc).__name__}")
+
+
+def grade(output: str, gold: str, benchmark: str | None = None,
+          timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
+    """Grade one model output against a gold answer. Never raises, never hangs."""
+    pre = _safe_prepare(output, gold, benchmark)
+    if isinstance(pre, Verdict):
+        return pre
+    return _verdict(pre, *_run_pending(pre, timeout_s))
+
+
+def grade_batch(
+    pairs: Sequence[tuple[str, str]],
+    benchmark: str | None | Sequence[str | None] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    workers: int | None = None,
+) -> list[Verdict]:
+    """Grade many ``(output, gold)`` pairs; the result keeps the input order.
+
+    ``benchmark`` is one name for all pairs or one per pair. The cheap stage
+    runs here, in the calling thread. Undecided items are deduplicated by
+    (gold, answer), cut into chunks and streamed through ``workers``
+    math_verify processes (default ``os.cpu_count()``) at once; every item
+    still has its own ``timeout_s``. Same verdicts as calling ``grade()`` on
+    each pair.
+    """
+    pairs = list(pairs)
+    n = len(pairs)
+    if benchmark is None or isinstance(benchmark, str):
+        benches: Sequence[str | None] = [benchmark] * n
+    else:
+        benches = list(benchmark)
+        if len(benches) != n:
+            raise ValueError(f"got {len(benches)} benchmarks for {n} pairs")
+    out: list[Verdict | None] = [None] * n
+    # Undecided items, deduplicated: math_verify only sees (gold, pred), so
+    # repeated answers to the same problem (many samples per problem) are
+    # verified once.
+    groups: dict[tuple[str, str], list[tuple[int, _Pending]]] = {}
+    for i, ((output, gold), bench) in enumerate(zip(pairs, benches)):
+        pre = _safe_prepare(output, gold, bench)
+        if isinstance(pre, Verdict):
+            out[i] = pre
+        else:
+            groups.setdefault((pre.gold_mv, pre.pred_mv), []).append((i, pre))
+    if groups:
+        # Sorted by gold so a worker's parsed-gold cache is hit more often.
+        todo = sorted(groups.values(), key=lambda g: g[0][1].gold_mv)
+        n_workers = max(1, int(workers or os.cpu_count() or 1))
+        pool = _get_pool(n_workers)
+        n_threads = min(n_workers, len(todo))
+        pool.warm(n_threads)
+
+        # Chunks of distinct items, streamed through one worker each (no
+        # round trip per item); several chunks per worker keep the load even.
+        chunk = max(1, min(_BATCH_CHUNK, len(todo) // (4 * n_threads) or 1))
+        chunks = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
+        tmo = _timeout(timeout_s)
+
+        def settle(batch: list[list[tuple[int, _Pending]]]) -> None:
+            items = [(g[0][1].gold_mv, g[0][1].pred_mv) for g in batch]
+            for group, (status, value) in zip(batch, pool.run_many(items, tmo)):
+                for i, pend in group:
+                    out[i] = _verdict(pend, status, value)
+
+        if n_threads == 1:
+            for c in chunks:
+                settle(c)
+        else:
+            # n_threads feeder threads pull chunks off one shared iterator;
+            # each blocks on its own worker process, so the GIL is no limit.
+            it = iter(chunks)
+            it_lock = threading.Lock()
+
+            def drain() -> None:
+                while True:
+                    with it_lock:
+                        c = next(it, None)
+                    if c is None:
+                        return
+                    settle(c)
+
+            with ThreadPoolExecutor(max_workers=n_threads,
+                                    thread_name_prefix="orion-grade") as ex:
+                futs = [ex.submit(drain) for _ in range(n_threads)]
+                for f in futs:
+                    f.result()
+    return [v if v is not None else Verdict(False, None, None, "error:Missing") for v in out]

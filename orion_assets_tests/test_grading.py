@@ -1,0 +1,411 @@
+"""Tests for ``orion_assets.grading`` on the real benchmark files (no mocks).
+
+Data: ``<repo>/../shared/data`` (``Path(__file__).resolve().parents[2] / "shared" / "data"``),
+or the folder named by ``$ORION_SHARED_DATA``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from orion_assets import grading
+from orion_assets.grading import Verdict, extract_answer, grade, grade_batch, normalize_gold
+
+MIN_PASS_RATE = 0.99
+
+
+def _data_dir() -> Path:
+    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if (here / "math500.jsonl").exists():
+        return here
+    env = os.environ.get("ORION_SHARED_DATA")
+    if env and (Path(env) / "math500.jsonl").exists():
+        return Path(env)
+    pytest.skip(f"benchmark data not found in {here} nor $ORION_SHARED_DATA")
+
+
+def _jsonl(name: str) -> list[dict]:
+    with open(_data_dir() / name, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _check_pass_rate(name: str, pairs, benchmark) -> None:
+    verdicts = grade_batch(pairs, benchmark=benchmark)
+    assert len(verdicts) == len(pairs)
+    n_ok = sum(v.correct for v in verdicts)
+    rate = n_ok / len(pairs)
+    failures = [
+        f"  gold={g!r} extracted={v.extracted!r} method={v.method} reason={v.reason}"
+        for (_, g), v in zip(pairs, verdicts)
+        if not v.correct
+    ]
+    reasons = Counter(v.reason for v in verdicts)
+    summary = f"{name}: {n_ok}/{len(pairs)} = {rate:.2%} correct; reasons {dict(reasons)}"
+    print("\n" + summary + ("\n" + "\n".join(failures[:50]) if failures else ""))
+    assert rate >= MIN_PASS_RATE, summary + "\nfailures:\n" + "\n".join(failures[:50])
+
+
+# --------------------------------------------------------------------------
+# Real data: every worked solution graded against its own gold answer
+# --------------------------------------------------------------------------
+
+
+def test_math500_solutions_match_answers():
+    rows = _jsonl("math500.jsonl")
+    assert len(rows) == 500
+    _check_pass_rate("math500", [(r["solution"], r["answer"]) for r in rows], "math500")
+
+
+def test_aime24_solutions_match_answers():
+    rows = _jsonl("aime24.jsonl")
+    assert len(rows) == 30
+    _check_pass_rate("aime24", [(r["solution"], r["answer"]) for r in rows], "aime24")
+
+
+def test_gsm8k_answers_match_hash_numbers():
+    rows = _jsonl("gsm8k_test.jsonl")
+    assert len(rows) == 1319
+    pairs = [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in rows]
+    _check_pass_rate("gsm8k", pairs, "gsm8k")
+
+
+def test_aime_1983_2023_training_solutions_match_answers():
+    with open(_data_dir() / "train" / "aime_1983_2023.json", encoding="utf-8") as fh:
+        rows = json.load(fh)
+    assert len(rows) == 975
+    _check_pass_rate("aime 1983-2023", [(r["solution"], r["answer"]) for r in rows], "aime")
+
+
+def test_math500_solutions_against_other_golds_are_wrong():
+    """False positives on real data: solution i vs the gold of row i+1."""
+    rows = _jsonl("math500.jsonl")
+    others = [rows[(i + 1) % len(rows)]["answer"] for i in range(len(rows))]
+    verdicts = grade_batch([(r["solution"], o) for r, o in zip(rows, others)], "math500")
+    assert not any(v.reason == "timeout" or v.reason.startswith("error") for v in verdicts)
+    # a "correct" verdict is only a false positive when the two golds differ
+    wrong = [
+        (r["answer"], o, v)
+        for r, o, v in zip(rows, others, verdicts)
+        if v.correct and not grade(f"\\boxed{{{r['answer']}}}", o).correct
+    ]
+    n_same = sum(v.correct for v in verdicts) - len(wrong)
+    rate = 1 - len(wrong) / (len(rows) - n_same)
+    summary = f"math500 shifted golds: {rate:.2%} of {len(rows) - n_same} judged wrong"
+    print("\n" + summary)
+    assert rate >= MIN_PASS_RATE, summary + "\n" + "\n".join(f"  {a!r} vs {o!r}: {v}" for a, o, v in wrong)
+
+
+def _gsm_hard_forms(t: float) -> list[str]:
+    forms = [f"The answer is {t}.", f"\\boxed{{{t!r}}}", f"Final answer: ${normalize_gold(t)}$"]
+    if float(t).is_integer():
+        i = int(t)
+        forms += [f"#### {i:,}", f"\\boxed{{{i:,}}}", f"So she makes ${i:,} in total.",
+                  f"\\boxed{{{i}.00}}"]
+    elif abs(t) >= 100:  # 2 decimals are within the 1e-4 relative tolerance here
+        forms += [f"\\boxed{{{t:,.2f}}}", f"#### {t:.8g}", f"so about {t:,.3f} dollars"]
+    else:
+        forms += [f"\\boxed{{{t:.6g}}}", f"#### {t:.8g}"]
+    return forms
+
+
+def test_gsm_hard_targets_in_several_formats():
+    rows = _jsonl("gsm_hard.jsonl")
+    assert len(rows) == 1319
+    pairs = [(form, r["target"]) for r in rows for form in _gsm_hard_forms(r["target"])]
+    _check_pass_rate("gsm_hard", pairs, "gsm_hard")
+
+
+def test_amc23_float_golds_normalize():
+    rows = _jsonl("amc23.jsonl")
+    for r in rows:
+        g = normalize_gold(r["answer"], "amc23")
+        assert "." not in g or not float(r["answer"]).is_integer(), g
+        assert grade(f"so the answer is $\\boxed{{{g}}}$", r["answer"], "amc23").correct
+        assert grade(f"The answer is {g}.", r["answer"], "amc23").correct
+
+
+# --------------------------------------------------------------------------
+# Equivalent and non-equivalent forms
+# --------------------------------------------------------------------------
+
+EQUIVALENT = [
+    # fractions / decimals
+    (r"\boxed{\frac{1}{2}}", "0.5", None),
+    (r"\boxed{0.5}", r"\frac{1}{2}", None),
+    (r"\boxed{1/2}", r"\frac{1}{2}", None),
+    (r"\boxed{\dfrac{3}{4}}", r"\frac34", None),
+    (r"\boxed{\tfrac{3}{4}}", "0.75", None),
+    (r"\boxed{-\frac{1}{3}}", "-1/3", None),
+    (r"\boxed{\frac{9}{19}}", r"\frac9{19}", None),
+    (r"\boxed{\dfrac{5}{2}}", r"2\frac{1}{2}", None),
+    # units
+    (r"\boxed{5\text{ cm}}", "5", None),
+    (r"\boxed{12 \text{ inches}}", "12", None),
+    (r"\boxed{10\mbox{ cm}^2}", "10", None),
+    (r"The answer is 7 days.", "7", None),
+    (r"\boxed{90^\circ}", "90", None),
+    (r"\boxed{145^{\circ}}", r"145^\circ", None),
+    (r"\boxed{\$18.00}", "18", None),
+    # percentages
+    (r"\boxed{50\%}", "50", None),
+    ("The answer is 50%.", "50", None),
+    (r"\boxed{50\%}", "0.5", None),
+    # leading zeros (AIME)
+    (r"\boxed{025}", "25", "aime24"),
+    (r"\boxed{25}", "025", "aime24"),
+    (r"\boxed{\textbf{(073)}}", "073", "aime24"),
+    (r"$\boxed{\mathbf{127} }$", "127", "aime"),
+    # thousands separators
+    (r"\boxed{1,000}", "1000", None),
+    ("#### 1,000", "1000", "gsm8k"),
+    (r"\boxed{1{,}000}", "1000", None),
+    (r"\boxed{1\,000}", "1000", None),
+    (r"\boxed{10000}", "10,000", None),
+    # assignments
+    (r"\boxed{x = 5}", "5", None),
+    (r"\boxed{5}", "x=5", None),
+    (r"\boxed{y=-2}", "-2", None),
+    # tuples / intervals / sets
+    (r"\boxed{(1, 2)}", "(1,2)", None),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)", None),
+    (r"\boxed{(3,\frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)", None),
+    (r"\boxed{[1,2)}", "[1, 2)", None),
+    (r"\boxed{(-\infty, 2) \cup (3, \infty)}", r"(-\infty,2)\cup(3,\infty)", None),
+    (r"\boxed{-2, 1}", "1,-2", None),
+    # radicals / expressions (math_verify)
+    (r"\boxed{2\sqrt{2}}", r"\sqrt{8}", None),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{1}{\sqrt{2}}", None),
+    (r"\boxed{3x+2}", "2+3x", None),
+    (r"\boxed{\pi/2}", r"\frac{\pi}{2}", None),
+    (r"\boxed{120}", "5!", None),
+    # text answers
+    (r"\boxed{\text{(E)}}", r"\text{(E)}", None),
+    (r"\boxed{E}", r"\text{(E)}", None),
+    (r"\boxed{\text{even}}", "even", None),
+    (r"The answer is four.", r"\mbox{four}", None),
+    # GSM-Hard tolerance
+    (r"\boxed{3244047.1}", 3244047.0999999996, "gsm_hard"),
+    (r"\boxed{14,053,029.67}", 14053029.666666666, "gsm_hard"),
+    (r"\boxed{-9867630}", -9867630.0, "gsm_hard"),
+]
+
+NOT_EQUIVALENT = [
+    (r"\boxed{[1,2)}", "[1,2]", None),
+    (r"\boxed{(1,2)}", "[1,2]", None),
+    (r"\boxed{(1,2)}", "(2,1)", None),
+    (r"\boxed{1/3}", "0.33", None),
+    (r"\boxed{0.33}", r"\frac{1}{3}", None),
+    (r"\boxed{5}", "-5", None),
+    (r"\boxed{-5}", "5", None),
+    (r"\boxed{2\sqrt{3}}", r"\sqrt{8}", None),
+    (r"\boxed{25.5}", "25", "aime24"),
+    (r"\boxed{26}", "025", "aime24"),
+    (r"\boxed{1000}", "100", None),
+    (r"\boxed{1,2}", "12", None),
+    (r"\boxed{12,000}", "12", None),
+    (r"\boxed{x = 6}", "5", None),
+    (r"\boxed{50\%}", "5", None),
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{3}", None),
+    (r"\boxed{2x}", "x", None),
+    (r"\boxed{\text{odd}}", r"\text{even}", None),
+    (r"\boxed{5.33}", 5.3333333333, "gsm_hard"),
+    (r"\boxed{3240000}", 3244047.0999999996, "gsm_hard"),
+    (r"\boxed{(1,2,3)}", "(1,2)", None),
+]
+
+
+@pytest.mark.parametrize("output,gold,bench", EQUIVALENT)
+def test_equivalent_forms(output, gold, bench):
+    v = grade(output, gold, bench)
+    assert v.correct, v
+
+
+@pytest.mark.parametrize("output,gold,bench", NOT_EQUIVALENT)
+def test_non_equivalent_forms(output, gold, bench):
+    v = grade(output, gold, bench)
+    assert not v.correct, v
+    assert v.reason.startswith("mismatch:"), v
+
+
+def test_cheap_paths_do_not_need_workers():
+    assert grade(r"\boxed{\frac{1}{2}}", "0.5").reason == "match:numeric"
+    assert grade(r"\boxed{5}", "-5").reason == "mismatch:numeric"
+    assert grade(r"\boxed{025}", "25", "aime24").reason in ("match:numeric", "match:string")
+    assert grade(r"\boxed{(1, 2)}", "(1,2)").reason == "match:string"
+    assert grade(r"\boxed{2\sqrt{2}}", r"\sqrt{8}").reason == "match:math_verify"
+
+
+def test_normalize_gold():
+    assert normalize_gold(27.0) == "27"
+    assert normalize_gold(5.0, "amc23") == "5"
+    assert normalize_gold(2.5) == "2.5"
+    assert normalize_gold("025", "aime24") == "25"
+    assert normalize_gold("025", "aime") == "25"
+    assert normalize_gold(7) == "7"
+    assert normalize_gold(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
+    assert normalize_gold("\\boxed{42}") == "42"
+
+
+# --------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        (r"so $\boxed{\frac{\sqrt{3}}{2}}$.", (r"\frac{\sqrt{3}}{2}", "boxed")),
+        (r"first \boxed{1} then \boxed{\left\{ \frac{a}{b} \right\}}", (r"\left\{ \frac{a}{b} \right\}", "boxed")),
+        (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "boxed")),
+        (r"answer \fbox{12}", ("12", "fbox")),
+        (r"so $\boxed 5$.", ("5", "boxed")),
+        (r"\boxed{3} and later the truncated \boxed{\frac{1}{", ("3", "boxed")),
+        ("She makes 9 * 2 = $18.\n#### 18", ("18", "hash")),
+        ("blah\n#### 1,000\n", ("1,000", "hash")),
+        ("Thus the answer is $42$.", ("42", "answer_is")),
+        ("So the final answer is 3.5. Done", ("3.5", "answer_is")),
+        ("Final Answer: x = 7.", ("x = 7", "answer_is")),
+        ("**Final answer:** \\(\\frac{1}{2}\\)", (r"\frac{1}{2}", "answer_is")),
+        ("reasoning </think> <answer> 17/32 </answer>", ("17/32", "answer_is")),
+        ("The answer is 5, since 2+3=5", ("5", "answer_is")),
+        ("the answer is (1, 2), because", ("(1, 2)", "answer_is")),
+        ("The answer is: **42**", ("42", "answer_is")),
+        ("The answer isn't obvious. We get 7", ("7", "last_number")),
+        ("We get 3 apples, then 4 more, so 7 in total", ("7", "last_number")),
+        ("The total is 1,234.5 dollars.", ("1,234.5", "last_number")),
+        ("-sepehr2010 wrote 204 here. -sepehr2010", ("204", "last_number")),
+        ("no digits at all here", (None, None)),
+        ("", (None, None)),
+    ],
+)
+def test_extract_answer(output, expected):
+    assert extract_answer(output) == expected
+
+
+def test_no_answer_verdict():
+    assert grade("I don't know.", "5") == Verdict(False, None, None, "no_answer")
+
+
+def test_last_number_is_marked():
+    v = grade("we add 3 and 4 to get 7", "7")
+    assert v.correct and v.method == "last_number"
+
+
+def test_grade_batch_mixed_benchmarks_and_order():
+    pairs = [(r"\boxed{025}", "25"), (r"\boxed{2\sqrt{2}}", r"\sqrt{8}"), ("nothing", "1"),
+             (r"\boxed{5.33}", 5.3333333333)]
+    benches = ["aime24", None, None, "gsm_hard"]
+    vs = grade_batch(pairs, benches, workers=2)
+    assert [v.correct for v in vs] == [True, True, False, False]
+    assert vs[2].reason == "no_answer"
+    assert vs == [grade(o, g, b) for (o, g), b in zip(pairs, benches)]
+    with pytest.raises(ValueError):
+        grade_batch(pairs, ["aime24"])
+    assert grade_batch([]) == []
+
+
+# --------------------------------------------------------------------------
+# Concurrency, timeouts, crashes
+# --------------------------------------------------------------------------
+
+_MIXED_CASES = [(o, g, b) for o, g, b in EQUIVALENT + NOT_EQUIVALENT]
+
+
+def test_threaded_grade_matches_serial():
+    cases = _MIXED_CASES * 3
+    serial = [grade(o, g, b) for o, g, b in cases]
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        threaded = list(ex.map(lambda c: grade(*c), cases))
+    assert threaded == serial
+    batched = grade_batch([(o, g) for o, g, _ in cases], [b for _, _, b in cases])
+    assert batched == serial
+
+
+HANG_OUTPUT = r"so the answer is \boxed{9^{9^{9^{9^{9}}}}}"
+
+
+def test_adversarial_input_times_out_from_non_main_thread():
+    result: dict[str, object] = {}
+
+    def run():
+        t0 = time.monotonic()
+        result["verdict"] = grade(HANG_OUTPUT, "1", timeout_s=1.5)
+        result["elapsed"] = time.monotonic() - t0
+
+    th = threading.Thread(target=run, name="not-main")
+    th.start()
+    th.join(timeout=60)
+    assert not th.is_alive(), "grade() hung"
+    v = result["verdict"]
+    assert v == Verdict(False, "9^{9^{9^{9^{9}}}}", "boxed", "timeout")
+    assert result["elapsed"] < 30
+    # the pool replaced the killed worker and still works
+    assert grade(r"\boxed{2\sqrt{2}}", r"\sqrt{8}").reason == "match:math_verify"
+    vs = grade_batch([(HANG_OUTPUT, "1"), (r"\boxed{\sqrt{8}}", r"2\sqrt{2}")] * 2, timeout_s=1.5)
+    assert [v.reason for v in vs] == ["timeout", "match:math_verify"] * 2
+
+
+def test_timeout_inside_a_batch_chunk_spares_the_other_items():
+    ok_items = [(rf"\boxed{{{k}\sqrt{{2}}}}", rf"\sqrt{{{2 * k * k}}}") for k in range(2, 8)]
+    pairs = ok_items[:2] + [(HANG_OUTPUT, "1")] + ok_items[2:]
+    vs = grade_batch(pairs, timeout_s=1.5, workers=1)
+    assert [v.reason for v in vs] == ["match:math_verify"] * 2 + ["timeout"] + ["match:math_verify"] * 4
+
+
+def test_adversarial_input_really_hangs_math_verify_without_timeout():
+    """Sanity check of the test input: math_verify alone does not finish it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    proc = ctx.Process(target=_verify_unbounded, args=(HANG_OUTPUT,), daemon=True)
+    proc.start()
+    proc.join(timeout=4)
+    hung = proc.is_alive()
+    proc.kill()
+    proc.join()
+    assert hung, "math_verify finished the adversarial input: pick a harder one"
+
+
+def _verify_unbounded(output: str) -> None:
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    verify(parse("$1$", parsing_timeout=None), parse(output, parsing_timeout=None), timeout_seconds=None)
+
+
+def test_worker_crash_is_reported_not_hung():
+    import signal
+
+    result: dict[str, Verdict] = {}
+    before = set(grading._pool_worker_pids())
+
+    def run():
+        result["v"] = grade(HANG_OUTPUT, "1", timeout_s=30)
+
+    th = threading.Thread(target=run)
+    th.start()
+    # wait until some worker is busy on the hanging item, then kill all workers
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not grading._pool_worker_pids():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    for pid in set(grading._pool_worker_pids()) | before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    th.join(timeout=25)
+    assert not th.is_alive()
+    assert result["v"].reason == "error:WorkerCrashed", result["v"]
+    # killed idle workers are noticed and replaced
+    assert grade(r"\boxed{2\sqrt{2}}", r"\sqrt{8}").reason == "match:math_verify"
