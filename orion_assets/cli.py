@@ -166,6 +166,24 @@ def sql(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- orion report --------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> int:
+    from orion_assets.report import build_report
+    from orion_assets.store import Store
+
+    data_dir = _data_dir(args)
+    out_dir = Path(args.out).expanduser().resolve() if args.out else data_dir / "reports"
+    try:
+        result = build_report(Store(data_dir / "orion.duckdb"), out_dir)
+    except (FileNotFoundError, ValueError, duckdb.Error) as exc:
+        print(f"orion report: {exc}", file=sys.stderr)
+        return 1
+    print(result.markdown_path)
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 
@@ -185,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql_parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql_parser.add_argument("--max-rows", type=int, default=50)
     sql_parser.set_defaults(handler=sql)
+
+    report_parser = commands.add_parser("report", help="write the leaderboard report (Markdown and plots)")
+    report_parser.add_argument("--out", help="the report folder (default <data dir>/reports)")
+    report_parser.set_defaults(handler=report)
 
     args = parser.parse_args(argv)
     return args.handler(args)

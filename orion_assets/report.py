@@ -1,0 +1,509 @@
+"""The leaderboard report: a Markdown page with tables and plots, built from the DuckDB file.
+
+:func:`build_report` reads ``orion.benchmark_scores`` (one row per benchmark and variant), and for
+the plots ``orion.teacher_cots``, ``orion.refined_cots`` and ``orion.student_errors``, then writes
+into a folder:
+
+- ``leaderboard.md``: pass@1 (± standard error) per variant and benchmark with each variant's
+  difference to ``teacher_sft`` in percentage points, maj@k, pass@k, mean CoT length and truncation,
+  the profile the scores come from, and the plots;
+- ``accuracy.png``, ``cot_lengths.png``, ``error_types.png``: each skipped, with a note in the page,
+  when the table behind it is missing or empty.
+
+The report only reads: a :class:`~orion_assets.store.Store` is opened read-only, once, and the plots
+are drawn after the connection is closed. Plots use matplotlib's Agg canvas directly (no pyplot), so
+building a report changes no global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from orion_assets.profiles.schema import BENCHMARKS, VARIANTS
+from orion_assets.store import SCHEMA, Store
+
+REFERENCE_VARIANT = "teacher_sft"
+MISSING = "—"
+MARKDOWN_NAME = "leaderboard.md"
+ACCURACY_PNG = "accuracy.png"
+COT_LENGTHS_PNG = "cot_lengths.png"
+ERROR_TYPES_PNG = "error_types.png"
+SCORE_COLUMNS: tuple[str, ...] = (
+    "benchmark",
+    "variant",
+    "n_problems",
+    "k",
+    "pass_at_1",
+    "pass_at_1_se",
+    "maj_at_k",
+    "pass_at_k",
+    "mean_tokens",
+    "truncation_rate",
+)
+REFINED_MODE_ORDER: tuple[str, ...] = ("orion", "no_error", "no_reflection")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`build_report` wrote.
+
+    ``leaderboard`` has one row per variant (canonical order) with, per benchmark ``b``, the columns
+    ``b`` (pass@1, a fraction), ``b_se`` (its standard error) and ``b_delta`` (pass@1 minus
+    ``teacher_sft``'s, in percentage points); null where a score is missing. A plot path is ``None``
+    when the plot was skipped; ``notes`` says why.
+    """
+
+    out_dir: Path
+    markdown_path: Path
+    markdown: str
+    leaderboard: pl.DataFrame
+    accuracy_png: Path | None
+    cot_lengths_png: Path | None
+    error_types_png: Path | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [p for p in (self.accuracy_png, self.cot_lengths_png, self.error_types_png) if p is not None]
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _connection(source: Store | duckdb.DuckDBPyConnection | str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    if isinstance(source, duckdb.DuckDBPyConnection):
+        yield source
+        return
+    store = source if isinstance(source, Store) else Store(source)
+    if not store.path.exists():
+        raise FileNotFoundError(f"no DuckDB file at {store.path}: materialize some assets first")
+    with store.connect(read_only=True) as con:
+        yield con
+
+
+def _read(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
+    """``orion.<table>``, or None when the table does not exist."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+        [SCHEMA, table],
+    ).fetchone()
+    if not exists or not exists[0]:
+        return None
+    return con.execute(f"SELECT * FROM {SCHEMA}.{table}").pl()
+
+
+def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    """Distinct (profile_name, profile_hash) of the recorded materializations, newest first.
+
+    The scores' own materializations take precedence; other assets are the fallback.
+    """
+    frame = _read(con, "materializations")
+    if frame is None or frame.is_empty() or "profile_hash" not in frame.columns:
+        return None
+    frame = frame.filter(pl.col("profile_name").is_not_null() | pl.col("profile_hash").is_not_null())
+    scored = frame.filter(pl.col("asset_key") == "benchmark_scores")
+    if not scored.is_empty():
+        frame = scored
+    if frame.is_empty():
+        return None
+    return (
+        frame.sort("materialized_at", descending=True, nulls_last=True)
+        .unique(["profile_name", "profile_hash"], keep="first", maintain_order=True)
+        .select("profile_name", "profile_hash")
+    )
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def _ordered(values: list[str], canonical: tuple[str, ...]) -> list[str]:
+    present = set(values)
+    return [v for v in canonical if v in present] + sorted(present - set(canonical))
+
+
+def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame:
+    if scores is None:
+        notes.append(f"Table `{SCHEMA}.benchmark_scores` does not exist yet: materialize `benchmark_scores` first.")
+        return pl.DataFrame(schema={c: pl.Float64 for c in SCORE_COLUMNS} | {"benchmark": pl.Utf8, "variant": pl.Utf8})
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise ValueError(f"{SCHEMA}.benchmark_scores lacks column(s) {', '.join(missing)}")
+    if scores.is_empty():
+        notes.append(f"Table `{SCHEMA}.benchmark_scores` is empty: no variant has been scored yet.")
+    scores = scores.select(SCORE_COLUMNS)
+    duplicated = scores.height - scores.unique(["benchmark", "variant"]).height
+    if duplicated:
+        notes.append(
+            f"`{SCHEMA}.benchmark_scores` holds {duplicated} duplicate (benchmark, variant) row(s); the last of each is shown."
+        )
+        scores = scores.unique(["benchmark", "variant"], keep="last", maintain_order=True)
+    return scores
+
+
+def leaderboard_frame(scores: pl.DataFrame) -> pl.DataFrame:
+    """One row per variant: per benchmark pass@1, its SE and the delta over teacher_sft (points)."""
+    variants = _ordered(scores["variant"].to_list(), VARIANTS)
+    benchmarks = _ordered(scores["benchmark"].to_list(), BENCHMARKS)
+    lookup = {(r["variant"], r["benchmark"]): r for r in scores.iter_rows(named=True)}
+    rows: list[dict[str, object]] = []
+    for variant in variants:
+        row: dict[str, object] = {"variant": variant}
+        for benchmark in benchmarks:
+            cell = lookup.get((variant, benchmark))
+            ref = lookup.get((REFERENCE_VARIANT, benchmark))
+            value = _number(cell["pass_at_1"]) if cell else None
+            ref_value = _number(ref["pass_at_1"]) if ref else None
+            row[benchmark] = value
+            row[f"{benchmark}_se"] = _number(cell["pass_at_1_se"]) if cell else None
+            row[f"{benchmark}_delta"] = (
+                100.0 * (value - ref_value) if value is not None and ref_value is not None else None
+            )
+        rows.append(row)
+    schema: dict[str, type[pl.DataType]] = {"variant": pl.Utf8}
+    for benchmark in benchmarks:
+        schema |= {benchmark: pl.Float64, f"{benchmark}_se": pl.Float64, f"{benchmark}_delta": pl.Float64}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return None if math.isnan(number) else number
+
+
+def _round(value: float, digits: int = 1) -> Decimal:
+    """Round half away from zero, after dropping float noise (100 * (0.4375 - 0.4) is 3.7499...)."""
+    exact = Decimal(repr(round(value, 9)))
+    return exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP) + 0  # + 0: no "-0.0"
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return MISSING if value is None else f"{_round(100.0 * value, digits)}"
+
+
+def _delta(points: float | None) -> str:
+    return MISSING if points is None else f"{_round(points):+}"
+
+
+def _md_table(header: list[str], rows: list[list[str]], align_first_left: bool = True) -> str:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join([":---" if align_first_left else "---:"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
+    variants = board["variant"].to_list()
+    benchmarks = _ordered(scores["benchmark"].to_list(), BENCHMARKS)
+    lookup = {(r["variant"], r["benchmark"]): r for r in scores.iter_rows(named=True)}
+    parts: list[str] = []
+
+    # pass@1 ± SE with the delta over teacher_sft
+    header = ["variant"]
+    for benchmark in benchmarks:
+        header += [benchmark, f"Δ {benchmark}"]
+    rows = []
+    for record in board.iter_rows(named=True):
+        row = [f"`{record['variant']}`"]
+        for benchmark in benchmarks:
+            value, se = record[benchmark], record[f"{benchmark}_se"]
+            row.append(MISSING if value is None else f"{_pct(value)} ± {_pct(se)}")
+            if record["variant"] == REFERENCE_VARIANT and value is not None:
+                row.append("ref")
+            else:
+                row.append(_delta(record[f"{benchmark}_delta"]))
+        rows.append(row)
+    parts.append("## pass@1 (%, ± standard error)\n")
+    parts.append(
+        f"Δ is the difference to `{REFERENCE_VARIANT}` (standard long-CoT distillation) in percentage points."
+        + ("" if REFERENCE_VARIANT in variants else f" `{REFERENCE_VARIANT}` has no scores yet, so every Δ is {MISSING}.")
+        + "\n"
+    )
+    parts.append(_md_table(header, rows) + "\n")
+
+    # maj@k and pass@k
+    for column, title in (("maj_at_k", "maj@k"), ("pass_at_k", "pass@k")):
+        ks = {int(r["k"]) for r in scores.iter_rows(named=True) if r["k"] is not None}
+        uniform_k = next(iter(ks)) if len(ks) == 1 else None
+        heading = title.replace("k", str(uniform_k)) if uniform_k is not None else title
+        rows = []
+        for variant in variants:
+            row = [f"`{variant}`"]
+            for benchmark in benchmarks:
+                cell = lookup.get((variant, benchmark))
+                if cell is None or _number(cell[column]) is None:
+                    row.append(MISSING)
+                else:
+                    text = _pct(_number(cell[column]))
+                    row.append(text if uniform_k is not None else f"{text} (k={cell['k']})")
+            rows.append(row)
+        parts.append(f"## {heading} (%)\n")
+        parts.append(_md_table(["variant", *benchmarks], rows) + "\n")
+
+    # length and truncation
+    rows = []
+    for variant in variants:
+        row = [f"`{variant}`"]
+        for benchmark in benchmarks:
+            cell = lookup.get((variant, benchmark))
+            tokens = _number(cell["mean_tokens"]) if cell else None
+            truncation = _number(cell["truncation_rate"]) if cell else None
+            if tokens is None and truncation is None:
+                row.append(MISSING)
+            else:
+                tokens_text = MISSING if tokens is None else f"{tokens:.0f}"
+                row.append(f"{tokens_text} / {_pct(truncation)}%")
+        rows.append(row)
+    parts.append("## Mean CoT length (tokens) / truncated samples (%)\n")
+    parts.append(_md_table(["variant", *benchmarks], rows) + "\n")
+
+    # problems per benchmark
+    counts = []
+    for benchmark in benchmarks:
+        ns = sorted({int(n) for n in scores.filter(pl.col("benchmark") == benchmark)["n_problems"].drop_nulls()})
+        if ns:
+            counts.append(f"{benchmark} {ns[0]}" if len(ns) == 1 else f"{benchmark} {ns[0]}–{ns[-1]}")
+    if counts:
+        parts.append("Problems per benchmark: " + ", ".join(counts) + ".\n")
+    return parts
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def _plot_accuracy(board: pl.DataFrame, path: Path) -> Path:
+    benchmarks = [c for c in board.columns if c != "variant" and not c.endswith(("_se", "_delta"))]
+    variants = board["variant"].to_list()
+    figure = _figure(max(6.0, 1.6 * len(benchmarks) + 2.5), 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(variants), 1)
+    for i, record in enumerate(board.iter_rows(named=True)):
+        xs, heights, errors = [], [], []
+        for j, benchmark in enumerate(benchmarks):
+            if record[benchmark] is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            heights.append(100.0 * record[benchmark])
+            errors.append(100.0 * (record[f"{benchmark}_se"] or 0.0))
+        axes.bar(xs, heights, width=width, yerr=errors, capsize=3, label=record["variant"], color=f"C{i}")
+    axes.set_xticks(range(len(benchmarks)), benchmarks)
+    axes.set_ylabel("pass@1 (%)")
+    axes.set_title("pass@1 per benchmark and variant (error bars: ± 1 SE)")
+    axes.set_ylim(bottom=0)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize="small", ncols=min(len(variants), 3))
+    return _save(figure, path)
+
+
+def _plot_cot_lengths(series: list[tuple[str, list[float]]], path: Path) -> Path:
+    import numpy as np
+
+    values = np.concatenate([np.asarray(v, dtype=float) for _, v in series])
+    low, high = float(values.min()), float(values.max())
+    largest = max(len(v) for _, v in series)
+    n_bins = int(min(40, max(10, 2 * math.sqrt(largest))))
+    bins = np.linspace(low, high if high > low else low + 1.0, n_bins + 1)
+    figure = _figure(7.0, 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    for i, (label, lengths) in enumerate(series):
+        data = np.asarray(lengths, dtype=float)
+        axes.hist(
+            data,
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=1.8,
+            color=f"C{i}",
+            label=f"{label} (n={data.size}, median {np.median(data):.0f})",
+        )
+    axes.set_xlabel("CoT length (tokens)")
+    axes.set_ylabel("density")
+    axes.set_title("CoT lengths: teacher vs refined, by mode")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _plot_error_types(counts: pl.DataFrame, path: Path) -> Path:
+    labels = counts["error_type"].to_list()
+    heights = counts["count"].to_list()
+    figure = _figure(max(5.0, 1.2 * len(labels) + 2.0), 3.8)
+    axes = figure.add_subplot(1, 1, 1)
+    bars = axes.bar(range(len(labels)), heights, color=[f"C{i}" for i in range(len(labels))])
+    axes.bar_label(bars, labels=[str(h) for h in heights])
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_ylabel("student errors")
+    axes.set_title("Student errors on the training problems, by type")
+    axes.set_ylim(0, max(heights) * 1.15 + 0.5)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def _cot_length_series(
+    teacher: pl.DataFrame | None, refined: pl.DataFrame | None, notes: list[str]
+) -> list[tuple[str, list[float]]]:
+    series: list[tuple[str, list[float]]] = []
+    if teacher is None:
+        notes.append(f"`{SCHEMA}.teacher_cots` does not exist: no teacher lengths in `{COT_LENGTHS_PNG}`.")
+    elif "n_tokens" not in teacher.columns or teacher["n_tokens"].drop_nulls().is_empty():
+        notes.append(f"`{SCHEMA}.teacher_cots` is empty: no teacher lengths in `{COT_LENGTHS_PNG}`.")
+    else:
+        series.append(("teacher", teacher["n_tokens"].drop_nulls().cast(pl.Float64).to_list()))
+    if refined is None:
+        notes.append(f"`{SCHEMA}.refined_cots` does not exist: no refined lengths in `{COT_LENGTHS_PNG}`.")
+        return series
+    if "n_tokens" not in refined.columns or "mode" not in refined.columns or refined.is_empty():
+        notes.append(f"`{SCHEMA}.refined_cots` is empty: no refined lengths in `{COT_LENGTHS_PNG}`.")
+        return series
+    if "source" in refined.columns:
+        fallbacks = refined.filter(pl.col("source") != "refined").height
+        if fallbacks:
+            notes.append(
+                f"`{COT_LENGTHS_PNG}` leaves out {fallbacks} refined_cots row(s) that are not refinements "
+                "(e.g. `teacher_fallback`: copies of teacher CoTs)."
+            )
+        refined = refined.filter(pl.col("source") == "refined")
+    refined = refined.filter(pl.col("n_tokens").is_not_null())
+    for mode in _ordered(refined["mode"].drop_nulls().unique().to_list(), REFINED_MODE_ORDER):
+        lengths = refined.filter(pl.col("mode") == mode)["n_tokens"].cast(pl.Float64).to_list()
+        if lengths:
+            series.append((f"refined ({mode})", lengths))
+    return series
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def build_report(
+    source: Store | duckdb.DuckDBPyConnection | str | Path,
+    out_dir: Path,
+    *,
+    now: datetime | None = None,
+) -> Report:
+    """Write ``leaderboard.md`` and its plots into ``out_dir`` and return what was written.
+
+    ``source`` is a :class:`Store`, the path of a DuckDB file, or an open connection whose current
+    database holds schema ``orion``. Raises FileNotFoundError when the DuckDB file does not exist.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with _connection(source) as con:
+        raw_scores = _read(con, "benchmark_scores")
+        teacher = _read(con, "teacher_cots")
+        refined = _read(con, "refined_cots")
+        errors = _read(con, "student_errors")
+        profiles = _profiles(con)
+    location = source.path if isinstance(source, Store) else (Path(source) if isinstance(source, str | Path) else None)
+
+    scores = _clean_scores(raw_scores, notes)
+    board = leaderboard_frame(scores)
+
+    # plots, each skipped with a note when its data is missing
+    for stale in (ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG):
+        (out_dir / stale).unlink(missing_ok=True)  # a skipped plot must not leave an old file behind
+    accuracy_png = cot_png = errors_png = None
+    if board.height and any(board[c].is_not_null().any() for c in board.columns if c != "variant"):
+        accuracy_png = _plot_accuracy(board, out_dir / ACCURACY_PNG)
+    else:
+        notes.append(f"`{ACCURACY_PNG}` skipped: no benchmark scores.")
+    series = _cot_length_series(teacher, refined, notes)
+    if series:
+        cot_png = _plot_cot_lengths(series, out_dir / COT_LENGTHS_PNG)
+    else:
+        notes.append(f"`{COT_LENGTHS_PNG}` skipped: neither teacher nor refined CoTs have lengths.")
+    if errors is None:
+        notes.append(f"`{ERROR_TYPES_PNG}` skipped: `{SCHEMA}.student_errors` does not exist.")
+    elif "error_type" not in errors.columns or errors.is_empty():
+        notes.append(f"`{ERROR_TYPES_PNG}` skipped: `{SCHEMA}.student_errors` is empty.")
+    else:
+        counts = (
+            errors.select(pl.col("error_type").fill_null("unknown"))
+            .group_by("error_type")
+            .len("count")
+            .sort(["count", "error_type"], descending=[True, False])
+        )
+        errors_png = _plot_error_types(counts, out_dir / ERROR_TYPES_PNG)
+
+    # markdown
+    generated = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    lines = ["# ORION leaderboard", "", f"Generated {generated}" + (f" from `{location}`." if location else ".")]
+    if profiles is not None and profiles.height:
+        described = [
+            f"`{r['profile_name'] or '?'}` (hash `{r['profile_hash'] or '?'}`)" for r in profiles.iter_rows(named=True)
+        ]
+        if len(described) == 1:
+            lines.append(f"Profile: {described[0]}.")
+        else:
+            lines.append(f"Profiles (the scores mix {len(described)}, newest first): " + ", ".join(described) + ".")
+    lines.append("")
+    if scores.height:
+        lines += _score_tables(scores, board)
+    plots = [
+        ("pass@1 per benchmark and variant", accuracy_png),
+        ("CoT lengths: teacher vs refined", cot_png),
+        ("Student error types", errors_png),
+    ]
+    if any(path for _, path in plots):
+        lines.append("## Plots\n")
+        for title, path in plots:
+            if path is not None:
+                lines.append(f"![{title}]({path.name})\n")
+    if notes:
+        lines.append("## Notes\n")
+        lines += [f"- {note}" for note in notes]
+        lines.append("")
+    lines += [
+        "## How this was made\n",
+        "Each model variant (`base`: the student as it is; `teacher_sft`: fine-tuned on verified teacher CoTs; "
+        "`orion`: on CoTs the student refined after seeing its own errors; `orion_no_error` and "
+        "`orion_no_reflection`: the two ablations) answered every problem of each benchmark with k samples, "
+        "and math-verify graded each sample against the gold answer (numeric tolerance for GSM-Hard, integers "
+        "for AIME). pass@1 is the mean over problems of each problem's share of correct samples, with the "
+        "standard error over problems; maj@k scores the most frequent answer (ties count as the expected "
+        "accuracy of a random pick among the tied answers); pass@k is the unbiased estimator of Chen et al. "
+        "(2021). Δ is a variant's pass@1 minus `teacher_sft`'s, in percentage points. The numbers come from "
+        f"`{SCHEMA}.benchmark_scores`; walk them back to predictions, checkpoints and CoTs with "
+        f"`orion sql \"SELECT * FROM {SCHEMA}.lineage_edges\"`, and rebuild this page with `orion report`.",
+        "",
+    ]
+    markdown = "\n".join(lines)
+    markdown_path = out_dir / MARKDOWN_NAME
+    markdown_path.write_text(markdown, encoding="utf-8")
+    return Report(
+        out_dir=out_dir,
+        markdown_path=markdown_path,
+        markdown=markdown,
+        leaderboard=board,
+        accuracy_png=accuracy_png,
+        cot_lengths_png=cot_png,
+        error_types_png=errors_png,
+        notes=notes,
+    )
