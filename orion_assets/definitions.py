@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from orion_assets.assets import exposure, problems, quality, reflection, teacher, training
+from orion_assets.assets import evaluation, exposure, problems, quality, reflection, teacher, training
 from orion_assets.resources import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation])
 all_checks = dg.load_asset_checks_from_modules([quality])
 
 defs = dg.Definitions(

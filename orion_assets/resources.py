@@ -62,15 +62,16 @@ class OrionResource(dg.ConfigurableResource):
     def upstream(self, asset_key: str, partition_key: str | None = None) -> Upstream:
         return self.store.latest_materialization(asset_key, partition_key)
 
-    def endpoint(self, role: str, local_model: str | None = None):
-        """The profile's endpoint for ``role``; ``local_model`` is the weights the hf backend loads."""
+    def endpoint(self, role: str, local_model: str | None = None, served_model: str | None = None):
+        """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
+        ``served_model`` the model name an openai server knows them by (default: the profile's)."""
         from orion_assets.llm import make_endpoint
 
         cfg = getattr(self.active.config.endpoints, role)
         if cfg is None:
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
-        model_path = local_model if cfg.backend == "hf" else None
-        return make_endpoint(cfg, self.store, role=role, model_path=model_path)
+        model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
+        return make_endpoint(cfg, self.store, role=role, model_path=model)
 
     def read(
         self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None
@@ -89,7 +90,7 @@ class OrionResource(dg.ConfigurableResource):
     ) -> dg.MaterializeResult:
         """Write ``frame`` as this asset's rows (or partition) and describe it to Dagster."""
         table = context.asset_key.path[-1]
-        partition_key = context.partition_key if context.has_partition_key else None
+        partition_key = str(context.partition_key) if context.has_partition_key else None
         frame = frame.with_columns(pl.lit(context.run.run_id).alias("dagster_run_id"))
         materialization_id = self.store.replace_rows(
             table,

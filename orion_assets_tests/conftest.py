@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_UPDATE_CHECK", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SHARED_DATA = Path(os.environ.get("ORION_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
@@ -44,3 +47,41 @@ def write_profile(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+SMALL = """
+[data]
+train_limit = 6
+benchmark_limit = 2
+[endpoints.student]
+max_tokens = 24
+[exposure]
+n = 2
+max_tokens = 24
+[reflection]
+tries = 1
+max_tokens = 24
+[sft]
+max_steps = 2
+batch_size = 2
+save_steps = 1
+"""
+
+
+def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
+    return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """The whole graph, once per session, through `orion run` on a small tiny profile."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    data_dir, home = root / "data", root / "dagster_home"
+    home.mkdir()
+    profile = root / "small.toml"
+    profile.write_text('extends = "tiny"\n' + SMALL)
+    env = _env(data_dir, home, profile)
+    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return {"root": root, "data_dir": data_dir, "home": home, "profile": profile, "stdout": run.stdout, "env": env}

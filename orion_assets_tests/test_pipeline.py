@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
-import pytest
 
 from orion_assets.definitions import defs
 from orion_assets.problems import load_benchmark
@@ -22,41 +21,6 @@ from orion_assets.store import Store, content_id
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["teacher_sft", "orion", "orion_no_error", "orion_no_reflection"]
-SMALL = """
-[data]
-train_limit = 6
-benchmark_limit = 2
-[endpoints.student]
-max_tokens = 24
-[exposure]
-n = 2
-max_tokens = 24
-[reflection]
-tries = 1
-max_tokens = 24
-[sft]
-max_steps = 2
-batch_size = 2
-save_steps = 1
-"""
-
-
-def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
-    return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny_run")
-    data_dir, home = root / "data", root / "dagster_home"
-    home.mkdir()
-    profile = root / "small.toml"
-    profile.write_text('extends = "tiny"\n' + SMALL)
-    env = _env(data_dir, home, profile)
-    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return {"root": root, "data_dir": data_dir, "home": home, "profile": profile, "stdout": run.stdout, "env": env}
 
 
 def test_orion_run_materializes_the_graph_with_progress(tiny_run):
@@ -66,6 +30,7 @@ def test_orion_run_materializes_the_graph_with_progress(tiny_run):
         assert f"] {asset} ... ok" in out
     for variant in VARIANTS:
         assert f"] sft_dataset[{variant}] ... ok" in out and f"] student_checkpoint[{variant}] ... ok" in out
+    assert "] student_checkpoint[base] ... ok" in out
     store = Store(tiny_run["data_dir"] / "orion.duckdb")
     log = store.read("materializations")
     assert set(log["asset_key"]) >= {"cot_quality", "sft_dataset", "student_checkpoint"}
@@ -83,8 +48,9 @@ def test_each_checkpoint_loads_and_generates(tiny_run):
     from transformers import AutoTokenizer
 
     checkpoints = Store(tiny_run["data_dir"] / "orion.duckdb").read("student_checkpoint")
-    assert sorted(checkpoints["variant"]) == sorted(VARIANTS)
-    for row in checkpoints.iter_rows(named=True):
+    assert sorted(checkpoints["variant"]) == sorted([*VARIANTS, "base"])
+    assert checkpoints.filter(pl.col("variant") == "base")["kind"].to_list() == ["base"]
+    for row in checkpoints.filter(pl.col("kind") != "base").iter_rows(named=True):
         assert row["steps"] == 2 and row["truncated_examples"] == 0 and row["kind"] == "lora_adapter"
         model = AutoPeftModelForCausalLM.from_pretrained(row["path"])
         tokenizer = AutoTokenizer.from_pretrained(row["path"])
@@ -126,6 +92,10 @@ def test_lineage_joins_back_without_orphans(tiny_run):
                   ON e.child_table = w.tbl AND e.child_id = w.id)
             SELECT DISTINCT tbl FROM walk""").fetchall()
         assert {r[0] for r in reached} >= {"sft_dataset", "cot_quality", "refined_cots", "teacher_cots", "train_problems"}
+
+
+def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
+    return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
 
 
 def _copy_run(tiny_run, tmp_path: Path, body: str) -> dict:

@@ -7,7 +7,8 @@ import polars as pl
 
 from orion_assets import prompts
 from orion_assets.assets.quality import latest_gate_verdict
-from orion_assets.partitions import training_variant_partitions
+from orion_assets.partitions import training_variant_partitions, variant_partitions
+from orion_assets.profiles.schema import TRAINING_VARIANTS
 from orion_assets.resources import OrionResource
 from orion_assets.store import content_id, register_lineage
 from orion_assets.text_stats import percentiles
@@ -85,8 +86,12 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
 
 @dg.asset(
     group_name="training",
-    partitions_def=training_variant_partitions,
-    deps=[dg.AssetDep("sft_dataset"), dg.AssetDep("student_base_model")],
+    partitions_def=variant_partitions,
+    deps=[
+        # `base` trains on nothing; every other variant on its own SFT partition.
+        dg.AssetDep("sft_dataset", partition_mapping=dg.StaticPartitionMapping({v: v for v in TRAINING_VARIANTS})),
+        dg.AssetDep("student_base_model"),
+    ],
     kinds={"transformers", "duckdb"},
     code_version="1",
 )
@@ -94,8 +99,11 @@ def student_checkpoint(
     context: dg.AssetExecutionContext, orion: OrionResource, pipes_subprocess_client: dg.PipesSubprocessClient
 ) -> dg.MaterializeResult:
     """The student fine-tuned on one variant's SFT data, by TRL in its own process (Dagster Pipes),
-    so the launcher can be ``python -m`` here or ``accelerate launch`` on a GPU node."""
+    so the launcher can be ``python -m`` here or ``accelerate launch`` on a GPU node. The ``base``
+    partition is the untrained student, so that every variant is evaluated the same way."""
     variant = context.partition_key
+    if variant == "base":
+        return _base_checkpoint(context, orion)
     passed, why = latest_gate_verdict(orion)
     if not passed:
         raise dg.Failure(f"refusing to train {variant}: {why}")
@@ -117,25 +125,25 @@ def student_checkpoint(
     )
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher)
     result = outcome.result
-    row = pl.DataFrame([{
-        "checkpoint_id": content_id("checkpoint", variant, run_hash),
-        "variant": variant,
-        "base_model_id": model["model_id"],
-        "sft_examples": examples.height,
-        "sft_example_ids": sorted(examples["sft_example_id"].to_list()),
-        "sft_data_hash": data_hash,
-        "config_hash": result["config_hash"],
-        "path": result["final_path"],
-        "kind": result["final_kind"],
-        "steps": result["steps"],
-        "train_loss": result["train_loss"],
-        "final_loss": result["final_loss"],
-        "tokens_seen": result["tokens_seen"],
-        "train_tokens_per_second": result["train_tokens_per_second"],
-        "truncated_examples": result["truncated_examples"],
-        "resumed_from_step": result["resumed_from_step"],
-        "params": json.dumps(params.to_json()),
-    }])
+    row = checkpoint_row(
+        checkpoint_id=content_id("checkpoint", variant, run_hash),
+        variant=variant,
+        base_model_id=model["model_id"],
+        sft_examples=examples.height,
+        sft_example_ids=sorted(examples["sft_example_id"].to_list()),
+        sft_data_hash=data_hash,
+        config_hash=result["config_hash"],
+        path=result["final_path"],
+        kind=result["final_kind"],
+        steps=result["steps"],
+        train_loss=result["train_loss"],
+        final_loss=result["final_loss"],
+        tokens_seen=result["tokens_seen"],
+        train_tokens_per_second=result["train_tokens_per_second"],
+        truncated_examples=result["truncated_examples"],
+        resumed_from_step=result["resumed_from_step"],
+        params=json.dumps(params.to_json()),
+    )
     return orion.publish(
         context,
         row,
@@ -143,3 +151,29 @@ def student_checkpoint(
         reads=[sft_up, base_up],
         metadata={**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"])},
     )
+
+
+def _base_checkpoint(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+    base, base_up = orion.read("student_base_model")
+    model = base.row(0, named=True)
+    row = checkpoint_row(
+        checkpoint_id=content_id("checkpoint", "base", model["model_id"]), variant="base",
+        base_model_id=model["model_id"], sft_examples=0, sft_example_ids=[], path=model["path"], kind="base", steps=0,
+        config_hash=model["config_hash"],
+    )
+    return orion.publish(context, row, replace_where={"variant": "base"}, reads=[base_up],
+                         metadata={"checkpoint_path": dg.MetadataValue.path(model["path"]), "kind": "base"})
+
+
+CHECKPOINT_SCHEMA = {
+    "checkpoint_id": pl.Utf8, "variant": pl.Utf8, "base_model_id": pl.Utf8, "sft_examples": pl.Int64,
+    "sft_example_ids": pl.List(pl.Utf8), "sft_data_hash": pl.Utf8, "config_hash": pl.Utf8, "path": pl.Utf8,
+    "kind": pl.Utf8, "steps": pl.Int64, "train_loss": pl.Float64, "final_loss": pl.Float64, "tokens_seen": pl.Int64,
+    "train_tokens_per_second": pl.Float64, "truncated_examples": pl.Int64, "resumed_from_step": pl.Int64,
+    "params": pl.Utf8,
+}
+
+
+def checkpoint_row(**values: object) -> pl.DataFrame:
+    """One ``student_checkpoint`` row; columns a variant has no value for (``base``) are null."""
+    return pl.DataFrame([values], schema=CHECKPOINT_SCHEMA)
