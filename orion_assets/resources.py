@@ -59,8 +59,9 @@ class OrionResource(dg.ConfigurableResource):
     def store(self) -> Store:
         return Store(self.data_path / "orion.duckdb")
 
-    def upstream(self, asset_key: str, partition_key: str | None = None) -> Upstream:
-        return self.store.latest_materialization(asset_key, partition_key)
+    def upstream(self, asset_key: str, partition_key: str | None = None) -> list[Upstream]:
+        """The materialization(s) a read of ``asset_key`` (one partition, or all) depends on."""
+        return self.store.latest_materializations(asset_key, partition_key)
 
     def endpoint(self, role: str, local_model: str | None = None, served_model: str | None = None):
         """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
@@ -75,7 +76,7 @@ class OrionResource(dg.ConfigurableResource):
 
     def read(
         self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None
-    ) -> tuple[pl.DataFrame, Upstream]:
+    ) -> tuple[pl.DataFrame, list[Upstream]]:
         """A parent asset's rows and the materialization they came from (for lineage)."""
         return self.store.read(asset_key, dict(where) if where else None), self.upstream(asset_key, partition_key)
 
@@ -85,7 +86,7 @@ class OrionResource(dg.ConfigurableResource):
         frame: pl.DataFrame,
         *,
         replace_where: Mapping[str, object] | None = None,
-        reads: Sequence[Upstream] = (),
+        reads: Sequence[Upstream | Sequence[Upstream]] = (),
         metadata: Mapping[str, Any] | None = None,
     ) -> dg.MaterializeResult:
         """Write ``frame`` as this asset's rows (or partition) and describe it to Dagster."""

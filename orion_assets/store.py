@@ -147,18 +147,24 @@ class Store:
                 )
             return con.execute(f"SELECT * FROM {SCHEMA}.{table}{clause}", params).pl()
 
-    def latest_materialization(self, asset_key: str, partition_key: str | None = None) -> Upstream:
-        """The newest recorded materialization of an asset (partition), for upstream lineage."""
-        row = None
+    def latest_materializations(self, asset_key: str, partition_key: str | None = None) -> list[Upstream]:
+        """The newest recorded materialization of an asset's partition, or of each of its
+        partitions when ``partition_key`` is None (what a reader of the whole table depends on)."""
+        rows: list[tuple] = []
         if self.path.exists():
             with self.connect(read_only=True) as con:
-                row = con.execute(
-                    f"""SELECT materialization_id, dagster_run_id FROM {SCHEMA}.materializations
-                        WHERE asset_key = ? AND partition_key IS NOT DISTINCT FROM ?
-                        ORDER BY materialized_at DESC LIMIT 1""",
-                    [asset_key, partition_key],
-                ).fetchone() if _table_exists(con, "materializations") else None
-        return Upstream(asset_key, partition_key, row[0] if row else None, row[1] if row else None)
+                if _table_exists(con, "materializations"):
+                    rows = con.execute(
+                        f"""SELECT partition_key, arg_max(materialization_id, materialized_at),
+                                   arg_max(dagster_run_id, materialized_at)
+                            FROM {SCHEMA}.materializations
+                            WHERE asset_key = ? AND (? IS NULL OR partition_key = ?)
+                            GROUP BY partition_key ORDER BY partition_key NULLS FIRST""",
+                        [asset_key, partition_key, partition_key],
+                    ).fetchall()
+        if not rows:
+            return [Upstream(asset_key, partition_key, None, None)]
+        return [Upstream(asset_key, key, mid, run) for key, mid, run in rows]
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Store:
         Returns the new materialization id.
         """
         materialization_id = uuid.uuid4().hex
-        upstream = materialization.get("upstream") or []
+        upstream = _flatten(materialization.get("upstream") or [])
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -224,6 +230,13 @@ class Store:
             else:
                 con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
             con.unregister("_incoming")
+
+
+def _flatten(items: Sequence[object]) -> list[object]:
+    flat: list[object] = []
+    for item in items:
+        flat.extend(_flatten(item) if isinstance(item, list | tuple) else [item])
+    return flat
 
 
 def _sql_quote(path: Path) -> str:
@@ -298,9 +311,3 @@ def content_id(*parts: object, length: int = 16) -> str:
     """A stable content hash for row ids: same content, same id, across runs and machines."""
     payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
-
-
-def content_ids(columns: Sequence[pl.Series], prefix: str = "") -> pl.Series:
-    """Vectorized :func:`content_id` over aligned columns."""
-    rows = zip(*(c.to_list() for c in columns), strict=True)
-    return pl.Series([content_id(prefix, *row) for row in rows], dtype=pl.Utf8)

@@ -200,3 +200,35 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
     row = Store(run["data_dir"] / "orion.duckdb").read("student_checkpoint", {"variant": "orion"}).row(0, named=True)
     assert row["steps"] == 40
     assert row["resumed_from_step"] >= saved > 0
+
+
+def _partition_counts(store: Store, table: str) -> dict[tuple[str, str], tuple[int, frozenset]]:
+    frame = store.read(table).group_by("benchmark", "variant").agg(
+        pl.len().alias("n"), pl.col("dagster_run_id").unique().alias("runs"))
+    return {(b, v): (n, frozenset(r)) for b, v, n, r in frame.iter_rows()}
+
+
+def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path, "[eval]\nk = 1\nk_overrides = { aime24 = 3 }\n")
+    store = Store(run["data_dir"] / "orion.duckdb")
+    before = {t: _partition_counts(store, t) for t in ("benchmark_predictions", "benchmark_scores")}
+    assert len(before["benchmark_predictions"]) == 20
+    for asset in ("benchmark_predictions", "benchmark_scores"):
+        done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
+                               "--select", asset, "--partition", "aime24|orion"],
+                              cwd=REPO, env=run["env"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for table in ("benchmark_predictions", "benchmark_scores"):
+        after = _partition_counts(store, table)
+        assert after.keys() == before[table].keys()
+        for key, value in after.items():
+            if key == ("aime24", "orion"):
+                assert value[1] != before[table][key][1]  # rewritten by the backfill's run
+            else:
+                assert value == before[table][key], key  # same rows, same run ids
+    predictions = store.read("benchmark_predictions", {"benchmark": "aime24", "variant": "orion"})
+    assert predictions.height == 3 * 2 and sorted(set(predictions["sample_index"])) == [0, 1, 2]
+    score = store.read("benchmark_scores", {"benchmark": "aime24", "variant": "orion"}).row(0, named=True)
+    assert score["k"] == 3
+    log = store.read("materializations").sort("materialized_at").tail(2)
+    assert log["partition_key"].to_list() == ["aime24|orion", "aime24|orion"]

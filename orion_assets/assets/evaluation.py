@@ -113,7 +113,7 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource) ->
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
     scores = scoring.score_predictions(predictions, k)
     row = pl.DataFrame([{
-        "score_id": content_id("score", benchmark, variant, up.materialization_id),
+        "score_id": content_id("score", benchmark, variant, [u.materialization_id for u in up]),
         "benchmark": benchmark, "variant": variant, **scores.to_row(),
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),

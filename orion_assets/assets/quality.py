@@ -131,7 +131,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -
     the verdict is stored so that a later run of ``sft_dataset`` alone refuses the data too."""
     cfg = orion.active.config
     frame = orion.store.read("cot_quality")
-    checked = orion.upstream("cot_quality")
+    (checked,) = orion.upstream("cot_quality")
     result = gate.run_gate(frame, cfg.quality, id_column="cot_quality_id")
     metadata = result.to_metadata()
     orion.store.append(
@@ -159,7 +159,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -
 
 def latest_gate_verdict(orion: OrionResource) -> tuple[bool, str]:
     """Whether the newest ``cot_quality`` materialization passed the gate, and why not."""
-    checked = orion.upstream("cot_quality")
+    (checked,) = orion.upstream("cot_quality")
     if checked.materialization_id is None:
         return False, "cot_quality has not been materialized"
     if not orion.store.table_exists(GATE_TABLE):
