@@ -117,12 +117,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_read_only(sql: str) -> list[str]:
-    """Split ``sql`` into statements and refuse any that is not a query."""
+    """Split ``sql`` into statements and refuse any that is not a query.
+
+    Besides queries, only statements that choose the default schema are let through (``USE
+    orion``, ``SET schema``/``search_path = '...'``): the files in ``sql/`` start with ``USE
+    orion;`` so that they also run in a plain DuckDB client (see ``sql/README.md``). Every other
+    ``SET`` is refused: some write files (``SET profiling_output``, ``SET log_query_path``).
+    """
+    import re
+
+    ident = r'(?:[A-Za-z_][\w$]*|"[^"]+")'
+    namespace = re.compile(
+        rf"USE\s+{ident}(?:\s*\.\s*{ident})?|SET\s+(?:SESSION\s+)?(?:schema|search_path)\s*(?:=|TO)\s*'[^';]*'",
+        re.IGNORECASE,
+    )
     statements = duckdb.extract_statements(sql)
     if not statements:
         raise ValueError("no SQL statement given")
     for statement in statements:
         kind = statement.type.name
+        if kind == "SET":
+            bare = re.sub(r"--[^\n]*|/\*.*?\*/", " ", statement.query, flags=re.DOTALL).strip().rstrip(";").strip()
+            if namespace.fullmatch(bare):
+                continue
         if kind not in READ_ONLY_STATEMENTS:
             raise PermissionError(f"orion sql is read-only: refusing a {kind} statement: {statement.query.strip()[:80]}")
     return [s.query for s in statements]

@@ -37,7 +37,7 @@ def _jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _check_pass_rate(name: str, pairs, benchmark) -> None:
+def _check_pass_rate(name: str, pairs, benchmark, capsys=None) -> None:
     verdicts = grade_batch(pairs, benchmark=benchmark)
     assert len(verdicts) == len(pairs)
     n_ok = sum(v.correct for v in verdicts)
@@ -49,7 +49,12 @@ def _check_pass_rate(name: str, pairs, benchmark) -> None:
     ]
     reasons = Counter(v.reason for v in verdicts)
     summary = f"{name}: {n_ok}/{len(pairs)} = {rate:.2%} correct; reasons {dict(reasons)}"
-    print("\n" + summary + ("\n" + "\n".join(failures[:50]) if failures else ""))
+    report = "\n" + summary + ("\n" + "\n".join(failures[:50]) if failures else "")
+    if capsys is not None:
+        with capsys.disabled():  # shown with or without -s
+            print(report)
+    else:
+        print(report)
     assert rate >= MIN_PASS_RATE, summary + "\nfailures:\n" + "\n".join(failures[:50])
 
 
@@ -58,33 +63,33 @@ def _check_pass_rate(name: str, pairs, benchmark) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_math500_solutions_match_answers():
+def test_math500_solutions_match_answers(capsys):
     rows = _jsonl("math500.jsonl")
     assert len(rows) == 500
-    _check_pass_rate("math500", [(r["solution"], r["answer"]) for r in rows], "math500")
+    _check_pass_rate("math500", [(r["solution"], r["answer"]) for r in rows], "math500", capsys)
 
 
-def test_aime24_solutions_match_answers():
+def test_aime24_solutions_match_answers(capsys):
     rows = _jsonl("aime24.jsonl")
     assert len(rows) == 30
-    _check_pass_rate("aime24", [(r["solution"], r["answer"]) for r in rows], "aime24")
+    _check_pass_rate("aime24", [(r["solution"], r["answer"]) for r in rows], "aime24", capsys)
 
 
-def test_gsm8k_answers_match_hash_numbers():
+def test_gsm8k_answers_match_hash_numbers(capsys):
     rows = _jsonl("gsm8k_test.jsonl")
     assert len(rows) == 1319
     pairs = [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in rows]
-    _check_pass_rate("gsm8k", pairs, "gsm8k")
+    _check_pass_rate("gsm8k", pairs, "gsm8k", capsys)
 
 
-def test_aime_1983_2023_training_solutions_match_answers():
+def test_aime_1983_2023_training_solutions_match_answers(capsys):
     with open(_data_dir() / "train" / "aime_1983_2023.json", encoding="utf-8") as fh:
         rows = json.load(fh)
     assert len(rows) == 975
-    _check_pass_rate("aime 1983-2023", [(r["solution"], r["answer"]) for r in rows], "aime")
+    _check_pass_rate("aime 1983-2023", [(r["solution"], r["answer"]) for r in rows], "aime", capsys)
 
 
-def test_math500_solutions_against_other_golds_are_wrong():
+def test_math500_solutions_against_other_golds_are_wrong(capsys):
     """False positives on real data: solution i vs the gold of row i+1."""
     rows = _jsonl("math500.jsonl")
     others = [rows[(i + 1) % len(rows)]["answer"] for i in range(len(rows))]
@@ -99,7 +104,8 @@ def test_math500_solutions_against_other_golds_are_wrong():
     n_same = sum(v.correct for v in verdicts) - len(wrong)
     rate = 1 - len(wrong) / (len(rows) - n_same)
     summary = f"math500 shifted golds: {rate:.2%} of {len(rows) - n_same} judged wrong"
-    print("\n" + summary)
+    with capsys.disabled():
+        print("\n" + summary)
     assert rate >= MIN_PASS_RATE, summary + "\n" + "\n".join(f"  {a!r} vs {o!r}: {v}" for a, o, v in wrong)
 
 
@@ -116,11 +122,11 @@ def _gsm_hard_forms(t: float) -> list[str]:
     return forms
 
 
-def test_gsm_hard_targets_in_several_formats():
+def test_gsm_hard_targets_in_several_formats(capsys):
     rows = _jsonl("gsm_hard.jsonl")
     assert len(rows) == 1319
     pairs = [(form, r["target"]) for r in rows for form in _gsm_hard_forms(r["target"])]
-    _check_pass_rate("gsm_hard", pairs, "gsm_hard")
+    _check_pass_rate("gsm_hard", pairs, "gsm_hard", capsys)
 
 
 def test_amc23_float_golds_normalize():

@@ -8,7 +8,7 @@ ORION_DATA_DIR and the ``tiny`` profile. The tests check that
   GraphQL API (``launchRun`` on the implicit ``__ASSET_JOB`` with a ``dagster/partition`` tag, the
   way the UI launches one partition) succeeds and writes its rows to ``orion.duckdb``;
 - the global asset lineage graph renders every asset; its screenshot becomes
-  ``docs/ui-asset-graph.png`` (the README links it).
+  ``docs/ui-asset-graph.png`` (the README links it) when ``ORION_UPDATE_SCREENSHOT=1``.
 
 Chromium is required, not optional: CI installs Debian's ``chromium`` (see ``.ci/run``); without it
 these tests fail with a message saying so.
