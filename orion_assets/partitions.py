@@ -2,10 +2,9 @@
 
 import dagster as dg
 
-from orion_assets.profiles.schema import BENCHMARKS, TRAINING_VARIANTS, VARIANTS
+from orion_assets.profiles.schema import BENCHMARKS, VARIANTS
 
 benchmark_partitions = dg.StaticPartitionsDefinition(list(BENCHMARKS))
-training_variant_partitions = dg.StaticPartitionsDefinition(list(TRAINING_VARIANTS))
 variant_partitions = dg.StaticPartitionsDefinition(list(VARIANTS))
 benchmark_variant_partitions = dg.MultiPartitionsDefinition(
     {"benchmark": benchmark_partitions, "variant": variant_partitions}

@@ -91,7 +91,9 @@ class OrionResource(dg.ConfigurableResource):
     ) -> dg.MaterializeResult:
         """Write ``frame`` as this asset's rows (or partition) and describe it to Dagster."""
         table = context.asset_key.path[-1]
-        partition_key = str(context.partition_key) if context.has_partition_key else None
+        # A run launched for one partition also tags its unpartitioned assets with that key.
+        partitioned = context.assets_def.partitions_def is not None
+        partition_key = str(context.partition_key) if partitioned and context.has_partition_key else None
         frame = frame.with_columns(pl.lit(context.run.run_id).alias("dagster_run_id"))
         materialization_id = self.store.replace_rows(
             table,

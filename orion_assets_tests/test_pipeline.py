@@ -30,7 +30,7 @@ def test_orion_run_materializes_the_graph_with_progress(tiny_run):
         assert f"] {asset} ... ok" in out
     for variant in VARIANTS:
         assert f"] sft_dataset[{variant}] ... ok" in out and f"] student_checkpoint[{variant}] ... ok" in out
-    assert "] student_checkpoint[base] ... ok" in out
+    assert "] sft_dataset[base] ... ok (0 rows" in out and "] student_checkpoint[base] ... ok" in out
     store = Store(tiny_run["data_dir"] / "orion.duckdb")
     log = store.read("materializations")
     assert set(log["asset_key"]) >= {"cot_quality", "sft_dataset", "student_checkpoint"}
@@ -77,21 +77,26 @@ def test_lineage_joins_back_without_orphans(tiny_run):
         tables = [r[0] for r in con.execute("SELECT DISTINCT parent_table FROM orion.lineage_edges").fetchall()]
         keys = {"train_problems": "problem_id", "teacher_cots": "teacher_cot_id", "refined_cots": "refined_cot_id",
                 "student_attempts": "attempt_id", "cot_quality": "cot_quality_id", "sft_dataset": "sft_example_id",
-                "student_base_model": "model_id", "llm_calls": "call_id"}
+                "student_base_model": "model_id", "llm_calls": "call_id", "student_checkpoint": "checkpoint_id",
+                "benchmark_predictions": "prediction_id", "benchmark_problems": "problem_id",
+                "benchmark_scores": "score_id"}
         for table in tables:
             missing = con.execute(f"""SELECT count(*) FROM orion.lineage_edges e
                 LEFT JOIN orion.{table} p ON CAST(p.{keys[table]} AS VARCHAR) = e.parent_id
                 WHERE e.parent_table = '{table}' AND p.{keys[table]} IS NULL""").fetchone()[0]
             assert missing == 0, table
-        # a checkpoint walks down to the training problems behind it
+        # a score walks down to the predictions, checkpoint, SFT rows, CoTs and problems behind it
         reached = con.execute("""
             WITH RECURSIVE walk(tbl, id) AS (
-                SELECT 'student_checkpoint', checkpoint_id FROM orion.student_checkpoint WHERE variant = 'orion'
+                SELECT 'benchmark_scores', score_id FROM orion.benchmark_scores
+                WHERE variant = 'orion' AND benchmark = 'math500'
                 UNION
                 SELECT e.parent_table, e.parent_id FROM orion.lineage_edges e JOIN walk w
                   ON e.child_table = w.tbl AND e.child_id = w.id)
             SELECT DISTINCT tbl FROM walk""").fetchall()
-        assert {r[0] for r in reached} >= {"sft_dataset", "cot_quality", "refined_cots", "teacher_cots", "train_problems"}
+        assert {r[0] for r in reached} >= {"benchmark_predictions", "benchmark_problems", "student_checkpoint",
+                                           "sft_dataset", "cot_quality", "refined_cots", "teacher_cots",
+                                           "student_attempts", "train_problems"}
 
 
 def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
@@ -148,7 +153,9 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
     resources = {"orion": OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
     # One run with the asset, its blocking check and everything downstream of it.
-    job = dg.define_asset_job("gate_then_train", selection=dg.AssetSelection.assets("cot_quality").downstream())
+    job = dg.define_asset_job("gate_then_train",
+                              selection=dg.AssetSelection.assets("cot_quality", "sft_dataset", "student_checkpoint")
+                              | dg.AssetSelection.checks_for_assets("cot_quality"))
     job_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources)
     with dg.instance_for_test() as instance:
         result = job_defs.resolve_job_def("gate_then_train").execute_in_process(

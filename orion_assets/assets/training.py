@@ -7,8 +7,7 @@ import polars as pl
 
 from orion_assets import prompts
 from orion_assets.assets.quality import latest_gate_verdict
-from orion_assets.partitions import training_variant_partitions, variant_partitions
-from orion_assets.profiles.schema import TRAINING_VARIANTS
+from orion_assets.partitions import variant_partitions
 from orion_assets.resources import OrionResource
 from orion_assets.store import content_id, register_lineage
 from orion_assets.text_stats import percentiles
@@ -21,7 +20,7 @@ register_lineage("student_checkpoint", "checkpoint_id", "sft_example_ids", "sft_
 
 @dg.asset(
     group_name="training",
-    partitions_def=training_variant_partitions,
+    partitions_def=variant_partitions,
     deps=[dg.AssetDep("cot_quality"), dg.AssetDep("train_problems")],
     kinds={"duckdb", "parquet"},
     code_version="1",
@@ -32,6 +31,10 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
     Also written as Parquet (``$ORION_DATA_DIR/sft/<variant>.parquet``) for external trainers.
     """
     variant = context.partition_key
+    if variant == "base":
+        # The untrained student: its partition exists so that the variants line up end to end.
+        return orion.publish(context, _sft_frame([]), replace_where={"variant": "base"},
+                             metadata={"variant": "base", "examples": 0})
     passed, why = latest_gate_verdict(orion)
     if not passed:
         raise dg.Failure(f"refusing to build SFT data for {variant}: {why}")
@@ -58,12 +61,7 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
                 "n_tokens": cot["n_tokens"],
             }
         )
-    message = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
-    frame = pl.DataFrame(rows, schema={
-        "sft_example_id": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
-        "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "source": pl.Utf8,
-        "prompt": message, "completion": message, "n_tokens": pl.Int64,
-    })
+    frame = _sft_frame(rows)
     if frame.height == 0:
         raise dg.Failure(f"no SFT examples for variant {variant}: nothing to train on")
     parquet = orion.data_path / "sft" / f"{variant}.parquet"
@@ -87,11 +85,7 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
 @dg.asset(
     group_name="training",
     partitions_def=variant_partitions,
-    deps=[
-        # `base` trains on nothing; every other variant on its own SFT partition.
-        dg.AssetDep("sft_dataset", partition_mapping=dg.StaticPartitionMapping({v: v for v in TRAINING_VARIANTS})),
-        dg.AssetDep("student_base_model"),
-    ],
+    deps=[dg.AssetDep("sft_dataset"), dg.AssetDep("student_base_model")],
     kinds={"transformers", "duckdb"},
     code_version="1",
 )
@@ -177,3 +171,15 @@ CHECKPOINT_SCHEMA = {
 def checkpoint_row(**values: object) -> pl.DataFrame:
     """One ``student_checkpoint`` row; columns a variant has no value for (``base``) are null."""
     return pl.DataFrame([values], schema=CHECKPOINT_SCHEMA)
+
+
+MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
+SFT_SCHEMA = {
+    "sft_example_id": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
+    "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "source": pl.Utf8,
+    "prompt": MESSAGES, "completion": MESSAGES, "n_tokens": pl.Int64,
+}
+
+
+def _sft_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=SFT_SCHEMA)
