@@ -297,7 +297,7 @@ def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
         selects.append(
             f"SELECT '{child}' AS child_table, CAST({child_id} AS VARCHAR) AS child_id, "
             f"'{parent}' AS parent_table, CAST({parent_ids} AS VARCHAR) AS parent_id "
-            f"FROM {SCHEMA}.{child} WHERE {parent_column} IS NOT NULL"
+            f"FROM {child} WHERE {parent_column} IS NOT NULL"
         )
     if not selects:
         selects.append(

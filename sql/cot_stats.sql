@@ -1,0 +1,69 @@
+-- cot_stats.sql: how long are the CoTs, in tokens and in steps, by where they came from?
+--
+-- One row per CoT population: the teacher's CoTs (orion.teacher_cots, mode NULL, source
+-- 'teacher'), and the refined CoTs (orion.refined_cots) per mode ('orion', 'no_error',
+-- 'no_reflection') and source ('refined' = a verified rewrite, 'teacher_fallback' = the
+-- teacher's CoT kept when no rewrite verified).
+--
+-- Columns:
+--   cot_table      'teacher_cots' or 'refined_cots'
+--   mode           refinement mode (NULL for teacher CoTs)
+--   source         'teacher', 'refined' or 'teacher_fallback'
+--   cots           number of CoTs
+--   tokens_p10, tokens_p50, tokens_p90, tokens_max, tokens_mean
+--                  n_tokens of the CoT table (percentiles interpolated linearly: quantile_cont)
+--   with_steps     CoTs that have a row in orion.cot_quality (the step counts come from there)
+--   steps_p10, steps_p50, steps_p90, steps_max
+--                  cot_quality.n_steps (NULL when no CoT of the row has a cot_quality row)
+--
+-- Run (see sql/README.md):
+--   orion sql sql/cot_stats.sql
+--   duckdb -readonly data/orion.duckdb -f sql/cot_stats.sql
+--   python -c "import duckdb; print(duckdb.connect('data/orion.duckdb', read_only=True).sql(open('sql/cot_stats.sql').read()))"
+
+USE orion;
+
+WITH steps_teacher AS (
+    -- one cot_quality row per teacher CoT (variant teacher_sft); max() guards against duplicates
+    SELECT teacher_cot_id, max(n_steps) AS n_steps
+    FROM cot_quality
+    WHERE cot_table = 'teacher_cots'
+    GROUP BY teacher_cot_id
+),
+steps_refined AS (
+    SELECT refined_cot_id, max(n_steps) AS n_steps
+    FROM cot_quality
+    WHERE cot_table = 'refined_cots'
+    GROUP BY refined_cot_id
+),
+cots AS (
+    SELECT 'teacher_cots' AS cot_table, NULL::VARCHAR AS mode, 'teacher' AS source,
+           t.n_tokens, s.n_steps, s.teacher_cot_id IS NOT NULL AS has_quality
+    FROM teacher_cots t
+    LEFT JOIN steps_teacher s USING (teacher_cot_id)
+    UNION ALL
+    SELECT 'refined_cots', r.mode, r.source,
+           r.n_tokens, s.n_steps, s.refined_cot_id IS NOT NULL
+    FROM refined_cots r
+    LEFT JOIN steps_refined s USING (refined_cot_id)
+)
+SELECT
+    cot_table,
+    mode,
+    source,
+    count(*) AS cots,
+    quantile_cont(n_tokens, 0.1) AS tokens_p10,
+    quantile_cont(n_tokens, 0.5) AS tokens_p50,
+    quantile_cont(n_tokens, 0.9) AS tokens_p90,
+    max(n_tokens) AS tokens_max,
+    avg(n_tokens) AS tokens_mean,
+    count(*) FILTER (WHERE has_quality) AS with_steps,
+    quantile_cont(n_steps, 0.1) AS steps_p10,
+    quantile_cont(n_steps, 0.5) AS steps_p50,
+    quantile_cont(n_steps, 0.9) AS steps_p90,
+    max(n_steps) AS steps_max
+FROM cots
+GROUP BY cot_table, mode, source
+ORDER BY cot_table DESC,  -- teacher_cots first
+         array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS FIRST, mode,
+         source;

@@ -1,0 +1,51 @@
+-- length_vs_accuracy.sql: are long answers more often right or wrong, per model variant?
+--
+-- orion.benchmark_predictions (every graded sample of every variant on every benchmark, pooled
+-- over the benchmarks) bucketed by the answer's length n_tokens in powers of two:
+-- [1, 2), [2, 4), ..., [1024, 2048), ...; n_tokens = 0 gets bucket [0, 1) and an unknown length
+-- the NULL bucket, so that the buckets of a variant add up to all its predictions.
+--
+-- Columns:
+--   variant
+--   bucket_lo, bucket_hi  the length bucket [bucket_lo, bucket_hi) in tokens (NULL: unknown)
+--   bucket                the same as text, e.g. '[256, 512)'
+--   predictions           graded samples in the bucket
+--   correct               of them, correct
+--   accuracy              correct / predictions (ungraded samples count as not correct)
+--   truncation_rate       share that stopped at the token limit (finish_reason = 'length')
+--   share_of_variant      predictions / all predictions of the variant (sums to 1 per variant)
+--
+-- Run (see sql/README.md):
+--   orion sql sql/length_vs_accuracy.sql
+--   duckdb -readonly data/orion.duckdb -f sql/length_vs_accuracy.sql
+
+USE orion;
+
+WITH bucketed AS (
+    SELECT
+        variant,
+        correct,
+        finish_reason,
+        CASE
+            WHEN n_tokens IS NULL THEN NULL
+            WHEN n_tokens < 1 THEN 0
+            ELSE (2 ** floor(log2(n_tokens)))::BIGINT
+        END AS bucket_lo
+    FROM benchmark_predictions
+)
+SELECT
+    variant,
+    bucket_lo,
+    CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END AS bucket_hi,
+    CASE WHEN bucket_lo IS NULL THEN 'unknown'
+         ELSE printf('[%d, %d)', bucket_lo, CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END)
+    END AS bucket,
+    count(*) AS predictions,
+    count(*) FILTER (WHERE correct) AS correct,
+    count(*) FILTER (WHERE correct) / count(*) AS accuracy,
+    count(*) FILTER (WHERE finish_reason = 'length') / count(*) AS truncation_rate,
+    count(*) / sum(count(*)) OVER (PARTITION BY variant) AS share_of_variant
+FROM bucketed
+GROUP BY variant, bucket_lo
+ORDER BY array_position(['base', 'teacher_sft', 'orion', 'orion_no_error', 'orion_no_reflection'], variant) NULLS LAST,
+         variant, bucket_lo NULLS LAST;

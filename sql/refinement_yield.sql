@@ -1,0 +1,66 @@
+-- refinement_yield.sql: how often does self-reflection produce a verified rewrite?
+--
+-- Yield = share of the problems whose refinement verified (a refined_cots row with
+-- source = 'refined'), per mode, overall and by the problem's subject and level.
+-- The problems refinement was tried on are those with a teacher CoT (orion.teacher_cots; each
+-- mode refines every one of them), so a problem that ended as 'teacher_fallback', or that was
+-- dropped ([reflection] on_failure = "drop": no refined_cots row), counts as not refined.
+--
+-- Columns:
+--   scope             'mode' (one row per mode over all problems, subject and level NULL)
+--                     or 'subject_level' (one row per mode, subject and level)
+--   mode              'orion', 'no_error', 'no_reflection' (and any other mode in refined_cots)
+--   subject, level    of orion.train_problems (NULL: the problem has none, or scope = 'mode')
+--   problems          problems refinement was tried on
+--   refined           of them, with a verified rewrite
+--   teacher_fallback  of them, kept as the teacher's CoT
+--   dropped           of them, with no refined_cots row for this mode
+--   yield             refined / problems, in [0, 1]
+--
+-- Run (see sql/README.md):
+--   orion sql sql/refinement_yield.sql
+--   duckdb -readonly data/orion.duckdb -f sql/refinement_yield.sql
+
+USE orion;
+
+WITH modes AS (
+    SELECT mode FROM (VALUES ('orion'), ('no_error'), ('no_reflection')) AS m(mode)
+    UNION
+    SELECT DISTINCT mode FROM refined_cots
+),
+tried AS (
+    SELECT DISTINCT x.problem_id, p.subject, p.level
+    FROM (SELECT problem_id FROM teacher_cots UNION SELECT problem_id FROM refined_cots) AS x
+    LEFT JOIN train_problems p USING (problem_id)
+),
+outcome AS (
+    SELECT mode, problem_id,
+           bool_or(source = 'refined') AS refined,
+           bool_or(source = 'teacher_fallback') AS fallback
+    FROM refined_cots
+    GROUP BY mode, problem_id
+),
+per_problem AS (
+    SELECT m.mode, t.subject, t.level,
+           coalesce(o.refined, false) AS refined,
+           coalesce(o.fallback AND NOT o.refined, false) AS fallback,
+           o.problem_id IS NULL AS dropped
+    FROM modes m
+    CROSS JOIN tried t
+    LEFT JOIN outcome o ON o.mode = m.mode AND o.problem_id = t.problem_id
+)
+SELECT
+    CASE WHEN grouping(subject, level) = 0 THEN 'subject_level' ELSE 'mode' END AS scope,
+    mode,
+    subject,
+    level,
+    count(*) AS problems,
+    count(*) FILTER (WHERE refined) AS refined,
+    count(*) FILTER (WHERE fallback) AS teacher_fallback,
+    count(*) FILTER (WHERE dropped) AS dropped,
+    count(*) FILTER (WHERE refined) / count(*) AS yield
+FROM per_problem
+GROUP BY GROUPING SETS ((mode), (mode, subject, level))
+ORDER BY array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS LAST, mode,
+         grouping(subject, level) DESC, subject NULLS LAST,
+         try_cast(regexp_extract(level, '[0-9]+(\.[0-9]+)?') AS DOUBLE) NULLS LAST, level NULLS LAST;
