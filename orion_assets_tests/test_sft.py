@@ -1,0 +1,394 @@
+"""SFT (orion_assets.training): real TRL training of the tiny student on real GSM8K solutions, no mocks.
+
+* in process: LoRA and full fine-tuning for a few steps, the per-step log, the saved model loading and generating;
+* the loss mask, read off the trainer's own collated batches: prompt masked, completion tokens + the final
+  ``<|im_end|>`` trained, nothing after it;
+* max_length: truncation counted with the trained token ids, and no silent 1024-token cap;
+* a SIGKILLed ``sft_main`` process resumed from its last checkpoint;
+* the Dagster Pipes path: a real ``dg.materialize`` of an asset calling ``run_sft_with_pipes``.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+
+from orion_assets.models import EOS_TOKEN, BuiltModel, build_tiny_student
+from orion_assets.training.sft import (
+    RESULT_FILE,
+    TRAIN_LOG_FILE,
+    TrainParams,
+    TrainResult,
+    build_trainer,
+    config_hash,
+    find_resume_checkpoint,
+    launch_command,
+    load_trained_model,
+    read_train_log,
+    train,
+    write_sft_parquet,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
+INSTRUCTION = "Reason step by step and put the final answer in \\boxed{}."
+N_TOKENIZER_RECORDS = 300
+N_EXAMPLES = 24
+
+
+def _gsm8k_records(n: int, offset: int = 0) -> list[dict]:
+    if not GSM8K.is_file():
+        pytest.skip(f"no GSM8K training file at {GSM8K}")
+    out = []
+    with GSM8K.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i < offset:
+                continue
+            if len(out) >= n:
+                break
+            out.append(json.loads(line))
+    return out
+
+
+def _solution_cot(answer: str) -> str:
+    """A GSM8K solution as a CoT ending in \\boxed{}: calculator annotations removed, '#### x' -> \\boxed{x}."""
+    body, final = answer.split("####")
+    body = re.sub(r"<<[^>]*>>", "", body).strip()
+    return f"{body}\nThe final answer is \\boxed{{{final.strip()}}}."
+
+
+def _example(i: int, question: str, cot: str) -> dict:
+    return {
+        "sft_example_id": f"gsm8k-{i}",
+        "prompt": [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}],
+        "completion": [{"role": "assistant", "content": cot}],
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory) -> BuiltModel:
+    recs = _gsm8k_records(N_TOKENIZER_RECORDS)
+    texts = [t for r in recs for t in (r["question"], r["answer"])]
+    return build_tiny_student(texts, tmp_path_factory.mktemp("sft_students"))
+
+
+@pytest.fixture(scope="session")
+def sft_rows() -> list[dict]:
+    return [_example(i, r["question"], _solution_cot(r["answer"])) for i, r in enumerate(_gsm8k_records(N_EXAMPLES))]
+
+
+@pytest.fixture(scope="session")
+def sft_parquet(tmp_path_factory, sft_rows) -> Path:
+    return write_sft_parquet(sft_rows, tmp_path_factory.mktemp("sft_data") / "sft.parquet")
+
+
+def _params(tiny_student: BuiltModel, data: Path, out: Path, **kw) -> TrainParams:
+    base = dict(
+        base_model_path=str(tiny_student.path),
+        dataset_path=str(data),
+        output_dir=str(out),
+        max_length=512,
+        max_steps=3,
+        batch_size=2,
+        save_steps=2,
+        learning_rate=1e-3,
+        base_model_hash=tiny_student.config_hash,
+    )
+    base.update(kw)
+    return TrainParams(**base)
+
+
+def _generate(model, tokenizer, question: str) -> torch.Tensor:
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}], add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+    return out
+
+
+def _check_log(log: list[dict], steps: int) -> None:
+    assert [e["step"] for e in log] == list(range(1, steps + 1))
+    for e in log:
+        for key in ("loss", "learning_rate", "num_tokens", "epoch", "grad_norm", "elapsed_s"):
+            assert e[key] is not None, (key, e)
+        assert math.isfinite(e["loss"]) and e["loss"] > 0
+    tokens = [e["num_tokens"] for e in log]
+    assert all(b > a for a, b in zip(tokens, tokens[1:], strict=False)), tokens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small pure functions
+
+
+def test_launch_command_and_params_roundtrip(tmp_path):
+    assert launch_command(["{python}", "-m", "orion_assets.training.sft_main"]) == [
+        sys.executable,
+        "-m",
+        "orion_assets.training.sft_main",
+    ]
+    assert launch_command(["{python}", "-m", "x"], python="/opt/py") == ["/opt/py", "-m", "x"]
+    acc = ["accelerate", "launch", "--num_processes", "2", "-m", "orion_assets.training.sft_main"]
+    assert launch_command(acc) == acc
+
+    from orion_assets.profiles.schema import SFTConfig
+
+    p = TrainParams.from_sft_config(SFTConfig(), base_model_path="b", dataset_path="d", output_dir="o")
+    assert p.max_length == SFTConfig().max_length and p.lora is True
+    assert TrainParams.from_json(json.dumps(p.to_json())) == p
+    with pytest.raises(ValueError, match="unknown"):
+        TrainParams.from_json({**p.to_json(), "bogus": 1})
+
+
+def test_config_hash_tracks_what_changes_the_weights(tmp_path, tiny_student, sft_rows):
+    data = write_sft_parquet(sft_rows, tmp_path / "a.parquet")
+    p = _params(tiny_student, data, tmp_path / "out")
+    h = config_hash(p)
+    # bookkeeping does not change the hash
+    for kw in ({"output_dir": str(tmp_path / "elsewhere")}, {"resume": False}, {"save_steps": 7}):
+        assert config_hash(TrainParams(**{**p.to_json(), **kw})) == h, kw
+    copy = write_sft_parquet(sft_rows, tmp_path / "copy.parquet")  # same content, other path
+    assert config_hash(TrainParams(**{**p.to_json(), "dataset_path": str(copy)})) == h
+    # what changes the weights does
+    for kw in ({"learning_rate": 5e-4}, {"max_length": 256}, {"lora": False}, {"seed": 1}):
+        assert config_hash(TrainParams(**{**p.to_json(), **kw})) != h, kw
+    other = write_sft_parquet(sft_rows[:-1], tmp_path / "b.parquet")
+    assert config_hash(TrainParams(**{**p.to_json(), "dataset_path": str(other)})) != h
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loss mask and max_length, read off the trainer's own data
+
+
+def test_labels_cover_exactly_the_completion_and_its_end_of_turn(tmp_path, tiny_student, sft_parquet, sft_rows):
+    prepared = build_trainer(_params(tiny_student, sft_parquet, tmp_path / "out"))
+    trainer, tok = prepared.trainer, prepared.trainer.processing_class
+    assert trainer.args.max_length == 512 and trainer.args.completion_only_loss is True
+    assert prepared.eos_token == EOS_TOKEN
+    eos_id = tok.convert_tokens_to_ids(EOS_TOKEN)
+
+    n = 4
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    for i in range(n):
+        ids, labels, attn = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
+        prompt_text = tok.apply_chat_template(sft_rows[i]["prompt"], add_generation_prompt=True, tokenize=False)
+        prompt_len = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+        completion = tok(sft_rows[i]["completion"][0]["content"] + EOS_TOKEN, add_special_tokens=False)["input_ids"]
+        length = int(attn.sum())
+        assert length == prompt_len + len(completion)
+        # the prompt is masked, the completion (with its <|im_end|>) is trained, padding is masked
+        assert (labels[:prompt_len] == -100).all()
+        assert labels[prompt_len:length].tolist() == completion == ids[prompt_len:length].tolist()
+        assert (labels[length:] == -100).all()
+        assert labels[length - 1].item() == eos_id  # the model learns to stop ...
+        assert ids[length - 1].item() == eos_id  # ... and nothing after the end of turn (no ChatML "\n")
+        assert tok.decode(labels[prompt_len:length].tolist()) == sft_rows[i]["completion"][0]["content"] + EOS_TOKEN
+
+
+def test_truncation_is_counted_and_there_is_no_silent_1024_cap(tmp_path, tiny_student, sft_rows):
+    # lengths of the examples, tokenized independently of the trainer (ChatML text, minus the "\n" after the turn)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_student.path)
+
+    def n_tokens(row):
+        text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        assert text.endswith(EOS_TOKEN + "\n")
+        return len(tok(text[:-1], add_special_tokens=False)["input_ids"])
+
+    lengths = [n_tokens(r) for r in sft_rows]
+    max_length = sorted(lengths)[len(lengths) // 2]  # about half the examples are longer
+    expected = sum(n > max_length for n in lengths)
+    assert 0 < expected < len(lengths)
+    data = write_sft_parquet(sft_rows, tmp_path / "data.parquet")
+    prepared = build_trainer(_params(tiny_student, data, tmp_path / "out", max_length=max_length))
+    assert prepared.stats.truncated_examples == expected
+    assert prepared.stats.max_example_tokens == max(lengths)
+    assert max(len(r["input_ids"]) for r in prepared.trainer.train_dataset) == max_length
+
+    # one long CoT (> 1024 tokens) with max_length=2048: kept whole
+    parts: list[str] = []
+    for r in sft_rows:  # concatenate solutions until the example passes 1024 tokens
+        parts.append(r["completion"][0]["content"])
+        long_row = {**sft_rows[0], "sft_example_id": "long", "completion": [{"role": "assistant", "content": "\n".join(parts)}]}
+        n_long = n_tokens(long_row)
+        if n_long > 1100:
+            break
+    assert 1024 < n_long < 2048, n_long
+    data = write_sft_parquet([long_row, *sft_rows[:3]], tmp_path / "long.parquet")
+    prepared = build_trainer(_params(tiny_student, data, tmp_path / "out_long", max_length=2048))
+    assert prepared.stats.truncated_examples == 0
+    assert prepared.trainer.args.max_length == 2048
+    assert len(prepared.trainer.train_dataset[0]["input_ids"]) == n_long
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training in process
+
+
+def test_lora_training_logs_saves_and_generates(tmp_path, tiny_student, sft_parquet, sft_rows):
+    out = tmp_path / "lora"
+    streamed: list[dict] = []
+    result = train(_params(tiny_student, sft_parquet, out), on_log=streamed.append)
+
+    assert result.steps == 3 and result.resumed_from_step == 0
+    assert result.final_kind == "lora_adapter"
+    assert math.isfinite(result.train_loss) and math.isfinite(result.final_loss)
+    assert result.examples == len(sft_rows) and result.truncated_examples == 0
+    assert result.tokens_seen == result.train_tokens > 0 and result.train_tokens_per_second > 0
+    assert 0 < result.train_seconds <= result.wall_seconds and result.peak_memory_mb > 0
+    log = read_train_log(out)
+    _check_log(log, 3)
+    assert streamed == log
+    assert log[-1]["num_tokens"] == result.tokens_seen
+    # every save_steps, and at the last step
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert find_resume_checkpoint(out).name == "checkpoint-3"
+    assert TrainResult.from_json((out / RESULT_FILE).read_text()) == result
+
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    final = Path(result.final_path)
+    assert (final / "adapter_config.json").is_file() and (final / "tokenizer.json").is_file()
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        Path(tiny_student.path).resolve()
+    )
+    model = AutoPeftModelForCausalLM.from_pretrained(str(final))
+    assert isinstance(model, PeftModel)
+    model.eval()
+    model2, tok = load_trained_model(final, merge=True)
+    assert not isinstance(model2, PeftModel)
+    _generate(model, tok, sft_rows[0]["prompt"][0]["content"])
+    _generate(model2, tok, sft_rows[0]["prompt"][0]["content"])
+
+
+def test_full_finetune_saves_plain_model(tmp_path, tiny_student, sft_parquet, sft_rows):
+    from transformers import AutoModelForCausalLM
+
+    result = train(_params(tiny_student, sft_parquet, tmp_path / "full", lora=False, max_steps=2, save_steps=10))
+    assert result.final_kind == "full" and result.steps == 2 and math.isfinite(result.train_loss)
+    final = Path(result.final_path)
+    assert not (final / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_student.path)
+    changed = [
+        n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters(), strict=True) if not torch.equal(p, q)
+    ]
+    assert changed, "full fine-tuning changed no weight"
+    from transformers import AutoTokenizer
+
+    _generate(model, AutoTokenizer.from_pretrained(final), sft_rows[0]["prompt"][0]["content"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kill and resume (the process entry point)
+
+
+def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_parquet):
+    out = tmp_path / "resume"
+    params = _params(tiny_student, sft_parquet, out, max_steps=6, save_steps=2, save_total_limit=None)
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps(params.to_json()))
+    cmd = [sys.executable, "-m", "orion_assets.training.sft_main", "--params", str(params_file)]
+
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while find_resume_checkpoint(out) is None:
+            assert proc.poll() is None, f"sft_main exited ({proc.returncode}) before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    assert 2 <= killed_at < 6, f"first run was not killed mid-way (checkpoint {killed_at})"
+    assert not (out / RESULT_FILE).exists()
+    # a checkpoint cut short by the kill must be skipped (and removed), never resumed from
+    partial = out / "checkpoint-5"
+    partial.mkdir(exist_ok=True)
+    (partial / "trainer_state.json").write_text('{"global_st')
+
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])["orion_sft_result"]
+    result = TrainResult.from_json((out / RESULT_FILE).read_text())
+    assert printed == result.to_json()
+    assert result.resumed_from_step >= killed_at > 0
+    assert result.steps == 6
+    assert not partial.exists()
+    log = read_train_log(out)
+    _check_log(log, 6)  # steps 1..6 once each: entries logged after the checkpoint by the killed run were dropped
+    assert result.tokens_seen == log[-1]["num_tokens"] > result.train_tokens > 0  # tokens before the kill counted
+
+    # a rerun of the finished run resumes at its last step: no step is trained twice, the final model is rewritten
+    again = train(params)
+    assert again.steps == 6 and again.resumed_from_step == 6 and again.train_tokens == 0
+    assert again.tokens_seen == result.tokens_seen and read_train_log(out) == log
+    assert (Path(again.final_path) / "adapter_config.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dagster Pipes
+
+
+def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_student, sft_parquet):
+    from orion_assets.training.pipes import run_sft_with_pipes
+
+    params = _params(tiny_student, sft_parquet, tmp_path / "pipes", max_steps=3, save_steps=2)
+    outcomes = []
+
+    @dg.asset
+    def throwaway_checkpoint(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
+        outcome = run_sft_with_pipes(
+            context, pipes_subprocess_client, params, ["{python}", "-m", "orion_assets.training.sft_main"]
+        )
+        outcomes.append(outcome)
+        return dg.MaterializeResult(metadata=outcome.metadata)
+
+    instance = dg.DagsterInstance.ephemeral()
+    res = dg.materialize(
+        [throwaway_checkpoint],
+        instance=instance,
+        resources={"pipes_subprocess_client": dg.PipesSubprocessClient(cwd=str(REPO))},
+    )
+    assert res.success
+    (outcome,) = outcomes
+    assert outcome.result["steps"] == 3 and outcome.result["resumed_from_step"] == 0
+    assert Path(outcome.result["final_path"], "adapter_config.json").is_file()
+
+    (mat,) = res.asset_materializations_for_node("throwaway_checkpoint")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["steps"] == 3 and meta["log_entries"] == 3
+    assert meta["truncated_examples"] == 0 and meta["examples"] == N_EXAMPLES
+    assert meta["config_hash"] == config_hash(params)
+    assert math.isfinite(meta["first_loss"]) and math.isfinite(meta["last_loss"]) and meta["tokens_seen"] > 0
+    assert meta["loss_curve"]["step"] == [1, 2, 3]
+    table = meta["train_log"]
+    assert table.startswith("| step |") and len(table.strip().splitlines()) == 2 + 3
+    assert meta["final_path"] == outcome.result["final_path"]
+
+    # each training-log entry was streamed to the run's event log while training
+    messages = [e.user_message for e in instance.all_logs(res.run_id)]
+    steps = [json.loads(m.split("sft step ", 1)[1])["step"] for m in messages if "sft step " in m]
+    assert steps == [1, 2, 3]
+    assert (Path(params.output_dir) / TRAIN_LOG_FILE).is_file()
