@@ -151,6 +151,12 @@ def test_launch_command_and_params_roundtrip(tmp_path):
 
     p = TrainParams.from_sft_config(SFTConfig(), base_model_path="b", dataset_path="d", output_dir="o")
     assert p.max_length == SFTConfig().max_length and p.lora is True
+    from orion_assets.profiles import load_profile
+
+    tiny = load_profile("tiny").config.sft
+    q = TrainParams.from_sft_config(tiny, base_model_path="b", dataset_path="d", output_dir="o", device="cpu")
+    assert (q.max_length, q.max_steps, q.learning_rate) == (tiny.max_length, tiny.max_steps, tiny.learning_rate)
+    assert q.device == "cpu"
     assert TrainParams.from_json(json.dumps(p.to_json())) == p
     with pytest.raises(ValueError, match="unknown"):
         TrainParams.from_json({**p.to_json(), "bogus": 1})
@@ -226,7 +232,8 @@ def test_truncation_is_counted_and_there_is_no_silent_1024_cap(tmp_path, tiny_st
     parts: list[str] = []
     for r in sft_rows:  # concatenate solutions until the example passes 1024 tokens
         parts.append(r["completion"][0]["content"])
-        long_row = {**sft_rows[0], "sft_example_id": "long", "completion": [{"role": "assistant", "content": "\n".join(parts)}]}
+        long_cot = [{"role": "assistant", "content": "\n".join(parts)}]
+        long_row = {**sft_rows[0], "sft_example_id": "long", "completion": long_cot}
         n_long = n_tokens(long_row)
         if n_long > 1100:
             break
@@ -287,9 +294,8 @@ def test_full_finetune_saves_plain_model(tmp_path, tiny_student, sft_parquet, sf
     assert not (final / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_student.path)
-    changed = [
-        n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters(), strict=True) if not torch.equal(p, q)
-    ]
+    pairs = zip(model.named_parameters(), base.named_parameters(), strict=True)
+    changed = [n for (n, p), (_, q) in pairs if not torch.equal(p, q)]
     assert changed, "full fine-tuning changed no weight"
     from transformers import AutoTokenizer
 

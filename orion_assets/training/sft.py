@@ -29,7 +29,8 @@ What :func:`train` guarantees (each point is a TRL default we do *not* rely on):
 * **Resumable**: checkpoints every ``save_steps`` in ``output_dir/checkpoint-N``; with ``resume=True`` a rerun
   continues from the latest *complete* checkpoint (one whose ``trainer_state.json`` parses; a checkpoint cut short
   by a kill is removed).  The run's parameters are kept in ``output_dir/train_params.json``; resuming checkpoints
-  of a run with another :func:`config_hash` is refused.
+  of a run with another :func:`config_hash` is refused.  A rerun of a finished run trains nothing (the
+  Trainer, resumed at ``max_steps``, would run one step past it) and rewrites ``final`` from the last checkpoint.
 * **A per-step log**: every optimizer step appends one JSON line to ``output_dir/train_log.jsonl`` (step, epoch,
   loss, learning_rate, grad_norm, num_tokens = input tokens seen so far, including those before a resume,
   mean_token_accuracy, entropy, elapsed_s, tokens_per_second) and is passed to ``on_log``.
@@ -527,6 +528,15 @@ def find_resume_checkpoint(output_dir: str | os.PathLike, remove_incomplete: boo
     return max(found)[1] if found else None
 
 
+def _finished_checkpoint_state(path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint's trainer state when it is at the run's last step (``global_step >= max_steps``)."""
+    if path is None:
+        return None
+    state = json.loads((path / "trainer_state.json").read_text())
+    max_steps = int(state.get("max_steps") or 0)
+    return state if max_steps > 0 and int(state["global_step"]) >= max_steps else None
+
+
 def _checkpoint_step(path: Path) -> int:
     m = _CHECKPOINT_RE.match(path.name)
     return int(m.group(1)) if m else 0
@@ -554,6 +564,11 @@ def _rewrite_train_log(output_dir: Path, keep_until_step: int) -> None:
     tmp = output_dir / (TRAIN_LOG_FILE + ".tmp")
     tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
     os.replace(tmp, output_dir / TRAIN_LOG_FILE)
+
+
+def _last_logged_loss(output_dir: Path) -> float | None:
+    losses = [e["loss"] for e in read_train_log(output_dir) if e.get("loss") is not None]
+    return losses[-1] if losses else None
 
 
 def _finite(x: Any) -> float | None:
@@ -799,7 +814,19 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
     if resume is not None:
         logger.info("resuming SFT from %s (step %d)", resume, resumed_from_step)
 
-    out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    finished = _finished_checkpoint_state(resume)
+    if finished is not None:
+        # Trainer.train() resumed at the last step still runs one more step (it checks max_steps only after a
+        # step), so a rerun of a finished run would train past max_steps: load the checkpoint instead.
+        from transformers import TrainerState
+
+        logger.info("%s is at the last step (%d): nothing left to train", resume, finished["global_step"])
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        training_loss = None
+    else:
+        out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        training_loss = out.training_loss
 
     # final model: written beside, then renamed (all ranks call save_model; the Trainer writes on the main one)
     final = output_dir / FINAL_DIR
@@ -823,14 +850,14 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
 
-    train_seconds = (cb.t_end or time.perf_counter()) - (cb.t_begin or wall0)
+    train_seconds = (cb.t_end - cb.t_begin) if (cb.t_begin is not None and cb.t_end is not None) else 0.0
     train_tokens = cb.tokens_end - cb.tokens_begin
     result = TrainResult(
         final_path=str(final),
         final_kind=final_kind,
         steps=int(trainer.state.global_step),
-        train_loss=_finite(out.training_loss),
-        final_loss=cb.last_loss,
+        train_loss=_finite(training_loss),
+        final_loss=cb.last_loss if cb.last_loss is not None else _last_logged_loss(output_dir),
         tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
         train_tokens=int(train_tokens),
         train_seconds=round(train_seconds, 4),

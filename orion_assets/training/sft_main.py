@@ -10,10 +10,11 @@ process was launched by Dagster, else ``--params PATH`` (a JSON file of ``TrainP
 them.
 
 Under Pipes, only the main process (``RANK`` 0, or no ``RANK``) opens the Pipes connection: it streams each
-training-log entry with ``pipes.log.info`` (at most one per ``log_interval_s`` seconds when that extra is set), sends the :class:`TrainResult` as a custom message
-(``{"train_result": {...}}``) and reports the asset materialization with the result and a summary of the
-training log as metadata.  Other ranks only train.  Outside Pipes the result is printed as one JSON line
-(``{"orion_sft_result": {...}}``).  Either way ``output_dir/result.json`` holds the result.
+training-log entry with ``pipes.log.info`` (at most one per ``log_interval_s`` seconds when that extra is set),
+sends the :class:`TrainResult` as a custom message (``{"train_result": {...}}``) and reports the asset
+materialization with the result and a summary of the training log as metadata.  Other ranks only train.
+Outside Pipes the result is printed as one JSON line (``{"orion_sft_result": {...}}``).  Either way
+``output_dir/result.json`` holds the result.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def result_metadata(result: TrainResult, log: list[dict[str, Any]]) -> dict[str,
     meta["final_path"] = {"raw_value": result.final_path, "type": "path"}
     meta["log_path"] = {"raw_value": result.log_path, "type": "path"}
     curve = _evenly([e for e in log if e.get("loss") is not None], LOSS_CURVE_POINTS)
-    meta["loss_curve"] = {"raw_value": {"step": [e["step"] for e in curve], "loss": [e["loss"] for e in curve]}, "type": "json"}
+    meta["loss_curve"] = {
+        "raw_value": {"step": [e["step"] for e in curve], "loss": [e["loss"] for e in curve]},
+        "type": "json",
+    }
     meta["train_log"] = {"raw_value": log_table_markdown(log), "type": "md"}
     return meta
 
@@ -125,7 +129,10 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
 
     with open_dagster_pipes() as pipes:
         extras = pipes.extras or {}
-        params = TrainParams.from_json(extras[PARAMS_EXTRA]) if PARAMS_EXTRA in extras else _params_from_file(args.params)
+        if PARAMS_EXTRA in extras:
+            params = TrainParams.from_json(extras[PARAMS_EXTRA])
+        else:
+            params = _params_from_file(args.params)
         pipes.log.info(
             f"SFT: base={params.base_model_path} data={params.dataset_path} out={params.output_dir} "
             f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.epochs}"
@@ -160,7 +167,9 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orion_assets.training.sft_main", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orion_assets.training.sft_main", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--params", help="JSON file with TrainParams (used when not launched by Dagster Pipes)")
     args, _unknown = parser.parse_known_args(argv)  # tolerate launcher-added arguments
 
