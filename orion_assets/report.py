@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -29,6 +29,7 @@ import duckdb
 import polars as pl
 
 from orion_assets.profiles.schema import BENCHMARKS, VARIANTS
+from orion_assets.scoring import Scores
 from orion_assets.store import SCHEMA, Store
 
 REFERENCE_VARIANT = "teacher_sft"
@@ -37,18 +38,8 @@ MARKDOWN_NAME = "leaderboard.md"
 ACCURACY_PNG = "accuracy.png"
 COT_LENGTHS_PNG = "cot_lengths.png"
 ERROR_TYPES_PNG = "error_types.png"
-SCORE_COLUMNS: tuple[str, ...] = (
-    "benchmark",
-    "variant",
-    "n_problems",
-    "k",
-    "pass_at_1",
-    "pass_at_1_se",
-    "maj_at_k",
-    "pass_at_k",
-    "mean_tokens",
-    "truncation_rate",
-)
+# The columns of orion.benchmark_scores that the report reads: its keys and the Scores fields.
+SCORE_COLUMNS: tuple[str, ...] = ("benchmark", "variant", *(f.name for f in fields(Scores)))
 REFINED_MODE_ORDER: tuple[str, ...] = ("orion", "no_error", "no_reflection")
 
 
