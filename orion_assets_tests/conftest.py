@@ -21,6 +21,17 @@ os.environ.setdefault("HF_HUB_DISABLE_UPDATE_CHECK", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO = REPO_ROOT
 SHARED_DATA = Path(os.environ.get("ORION_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+GSM8K_TRAIN = REPO_ROOT / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
+
+
+def gsm8k_train_rows(n: int, offset: int = 0) -> list[dict]:
+    """Rows ``offset .. offset+n`` of the shipped GSM8K train file (question, answer): real text
+    for building tiny tokenizers and SFT examples in tests."""
+    import itertools
+    import json
+
+    with GSM8K_TRAIN.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in itertools.islice(handle, offset, offset + n)]
 
 
 @pytest.fixture

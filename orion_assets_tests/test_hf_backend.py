@@ -3,7 +3,6 @@ against a real OpenAI-compatible server (``transformers serve``) on the same mod
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -16,13 +15,12 @@ from orion_assets.llm.hf_backend import HFEndpoint
 from orion_assets.models import BuiltModel, build_tiny_student
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
+from orion_assets_tests.conftest import gsm8k_train_rows
 
-TRAIN_FILE = Path(__file__).resolve().parents[1] / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 
 
 def _train_rows(n: int = 300) -> list[dict]:
-    with TRAIN_FILE.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in itertools.islice(handle, n)]
+    return gsm8k_train_rows(n)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from orion_assets.models import EOS_TOKEN, BuiltModel, build_tiny_student
+from orion_assets_tests.conftest import gsm8k_train_rows
 from orion_assets.training.sft import (
     RESULT_FILE,
     TRAIN_LOG_FILE,
@@ -44,24 +45,13 @@ from orion_assets.training.sft import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 INSTRUCTION = "Reason step by step and put the final answer in \\boxed{}."
 N_TOKENIZER_RECORDS = 300
 N_EXAMPLES = 24
 
 
 def _gsm8k_records(n: int, offset: int = 0) -> list[dict]:
-    if not GSM8K.is_file():
-        pytest.skip(f"no GSM8K training file at {GSM8K}")
-    out = []
-    with GSM8K.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i < offset:
-                continue
-            if len(out) >= n:
-                break
-            out.append(json.loads(line))
-    return out
+    return gsm8k_train_rows(n, offset)
 
 
 def _solution_cot(answer: str) -> str:

@@ -1,6 +1,5 @@
 """teacher_cots over HTTP: a real `transformers serve`, then kill-and-resume and secrets."""
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from orion_assets.assets.teacher import student_base_model, teacher_cots
 from orion_assets.models import build_tiny_student
 from orion_assets.resources import OrionResource
 from orion_assets.store import Store
+from orion_assets_tests.conftest import gsm8k_train_rows
 from orion_assets_tests.fault_server import FaultServer
 from orion_assets_tests.serve import served_model
 
@@ -26,11 +26,7 @@ ASSETS = [train_problems, student_base_model, teacher_cots]
 
 @pytest.fixture(scope="module")
 def served_teacher(tmp_path_factory):
-    texts = []
-    with open(REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl") as handle:
-        for line, _ in zip(handle, range(300)):
-            row = json.loads(line)
-            texts += [row["question"], row["answer"]]
+    texts = [text for row in gsm8k_train_rows(300) for text in (row["question"], row["answer"])]
     model = build_tiny_student(texts, tmp_path_factory.mktemp("teacher_model"), vocab_size=512)
     with served_model(model.path) as served:
         yield served
