@@ -63,16 +63,24 @@ class OrionResource(dg.ConfigurableResource):
         """The materialization(s) a read of ``asset_key`` (one partition, or all) depends on."""
         return self.store.latest_materializations(asset_key, partition_key)
 
-    def endpoint(self, role: str, local_model: str | None = None, served_model: str | None = None):
+    def endpoint(
+        self,
+        role: str,
+        local_model: str | None = None,
+        served_model: str | None = None,
+        model_revision: str | None = None,
+    ):
         """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
-        ``served_model`` the model name an openai server knows them by (default: the profile's)."""
+        ``served_model`` the model name an openai server knows them by (default: the profile's),
+        ``model_revision`` which weights these are (a checkpoint's id), for every backend's cache
+        key, so a variant retrained and served under the same name is not answered from the cache."""
         from orion_assets.llm import make_endpoint
 
         cfg = getattr(self.active.config.endpoints, role)
         if cfg is None:
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
-        return make_endpoint(cfg, self.store, role=role, model_path=model)
+        return make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
 
     def read(
         self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None

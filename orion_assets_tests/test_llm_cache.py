@@ -79,6 +79,66 @@ def test_cache_key_is_stable_and_sensitive_to_every_component() -> None:
     assert cache_key(*base, extra={"replay": "abc"}) != key
 
 
+def test_model_revision_enters_the_key_and_none_keeps_the_old_keys() -> None:
+    base = ("openai", "http://127.0.0.1:8000/v1", "m", MESSAGES, PARAMS, 3)
+    plain = cache_key(*base)
+    assert cache_key(*base, model_revision=None) == plain == "09fa059a3f540c919b7994cada1454e3"  # as before
+    one, two = cache_key(*base, model_revision="ckpt-1"), cache_key(*base, model_revision="ckpt-2")
+    assert len({plain, one, two}) == 3
+    assert cache_key(*base, extra={"replay": "abc"}, model_revision="ckpt-1") not in {one, plain}
+
+
+def test_a_new_model_revision_is_sent_again_and_stored(tmp_path: Path, fresh: FaultServer) -> None:
+    store = Store(tmp_path / "orion.duckdb")
+    request = GenerationRequest(chat(("user", "revision test")), PARAMS)
+    served_as = dict(model_path="orion")  # a vLLM LoRA module name that outlives its weights
+
+    unnamed = make_endpoint(_cfg(fresh), store, role="student", **served_as).generate([request])[0]
+    first = make_endpoint(_cfg(fresh), store, role="student", model_revision="ckpt-1", **served_as)
+    assert first.model_revision == "ckpt-1"
+    one = first.generate([request])[0]
+    assert not one.cached and one.call_id != unnamed.call_id and fresh.stats()["total"] == 2
+    assert first.generate([request])[0].cached and fresh.stats()["total"] == 2  # same revision: cached
+
+    retrained = make_endpoint(_cfg(fresh), store, role="student", model_revision="ckpt-2", **served_as)
+    two = retrained.generate([request])[0]
+    assert not two.cached and two.call_id not in {one.call_id, unnamed.call_id}
+    assert fresh.stats()["total"] == 3
+    with store.connect(read_only=True) as con:
+        stored = dict(con.execute("SELECT call_id, model_revision FROM orion.llm_calls").fetchall())
+    assert stored == {unnamed.call_id: None, one.call_id: "ckpt-1", two.call_id: "ckpt-2"}
+
+
+def test_a_cache_written_before_model_revision_gains_the_column(tmp_path: Path, fresh: FaultServer) -> None:
+    store = Store(tmp_path / "orion.duckdb")
+    old = GenerationRequest(chat(("user", "written by an older version")), PARAMS)
+    new = GenerationRequest(chat(("user", "written after the upgrade")), PARAMS)
+    endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
+    row = make_row(endpoint.identity, old.messages, old.params, old.sample_index,
+                   GenerationResult(endpoint.key_for(old), "old text", None, "stop", 1, 2, 0.1, 0, None, False), "old-run")
+    columns = [c for c in row if c != "model_revision"]
+    with store.connect() as con:  # the table as the previous version created it: no model_revision
+        con.execute(
+            "CREATE TABLE orion.llm_calls (call_id VARCHAR PRIMARY KEY, role VARCHAR, backend VARCHAR, "
+            "base_url VARCHAR, model VARCHAR, messages JSON, params JSON, sample_index INTEGER, text VARCHAR, "
+            "reasoning VARCHAR, finish_reason VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER, "
+            "latency_s DOUBLE, retries INTEGER, error VARCHAR, status VARCHAR, dagster_run_id VARCHAR, "
+            "created_at TIMESTAMPTZ)"
+        )
+        con.execute(f"INSERT INTO orion.llm_calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    [row[c] for c in columns])
+    results = endpoint.generate([old, new], run_id="upgraded")
+    assert results[0].cached and results[0].text == "old text"  # no revision named: the old key still hits
+    assert not results[1].cached and fresh.stats()["total"] == 1
+    with store.connect(read_only=True) as con:
+        rows = con.execute("SELECT text, model_revision FROM orion.llm_calls ORDER BY created_at").fetchall()
+    assert rows[0] == ("old text", None) and rows[1][1] is None and len(rows) == 2
+    revised = make_endpoint(_cfg(fresh), store, role="teacher", model_revision="base-model-1")
+    assert not revised.generate([new])[0].cached
+    with store.connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM orion.llm_calls WHERE model_revision = 'base-model-1'").fetchone()[0] == 1
+
+
 def test_key_and_rows_never_hold_the_api_key(tmp_path: Path, fresh: FaultServer, monkeypatch) -> None:
     store = Store(tmp_path / "orion.duckdb")
     request = GenerationRequest(chat(("user", "key test {question}")), PARAMS)

@@ -1,7 +1,8 @@
 """The content-addressed call cache: table ``orion.llm_calls`` in the pipeline's DuckDB file.
 
-One row per call, keyed by a hash of what determines the answer (backend, base URL, model,
-messages, sampling parameters, sample index), never of credentials. Results are written while a
+One row per call, keyed by a hash of what determines the answer (backend, base URL, model, the
+model's revision when the caller names one, messages, sampling parameters, sample index), never of
+credentials. Results are written while a
 batch of calls is still running, in small transactions from a writer thread, so a killed process
 keeps every flushed call and the next run sends only the rest.
 """
@@ -48,13 +49,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
     error VARCHAR,
     status VARCHAR,
     dagster_run_id VARCHAR,
-    created_at TIMESTAMPTZ
+    created_at TIMESTAMPTZ,
+    model_revision VARCHAR
 )"""
+# Files written before ``model_revision`` existed gain the column (null: no revision was named).
+LLM_CALLS_MIGRATIONS: tuple[str, ...] = (
+    f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS model_revision VARCHAR",
+)
 
 COLUMNS: tuple[str, ...] = (
     "call_id", "role", "backend", "base_url", "model", "messages", "params", "sample_index",
     "text", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s",
-    "retries", "error", "status", "dagster_run_id", "created_at",
+    "retries", "error", "status", "dagster_run_id", "created_at", "model_revision",
 )  # fmt: skip
 
 ARROW_SCHEMA = pa.schema(
@@ -78,6 +84,7 @@ ARROW_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("dagster_run_id", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("model_revision", pa.string()),
     ]
 )
 
@@ -95,11 +102,14 @@ def cache_key(
     sample_index: int,
     *,
     extra: object = None,
+    model_revision: str | None = None,
 ) -> str:
     """The call id: a content hash of everything that determines the reply (never a credential).
 
     ``extra`` lets a backend add what else determines its answer (the replay backend adds a digest
-    of the text it replays).
+    of the text it replays). ``model_revision`` names which weights answer under ``model`` (an
+    evaluated checkpoint's id): a server that keeps serving a retrained adapter under the same name
+    gets new keys. ``None`` (no revision named) gives the keys of files written before it existed.
     """
     base = base_url.rstrip("/") if base_url else None
     parts: list[object] = [
@@ -113,6 +123,8 @@ def cache_key(
     ]
     if extra is not None:
         parts.append(extra)
+    if model_revision is not None:
+        parts.append(["model_revision", str(model_revision)])
     return content_id(*parts, length=KEY_LENGTH)
 
 
@@ -124,11 +136,19 @@ class CallIdentity:
     backend: str
     base_url: str | None
     model: str | None
+    model_revision: str | None = None
+
+
+def _create_table(con) -> None:
+    """Create ``orion.llm_calls``, or bring a table of an older file up to the current columns."""
+    con.execute(LLM_CALLS_DDL)
+    for statement in LLM_CALLS_MIGRATIONS:
+        con.execute(statement)
 
 
 def ensure_table(store: Store) -> None:
     with store.connect() as con:
-        con.execute(LLM_CALLS_DDL)
+        _create_table(con)
 
 
 def lookup(store: Store, call_ids: Iterable[str]) -> dict[str, GenerationResult]:
@@ -194,6 +214,7 @@ def make_row(
         "status": "error" if result.finish_reason == "error" else "ok",
         "dagster_run_id": run_id,
         "created_at": datetime.now(UTC),
+        "model_revision": identity.model_revision,
     }
 
 
@@ -208,7 +229,7 @@ def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool 
     columns = ", ".join(COLUMNS)
     with store.connect() as con:
         if create:
-            con.execute(LLM_CALLS_DDL)
+            _create_table(con)
         con.register("_llm_rows", table)
         try:
             con.execute("BEGIN TRANSACTION")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import threading
 import time
@@ -26,7 +27,13 @@ class EndpointError(ValueError):
 
 
 class BaseEndpoint(abc.ABC):
-    """Looks every call up in ``orion.llm_calls``, sends the misses to the backend, writes as it goes."""
+    """Looks every call up in ``orion.llm_calls``, sends the misses to the backend, writes as it goes.
+
+    ``model_revision`` names which weights answer (an evaluated checkpoint's id): it enters every
+    cache key and row, so a model retrained and served again under the same name (a vLLM LoRA
+    module, a local directory rewritten in place) is asked again instead of answering from the
+    cache. ``None`` keeps the keys of a cache written before revisions existed.
+    """
 
     backend: str = ""
 
@@ -36,6 +43,7 @@ class BaseEndpoint(abc.ABC):
         store: Store,
         *,
         role: str,
+        model_revision: str | None = None,
         flush_every: int = FLUSH_EVERY,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ):
@@ -44,6 +52,7 @@ class BaseEndpoint(abc.ABC):
         self.cfg = cfg
         self.store = store
         self.role = role
+        self.model_revision = None if model_revision is None else str(model_revision)
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
         self.last_stats: dict[str, int] = {}
@@ -75,6 +84,7 @@ class BaseEndpoint(abc.ABC):
             request.params,
             request.sample_index,
             extra=self.key_extra(request),
+            model_revision=self.model_revision,
         )
 
     def generate(
@@ -112,7 +122,7 @@ class BaseEndpoint(abc.ABC):
         progress: ProgressFn | None,
         total: int,
     ) -> None:
-        ident = self.identity
+        ident = dataclasses.replace(self.identity, model_revision=self.model_revision)
         by_key = dict(todo)
         writer = CacheWriter(self.store, flush_every=self.flush_every, flush_interval_s=self.flush_interval_s)
         lock = threading.Lock()
@@ -148,7 +158,8 @@ class BaseEndpoint(abc.ABC):
 
     def __repr__(self) -> str:
         ident = self.identity
-        return f"{type(self).__name__}(role={self.role!r}, model={ident.model!r}, base_url={ident.base_url!r})"
+        revision = f", model_revision={self.model_revision!r}" if self.model_revision is not None else ""
+        return f"{type(self).__name__}(role={self.role!r}, model={ident.model!r}, base_url={ident.base_url!r}{revision})"
 
 
 def make_endpoint(
@@ -157,19 +168,21 @@ def make_endpoint(
     *,
     role: str,
     model_path: str | None = None,
+    model_revision: str | None = None,
 ) -> BaseEndpoint:
     """The endpoint for one role of a profile. ``model_path``: the local model directory for the hf
-    backend, or a model name that overrides ``cfg.model`` for the openai backend."""
+    backend, or a model name that overrides ``cfg.model`` for the openai backend.
+    ``model_revision``: which weights answer (e.g. a checkpoint id); part of every cache key."""
     if cfg.backend == "openai":
         from orion_assets.llm.openai_backend import OpenAIEndpoint
 
-        return OpenAIEndpoint(cfg, store, role=role, model=model_path)
+        return OpenAIEndpoint(cfg, store, role=role, model=model_path, model_revision=model_revision)
     if cfg.backend == "hf":
         from orion_assets.llm.hf_backend import HFEndpoint
 
-        return HFEndpoint(cfg, store, role=role, model_path=model_path)
+        return HFEndpoint(cfg, store, role=role, model_path=model_path, model_revision=model_revision)
     if cfg.backend == "replay":
         from orion_assets.llm.replay_backend import ReplayEndpoint
 
-        return ReplayEndpoint(cfg, store, role=role)
+        return ReplayEndpoint(cfg, store, role=role, model_revision=model_revision)
     raise EndpointError(f"unknown endpoint backend {cfg.backend!r} for role {role!r}")

@@ -67,10 +67,14 @@ class HFEndpoint(BaseEndpoint):
         *,
         role: str,
         model_path: str | None = None,
+        model_revision: str | None = None,
         flush_every: int = FLUSH_EVERY,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ):
-        super().__init__(cfg, store, role=role, flush_every=flush_every, flush_interval_s=flush_interval_s)
+        super().__init__(
+            cfg, store, role=role, model_revision=model_revision, flush_every=flush_every,
+            flush_interval_s=flush_interval_s,
+        )  # fmt: skip
         path = model_path or cfg.model
         if not path:
             raise EndpointError(f"endpoints.{role}: the hf backend needs a model directory (model_path or model)")

@@ -205,12 +205,16 @@ class OpenAIEndpoint(BaseEndpoint):
         *,
         role: str,
         model: str | None = None,
+        model_revision: str | None = None,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
         flush_every: int = FLUSH_EVERY,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ):
-        super().__init__(cfg, store, role=role, flush_every=flush_every, flush_interval_s=flush_interval_s)
+        super().__init__(
+            cfg, store, role=role, model_revision=model_revision, flush_every=flush_every,
+            flush_interval_s=flush_interval_s,
+        )  # fmt: skip
         self.base_url = (cfg.base_url or "").rstrip("/")
         self.model = model or cfg.model
         if not self.base_url:
