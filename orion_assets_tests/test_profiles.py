@@ -87,3 +87,29 @@ def test_bad_values_missing_files_and_cycles(write_profile, tmp_path: Path):
         load_profile(str(tmp_path / "a.toml"))
     with pytest.raises(ProfileError, match="exactly one of 'path' or 'hf_dataset'"):
         load_profile(str(write_profile('[[data.train_sources]]\nname = "x"\n')))
+
+
+def test_quality_max_tokens_must_leave_room_for_the_prompt_in_sft_max_length(write_profile):
+    from orion_assets.profiles.schema import PROMPT_TOKEN_MARGIN, OrionConfig
+
+    # A CoT as long as the whole SFT sequence leaves no room for the prompt: refused, naming both keys.
+    path = write_profile("[quality]\nmax_tokens = 2048\n[sft]\nmax_length = 2048\n")
+    with pytest.raises(ProfileError) as excinfo:
+        load_profile(str(path))
+    message = str(excinfo.value)
+    assert "[quality] max_tokens = 2048" in message and "[sft] max_length = 2048" in message
+    assert str(path) in message
+    # Lowering the sequence length in a child profile trips it too.
+    with pytest.raises(ProfileError, match="max_length = 1024"):
+        load_profile(str(write_profile("[sft]\nmax_length = 1024\n", name="short.toml")))
+    # The margin is the bound: exactly max_length - margin loads, one more token does not.
+    fits = write_profile(f"[quality]\nmax_tokens = {2048 - PROMPT_TOKEN_MARGIN}\n", name="fits.toml")
+    assert load_profile(str(fits)).config.quality.max_tokens == 2048 - PROMPT_TOKEN_MARGIN
+    with pytest.raises(ProfileError, match="max_tokens"):
+        load_profile(str(write_profile(f"[quality]\nmax_tokens = {2049 - PROMPT_TOKEN_MARGIN}\n", name="over.toml")))
+    # The shipped profiles and the schema defaults satisfy it.
+    for name in ("tiny", "paper"):
+        config = load_profile(name).config
+        assert config.quality.max_tokens <= config.sft.max_length - PROMPT_TOKEN_MARGIN, name
+    defaults = OrionConfig()
+    assert defaults.quality.max_tokens <= defaults.sft.max_length - PROMPT_TOKEN_MARGIN

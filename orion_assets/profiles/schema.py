@@ -160,7 +160,7 @@ class ReflectionConfig(Section):
 
 class QualityConfig(Section):
     min_tokens: int = Field(8, ge=0)
-    max_tokens: int = Field(4096, ge=1)
+    max_tokens: int = Field(4032, ge=1)  # < [sft] max_length by PROMPT_TOKEN_MARGIN (OrionConfig checks)
     min_coherence: float = 0.2
     coherence_mostly: float = Field(0.9, gt=0.0, le=1.0)
     max_repeated_ngram_ratio: float = Field(0.7, ge=0.0, le=1.0)  # real loops score >0.9; AIME casework up to ~0.65
@@ -201,6 +201,13 @@ class EvalConfig(Section):
     gsm_hard_rule: Literal["precision", "math_equal"] = "precision"
 
 
+# Tokens of [sft] max_length a CoT of [quality] max_tokens must leave for the prompt (the problem
+# statement, the instruction and the chat template's role markers) and the end-of-turn token. An
+# example longer than max_length is dropped from SFT, never truncated, so a bound that leaves no
+# room would silently drop the longest CoTs the gate let through.
+PROMPT_TOKEN_MARGIN = 64
+
+
 class OrionConfig(Section):
     description: str = ""
     data: DataConfig = DataConfig()
@@ -213,3 +220,15 @@ class OrionConfig(Section):
     quality: QualityConfig = QualityConfig()
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cot_fits_in_sft(self) -> OrionConfig:
+        room = self.sft.max_length - PROMPT_TOKEN_MARGIN
+        if self.quality.max_tokens > room:
+            raise ValueError(
+                f"[quality] max_tokens = {self.quality.max_tokens} leaves no room for the prompt in "
+                f"[sft] max_length = {self.sft.max_length}: a CoT may use at most max_length - "
+                f"{PROMPT_TOKEN_MARGIN} = {room} tokens (the prompt and chat template need the rest); "
+                f"lower [quality] max_tokens or raise [sft] max_length"
+            )
+        return self
