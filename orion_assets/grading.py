@@ -907,3 +907,29 @@ def grade_batch(
                 for f in futs:
                     f.result()
     return [v if v is not None else Verdict(False, None, None, "error:Missing") for v in out]
+
+
+def answer_key(answer: str | None, benchmark: str | None = None) -> str | None:
+    """The key under which an extracted answer votes (maj@k): equivalent answers share one.
+
+    The answer goes through the grader's own normalisation (``$``, ``\\boxed``, ``\\dfrac``, units,
+    thousands separators, a leading ``x =`` ...); a plain number or fraction then becomes its exact
+    value (``\\frac{1}{2}``, ``0.5``, ``1/2`` and ``2/4`` are all ``"1/2"``; ``025`` and ``25.0`` are
+    ``"25"``), anything else stays its normalized string. A percent sign is dropped, as in the
+    grader's string stage (``50\\%`` votes with ``50``). Numbers are grouped by exact value, not by
+    the grader's tolerances (a tolerance is not transitive, so it cannot define groups).
+    ``benchmark`` is accepted for symmetry with :func:`grade`; the key is the same for every
+    benchmark today. ``None`` (no answer) and an answer that normalizes to nothing give ``None``.
+    Never raises: an answer the normaliser fails on keys as its stripped text.
+    """
+    if answer is None:
+        return None
+    try:
+        normalized, _ = _normalize(str(answer))
+        value = _to_number(normalized) if normalized else None
+    except Exception:  # noqa: BLE001 - a vote key must never fail a scoring run
+        log.debug("answer_key: normalisation failed for %r", answer, exc_info=True)
+        normalized, value = str(answer).strip(), None
+    if value is not None:
+        return str(value)  # Fraction: "5", "-3/4"
+    return normalized or None

@@ -5,8 +5,9 @@ the plots ``orion.teacher_cots``, ``orion.refined_cots`` and ``orion.student_err
 into a folder:
 
 - ``leaderboard.md``: pass@1 (± standard error) per variant and benchmark with each variant's
-  difference to ``teacher_sft`` in percentage points, maj@k, pass@k, mean CoT length and truncation,
-  the profile the scores come from, and the plots;
+  difference to ``teacher_sft`` in percentage points (and the number of failed endpoint calls where
+  there were any), which grading rule made the GSM-Hard numbers, maj@k, pass@k, mean CoT length and
+  truncation, the profile the scores come from, and the plots;
 - ``accuracy.png``, ``cot_lengths.png``, ``error_types.png``: each skipped, with a note in the page,
   when the table behind it is missing or empty.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -38,8 +40,19 @@ MARKDOWN_NAME = "leaderboard.md"
 ACCURACY_PNG = "accuracy.png"
 COT_LENGTHS_PNG = "cot_lengths.png"
 ERROR_TYPES_PNG = "error_types.png"
-# The columns of orion.benchmark_scores that the report reads: its keys and the Scores fields.
-SCORE_COLUMNS: tuple[str, ...] = ("benchmark", "variant", *(f.name for f in fields(Scores)))
+# The columns of orion.benchmark_scores that the report reads: its keys, the Scores fields and the
+# grading rule. Scores fields with a default (failed-call counts) and the grading rule came later:
+# a table written before them lacks those columns, and the report reads them as unknown (null).
+SCORE_COLUMNS: tuple[str, ...] = ("benchmark", "variant", *(f.name for f in fields(Scores)), "grading_rule")
+LATER_SCORE_COLUMNS: dict[str, type[pl.DataType]] = {
+    **{f.name: pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},
+    "grading_rule": pl.Utf8,
+}
+GSM_HARD = "gsm_hard"
+GRADING_RULES: dict[str, str] = {
+    "precision": "integer golds exactly, other golds at the precision the answer shows",
+    "math_equal": "relative tolerance 1e-4, as most published GSM-Hard numbers",
+}
 REFINED_MODE_ORDER: tuple[str, ...] = ("orion", "no_error", "no_reflection")
 
 
@@ -126,7 +139,12 @@ def _ordered(values: list[str], canonical: tuple[str, ...]) -> list[str]:
 def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame:
     if scores is None:
         notes.append(f"Table `{SCHEMA}.benchmark_scores` does not exist yet: materialize `benchmark_scores` first.")
-        return pl.DataFrame(schema={c: pl.Float64 for c in SCORE_COLUMNS} | {"benchmark": pl.Utf8, "variant": pl.Utf8})
+        return pl.DataFrame(
+            schema={c: pl.Float64 for c in SCORE_COLUMNS} | LATER_SCORE_COLUMNS | {"benchmark": pl.Utf8, "variant": pl.Utf8}
+        )
+    scores = scores.with_columns(
+        pl.lit(None, dtype=dtype).alias(column) for column, dtype in LATER_SCORE_COLUMNS.items() if column not in scores.columns
+    )
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise ValueError(f"{SCHEMA}.benchmark_scores lacks column(s) {', '.join(missing)}")
@@ -143,7 +161,8 @@ def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame
 
 
 def leaderboard_frame(scores: pl.DataFrame) -> pl.DataFrame:
-    """One row per variant: per benchmark pass@1, its SE and the delta over teacher_sft (points)."""
+    """One row per variant: per benchmark pass@1, its SE, the delta over teacher_sft (points) and
+    the number of failed endpoint calls left out of the score (null where not recorded)."""
     variants = _ordered(scores["variant"].to_list(), VARIANTS)
     benchmarks = _ordered(scores["benchmark"].to_list(), BENCHMARKS)
     lookup = {(r["variant"], r["benchmark"]): r for r in scores.iter_rows(named=True)}
@@ -160,10 +179,12 @@ def leaderboard_frame(scores: pl.DataFrame) -> pl.DataFrame:
             row[f"{benchmark}_delta"] = (
                 100.0 * (value - ref_value) if value is not None and ref_value is not None else None
             )
+            row[f"{benchmark}_n_errors"] = _count(cell.get("n_errors")) if cell else None
         rows.append(row)
     schema: dict[str, type[pl.DataType]] = {"variant": pl.Utf8}
     for benchmark in benchmarks:
-        schema |= {benchmark: pl.Float64, f"{benchmark}_se": pl.Float64, f"{benchmark}_delta": pl.Float64}
+        schema |= {benchmark: pl.Float64, f"{benchmark}_se": pl.Float64, f"{benchmark}_delta": pl.Float64,
+                   f"{benchmark}_n_errors": pl.Int64}  # fmt: skip
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
@@ -172,6 +193,11 @@ def _number(value: object) -> float | None:
         return None
     number = float(value)  # type: ignore[arg-type]
     return None if math.isnan(number) else number
+
+
+def _count(value: object) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def _round(value: float, digits: int = 1) -> Decimal:
@@ -210,7 +236,9 @@ def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
         row = [f"`{record['variant']}`"]
         for benchmark in benchmarks:
             value, se = record[benchmark], record[f"{benchmark}_se"]
-            row.append(MISSING if value is None else f"{_pct(value)} ± {_pct(se)}")
+            n_errors = record[f"{benchmark}_n_errors"]
+            failed = f" ({n_errors} failed call{'s' if n_errors != 1 else ''})" if n_errors else ""
+            row.append((MISSING if value is None else f"{_pct(value)} ± {_pct(se)}") + failed)
             if record["variant"] == REFERENCE_VARIANT and value is not None:
                 row.append("ref")
             else:
@@ -223,6 +251,18 @@ def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
         + "\n"
     )
     parts.append(_md_table(header, rows) + "\n")
+    failed = [r for r in scores.iter_rows(named=True) if _count(r["n_errors"])]
+    if failed:
+        unanswered = sum(_count(r["n_unanswered_problems"]) or 0 for r in failed)
+        parts.append(
+            "(N failed calls): samples whose endpoint call failed; they are not wrong answers, so every score "
+            "here is over the answered samples only"
+            + (f", and {unanswered} problem(s) without any answered sample are left out" if unanswered else "")
+            + ". Re-materializing the partition sends only the failed calls again.\n"
+        )
+    rule = _grading_rule_sentence(scores)
+    if rule:
+        parts.append(rule + "\n")
 
     # maj@k and pass@k
     for column, title in (("maj_at_k", "maj@k"), ("pass_at_k", "pass@k")):
@@ -271,6 +311,33 @@ def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
     return parts
 
 
+def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
+    """Which rule graded the GSM-Hard numbers (``[eval] gsm_hard_rule``), from the stored column."""
+    rows = scores.filter(pl.col("benchmark") == GSM_HARD)
+    if rows.is_empty():
+        return None
+    by_rule: dict[str | None, list[str]] = {}
+    for record in rows.iter_rows(named=True):
+        by_rule.setdefault(record["grading_rule"], []).append(record["variant"])
+    if len(by_rule) == 1:
+        (rule,) = by_rule
+        if rule is None:
+            return (
+                "GSM-Hard: these scores do not record which grading rule made them (scored before "
+                "`grading_rule` was stored); re-materialize `benchmark_scores` to record it."
+            )
+        detail = f" ({GRADING_RULES[rule]})" if rule in GRADING_RULES else ""
+        return f"GSM-Hard numbers were graded with the `{rule}` rule{detail} (`[eval] gsm_hard_rule`)."
+    described = "; ".join(
+        f"{'not recorded' if rule is None else f'`{rule}`'} for {', '.join(f'`{v}`' for v in variants)}"
+        for rule, variants in sorted(by_rule.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    )
+    return (
+        f"GSM-Hard numbers were graded with different rules ({described}): they are not comparable "
+        "across those variants until all are re-graded with one `[eval] gsm_hard_rule`."
+    )
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 
@@ -290,7 +357,7 @@ def _save(figure, path: Path) -> Path:
 
 
 def _plot_accuracy(board: pl.DataFrame, path: Path) -> Path:
-    benchmarks = [c for c in board.columns if c != "variant" and not c.endswith(("_se", "_delta"))]
+    benchmarks = [c for c in board.columns if c != "variant" and not c.endswith(("_se", "_delta", "_n_errors"))]
     variants = board["variant"].to_list()
     figure = _figure(max(6.0, 1.6 * len(benchmarks) + 2.5), 4.2)
     axes = figure.add_subplot(1, 1, 1)
@@ -421,7 +488,7 @@ def build_report(
     for stale in (ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG):
         (out_dir / stale).unlink(missing_ok=True)  # a skipped plot must not leave an old file behind
     accuracy_png = cot_png = errors_png = None
-    if board.height and any(board[c].is_not_null().any() for c in board.columns if c != "variant"):
+    if board.height and any(board[c].is_not_null().any() for c in board.columns if c != "variant" and not c.endswith("_n_errors")):
         accuracy_png = _plot_accuracy(board, out_dir / ACCURACY_PNG)
     else:
         notes.append(f"`{ACCURACY_PNG}` skipped: no benchmark scores.")
@@ -476,9 +543,11 @@ def build_report(
         "Each model variant (`base`: the student as it is; `teacher_sft`: fine-tuned on verified teacher CoTs; "
         "`orion`: on CoTs the student refined after seeing its own errors; `orion_no_error` and "
         "`orion_no_reflection`: the two ablations) answered every problem of each benchmark with k samples, "
-        "and math-verify graded each sample against the gold answer (numeric tolerance for GSM-Hard, integers "
-        "for AIME). pass@1 is the mean over problems of each problem's share of correct samples, with the "
-        "standard error over problems; maj@k scores the most frequent answer (ties count as the expected "
+        "and math-verify graded each sample against the gold answer (GSM-Hard by the rule named under the "
+        "pass@1 table, integers for AIME); a sample whose endpoint call failed is not graded and counts in no "
+        "score. pass@1 is the mean over problems of each problem's share of correct samples, with the "
+        "standard error over problems; maj@k scores the most frequent answer, equivalent answers (`1/2`, "
+        "`0.5`, `\\frac{1}{2}`) voting together (ties count as the expected "
         "accuracy of a random pick among the tied answers); pass@k is the unbiased estimator of Chen et al. "
         "(2021). Δ is a variant's pass@1 minus `teacher_sft`'s, in percentage points. The numbers come from "
         f"`{SCHEMA}.benchmark_scores`; walk them back to predictions, checkpoints and CoTs with "

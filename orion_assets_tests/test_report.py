@@ -132,10 +132,14 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert board["variant"].to_list() == ["base", "teacher_sft", "orion"]
     assert board.columns == [
         "variant",
-        "gsm_hard", "gsm_hard_se", "gsm_hard_delta",
-        "math500", "math500_se", "math500_delta",
-        "aime24", "aime24_se", "aime24_delta",
+        "gsm_hard", "gsm_hard_se", "gsm_hard_delta", "gsm_hard_n_errors",
+        "math500", "math500_se", "math500_delta", "math500_n_errors",
+        "aime24", "aime24_se", "aime24_delta", "aime24_n_errors",
     ]  # fmt: skip
+    # these scores were written before failed calls and grading rules were recorded
+    assert board["gsm_hard_n_errors"].null_count() == board.height
+    assert "failed call" not in md
+    assert "GSM-Hard: these scores do not record which grading rule made them" in md
     orion = board.row(2, named=True)
     assert orion["gsm_hard"] == pytest.approx(0.4375)
     assert orion["gsm_hard_delta"] == pytest.approx(100 * (0.4375 - 0.40))
@@ -152,6 +156,44 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     # 6 of 60 refined rows are teacher fallbacks and are left out of the length plot
     assert "leaves out 6 refined_cots row(s)" in md
     assert "## How this was made" in md
+
+
+def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
+    # The scores as benchmark_scores writes them now: failed-call counts and the grading rule.
+    counts = {("gsm_hard", "orion"): (3, 1), ("aime24", "teacher_sft"): (1, 0)}
+    frame = scores_frame().with_columns(
+        pl.Series("n_answered", [29] * len(SCORES)),
+        pl.Series("n_errors", [counts.get((b, v), (0, 0))[0] for b, v, *_ in SCORES]),
+        pl.Series("n_unanswered_problems", [counts.get((b, v), (0, 0))[1] for b, v, *_ in SCORES]),
+        pl.Series("grading_rule", ["math_equal" if b == "gsm_hard" else "default" for b, *_ in SCORES]),
+    )
+    store = Store(tmp_path / "orion.duckdb")
+    store.replace_rows("benchmark_scores", frame, replace_where=None, materialization=materialization("benchmark_scores"))
+    report = build_report(store, tmp_path / "out")
+    md = report.markdown
+    assert table_row(md, "pass@1", "orion") == ["43.8 ± 9.0 (3 failed calls)", "+3.8", "—", "—", "0.0 ± 0.0", "-3.1"]
+    assert table_row(md, "pass@1", "teacher_sft")[4] == "3.1 ± 3.1 (1 failed call)"
+    assert table_row(md, "pass@1", "base") == ["12.5 ± 5.0", "-27.5", "0.0 ± 0.0", "-25.0", "—", "—"]
+    assert "1 problem(s) without any answered sample are left out" in md
+    assert "GSM-Hard numbers were graded with the `math_equal` rule (relative tolerance 1e-4" in md
+    board = report.leaderboard
+    assert board.filter(pl.col("variant") == "orion")["gsm_hard_n_errors"].item() == 3
+    assert board.filter(pl.col("variant") == "base")["gsm_hard_n_errors"].item() == 0
+    assert report.accuracy_png is not None
+
+    # variants graded under different rules are called out, by variant
+    mixed = frame.with_columns(
+        pl.when((pl.col("benchmark") == "gsm_hard") & (pl.col("variant") == "base"))
+        .then(pl.lit("precision"))
+        .otherwise(pl.col("grading_rule"))
+        .alias("grading_rule")
+    )
+    store.replace_rows("benchmark_scores", mixed, replace_where=None, materialization=materialization("benchmark_scores"))
+    md = build_report(store, tmp_path / "mixed").markdown
+    assert (
+        "GSM-Hard numbers were graded with different rules (`math_equal` for `teacher_sft`, `orion`; "
+        "`precision` for `base`)" in md
+    )
 
 
 def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:
