@@ -194,3 +194,18 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
     # Three waves of three requests, 0.2 s apart: never more than 3 at once.
     for i in range(3, 9):
         assert arrivals[i] - arrivals[i - 3] >= 0.15
+
+
+def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, fresh: FaultServer) -> None:
+    """A reasoning reply that runs past timeout_s is retried timeout_retries times, not max_retries:
+    six retries of a 30-minute call would hold a worker for hours."""
+    store = Store(tmp_path / "orion.duckdb")
+    endpoint = _endpoint(fresh, store, max_retries=6, timeout_retries=1)
+    prompt = "slow reasoner [[fault:hang,hang,hang,ok]]"
+    (result,) = endpoint.generate([GenerationRequest(chat(("user", prompt)), PARAMS)])
+    assert result.finish_reason == "error" and result.retries == 1, result
+    assert "timeout after 1s" in result.error and "2 timeouts" in result.error and "timeout_s" in result.error
+    assert fresh.stats()["received"][prompt] == 2
+    # Other transient faults still get the full budget.
+    (ok,) = endpoint.generate([GenerationRequest(chat(("user", "flaky [[fault:500,503,500,ok]]")), PARAMS)])
+    assert ok.finish_reason == "stop" and ok.retries == 3

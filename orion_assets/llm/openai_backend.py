@@ -80,10 +80,11 @@ class _Secret:
 class _Retryable(Exception):
     """A failed attempt worth another try; ``retry_after`` is the server's wish in seconds."""
 
-    def __init__(self, cause: str, retry_after: float | None = None):
+    def __init__(self, cause: str, retry_after: float | None = None, timed_out: bool = False):
         super().__init__(cause)
         self.cause = cause
         self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 class _Fatal(Exception):
@@ -163,6 +164,22 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | asyncio.TimeoutError) or "timeout" in type(exc).__name__.lower()
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    links, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        links.append(current)
+        current = current.__cause__ or current.__context__
+    return links
+
+
+def _dropped_connection(exc: BaseException) -> bool:
+    """A link that says the peer went away (reset, disconnect), not that time ran out."""
+    name = type(exc).__name__
+    return (isinstance(exc, ConnectionError) or "Disconnect" in name or "ConnectionError" in name) and not _is_timeout(exc)
 
 
 def _as_text(value: Any) -> str | None:
@@ -296,6 +313,7 @@ class OpenAIEndpoint(BaseEndpoint):
             kwargs["seed"] = seed
         started = time.monotonic()
         attempt = 0
+        timeouts = 0
         while True:
             try:
                 # The chat completions route of the same client (auth, status errors, timeouts),
@@ -314,6 +332,14 @@ class OpenAIEndpoint(BaseEndpoint):
                 outcome = self._classify(exc)
             retryable = isinstance(outcome, _Retryable)
             retry_after = outcome.retry_after if isinstance(outcome, _Retryable) else None
+            if retryable and outcome.timed_out:
+                # A reply that ran past timeout_s (a 16k-token reasoning reply) will likely do so
+                # again: timeouts get their own, smaller budget of retries.
+                timeouts += 1
+                if timeouts > self.cfg.timeout_retries:
+                    retryable = False
+                    outcome = _Fatal(f"{outcome.cause} ({timeouts} timeout{'s' if timeouts > 1 else ''}; "
+                                     f"raise endpoints.{self.role}.timeout_s or timeout_retries)")
             cause = self._scrub(outcome.cause if isinstance(outcome, _Retryable) else str(outcome), key)
             if not retryable and "max_tokens" in kwargs and "max_completion_tokens" in cause:
                 # OpenAI's reasoning models refuse max_tokens and ask for max_completion_tokens.
@@ -325,7 +351,7 @@ class OpenAIEndpoint(BaseEndpoint):
                 attempts = attempt + 1
                 error = (
                     f"{cause} (not retried)"
-                    if not retryable
+                    if not retryable and attempts == 1
                     else f"{cause} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})"
                 )
                 log.warning("%s call %s failed: %s", self.role, call_id, error)
@@ -345,11 +371,12 @@ class OpenAIEndpoint(BaseEndpoint):
         if isinstance(exc, openai.APIConnectionError | asyncio.TimeoutError | TimeoutError):
             root = _root_cause(exc)
             # The aiohttp transport reports a dropped connection as a connect timeout: tell them apart.
+            # (httpx2 chains an unrelated "no running event loop" RuntimeError under its ReadTimeout.)
             timed_out = isinstance(exc, asyncio.TimeoutError | TimeoutError) or (
-                isinstance(exc, openai.APITimeoutError) and (root is exc or _is_timeout(root))
+                isinstance(exc, openai.APITimeoutError) and not any(_dropped_connection(e) for e in _chain(exc))
             )
             if timed_out:
-                return _Retryable(f"timeout after {self.cfg.timeout_s:g}s")
+                return _Retryable(f"timeout after {self.cfg.timeout_s:g}s", timed_out=True)
             detail = f" ({type(root).__name__}: {root})" if root is not exc else ""
             return _Retryable(f"connection error{detail}")
         if isinstance(exc, openai.APIStatusError):
