@@ -81,18 +81,35 @@ def messages(name: str, overrides: Mapping[str, str | None] | None = None, **fie
     return ({"role": "user", "content": render(template, **fields)},)
 
 
-_SOLUTION = re.compile(r"^\s*\**\s*SOLUTION\s*\**\s*:\s*", re.IGNORECASE | re.MULTILINE)
-_REFLECTION = re.compile(r"^\s*\**\s*REFLECTION\s*\**\s*:\s*", re.IGNORECASE | re.MULTILINE)
+# A section marker on a line of its own or opening one: "SOLUTION:", "### Solution",
+# "**Solution:**", "2. Solution:", "solution:", "Refined Solution:", "**Corrected solution**".
+_LEAD = r"^[ \t]*(?:#{1,6}[ \t]*)?(?:(?:\d+|[A-Za-z])[.)][ \t]*)?(?:\*\*|__)?[ \t]*"
+_QUALIFIER = r"(?:(?:refined|revised|corrected|complete|correct|new|final|improved|rewritten)[ \t]+)?"
+_TAIL = r"[ \t]*(?:\*\*|__)?[ \t]*(?::[ \t]*(?:\*\*|__)?|(?=\n)|$)[ \t]*"
+_SOLUTION = re.compile(_LEAD + _QUALIFIER + r"solution" + _TAIL, re.IGNORECASE | re.MULTILINE)
+_REFLECTION = re.compile(_LEAD + r"(?:reflection|analysis|error[ \t]+analysis)" + _TAIL, re.IGNORECASE | re.MULTILINE)
 
 
-def split_reflection(reply: str) -> tuple[str | None, str]:
+def split_reflection(reply: str) -> tuple[str | None, str | None]:
     """Split a reflect reply into (reflection notes, solution); only the solution is SFT data.
 
-    A reply without a ``SOLUTION:`` marker is taken as all solution (notes ``None``).
+    Thinking (a ``<think>`` block) is not part of either: pass the reply's answer part
+    (:attr:`~orion_assets.llm.GenerationResult.answer`). The solution starts at the first
+    solution marker after the reflection marker (so "Solution: step 1" inside the solution, or
+    a "Refined Solution:" heading, stays in it) and runs to the end. A reply without a solution
+    marker, or with an empty solution, cannot be split: ``(None, None)``; its text must never
+    become SFT data.
     """
-    matches = list(_SOLUTION.finditer(reply))
-    if not matches:
-        return None, reply.strip()
-    last = matches[-1]
-    notes = _REFLECTION.sub("", reply[: last.start()], count=1).strip() or None
-    return notes, reply[last.end() :].strip()
+    from orion_assets.llm.types import split_thinking
+
+    _, text = split_thinking(None, reply)
+    reflection = _REFLECTION.search(text)
+    start = reflection.end() if reflection else 0
+    solution = _SOLUTION.search(text, start)
+    if solution is None:
+        return None, None
+    body = text[solution.end():].strip()
+    if not body:
+        return None, None
+    notes = text[start:solution.start()].strip() if reflection else text[:solution.start()].strip()
+    return notes or None, body

@@ -15,6 +15,11 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def load_tokenizer(tokenizer_path: str):
+    """The student's tokenizer (one instance per path and process)."""
+    return _tokenizer(str(tokenizer_path))
+
+
 def token_counter(tokenizer_path: str) -> Callable[[str], int]:
     """Count tokens the way the student sees them (its own tokenizer, no special tokens)."""
     tokenizer = _tokenizer(str(tokenizer_path))

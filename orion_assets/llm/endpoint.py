@@ -15,6 +15,7 @@ from orion_assets.llm.types import ROLES, GenerationRequest, GenerationResult, P
 from orion_assets.store import Store
 
 if TYPE_CHECKING:
+    from orion_assets.llm.context import ContextBudget
     from orion_assets.profiles.schema import EndpointConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class BaseEndpoint(abc.ABC):
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
         self.last_stats: dict[str, int] = {}
+        # Set by the caller that knows the tokenizer (OrionResource.endpoint): see llm/context.py.
+        self.budget: ContextBudget | None = None
 
     # -- what a backend provides -----------------------------------------------------------------
 
@@ -95,7 +98,34 @@ class BaseEndpoint(abc.ABC):
         progress: ProgressFn | None = None,
     ) -> list[GenerationResult]:
         """Results in request order. Cached 'ok' calls are returned as they are; the rest (new calls
-        and earlier 'error' rows) are sent, and written to the cache as they arrive."""
+        and earlier 'error' rows) are sent, and written to the cache as they arrive. With a
+        context budget, ``max_tokens`` is cut to fit beside each prompt and a prompt that leaves
+        too little room is not sent: its result is a ``context_overflow`` error (not cached)."""
+        if self.budget is None:
+            return self._generate(requests, run_id=run_id, progress=progress)
+        fitted = [self.budget.fit(r) for r in requests]
+        sendable = [f for f in fitted if not isinstance(f, str)]
+        if len(sendable) < len(fitted):
+            log.warning("%s endpoint: %d of %d prompts do not fit %r; not sent",
+                        self.role, len(fitted) - len(sendable), len(fitted), self.budget)
+        self.last_stats = {}
+        sent = iter(self._generate(sendable, run_id=run_id, progress=progress) if sendable else [])
+        self.last_stats["context_overflow"] = len(fitted) - len(sendable)
+        return [
+            next(sent) if not isinstance(f, str) else GenerationResult(
+                call_id=self.key_for(r), text=None, reasoning=None, finish_reason="error", prompt_tokens=None,
+                completion_tokens=None, latency_s=None, retries=0, error=f, cached=False,
+            )
+            for r, f in zip(requests, fitted, strict=True)
+        ]  # fmt: skip
+
+    def _generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        run_id: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[GenerationResult]:
         keys = [self.key_for(r) for r in requests]
         unique: dict[str, GenerationRequest] = {}
         for key, request in zip(keys, requests, strict=True):

@@ -42,12 +42,16 @@ class GenerationRequest:
 
     ``replay_row`` is read by the replay backend only (it needs ``problem_id`` and the replay
     field); it is not part of the cache key except through the text it yields.
+    ``min_reply_tokens``: with a known context window, a prompt that leaves less room than this
+    for the reply is not sent (it is a ``context_overflow``); otherwise ``max_tokens`` is cut to
+    the room left.
     """
 
     messages: tuple[dict[str, str], ...]
     params: SamplingParams
     sample_index: int = 0
     replay_row: Mapping[str, Any] | None = None
+    min_reply_tokens: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):
@@ -83,10 +87,51 @@ class GenerationResult:
         return self.finish_reason != "error"
 
     @property
+    def overflow(self) -> bool:
+        """Not sent: the prompt left no room for a reply inside the context window."""
+        return self.finish_reason == "error" and (self.error or "").startswith(CONTEXT_OVERFLOW)
+
+    @property
+    def thinking(self) -> str | None:
+        """A reasoning model's thinking: ``reasoning_content`` (DeepSeek API, vLLM's reasoning
+        parsers) or a ``<think>`` block that opens the content (R1-distill models served raw).
+        A block cut off before ``</think>`` is all thinking."""
+        return split_thinking(self.reasoning, self.text)[0]
+
+    @property
+    def answer(self) -> str:
+        """The reply after the thinking: where the final answer must be."""
+        return split_thinking(self.reasoning, self.text)[1]
+
+    @property
     def cot(self) -> str:
-        """The whole chain of thought: a reasoning model's thinking, then its answer text."""
-        parts = [p.strip("\n") for p in (self.reasoning, self.text) if p and p.strip()]
+        """The whole chain of thought in one shape for every teacher: thinking, then the answer."""
+        thinking, answer = split_thinking(self.reasoning, self.text)
+        parts = [p.strip("\n") for p in (thinking, answer) if p and p.strip()]
         return "\n\n".join(parts)
+
+
+CONTEXT_OVERFLOW = "context_overflow"
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def split_thinking(reasoning: str | None, text: str | None) -> tuple[str | None, str]:
+    """(thinking, answer) of a reply: ``reasoning`` when the server split it off, else a leading
+    ``<think>...</think>`` block of ``text`` (an unclosed block is all thinking, no answer)."""
+    text = text or ""
+    thinking = reasoning.strip() if reasoning and reasoning.strip() else None
+    stripped = text.lstrip()
+    if stripped.startswith(_THINK_OPEN) or (_THINK_CLOSE in text and _THINK_OPEN not in text):
+        # vLLM without a reasoning parser; some chat templates put "<think>" in the prompt, so
+        # the reply holds only the closing tag.
+        body = stripped[len(_THINK_OPEN):] if stripped.startswith(_THINK_OPEN) else stripped
+        inner, closed, after = body.partition(_THINK_CLOSE)
+        inner = inner.strip()
+        if inner:
+            thinking = f"{thinking}\n\n{inner}" if thinking else inner
+        return thinking, after.strip() if closed else ""
+    return thinking, text.strip()
 
 
 ProgressFn = Callable[[int, int], None]
