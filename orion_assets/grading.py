@@ -5,8 +5,9 @@ Public API::
     Verdict(correct, extracted, method, reason)
     extract_answer(output) -> (answer, method)
     normalize_gold(gold, benchmark=None) -> str
-    grade(output, gold, benchmark=None, timeout_s=5.0) -> Verdict
-    grade_batch(pairs, benchmark=None, timeout_s=5.0, workers=None) -> list[Verdict]
+    grade(output, gold, benchmark=None, timeout_s=5.0, *, gsm_hard_rule="precision") -> Verdict
+    grade_batch(pairs, benchmark=None, timeout_s=5.0, workers=None, *,
+                gsm_hard_rule="precision") -> list[Verdict]
 
 Grading runs in two stages:
 
@@ -14,8 +15,8 @@ Grading runs in two stages:
    arithmetic only, never sympy): both sides are normalised (``$``, units,
    ``\\left``/``\\right``, degrees, percents, thousands separators, ``\\dfrac``,
    leading ``x =`` ...). Equal strings are correct; two plain numbers are
-   compared numerically (exact integers for AIME-like benchmarks, relative
-   tolerance 1e-4 for GSM-Hard, 1e-9 otherwise).
+   compared numerically: exact integers for AIME-like benchmarks, the
+   ``gsm_hard_rule`` for GSM-Hard (below), relative tolerance 1e-9 otherwise.
 2. Everything still undecided goes to ``math_verify`` (sympy), which can hang
    on adversarial input (``9^{9^{9^{9^9}}}`` ...). It therefore never runs in
    the caller's process: a small, module-level pool of worker processes
@@ -29,6 +30,35 @@ once, so starting or replacing one is cheap. Like any ``spawn``/``forkserver``
 user, a *script* that grades at import time must guard its entry point with
 ``if __name__ == "__main__":`` (workers re-import the main module).
 ``shutdown_pool()`` stops the workers (also done at exit).
+
+GSM-Hard numbers (``gsm_hard_rule``; only when the benchmark is GSM-Hard). Its
+golds are Python floats printed with ``repr`` (``-9867630.0``,
+``12.333333333333334``, ``3244047.0999999996``), some rounded to 10 decimals
+(``5489.5466666667``); digits past the 15th significant one are binary noise, so
+the gold is taken as known to ``u`` = one unit in its 15th significant digit.
+
+* ``"precision"`` (default), all in exact decimal arithmetic on the strings shown:
+
+  - an integer gold (``-9867630``, ``27.0``, ``55938720.00000001``: within ``u``
+    of an integer) must be matched exactly: ``-9867630.0`` yes, ``-9867000`` no;
+  - a non-integer gold against a decimal answer with ``d >= 1`` decimals: the
+    answer must be the gold rounded to ``d`` decimals, a tie rounding either way
+    (``|answer - gold| <= 0.5 * 10**-d + u``). Gold ``1234.5678``: ``1234.57``,
+    ``1234.6``, ``1234.5678``, ``1234.56780`` yes; ``1235.57`` no; ``1234.56``
+    (truncated, not rounded) no; ``1234.56781`` no. Rounding only: truncation
+    is not accepted;
+  - a non-integer gold against an answer with no decimals (``1235``, ``1.2e3``)
+    or one that rounds to zero (``0.00``): no;
+  - a non-integer gold against an exact value (``\\frac{37}{3}``, ``37/3``): within
+    half a unit of the gold's last shown decimal (``|answer - gold| <=
+    0.5 * 10**-dg + u``, ``dg`` the gold's decimals): ``37/3`` matches
+    ``12.333333333333334`` and ``12.33``; note it also matches a gold ``12.3``,
+    whose one decimal is all the precision it claims;
+  - a percent sign on either side shifts that side by two decimals, as elsewhere.
+
+* ``"math_equal"``: Qwen's ``math_equal`` rule, relative tolerance 1e-4, as most
+  published GSM-Hard numbers used (``-9867000`` matches ``-9867630``), so that
+  our numbers can be set beside those.
 
 Reasons: ``match:string``, ``match:numeric``, ``match:math_verify``,
 ``mismatch:numeric``, ``mismatch:math_verify``, ``no_answer``, ``timeout``,
@@ -57,6 +87,7 @@ __all__ = [
     "grade",
     "grade_batch",
     "shutdown_pool",
+    "GSM_HARD_RULES",
 ]
 
 log = logging.getLogger(__name__)
@@ -399,8 +430,18 @@ def _to_number(s: str) -> Fraction | None:
 
 
 _REL_TOL = Fraction(1, 10**9)
-_REL_TOL_GSM_HARD = Fraction(1, 10**4)
+_REL_TOL_GSM_HARD = Fraction(1, 10**4)  # Qwen's math_equal (gsm_hard_rule="math_equal")
 _ABS_TOL = Fraction(1, 10**9)
+
+GSM_HARD_RULES = ("precision", "math_equal")
+_SHOWN_RE = re.compile(r"^[+-]?\d*(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
+
+
+def _check_gsm_hard_rule(rule: str) -> str:
+    if not isinstance(rule, str) or rule not in GSM_HARD_RULES:
+        raise ValueError(f"gsm_hard_rule must be one of {', '.join(map(repr, GSM_HARD_RULES))}; "
+                         f"got {rule!r}")
+    return rule
 
 
 def _close(a: Fraction, b: Fraction, benchmark: str | None) -> bool:
@@ -411,9 +452,63 @@ def _close(a: Fraction, b: Fraction, benchmark: str | None) -> bool:
     return abs(a - b) <= max(rel * max(abs(a), abs(b)), _ABS_TOL)
 
 
-def _numeric_equal(p: Fraction, p_pct: bool, g: Fraction, g_pct: bool, benchmark: str | None) -> bool:
+def _shown_decimals(s: str) -> int | None:
+    """Decimals a plain number literal shows: ``"1234.50"`` -> 2, ``"27"`` -> 0,
+    ``"5.158e-07"`` -> 10, ``"1.2e3"`` -> -2; ``None`` for anything else (an
+    exact value such as ``\\frac{37}{3}`` or ``37/3``)."""
+    if not _PLAIN_NUM_RE.match(s):
+        return None
+    m = _SHOWN_RE.match(s)
+    if m is None:
+        return None
+    return len(m.group(1) or "") - int(m.group(2) or 0)
+
+
+def _noise_unit(g: Fraction) -> Fraction:
+    """One unit in the 15th significant digit of ``g`` (0 for 0): how far a
+    gold printed from a double may be off (``3244047.0999999996``)."""
+    a = abs(g)
+    if a == 0:
+        return Fraction(0)
+    e = len(str(a.numerator)) - len(str(a.denominator))
+    while a >= Fraction(10) ** (e + 1):
+        e += 1
+    while a < Fraction(10) ** e:
+        e -= 1
+    return Fraction(10) ** (e - 14)
+
+
+def _precision_equal(p: Fraction, dp: int | None, g: Fraction, dg: int | None) -> bool:
+    """The GSM-Hard ``"precision"`` rule (see the module docstring).
+
+    ``dp``/``dg``: decimals the answer/gold show (``None``: an exact value).
+    """
+    u = _noise_unit(g) if dg is not None else Fraction(0)
+    gi = round(g)
+    if abs(g - gi) <= u:  # an integer gold (up to float noise): exactly
+        return p == gi
+    if p == 0:  # rounded to nothing
+        return False
+    if dp is not None:  # a decimal answer: the gold rounded to dp decimals, ties either way
+        return dp > 0 and abs(p - g) <= Fraction(1, 2) / Fraction(10) ** dp + u
+    if dg is None:  # exact answer, exact gold
+        return p == g
+    # an exact answer (fraction): within half a unit of the gold's last shown decimal
+    return abs(p - g) <= Fraction(1, 2) / Fraction(10) ** dg + u
+
+
+def _numeric_equal(p: Fraction, p_pct: bool, g: Fraction, g_pct: bool, benchmark: str | None,
+                   dp: int | None = None, dg: int | None = None,
+                   gsm_hard_rule: str = "precision") -> bool:
     if _is_aime(benchmark) and g.denominator == 1:
         return p == g  # exact integers: 025 == 25, 25.5 != 25
+    if gsm_hard_rule == "precision" and _is_gsm_hard(benchmark):
+        def shift(d: int | None) -> int | None:
+            return None if d is None else d + 2
+
+        return (_precision_equal(p, dp, g, dg)
+                or (g_pct and _precision_equal(p, dp, g / 100, shift(dg)))  # gold 50%, pred 0.5
+                or (p_pct and _precision_equal(p / 100, shift(dp), g, dg)))  # gold 0.5, pred 50%
     if _close(p, g, benchmark):
         return True
     if g_pct and _close(p, g / 100, benchmark):  # gold 50%, pred 0.5
@@ -445,7 +540,8 @@ def _wrap_for_mv(s: str) -> str:
     return "$" + s + "$"
 
 
-def _prepare(output: str, gold, benchmark: str | None) -> Verdict | _Pending:
+def _prepare(output: str, gold, benchmark: str | None,
+             gsm_hard_rule: str = "precision") -> Verdict | _Pending:
     extracted, method = extract_answer(output)
     if extracted is None:
         return Verdict(False, None, None, "no_answer")
@@ -456,7 +552,8 @@ def _prepare(output: str, gold, benchmark: str | None) -> Verdict | _Pending:
         return Verdict(True, extracted, method, "match:string")
     p_val, g_val = _to_number(p_norm), _to_number(g_norm)
     if p_val is not None and g_val is not None:
-        ok = _numeric_equal(p_val, p_pct, g_val, g_pct, benchmark)
+        ok = _numeric_equal(p_val, p_pct, g_val, g_pct, benchmark,
+                            _shown_decimals(p_norm), _shown_decimals(g_norm), gsm_hard_rule)
         return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
     return _Pending(extracted, method, _wrap_for_mv(gold_s), _wrap_for_mv(extracted))
 
@@ -812,18 +909,26 @@ def _run_pending(pending: _Pending, timeout_s: float | None) -> tuple[str, objec
     return _get_pool().run(pending.gold_mv, pending.pred_mv, _timeout(timeout_s))
 
 
-def _safe_prepare(output, gold, benchmark) -> Verdict | _Pending:
+def _safe_prepare(output, gold, benchmark, gsm_hard_rule: str = "precision") -> Verdict | _Pending:
     try:
-        return _prepare("" if output is None else str(output), gold, benchmark)
+        return _prepare("" if output is None else str(output), gold, benchmark, gsm_hard_rule)
     except Exception as exc:  # noqa: BLE001 - grading must never raise
         log.debug("grading prepare failed", exc_info=True)
         return Verdict(False, None, None, f"error:{type(exc).__name__}")
 
 
 def grade(output: str, gold: str, benchmark: str | None = None,
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
-    """Grade one model output against a gold answer. Never raises, never hangs."""
-    pre = _safe_prepare(output, gold, benchmark)
+          timeout_s: float = DEFAULT_TIMEOUT_S, *, gsm_hard_rule: str = "precision") -> Verdict:
+    """Grade one model output against a gold answer. Never hangs; never raises on
+    any output or gold (a ``gsm_hard_rule`` outside ``GSM_HARD_RULES`` is a
+    ``ValueError``).
+
+    ``gsm_hard_rule`` (``"precision"`` | ``"math_equal"``) picks how plain
+    numbers are compared when ``benchmark`` is GSM-Hard; other benchmarks
+    ignore it (module docstring).
+    """
+    _check_gsm_hard_rule(gsm_hard_rule)
+    pre = _safe_prepare(output, gold, benchmark, gsm_hard_rule)
     if isinstance(pre, Verdict):
         return pre
     return _verdict(pre, *_run_pending(pre, timeout_s))
@@ -834,6 +939,8 @@ def grade_batch(
     benchmark: str | None | Sequence[str | None] = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
+    *,
+    gsm_hard_rule: str = "precision",
 ) -> list[Verdict]:
     """Grade many ``(output, gold)`` pairs; the result keeps the input order.
 
@@ -842,8 +949,9 @@ def grade_batch(
     (gold, answer), cut into chunks and streamed through ``workers``
     math_verify processes (default ``os.cpu_count()``) at once; every item
     still has its own ``timeout_s``. Same verdicts as calling ``grade()`` on
-    each pair.
+    each pair. ``gsm_hard_rule`` as in :func:`grade`.
     """
+    _check_gsm_hard_rule(gsm_hard_rule)
     pairs = list(pairs)
     n = len(pairs)
     if benchmark is None or isinstance(benchmark, str):
@@ -858,7 +966,7 @@ def grade_batch(
     # verified once.
     groups: dict[tuple[str, str], list[tuple[int, _Pending]]] = {}
     for i, ((output, gold), bench) in enumerate(zip(pairs, benches)):
-        pre = _safe_prepare(output, gold, bench)
+        pre = _safe_prepare(output, gold, bench, gsm_hard_rule)
         if isinstance(pre, Verdict):
             out[i] = pre
         else:

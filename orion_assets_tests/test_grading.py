@@ -115,8 +115,9 @@ def _gsm_hard_forms(t: float) -> list[str]:
         i = int(t)
         forms += [f"#### {i:,}", f"\\boxed{{{i:,}}}", f"So she makes ${i:,} in total.",
                   f"\\boxed{{{i}.00}}"]
-    elif abs(t) >= 100:  # 2 decimals are within the 1e-4 relative tolerance here
-        forms += [f"\\boxed{{{t:,.2f}}}", f"#### {t:.8g}", f"so about {t:,.3f} dollars"]
+    elif abs(t) >= 1:  # "precision": a non-integer gold matches when rounded to the decimals shown
+        forms += [f"\\boxed{{{t:,.2f}}}", f"#### {t:.4f}", f"so about {t:,.3f} dollars",
+                  f"\\boxed{{{t:.1f}}}"]
     else:
         forms += [f"\\boxed{{{t:.6g}}}", f"#### {t:.8g}"]
     return forms
@@ -222,7 +223,7 @@ NOT_EQUIVALENT = [
     (r"\boxed{\frac{1}{2}}", r"\frac{1}{3}", None),
     (r"\boxed{2x}", "x", None),
     (r"\boxed{\text{odd}}", r"\text{even}", None),
-    (r"\boxed{5.33}", 5.3333333333, "gsm_hard"),
+    (r"\boxed{5.34}", 5.3333333333, "gsm_hard"),
     (r"\boxed{3240000}", 3244047.0999999996, "gsm_hard"),
     (r"\boxed{(1,2,3)}", "(1,2)", None),
 ]
@@ -307,7 +308,7 @@ def test_last_number_is_marked():
 
 def test_grade_batch_mixed_benchmarks_and_order():
     pairs = [(r"\boxed{025}", "25"), (r"\boxed{2\sqrt{2}}", r"\sqrt{8}"), ("nothing", "1"),
-             (r"\boxed{5.33}", 5.3333333333)]
+             (r"\boxed{5.34}", 5.3333333333)]
     benches = ["aime24", None, None, "gsm_hard"]
     vs = grade_batch(pairs, benches, workers=2)
     assert [v.correct for v in vs] == [True, True, False, False]
@@ -316,6 +317,127 @@ def test_grade_batch_mixed_benchmarks_and_order():
     with pytest.raises(ValueError):
         grade_batch(pairs, ["aime24"])
     assert grade_batch([]) == []
+
+
+# --------------------------------------------------------------------------
+# GSM-Hard numbers: the "precision" rule (default) and Qwen's "math_equal"
+# --------------------------------------------------------------------------
+
+GSM_HARD_PRECISION = [  # (output, gold, correct under gsm_hard_rule="precision")
+    # integer golds: exactly (664 of the 1319 golds are integers >= 10,000)
+    (r"\boxed{-9867630}", -9867630.0, True),
+    (r"\boxed{-9867630.0}", -9867630.0, True),
+    (r"\boxed{-9,867,630}", "-9867630", True),
+    (r"\boxed{-9867000}", -9867630.0, False),
+    (r"\boxed{-9867631}", -9867630.0, False),
+    (r"\boxed{27}", "27.0", True),
+    (r"\boxed{27.001}", "27.0", False),
+    (r"\boxed{\frac{54}{2}}", 27.0, True),
+    # float noise of an integer gold (repr past the 15th significant digit)
+    (r"\boxed{55938720}", 55938720.00000001, True),
+    (r"\boxed{385671}", 385670.9999999999, True),
+    (r"\boxed{55938720.5}", 55938720.00000001, False),
+    # non-integer golds: at the precision the answer shows, rounding only
+    (r"\boxed{1234.57}", 1234.5678, True),
+    (r"\boxed{1234.6}", 1234.5678, True),
+    (r"\boxed{1,234.57}", 1234.5678, True),
+    (r"\boxed{1234.5678}", 1234.5678, True),
+    (r"\boxed{1234.56780}", 1234.5678, True),
+    (r"\boxed{1235.57}", 1234.5678, False),
+    (r"\boxed{1234.56}", 1234.5678, False),  # truncated, not rounded
+    (r"\boxed{1234.56781}", 1234.5678, False),  # a wrong extra decimal
+    (r"\boxed{1235}", 1234.5678, False),  # no decimals for a non-integer gold
+    (r"\boxed{33}", 33.333, False),
+    (r"\boxed{33.333}", 33.333, True),
+    (r"\boxed{5.33}", 5.3333333333, True),
+    (r"\boxed{5.34}", 5.3333333333, False),
+    (r"\boxed{2.24}", "2.245", True),  # a tie rounds either way
+    (r"\boxed{2.25}", "2.245", True),
+    (r"\boxed{2.23}", "2.245", False),
+    (r"\boxed{3244047.1}", 3244047.0999999996, True),
+    (r"\boxed{14,053,029.67}", 14053029.666666666, True),
+    (r"\boxed{12.3333333333333333}", 12.333333333333334, True),  # past a double's digits
+    (r"\boxed{5.158e-7}", 5.158e-07, True),
+    (r"\boxed{0.00}", 5.158e-07, False),  # rounded to nothing
+    (r"\boxed{50\%}", 0.5, True),
+    # exact fractions: within half a unit of the gold's last shown decimal
+    (r"\boxed{\frac{37}{3}}", 12.333333333333334, True),
+    (r"\boxed{37/3}", 12.333333333333334, True),
+    (r"\boxed{\frac{38}{3}}", 12.333333333333334, False),
+    (r"\boxed{\frac{411716}{75}}", 5489.5466666667, True),  # gold rounded to 10 decimals
+    (r"\boxed{\frac{411717}{75}}", 5489.5466666667, False),
+    (r"\boxed{\frac{5}{2}}", 2.5, True),
+    (r"\boxed{\frac{7}{3}}", 2.33, True),
+    (r"\boxed{\frac{7}{3}}", 2.34, False),
+    (r"\boxed{\frac{7}{3}}", 2.3, True),  # the gold shows one decimal: that is its precision
+]
+
+
+@pytest.mark.parametrize("output,gold,correct", GSM_HARD_PRECISION)
+def test_gsm_hard_precision_rule(output, gold, correct):
+    v = grade(output, gold, "gsm_hard")
+    assert v.correct is correct, v
+    assert v.reason in ("match:string", "match:numeric", "mismatch:numeric"), v
+    assert grade(output, gold, "gsm_hard", gsm_hard_rule="precision") == v
+    assert grade(output, gold, "gsm-hard") == v
+
+
+GSM_HARD_MATH_EQUAL = [  # Qwen's math_equal: relative tolerance 1e-4, as published numbers used
+    (r"\boxed{-9867000}", -9867630.0, True),
+    (r"\boxed{-9867630}", -9867630.0, True),
+    (r"\boxed{1234.6}", 1234.5678, True),
+    (r"\boxed{1235}", 1234.5678, False),
+    (r"\boxed{5.33}", 5.3333333333, False),
+    (r"\boxed{3244047.1}", 3244047.0999999996, True),
+    (r"\boxed{3240000}", 3244047.0999999996, False),
+]
+
+
+@pytest.mark.parametrize("output,gold,correct", GSM_HARD_MATH_EQUAL)
+def test_gsm_hard_math_equal_rule(output, gold, correct):
+    v = grade(output, gold, "gsm_hard", gsm_hard_rule="math_equal")
+    assert v.correct is correct, v
+
+
+def test_gsm_hard_rule_only_applies_to_gsm_hard():
+    for bench in (None, "gsm8k", "math500"):
+        for rule in ("precision", "math_equal"):
+            assert not grade(r"\boxed{-9867000}", "-9867630", bench, gsm_hard_rule=rule).correct
+            assert not grade(r"\boxed{1234.57}", "1234.5678", bench, gsm_hard_rule=rule).correct
+            assert grade(r"\boxed{0.5}", r"\frac{1}{2}", bench, gsm_hard_rule=rule).correct
+    assert grade(r"\boxed{25}", "025", "aime24", gsm_hard_rule="math_equal").correct
+    assert not grade(r"\boxed{25.5}", "25", "aime24", gsm_hard_rule="math_equal").correct
+
+
+def test_gsm_hard_rule_is_validated():
+    for call in (lambda: grade(r"\boxed{1}", "1", gsm_hard_rule="exact"),
+                 lambda: grade(r"\boxed{1}", "1", "gsm_hard", gsm_hard_rule="Precision"),
+                 lambda: grade_batch([(r"\boxed{1}", "1")], gsm_hard_rule="exact")):
+        with pytest.raises(ValueError, match="'precision'.*'math_equal'"):
+            call()
+    pairs = [(r"\boxed{-9867000}", -9867630.0), (r"\boxed{5.33}", 5.3333333333)]
+    assert [v.correct for v in grade_batch(pairs, "gsm_hard")] == [False, True]
+    assert [v.correct for v in grade_batch(pairs, "gsm_hard", gsm_hard_rule="math_equal")] == [True, False]
+
+
+def test_gsm_hard_golds_graded_against_themselves(capsys):
+    """Every GSM-Hard gold passes as its own answer under "precision"; so does
+    ``round(target, 2)`` for a non-integer gold, unless that rounds it to 0."""
+    rows = _jsonl("gsm_hard.jsonl")
+    targets = [r["target"] for r in rows]
+    assert len(targets) == 1319
+    own = grade_batch([(f"\\boxed{{{t!r}}}", t) for t in targets], "gsm_hard")
+    said = grade_batch([(f"The answer is {t}.", t) for t in targets], "gsm_hard")
+    assert all(v.correct for v in own + said), [(t, v) for t, v in zip(targets * 2, own + said)
+                                               if not v.correct][:10]
+    non_int = [t for t in targets if not float(t).is_integer()]
+    rounded = grade_batch([(f"\\boxed{{{round(t, 2)}}}", t) for t in non_int], "gsm_hard")
+    failed = [(t, round(t, 2)) for t, v in zip(non_int, rounded) if not v.correct]
+    with capsys.disabled():
+        print(f"\ngsm_hard golds vs themselves: {sum(v.correct for v in own)}/{len(targets)}; "
+              f"non-integer golds as round(t, 2): {len(non_int) - len(failed)}/{len(non_int)}"
+              f" (the rest round to 0.0)")
+    assert all(r == 0 for _, r in failed), failed
 
 
 # --------------------------------------------------------------------------
