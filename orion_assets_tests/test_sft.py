@@ -3,7 +3,8 @@
 * in process: LoRA and full fine-tuning for a few steps, the per-step log, the saved model loading and generating;
 * the loss mask, read off the trainer's own collated batches: prompt masked, completion tokens + the final
   ``<|im_end|>`` trained, nothing after it;
-* max_length: truncation counted with the trained token ids, and no silent 1024-token cap;
+* max_length: an example longer than it is dropped (counted with the trained token ids), never cut, so every
+  trained example ends with its answer and ``<|im_end|>``; no silent 1024-token cap (TRL's max_length is None);
 * a SIGKILLed ``sft_main`` process resumed from its last checkpoint;
 * the Dagster Pipes path: a real ``dg.materialize`` of an asset calling ``run_sft_with_pipes``.
 """
@@ -175,7 +176,7 @@ def test_config_hash_tracks_what_changes_the_weights(tmp_path, tiny_student, sft
 def test_labels_cover_exactly_the_completion_and_its_end_of_turn(tmp_path, tiny_student, sft_parquet, sft_rows):
     prepared = build_trainer(_params(tiny_student, sft_parquet, tmp_path / "out"))
     trainer, tok = prepared.trainer, prepared.trainer.processing_class
-    assert trainer.args.max_length == 512 and trainer.args.completion_only_loss is True
+    assert trainer.args.max_length is None and trainer.args.completion_only_loss is True  # TRL never truncates
     assert prepared.eos_token == EOS_TOKEN
     eos_id = tok.convert_tokens_to_ids(EOS_TOKEN)
 
@@ -197,42 +198,76 @@ def test_labels_cover_exactly_the_completion_and_its_end_of_turn(tmp_path, tiny_
         assert tok.decode(labels[prompt_len:length].tolist()) == sft_rows[i]["completion"][0]["content"] + EOS_TOKEN
 
 
-def test_truncation_is_counted_and_there_is_no_silent_1024_cap(tmp_path, tiny_student, sft_rows):
-    # lengths of the examples, tokenized independently of the trainer (ChatML text, minus the "\n" after the turn)
+def _n_tokens(tok, row) -> int:
+    """Tokens of an example, independently of the trainer (ChatML text, minus the "\n" after the end of turn)."""
+    text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    assert text.endswith(EOS_TOKEN + "\n")
+    return len(tok(text[:-1], add_special_tokens=False)["input_ids"])
+
+
+def test_too_long_examples_are_dropped_not_cut_and_there_is_no_silent_1024_cap(tmp_path, tiny_student, sft_rows):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_student.path)
-
-    def n_tokens(row):
-        text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        assert text.endswith(EOS_TOKEN + "\n")
-        return len(tok(text[:-1], add_special_tokens=False)["input_ids"])
-
-    lengths = [n_tokens(r) for r in sft_rows]
+    lengths = [_n_tokens(tok, r) for r in sft_rows]
     max_length = sorted(lengths)[len(lengths) // 2]  # about half the examples are longer
-    expected = sum(n > max_length for n in lengths)
-    assert 0 < expected < len(lengths)
+    too_long = [r["sft_example_id"] for r, n in zip(sft_rows, lengths, strict=True) if n > max_length]
+    assert 0 < len(too_long) < len(lengths)
     data = write_sft_parquet(sft_rows, tmp_path / "data.parquet")
     prepared = build_trainer(_params(tiny_student, data, tmp_path / "out", max_length=max_length))
-    assert prepared.stats.truncated_examples == expected
-    assert prepared.stats.max_example_tokens == max(lengths)
-    assert max(len(r["input_ids"]) for r in prepared.trainer.train_dataset) == max_length
+    assert prepared.stats.dropped_too_long == len(too_long) and list(prepared.stats.dropped_ids) == too_long
+    assert prepared.stats.examples == len(sft_rows) and prepared.stats.max_example_tokens == max(lengths)
+    trained = prepared.trainer.train_dataset
+    assert len(trained) == len(sft_rows) - len(too_long)
+    # the examples that fit are trained whole, at their full length; none is a cut version of a long one
+    fits = {r["sft_example_id"]: n for r, n in zip(sft_rows, lengths, strict=True) if n <= max_length}
+    assert sorted(len(r["input_ids"]) for r in trained) == sorted(fits.values())
+    assert prepared.trainer.args.max_length is None
 
-    # one long CoT (> 1024 tokens) with max_length=2048: kept whole
+    # one long CoT (> 1024 tokens) with max_length=2048: kept whole (TRL's default would cut it at 1024)
     parts: list[str] = []
     for r in sft_rows:  # concatenate solutions until the example passes 1024 tokens
         parts.append(r["completion"][0]["content"])
         long_cot = [{"role": "assistant", "content": "\n".join(parts)}]
         long_row = {**sft_rows[0], "sft_example_id": "long", "completion": long_cot}
-        n_long = n_tokens(long_row)
+        n_long = _n_tokens(tok, long_row)
         if n_long > 1100:
             break
     assert 1024 < n_long < 2048, n_long
     data = write_sft_parquet([long_row, *sft_rows[:3]], tmp_path / "long.parquet")
     prepared = build_trainer(_params(tiny_student, data, tmp_path / "out_long", max_length=2048))
-    assert prepared.stats.truncated_examples == 0
-    assert prepared.trainer.args.max_length == 2048
+    assert prepared.stats.dropped_too_long == 0
     assert len(prepared.trainer.train_dataset[0]["input_ids"]) == n_long
+    # ... and with max_length just under its length it is dropped, never cut to fit
+    prepared = build_trainer(_params(tiny_student, data, tmp_path / "out_short", max_length=n_long - 1))
+    assert prepared.stats.dropped_too_long == 1 and prepared.stats.dropped_ids == ("long",)
+    assert n_long not in {len(r["input_ids"]) for r in prepared.trainer.train_dataset}
+    assert max(len(r["input_ids"]) for r in prepared.trainer.train_dataset) < n_long - 1
+
+
+def test_every_trained_example_ends_with_its_answer_and_end_of_turn(tmp_path, tiny_student, sft_rows):
+    """With max_length below some examples' length, the labels of every example that is trained still end with
+    the completion's last tokens: the boxed answer and <|im_end|> (a truncation would cut exactly those)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_student.path)
+    eos_id = tok.convert_tokens_to_ids(EOS_TOKEN)
+    lengths = [_n_tokens(tok, r) for r in sft_rows]
+    max_length = sorted(lengths)[len(lengths) // 3]
+    data = write_sft_parquet(sft_rows, tmp_path / "data.parquet")
+    prepared = build_trainer(_params(tiny_student, data, tmp_path / "out", max_length=max_length))
+    trainer = prepared.trainer
+    by_id = {r["sft_example_id"]: r for r in sft_rows}
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    for i, example_id in enumerate(trainer.train_dataset["sft_example_id"]):
+        content = by_id[example_id]["completion"][0]["content"]
+        answer = content[content.rindex("\\boxed{"):]  # "\boxed{18}."
+        labels = [t for t in batch["labels"][i].tolist() if t != -100]
+        assert labels[-1] == eos_id, example_id
+        assert tok.decode(labels).endswith(answer + EOS_TOKEN), (example_id, tok.decode(labels[-12:]))
+        assert int(batch["attention_mask"][i].sum()) <= max_length
+    # the rest were dropped: some examples are trained, not all
+    assert 0 < len(trainer.train_dataset) == len(sft_rows) - prepared.stats.dropped_too_long < len(sft_rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,7 +282,7 @@ def test_lora_training_logs_saves_and_generates(tmp_path, tiny_student, sft_parq
     assert result.steps == 3 and result.resumed_from_step == 0
     assert result.final_kind == "lora_adapter"
     assert math.isfinite(result.train_loss) and math.isfinite(result.final_loss)
-    assert result.examples == len(sft_rows) and result.truncated_examples == 0
+    assert result.examples == len(sft_rows) and result.truncated_examples == 0 and result.dropped_too_long == 0
     assert result.tokens_seen == result.train_tokens > 0 and result.train_tokens_per_second > 0
     assert 0 < result.train_seconds <= result.wall_seconds and result.peak_memory_mb > 0
     log = read_train_log(out)
@@ -375,7 +410,7 @@ def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_studen
     (mat,) = res.asset_materializations_for_node("throwaway_checkpoint")
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["steps"] == 3 and meta["log_entries"] == 3
-    assert meta["truncated_examples"] == 0 and meta["examples"] == N_EXAMPLES
+    assert meta["truncated_examples"] == 0 and meta["dropped_too_long"] == 0 and meta["examples"] == N_EXAMPLES
     assert meta["config_hash"] == config_hash(params)
     assert math.isfinite(meta["first_loss"]) and math.isfinite(meta["last_loss"]) and meta["tokens_seen"] > 0
     assert meta["loss_curve"]["step"] == [1, 2, 3]

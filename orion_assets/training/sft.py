@@ -19,10 +19,12 @@ What :func:`train` guarantees (each point is a TRL default we do *not* rely on):
   it: ChatML templates render ``<|im_end|>\\n`` after an assistant turn, and TRL would train the model on that
   trailing ``\\n`` too; a template that does not close the assistant turn would leave the model never learning to
   stop (TRL only appends an eos for *non*-conversational data), so we append the end-of-turn token then.
-* **No silent truncation.**  TRL's ``SFTConfig.max_length`` defaults to 1024 and truncates silently; we always
-  pass ``max_length=TrainParams.max_length`` and count, with the very token ids that are trained on, the examples
-  longer than it (``truncated_examples``; a warning is logged) and those whose completion would be cut away
-  entirely (``dropped_examples``; TRL drops them).
+* **No truncation: too long is dropped.**  A truncated example loses the end of its completion -- the final
+  answer and the end-of-turn token -- so the model would learn to ramble without answering or stopping.  An
+  example whose prompt + completion (with its end-of-turn token) exceeds ``TrainParams.max_length`` is left out,
+  counted with the very token ids that would be trained on (``dropped_too_long``, in the result and so in the
+  materialization metadata; a warning names how many).  TRL's own ``SFTConfig.max_length`` (default 1024) would
+  truncate silently; we pass ``max_length=None``, so TRL never cuts (every example already fits).
 * **LoRA by default** (PEFT, Qwen2-style ``q/k/v/o/gate/up/down_proj``), full fine-tuning with ``lora=False``.
 * **bf16 only where it belongs**: TRL defaults ``bf16=True`` even on CPU; here ``bf16=None`` means "on CUDA with
   bf16 support".  Gradient (activation) checkpointing, on by default in TRL, is ``None`` = "on CUDA only".
@@ -219,8 +221,7 @@ class TrainResult:
     train_cpu_seconds: float
     wall_seconds: float
     examples: int
-    truncated_examples: int
-    dropped_examples: int
+    truncated_examples: int  # always 0: nothing is cut (kept for the checkpoint table and older readers)
     max_example_tokens: int
     mean_example_tokens: float
     max_length: int
@@ -230,6 +231,7 @@ class TrainResult:
     device: str
     bf16: bool
     log_path: str
+    dropped_too_long: int = 0  # examples longer than max_length, left out (``examples`` counts them)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -244,14 +246,17 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class SFTDataStats:
-    examples: int
-    truncated_examples: int  # longer than max_length: cut to max_length (the end of the completion is lost)
-    dropped_examples: int  # prompt alone fills max_length: no completion token left, TRL drops the example
-    max_example_tokens: int
+    examples: int  # rows in the data file
+    dropped_too_long: int  # prompt + completion + end of turn longer than max_length: left out, never cut
+    max_example_tokens: int  # over all rows, the dropped ones included
     mean_example_tokens: float
-    completion_tokens: int  # total completion tokens (before truncation)
+    completion_tokens: int  # total completion tokens of the kept examples
     max_length: int
-    truncated_ids: tuple[str, ...] = ()  # sft_example_id of the truncated examples (first 100)
+    dropped_ids: tuple[str, ...] = ()  # sft_example_id of the dropped examples (first 100)
+
+    @property
+    def kept_examples(self) -> int:
+        return self.examples - self.dropped_too_long
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -396,7 +401,7 @@ def load_sft_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tokenization: the loss mask and the truncation count
+# tokenization: the loss mask and the examples too long to train on whole
 
 
 def resolve_eos_token(tokenizer, eos_token: str | None = None) -> str:
@@ -465,34 +470,35 @@ def tokenize_example(
 def tokenize_rows(
     tokenizer, rows: Sequence[Mapping[str, Any]], eos_token_id: int, max_length: int
 ) -> tuple[dict[str, list], SFTDataStats]:
-    """Tokenize all rows (:func:`tokenize_example`) and count what ``max_length`` cuts."""
+    """Tokenize all rows (:func:`tokenize_example`); leave out, and count, those longer than ``max_length``.
+
+    An example is kept whole or not at all: cutting it would lose the end of the completion (the answer and the
+    end-of-turn token), the part the model most needs to learn.
+    """
     input_ids: list[list[int]] = []
     masks: list[list[int]] = []
     ids: list[str] = []
-    truncated: list[str] = []
-    dropped = 0
+    dropped: list[str] = []
     lengths: list[int] = []
     completion_tokens = 0
     for r in rows:
         seq, mask = tokenize_example(tokenizer, r["prompt"], r["completion"], eos_token_id)
+        lengths.append(len(seq))
+        if len(seq) > max_length:
+            dropped.append(str(r["sft_example_id"]))
+            continue
         input_ids.append(seq)
         masks.append(mask)
         ids.append(str(r["sft_example_id"]))
-        lengths.append(len(seq))
         completion_tokens += sum(mask)
-        if len(seq) > max_length:
-            truncated.append(str(r["sft_example_id"]))
-            if not any(mask[:max_length]):
-                dropped += 1
     stats = SFTDataStats(
         examples=len(rows),
-        truncated_examples=len(truncated),
-        dropped_examples=dropped,
+        dropped_too_long=len(dropped),
         max_example_tokens=max(lengths) if lengths else 0,
         mean_example_tokens=(sum(lengths) / len(lengths)) if lengths else 0.0,
         completion_tokens=completion_tokens,
         max_length=max_length,
-        truncated_ids=tuple(truncated[:100]),
+        dropped_ids=tuple(dropped[:100]),
     )
     return {"input_ids": input_ids, "completion_mask": masks, "sft_example_id": ids}, stats
 
@@ -700,15 +706,20 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         tokenizer.pad_token = eos_token  # padding is masked out of the loss (-100) and the attention
     rows = load_sft_rows(params.dataset_path)
     columns, stats = tokenize_rows(tokenizer, rows, eos_id, params.max_length)
-    if stats.truncated_examples:
+    if stats.dropped_too_long:
         logger.warning(
-            "%d of %d SFT examples are longer than max_length=%d tokens (longest %d) and will be truncated; "
-            "%d lose their whole completion and are dropped",
-            stats.truncated_examples,
+            "%d of %d SFT examples are longer than max_length=%d tokens (longest %d) and are dropped, not "
+            "truncated (first ids: %s)",
+            stats.dropped_too_long,
             stats.examples,
             params.max_length,
             stats.max_example_tokens,
-            stats.dropped_examples,
+            ", ".join(stats.dropped_ids[:5]),
+        )
+    if not columns["input_ids"]:
+        raise ValueError(
+            f"all {stats.examples} SFT examples in {params.dataset_path} are longer than max_length="
+            f"{params.max_length} tokens: nothing to train on (raise [sft] max_length or lower [quality] max_tokens)"
         )
     train_dataset = datasets.Dataset.from_dict(columns)
 
@@ -735,8 +746,9 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         ckpt_kwargs["activation_checkpointing"] = grad_ckpt
     args = trl.SFTConfig(
         output_dir=str(output_dir),
-        # data: we tokenized; TRL builds labels from completion_mask and truncates to max_length
-        max_length=params.max_length,  # never TRL's default 1024
+        # data: we tokenized and left out what exceeds params.max_length; TRL builds labels from completion_mask.
+        # None: TRL never truncates (its default 1024 would cut silently; any value could cut the answer).
+        max_length=None,
         completion_only_loss=True,
         assistant_only_loss=False,
         packing=False,
@@ -865,8 +877,8 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
         train_cpu_seconds=round(cb.cpu_end - cb.cpu_begin, 4),
         wall_seconds=round(time.perf_counter() - wall0, 4),
         examples=stats.examples,
-        truncated_examples=stats.truncated_examples,
-        dropped_examples=stats.dropped_examples,
+        truncated_examples=0,
+        dropped_too_long=stats.dropped_too_long,
         max_example_tokens=stats.max_example_tokens,
         mean_example_tokens=round(stats.mean_example_tokens, 2),
         max_length=params.max_length,

@@ -149,10 +149,10 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
 
         result = train(params, on_log=on_log)
         log = read_train_log(params.output_dir)
-        if result.truncated_examples:
+        if result.dropped_too_long:
             pipes.log.warning(
-                f"{result.truncated_examples} of {result.examples} SFT examples exceed max_length={result.max_length} "
-                f"tokens (longest {result.max_example_tokens}) and were truncated"
+                f"{result.dropped_too_long} of {result.examples} SFT examples exceed max_length={result.max_length} "
+                f"tokens (longest {result.max_example_tokens}) and were dropped, not truncated"
             )
         pipes.log.info(
             f"SFT done: steps={result.steps} train_loss={result.train_loss} tokens_seen={result.tokens_seen} "
