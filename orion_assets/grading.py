@@ -31,6 +31,18 @@ user, a *script* that grades at import time must guard its entry point with
 ``if __name__ == "__main__":`` (workers re-import the main module).
 ``shutdown_pool()`` stops the workers (also done at exit).
 
+Truncated output is never correct:
+
+* a text that ends inside a box (``\\boxed{\\frac{\\frac{1}{``, a closed box inside
+  an unclosed one, or the text ending at ``\\boxed``) was cut inside its final
+  answer: ``extract_answer`` gives no answer, neither an earlier box nor a
+  number from inside it. A later ``\\boxed`` that opens no box (``\\boxed{}``,
+  ``$\\boxed$`` in prose) still leaves the answer to an earlier closed box;
+* ``truncated=True`` (the server said ``finish_reason: "length"``): the verdict
+  is ``Verdict(False, extracted, method, "truncated")``, where ``extracted`` is
+  a closed final answer (box, ``####``, "the answer is") if there is one, for
+  inspection; the last-number fallback never applies. math_verify never runs.
+
 GSM-Hard numbers (``gsm_hard_rule``; only when the benchmark is GSM-Hard). Its
 golds are Python floats printed with ``repr`` (``-9867630.0``,
 ``12.333333333333334``, ``3244047.0999999996``), some rounded to 10 decimals
@@ -61,7 +73,7 @@ the gold is taken as known to ``u`` = one unit in its 15th significant digit.
   our numbers can be set beside those.
 
 Reasons: ``match:string``, ``match:numeric``, ``match:math_verify``,
-``mismatch:numeric``, ``mismatch:math_verify``, ``no_answer``, ``timeout``,
+``mismatch:numeric``, ``mismatch:math_verify``, ``no_answer``, ``truncated``, ``timeout``,
 ``error:<ExcType>`` (``error:WorkerCrashed`` when a worker dies mid-item).
 """
 
@@ -146,9 +158,44 @@ def _match_brace(s: str, i: int) -> int:
     return -1
 
 
-def _extract_boxed(text: str) -> tuple[str | None, str | None]:
+_BRACE_SCAN_RE = re.compile(r"\\[\s\S]|[{}]")
+
+
+def _boxed(text: str) -> tuple[str | None, str | None, bool]:
+    """``(content, method, cut)`` of the last usable box.
+
+    ``cut``: the text ends inside a box (a ``\\boxed{`` never closed, however
+    deep, or the text ends right after ``\\boxed``): the output was cut inside
+    its final answer, so there is no answer, neither an earlier box nor a
+    closed box inside the cut one.
+    """
     matches = list(_BOX_RE.finditer(text))
-    # Only the last few boxes: each unbalanced one costs a scan to the end.
+    if not matches:
+        return None, None, False
+    if not text[matches[-1].end():].strip():
+        return None, None, True
+    n = len(text)
+    box_braces = set()
+    for m in matches:
+        j = m.end()
+        while j < n and text[j] in " \t":
+            j += 1
+        if j < n and text[j] == "{":
+            box_braces.add(j)
+    if box_braces:
+        # One pass from the first box: braces still open at the end are what the
+        # text was cut inside (escaped braces do not count, as in _match_brace).
+        stack: list[int] = []
+        for t in _BRACE_SCAN_RE.finditer(text, min(box_braces)):
+            c = t.group(0)
+            if c == "{":
+                stack.append(t.start())
+            elif c == "}" and stack:
+                stack.pop()
+        if any(j in box_braces for j in stack):
+            return None, None, True
+    # Every box is closed now; a later one that yields nothing (``\\boxed{}``,
+    # ``$\\boxed$`` in prose) leaves the answer to an earlier one.
     for m in reversed(matches[-8:]):
         method = m.group(1)
         j = m.end()
@@ -157,7 +204,7 @@ def _extract_boxed(text: str) -> tuple[str | None, str | None]:
         if j < len(text) and text[j] == "{":
             k = _match_brace(text, j)
             if k < 0:
-                continue  # truncated output: try an earlier box
+                continue  # not reached: unclosed boxes were handled above
             content = text[j + 1 : k].strip()
         else:
             # ``\boxed 5`` / ``\boxed5``: one token, up to whitespace or ``$``.
@@ -165,8 +212,13 @@ def _extract_boxed(text: str) -> tuple[str | None, str | None]:
             content = tok.group(0) if tok else ""
             content = content.rstrip(".,;")
         if content:
-            return content, method
-    return None, None
+            return content, method, False
+    return None, None, False
+
+
+def _extract_boxed(text: str) -> tuple[str | None, str | None]:
+    content, method, _cut = _boxed(text)
+    return content, method
 
 
 def _strip_answer_text(ans: str) -> str:
@@ -207,13 +259,20 @@ def extract_answer(output: str) -> tuple[str | None, str | None]:
     ``\\boxed 5`` accepted) -> last ``#### x`` -> last ``<answer>x</answer>``
     or "the answer is x" / "final answer: x" (both reported as method
     ``"answer_is"``) -> last number in the text (``"last_number"``). Returns ``(None, None)``
-    when nothing is found.
+    when nothing is found, and when the text ends inside a box (cut inside its
+    final answer: no earlier box, no number from inside it).
     """
+    return _extract(output)
+
+
+def _extract(output: str, last_number: bool = True) -> tuple[str | None, str | None]:
     if not output:
         return None, None
     text = str(output)
     if "\\boxed" in text or "\\fbox" in text:
-        ans, method = _extract_boxed(text)
+        ans, method, cut = _boxed(text)
+        if cut:
+            return None, None
         if ans is not None:
             return ans, method
     if "####" in text:
@@ -232,6 +291,8 @@ def extract_answer(output: str) -> tuple[str | None, str | None]:
         ans = _strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400]))
         if ans:
             return ans, "answer_is"
+    if not last_number:
+        return None, None
     last = None
     for last in _NUMBER_RE.finditer(text):
         pass
@@ -541,7 +602,10 @@ def _wrap_for_mv(s: str) -> str:
 
 
 def _prepare(output: str, gold, benchmark: str | None,
-             gsm_hard_rule: str = "precision") -> Verdict | _Pending:
+             gsm_hard_rule: str = "precision", truncated: bool = False) -> Verdict | _Pending:
+    if truncated:  # never correct; a closed final answer is still shown
+        extracted, method = _extract(output, last_number=False)
+        return Verdict(False, extracted, method, "truncated")
     extracted, method = extract_answer(output)
     if extracted is None:
         return Verdict(False, None, None, "no_answer")
@@ -909,16 +973,19 @@ def _run_pending(pending: _Pending, timeout_s: float | None) -> tuple[str, objec
     return _get_pool().run(pending.gold_mv, pending.pred_mv, _timeout(timeout_s))
 
 
-def _safe_prepare(output, gold, benchmark, gsm_hard_rule: str = "precision") -> Verdict | _Pending:
+def _safe_prepare(output, gold, benchmark, gsm_hard_rule: str = "precision",
+                  truncated: bool = False) -> Verdict | _Pending:
     try:
-        return _prepare("" if output is None else str(output), gold, benchmark, gsm_hard_rule)
+        return _prepare("" if output is None else str(output), gold, benchmark, gsm_hard_rule,
+                        truncated)
     except Exception as exc:  # noqa: BLE001 - grading must never raise
         log.debug("grading prepare failed", exc_info=True)
         return Verdict(False, None, None, f"error:{type(exc).__name__}")
 
 
 def grade(output: str, gold: str, benchmark: str | None = None,
-          timeout_s: float = DEFAULT_TIMEOUT_S, *, gsm_hard_rule: str = "precision") -> Verdict:
+          timeout_s: float = DEFAULT_TIMEOUT_S, *, gsm_hard_rule: str = "precision",
+          truncated: bool = False) -> Verdict:
     """Grade one model output against a gold answer. Never hangs; never raises on
     any output or gold (a ``gsm_hard_rule`` outside ``GSM_HARD_RULES`` is a
     ``ValueError``).
@@ -926,9 +993,14 @@ def grade(output: str, gold: str, benchmark: str | None = None,
     ``gsm_hard_rule`` (``"precision"`` | ``"math_equal"``) picks how plain
     numbers are compared when ``benchmark`` is GSM-Hard; other benchmarks
     ignore it (module docstring).
+
+    ``truncated``: the output was cut by the length limit (the server said
+    ``finish_reason: "length"``). Such an output is never correct: reason
+    ``"truncated"``; ``extracted``/``method`` still show a closed final answer
+    (box, ``####``, "the answer is") if there is one, never the last number.
     """
     _check_gsm_hard_rule(gsm_hard_rule)
-    pre = _safe_prepare(output, gold, benchmark, gsm_hard_rule)
+    pre = _safe_prepare(output, gold, benchmark, gsm_hard_rule, bool(truncated))
     if isinstance(pre, Verdict):
         return pre
     return _verdict(pre, *_run_pending(pre, timeout_s))
@@ -941,6 +1013,7 @@ def grade_batch(
     workers: int | None = None,
     *,
     gsm_hard_rule: str = "precision",
+    truncated: bool | Sequence[bool] = False,
 ) -> list[Verdict]:
     """Grade many ``(output, gold)`` pairs; the result keeps the input order.
 
@@ -949,7 +1022,8 @@ def grade_batch(
     (gold, answer), cut into chunks and streamed through ``workers``
     math_verify processes (default ``os.cpu_count()``) at once; every item
     still has its own ``timeout_s``. Same verdicts as calling ``grade()`` on
-    each pair. ``gsm_hard_rule`` as in :func:`grade`.
+    each pair. ``gsm_hard_rule`` and ``truncated`` as in :func:`grade`;
+    ``truncated`` is one flag for all pairs or one per pair.
     """
     _check_gsm_hard_rule(gsm_hard_rule)
     pairs = list(pairs)
@@ -960,13 +1034,19 @@ def grade_batch(
         benches = list(benchmark)
         if len(benches) != n:
             raise ValueError(f"got {len(benches)} benchmarks for {n} pairs")
+    try:
+        cut = [bool(t) for t in truncated]  # type: ignore[union-attr]
+    except TypeError:  # one flag for all
+        cut = [bool(truncated)] * n
+    if len(cut) != n:
+        raise ValueError(f"got {len(cut)} truncated flags for {n} pairs")
     out: list[Verdict | None] = [None] * n
     # Undecided items, deduplicated: math_verify only sees (gold, pred), so
     # repeated answers to the same problem (many samples per problem) are
     # verified once.
     groups: dict[tuple[str, str], list[tuple[int, _Pending]]] = {}
-    for i, ((output, gold), bench) in enumerate(zip(pairs, benches)):
-        pre = _safe_prepare(output, gold, bench, gsm_hard_rule)
+    for i, ((output, gold), bench, t) in enumerate(zip(pairs, benches, cut)):
+        pre = _safe_prepare(output, gold, bench, gsm_hard_rule, t)
         if isinstance(pre, Verdict):
             out[i] = pre
         else:

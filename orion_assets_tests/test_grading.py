@@ -274,7 +274,7 @@ def test_normalize_gold():
         (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "boxed")),
         (r"answer \fbox{12}", ("12", "fbox")),
         (r"so $\boxed 5$.", ("5", "boxed")),
-        (r"\boxed{3} and later the truncated \boxed{\frac{1}{", ("3", "boxed")),
+        (r"\boxed{3} and later the truncated \boxed{\frac{1}{", (None, None)),
         ("She makes 9 * 2 = $18.\n#### 18", ("18", "hash")),
         ("blah\n#### 1,000\n", ("1,000", "hash")),
         ("Thus the answer is $42$.", ("42", "answer_is")),
@@ -317,6 +317,75 @@ def test_grade_batch_mixed_benchmarks_and_order():
     with pytest.raises(ValueError):
         grade_batch(pairs, ["aime24"])
     assert grade_batch([]) == []
+
+
+# --------------------------------------------------------------------------
+# Truncated output is never correct
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        # cut inside the final box: no answer, not an earlier box nor a number inside it
+        (r"\boxed{\frac{\frac{1}{", (None, None)),
+        (r"so 3 apples. Then \boxed{12", (None, None)),
+        (r"first \boxed{3}, then the answer is 4. \boxed{\frac{1}{2} + \sqrt{", (None, None)),
+        (r"\boxed{\frac{\boxed{1}}{", (None, None)),  # a closed box inside the cut one
+        (r"#### 5 and then \boxed{", (None, None)),
+        (r"so it is 7. Thus $\boxed", (None, None)),  # cut right after the macro name
+        (r"so it is 7. Thus \boxed  ", (None, None)),
+        # a later \boxed that opens no box does not hide an earlier closed one
+        (r"\boxed{3}, answers go in a $\boxed$ here", ("3", "boxed")),
+        (r"\boxed{3} and an empty \boxed{}", ("3", "boxed")),
+        (r"\boxed{3} then \boxed 4", ("4", "boxed")),
+        # escaped braces do not open or close anything
+        (r"\boxed{\{1, 2\}}", (r"\{1, 2\}", "boxed")),
+        (r"the set \{1, \boxed{2}", ("2", "boxed")),
+    ],
+)
+def test_extract_answer_cut_inside_a_box(output, expected):
+    assert extract_answer(output) == expected
+
+
+def test_cut_box_is_no_answer_verdict():
+    assert grade(r"We get \boxed{\frac{\frac{1}{", "1") == Verdict(False, None, None, "no_answer")
+    assert grade(r"\boxed{1} so far; finally \boxed{\frac{1}{", "1").reason == "no_answer"
+
+
+def test_truncated_output_is_never_correct():
+    assert grade(r"so \boxed{5}", "5", truncated=True) == Verdict(False, "5", "boxed", "truncated")
+    assert grade("blah\n#### 5", "5", truncated=True) == Verdict(False, "5", "hash", "truncated")
+    assert grade("The answer is 5.", "5", truncated=True) == Verdict(False, "5", "answer_is", "truncated")
+    # no last-number fallback for truncated output
+    assert grade("we add 3 and 2 to get 5", "5", truncated=True) == Verdict(False, None, None, "truncated")
+    assert grade(r"so \boxed{\frac{5}{", "5", truncated=True) == Verdict(False, None, None, "truncated")
+    assert grade("", "5", truncated=True) == Verdict(False, None, None, "truncated")
+    assert grade(r"so \boxed{5}", "5", truncated=False).correct
+    assert grade(r"so \boxed{5}", "5").correct
+
+
+def test_truncated_output_skips_math_verify():
+    t0 = time.monotonic()
+    v = grade(HANG_OUTPUT, "1", timeout_s=30, truncated=True)
+    assert v == Verdict(False, "9^{9^{9^{9^{9}}}}", "boxed", "truncated")
+    assert time.monotonic() - t0 < 5
+
+
+def test_grade_batch_truncated_flags():
+    pairs = [(r"\boxed{5}", "5"), ("we get 5", "5"), (r"\boxed{\sqrt{8}}", r"2\sqrt{2}"),
+             (r"\boxed{\frac{1}{", "1")]
+    flags = [False, True, True, False]
+    vs = grade_batch(pairs, truncated=flags)
+    assert [v.reason for v in vs] == ["match:string", "truncated", "truncated", "no_answer"]
+    assert vs == [grade(o, g, truncated=t) for (o, g), t in zip(pairs, flags)]
+    assert vs[2] == Verdict(False, r"\sqrt{8}", "boxed", "truncated")
+    assert [v.reason for v in grade_batch(pairs, truncated=True)] == ["truncated"] * 4
+    assert grade_batch(pairs, truncated=False) == grade_batch(pairs)
+    assert [v.reason for v in grade_batch(pairs, truncated=(f for f in flags))] == [v.reason for v in vs]
+    with pytest.raises(ValueError, match="truncated"):
+        grade_batch(pairs, truncated=[True, False])
+    assert grade_batch([], truncated=[]) == []
 
 
 # --------------------------------------------------------------------------
