@@ -89,7 +89,9 @@ Prompts are recognised by the marker phrases of ``orion_assets/prompts.py`` (sol
 with and without an error, judge); the problem is found in the prompt and matched to its gold
 answer (default: every problem shipped in ``orion_assets/data``, read by the project's own
 loaders and cached in the temp folder). Tokens: with ``tokenizer`` a local transformers tokenizer
-(its chat template for the prompt); else ``ceil(1.3 * words)`` per text, +4 per message, +3.
+directory (``tokenizer.json`` loaded as ``PreTrainedTokenizerFast``, else ``AutoTokenizer``; the
+prompt is its chat template with the generation prompt, as vLLM renders it); else
+``ceil(1.3 * words)`` per text, +4 per message, +3 (the generation prompt).
 
 Not modelled: streaming (``stream: true`` is refused with 400), ``n > 1``, logprobs, tools,
 the EOS token in ``completion_tokens``, vLLM's generation-config defaults.
@@ -108,6 +110,7 @@ import os
 import random
 import re
 import selectors
+import shutil
 import socket
 import struct
 import subprocess
@@ -212,9 +215,16 @@ class TokenCounter:
         if tokenizer_dir:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from transformers import AutoTokenizer
+            if (Path(tokenizer_dir) / "tokenizer.json").is_file():
+                # The fast tokenizer is tokenizer.json whatever class AutoTokenizer would pick, and
+                # loading it directly skips AutoConfig's import of torch (seconds per start).
+                from transformers import PreTrainedTokenizerFast
 
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+                self.tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+            else:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
     @staticmethod
     def _estimate(words: int) -> int:
@@ -616,7 +626,8 @@ def reflection_reply(rng: random.Random, prompt: str, kind: str, problem: Proble
         text = f"REFLECTION: {notes}{inner}\nSOLUTION: {solution}"
     else:  # solution_inner_solution
         first, _, rest = solution.partition("\n")
-        text = f"REFLECTION: {notes}\nSOLUTION: Here is my corrected work.\nSolution: step 1: {first}\n{rest}"
+        text = f"REFLECTION: {notes}\nSOLUTION: Here is my corrected work.\nSolution: step 1: {first}"
+        text += f"\n{rest}" if rest else ""
     return Reply(text, outcome=outcome, fmt=fmt)
 
 
@@ -650,7 +661,7 @@ def _thinking(rng: random.Random, problem: Problem | None, words: int, final: st
         count += len(sentence.split())
         if len(parts) % 6 == 0:
             parts.append("\n")
-    parts.append(f"So the final answer should be {final}.")
+    parts.append(f"Wait, let me check the answer once more against the problem. So the final answer should be {final}.")
     return " ".join(parts).replace(" \n ", "\n\n")
 
 
@@ -748,8 +759,9 @@ class SimServer:
             "max_tokens" if request.get("max_tokens") is not None else None)  # fmt: skip
         limit = self.cfg.max_model_len
         if param is None:
-            if self.deepseek:
-                return DEEPSEEK_DEFAULT_MAX_TOKENS, None
+            if self.deepseek:  # the documented default, within the context window
+                room = limit - prompt_tokens if limit else DEEPSEEK_DEFAULT_MAX_TOKENS
+                return max(min(DEEPSEEK_DEFAULT_MAX_TOKENS, room), 0), None
             return (max(limit - prompt_tokens, 0) if limit else VLLM_DEFAULT_MAX_TOKENS), None
         value = request[param]
         if not isinstance(value, int) or isinstance(value, bool):
@@ -773,7 +785,7 @@ class SimServer:
         if not limit:
             return
         if self.deepseek:
-            if prompt_tokens + max_tokens > limit:
+            if prompt_tokens + max_tokens > limit or prompt_tokens >= limit:
                 raise self._deepseek_error(
                     400, f"This model's maximum context length is {limit} tokens. However, you requested "
                     f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
@@ -1148,6 +1160,7 @@ class Simulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     # addresses and the log
     @property
