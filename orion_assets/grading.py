@@ -43,6 +43,16 @@ Truncated output is never correct:
   a closed final answer (box, ``####``, "the answer is") if there is one, for
   inspection; the last-number fallback never applies. math_verify never runs.
 
+Thinking blocks: if the output has a ``</think>``, the answer is taken only from
+the text after the last one (``<think> ... \\boxed{7} ... </think> The answer is
+9.`` gives 9, not the box); nothing there means the model never stated a final
+answer: no answer. A ``<think>`` after the last ``</think>`` (or with no
+``</think>`` at all) means the output was cut while thinking: no answer. Thinking and
+answer joined without tags (DeepSeek's ``reasoning_content`` + ``"\\n\\n"`` +
+``content``) cannot be told apart: the usual order applies to the whole text, so
+the last box wins, and a boxed guess while thinking beats a final answer given
+only in words.
+
 GSM-Hard numbers (``gsm_hard_rule``; only when the benchmark is GSM-Hard). Its
 golds are Python floats printed with ``repr`` (``-9867630.0``,
 ``12.333333333333334``, ``3244047.0999999996``), some rounded to 10 decimals
@@ -261,14 +271,34 @@ def extract_answer(output: str) -> tuple[str | None, str | None]:
     ``"answer_is"``) -> last number in the text (``"last_number"``). Returns ``(None, None)``
     when nothing is found, and when the text ends inside a box (cut inside its
     final answer: no earlier box, no number from inside it).
+
+    Thinking: with a ``</think>`` the answer is looked for only after the last
+    one (a boxed guess while thinking never beats the final answer; nothing
+    after it: no answer); a ``<think>`` never closed means the output was cut
+    while thinking: no answer.
     """
     return _extract(output)
+
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def _final_part(text: str) -> str | None:
+    """Where the final answer must be: the text after the last ``</think>``;
+    ``None`` when a ``<think>`` is still open at the end (cut while thinking)."""
+    close = text.rfind(_THINK_CLOSE)
+    if text.rfind(_THINK_OPEN) > close:
+        return None
+    return text[close + len(_THINK_CLOSE):] if close >= 0 else text
 
 
 def _extract(output: str, last_number: bool = True) -> tuple[str | None, str | None]:
     if not output:
         return None, None
-    text = str(output)
+    text = _final_part(str(output))
+    if not text:
+        return None, None
     if "\\boxed" in text or "\\fbox" in text:
         ans, method, cut = _boxed(text)
         if cut:

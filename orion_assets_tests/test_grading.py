@@ -389,6 +389,51 @@ def test_grade_batch_truncated_flags():
 
 
 # --------------------------------------------------------------------------
+# Thinking blocks: the final answer comes after the thinking
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        (r"<think> maybe \boxed{7} </think> The answer is \boxed{9}", ("9", "boxed")),
+        ("<think>So maybe \\boxed{7}? Let me check.</think>\n\nThe answer is 9.", ("9", "answer_is")),
+        ("<think>\\boxed{7} hmm</think>\n\n#### 9", ("9", "hash")),
+        ("<think>we get \\boxed{7}</think>\n\nSo there are 9 apples in all.", ("9", "last_number")),
+        # r1-zero style: the prompt opened <think>, the reply holds only </think>
+        (r"we get \boxed{7} ... wait, 9 </think> <answer> 9 </answer>", ("9", "answer_is")),
+        ("<think>a</think> b <think> c </think> The answer is 5.", ("5", "answer_is")),
+        # closed thinking, nothing after it: the model never stated a final answer
+        (r"<think> the answer is \boxed{7} </think>", (None, None)),
+        ("<think> so 7 </think>\n\n", (None, None)),
+        # thinking opened and never closed: cut while thinking
+        (r"<think> so far \boxed{7} and the answer is 7", (None, None)),
+        (r"<think>a</think> The answer is 5. <think> but wait, \boxed{6}", (None, None)),
+        # no tags (DeepSeek reasoning_content + "\n\n" + content joined): the last box wins
+        ("Maybe \\boxed{7}? No, recount.\n\nSo the answer is \\boxed{9}.", ("9", "boxed")),
+    ],
+)
+def test_extract_answer_after_thinking(output, expected):
+    assert extract_answer(output) == expected
+
+
+def test_thinking_joined_without_tags_cannot_be_told_apart():
+    """Documents a limit: without tags a boxed guess while thinking beats a final
+    answer given in words (the last box wins)."""
+    assert extract_answer("Maybe \\boxed{7}? No.\n\nThe answer is 9.") == ("7", "boxed")
+
+
+def test_grade_after_thinking():
+    out = "<think>So maybe \\boxed{7}? Let me check.</think>\n\nThe answer is 9."
+    assert grade(out, "9").correct
+    assert not grade(out, "7").correct
+    assert grade(r"<think> so \boxed{7} </think>", "7") == Verdict(False, None, None, "no_answer")
+    assert grade(r"<think> so \boxed{7}", "7", truncated=True) == Verdict(False, None, None, "truncated")
+    v = grade(r"<think> so 7 </think> \boxed{7}", "7", truncated=True)
+    assert v == Verdict(False, "7", "boxed", "truncated")
+
+
+# --------------------------------------------------------------------------
 # GSM-Hard numbers: the "precision" rule (default) and Qwen's "math_equal"
 # --------------------------------------------------------------------------
 
