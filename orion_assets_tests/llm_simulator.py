@@ -19,6 +19,22 @@ or ``python -m orion_assets_tests.llm_simulator --config sim.json --port 0`` (pr
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``GET /health``, ``GET /log`` (the
 request log), ``POST /log/reset``. HTTP/1.1 keep-alive (the openai SDK's pooled connections).
 
+The request log has one dict per chat request, in answer order: ``model``, ``kind`` (solve |
+reflect_with_error | reflect_without_error | judge), ``prompt_tokens`` (the true count),
+``max_tokens``, ``status`` (0 for a connection reset), ``finish_reason``, ``completion_tokens``,
+``t`` / ``t_done`` (epoch seconds at arrival / answer), ``seed``, ``conn`` (the TCP connection's
+number), and when known ``problem_known``, ``outcome`` (correct | wrong | loop | no_answer | copy |
+unknown | judged: what the reply was made to be), ``format`` (the answer or reflection format),
+``reasoning_tokens``, ``fault``, ``error``. Faults (``fault_rate``): HTTP 500, HTTP 429 with
+``Retry-After: <retry_after_s>``, or a connection reset, drawn per (seed, request body, n-th
+arrival of that body), so a retry of a failed request has a fresh chance.
+
+Every random choice is a hash of (seed, served model name, adapter revision, prompt kind, the
+problem -- or the prompt for reflection, the judged solution for the judge --, the request's
+``seed``): the same request gets the same reply, and restarting with a new revision for one
+adapter changes only that adapter's replies. The first draw of each reply decides right or wrong,
+so raising a rate only turns wrong replies right.
+
 What is reproduced, and where it was checked
 --------------------------------------------
 vLLM (personas ``student``, ``teacher_think``, ``judge``), checked against vLLM's source:
@@ -645,11 +661,13 @@ _THINK_SENTENCES = (
 )
 
 
-def _thinking(rng: random.Random, problem: Problem | None, words: int, final: str, wrong: str) -> str:
+def _thinking(rng: random.Random, problem: Problem | None, words: int, conclusion: str, wrong: str | None) -> str:
+    """A reasoning model's thinking: about ``words`` words with "Wait," / "let me check" turns and,
+    sometimes, a boxed guess (``wrong``) that it then doubts; it ends in ``conclusion``."""
     nums = _numbers(problem.text if problem else None) or [float(rng.randint(2, 40)) for _ in range(3)]
     target = max(20, int(words * rng.uniform(0.7, 1.3)))
     parts = [rng.choice(["Okay, let's see.", "Alright, so I need to solve this problem.", "Hmm, let me read the problem again."])]
-    guess_at = rng.randint(3, 8) if rng.random() < 0.4 else -1
+    guess_at = rng.randint(3, 8) if rng.random() < 0.4 and wrong is not None else -1
     count = len(parts[0].split())
     while count < target:
         if len(parts) == guess_at:
@@ -661,7 +679,7 @@ def _thinking(rng: random.Random, problem: Problem | None, words: int, final: st
         count += len(sentence.split())
         if len(parts) % 6 == 0:
             parts.append("\n")
-    parts.append(f"Wait, let me check the answer once more against the problem. So the final answer should be {final}.")
+    parts.append(f"Wait, let me check once more against the problem. {conclusion}")
     return " ".join(parts).replace(" \n ", "\n\n")
 
 
@@ -670,7 +688,8 @@ def teacher_solve(rng: random.Random, problem: Problem | None, cfg: SimConfig) -
     gold = problem.gold if problem else None
     correct = rng.random() < cfg.teacher_correct_rate and gold is not None
     answer = gold if correct else _wrong_answer(rng, gold)
-    thinking = _thinking(rng, problem, cfg.reasoning_words, answer, _wrong_answer(rng, gold))  # type: ignore[arg-type]
+    conclusion = f"So the final answer should be {answer}."
+    thinking = _thinking(rng, problem, cfg.reasoning_words, conclusion, _wrong_answer(rng, gold))
     steps = _steps(rng, problem.text if problem else None, _as_number(gold), rng.randint(2, 3))
     final = "**Solution**\n\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
     final += f"\n\nTherefore, the final answer is $\\boxed{{{answer}}}$."
@@ -862,7 +881,8 @@ class SimServer:
         elif kind != "solve":
             reply = reflection_reply(rng, prompt, kind, problem, cfg, allow_think=cfg.persona == "student")
             if cfg.persona != "student":
-                musing = _thinking(rng, problem, max(30, cfg.reasoning_words // 4), "a cleaner rewrite", "0")
+                conclusion = "So the rewrite should name the mistake first and then give the full solution."
+                musing = _thinking(rng, problem, max(30, cfg.reasoning_words // 4), conclusion, None)
                 if self.deepseek:
                     reasoning = musing
                 else:
