@@ -168,9 +168,6 @@ def _match_brace(s: str, i: int) -> int:
     return -1
 
 
-_BRACE_SCAN_RE = re.compile(r"\\[\s\S]|[{}]")
-
-
 def _boxed(text: str) -> tuple[str | None, str | None, bool]:
     """``(content, method, cut)`` of the last usable box.
 
@@ -185,45 +182,32 @@ def _boxed(text: str) -> tuple[str | None, str | None, bool]:
     if not text[matches[-1].end():].strip():
         return None, None, True
     n = len(text)
-    box_braces = set()
-    for m in matches:
+    found: tuple[str, str] | None = None
+    # From the last box back: the answer is the last box that yields something
+    # (a later ``\\boxed{}`` or ``$\\boxed$`` in prose leaves it to an earlier
+    # one; only the last 8 are looked at). Every box is checked for closure, as
+    # an unclosed earlier box would hold all later ones; a closed box costs a
+    # scan of its own content only, an unclosed one ends the search.
+    for idx in range(len(matches) - 1, -1, -1):
+        m = matches[idx]
         j = m.end()
         while j < n and text[j] in " \t":
             j += 1
         if j < n and text[j] == "{":
-            box_braces.add(j)
-    if box_braces:
-        # One pass from the first box: braces still open at the end are what the
-        # text was cut inside (escaped braces do not count, as in _match_brace).
-        stack: list[int] = []
-        for t in _BRACE_SCAN_RE.finditer(text, min(box_braces)):
-            c = t.group(0)
-            if c == "{":
-                stack.append(t.start())
-            elif c == "}" and stack:
-                stack.pop()
-        if any(j in box_braces for j in stack):
-            return None, None, True
-    # Every box is closed now; a later one that yields nothing (``\\boxed{}``,
-    # ``$\\boxed$`` in prose) leaves the answer to an earlier one.
-    for m in reversed(matches[-8:]):
-        method = m.group(1)
-        j = m.end()
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
             k = _match_brace(text, j)
             if k < 0:
-                continue  # not reached: unclosed boxes were handled above
+                return None, None, True
             content = text[j + 1 : k].strip()
         else:
             # ``\boxed 5`` / ``\boxed5``: one token, up to whitespace or ``$``.
             tok = re.match(r"[^\s$]+", text[j:])
             content = tok.group(0) if tok else ""
             content = content.rstrip(".,;")
-        if content:
-            return content, method, False
-    return None, None, False
+        if found is None and content and idx >= len(matches) - 8:
+            found = (content, m.group(1))
+    if found is None:
+        return None, None, False
+    return found[0], found[1], False
 
 
 def _extract_boxed(text: str) -> tuple[str | None, str | None]:
