@@ -69,18 +69,25 @@ class OrionResource(dg.ConfigurableResource):
         local_model: str | None = None,
         served_model: str | None = None,
         model_revision: str | None = None,
+        tokenizer: str | None = None,
     ):
         """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
         ``served_model`` the model name an openai server knows them by (default: the profile's),
         ``model_revision`` which weights these are (a checkpoint's id), for every backend's cache
-        key, so a variant retrained and served under the same name is not answered from the cache."""
+        key, so a variant retrained and served under the same name is not answered from the cache.
+        ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``."""
         from orion_assets.llm import make_endpoint
 
         cfg = getattr(self.active.config.endpoints, role)
         if cfg is None:
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
-        return make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
+        endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
+        if cfg.context_window is not None and tokenizer is not None:
+            from orion_assets.llm.context import ContextBudget
+
+            endpoint.budget = ContextBudget(cfg.context_window, tokenizer)
+        return endpoint
 
     def read(
         self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None

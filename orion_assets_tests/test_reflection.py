@@ -129,3 +129,25 @@ def test_the_context_budget_cuts_max_tokens_and_refuses_what_cannot_fit(tiny_stu
     roomy = GenerationRequest(({"role": "user", "content": "apples " * 100},), SamplingParams(4096, 0.7),
                               min_reply_tokens=400)
     assert isinstance(budget.fit(roomy), str)  # fits, but leaves less room than the reply needs
+
+
+def test_the_report_counts_fallbacks_overflows_and_unsplittable_replies_per_mode():
+    import polars as pl
+
+    from orion_assets.report import _reflection_section, reflection_frame
+
+    teacher = pl.DataFrame({"problem_id": ["a", "b", "c", "d"]})
+    refined = pl.DataFrame({
+        "mode": ["orion"] * 4 + ["no_error"] * 2,
+        "source": ["refined", "teacher_fallback", "teacher_fallback", "teacher_fallback", "refined", "refined"],
+        "failure_reasons": [[], ["context_overflow"], ["unsplittable", "truncated"], ["mismatch:numeric"] * 2, [], []],
+    })
+    frame = reflection_frame(teacher, refined)
+    orion = frame.row(0, named=True)
+    assert frame["mode"].to_list() == ["orion", "no_error"]
+    assert (orion["refined"], orion["teacher_fallback"], orion["dropped"], orion["context_overflow"],
+            orion["unsplittable"], orion["truncated"]) == (1, 3, 0, 1, 1, 1)
+    assert frame.row(1, named=True)["dropped"] == 2  # on_failure = "drop" left no row for two problems
+    text = "\n".join(_reflection_section(frame))
+    assert "**Warning:** 75.0% of `orion`'s SFT data is the teacher's own CoT" in text
+    assert "Not run: `no_reflection`" in text and "`no_error`'s SFT" not in text

@@ -60,11 +60,12 @@ def student_attempts(context: dg.AssetExecutionContext, orion: OrionResource) ->
         for row in rows
         for index in range(cfg.exposure.n)
     ]
-    endpoint = orion.endpoint("student", local_model=model["path"])
+    endpoint = orion.endpoint("student", local_model=model["path"], tokenizer=model["path"])
     context.log.info(f"exposure: {len(requests)} student samples through {endpoint!r}")
     results = endpoint.generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "exposure"))
-    verdicts = grade_batch([(r.text or "", row["gold_answer"]) for r, row in zip(results, owners, strict=True)],
-                           benchmark=[row["source"] for row in owners])
+    verdicts = grade_batch([(r.answer, row["gold_answer"]) for r, row in zip(results, owners, strict=True)],
+                           benchmark=[row["source"] for row in owners],
+                           truncated=[r.finish_reason == "length" for r in results])
     count_tokens = token_counter(model["path"])
     records = [
         {
@@ -94,6 +95,7 @@ def student_attempts(context: dg.AssetExecutionContext, orion: OrionResource) ->
             "attempts": frame.height,
             "accuracy": float(frame["correct"].mean()) if frame.height else 0.0,
             "error_types": dict(collections.Counter(t for t in frame["error_type"].to_list() if t)),
+            "context_overflow": sum(r.overflow for r in results),
             "per_problem_error_rate": percentiles(per_problem["error_rate"], (0.1, 0.25, 0.5, 0.75, 0.9)),
             "problems_never_wrong": int((per_problem["error_rate"] == 0).sum()),
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),

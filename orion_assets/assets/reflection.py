@@ -9,7 +9,7 @@ from orion_assets import reflection
 from orion_assets.llm import sampling_params
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.store import register_lineage
-from orion_assets.text_stats import percentiles, token_counter
+from orion_assets.text_stats import load_tokenizer, percentiles, token_counter
 
 register_lineage("refined_cots", "refined_cot_id", "problem_id", "train_problems")
 register_lineage("refined_cots", "refined_cot_id", "teacher_cot_id", "teacher_cots")
@@ -70,25 +70,32 @@ def refined_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
         errors_by_problem[row["problem_id"]].append({**row, "text": texts[row["attempt_id"]] or ""})
 
     overrides = cfg.prompts.model_dump()
+    # The student writes within [reflection] max_tokens; a teacher rewriting (no_reflection) gets
+    # its own max_tokens, so a reasoning teacher has room to think as it did for teacher_cots.
     params_for = {
-        role: sampling_params(
-            getattr(cfg.endpoints, role), max_tokens=cfg.reflection.max_tokens, temperature=cfg.reflection.temperature
-        )
-        for role in ("student", "teacher")
+        "student": sampling_params(cfg.endpoints.student, max_tokens=cfg.reflection.max_tokens,
+                                   temperature=cfg.reflection.temperature),
+        "teacher": sampling_params(cfg.endpoints.teacher, temperature=cfg.reflection.temperature),
     }
-    endpoints = {"student": orion.endpoint("student", local_model=model_path), "teacher": orion.endpoint("teacher")}
+    endpoints = {"student": orion.endpoint("student", local_model=model_path, tokenizer=model_path),
+                 "teacher": orion.endpoint("teacher", tokenizer=model_path)}
+    tokenizer = load_tokenizer(model_path)
     count_tokens = token_counter(model_path)
     records: list[dict] = []
     yields: dict[str, dict[str, int]] = {}
-    for mode in reflection.MODES:
+    skipped = reflection.skipped_modes(cfg)
+    for mode, why in skipped.items():
+        context.log.warning(f"reflection[{mode}]: skipped: {why}")
+    for mode in (m for m in reflection.MODES if m not in skipped):
         role = reflection.MODE_ROLE[mode]
-        tasks = [
-            reflection.Task(problems_by_id[cot["problem_id"]], cot, tuple(errors_by_problem[cot["problem_id"]]), mode)
-            for cot in first_cot.iter_rows(named=True)
-        ]
+        tasks = reflection.make_tasks(
+            mode, problems_by_id, list(first_cot.iter_rows(named=True)), errors_by_problem,
+            attempt_max_tokens=cfg.reflection.attempt_max_tokens, tokenizer=tokenizer,
+        )
         outcomes = reflection.refine(
             tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
             run_id=context.run.run_id, progress=progress_logger(context, f"reflection[{mode}]"),
+            min_reply_tokens=cfg.reflection.min_reply_tokens,
         )
         rows = [reflection.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
         kept = [r for r in rows if r is not None]
@@ -98,13 +105,7 @@ def refined_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
                 teacher_tokens = task.teacher_cot["n_tokens"] or 1
                 row["length_ratio"] = row["n_tokens"] / teacher_tokens
         records += kept
-        yields[mode] = {
-            "problems": len(tasks),
-            "refined": sum(o.verified for o in outcomes),
-            "teacher_fallback": sum(r["source"] == "teacher_fallback" for r in kept),
-            "dropped": sum(r is None for r in rows),
-            "never_wrong": sum(not t.errors for t in tasks),
-        }
+        yields[mode] = reflection.yield_counts(tasks, outcomes, rows)
         context.log.info(f"reflection[{mode}]: {yields[mode]}")
     frame = pl.DataFrame(records, schema=REFINED_SCHEMA)
     refined_only = frame.filter(pl.col("source") == "refined")
@@ -114,7 +115,11 @@ def refined_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
         reads=[train_up, teacher_up, attempts_up, errors_up, base_up],
         metadata={
             "yield_by_mode": {m: (y["refined"] / y["problems"] if y["problems"] else 0.0) for m, y in yields.items()},
+            "fallback_rate_by_mode": {
+                m: (y["teacher_fallback"] / y["problems"] if y["problems"] else 0.0) for m, y in yields.items()
+            },
             "counts_by_mode": yields,
+            "skipped_modes": skipped,
             "length_ratio_refined_over_teacher": percentiles(refined_only["length_ratio"]),
             "on_failure": cfg.reflection.on_failure,
         },

@@ -70,12 +70,14 @@ def teacher_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
         for index in range(cfg.teacher.samples)
     ]
     owners = [row for row in rows for _ in range(cfg.teacher.samples)]
-    endpoint = orion.endpoint("teacher")
+    endpoint = orion.endpoint("teacher", tokenizer=base["path"][0])
     context.log.info(f"teacher: {len(requests)} calls through {endpoint!r}")
     results = endpoint.generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "teacher"))
 
-    verdicts = grade_batch([(r.cot, row["gold_answer"]) for r, row in zip(results, owners, strict=True)],
-                           benchmark=[row["source"] for row in owners])
+    # The final answer is the one after the thinking: a boxed guess while thinking never counts.
+    verdicts = grade_batch([(r.answer, row["gold_answer"]) for r, row in zip(results, owners, strict=True)],
+                           benchmark=[row["source"] for row in owners],
+                           truncated=[r.finish_reason == "length" for r in results])
     count_tokens = token_counter(base["path"][0])
     records, rejected = [], {"error": 0, "truncated": 0, "no_answer": 0, "wrong_answer": 0}
     for request, result, verdict, row in zip(requests, results, verdicts, owners, strict=True):
@@ -89,6 +91,7 @@ def teacher_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
                 "problem_id": row["problem_id"],
                 "sample_index": request.sample_index,
                 "cot": result.cot,
+                "has_thinking": result.thinking is not None,
                 "final_answer": verdict.extracted,
                 "answer_method": verdict.method,
                 "n_tokens": count_tokens(result.cot),
@@ -110,6 +113,8 @@ def teacher_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
             "cached_calls": sum(r.cached for r in results),
             "verified_rate": frame.height / total if total else 0.0,
             "rejected": rejected,
+            "with_thinking": int(frame["has_thinking"].sum()) if frame.height else 0,
+            "timed_out": sum("timeout" in (r.error or "") for r in results),
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),
             "total_prompt_tokens": sum(r.prompt_tokens or 0 for r in results),
             "total_completion_tokens": sum(r.completion_tokens or 0 for r in results),
@@ -122,6 +127,7 @@ TEACHER_COT_SCHEMA = {
     "problem_id": pl.Utf8,
     "sample_index": pl.Int64,
     "cot": pl.Utf8,
+    "has_thinking": pl.Boolean,
     "final_answer": pl.Utf8,
     "answer_method": pl.Utf8,
     "n_tokens": pl.Int64,
