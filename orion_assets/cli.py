@@ -32,14 +32,17 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _partition_keys(partitions_def, benchmarks: set[str]) -> list[str | None]:
-    """Every partition key, leaving out benchmarks that the profile does not evaluate."""
+def _partition_keys(partitions_def, benchmarks: set[str], skipped_variants: set[str] = frozenset()) -> list[str | None]:
+    """Every partition key, leaving out benchmarks that the profile does not evaluate and
+    variants it cannot train honestly."""
     if partitions_def is None:
         return [None]
     keys = []
     for key in partitions_def.get_partition_keys():
         values = set(getattr(key, "keys_by_dimension", {"_": key}).values())
         if any(v in BENCHMARK_NAMES and v not in benchmarks for v in values):
+            continue
+        if values & skipped_variants:
             continue
         keys.append(key)
     return keys
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from orion_assets.definitions import defs
     from orion_assets.profiles import load_profile
+    from orion_assets.reflection import skipped_variants
 
     hf_logging.disable_progress_bar()
 
@@ -69,16 +73,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"orion run: unknown asset(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         keys = [k for k in keys if k.to_user_string() in wanted]
+    skipped = skipped_variants(profile.config)
     steps = [
         (key, pk)
         for key in keys
-        for pk in _partition_keys(graph.get(key).partitions_def, set(profile.config.data.benchmarks))
+        for pk in _partition_keys(graph.get(key).partitions_def, set(profile.config.data.benchmarks), set(skipped))
     ]
     print(
         f"orion run: profile {profile.name} ({profile.hash}), data {_data_dir(args)}, "
         f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}: {len(steps)} materializations",
         flush=True,
     )
+    for variant, why in skipped.items():
+        print(f"orion run: leaving out variant {variant}: {why}", flush=True)
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     started = time.monotonic()
     for number, (key, pk) in enumerate(steps, start=1):

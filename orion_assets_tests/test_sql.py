@@ -107,7 +107,7 @@ def test_cot_stats(data_dir, result):
     expected = dict(((m, s), n) for m, s, n in query(data_dir, "SELECT mode, source, count(*) FROM refined_cots GROUP BY ALL"))
     assert {(m, s): n for m, s, n in refined.select("mode", "source", "cots").iter_rows()} == expected
     assert set(refined["source"]) <= {"refined", "teacher_fallback"}
-    assert set(refined["mode"]) == {"orion", "no_error", "no_reflection"}
+    assert set(refined["mode"]) == {"orion", "no_error"}  # the replay teacher cannot run no_reflection
     # every CoT of the tiny run has its cot_quality row, so every group has step counts
     assert (frame["with_steps"] == frame["cots"]).all()
     assert frame["steps_p50"].null_count() == 0
@@ -131,7 +131,7 @@ def test_refinement_yield(data_dir, result):
     assert frame["yield"].is_between(0, 1).all()
     assert (frame["refined"] + frame["teacher_fallback"] + frame["dropped"] == frame["problems"]).all()
     overall = frame.filter(pl.col("scope") == "mode")
-    assert overall["mode"].to_list() == ["orion", "no_error", "no_reflection"]
+    assert overall["mode"].to_list() == ["orion", "no_error"]
     problems = query(data_dir, "SELECT count(DISTINCT problem_id) FROM teacher_cots")[0][0]
     assert (overall["problems"] == problems).all()
     detail = frame.filter(pl.col("scope") == "subject_level").group_by("mode").agg(pl.col("problems", "refined").sum())

@@ -9,7 +9,7 @@
 -- Columns:
 --   scope             'mode' (one row per mode over all problems, subject and level NULL)
 --                     or 'subject_level' (one row per mode, subject and level)
---   mode              'orion', 'no_error', 'no_reflection' (and any other mode in refined_cots)
+--   mode              'orion', 'no_error', 'no_reflection': the modes in refined_cots
 --   subject, level    of orion.train_problems (NULL: the problem has none, or scope = 'mode')
 --   problems          problems refinement was tried on
 --   refined           of them, with a verified rewrite
@@ -24,8 +24,7 @@
 USE orion;
 
 WITH modes AS (
-    SELECT mode FROM (VALUES ('orion'), ('no_error'), ('no_reflection')) AS m(mode)
-    UNION
+    -- the modes that ran (a profile with a replay teacher skips no_reflection)
     SELECT DISTINCT mode FROM refined_cots
 ),
 tried AS (
