@@ -338,6 +338,74 @@ def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
     )
 
 
+# -- SFT data quality ----------------------------------------------------------------------------
+
+QUALITY_COLUMNS: tuple[str, ...] = ("variant", "source", "kept", "drop_reasons", "teacher_similarity")
+
+
+def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    """The few columns of ``orion.cot_quality`` the quality table needs (not the CoT texts), or None
+    when the table does not exist or predates per-row drops (no ``kept`` column)."""
+    present = con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+        [SCHEMA, "cot_quality"],
+    ).fetchall()
+    columns = [c for c in QUALITY_COLUMNS if c in {row[0] for row in present}]
+    if "variant" not in columns or "kept" not in columns:
+        return None
+    return con.execute(f"SELECT {', '.join(columns)} FROM {SCHEMA}.cot_quality").pl()
+
+
+def quality_frame(cot_quality: pl.DataFrame) -> pl.DataFrame:
+    """Per variant (canonical order): candidate rows, kept, dropped, drops per reason (a row with two
+    reasons counts under both) and the median similarity to the teacher of the true rewrites
+    (``source == 'refined'``: teacher fallbacks are copies by construction; null for teacher_sft)."""
+    from orion_assets.gate import reason_counts
+
+    rows: list[dict[str, object]] = []
+    for variant in _ordered(cot_quality["variant"].drop_nulls().unique().to_list(), VARIANTS):
+        group = cot_quality.filter(pl.col("variant") == variant)
+        kept = group["kept"].fill_null(False)
+        dropped = group.filter(~kept) if "drop_reasons" in group.columns else None
+        similarity = None
+        if "teacher_similarity" in group.columns and "source" in group.columns:
+            rewrites = group.filter(pl.col("source") == "refined")["teacher_similarity"].drop_nulls()
+            similarity = float(rewrites.median()) if rewrites.len() else None
+        rows.append({
+            "variant": variant,
+            "rows": group.height,
+            "kept": int(kept.sum()),
+            "dropped": group.height - int(kept.sum()),
+            "dropped_by_reason": reason_counts(dropped) if dropped is not None else {},
+            "teacher_similarity_p50": similarity,
+        })
+    return pl.DataFrame(rows, schema={
+        "variant": pl.Utf8, "rows": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64,
+        "dropped_by_reason": pl.Object, "teacher_similarity_p50": pl.Float64,
+    })
+
+
+def _quality_section(cot_quality: pl.DataFrame | None) -> list[str]:
+    if cot_quality is None or cot_quality.is_empty():
+        return []
+    frame = quality_frame(cot_quality)
+    rows = []
+    for r in frame.iter_rows(named=True):
+        reasons = ", ".join(f"{name} {count}" for name, count in r["dropped_by_reason"].items()) or MISSING
+        similarity = MISSING if r["teacher_similarity_p50"] is None else f"{r['teacher_similarity_p50']:.2f}"
+        rows.append([f"`{r['variant']}`", str(r["rows"]), str(r["kept"]), str(r["dropped"]), reasons, similarity])
+    return [
+        "## SFT data quality per variant\n",
+        "Candidate CoTs per variant, those the quality gate kept for SFT and those it dropped, by reason (a "
+        "row can have several). Similarity to teacher: the median share of a refined CoT's word 4-grams "
+        "found in the teacher CoT it rewrites (1.0 = a copy), over true rewrites only.\n",
+        _md_table(["variant", "candidates", "kept", "dropped", "dropped by reason", "similarity to teacher (median)"],
+                  rows),
+        "",
+    ]
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 
@@ -459,6 +527,67 @@ def _cot_length_series(
 # -- the report ----------------------------------------------------------------------------------
 
 
+REFLECTION_MODES = ("orion", "no_error", "no_reflection")
+# Above this share of teacher fallbacks, a mode's SFT data is mostly the teacher's: say so loudly.
+FALLBACK_WARNING_SHARE = 0.5
+
+
+def reflection_frame(teacher: pl.DataFrame | None, refined: pl.DataFrame | None) -> pl.DataFrame:
+    """Per reflection mode: problems tried, refined, teacher fallbacks, dropped, and why tries failed
+    (context overflows, unsplittable and truncated replies), from ``refined_cots``' rows and their
+    ``failure_reasons``. A mode with no row did not run (e.g. no_reflection with a replay teacher)."""
+    columns = ["mode", "problems", "refined", "teacher_fallback", "dropped", "fallback_share",
+               "context_overflow", "unsplittable", "truncated"]
+    if refined is None or refined.is_empty() or "mode" not in refined.columns:
+        return pl.DataFrame(schema=dict.fromkeys(columns, pl.Int64) | {"mode": pl.Utf8, "fallback_share": pl.Float64})
+    problems = teacher["problem_id"].n_unique() if teacher is not None and "problem_id" in teacher.columns else None
+    reasons = pl.col("failure_reasons").fill_null([])
+    frame = refined.group_by("mode").agg(
+        (pl.col("source") == "refined").sum().alias("refined"),
+        (pl.col("source") == "teacher_fallback").sum().alias("teacher_fallback"),
+        pl.len().alias("rows"),
+        reasons.list.contains("context_overflow").sum().alias("context_overflow"),
+        reasons.list.eval(pl.element() == "unsplittable").list.sum().sum().alias("unsplittable"),
+        reasons.list.eval(pl.element() == "truncated").list.sum().sum().alias("truncated"),
+    )
+    frame = frame.with_columns(pl.lit(problems if problems is not None else None).cast(pl.Int64).alias("problems"))
+    frame = frame.with_columns(
+        pl.coalesce("problems", "rows").alias("problems"),
+    ).with_columns(
+        (pl.col("problems") - pl.col("rows")).clip(lower_bound=0).alias("dropped"),
+        (pl.col("teacher_fallback") / pl.col("problems")).alias("fallback_share"),
+    )
+    order = {m: i for i, m in enumerate(REFLECTION_MODES)}
+    return frame.sort(pl.col("mode").replace_strict(order, default=len(order), return_dtype=pl.Int64), "mode").select(columns)
+
+
+def _reflection_section(frame: pl.DataFrame) -> list[str]:
+    if frame.is_empty():
+        return []
+    rows = [
+        [f"`{r['mode']}`", str(r["problems"]), str(r["refined"]), str(r["teacher_fallback"]), str(r["dropped"]),
+         _pct(r["fallback_share"]), str(r["context_overflow"]), str(r["unsplittable"]), str(r["truncated"])]
+        for r in frame.iter_rows(named=True)
+    ]
+    parts = [
+        "## Self-reflection per mode\n",
+        _md_table(["mode", "problems", "refined", "teacher fallback", "dropped", "fallback %",
+                   "prompt over context", "unsplittable replies", "truncated replies"], rows),
+        "",
+    ]
+    ran = set(frame["mode"])
+    missing = [m for m in REFLECTION_MODES if m not in ran]
+    if missing:
+        parts.append("Not run: " + ", ".join(f"`{m}`" for m in missing) + " (see the run's output for why).\n")
+    for r in frame.iter_rows(named=True):
+        if r["fallback_share"] is not None and r["fallback_share"] > FALLBACK_WARNING_SHARE:
+            parts.append(
+                f"**Warning:** {_pct(r['fallback_share'])}% of `{r['mode']}`'s SFT data is the teacher's own CoT "
+                f"(no refinement verified): that variant is close to `teacher_sft`.\n"
+            )
+    return parts
+
+
 def build_report(
     source: Store | duckdb.DuckDBPyConnection | str | Path,
     out_dir: Path,
@@ -479,6 +608,7 @@ def build_report(
         refined = _read(con, "refined_cots")
         errors = _read(con, "student_errors")
         profiles = _profiles(con)
+        cot_quality = _read_quality(con)
     location = source.path if isinstance(source, Store) else (Path(source) if isinstance(source, str | Path) else None)
 
     scores = _clean_scores(raw_scores, notes)
@@ -524,6 +654,8 @@ def build_report(
     lines.append("")
     if scores.height:
         lines += _score_tables(scores, board)
+    lines += _reflection_section(reflection_frame(teacher, refined))
+    lines += _quality_section(cot_quality)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),
         ("CoT lengths: teacher vs refined", cot_png),
