@@ -9,6 +9,12 @@ the adapter's revision, as a retrained adapter's would). ``benchmark_problems`` 
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -217,3 +223,76 @@ def test_the_hf_backend_keys_its_calls_by_the_checkpoint_id_too(orion_env, write
         calls = con.execute("SELECT backend, model_revision, count(*) FROM orion.llm_calls GROUP BY ALL").fetchall()
     assert sorted(calls) == [("hf", "ckpt-A", N_PROBLEMS * K), ("hf", "ckpt-B", N_PROBLEMS * K)]
     assert set(_predictions(store)["checkpoint_id"]) == {"ckpt-B"}
+
+
+@contextmanager
+def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
+    """An OpenAI-compatible student that answers each problem (found by its text in the prompt)
+    with the gold off by a relative 1e-5 on even seeds, and with the exact gold but cut at the
+    length limit (finish_reason "length") on odd ones."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            gold = next(g for problem, g in golds.items() if problem in prompt)
+            if int(body.get("seed") or 0) % 2 == 0:
+                near = Decimal(gold) * Decimal("1.00001")
+                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{format(near, 'f')}}}.", "stop"
+            else:
+                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{gold}}}", "length"
+            reply = json.dumps({
+                "id": "near-miss", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_gsm_hard_rule_and_truncation_reach_the_grader(orion_env, write_profile) -> None:
+    data_dir = orion_env["data_dir"]
+    golds: dict[str, str] = {}
+    with _near_miss_student(golds) as base_url:
+        precision = _profile(write_profile, base_url, "precision.toml")
+        store = _prepare(precision, data_dir, "ckpt-A")
+        problems = store.read("benchmark_problems", {"benchmark": "gsm_hard"})
+        golds.update(zip(problems["problem"], problems["gold_answer"], strict=True))
+        nonzero = {g for g in golds.values() if Decimal(g) != 0}
+        assert nonzero, "GSM-Hard sample without a nonzero gold"
+
+        assert _evaluate(precision, data_dir).success
+        rows = _predictions(store)
+        cut, near = rows.filter(pl.col("finish_reason") == "length"), rows.filter(pl.col("finish_reason") == "stop")
+        assert cut.height == near.height == N_PROBLEMS
+        # the exact gold, but cut at the length limit: not an answer
+        assert set(cut["grade_reason"]) == {"truncated"} and not cut["correct"].any()
+        # "precision": an integer gold must be matched exactly, a non-integer one at the answer's precision
+        assert not near["correct"].any()
+        assert store.read("benchmark_scores").row(0, named=True)["grading_rule"] == "precision"
+
+        math_equal = _profile(write_profile, base_url, "math_equal.toml", rule="math_equal")
+        assert _evaluate(math_equal, data_dir).success  # same calls, from the cache; graded again
+        rows = _predictions(store)
+        near = rows.filter(pl.col("finish_reason") == "stop")
+        golds_by_problem = dict(zip(problems["problem_id"], problems["gold_answer"], strict=True))
+        expected = [Decimal(golds_by_problem[p]) != 0 for p in near["problem_id"]]
+        assert near["correct"].to_list() == expected  # relative 1e-4 accepts the near miss
+        assert set(rows.filter(pl.col("finish_reason") == "length")["grade_reason"]) == {"truncated"}
+        scores = store.read("benchmark_scores").row(0, named=True)
+        assert scores["grading_rule"] == "math_equal"
+        assert scores["pass_at_1"] == pytest.approx(sum(expected) / (2 * N_PROBLEMS))

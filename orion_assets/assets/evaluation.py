@@ -94,7 +94,12 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     results = endpoint.generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "eval"))
     rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
     answered = [i for i, result in enumerate(results) if result.ok]
-    graded = grade_batch([(results[i].text or "", owners[i]["gold_answer"]) for i in answered], benchmark=benchmark)
+    graded = grade_batch(
+        [(results[i].text or "", owners[i]["gold_answer"]) for i in answered],
+        benchmark=benchmark,
+        gsm_hard_rule=cfg.eval.gsm_hard_rule,
+        truncated=[results[i].finish_reason == "length" for i in answered],
+    )
     verdicts: list[Verdict | None] = [None] * len(results)
     for i, verdict in zip(answered, graded, strict=True):
         verdicts[i] = verdict
