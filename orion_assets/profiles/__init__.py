@@ -8,15 +8,17 @@ keys, backends and benchmarks with a message that names them.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orion_assets.profiles.schema import OrionConfig
 
@@ -86,15 +88,47 @@ def _read_document(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(parent, document)
 
 
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows where ``loc`` points (its last part is the offending key)."""
+    model: Any = OrionConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # a list item: the list's element model was taken already
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside ``X``, ``X | None`` or ``list[X]`` (None when there is none)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        return f"unknown key '{where}'"
+        return f"unknown key '{where}'" + _did_you_mean(str(error["loc"][-1]), _section_keys(tuple(error["loc"])))
     if kind in {"literal_error", "enum"}:
         expected = error.get("ctx", {}).get("expected", "")
-        return f"unknown value {value!r} for '{where}' (expected {expected})"
+        hint = _did_you_mean(str(value), re.findall(r"'([^']*)'", expected)) if isinstance(value, str) else ""
+        return f"unknown value {value!r} for '{where}' (expected {expected}){hint}"
     return f"'{where}': {error['msg']} (got {value!r})"
 
 
