@@ -97,6 +97,10 @@ class EndpointConfig(Section):
     dtype: str = "auto"  # hf backend: auto | float32 | bfloat16 | float16
     replay_field: str | None = "solution"  # replay backend: column of the problem row
     replay_file: str | None = None  # replay backend: JSONL keyed by problem
+    # US dollars per million prompt / completion tokens (reasoning tokens bill as completion), for
+    # the cost that `orion check`, asset metadata and the report show; None: no cost is shown.
+    price_per_mtok_in: float | None = Field(None, ge=0)
+    price_per_mtok_out: float | None = Field(None, ge=0)
 
 
 class EndpointsConfig(Section):
