@@ -1,4 +1,6 @@
-"""The Great Expectations quality gate on frames built from real solutions (real GX, real MiniLM)."""
+"""The quality gate: per-row drop rules and the per-variant Great Expectations suite, on frames built from
+real solutions (real GX, real MiniLM), on large synthetic frames with precomputed metrics, and through the
+Dagster check, the stored per-variant verdicts and ``sft_dataset``."""
 
 from __future__ import annotations
 
@@ -6,19 +8,21 @@ import hashlib
 import json
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from orion_assets import quality
-from orion_assets.gate import EXPECTATION_NAMES, GateResult, run_gate
+from orion_assets.gate import DROP_REASONS, EXPECTATION_NAMES, GateResult, row_drop_reasons, run_gate
 from orion_assets.problems import ContaminationIndex, all_benchmarks
 from orion_assets.profiles.schema import QualityConfig
 
 TRAIN = Path(quality.__file__).resolve().parent / "data" / "train"
 # The clean rows (real GSM8K and short AIME solutions) stay under max_tokens; the long one not.
 CFG = QualityConfig(min_tokens=8, max_tokens=768, min_coherence=0.2, coherence_mostly=0.9)
+VARIANTS = ["teacher_sft", "orion", "orion_no_error", "orion_no_reflection"]
 
 
 def _hash(text: str) -> str:
@@ -98,11 +102,8 @@ def _row(row_id: str, text: str, metrics: dict[str, dict], index: ContaminationI
 
 @pytest.fixture(scope="module")
 def clean_rows(texts, metrics, index) -> list[dict]:
-    variants = ["orion", "teacher_sft", "orion_no_error", "orion_no_reflection"]
-    rows = [_row(f"clean-{i}", t, metrics, index, variant=variants[i % 4]) for i, t in enumerate(texts["clean"])]
-    # The same CoT in two variants is not a duplicate.
-    rows.append(_row("clean-other-variant", texts["clean"][0], metrics, index, variant="teacher_sft"))
-    return rows
+    """Every clean CoT in every variant (the same CoT in two variants is not a duplicate)."""
+    return [_row(f"clean-{v}-{i}", t, metrics, index, variant=v) for v in VARIANTS for i, t in enumerate(texts["clean"])]
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
@@ -118,116 +119,412 @@ def _planted(kind: str, texts, metrics, index) -> list[dict]:
     return [_row(f"bad-{kind}-{i}", t, metrics, index) for i, t in enumerate(group)]
 
 
+def _reasons(frame: pl.DataFrame) -> dict[str, list[str]]:
+    return dict(frame.select("cot_quality_id", "drop_reasons").iter_rows())
+
+
 @pytest.fixture(scope="module")
 def clean_result(clean_rows) -> GateResult:
-    return run_gate(_frame(clean_rows), CFG)
+    return run_gate(_frame(clean_rows), CFG, variants=VARIANTS)
 
 
-def test_clean_frame_passes(clean_result: GateResult, clean_rows) -> None:
+def test_clean_frame_passes_every_variant(clean_result: GateResult, clean_rows) -> None:
     assert clean_result.passed, clean_result.to_metadata()
+    assert clean_result.variants == VARIANTS and clean_result.failed_variants == []
     assert clean_result.row_count == len(clean_rows)
-    assert [o.name for o in clean_result.outcomes] == list(EXPECTATION_NAMES)
-    assert all(o.success for o in clean_result.outcomes)
-    assert clean_result.failing_ids == []
-    stats = clean_result.outcome("verified").statistics
-    assert stats["element_count"] == len(clean_rows) and stats["unexpected_count"] == 0
+    # The only clean rows dropped are those below min_coherence (the old gate's `mostly` trained on them).
+    low = {r["cot_quality_id"] for r in clean_rows if r["coherence"] is not None and r["coherence"] < CFG.min_coherence}
+    assert len(low) < 0.1 * len(clean_rows)
+    reasons = _reasons(row_drop_reasons(_frame(clean_rows), CFG))
+    assert {i for i, r in reasons.items() if r} == low
+    assert all(reasons[i] == ["incoherent"] for i in low)
+    for verdict in clean_result.verdicts:
+        assert [o.name for o in verdict.outcomes] == list(EXPECTATION_NAMES)
+        assert verdict.passed and verdict.failed == [] and verdict.failing_ids == []
+        assert verdict.rows == len(clean_rows) // 4 and verdict.kept == verdict.rows - len(low) // 4
+        assert verdict.outcome("drop_rate").statistics["observed_value"] == pytest.approx(verdict.drop_rate)
+        assert verdict.outcome("min_rows").statistics["observed_value"] == verdict.kept
     metadata = clean_result.to_metadata()
     json.dumps(metadata)  # JSON-able as is
-    assert metadata["passed"] is True and set(metadata["expectations"]) == set(EXPECTATION_NAMES)
+    assert metadata["passed"] is True and set(metadata["variants"]) == set(VARIANTS)
+    assert set(metadata["variants"]["orion"]["expectations"]) == set(EXPECTATION_NAMES)
 
 
 @pytest.mark.parametrize(
-    ("kind", "expectation"),
+    ("kind", "reason"),
     [
-        ("long", "length_within_bounds"),
-        ("short", "length_within_bounds"),
-        ("unverified", "verified"),
-        ("truncated", "not_truncated"),
-        ("duplicate", "unique_within_variant"),
-        ("contaminated", "not_contaminated"),
-        ("incoherent", "coherent"),
-        ("looping", "no_repetition_loops"),
+        ("long", "too_long"),
+        ("short", "too_short"),
+        ("unverified", "unverified"),
+        ("truncated", "truncated"),
+        ("duplicate", "duplicate"),
+        ("contaminated", "contaminated"),
+        ("incoherent", "incoherent"),
+        ("looping", "repetition_loop"),
     ],
 )
-def test_planted_rows_fail_the_right_expectation(kind, expectation, texts, metrics, index, clean_rows, clean_result) -> None:
+def test_planted_rows_are_dropped_with_their_reason(kind, reason, texts, metrics, index, clean_rows) -> None:
     planted = _planted(kind, texts, metrics, index)
-    planted_ids = {row["cot_quality_id"] for row in planted}
-    result = run_gate(_frame(clean_rows + planted), CFG)
-    assert not result.passed
-    assert result.failed == [expectation], result.to_metadata()["failed_expectations"]
-    outcome = result.outcome(expectation)
-    expected = set(planted_ids)
-    if kind == "incoherent":
-        # Exactly the rows whose coherence is under the threshold: most planted rows, and the
-        # clean CoTs that `mostly` tolerated on the clean frame.
-        low = {r["cot_quality_id"] for r in clean_rows + planted
-               if r["coherence"] is not None and r["coherence"] < CFG.min_coherence}
-        assert len(low & planted_ids) >= 8
-        assert low - planted_ids == set(clean_result.outcome("coherent").failing_ids)
-        expected = low
-    assert set(outcome.failing_ids) == expected
-    assert set(result.failing_ids) == expected
-    assert outcome.statistics["unexpected_count"] == len(expected)
-    assert outcome.statistics["element_count"] == len(clean_rows) + len(planted)
-    metadata = result.to_metadata()
-    json.dumps(metadata)
-    assert metadata["expectations"][expectation]["success"] is False
-    assert set(metadata["failing_ids"]) == expected
+    frame = row_drop_reasons(_frame(clean_rows + planted), CFG)
+    reasons = _reasons(frame)
+    clean_reasons = _reasons(row_drop_reasons(_frame(clean_rows), CFG))
+    assert {i: reasons[i] for i in clean_reasons} == clean_reasons  # planting changes no clean row's verdict
+    if kind == "duplicate":  # two copies of one CoT: the first by id is kept, the other dropped
+        first, second = sorted(r["cot_quality_id"] for r in planted)
+        assert (reasons[first], reasons[second]) == ([], ["duplicate"])
+        dropped = {second}
+    elif kind == "incoherent":  # word problems spliced with LaTeX: most are below min_coherence
+        dropped = {r["cot_quality_id"] for r in planted if reasons[r["cot_quality_id"]]}
+        assert len(dropped) >= 8 and all(reasons[i] == ["incoherent"] for i in dropped)
+    else:
+        assert all(reasons[r["cot_quality_id"]] == [reason] for r in planted), [reasons[r["cot_quality_id"]] for r in planted]
+        dropped = {r["cot_quality_id"] for r in planted}
+    assert frame.filter(~pl.col("kept"))["cot_quality_id"].to_list() == [
+        i for i in frame["cot_quality_id"] if reasons[i]
+    ]
 
-
-def test_all_planted_rows_together(texts, metrics, index, clean_rows) -> None:
-    kinds = ["long", "unverified", "truncated", "duplicate", "contaminated", "incoherent"]
-    planted = [row for kind in kinds for row in _planted(kind, texts, metrics, index)]
-    result = run_gate(_frame(clean_rows + planted), CFG)
-    assert set(result.failed) == {
-        "length_within_bounds", "verified", "not_truncated", "unique_within_variant",
-        "not_contaminated", "coherent",
-    }
-    assert {row["cot_quality_id"] for row in planted} <= set(result.failing_ids)
-    assert not any(i.startswith("clean-") for i in result.outcome("verified").failing_ids)
-
-
-def test_empty_frame_fails(clean_rows) -> None:
-    result = run_gate(_frame(clean_rows).head(0), CFG)
-    assert not result.passed and result.row_count == 0
-    assert result.failed == ["has_rows"]
-    assert result.outcome("has_rows").statistics["observed_value"] == 0
-    assert result.failing_ids == []
+    result = run_gate(frame, CFG, variants=VARIANTS)
+    orion = result.verdict("orion")
+    assert orion.rows == len(clean_rows) // 4 + len(planted)
+    assert set(orion.outcome("drop_rate").failing_ids) == {i for i in reasons if reasons[i] and i in
+                                                          set(frame.filter(pl.col("variant") == "orion")["cot_quality_id"])}
+    assert dropped <= set(orion.outcome("drop_rate").failing_ids)
+    assert orion.dropped_by_reason.get(reason, 0) >= len(dropped)
+    assert [v.variant for v in result.verdicts if not v.passed] in ([], ["orion"])
+    if kind != "incoherent":
+        # one or two bad rows among 40 leave the variant well under max_drop_rate: dropped, not blocking
+        assert orion.passed and result.passed, orion.message
+    else:
+        # ten incoherent rows are a quarter of the variant: a batch problem, not a few bad rows
+        assert not orion.passed and set(orion.failed) == {"drop_rate", "coherent_mostly"}, orion.message
     json.dumps(result.to_metadata())
 
 
-def test_missing_evidence_counts_against_the_row(clean_rows) -> None:
-    frame = _frame(clean_rows).with_columns(
-        pl.when(pl.col("cot_quality_id") == "clean-1").then(None).otherwise(pl.col("verified")).alias("verified"),
-        pl.when(pl.col("cot_quality_id") == "clean-2").then(None).otherwise(pl.col("contaminated")).alias("contaminated"),
-        pl.when(pl.col("cot_quality_id") == "clean-3").then(None).otherwise(pl.col("n_tokens")).alias("n_tokens"),
+def test_all_planted_kinds_together_poison_the_variant(texts, metrics, index, clean_rows) -> None:
+    kinds = ["long", "unverified", "truncated", "duplicate", "contaminated", "incoherent", "looping"]
+    planted = [row for kind in kinds for row in _planted(kind, texts, metrics, index)]
+    result = run_gate(_frame(clean_rows + planted), CFG, variants=VARIANTS)
+    assert not result.passed and result.failed_variants == ["orion"]
+    orion = result.verdict("orion")
+    assert "drop_rate" in orion.failed
+    planted_ids = {row["cot_quality_id"] for row in planted}
+    assert planted_ids - set(orion.failing_ids) <= {"bad-duplicate-0"}  # the kept copy of the pair
+    assert not any(i.startswith("clean-teacher_sft") for i in result.failing_ids)
+    for reason in ("too_long", "unverified", "truncated", "duplicate", "contaminated", "incoherent", "repetition_loop"):
+        assert orion.dropped_by_reason[reason] >= 1, reason
+    assert list(orion.dropped_by_reason) == [r for r in DROP_REASONS if r in orion.dropped_by_reason]
+    assert all(result.verdict(v).passed for v in VARIANTS if v != "orion")
+
+
+# -- large frames with precomputed metrics (no embedding model) ------------------------------------
+
+
+def _synthetic(n: int, variant: str = "orion", prefix: str = "row") -> list[dict]:
+    """``n`` clean candidate rows with precomputed metrics."""
+    return [
+        {
+            "cot_quality_id": f"{prefix}-{i:05d}", "variant": variant, "cot_hash": f"{prefix}-hash-{i}",
+            "verified": True, "truncated": False, "n_tokens": 100 + i % 500, "coherence": 0.3 + (i % 50) / 100,
+            "repeated_4gram_ratio": 0.05, "contaminated": False,
+        }
+        for i in range(n)
+    ]
+
+
+def test_one_bad_row_does_not_block_a_large_variant() -> None:
+    rows = _synthetic(2000) + _synthetic(50, variant="teacher_sft", prefix="t")
+    rows[1234]["contaminated"] = True
+    started = time.perf_counter()
+    result = run_gate(_frame(rows), CFG)
+    elapsed = time.perf_counter() - started
+    assert result.passed, result.to_metadata()
+    orion = result.verdict("orion")
+    assert (orion.rows, orion.kept, orion.dropped_by_reason) == (2000, 1999, {"contaminated": 1})
+    assert orion.outcome("drop_rate").failing_ids == ["row-01234"]  # flagged, but the expectation holds
+    assert orion.outcome("kept_not_contaminated").success
+    assert elapsed < 15, elapsed
+
+
+def test_a_poisoned_share_of_a_variant_fails_it_and_names_why() -> None:
+    rows = _synthetic(2000) + _synthetic(100, variant="teacher_sft", prefix="t")
+    for i in range(0, 600, 2):  # 30% of orion: 300 contaminated, 300 unverified
+        rows[i]["contaminated"] = True
+        rows[i + 1]["verified"] = False
+    result = run_gate(_frame(rows), CFG, variants=["teacher_sft", "orion"])
+    assert not result.passed and result.failed_variants == ["orion"]
+    assert result.verdict("teacher_sft").passed
+    orion = result.verdict("orion")
+    assert orion.failed == ["drop_rate"] and orion.kept == 1400
+    assert orion.dropped_by_reason == {"unverified": 300, "contaminated": 300}
+    assert orion.outcome("drop_rate").statistics["observed_value"] == pytest.approx(0.3)
+    assert orion.outcome("kept_not_contaminated").success  # contaminated rows were dropped, not kept
+    message = orion.message
+    for part in ("variant orion failed drop_rate", "1400 of 2000 rows kept", "600 of 2000 rows dropped",
+                 "30.0% > max_drop_rate 20%", "unverified 300, contaminated 300", "row-00000", "(+595 more)"):
+        assert part in message, (part, message)
+    # The same share under a looser max_drop_rate passes.
+    assert run_gate(_frame(rows), CFG.model_copy(update={"max_drop_rate": 0.3})).passed
+
+
+def test_min_rows_and_a_variant_without_rows() -> None:
+    rows = _synthetic(5)
+    strict = CFG.model_copy(update={"min_rows": 10})
+    result = run_gate(_frame(rows), strict, variants=["orion"])
+    assert result.verdict("orion").failed == ["min_rows"]
+    assert "min_rows: 5 row(s) kept < min_rows 10" in result.verdict("orion").message
+    result = run_gate(_frame(rows), CFG, variants=["teacher_sft", "orion"])
+    empty = result.verdict("teacher_sft")
+    assert not result.passed and empty.rows == 0 and set(empty.failed) == {"drop_rate", "min_rows"}
+    assert "no candidate rows" in empty.message
+    assert result.verdict("orion").passed
+    json.dumps(result.to_metadata())
+
+
+def test_coherence_mostly_bounds_the_share_of_incoherent_candidates() -> None:
+    rows = _synthetic(100)
+    for i in range(15):  # 15% incoherent: dropped one by one, under max_drop_rate, over 1 - coherence_mostly
+        rows[i]["coherence"] = 0.05
+    rows[50]["coherence"] = None  # a one-step CoT: no coherence, no verdict
+    result = run_gate(_frame(rows), CFG)
+    orion = result.verdict("orion")
+    assert orion.dropped_by_reason == {"incoherent": 15} and orion.failed == ["coherent_mostly"]
+    assert "15 of 99 CoTs below min_coherence 0.2" in orion.message
+    assert set(orion.outcome("coherent_mostly").failing_ids) == {f"row-{i:05d}" for i in range(15)}
+    for i in range(9, 15):
+        rows[i]["coherence"] = 0.5
+    result = run_gate(_frame(rows), CFG)  # 9 of 99: within coherence_mostly, and the nine rows still dropped
+    assert result.passed and result.verdict("orion").dropped_by_reason == {"incoherent": 9}
+
+
+def test_a_kept_contaminated_row_fails_the_variant() -> None:
+    """The gate checks the stored ``kept`` column it is given, not only the rules that made it."""
+    frame = row_drop_reasons(_frame(_synthetic(100)), CFG)
+    frame = frame.with_columns(
+        pl.when(pl.col("cot_quality_id") == "row-00007").then(True).otherwise(pl.col("contaminated")).alias("contaminated")
     )
     result = run_gate(frame, CFG)
-    assert result.outcome("verified").failing_ids == ["clean-1"]
-    assert result.outcome("not_contaminated").failing_ids == ["clean-2"]
-    assert result.outcome("length_within_bounds").failing_ids == ["clean-3"]
+    assert result.verdict("orion").failed == ["kept_not_contaminated"]
+    assert result.failing_ids == ["row-00007"]
+    # recomputed from the metrics (no kept column), the same row is dropped instead
+    recomputed = run_gate(frame.drop("kept", "drop_reasons"), CFG)
+    assert recomputed.passed and recomputed.verdict("orion").dropped_by_reason == {"contaminated": 1}
+
+
+def test_duplicates_keep_one_copy_by_a_stable_order() -> None:
+    rows = _synthetic(6)
+    for row in rows:
+        row["cot_hash"] = "same"
+    rows[0]["verified"] = False  # the smallest id is not clean: the first clean copy is kept instead
+    expected = {
+        "row-00000": ["unverified", "duplicate"], "row-00001": [], "row-00002": ["duplicate"],
+        "row-00003": ["duplicate"], "row-00004": ["duplicate"], "row-00005": ["duplicate"],
+    }
+    for seed in range(3):
+        shuffled = random.Random(seed).sample(rows, len(rows))
+        assert _reasons(row_drop_reasons(_frame(shuffled), CFG)) == expected
+    other = [{**rows[1], "cot_quality_id": "x-1", "variant": "teacher_sft"}]
+    assert _reasons(row_drop_reasons(_frame(rows + other), CFG))["x-1"] == []  # another variant: no duplicate
+
+
+def test_missing_evidence_counts_against_the_row() -> None:
+    rows = _synthetic(8)
+    rows[1]["verified"] = None
+    rows[2]["contaminated"] = None
+    rows[3]["n_tokens"] = None
+    rows[4]["truncated"] = None
+    rows[5]["repeated_4gram_ratio"] = None
+    rows[6]["coherence"] = float("nan")
+    reasons = _reasons(row_drop_reasons(_frame(rows), CFG))
+    assert [reasons[f"row-{i:05d}"] for i in range(8)] == [
+        [], ["unverified"], ["contaminated"], ["length_unknown"], ["truncated"], ["repetition_loop"], [], [],
+    ]
 
 
 def test_without_optional_column_and_custom_id(clean_rows) -> None:
     frame = _frame(clean_rows).drop("repeated_4gram_ratio").rename({"cot_quality_id": "row_id"})
     result = run_gate(frame, CFG, id_column="row_id")
     assert result.passed
-    assert "no_repetition_loops" not in [o.name for o in result.outcomes]
     with pytest.raises(ValueError, match="cot_quality_id"):
         run_gate(frame, CFG)
     with pytest.raises(ValueError, match="contaminated"):
         run_gate(frame.drop("contaminated"), CFG, id_column="row_id")
+    looping = frame.head(1).with_columns(pl.lit(0.99).alias("repeated_4gram_ratio"))
+    assert _reasons(row_drop_reasons(looping.rename({"row_id": "cot_quality_id"}), CFG)) == {
+        looping["row_id"][0]: ["repetition_loop"]}
 
 
-def test_gate_on_a_thousand_rows_is_fast(clean_rows) -> None:
-    base = _frame(clean_rows)
-    rows = pl.concat([base] * (1000 // base.height + 1)).head(1000)
-    frame = rows.with_columns(
-        pl.format("row-{}", pl.int_range(pl.len())).alias("cot_quality_id"),
-        pl.format("{}-{}", pl.col("cot_hash"), pl.int_range(pl.len())).alias("cot_hash"),
+# -- the Dagster check, stored per-variant verdicts and sft_dataset ---------------------------------
+
+
+def _cot_quality_table(poisoned: str, variants: list[str]) -> pl.DataFrame:
+    """cot_quality rows of ``variants``; ``poisoned`` has 30% unverified rows, the others one bad row."""
+    rows = []
+    for variant in variants:
+        batch = _synthetic(20, variant=variant, prefix=variant)
+        if variant == poisoned:
+            for row in batch[:6]:
+                row["verified"] = False
+        else:
+            batch[0]["contaminated"] = True
+        rows += batch
+    frame = row_drop_reasons(_frame(rows), CFG)
+    return frame.with_columns(
+        pl.format("p{}", pl.col("cot_quality_id").str.slice(-2)).alias("problem_id"),
+        pl.lit("teacher-1").alias("teacher_cot_id"),
+        pl.lit(None, dtype=pl.Utf8).alias("refined_cot_id"),
+        pl.lit("refined").alias("source"),
+        pl.format("A rewrite {} ... so the answer is \\boxed{{7}}.", pl.col("cot_quality_id")).alias("cot"),
+        pl.lit("run-0").alias("dagster_run_id"),
     )
+
+
+def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path, write_profile) -> None:
+    import dagster as dg
+
+    from orion_assets.assets.quality import GATE_TABLE, cot_quality, latest_gate_verdict, quality_gate
+    from orion_assets.assets.training import sft_dataset
+    from orion_assets.resources import OrionResource
+    from orion_assets.store import Store
+
+    profile = write_profile("[quality]\nmin_tokens = 8\nmax_tokens = 768\n")
+    data_dir = tmp_path / "data"
+    orion = OrionResource(profile=str(profile), data_dir=str(data_dir))
+    store = Store(data_dir / "orion.duckdb")
+    assert latest_gate_verdict(orion, "orion") == (False, "cot_quality has not been materialized")
+    problems = pl.DataFrame({"problem_id": [f"p{i:02d}" for i in range(20)],
+                             "problem": [f"What is {i} + 7 - {i}?" for i in range(20)]})
+    store.replace_rows("train_problems", problems, replace_where=None, materialization={"asset_key": "train_problems"})
+    # orion_no_reflection has no candidate rows (a mode the profile did not run): no verdict, no failure
+    gated = ["teacher_sft", "orion", "orion_no_error"]
+    table = _cot_quality_table(poisoned="orion", variants=gated)
+    store.replace_rows("cot_quality", table, replace_where=None, materialization={"asset_key": "cot_quality"})
+    # a verdict table written before verdicts were per variant (no variant column), for an older materialization
+    store.append(GATE_TABLE, pl.DataFrame([{
+        "checked_materialization_id": "older", "dagster_run_id": "run-0", "passed": True, "row_count": 1,
+        "failed_expectations": "[]", "failing_ids": "[]", "checked_at": datetime(2025, 1, 1, tzinfo=UTC)}]))
+    assert latest_gate_verdict(orion, "teacher_sft")[0] is False  # the gate has not run on this materialization
+
+    job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"))
+    defs = dg.Definitions(assets=[cot_quality, sft_dataset], asset_checks=[quality_gate], jobs=[job],
+                          resources={"orion": orion})
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("gate_only").execute_in_process(instance=instance, raise_on_error=False)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed  # blocking: one failed variant fails the check
+    metadata = evaluation.metadata
+    assert metadata["failed_variants"].value == ["orion"]
+    variants = metadata["variants"].value
+    assert variants["orion"]["failed_expectations"] == ["drop_rate"]
+    assert variants["orion"]["dropped_by_reason"] == {"unverified": 6}
+    assert variants["teacher_sft"]["passed"] and variants["teacher_sft"]["dropped_by_reason"] == {"contaminated": 1}
+
+    stored = store.read(GATE_TABLE).filter(pl.col("checked_materialization_id") != "older")
+    assert sorted(stored["variant"]) == sorted(gated)
+    assert dict(stored.select("variant", "passed").iter_rows()) == {v: v != "orion" for v in gated}
+    assert stored["checked_at"].n_unique() == 1
+
+    passed, why = latest_gate_verdict(orion, "orion")
+    assert not passed
+    for part in ("quality gate failed for variant orion", "drop_rate", "6 of 20 rows dropped", "unverified 6",
+                 "orion-00000"):
+        assert part in why, (part, why)
+    assert latest_gate_verdict(orion, "teacher_sft") == (True, "passed")
+    assert latest_gate_verdict(orion)[0] is False  # every variant: no
+    passed, why = latest_gate_verdict(orion, "orion_no_reflection")
+    assert not passed and "no verdict for variant orion_no_reflection" in why
+
+    # A passing variant's SFT data is built from its kept rows only; the failing one is refused.
+    built = dg.materialize([sft_dataset], partition_key="teacher_sft", resources={"orion": orion})
+    assert built.success
+    sft = store.read("sft_dataset")
+    kept = table.filter((pl.col("variant") == "teacher_sft") & pl.col("kept"))
+    assert sorted(sft["cot_quality_id"]) == sorted(kept["cot_quality_id"]) and sft.height == 19
+    (mat,) = built.asset_materializations_for_node("sft_dataset")
+    assert mat.metadata["dropped_by_quality"].value == 1
+    assert mat.metadata["dropped_by_reason"].value == {"contaminated": 1}
+    refused = dg.materialize([sft_dataset], partition_key="orion", resources={"orion": orion}, raise_on_error=False)
+    assert not refused.success
+    (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    text = str(failure.event_specific_data.error)
+    assert "refusing to build SFT data for orion" in text and "quality gate failed for variant orion" in text
+    assert store.read("sft_dataset").filter(pl.col("variant") == "orion").height == 0
+
+
+def test_gate_on_ten_thousand_rows_is_fast() -> None:
+    rows = []
+    for variant in VARIANTS:
+        rows += _synthetic(2500, variant=variant, prefix=variant)
     started = time.perf_counter()
-    result = run_gate(frame, CFG)
+    result = run_gate(_frame(rows), CFG, variants=VARIANTS)
     elapsed = time.perf_counter() - started
-    assert result.passed and result.row_count == 1000
+    assert result.passed and result.row_count == 10_000
     assert elapsed < 10, elapsed
+
+
+def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_report_shows_them(tmp_path) -> None:
+    """The asset on a small store (MiniLM's tokenizer stands in for the student's): per-row verdicts and
+    similarity to the teacher land in the table and its metadata, and the report's quality section reads them."""
+    import dagster as dg
+
+    from orion_assets.assets.quality import cot_quality
+    from orion_assets.report import build_report, quality_frame
+    from orion_assets.resources import OrionResource
+    from orion_assets.store import Store
+
+    with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
+        records = [json.loads(line) for _, line in zip(range(6), handle)]
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "orion.duckdb")
+    teacher = pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)], "teacher_cot_id": [f"t{i}" for i in range(6)],
+                            "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6})
+    refined = []
+    for i, record in enumerate(records):
+        first_line = record["answer"].splitlines()[0]
+        cot = {0: record["answer"],  # a teacher fallback: the teacher's CoT itself
+               1: record["answer"],  # a "rewrite" that copies the teacher
+               }.get(i, f"I restate the problem before I compute anything.\n{first_line}\nSo the result follows.")
+        refined.append({"mode": "orion", "problem_id": f"p{i}", "teacher_cot_id": f"t{i}", "refined_cot_id": f"r{i}",
+                        "source": "teacher_fallback" if i == 0 else "refined", "cot": cot, "verified": i != 3,
+                        "finish_reason": "stop"})
+    tables = {
+        "teacher_cots": teacher,
+        "refined_cots": pl.DataFrame(refined),
+        "train_problems": pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)],
+                                        "problem": [r["question"] for r in records]}),
+        "student_base_model": pl.DataFrame({"path": [str(quality.resolve_embedding_model(CFG.embedding_model))],
+                                            "model_id": ["minilm"]}),
+    }
+    for name, frame in tables.items():
+        store.replace_rows(name, frame, replace_where=None, materialization={"asset_key": name})
+    result = dg.materialize([cot_quality], resources={"orion": OrionResource(profile="tiny", data_dir=str(data_dir))})
+    assert result.success
+    table = store.read("cot_quality")
+    assert table.height == 12 and {"drop_reasons", "kept", "teacher_similarity"} <= set(table.columns)
+    assert table.filter(pl.col("variant") == "teacher_sft")["teacher_similarity"].null_count() == 6
+    orion = {r["refined_cot_id"]: r for r in table.filter(pl.col("variant") == "orion").iter_rows(named=True)}
+    assert orion["r0"]["teacher_similarity"] == orion["r1"]["teacher_similarity"] == 1.0
+    assert all(0.0 < orion[f"r{i}"]["teacher_similarity"] < 1.0 for i in range(2, 6))  # one teacher line kept
+    assert "unverified" in orion["r3"]["drop_reasons"] and not orion["r3"]["kept"]
+    assert table["kept"].to_list() == [not reasons for reasons in table["drop_reasons"].to_list()]
+    (materialization,) = result.asset_materializations_for_node("cot_quality")
+    by_variant = materialization.metadata["by_variant"].value
+    similarity = by_variant["orion"]["teacher_similarity"]
+    assert similarity["n"] == 5 and similarity["max"] == 1.0 and similarity["p50"] < 1.0  # fallback r0 left out
+    assert by_variant["orion"]["dropped_by_reason"]["unverified"] == 1
+    assert by_variant["teacher_sft"]["teacher_similarity"]["p50"] is None
+
+    summary = {r["variant"]: r for r in quality_frame(table).iter_rows(named=True)}
+    assert list(summary) == ["teacher_sft", "orion"]
+    orion_rows = table.filter(pl.col("variant") == "orion")
+    assert summary["orion"]["rows"] == 6 and summary["orion"]["kept"] == orion_rows["kept"].sum()
+    expected_median = orion_rows.filter(pl.col("source") == "refined")["teacher_similarity"].median()
+    assert summary["orion"]["teacher_similarity_p50"] == pytest.approx(expected_median)
+    assert summary["teacher_sft"]["teacher_similarity_p50"] is None
+    only_quality = Store(tmp_path / "report_db" / "orion.duckdb")  # the section needs no other table
+    only_quality.replace_rows("cot_quality", table, replace_where=None, materialization={"asset_key": "cot_quality"})
+    report = build_report(only_quality, tmp_path / "report")
+    section = report.markdown.split("## SFT data quality per variant", 1)[1].split("\n## ", 1)[0]
+    dropped = summary["orion"]["dropped"]
+    assert f"| `orion` | 6 | {6 - dropped} | {dropped} | " in section and "unverified 1" in section
+    assert f"{expected_median:.2f} |" in section
+    assert "| `teacher_sft` | 6 |" in section

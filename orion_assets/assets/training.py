@@ -7,6 +7,7 @@ import polars as pl
 
 from orion_assets import prompts
 from orion_assets.assets.quality import latest_gate_verdict
+from orion_assets.gate import reason_counts
 from orion_assets.partitions import variant_partitions
 from orion_assets.resources import OrionResource
 from orion_assets.store import content_id, register_lineage
@@ -23,10 +24,11 @@ register_lineage("student_checkpoint", "checkpoint_id", "sft_example_ids", "sft_
     partitions_def=variant_partitions,
     deps=[dg.AssetDep("cot_quality"), dg.AssetDep("train_problems")],
     kinds={"duckdb", "parquet"},
-    code_version="1",
+    code_version="2",
 )
 def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
-    """Chat prompt/completion examples of one variant, from CoTs that passed the quality gate.
+    """Chat prompt/completion examples of one variant: its ``cot_quality`` rows that broke no
+    per-row rule (``kept``), once the quality gate passed for this variant.
 
     Also written as Parquet (``$ORION_DATA_DIR/sft/<variant>.parquet``) for external trainers.
     """
@@ -35,11 +37,15 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
         # The untrained student: its partition exists so that the variants line up end to end.
         return orion.publish(context, _sft_frame([]), replace_where={"variant": "base"},
                              metadata={"variant": "base", "examples": 0})
-    passed, why = latest_gate_verdict(orion)
+    passed, why = latest_gate_verdict(orion, variant)
     if not passed:
         raise dg.Failure(f"refusing to build SFT data for {variant}: {why}")
     cfg = orion.active.config
-    cots, cots_up = orion.read("cot_quality", {"variant": variant})
+    candidates, cots_up = orion.read("cot_quality", {"variant": variant})
+    if "kept" not in candidates.columns:
+        raise dg.Failure("cot_quality has no 'kept' column (written by an older version): re-materialize cot_quality")
+    cots = candidates.filter(pl.col("kept"))
+    dropped = candidates.filter(~pl.col("kept"))
     train, train_up = orion.read("train_problems")
     problem_text = dict(train.select("problem_id", "problem").iter_rows())
     overrides = cfg.prompts.model_dump()
@@ -76,6 +82,9 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
             "variant": variant,
             "parquet": dg.MetadataValue.path(str(parquet)),
             "examples": frame.height,
+            "candidates": candidates.height,
+            "dropped_by_quality": dropped.height,
+            "dropped_by_reason": reason_counts(dropped),
             "by_source": dict(frame.group_by("source").len().iter_rows()),
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),
         },
@@ -98,7 +107,7 @@ def student_checkpoint(
     variant = context.partition_key
     if variant == "base":
         return _base_checkpoint(context, orion)
-    passed, why = latest_gate_verdict(orion)
+    passed, why = latest_gate_verdict(orion, variant)
     if not passed:
         raise dg.Failure(f"refusing to train {variant}: {why}")
     cfg = orion.active.config
