@@ -140,10 +140,14 @@ def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame
     if scores is None:
         notes.append(f"Table `{SCHEMA}.benchmark_scores` does not exist yet: materialize `benchmark_scores` first.")
         return pl.DataFrame(
-            schema={c: pl.Float64 for c in SCORE_COLUMNS} | LATER_SCORE_COLUMNS | {"benchmark": pl.Utf8, "variant": pl.Utf8}
+            schema={c: pl.Float64 for c in SCORE_COLUMNS}
+            | LATER_SCORE_COLUMNS
+            | {"benchmark": pl.Utf8, "variant": pl.Utf8}
         )
     scores = scores.with_columns(
-        pl.lit(None, dtype=dtype).alias(column) for column, dtype in LATER_SCORE_COLUMNS.items() if column not in scores.columns
+        pl.lit(None, dtype=dtype).alias(column)
+        for column, dtype in LATER_SCORE_COLUMNS.items()
+        if column not in scores.columns
     )
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:

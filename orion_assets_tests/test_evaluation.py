@@ -138,7 +138,8 @@ def test_a_retrained_variant_served_under_the_same_name_is_asked_again(orion_env
         new_texts = dict(calls.filter(pl.col("model_revision") == "ckpt-B").select("call_id", "text").iter_rows())
         assert [new_texts[c] for c in second["llm_call_id"]] == second["text"].to_list()
         scores = store.read("benchmark_scores").row(0, named=True)
-        assert scores["checkpoint_id"] == "ckpt-B" and sorted(scores["prediction_ids"]) == sorted(second["prediction_id"])
+        assert scores["checkpoint_id"] == "ckpt-B"
+        assert sorted(scores["prediction_ids"]) == sorted(second["prediction_id"])
 
 
 def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(orion_env, write_profile) -> None:

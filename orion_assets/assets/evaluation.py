@@ -195,7 +195,8 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource) ->
     }], schema_overrides={"grading_rule": pl.Utf8})
     return orion.publish(
         context, row, replace_where={"benchmark": benchmark, "variant": variant}, reads=[up],
-        metadata={k: v for k, v in scores.to_row().items() if v is not None},
+        metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
+                  **({"grading_rule": rule} if rule else {})},  # fmt: skip
     )
 
 

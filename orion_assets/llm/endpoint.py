@@ -189,7 +189,10 @@ class BaseEndpoint(abc.ABC):
     def __repr__(self) -> str:
         ident = self.identity
         revision = f", model_revision={self.model_revision!r}" if self.model_revision is not None else ""
-        return f"{type(self).__name__}(role={self.role!r}, model={ident.model!r}, base_url={ident.base_url!r}{revision})"
+        return (
+            f"{type(self).__name__}(role={self.role!r}, model={ident.model!r}, base_url={ident.base_url!r}"
+            f"{revision})"
+        )
 
 
 def make_endpoint(
