@@ -545,6 +545,8 @@ def reflection_frame(teacher: pl.DataFrame | None, refined: pl.DataFrame | None)
     if refined is None or refined.is_empty() or "mode" not in refined.columns:
         return pl.DataFrame(schema=dict.fromkeys(columns, pl.Int64) | {"mode": pl.Utf8, "fallback_share": pl.Float64})
     problems = teacher["problem_id"].n_unique() if teacher is not None and "problem_id" in teacher.columns else None
+    if "failure_reasons" not in refined.columns:  # a file written before failures were kept
+        refined = refined.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("failure_reasons"))
     reasons = pl.col("failure_reasons").fill_null([])
     frame = refined.group_by("mode").agg(
         (pl.col("source") == "refined").sum().alias("refined"),

@@ -85,7 +85,8 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     ]
     served_name = None if variant == "base" else variant
     endpoint = orion.endpoint(
-        "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"]
+        "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"],
+        tokenizer=checkpoint["path"],
     )
     context.log.info(
         f"{benchmark} x {variant}: {len(requests)} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
@@ -95,7 +96,7 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
     answered = [i for i, result in enumerate(results) if result.ok]
     graded = grade_batch(
-        [(results[i].text or "", owners[i]["gold_answer"]) for i in answered],
+        [(results[i].answer, owners[i]["gold_answer"]) for i in answered],
         benchmark=benchmark,
         gsm_hard_rule=cfg.eval.gsm_hard_rule,
         truncated=[results[i].finish_reason == "length" for i in answered],
