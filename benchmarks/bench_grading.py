@@ -12,9 +12,17 @@ Workloads (real files from ``shared/data``):
 Before each timed run the worker pool is restarted and warmed, so neither
 mode profits from the other's caches.
 
+Verdicts instead of timings (one ``grade_batch()`` per workload, plus
+``gsm-hard-forms``: every GSM-Hard gold written as an answer might write it):
+``--save-verdicts FILE`` writes ``[correct, reason, extracted, method]`` per
+pair; ``--compare FILE`` grades again and lists every pair whose
+``(correct, reason)`` differs from FILE, to check a grading change.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_grading.py [--repeats 3] [--write-readme]
+    .venv/bin/python benchmarks/bench_grading.py --save-verdicts /tmp/before.json
+    .venv/bin/python benchmarks/bench_grading.py --compare /tmp/before.json
 """
 
 from __future__ import annotations
@@ -75,6 +83,51 @@ def load_workloads() -> dict[str, tuple[list[tuple[str, str]], list[str]]]:
         "shifted-gold": (shifted, benches),
         "r1-sft": (r1, [None] * len(r1)),
     }
+
+
+def gsm_hard_forms() -> tuple[list[tuple[str, float]], list[str]]:
+    """Each GSM-Hard gold as an answer: ``repr``, ``round(t, 2)``, ``round(t)``,
+    cut (not rounded) to 2 decimals, and rounded to 5 significant digits
+    (5 x 1,319 pairs, benchmark gsm_hard)."""
+    pairs = []
+    for r in _jsonl("gsm_hard.jsonl"):
+        t = r["target"]
+        sig5 = float(f"{t:.5g}")
+        for ans in (repr(t), repr(round(t, 2)), str(round(t)), f"{int(t * 100) / 100:.2f}",
+                    f"{sig5:.0f}" if abs(sig5) >= 1e4 else repr(sig5)):
+            pairs.append((f"The answer is $\\boxed{{{ans}}}$.", t))
+    return pairs, ["gsm_hard"] * len(pairs)
+
+
+def grade_verdicts(workers: int) -> dict[str, tuple[list, list[list]]]:
+    """Per workload: (pairs, [[correct, reason, extracted, method], ...])."""
+    out = {}
+    workloads = {**load_workloads(), "gsm-hard-forms": gsm_hard_forms()}
+    for name, (pairs, benches) in workloads.items():
+        vs = grade_batch(pairs, benches, workers=workers)
+        out[name] = (pairs, [[v.correct, v.reason, v.extracted, v.method] for v in vs])
+    return out
+
+
+def compare_verdicts(before_path: str, workers: int, show: int = 20) -> None:
+    with open(before_path, encoding="utf-8") as fh:
+        before = json.load(fh)
+    for name, (pairs, after) in grade_verdicts(workers).items():
+        old = before.get(name)
+        if old is None or len(old) != len(after):
+            print(f"{name}: not comparable ({'missing' if old is None else len(old)} before, "
+                  f"{len(after)} now)")
+            continue
+        changed = [(i, b, a) for i, (b, a) in enumerate(zip(old, after)) if b[:2] != a[:2]]
+        moved = sum(b[2:] != a[2:] for b, a in zip(old, after)) - sum(
+            b[2:] != a[2:] for _, b, a in changed)
+        print(f"{name}: {len(after):,} pairs, correct {sum(b[0] for b in old):,} -> "
+              f"{sum(a[0] for a in after):,}; {len(changed)} verdicts changed; "
+              f"{moved} more pairs extract another answer with the same verdict")
+        for (b, a), n in Counter((tuple(b[:2]), tuple(a[:2])) for _, b, a in changed).most_common():
+            print(f"  {n:5d}  {b[0]!s:5} {b[1]:<20} -> {a[0]!s:5} {a[1]}")
+        for i, b, a in changed[:show]:
+            print(f"    #{i} gold={pairs[i][1]!r}: extracted {b[2]!r} ({b[1]}) -> {a[2]!r} ({a[1]})")
 
 
 def _warm_pool(workers: int) -> float:
@@ -140,8 +193,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="default: os.cpu_count()")
     ap.add_argument("--write-readme", action="store_true",
                     help=f"write the table into benchmarks/README.md under '{SECTION}'")
+    ap.add_argument("--save-verdicts", metavar="JSON",
+                    help="no timing: write every pair's verdict to JSON")
+    ap.add_argument("--compare", metavar="JSON",
+                    help="no timing: list the pairs whose verdict differs from a --save-verdicts file")
     args = ap.parse_args()
     workers = args.workers or os.cpu_count() or 1
+    if args.save_verdicts or args.compare:
+        if args.compare:
+            compare_verdicts(args.compare, workers)
+        if args.save_verdicts:
+            verdicts = {name: v for name, (_, v) in grade_verdicts(workers).items()}
+            with open(args.save_verdicts, "w", encoding="utf-8") as fh:
+                json.dump(verdicts, fh)
+            print(f"wrote {args.save_verdicts}")
+        shutdown_pool()
+        return
 
     load_before = os.getloadavg()[0]
     capacity = parallel_capacity(workers)
