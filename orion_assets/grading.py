@@ -5,9 +5,10 @@ Public API::
     Verdict(correct, extracted, method, reason)
     extract_answer(output) -> (answer, method)
     normalize_gold(gold, benchmark=None) -> str
-    grade(output, gold, benchmark=None, timeout_s=5.0, *, gsm_hard_rule="precision") -> Verdict
+    grade(output, gold, benchmark=None, timeout_s=5.0, *,
+          gsm_hard_rule="precision", truncated=False) -> Verdict
     grade_batch(pairs, benchmark=None, timeout_s=5.0, workers=None, *,
-                gsm_hard_rule="precision") -> list[Verdict]
+                gsm_hard_rule="precision", truncated=False) -> list[Verdict]
 
 Grading runs in two stages:
 
@@ -76,7 +77,10 @@ the gold is taken as known to ``u`` = one unit in its 15th significant digit.
     0.5 * 10**-dg + u``, ``dg`` the gold's decimals): ``37/3`` matches
     ``12.333333333333334`` and ``12.33``; note it also matches a gold ``12.3``,
     whose one decimal is all the precision it claims;
-  - a percent sign on either side shifts that side by two decimals, as elsewhere.
+  - a percent sign on either side shifts that side by two decimals, as elsewhere;
+  - only plain numbers (decimals, ``\\frac{a}{b}``, ``a/b``) are compared so; any
+    other form (``-9.867\\times10^6``, ``12\\frac{1}{3}``) goes to math_verify and
+    its own comparison, under either rule.
 
 * ``"math_equal"``: Qwen's ``math_equal`` rule, relative tolerance 1e-4, as most
   published GSM-Hard numbers used (``-9867000`` matches ``-9867630``), so that
