@@ -28,8 +28,6 @@ import hashlib
 import json
 import os
 import re
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -37,9 +35,9 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
+from orion_assets_tests.llm_simulator import _abort, _read_request, _response
+
 SCRIPT = re.compile(r"\[\[fault:([^\]]*)\]\]")
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
 
 
 class State:
@@ -68,18 +66,6 @@ class State:
         }
 
 
-def _response(status: int, body: bytes, content_type: str = "application/json", extra: dict[str, str] | None = None) -> bytes:
-    headers = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: keep-alive",
-    ]
-    for name, value in (extra or {}).items():
-        headers.append(f"{name}: {value}")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
-
-
 def _completion(request: dict[str, Any], text: str, finish: str = "stop", reasoning: str | None = None) -> bytes:
     prompt_words = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
     message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -99,29 +85,6 @@ def _completion(request: dict[str, Any], text: str, finish: str = "stop", reason
             },
         }
     ).encode()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-    return method, path, headers, body
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 async def _handle(state: State, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -174,7 +137,7 @@ async def _chat(state: State, headers: dict[str, str], body: bytes, writer: asyn
         await asyncio.sleep(120)
         return False
     if name == "reset":
-        _reset(writer)
+        _abort(writer)
         return False
     if name.isdigit():
         status = int(name)
