@@ -147,7 +147,9 @@ def _plant(store: Store) -> dict[str, str]:
 
 
 def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\ncoherence_mostly = 1.0\n")
+    """Each planted row is dropped with its reason; so many of them (a poisoned batch) fail the
+    variant's drop-rate expectation, and the blocking check stops SFT."""
+    run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\nmax_drop_rate = 0.1\n")
     store = Store(run["data_dir"] / "orion.duckdb")
     planted = _plant(store)
     shutil.rmtree(run["data_dir"] / "checkpoints")
@@ -165,15 +167,18 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
             instance=instance, partition_key="orion", raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed
-    expectations = evaluation.metadata["expectations"].value
+    assert evaluation.metadata["failed_variants"].value == ["orion"]
+    orion_verdict = evaluation.metadata["variants"].value["orion"]
+    assert "drop_rate" in orion_verdict["failed_expectations"]
     cot_quality = store.read("cot_quality").filter(pl.col("variant") == "orion")
+    reasons = {r: set(d) for r, d in cot_quality.select("refined_cot_id", "drop_reasons").iter_rows()}
     quality_id = dict(cot_quality.select("refined_cot_id", "cot_quality_id").iter_rows())
-    expected = {"too_long": "length_within_bounds", "unverified": "verified", "duplicate": "unique_within_variant",
-                "contaminated": "not_contaminated", "incoherent": "coherent"}
-    for kind, expectation in expected.items():
-        assert not expectations[expectation]["success"], expectation
-        assert quality_id[planted[kind]] in expectations[expectation]["flagged_ids"], kind
-        assert quality_id[planted[kind]] in evaluation.metadata["failing_ids"].value
+    for kind in ("too_long", "unverified", "contaminated", "incoherent"):
+        assert kind in reasons[planted[kind]], (kind, reasons[planted[kind]])
+        assert quality_id[planted[kind]] in orion_verdict["expectations"]["drop_rate"]["flagged_ids"], kind
+    # the duplicate and the row it copies: exactly one of the two is dropped as a duplicate
+    copies = cot_quality.filter(pl.col("cot") == cot_quality.filter(pl.col("refined_cot_id") == planted["duplicate"])["cot"][0])
+    assert copies.height == 2 and sum("duplicate" in d for d in copies["drop_reasons"]) == 1
     # The blocking check stopped SFT in that run: no data, no checkpoint.
     assert not result.asset_materializations_for_node("sft_dataset")
     assert not result.asset_materializations_for_node("student_checkpoint")
