@@ -1,8 +1,9 @@
-"""The ``orion`` command: run the whole graph, query the DuckDB file."""
+"""The ``orion`` command: check a profile before a run, run the whole graph, query the DuckDB file."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -48,75 +49,294 @@ def _partition_keys(partitions_def, benchmarks: set[str], skipped_variants: set[
     return keys
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.profile:
+def _apply_env(args: argparse.Namespace) -> None:
+    if getattr(args, "profile", None):
         os.environ["ORION_PROFILE"] = args.profile
     if args.data_dir:
         os.environ["ORION_DATA_DIR"] = str(_data_dir(args))
+
+
+def _definitions():
+    """``orion_assets.definitions.defs``, without Dagster's beta-API warnings (for developers, not users)."""
+    import warnings
+
+    import dagster as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        from orion_assets.definitions import defs
+    return defs
+
+
+def _selectable_keys(graph) -> list:
+    return [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+
+
+def _unknown_assets(wanted: Sequence[str] | None, keys) -> list[str]:
+    return sorted(set(wanted or ()) - {k.to_user_string() for k in keys})
+
+
+def run(args: argparse.Namespace) -> int:
+    _apply_env(args)
+    out, err = sys.stdout, sys.stderr
+    from orion_assets.profiles import load_profile
+
+    profile = load_profile()
+    from orion_assets import console
+
+    data_dir = _data_dir(args)
+    # From here on library warnings and log records go to the run's log file, not the terminal.
+    log_path = data_dir / "logs" / f"orion-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log_handler = console.open_run_log(log_path)
+    try:
+        return _run(args, profile, data_dir, log_path, out, err)
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+
+
+def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out, err) -> int:
+    quiet = args.quiet
     import dagster as dg
     from transformers.utils import logging as hf_logging
 
-    from orion_assets.definitions import defs
-    from orion_assets.profiles import load_profile
+    from orion_assets import console
     from orion_assets.reflection import skipped_variants
 
-    hf_logging.disable_progress_bar()
+    defs = _definitions()
 
-    profile = load_profile()
+    hf_logging.disable_progress_bar()
     instance = _instance()
     graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+    keys = _selectable_keys(graph)
+    unknown = _unknown_assets(args.select, keys)
+    if unknown:
+        print(f"orion run: unknown asset(s): {', '.join(unknown)}", file=err)
+        return 2
     if args.select:
-        wanted = set(args.select)
-        unknown = wanted - {k.to_user_string() for k in keys}
-        if unknown:
-            print(f"orion run: unknown asset(s): {', '.join(sorted(unknown))}", file=sys.stderr)
-            return 2
-        keys = [k for k in keys if k.to_user_string() in wanted]
+        keys = [k for k in keys if k.to_user_string() in set(args.select)]
     skipped = skipped_variants(profile.config)
     steps = [
         (key, pk)
         for key in keys
         for pk in _partition_keys(graph.get(key).partitions_def, set(profile.config.data.benchmarks), set(skipped))
     ]
-    print(
-        f"orion run: profile {profile.name} ({profile.hash}), data {_data_dir(args)}, "
-        f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}: {len(steps)} materializations",
-        flush=True,
-    )
+    if not quiet:
+        print(
+            f"orion run: profile {profile.name} ({profile.hash}), data {data_dir}, "
+            f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}: {len(steps)} materializations",
+            file=out, flush=True,
+        )
+    if not args.no_check:
+        from orion_assets.preflight import run_preflight
+
+        report_ = run_preflight(profile, data_dir, selection=args.select)
+        for line in report_.problems:
+            print(f"orion run: {line}", file=err)
+        if report_.problems:
+            print(f"orion run: the preflight check found {len(report_.problems)} problem(s); `orion check` shows "
+                  "the whole report (--no-check skips it)", file=err)
+            return 2
+        if not quiet:
+            for line in report_.warnings:
+                print(f"orion run: warning: {line}", file=out)
+            print("\n".join(report_.plan), file=out, flush=True)
     for variant, why in skipped.items():
-        print(f"orion run: leaving out variant {variant}: {why}", flush=True)
+        if not quiet:
+            print(f"orion run: leaving out variant {variant}: {why}", file=out, flush=True)
+
+    previous_log_env = os.environ.get("ORION_LOG_FILE")
+    os.environ["ORION_LOG_FILE"] = str(log_path)  # the SFT process appends its own output there
+    bars = console.ProgressBars(out, live=console.is_terminal(out))
+    if not quiet:
+        bars.install()
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     started = time.monotonic()
-    for number, (key, pk) in enumerate(steps, start=1):
-        label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")
-        print(f"[{number}/{len(steps)}] {label} ...", end=" ", flush=True)
-        t0 = time.monotonic()
-        result = dg.materialize(
-            assets,
-            selection=[key],
-            partition_key=str(pk) if pk is not None else None,
-            instance=instance,
-            resources=defs.resources,
-            raise_on_error=False,
-            tags={"orion/launched_by": "orion run"},
-            # The progress line is the console output; the full event log is in the instance.
-            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        )
-        elapsed = time.monotonic() - t0
-        if not result.success:
-            print(f"FAILED after {elapsed:.1f}s (run {result.run_id})", flush=True)
-            for event in result.all_events:
-                if event.is_step_failure and event.step_failure_data.error is not None:
-                    print(event.step_failure_data.error.to_string(), file=sys.stderr)
-            return 1
-        rows = [
-            m.metadata.get("dagster/row_count")
-            for m in result.asset_materializations_for_node(key.path[-1])
-        ]
-        row_text = f"{rows[0].value} rows, " if rows and rows[0] is not None else ""
-        print(f"ok ({row_text}{elapsed:.1f}s)", flush=True)
-    print(f"orion run: {len(steps)} materializations in {time.monotonic() - started:.1f}s", flush=True)
+    try:
+        for number, (key, pk) in enumerate(steps, start=1):
+            label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")
+            prefix = f"[{number}/{len(steps)}] {label}"
+            if not quiet:
+                print(f"{prefix} ...", end=" ", file=out, flush=True)
+            bars.begin(prefix)
+            t0 = time.monotonic()
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"== {prefix}\n")
+            with console.capture_output(log_path):
+                result = dg.materialize(
+                    assets,
+                    selection=[key],
+                    partition_key=str(pk) if pk is not None else None,
+                    instance=instance,
+                    resources=defs.resources,
+                    raise_on_error=False,
+                    tags={"orion/launched_by": "orion run"},
+                    # Dagster's log lines go to the run's log file (stderr is captured there).
+                    run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+                )
+            elapsed = time.monotonic() - t0
+            summaries, drew = bars.end()
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"== {prefix}: {'ok' if result.success else 'FAILED'} (Dagster run {result.run_id})\n")
+            again = f"\r\x1b[K{prefix} ... " if drew else ""
+            calls = "; " + "; ".join(summaries) if summaries else ""
+            if not result.success:
+                if not quiet:
+                    print(f"{again}FAILED after {elapsed:.1f}s (run {result.run_id}){calls}", file=out, flush=True)
+                return _report_failure(result, key.to_user_string(), label, log_path, args.debug, err,
+                                       profile.config.student_model.name_or_path)
+            if not quiet:
+                rows = [
+                    m.metadata.get("dagster/row_count")
+                    for m in result.asset_materializations_for_node(key.path[-1])
+                ]
+                row_text = f"{rows[0].value} rows, " if rows and rows[0] is not None else ""
+                print(f"{again}ok ({row_text}{elapsed:.1f}s){calls}", file=out, flush=True)
+    finally:
+        bars.uninstall()
+        if previous_log_env is None:
+            os.environ.pop("ORION_LOG_FILE", None)
+        else:
+            os.environ["ORION_LOG_FILE"] = previous_log_env
+    print(f"orion run: {len(steps)} materializations in {time.monotonic() - started:.1f}s (log: {log_path})",
+          file=out, flush=True)
+    return 0
+
+
+# -- explaining a failed step ----------------------------------------------------------------------
+
+# Exceptions that mean the user's input or setup is wrong, not the code: one line, exit 2.
+USER_ERRORS = frozenset({"ProfileError", "InputError", "EndpointError"})
+HUB_ERRORS = frozenset({"LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError",
+                        "GatedRepoError", "RevisionNotFoundError"})
+FAILING_IDS_SHOWN = 5
+
+
+def _error_chain(error) -> list:
+    chain = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = error.cause or getattr(error, "context", None)
+    return chain
+
+
+def _first_line(message: str, cls_name: str) -> str:
+    """The message's first line without Dagster's ``module.ClsName: `` prefix."""
+    import re
+
+    text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(cls_name)}: ", "", message.strip())
+    return text.splitlines()[0].strip() if text else cls_name
+
+
+def user_error_message(cls_name: str, message: str, model: str | None = None) -> str | None:
+    """The one line to show for a user error (None: not one). ``model``: the profile's student model."""
+    if cls_name in USER_ERRORS:
+        return _first_line(message, cls_name)
+    if cls_name in HUB_ERRORS:
+        name = model or "the model"
+        why = "HF_HUB_OFFLINE is set" if "outgoing traffic has been disabled" in message else "the Hub refused or could not be reached"
+        return (f"{name} is not in the Hugging Face cache and {why} ({cls_name}): download it first "
+                f"(hf download {model or '<id>'}) or point [student_model] name_or_path at a local directory")
+    return None
+
+
+def _meta(metadata, key: str, default=None):
+    value = metadata.get(key, default)
+    return getattr(value, "value", value) if value is not None else default
+
+
+def _check_failure_lines(event) -> list[str]:
+    """Why a blocking check failed, from its evaluation's metadata: per failed variant its
+    expectations, counts and a few failing ids (older verdicts: the overall lists)."""
+    evaluation = event.event_specific_data
+    metadata = evaluation.metadata or {}
+    lines = []
+    variants = _meta(metadata, "variants") or {}
+    for name, verdict in variants.items() if isinstance(variants, dict) else ():
+        if isinstance(verdict, dict) and not verdict.get("passed", True):
+            lines.append(str(verdict.get("message") or f"variant {name} failed {verdict.get('failed_expectations')}"))
+    if not lines:
+        failed = _meta(metadata, "failed_expectations") or _meta(metadata, "failed") or []
+        ids = list(_meta(metadata, "failing_ids") or [])
+        count = _meta(metadata, "failing_id_count", len(ids))
+        rows = _meta(metadata, "row_count")
+        shown = ", ".join(map(str, ids[:FAILING_IDS_SHOWN])) + (f" (+{count - FAILING_IDS_SHOWN} more)"
+                                                                if count > FAILING_IDS_SHOWN else "")
+        lines.append(f"failed expectations: {', '.join(map(str, failed)) or '?'}"
+                     + (f" on {rows} rows" if rows is not None else "") + (f"; failing ids: {shown}" if ids else ""))
+    return lines
+
+
+def _report_failure(result, asset: str, label: str, log_path: Path, debug: bool, err, model: str | None = None) -> int:
+    """Print why a step failed, from the run's events, and where to look further; the exit code."""
+    run_id = result.run_id
+    failed_checks = [
+        e for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
+    ]
+    failures = [e for e in result.all_events if e.is_step_failure]
+    more = [f"the log: {log_path}",
+            f"the run in the Dagster UI (dagster dev): http://127.0.0.1:3000/runs/{run_id}"]
+    code = 1
+    if failed_checks:
+        for event in failed_checks:
+            evaluation = event.event_specific_data
+            variants = _meta(evaluation.metadata or {}, "failed_variants") or []
+            scope = f" for variant(s) {', '.join(variants)}" if variants else ""
+            kind = "blocking check" if evaluation.blocking else "check"
+            print(f"orion run: {label}: the {kind} {evaluation.check_name} failed{scope}", file=err)
+            for line in _check_failure_lines(event):
+                print(f"  {line}", file=err)
+        if any(e.event_specific_data.check_name == "quality_gate" for e in failed_checks):
+            more.insert(0, f"orion sql \"SELECT * FROM orion.quality_gate_results WHERE dagster_run_id = '{run_id}'\"")
+    elif failures:
+        data = failures[0].step_failure_data
+        error = data.error
+        chain = _error_chain(error)
+        user = next((m for e in chain if (m := user_error_message(e.cls_name, e.message, model)) is not None), None)
+        if user is not None and not debug:
+            print(f"orion run: {asset}: {user}", file=err)
+            return 2
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            reason = data.user_failure_data.description
+        else:
+            inner = chain[-1] if chain else None
+            reason = f"{inner.cls_name}: {_first_line(inner.message, inner.cls_name)}" if inner else "unknown error"
+        print(f"orion run: {label}: {reason}", file=err)
+        code = 2 if user is not None else 1
+    else:
+        print(f"orion run: {label}: the run failed without a step failure (see the log)", file=err)
+    if debug:
+        for event in failures:
+            if event.step_failure_data.error is not None:
+                print(event.step_failure_data.error.to_string(), file=err)
+    print("  more: " + "\n        ".join(more), file=err)
+    return code
+
+
+# -- orion check -----------------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace) -> int:
+    _apply_env(args)
+    from orion_assets.preflight import run_preflight
+    from orion_assets.profiles import load_profile
+
+    profile = load_profile()
+    if args.select:
+        unknown = _unknown_assets(args.select, _selectable_keys(_definitions().resolve_asset_graph()))
+        if unknown:
+            print(f"orion check: unknown asset(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    report_ = run_preflight(profile, _data_dir(args), selection=args.select, timeout_s=args.timeout)
+    print(report_.render(), flush=True)
+    warnings = f", {len(report_.warnings)} warning(s)" if report_.warnings else ""
+    if report_.problems:
+        for line in report_.problems:
+            print(f"orion check: {line}", file=sys.stderr)
+        return 2
+    print(f"orion check: ok{warnings}", flush=True)
     return 0
 
 
@@ -214,26 +434,51 @@ def report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orion", description=__doc__)
     parser.add_argument("--data-dir", help="the data folder (default $ORION_DATA_DIR or data/)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors and failed steps")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run_parser = commands.add_parser("run", help="materialize every asset and partition of the active profile")
+    run_parser = commands.add_parser("run", parents=[common],
+                                     help="materialize every asset and partition of the active profile")
     run_parser.add_argument("--profile", help="profile name or path (default $ORION_PROFILE or tiny)")
     run_parser.add_argument("--select", nargs="+", help="only these asset keys (default: all)")
-    run_parser.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
+    run_parser.add_argument("--no-check", action="store_true", help="skip the preflight check (orion check)")
+    run_parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary (and errors)")
+    run_parser.add_argument("--log-level", default="INFO",
+                            help="level of Dagster's log lines in the run's log file (default INFO)")
     run_parser.set_defaults(handler=run)
 
-    sql_parser = commands.add_parser("sql", help="run read-only SQL (a query or a .sql file) on the DuckDB file")
+    check_parser = commands.add_parser("check", parents=[common],
+                                       help="check the profile, endpoints, model, disk and planned work before a run")
+    check_parser.add_argument("--profile", help="profile name or path (default $ORION_PROFILE or tiny)")
+    check_parser.add_argument("--select", nargs="+", help="check only what these asset keys need (default: all)")
+    check_parser.add_argument("--timeout", type=float, default=5.0, help="seconds per HTTP request (default 5)")
+    check_parser.set_defaults(handler=check)
+
+    sql_parser = commands.add_parser("sql", parents=[common],
+                                     help="run read-only SQL (a query or a .sql file) on the DuckDB file")
     sql_parser.add_argument("query", help="a SQL query or the path of a .sql file")
     sql_parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql_parser.add_argument("--max-rows", type=int, default=50)
     sql_parser.set_defaults(handler=sql)
 
-    report_parser = commands.add_parser("report", help="write the leaderboard report (Markdown and plots)")
+    report_parser = commands.add_parser("report", parents=[common],
+                                        help="write the leaderboard report (Markdown and plots)")
     report_parser.add_argument("--out", help="the report folder (default <data dir>/reports)")
     report_parser.set_defaults(handler=report)
 
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as exc:
+        # A user error (a profile, an input file, a missing key) is one line, not a traceback.
+        message = None if args.debug else user_error_message(type(exc).__name__, str(exc))
+        if message is None:
+            raise
+        print(f"orion {args.command}: {message}", file=sys.stderr)
+        return 2
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
