@@ -158,10 +158,14 @@ def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
 
 
 def progress_logger(context: dg.AssetExecutionContext, label: str):
-    """Log generation progress about every tenth of the way."""
+    """Log generation progress about every tenth of the way to Dagster, and every report to
+    :func:`orion_assets.console.report_progress` (``orion run`` draws it; no one else listens)."""
+    from orion_assets.console import report_progress
+
     state = {"next": 0.0}
 
     def report(done: int, total: int) -> None:
+        report_progress(label, done, total)
         if total and (done / total >= state["next"] or done == total):
             context.log.info(f"{label}: {done}/{total} calls done")
             state["next"] = done / total + 0.1

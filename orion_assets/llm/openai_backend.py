@@ -39,6 +39,7 @@ if importlib.util.find_spec("openai._httpx2") is not None:  # openai 3 talks thr
 else:  # pragma: no cover - openai 1.x and 2.x: httpx
     import httpx as _http  # type: ignore[no-redef]
 
+from orion_assets.console import CALL_FAILED
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import GenerationRequest, GenerationResult
@@ -354,7 +355,7 @@ class OpenAIEndpoint(BaseEndpoint):
                     if not retryable and attempts == 1
                     else f"{cause} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})"
                 )
-                log.warning("%s call %s failed: %s", self.role, call_id, error)
+                log.warning("%s call %s failed: %s", self.role, call_id, error, extra={CALL_FAILED: True})
                 return GenerationResult(
                     call_id=call_id, text=None, reasoning=None, finish_reason="error",
                     prompt_tokens=None, completion_tokens=None, latency_s=time.monotonic() - started,
