@@ -116,8 +116,8 @@ def test_a_cache_written_before_model_revision_gains_the_column(tmp_path: Path, 
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
     row = make_row(endpoint.identity, old.messages, old.params, old.sample_index,
                    GenerationResult(endpoint.key_for(old), "old text", None, "stop", 1, 2, 0.1, 0, None, False), "old-run")
-    columns = [c for c in row if c != "model_revision"]
-    with store.connect() as con:  # the table as the previous version created it: no model_revision
+    columns = [c for c in row if c not in ("model_revision", "reasoning_tokens")]
+    with store.connect() as con:  # the table as an older version created it: no model_revision, reasoning_tokens
         con.execute(
             "CREATE TABLE orion.llm_calls (call_id VARCHAR PRIMARY KEY, role VARCHAR, backend VARCHAR, "
             "base_url VARCHAR, model VARCHAR, messages JSON, params JSON, sample_index INTEGER, text VARCHAR, "

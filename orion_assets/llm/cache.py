@@ -50,17 +50,20 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
     status VARCHAR,
     dagster_run_id VARCHAR,
     created_at TIMESTAMPTZ,
-    model_revision VARCHAR
+    model_revision VARCHAR,
+    reasoning_tokens INTEGER
 )"""
-# Files written before ``model_revision`` existed gain the column (null: no revision was named).
+# Files written before ``model_revision`` existed gain the column (null: no revision was named);
+# likewise ``reasoning_tokens`` (null: the server did not say, or the row predates the column).
 LLM_CALLS_MIGRATIONS: tuple[str, ...] = (
     f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS model_revision VARCHAR",
+    f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS reasoning_tokens INTEGER",
 )
 
 COLUMNS: tuple[str, ...] = (
     "call_id", "role", "backend", "base_url", "model", "messages", "params", "sample_index",
     "text", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s",
-    "retries", "error", "status", "dagster_run_id", "created_at", "model_revision",
+    "retries", "error", "status", "dagster_run_id", "created_at", "model_revision", "reasoning_tokens",
 )  # fmt: skip
 
 ARROW_SCHEMA = pa.schema(
@@ -85,6 +88,7 @@ ARROW_SCHEMA = pa.schema(
         ("dagster_run_id", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("model_revision", pa.string()),
+        ("reasoning_tokens", pa.int32()),
     ]
 )
 
@@ -158,12 +162,12 @@ def lookup(store: Store, call_ids: Iterable[str]) -> dict[str, GenerationResult]
         return {}
     keys = pa.table({"call_id": pa.array(ids, pa.string())})
     with store.connect() as con:
-        con.execute(LLM_CALLS_DDL)
+        _create_table(con)  # an older file gains the columns read below
         con.register("_llm_keys", keys)
         try:
             rows = con.execute(
                 f"""SELECT c.call_id, c.text, c.reasoning, c.finish_reason, c.prompt_tokens,
-                           c.completion_tokens, c.latency_s, c.retries, c.error
+                           c.completion_tokens, c.latency_s, c.retries, c.error, c.reasoning_tokens
                     FROM {SCHEMA}.{TABLE} c JOIN _llm_keys k USING (call_id)
                     WHERE c.status = 'ok'"""
             ).fetchall()
@@ -181,6 +185,7 @@ def lookup(store: Store, call_ids: Iterable[str]) -> dict[str, GenerationResult]
             retries=r[7] or 0,
             error=r[8],
             cached=True,
+            reasoning_tokens=r[9],
         )
         for r in rows
     }
@@ -215,6 +220,7 @@ def make_row(
         "dagster_run_id": run_id,
         "created_at": datetime.now(UTC),
         "model_revision": identity.model_revision,
+        "reasoning_tokens": result.reasoning_tokens,
     }
 
 

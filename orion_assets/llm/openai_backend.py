@@ -408,6 +408,7 @@ class OpenAIEndpoint(BaseEndpoint):
         # DeepSeek's API and vLLM's reasoning parsers put the thinking beside the answer.
         reasoning = _as_text(message.get("reasoning_content")) or _as_text(message.get("reasoning"))
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        details = usage.get("completion_tokens_details")
         return GenerationResult(
             call_id=call_id,
             text=text,
@@ -419,6 +420,7 @@ class OpenAIEndpoint(BaseEndpoint):
             retries=attempt,
             error=None,
             cached=False,
+            reasoning_tokens=_as_int(details.get("reasoning_tokens")) if isinstance(details, dict) else None,
         )
 
     def __repr__(self) -> str:

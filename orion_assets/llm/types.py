@@ -69,6 +69,8 @@ class GenerationResult:
 
     ``latency_s`` is the wall time of the call including retries and backoff (openai), or the time
     of the batch it ran in (hf). ``retries`` counts the attempts after the first.
+    ``reasoning_tokens``: the part of ``completion_tokens`` spent thinking, when the server says
+    (DeepSeek's ``usage.completion_tokens_details.reasoning_tokens``); billed as completion.
     """
 
     call_id: str
@@ -81,6 +83,7 @@ class GenerationResult:
     retries: int
     error: str | None
     cached: bool
+    reasoning_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
