@@ -8,6 +8,7 @@ import polars as pl
 from orion_assets import prompts, report, scoring
 from orion_assets.grading import Verdict, grade_batch
 from orion_assets.llm import GenerationRequest, sampling_params
+from orion_assets.llm.usage import usage_metadata
 from orion_assets.partitions import benchmark_variant_partitions
 from orion_assets.resources import OrionResource, markdown_table, progress_logger
 from orion_assets.store import content_id, register_lineage
@@ -134,7 +135,7 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
         reads=[problems_up, checkpoint_up],
         metadata={"benchmark": benchmark, "variant": variant, "k": k, "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
-                  "n_errors": n_errors, "error_rate": share,
+                  "n_errors": n_errors, "error_rate": share, **usage_metadata(results, cfg.endpoints.student, "student"),
                   "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
     )
     if share > cfg.eval.max_error_rate:
@@ -206,7 +207,7 @@ def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
     """Variants x benchmarks with each variant's delta over ``teacher_sft``, as a table here and a
     Markdown report with plots under ``$ORION_DATA_DIR/reports/``."""
     out_dir = orion.data_path / "reports"
-    built = report.build_report(orion.store, out_dir)
+    built = report.build_report(orion.store, out_dir, prices=report.prices_of(orion.active.config))
     scores, up = orion.read("benchmark_scores")
     score_ids = scores.group_by("variant").agg(pl.col("score_id").sort().alias("score_ids"))
     table = built.leaderboard.join(score_ids, on="variant", how="left").with_columns(

@@ -8,6 +8,7 @@ import polars as pl
 from orion_assets import prompts, reflection
 from orion_assets.grading import grade_batch
 from orion_assets.llm import GenerationRequest, sampling_params
+from orion_assets.llm.usage import usage_metadata
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.store import register_lineage
 from orion_assets.text_stats import percentiles, token_counter
@@ -99,6 +100,7 @@ def student_attempts(context: dg.AssetExecutionContext, orion: OrionResource) ->
             "per_problem_error_rate": percentiles(per_problem["error_rate"], (0.1, 0.25, 0.5, 0.75, 0.9)),
             "problems_never_wrong": int((per_problem["error_rate"] == 0).sum()),
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),
+            **usage_metadata(results, cfg.endpoints.student, "student"),
         },
     )
 

@@ -8,6 +8,7 @@ import polars as pl
 
 from orion_assets import gate, problems, prompts, quality
 from orion_assets.llm import GenerationRequest, sampling_params
+from orion_assets.llm.usage import usage_metadata
 from orion_assets.profiles.schema import TRAINING_VARIANTS
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.store import SCHEMA, content_id, register_lineage
@@ -144,6 +145,7 @@ def _judge_scores(context, orion: OrionResource, frame: pl.DataFrame, train: pl.
         for pid, cot in frame.select("problem_id", "cot").iter_rows()
     ]
     results = orion.endpoint("judge").generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "judge"))
+    context.add_asset_metadata(usage_metadata(results, cfg.endpoints.judge, "judge"))
     scores = [quality.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),

@@ -7,6 +7,7 @@ import polars as pl
 
 from orion_assets import reflection
 from orion_assets.llm import sampling_params
+from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.store import register_lineage
 from orion_assets.text_stats import load_tokenizer, percentiles, token_counter
@@ -77,8 +78,8 @@ def refined_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
                                    temperature=cfg.reflection.temperature),
         "teacher": sampling_params(cfg.endpoints.teacher, temperature=cfg.reflection.temperature),
     }
-    endpoints = {"student": orion.endpoint("student", local_model=model_path, tokenizer=model_path),
-                 "teacher": orion.endpoint("teacher", tokenizer=model_path)}
+    endpoints = {"student": Metered(orion.endpoint("student", local_model=model_path, tokenizer=model_path)),
+                 "teacher": Metered(orion.endpoint("teacher", tokenizer=model_path))}
     tokenizer = load_tokenizer(model_path)
     count_tokens = token_counter(model_path)
     records: list[dict] = []
@@ -122,5 +123,6 @@ def refined_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
             "skipped_modes": skipped,
             "length_ratio_refined_over_teacher": percentiles(refined_only["length_ratio"]),
             "on_failure": cfg.reflection.on_failure,
+            **{k: v for role, e in endpoints.items() for k, v in usage_metadata(e.results, e.cfg, role).items()},
         },
     )

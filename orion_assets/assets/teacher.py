@@ -6,6 +6,7 @@ import polars as pl
 from orion_assets import models, problems, prompts
 from orion_assets.grading import grade_batch
 from orion_assets.llm import GenerationRequest, sampling_params
+from orion_assets.llm.usage import usage_metadata
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.store import content_id, register_lineage
 from orion_assets.text_stats import percentiles, token_counter
@@ -118,6 +119,7 @@ def teacher_cots(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),
             "total_prompt_tokens": sum(r.prompt_tokens or 0 for r in results),
             "total_completion_tokens": sum(r.completion_tokens or 0 for r in results),
+            **usage_metadata(results, endpoint_cfg, "teacher"),
         },
     )
 
