@@ -414,13 +414,18 @@ def sql(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from orion_assets.report import build_report
+    from orion_assets.profiles import ProfileError, load_profile
+    from orion_assets.report import build_report, prices_of
     from orion_assets.store import Store
 
     data_dir = _data_dir(args)
     out_dir = Path(args.out).expanduser().resolve() if args.out else data_dir / "reports"
+    try:  # the active profile's prices turn tokens into dollars; a report needs no profile otherwise
+        prices = prices_of(load_profile().config)
+    except ProfileError:
+        prices = None
     try:
-        result = build_report(Store(data_dir / "orion.duckdb"), out_dir)
+        result = build_report(Store(data_dir / "orion.duckdb"), out_dir, prices=prices)
     except (FileNotFoundError, ValueError, duckdb.Error) as exc:
         print(f"orion report: {exc}", file=sys.stderr)
         return 1

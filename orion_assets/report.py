@@ -410,6 +410,144 @@ def _quality_section(cot_quality: pl.DataFrame | None) -> list[str]:
     ]
 
 
+# -- LLM usage and cost --------------------------------------------------------------------------
+
+USAGE_STAGES: tuple[str, ...] = ("teacher_cots", "student_attempts", "refined_cots", "cot_quality",
+                                 "benchmark_predictions", "unattributed")
+# The LLM stages behind each variant's SFT data (refined_cots: its mode's calls only).
+SFT_DATA_STAGES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "teacher_sft": (("teacher_cots", None),),
+    "orion": (("teacher_cots", None), ("student_attempts", None), ("refined_cots", "orion")),
+    "orion_no_error": (("teacher_cots", None), ("refined_cots", "no_error")),
+    "orion_no_reflection": (("teacher_cots", None), ("student_attempts", None), ("refined_cots", "no_reflection")),
+}
+Prices = dict[str, tuple[float | None, float | None]]
+
+
+def prices_of(config) -> Prices:
+    """Per role, (USD per million prompt tokens, per million completion tokens) of an ``OrionConfig``."""
+    return {role: (cfg.price_per_mtok_in, cfg.price_per_mtok_out)
+            for role in ("teacher", "student", "judge") if (cfg := getattr(config.endpoints, role)) is not None}
+
+
+def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() AND table_schema = ?",
+        [SCHEMA]).fetchall()}
+
+
+def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    """Calls and tokens per stage, detail (mode or variant), role and model: ``sql/usage_cost.sql``,
+    with the tables that do not exist yet left out. None without ``orion.llm_calls``."""
+    tables = _table_names(con)
+    if "llm_calls" not in tables:
+        return None
+    refs = [f"SELECT llm_call_id AS call_id, '{t}' AS asset_key, {detail} AS detail FROM {SCHEMA}.{t}"
+            for t, detail in (("teacher_cots", "NULL"), ("student_attempts", "NULL"), ("refined_cots", "mode"),
+                              ("benchmark_predictions", "variant")) if t in tables]
+    referenced = " UNION ALL ".join(refs) or "SELECT NULL::VARCHAR AS call_id, NULL AS asset_key, NULL AS detail"
+    by_run = (f"""SELECT m.dagster_run_id, a.role, min(m.asset_key) AS asset_key, min(m.partition_key) AS partition_key
+                  FROM {SCHEMA}.materializations m JOIN llm_assets a ON a.asset_key = m.asset_key
+                  GROUP BY m.dagster_run_id, a.role HAVING count(DISTINCT m.asset_key) = 1"""
+              if "materializations" in tables else
+              "SELECT NULL::VARCHAR AS dagster_run_id, NULL AS role, NULL AS asset_key, NULL AS partition_key")
+    modes = (f"""SELECT c.messages::VARCHAR AS messages, min(r.mode) AS mode FROM {SCHEMA}.refined_cots r
+                 JOIN {SCHEMA}.llm_calls c ON c.call_id = r.llm_call_id GROUP BY 1"""
+             if "refined_cots" in tables else "SELECT NULL::VARCHAR AS messages, NULL AS mode")
+    return con.execute(f"""
+        WITH llm_assets(role, asset_key) AS (
+            VALUES ('teacher', 'teacher_cots'), ('teacher', 'refined_cots'), ('student', 'student_attempts'),
+                   ('student', 'refined_cots'), ('student', 'benchmark_predictions'), ('judge', 'cot_quality')),
+        by_run AS ({by_run}),
+        referenced AS (SELECT call_id, min(asset_key) AS asset_key, min(detail) AS detail
+                       FROM ({referenced}) WHERE call_id IS NOT NULL GROUP BY call_id),
+        reflect_modes AS ({modes}),
+        attributed AS (
+            SELECT c.*, coalesce(CASE WHEN c.role = 'judge' THEN 'cot_quality' END, ref.asset_key, run.asset_key,
+                                 'unattributed') AS stage,
+                   ref.detail AS ref_detail, run.partition_key
+            FROM {SCHEMA}.llm_calls c
+            LEFT JOIN referenced ref ON ref.call_id = c.call_id
+            LEFT JOIN by_run run ON run.dagster_run_id = c.dagster_run_id AND run.role = c.role)
+        SELECT a.stage,
+               CASE WHEN a.stage = 'refined_cots' AND a.role = 'teacher' THEN 'no_reflection'
+                    WHEN a.stage = 'refined_cots' THEN coalesce(a.ref_detail, m.mode)
+                    WHEN a.stage = 'benchmark_predictions'
+                         THEN coalesce(a.ref_detail, split_part(a.partition_key, '|', 2)) END AS detail,
+               a.role, a.model, count(*) AS calls, count(*) FILTER (WHERE a.status = 'error') AS errors,
+               CAST(coalesce(sum(a.retries), 0) AS BIGINT) AS retries,
+               CAST(coalesce(sum(a.prompt_tokens), 0) AS BIGINT) AS prompt_tokens,
+               CAST(coalesce(sum(a.completion_tokens), 0) AS BIGINT) AS completion_tokens,
+               CAST(sum(a.reasoning_tokens) AS BIGINT) AS reasoning_tokens
+        FROM attributed a LEFT JOIN reflect_modes m ON m.messages = a.messages::VARCHAR
+        GROUP BY ALL""").pl()
+
+
+def _usd(prices: Prices | None, role: str, prompt: int, completion: int) -> float | None:
+    price_in, price_out = (prices or {}).get(role, (None, None))
+    if price_in is None and price_out is None:
+        return None
+    return (prompt * (price_in or 0.0) + completion * (price_out or 0.0)) / 1e6
+
+
+def _money(value: float | None) -> str:
+    return MISSING if value is None else f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.4f}"
+
+
+def _usage_section(usage: pl.DataFrame | None, prices: Prices | None) -> list[str]:
+    if usage is None or usage.is_empty():
+        return []
+    usage = usage.with_columns(
+        pl.struct("role", "prompt_tokens", "completion_tokens")
+        .map_elements(lambda r: _usd(prices, r["role"], r["prompt_tokens"], r["completion_tokens"]),
+                      return_dtype=pl.Float64).alias("cost_usd"))
+    order = {s: i for i, s in enumerate(USAGE_STAGES)}
+    usage = usage.sort(pl.col("stage").replace_strict(order, default=len(order), return_dtype=pl.Int64),
+                       pl.col("detail"), "role", "model", nulls_last=True)
+
+    def tokens(value: object) -> str:
+        return MISSING if value is None else f"{int(value):,}"
+
+    rows = [[f"`{r['stage']}`" + (f" `{r['detail']}`" if r["detail"] else ""), r["role"], f"`{r['model']}`",
+             f"{r['calls']:,}", f"{r['errors']:,}", tokens(r["prompt_tokens"]), tokens(r["completion_tokens"]),
+             tokens(r["reasoning_tokens"]), _money(r["cost_usd"])] for r in usage.iter_rows(named=True)]
+    total_cost = usage["cost_usd"].drop_nulls()
+    rows.append(["**total**", "", "", f"{int(usage['calls'].sum()):,}", f"{int(usage['errors'].sum()):,}",
+                 tokens(usage["prompt_tokens"].sum()), tokens(usage["completion_tokens"].sum()),
+                 tokens(usage["reasoning_tokens"].sum()) if usage["reasoning_tokens"].is_not_null().any() else MISSING,
+                 _money(float(total_cost.sum())) if total_cost.len() else MISSING])
+    variant_rows = []
+    for variant, stages in SFT_DATA_STAGES.items():
+        mine = usage.filter(pl.any_horizontal([
+            (pl.col("stage") == stage) & (pl.col("detail") == detail if detail else pl.lit(True)) for stage, detail in stages
+        ]))
+        own_stage, own_detail = stages[-1]
+        if mine.filter((pl.col("stage") == own_stage) & (pl.col("detail") == own_detail if own_detail else pl.lit(True))).is_empty():
+            continue  # the variant's own stage did not run (a mode the profile skips)
+        cost = mine["cost_usd"].drop_nulls()
+        variant_rows.append([f"`{variant}`", f"{int(mine['calls'].sum()):,}", tokens(mine["prompt_tokens"].sum()),
+                             tokens(mine["completion_tokens"].sum()), _money(float(cost.sum())) if cost.len() else MISSING])
+    parts = [
+        "## LLM calls, tokens and cost\n",
+        "Every call in `orion.llm_calls` (each was sent once; re-runs answer from the cache), by the stage that "
+        "made it and, for reflection and evaluation, the mode or variant. Reasoning tokens are part of the "
+        "completion tokens. Cost: tokens times `[endpoints.<role>] price_per_mtok_in` / `price_per_mtok_out` of the "
+        "profile the report was built with (— where none is set). Query: `orion sql sql/usage_cost.sql`.\n",
+        _md_table(["stage", "role", "model", "calls", "errors", "prompt tokens", "completion tokens",
+                   "reasoning tokens", "cost"], rows),
+        "",
+    ]
+    if variant_rows:
+        parts += [
+            "What each variant's SFT data cost to generate: the teacher CoTs, the error exposure where the variant "
+            "uses the student's errors, and its own reflection mode (a prompt `orion` and `no_error` share is counted "
+            "under `no_error`; judge calls are left out).\n",
+            _md_table(["SFT data of", "calls", "prompt tokens", "completion tokens", "cost"], variant_rows),
+            "",
+        ]
+    return parts
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 
@@ -599,11 +737,13 @@ def build_report(
     out_dir: Path,
     *,
     now: datetime | None = None,
+    prices: Prices | None = None,
 ) -> Report:
     """Write ``leaderboard.md`` and its plots into ``out_dir`` and return what was written.
 
     ``source`` is a :class:`Store`, the path of a DuckDB file, or an open connection whose current
     database holds schema ``orion``. Raises FileNotFoundError when the DuckDB file does not exist.
+    ``prices`` (:func:`prices_of` a profile) turn the LLM usage table's tokens into dollars.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -615,6 +755,7 @@ def build_report(
         errors = _read(con, "student_errors")
         profiles = _profiles(con)
         cot_quality = _read_quality(con)
+        usage = usage_frame(con)
     location = source.path if isinstance(source, Store) else (Path(source) if isinstance(source, str | Path) else None)
 
     scores = _clean_scores(raw_scores, notes)
@@ -662,6 +803,7 @@ def build_report(
         lines += _score_tables(scores, board)
     lines += _reflection_section(reflection_frame(teacher, refined))
     lines += _quality_section(cot_quality)
+    lines += _usage_section(usage, prices)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),
         ("CoT lengths: teacher vs refined", cot_png),

@@ -15,7 +15,8 @@ from polars.testing import assert_frame_equal
 
 REPO = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO / "sql"
-SQL_FILES = ["cot_stats", "error_taxonomy", "refinement_yield", "length_vs_accuracy", "leaderboard", "lineage"]
+SQL_FILES = ["cot_stats", "error_taxonomy", "refinement_yield", "length_vs_accuracy", "leaderboard", "lineage",
+             "usage_cost"]
 TOL = 1e-9
 
 
@@ -180,6 +181,25 @@ def test_leaderboard(data_dir, result):
         for benchmark in benchmarks:
             for col in (benchmark, f"{benchmark}_se", f"{benchmark}_delta"):
                 assert mine[col] == pytest.approx(row[col], abs=1e-9), (row["variant"], col)
+
+
+def test_usage_cost(data_dir, result):
+    frame = result("usage_cost")
+    assert int(frame["calls"].sum()) == query(data_dir, "SELECT count(*) FROM llm_calls")[0][0]
+    assert "unattributed" not in set(frame["stage"])  # orion run makes one asset per Dagster run
+    predictions = dict(query(data_dir, "SELECT variant, count(DISTINCT llm_call_id) FROM benchmark_predictions GROUP BY 1"))
+    evaluated = frame.filter(pl.col("stage") == "benchmark_predictions")
+    assert dict(evaluated.select("detail", "calls").iter_rows()) == predictions
+    modes = {m for (m,) in query(data_dir, "SELECT DISTINCT mode FROM refined_cots")}
+    assert set(frame.filter(pl.col("stage") == "refined_cots")["detail"]) == modes
+    # the report's table is the same query over the tables that exist
+    from orion_assets.report import usage_frame
+    from orion_assets.store import Store
+
+    with Store(data_dir / "orion.duckdb").connect(read_only=True) as con:
+        report = usage_frame(con)
+    key = ["stage", "detail", "role", "model"]
+    assert report.sort(key, nulls_last=True).equals(direct(data_dir, "usage_cost").sort(key, nulls_last=True))
 
 
 def test_lineage(data_dir, result, tmp_path):
