@@ -353,3 +353,62 @@ def test_sft_process_output_goes_to_the_log_file_and_steps_to_progress(tmp_path,
     assert log.read_text().splitlines() == ["Loading weights: 100%|##########| 12/12", "FutureWarning: `foo` is deprecated"]
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.out + captured.err
+
+
+# -- tokens and cost ---------------------------------------------------------------------------------
+
+
+def test_teacher_tokens_reasoning_and_cost_in_metadata_cache_and_report(orion_env, write_profile):
+    cfg = SimConfig(persona="teacher_reasoning_content", model="deepseek-reasoner", max_model_len=None,
+                    reasoning_words=80, seed=1)
+    with Simulator(cfg) as sim:
+        profile = write_profile(f"""
+            [data]
+            train_limit = 4
+            [student_model.tiny]
+            vocab_size = 512
+            [endpoints.teacher]
+            backend = "openai"
+            base_url = "{sim.base_url}"
+            model = "deepseek-reasoner"
+            max_tokens = 2048
+            price_per_mtok_in = 0.55
+            price_per_mtok_out = 2.19
+            """)
+        done = orion("run", "--profile", str(profile), "--select", "train_problems", "student_base_model",
+                     "teacher_cots")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"^\[3/3\] teacher_cots \.\.\. ok \(\d rows, [\d.]+s\); teacher: 4 calls, 0 cached, 0 errors, "
+                         r"[\d.]+ calls/s$", done.stdout, re.M), done.stdout
+        served = sim.requests()
+    import duckdb
+
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("teacher_cots"))
+    meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    usage = {k: v for k, v in meta.items() if k.startswith("llm_teacher_")}
+    completion = sum(r["completion_tokens"] for r in served)
+    prompt = sum(r["prompt_tokens"] for r in served)
+    reasoning = sum(r["reasoning_tokens"] for r in served)
+    cost = round((prompt * 0.55 + completion * 2.19) / 1e6, 6)
+    assert reasoning > 0
+    assert usage == {
+        "llm_teacher_calls": 4, "llm_teacher_cache_hits": 0, "llm_teacher_sent": 4, "llm_teacher_errors": 0,
+        "llm_teacher_context_overflow": 0, "llm_teacher_retries": 0, "llm_teacher_prompt_tokens": prompt,
+        "llm_teacher_completion_tokens": completion, "llm_teacher_reasoning_tokens": reasoning,
+        "llm_teacher_sent_prompt_tokens": prompt, "llm_teacher_sent_completion_tokens": completion,
+        "llm_teacher_cost_usd": cost, "llm_teacher_sent_cost_usd": cost,
+    }
+    with duckdb.connect(str(orion_env["data_dir"] / "orion.duckdb"), read_only=True) as con:
+        stored = con.sql("SELECT sum(reasoning_tokens) FROM orion.orion.llm_calls WHERE role = 'teacher'").fetchone()
+    assert stored == (reasoning,)
+
+    report = orion("report", env={"ORION_PROFILE": str(profile)})
+    assert report.returncode == 0, report.stderr
+    page = Path(report.stdout.strip()).read_text()
+    assert "## LLM calls, tokens and cost" in page
+    row = next(line for line in page.splitlines() if line.startswith("| `teacher_cots`"))
+    money = f"${cost:,.2f}" if cost >= 0.01 else f"${cost:.4f}"
+    assert row == (f"| `teacher_cots` | teacher | `deepseek-reasoner` | 4 | 0 | {prompt:,} | {completion:,} | "
+                   f"{reasoning:,} | {money} |")
+    assert "| `teacher_sft` | 4 |" in page
