@@ -86,7 +86,9 @@ def messages(name: str, overrides: Mapping[str, str | None] | None = None, **fie
 _LEAD = r"^[ \t]*(?:#{1,6}[ \t]*)?(?:(?:\d+|[A-Za-z])[.)][ \t]*)?(?:\*\*|__)?[ \t]*"
 _QUALIFIER = r"(?:(?:refined|revised|corrected|complete|correct|new|final|improved|rewritten)[ \t]+)?"
 _TAIL = r"[ \t]*(?:\*\*|__)?[ \t]*(?::[ \t]*(?:\*\*|__)?|(?=\n)|$)[ \t]*"
-_SOLUTION = re.compile(_LEAD + _QUALIFIER + r"solution" + _TAIL, re.IGNORECASE | re.MULTILINE)
+_SOLUTION = re.compile(
+    _LEAD + r"(?P<qualifier>" + _QUALIFIER + r")(?P<word>solution)" + _TAIL, re.IGNORECASE | re.MULTILINE
+)
 _REFLECTION = re.compile(_LEAD + r"(?:reflection|analysis|error[ \t]+analysis)" + _TAIL, re.IGNORECASE | re.MULTILINE)
 
 
@@ -96,7 +98,10 @@ def split_reflection(reply: str) -> tuple[str | None, str | None]:
     Thinking (a ``<think>`` block) is not part of either: pass the reply's answer part
     (:attr:`~orion_assets.llm.GenerationResult.answer`). The solution starts at the first
     solution marker after the reflection marker (so "Solution: step 1" inside the solution, or
-    a "Refined Solution:" heading, stays in it) and runs to the end. A reply without a solution
+    a "Refined Solution:" heading, stays in it) and runs to the end. A line of the notes that
+    reads like a marker ("Correct solution: multiply first.") loses to the marker the templates
+    ask for (``SOLUTION``, in capitals), and a qualified marker to a bare "Solution" after it, so
+    the notes stay out of the solution. A reply without a solution
     marker, or with an empty solution, cannot be split: ``(None, None)``; its text must never
     become SFT data.
     """
@@ -105,9 +110,11 @@ def split_reflection(reply: str) -> tuple[str | None, str | None]:
     _, text = split_thinking(None, reply)
     reflection = _REFLECTION.search(text)
     start = reflection.end() if reflection else 0
-    solution = _SOLUTION.search(text, start)
-    if solution is None:
+    markers = list(_SOLUTION.finditer(text, start))
+    if not markers:
         return None, None
+    # min() keeps the first of the best rank: the templates' "SOLUTION", then a bare "solution".
+    solution = min(markers, key=lambda m: (m["word"] != "SOLUTION" or bool(m["qualifier"]), bool(m["qualifier"])))
     body = text[solution.end():].strip()
     if not body:
         return None, None
