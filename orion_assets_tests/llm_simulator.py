@@ -25,7 +25,8 @@ reflect_with_error | reflect_without_error | judge), ``prompt_tokens`` (the true
 ``t`` / ``t_done`` (epoch seconds at arrival / answer), ``seed``, ``conn`` (the TCP connection's
 number), and when known ``problem_known``, ``outcome`` (correct | wrong | loop | no_answer | copy |
 unknown | judged: what the reply was made to be), ``format`` (the answer or reflection format),
-``reasoning_tokens``, ``fault``, ``error``. Faults (``fault_rate``): HTTP 500, HTTP 429 with
+``reasoning_tokens``, ``fault``, ``error``, and with ``log_prompts`` the ``prompt`` (the text of
+the last message). Faults (``fault_rate``): HTTP 500, HTTP 429 with
 ``Retry-After: <retry_after_s>``, or a connection reset, drawn per (seed, request body, n-th
 arrival of that body), so a retry of a failed request has a fresh chance.
 
@@ -168,6 +169,9 @@ class SimConfig:
     correct_rate_by_model: dict[str, float] = field(default_factory=dict)
     refine_correct_rate: float = 0.6
     loop_rate: float = 0.15
+    # Of the looping attempts, the share that first box the right answer and then keep
+    # re-checking until cut (a box seen before the cut must not make the attempt correct).
+    loop_after_answer_rate: float = 0.0
     copy_rate: float = 0.0
     unsplittable_rate: float = 0.05
     reasoning_words: int = 600
@@ -178,12 +182,13 @@ class SimConfig:
     seed: int = 0
     problems_file: str | None = None
     retry_after_s: int = 1  # the Retry-After of a 429 fault
+    log_prompts: bool = False  # the request log keeps each request's last message as ``prompt``
 
     def __post_init__(self) -> None:
         if self.persona not in PERSONAS:
             raise ValueError(f"persona must be one of {PERSONAS}, got {self.persona!r}")
-        rates = ("correct_rate", "refine_correct_rate", "loop_rate", "copy_rate", "unsplittable_rate",
-                 "teacher_correct_rate", "fault_rate")  # fmt: skip
+        rates = ("correct_rate", "refine_correct_rate", "loop_rate", "loop_after_answer_rate", "copy_rate",
+                 "unsplittable_rate", "teacher_correct_rate", "fault_rate")  # fmt: skip
         for name in rates:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -532,7 +537,8 @@ class Reply:
     loop_unit: str | None = None  # a repetition loop: repeated until cut
 
 
-def student_solve(rng: random.Random, problem: Problem | None, rate: float, loop_rate: float) -> Reply:
+def student_solve(rng: random.Random, problem: Problem | None, rate: float, loop_rate: float,
+                  loop_after_answer_rate: float = 0.0) -> Reply:  # fmt: skip
     gold = problem.gold if problem else None
     gold_value = _as_number(gold)
     correct = rng.random() < rate and problem is not None  # first draw: monotone in the rate
@@ -553,6 +559,10 @@ def student_solve(rng: random.Random, problem: Problem | None, rate: float, loop
         if _same(float(b), gold_value):
             b += 1
         unit = f"Wait, let me recompute that. {a} So we multiply by {b} again. "
+        # Drawn last and only when asked for, so the other replies stay as they were.
+        if loop_after_answer_rate > 0 and gold is not None and rng.random() < loop_after_answer_rate:
+            boxed = f"{body}\n\nSo the final answer is $\\boxed{{{_shown_gold(rng, gold)}}}$.\n"
+            return Reply(boxed, outcome="loop", fmt="loop_after_answer", loop_unit=unit)
         return Reply(f"{body}\n", outcome="loop", fmt="loop", loop_unit=unit)
     outcome = "unknown" if problem is None else "wrong"
     if style < 0.35:
@@ -711,7 +721,8 @@ def judge_reply(rng: random.Random) -> Reply:
 
 # -- the server ----------------------------------------------------------------------------------
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 class HttpError(Exception):
@@ -845,6 +856,8 @@ class SimServer:
         prompt = _content_text(messages[-1].get("content"))
         kind = detect_kind(prompt)
         entry["kind"] = kind
+        if cfg.log_prompts:
+            entry["prompt"] = prompt
         if model != cfg.model and model not in cfg.adapters:
             if self.deepseek:
                 raise self._deepseek_error(400, "Model Not Exist")
@@ -888,7 +901,8 @@ class SimServer:
                 else:
                     reply.content = f"<think>\n{musing}\n</think>\n\n{reply.content}"
         elif cfg.persona == "student":
-            reply = student_solve(rng, problem, cfg.correct_rate_by_model.get(model, cfg.correct_rate), cfg.loop_rate)
+            reply = student_solve(rng, problem, cfg.correct_rate_by_model.get(model, cfg.correct_rate), cfg.loop_rate,
+                                  cfg.loop_after_answer_rate)  # fmt: skip
         else:
             thinking, final, outcome = teacher_solve(rng, problem, cfg)
             if self.deepseek:
