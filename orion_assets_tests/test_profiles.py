@@ -99,6 +99,7 @@ def test_quality_max_tokens_must_leave_room_for_the_prompt_in_sft_max_length(wri
     message = str(excinfo.value)
     assert "[quality] max_tokens = 2048" in message and "[sft] max_length = 2048" in message
     assert str(path) in message
+    assert "Value error" not in message and "(got {" not in message  # the rule's own sentence, not pydantic's dump
     # Lowering the sequence length in a child profile trips it too.
     with pytest.raises(ProfileError, match="max_length = 1024"):
         load_profile(str(write_profile("[sft]\nmax_length = 1024\n", name="short.toml")))

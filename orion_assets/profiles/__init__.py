@@ -129,6 +129,8 @@ def _describe(error: dict[str, Any]) -> str:
         expected = error.get("ctx", {}).get("expected", "")
         hint = _did_you_mean(str(value), re.findall(r"'([^']*)'", expected)) if isinstance(value, str) else ""
         return f"unknown value {value!r} for '{where}' (expected {expected}){hint}"
+    if not error["loc"] and kind == "value_error":  # a rule across sections: its message names the keys
+        return str(error.get("ctx", {}).get("error", error["msg"]))
     return f"'{where}': {error['msg']} (got {value!r})"
 
 
