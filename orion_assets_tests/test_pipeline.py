@@ -167,7 +167,8 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
             instance=instance, partition_key="orion", raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed
-    assert evaluation.metadata["failed_variants"].value == ["orion"]
+    # (at min_coherence 0.35 a real tiny CoT or two in other variants is incoherent too)
+    assert "orion" in evaluation.metadata["failed_variants"].value
     orion_verdict = evaluation.metadata["variants"].value["orion"]
     assert "drop_rate" in orion_verdict["failed_expectations"]
     cot_quality = store.read("cot_quality").filter(pl.col("variant") == "orion")
@@ -227,7 +228,7 @@ def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_r
     run = _copy_run(tiny_run, tmp_path, "[eval]\nk = 1\nk_overrides = { aime24 = 3 }\n")
     store = Store(run["data_dir"] / "orion.duckdb")
     before = {t: _partition_counts(store, t) for t in ("benchmark_predictions", "benchmark_scores")}
-    assert len(before["benchmark_predictions"]) == 20
+    assert len(before["benchmark_predictions"]) == 4 * 4  # benchmarks x variants (no orion_no_reflection with a replay teacher)
     for asset in ("benchmark_predictions", "benchmark_scores"):
         done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
                                "--select", asset, "--partition", "aime24|orion"],
@@ -247,3 +248,19 @@ def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_r
     assert score["k"] == 3
     log = store.read("materializations").sort("materialized_at").tail(2)
     assert log["partition_key"].to_list() == ["aime24|orion", "aime24|orion"]
+
+
+def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, tmp_path):
+    """With a replay teacher, orion_no_reflection would be teacher_sft under another name: launching
+    it from the UI or the CLI fails with the reason instead of training a duplicate."""
+    from orion_assets.assets.training import sft_dataset, student_checkpoint
+
+    run = _copy_run(tiny_run, tmp_path, "")
+    resources = {"orion": OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])),
+                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    for asset in (sft_dataset, student_checkpoint):
+        result = dg.materialize([asset], partition_key="orion_no_reflection", resources=resources, raise_on_error=False)
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.is_step_failure]
+        message = failure.step_failure_data.error.message
+        assert "refusing orion_no_reflection" in message and "replay teacher" in message, message

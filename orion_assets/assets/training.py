@@ -9,6 +9,7 @@ from orion_assets import prompts
 from orion_assets.assets.quality import latest_gate_verdict
 from orion_assets.gate import reason_counts
 from orion_assets.partitions import variant_partitions
+from orion_assets.reflection import skipped_variants
 from orion_assets.resources import OrionResource
 from orion_assets.store import content_id, register_lineage
 from orion_assets.text_stats import percentiles
@@ -37,6 +38,7 @@ def sft_dataset(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
         # The untrained student: its partition exists so that the variants line up end to end.
         return orion.publish(context, _sft_frame([]), replace_where={"variant": "base"},
                              metadata={"variant": "base", "examples": 0})
+    _refuse_skipped_variant(orion, variant)
     passed, why = latest_gate_verdict(orion, variant)
     if not passed:
         raise dg.Failure(f"refusing to build SFT data for {variant}: {why}")
@@ -107,6 +109,7 @@ def student_checkpoint(
     variant = context.partition_key
     if variant == "base":
         return _base_checkpoint(context, orion)
+    _refuse_skipped_variant(orion, variant)
     passed, why = latest_gate_verdict(orion, variant)
     if not passed:
         raise dg.Failure(f"refusing to train {variant}: {why}")
@@ -192,3 +195,11 @@ SFT_SCHEMA = {
 
 def _sft_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SFT_SCHEMA)
+
+
+def _refuse_skipped_variant(orion: OrionResource, variant: str) -> None:
+    """A variant this profile cannot make honestly (e.g. orion_no_reflection with a replay teacher)
+    is refused with the reason, never trained as a duplicate under its name."""
+    why = skipped_variants(orion.active.config).get(variant)
+    if why is not None:
+        raise dg.Failure(f"refusing {variant} in profile {orion.active.name}: {why}")
