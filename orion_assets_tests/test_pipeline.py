@@ -13,11 +13,15 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
+import pytest
 
 from orion_assets.definitions import defs
 from orion_assets.problems import load_benchmark
 from orion_assets.resources import OrionResource
 from orion_assets.store import Store, content_id
+
+# Every test here reads the whole tiny graph, run once per session (minutes).
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny profile's replay teacher cannot rewrite, so orion_no_reflection is left out of its runs.

@@ -13,6 +13,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+# Every test here reads the whole tiny graph, run once per session (minutes).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO / "sql"
 SQL_FILES = ["cot_stats", "error_taxonomy", "refinement_yield", "length_vs_accuracy", "leaderboard", "lineage",

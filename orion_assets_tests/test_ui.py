@@ -28,7 +28,7 @@ import pytest
 
 from orion_assets_tests.ui_browser import REPO_ROOT, Chromium, DagsterDev, find_chromium
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 # DESIGN.md section 3, "The asset graph (the contract that tests and users rely on)".
 DESIGN_ASSET_KEYS = (
