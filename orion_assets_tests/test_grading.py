@@ -1,7 +1,7 @@
 """Tests for ``orion_assets.grading`` on the real benchmark files (no mocks).
 
-Data: ``<repo>/../shared/data`` (``Path(__file__).resolve().parents[2] / "shared" / "data"``),
-or the folder named by ``$ORION_SHARED_DATA``.
+Data: the copies the package ships (``orion_assets/data``, byte-identical to their upstream files),
+so these tests run wherever the package is installed.
 """
 
 from __future__ import annotations
@@ -22,18 +22,13 @@ from orion_assets.grading import Verdict, extract_answer, grade, grade_batch, no
 MIN_PASS_RATE = 0.99
 
 
-def _data_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if (here / "math500.jsonl").exists():
-        return here
-    env = os.environ.get("ORION_SHARED_DATA")
-    if env and (Path(env) / "math500.jsonl").exists():
-        return Path(env)
-    pytest.skip(f"benchmark data not found in {here} nor $ORION_SHARED_DATA")
+PACKAGE_DATA = Path(grading.__file__).resolve().parent / "data"
+BENCHMARKS = PACKAGE_DATA / "benchmarks"
+TRAIN = PACKAGE_DATA / "train"
 
 
-def _jsonl(name: str) -> list[dict]:
-    with open(_data_dir() / name, encoding="utf-8") as fh:
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
@@ -64,26 +59,26 @@ def _check_pass_rate(name: str, pairs, benchmark, capsys=None) -> None:
 
 
 def test_math500_solutions_match_answers(capsys):
-    rows = _jsonl("math500.jsonl")
+    rows = _jsonl(BENCHMARKS / "math500.jsonl")
     assert len(rows) == 500
     _check_pass_rate("math500", [(r["solution"], r["answer"]) for r in rows], "math500", capsys)
 
 
 def test_aime24_solutions_match_answers(capsys):
-    rows = _jsonl("aime24.jsonl")
+    rows = _jsonl(BENCHMARKS / "aime24.jsonl")
     assert len(rows) == 30
     _check_pass_rate("aime24", [(r["solution"], r["answer"]) for r in rows], "aime24", capsys)
 
 
 def test_gsm8k_answers_match_hash_numbers(capsys):
-    rows = _jsonl("gsm8k_test.jsonl")
-    assert len(rows) == 1319
+    rows = _jsonl(TRAIN / "gsm8k_train.jsonl")
+    assert len(rows) == 7473
     pairs = [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in rows]
     _check_pass_rate("gsm8k", pairs, "gsm8k", capsys)
 
 
 def test_aime_1983_2023_training_solutions_match_answers(capsys):
-    with open(_data_dir() / "train" / "aime_1983_2023.json", encoding="utf-8") as fh:
+    with open(TRAIN / "aime_1983_2023.json", encoding="utf-8") as fh:
         rows = json.load(fh)
     assert len(rows) == 975
     _check_pass_rate("aime 1983-2023", [(r["solution"], r["answer"]) for r in rows], "aime", capsys)
@@ -91,7 +86,7 @@ def test_aime_1983_2023_training_solutions_match_answers(capsys):
 
 def test_math500_solutions_against_other_golds_are_wrong(capsys):
     """False positives on real data: solution i vs the gold of row i+1."""
-    rows = _jsonl("math500.jsonl")
+    rows = _jsonl(BENCHMARKS / "math500.jsonl")
     others = [rows[(i + 1) % len(rows)]["answer"] for i in range(len(rows))]
     verdicts = grade_batch([(r["solution"], o) for r, o in zip(rows, others)], "math500")
     assert not any(v.reason == "timeout" or v.reason.startswith("error") for v in verdicts)
@@ -124,14 +119,14 @@ def _gsm_hard_forms(t: float) -> list[str]:
 
 
 def test_gsm_hard_targets_in_several_formats(capsys):
-    rows = _jsonl("gsm_hard.jsonl")
+    rows = _jsonl(BENCHMARKS / "gsm_hard.jsonl")
     assert len(rows) == 1319
     pairs = [(form, r["target"]) for r in rows for form in _gsm_hard_forms(r["target"])]
     _check_pass_rate("gsm_hard", pairs, "gsm_hard", capsys)
 
 
 def test_amc23_float_golds_normalize():
-    rows = _jsonl("amc23.jsonl")
+    rows = _jsonl(BENCHMARKS / "amc23.jsonl")
     for r in rows:
         g = normalize_gold(r["answer"], "amc23")
         assert "." not in g or not float(r["answer"]).is_integer(), g
@@ -537,7 +532,7 @@ def test_gsm_hard_rule_is_validated():
 def test_gsm_hard_golds_graded_against_themselves(capsys):
     """Every GSM-Hard gold passes as its own answer under "precision"; so does
     ``round(target, 2)`` for a non-integer gold, unless that rounds it to 0."""
-    rows = _jsonl("gsm_hard.jsonl")
+    rows = _jsonl(BENCHMARKS / "gsm_hard.jsonl")
     targets = [r["target"] for r in rows]
     assert len(targets) == 1319
     own = grade_batch([(f"\\boxed{{{t!r}}}", t) for t in targets], "gsm_hard")
