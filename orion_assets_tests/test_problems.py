@@ -28,12 +28,19 @@ def test_gold_answers_are_normalized_per_benchmark():
     assert math500["subject"].null_count() == 0 and math500["level"].null_count() == 0
 
 
-def test_the_shipped_files_are_the_shared_originals():
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not shared.exists():
-        pytest.skip("../shared/data is not beside this checkout")
-    for name, spec in problems.BENCHMARK_SPECS.items():
-        assert (problems.PACKAGE_DATA / "benchmarks" / spec.file).read_bytes() == (shared / spec.file).read_bytes(), name
+def test_the_shipped_files_are_the_upstream_originals():
+    """Every shipped data file hashes (``git hash-object``) to the blob id its README names."""
+    import hashlib
+    import re
+
+    readme = (problems.PACKAGE_DATA / "README.md").read_text(encoding="utf-8")
+    # | `file` | rows | source | commit | blob | licence |
+    blobs = dict(re.findall(r"^\| `([^`]+)`[^|]*\|.*?\| [0-9a-f]{40} \| ([0-9a-f]{40}) \|", readme, flags=re.M))
+    files = sorted((problems.PACKAGE_DATA / "benchmarks").iterdir()) + sorted((problems.PACKAGE_DATA / "train").iterdir())
+    assert {f.name for f in files} == set(blobs), (sorted(blobs), [f.name for f in files])
+    for path in files:
+        data = path.read_bytes()
+        assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blobs[path.name], path.name
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path: Path):
