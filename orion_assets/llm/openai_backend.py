@@ -153,16 +153,6 @@ def _parse_retry_after(headers: Any) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = {id(exc)}
-    while True:
-        inner = exc.__cause__ or exc.__context__
-        if inner is None or id(inner) in seen:
-            return exc
-        seen.add(id(inner))
-        exc = inner
-
-
 def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | asyncio.TimeoutError) or "timeout" in type(exc).__name__.lower()
 
@@ -370,7 +360,7 @@ class OpenAIEndpoint(BaseEndpoint):
         if isinstance(exc, _Retryable):
             return exc
         if isinstance(exc, openai.APIConnectionError | asyncio.TimeoutError | TimeoutError):
-            root = _root_cause(exc)
+            root = _chain(exc)[-1]
             # The aiohttp transport reports a dropped connection as a connect timeout: tell them apart.
             # (httpx2 chains an unrelated "no running event loop" RuntimeError under its ReadTimeout.)
             timed_out = isinstance(exc, asyncio.TimeoutError | TimeoutError) or (
