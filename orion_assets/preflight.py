@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orion_assets.llm.usage import cost_usd
 from orion_assets.profiles import Profile
 from orion_assets.profiles.schema import TRAINING_VARIANTS, EndpointConfig, OrionConfig
 
@@ -565,9 +566,9 @@ def _tokens(n: float) -> str:
 
 
 def _cost(cfg: EndpointConfig, tokens_in: float, tokens_out: float) -> str:
-    if cfg.price_per_mtok_in is None and cfg.price_per_mtok_out is None:
+    usd = cost_usd(cfg, tokens_in, tokens_out)
+    if usd is None:
         return "no prices set"
-    usd = tokens_in * (cfg.price_per_mtok_in or 0.0) / 1e6 + tokens_out * (cfg.price_per_mtok_out or 0.0) / 1e6
     return f"<= ${usd:,.2f}" if usd >= 0.01 or usd == 0 else f"<= ${math.ceil(usd * 1e4) / 1e4:.4f}"
 
 
