@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from orion_assets_tests.conftest import gsm8k_train_rows
+from orion_assets_tests.conftest import SMALL, gsm8k_train_rows
 from orion_assets_tests.llm_simulator import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,20 +221,10 @@ def test_check_against_transformers_serve(orion_env, write_profile, tmp_path_fac
 
 # -- a failed step explains itself; progress and -q -------------------------------------------------
 
-GATE_PROFILE = """
-[data]
-train_limit = 6
-benchmark_limit = 2
+# conftest's small profile, with a minimum length no CoT reaches: every variant fails the gate.
+GATE_PROFILE = SMALL + """
 [student_model.tiny]
 vocab_size = 512
-[endpoints.student]
-max_tokens = 24
-[exposure]
-n = 2
-max_tokens = 24
-[reflection]
-tries = 1
-max_tokens = 24
 [quality]
 min_tokens = 1900
 """

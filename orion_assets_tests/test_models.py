@@ -29,12 +29,9 @@ from orion_assets.models import (
     load_for_generation,
     resolve_pretrained,
 )
+from orion_assets_tests.conftest import gsm8k_train_rows
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K_CANDIDATES = [
-    REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl",
-    Path("/work/shared/data/train/gsm8k_train.jsonl"),
-]
 N_RECORDS = 200  # -> 400 texts (question + answer)
 
 TINY = dict(
@@ -50,18 +47,7 @@ ROUNDTRIP = "\\boxed{\\frac{1}{2}} {question} ü 1,000"
 
 
 def _gsm8k_texts(n_records: int = N_RECORDS, offset: int = 0) -> list[str]:
-    path = next((p for p in GSM8K_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip(f"no GSM8K training file at {[str(p) for p in GSM8K_CANDIDATES]}")
-    texts: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i < offset:
-                continue
-            if i >= offset + n_records:
-                break
-            rec = json.loads(line)
-            texts += [rec["question"], rec["answer"]]
+    texts = [t for rec in gsm8k_train_rows(n_records, offset) for t in (rec["question"], rec["answer"])]
     assert len(texts) == 2 * n_records
     return texts
 
