@@ -61,8 +61,11 @@ __all__ = [
     "RAW_RESPONSE_TEMPLATE",
     "build_tiny_student",
     "resolve_pretrained",
-    "load_for_generation",
     "count_parameters",
+    "model_fingerprint",
+    "resolve_device",
+    "resolve_eos_token",
+    "sha256_json",
 ]
 
 #: Bump when the build recipe changes in a way that changes the produced files (invalidates the cache).
@@ -147,11 +150,68 @@ class BuiltModel:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# hashing helpers
+# shared helpers: hashing, model fingerprint, device, end-of-turn token (the SFT trainer, the hf backend and the
+# quality metrics use these; each has this one implementation)
+
+_FINGERPRINT_CHUNK = 1 << 20
 
 
-def _sha256_json(obj: Any) -> str:
+def sha256_json(obj: Any) -> str:
+    """sha256 (hex) of ``obj`` as canonical JSON (sorted keys, no spaces)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap content fingerprint of a model directory (16 hex chars): every top-level file's name and size,
+    small files whole and large ones (weights) by their first and last MiB.  A retrained checkpoint at the same
+    path, even with weight files of the same size, gets a new fingerprint.  Only top-level files count (what
+    ``from_pretrained`` reads, not ``checkpoint-*/`` folders written later).  A path that is not a directory (a
+    Hub id) is fingerprinted by its name."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    if not root.is_dir():
+        digest.update(f"not-a-directory\0{path}".encode())
+        return digest.hexdigest()[:16]
+    for file in sorted(p for p in root.iterdir() if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= 2 * _FINGERPRINT_CHUNK:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_FINGERPRINT_CHUNK))
+                handle.seek(size - _FINGERPRINT_CHUNK)
+                digest.update(handle.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when CUDA is available, else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` as given, but a
+    CUDA device without CUDA is refused here, with the device named, rather than deep inside torch."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_eos_token(tokenizer, eos_token: str | None = None) -> str:
+    """The end-of-turn token a chat model stops at (and SFT teaches): ``eos_token`` when given (it must be in the
+    vocabulary); ``<|im_end|>`` for ChatML tokenizers (also base models whose eos is ``<|endoftext|>``: the token
+    is in the vocabulary and in the chat template, or there is no template); else the tokenizer's eos."""
+    vocab = tokenizer.get_vocab()
+    if eos_token is not None:
+        if eos_token not in vocab:
+            raise ValueError(f"eos_token {eos_token!r} is not in the tokenizer's vocabulary")
+        return eos_token
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if EOS_TOKEN in vocab and (EOS_TOKEN in template or not template):
+        return EOS_TOKEN
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has no eos token and no <|im_end|>; set the end-of-turn token explicitly")
+    return str(tokenizer.eos_token)
 
 
 def _texts_digest(texts: list[str]) -> str:
@@ -268,10 +328,10 @@ def build_tiny_student(
         "num_key_value_heads": num_key_value_heads,
         "max_position_embeddings": max_position_embeddings,
         "seed": seed,
-        "templates_sha256": _sha256_json({"chat": CHAT_TEMPLATE, "response": RAW_RESPONSE_TEMPLATE}),
+        "templates_sha256": sha256_json({"chat": CHAT_TEMPLATE, "response": RAW_RESPONSE_TEMPLATE}),
     }
     texts_sha256 = _texts_digest(texts)
-    config_hash = _sha256_json({"build": build_config, "tokenizer_texts_sha256": texts_sha256})[:16]
+    config_hash = sha256_json({"build": build_config, "tokenizer_texts_sha256": texts_sha256})[:16]
 
     out_root = Path(out_root)
     final = out_root / f"tiny-qwen2-{config_hash}"
@@ -438,40 +498,6 @@ def resolve_pretrained(name_or_path: str, revision: str | None = None) -> BuiltM
         config_hash=config_hash,
         parameters=parameters,
         vocab_size=vocab_size,
-        eos_token=_end_of_turn_token(tokenizer),
+        eos_token=resolve_eos_token(tokenizer),
         source="pretrained",
     )
-
-
-def _end_of_turn_token(tokenizer) -> str:
-    """``<|im_end|>`` for ChatML tokenizers (even base models whose eos is ``<|endoftext|>``), else the eos."""
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    vocab = tokenizer.get_vocab()
-    if EOS_TOKEN in vocab and (EOS_TOKEN in template or not template):
-        return EOS_TOKEN
-    if tokenizer.eos_token is None:
-        raise ValueError("tokenizer has no eos token and no <|im_end|>")
-    return str(tokenizer.eos_token)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# loading
-
-
-def load_for_generation(path, device: str = "cpu", dtype: str = "float32"):
-    """Load ``(model, tokenizer)`` for inference: eval mode on ``device``, weights in ``dtype``,
-    tokenizer padded on the left (batched ``generate``), pad token set."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    model.to(device)
-    model.eval()
-    return model, tokenizer

@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
+from orion_assets.models import resolve_device as _resolve_device
+
 __all__ = [
     "REFLECTION_MARKERS",
     "Embedder",
@@ -283,14 +285,6 @@ def resolve_embedding_model(spec: str) -> Path | str:
     if not _HUB_ID.fullmatch(spec):
         raise ValueError(f"embedding_model {spec!r}: no such directory")
     return spec
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @contextlib.contextmanager

@@ -26,7 +26,9 @@ from orion_assets.models import (
     PAD_TOKEN,
     BuiltModel,
     build_tiny_student,
-    load_for_generation,
+    model_fingerprint,
+    resolve_device,
+    resolve_eos_token,
     resolve_pretrained,
 )
 from orion_assets_tests.conftest import gsm8k_train_rows
@@ -59,6 +61,15 @@ def _expected_parameters(v, h, i, layers, heads, kv_heads) -> int:
     mlp = 3 * h * i
     norms = 2 * h
     return v * h + layers * (attn + mlp + norms) + h  # tied lm_head, final norm
+
+
+def _load_for_generation(path: Path):
+    """``(model, tokenizer)`` for batched generation: fp32, eval mode, tokenizer padded on the left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer
 
 
 def _file_sha(path: Path) -> str:
@@ -95,7 +106,7 @@ def tiny(texts, tiny_root) -> BuiltModel:
 
 @pytest.fixture(scope="module")
 def loaded(tiny):
-    return load_for_generation(tiny.path)
+    return _load_for_generation(tiny.path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,7 +200,7 @@ def test_tiny_corpus_fills_vocab_with_reserved_tokens(tmp_path):
     built = build_tiny_student(
         ["1 + 1 = 2", "x^2"], tmp_path, **{**TINY, "vocab_size": 512, "max_position_embeddings": 256}
     )
-    model, tok = load_for_generation(built.path)
+    model, tok = _load_for_generation(built.path)
     assert len(tok) == 512 == model.config.vocab_size == built.vocab_size
     assert tok.convert_ids_to_tokens(511).startswith("<|reserved_")
     assert tok.decode(tok.encode("Zebra ∑ 42", add_special_tokens=False)) == "Zebra ∑ 42"
@@ -366,6 +377,69 @@ def test_resolve_pretrained_missing_model_fails_offline(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the shared helpers (the SFT trainer, the hf backend and the quality metrics import these)
+
+
+def test_helpers_have_one_implementation():
+    from orion_assets import quality
+    from orion_assets.llm import hf_backend
+    from orion_assets.training import sft
+
+    assert sft.model_fingerprint is hf_backend.model_fingerprint is model_fingerprint
+    assert sft.resolve_device is hf_backend.resolve_device is quality._resolve_device is resolve_device
+    assert sft.resolve_eos_token is resolve_eos_token
+    import orion_assets.models
+
+    assert not hasattr(orion_assets.models, "load_for_generation")  # unused: tests load with the Auto classes
+    for module in (sft, hf_backend, quality):
+        for gone in ("_model_fingerprint", "_sha256_json", "_FINGERPRINT_CHUNK", "_end_of_turn_token"):
+            assert not hasattr(module, gone), (module.__name__, gone)
+
+
+def test_model_fingerprint_sees_new_weights_of_the_same_size(tiny, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny.path, copy)
+    assert model_fingerprint(copy) == model_fingerprint(tiny.path)  # content, not the path
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes: a retrained checkpoint written over the old one
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != model_fingerprint(tiny.path)
+    (copy / "checkpoint-1").mkdir()  # folders written later (checkpoints) are not what from_pretrained reads
+    (copy / "checkpoint-1" / "x.bin").write_bytes(b"x")
+    before = model_fingerprint(copy)
+    assert model_fingerprint(copy) == before
+    assert model_fingerprint("Qwen/Qwen2.5-1.5B") != model_fingerprint("Qwen/Qwen2.5-0.5B")  # a Hub id: its name
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="'cuda:1' requested but CUDA is not available"):
+            resolve_device("cuda:1")
+
+
+def test_resolve_eos_token(loaded):
+    _, tok = loaded
+    assert resolve_eos_token(tok) == EOS_TOKEN
+    assert resolve_eos_token(tok, PAD_TOKEN) == PAD_TOKEN
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        resolve_eos_token(tok, "<|nope|>")
+    template = tok.chat_template
+    try:
+        tok.chat_template = None  # a base model without a chat template still stops at <|im_end|>
+        assert resolve_eos_token(tok) == EOS_TOKEN
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # not ChatML: the eos
+        tok.eos_token = PAD_TOKEN
+        assert resolve_eos_token(tok) == PAD_TOKEN
+    finally:
+        tok.chat_template, tok.eos_token = template, EOS_TOKEN
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # serving with `transformers serve` + the openai client
 
 
@@ -376,7 +450,7 @@ def test_serve_chat_completion(tiny):
 
     model_name = str(tiny.path.resolve())
     messages = [{"role": "user", "content": "Natalia sold 48 clips in April and half as many in May. Total?"}]
-    _, tok = load_for_generation(tiny.path)
+    _, tok = _load_for_generation(tiny.path)
     prompt_tokens = len(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
 
     with serve_model(tiny.path, timeout_s=180) as base_url:

@@ -8,7 +8,6 @@ same calls samples the same text.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import GenerationRequest, GenerationResult, SamplingParams
+from orion_assets.models import model_fingerprint, resolve_device
 from orion_assets.store import Store, content_id
 
 if TYPE_CHECKING:
@@ -26,31 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FINGERPRINT_CHUNK = 1 << 20
 # Below this many parameters CPU generation runs on one torch thread (see HFEndpoint._run).
 SMALL_MODEL_PARAMETERS = 50_000_000
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}  # fmt: skip
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """A cheap content fingerprint of a model directory: every file's name and size, small files
-    whole and large ones by their first and last MiB. A retrained checkpoint at the same path
-    gets a new fingerprint, so the cache never serves another model's answers."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    # Top-level files only: what from_pretrained reads (not checkpoint-*/ folders written later).
-    for file in sorted(p for p in root.iterdir() if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.name}\0{size}\0".encode())
-        with file.open("rb") as handle:
-            if size <= 2 * _FINGERPRINT_CHUNK:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(_FINGERPRINT_CHUNK))
-                handle.seek(size - _FINGERPRINT_CHUNK)
-                digest.update(handle.read(_FINGERPRINT_CHUNK))
-    return digest.hexdigest()[:16]
 
 
 def batch_seed(params: SamplingParams, call_ids: Sequence[str]) -> int:
@@ -100,10 +79,7 @@ class HFEndpoint(BaseEndpoint):
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                device_name = self.cfg.device
-                if device_name == "auto":
-                    device_name = "cuda" if torch.cuda.is_available() else "cpu"
-                device = torch.device(device_name)
+                device = torch.device(resolve_device(self.cfg.device))
                 dtype_name = _DTYPES.get(self.cfg.dtype, self.cfg.dtype)
                 if dtype_name == "auto":
                     if device.type == "cuda":

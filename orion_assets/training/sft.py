@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orion_assets.models import model_fingerprint, resolve_device, resolve_eos_token, sha256_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -275,31 +277,11 @@ def launch_command(launcher: Sequence[str], python: str | None = None) -> list[s
     return [str(part).replace("{python}", py) for part in launcher]
 
 
-def _sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def _model_fingerprint(path: Path) -> str:
-    """Config + tokenizer bytes and the weight files' names and sizes (weights are not read)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(path.iterdir()):
-            if not p.is_file():
-                continue
-            if p.suffix in {".json", ".jinja", ".txt", ".model"}:
-                h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-            elif p.suffix in {".safetensors", ".bin", ".pt"}:
-                h.update(f"{p.name}:{p.stat().st_size}\0".encode())
-    else:
-        h.update(str(path).encode())
     return h.hexdigest()
 
 
@@ -309,7 +291,7 @@ def config_hash(params: TrainParams) -> str:
     Included: every hyperparameter (LoRA settings, max_length, epochs/max_steps, learning rate, batch size,
     gradient accumulation, seed, eos token, target modules, device and bf16 as given -- they change numerics), the
     *content* of the dataset file (sha256 of its bytes) and the base model (``base_model_hash`` when given, e.g.
-    ``BuiltModel.config_hash``, else a fingerprint of its config/tokenizer files and weight file sizes).
+    ``BuiltModel.config_hash``, else :func:`orion_assets.models.model_fingerprint` of its directory).
     Excluded: the paths themselves, ``output_dir``, ``resume``, ``save_steps``, ``save_total_limit``,
     ``logging_steps`` and ``gradient_checkpointing`` (they change where and how often things are written, or the
     memory/speed trade-off, not the result).
@@ -317,26 +299,16 @@ def config_hash(params: TrainParams) -> str:
     values = {k: v for k, v in params.to_json().items() if k not in _HASH_EXCLUDED}
     dataset = Path(params.dataset_path)
     values["dataset_sha256"] = _file_sha256(dataset) if dataset.is_file() else f"missing:{dataset}"
-    values["base_model"] = params.base_model_hash or _model_fingerprint(Path(params.base_model_path))
+    values["base_model"] = params.base_model_hash or model_fingerprint(params.base_model_path)
     values["lora_target_modules"] = sorted(values["lora_target_modules"])
     if not params.lora:  # LoRA settings do not matter for full fine-tuning
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             values.pop(k)
-    return _sha256_json(values)[:16]
+    return sha256_json(values)[:16]
 
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return device
 
 
 def _resolve_bf16(bf16: bool | None, device: str) -> bool:
@@ -402,22 +374,6 @@ def load_sft_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # tokenization: the loss mask and the examples too long to train on whole
-
-
-def resolve_eos_token(tokenizer, eos_token: str | None = None) -> str:
-    """The end-of-turn token the model must learn: ``eos_token`` if given, ``<|im_end|>`` for ChatML tokenizers
-    (also base models whose eos is ``<|endoftext|>``), else the tokenizer's eos."""
-    vocab = tokenizer.get_vocab()
-    if eos_token is not None:
-        if eos_token not in vocab:
-            raise ValueError(f"eos_token {eos_token!r} is not in the tokenizer's vocabulary")
-        return eos_token
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    if "<|im_end|>" in vocab and "<|im_end|>" in template:
-        return "<|im_end|>"
-    if tokenizer.eos_token is None:
-        raise ValueError("the tokenizer has no eos token; set TrainParams.eos_token")
-    return str(tokenizer.eos_token)
 
 
 def _chat_ids(tokenizer, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
@@ -671,7 +627,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
     output_dir.mkdir(parents=True, exist_ok=True)
     base = Path(params.base_model_path)
     base_ref = str(base.resolve()) if base.exists() else params.base_model_path
-    device = _resolve_device(params.device)
+    device = resolve_device(params.device)
     bf16 = _resolve_bf16(params.bf16, device)
     on_cuda = device.startswith("cuda")
     grad_ckpt = on_cuda if params.gradient_checkpointing is None else bool(params.gradient_checkpointing)
