@@ -451,9 +451,14 @@ def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
                   GROUP BY m.dagster_run_id, a.role HAVING count(DISTINCT m.asset_key) = 1"""
               if "materializations" in tables else
               "SELECT NULL::VARCHAR AS dagster_run_id, NULL AS role, NULL AS asset_key, NULL AS partition_key")
-    modes = (f"""SELECT c.messages::VARCHAR AS messages, min(r.mode) AS mode FROM {SCHEMA}.refined_cots r
-                 JOIN {SCHEMA}.llm_calls c ON c.call_id = r.llm_call_id GROUP BY 1"""
-             if "refined_cots" in tables else "SELECT NULL::VARCHAR AS messages, NULL AS mode")
+    # A file no run has opened since llm_calls.messages moved to llm_prompts (the report reads only):
+    # the hash of the messages text, as the migration computes it.
+    columns = {d[0] for d in con.execute(f"SELECT * FROM {SCHEMA}.llm_calls LIMIT 0").description}
+    calls = (f"{SCHEMA}.llm_calls" if "prompt_hash" in columns
+             else f"(SELECT *, left(sha256(messages::VARCHAR), 32) AS prompt_hash FROM {SCHEMA}.llm_calls)")
+    modes = (f"""SELECT c.prompt_hash, min(r.mode) AS mode FROM {SCHEMA}.refined_cots r
+                 JOIN {calls} c ON c.call_id = r.llm_call_id GROUP BY 1"""
+             if "refined_cots" in tables else "SELECT NULL::VARCHAR AS prompt_hash, NULL AS mode")
     return con.execute(f"""
         WITH llm_assets(role, asset_key) AS (
             VALUES ('teacher', 'teacher_cots'), ('teacher', 'refined_cots'), ('student', 'student_attempts'),
@@ -466,7 +471,7 @@ def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
             SELECT c.*, coalesce(CASE WHEN c.role = 'judge' THEN 'cot_quality' END, ref.asset_key, run.asset_key,
                                  'unattributed') AS stage,
                    ref.detail AS ref_detail, run.partition_key
-            FROM {SCHEMA}.llm_calls c
+            FROM {calls} c
             LEFT JOIN referenced ref ON ref.call_id = c.call_id
             LEFT JOIN by_run run ON run.dagster_run_id = c.dagster_run_id AND run.role = c.role)
         SELECT a.stage,
@@ -479,7 +484,7 @@ def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
                CAST(coalesce(sum(a.prompt_tokens), 0) AS BIGINT) AS prompt_tokens,
                CAST(coalesce(sum(a.completion_tokens), 0) AS BIGINT) AS completion_tokens,
                CAST(sum(a.reasoning_tokens) AS BIGINT) AS reasoning_tokens
-        FROM attributed a LEFT JOIN reflect_modes m ON m.messages = a.messages::VARCHAR
+        FROM attributed a LEFT JOIN reflect_modes m ON m.prompt_hash = a.prompt_hash
         GROUP BY ALL""").pl()
 
 

@@ -1,4 +1,5 @@
-"""The call cache in ``orion.llm_calls``: keys, batched writes, re-runs, retried errors, kill and resume."""
+"""The call cache in ``orion.llm_calls`` (prompts in ``orion.llm_prompts``): keys, batched writes, re-runs,
+retried errors, kill and resume."""
 
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def test_a_cache_written_before_model_revision_gains_the_column(tmp_path: Path, 
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
     row = make_row(endpoint.identity, old.messages, old.params, old.sample_index,
                    GenerationResult(endpoint.key_for(old), "old text", None, "stop", 1, 2, 0.1, 0, None, False), "old-run")
-    columns = [c for c in row if c not in ("model_revision", "reasoning_tokens")]
-    with store.connect() as con:  # the table as an older version created it: no model_revision, reasoning_tokens
+    columns = [c for c in row if c not in ("model_revision", "reasoning_tokens", "prompt_hash")]
+    with store.connect() as con:  # the table as an older version created it: messages inline, no model_revision
         con.execute(
             "CREATE TABLE orion.llm_calls (call_id VARCHAR PRIMARY KEY, role VARCHAR, backend VARCHAR, "
             "base_url VARCHAR, model VARCHAR, messages JSON, params JSON, sample_index INTEGER, text VARCHAR, "
@@ -224,8 +225,11 @@ def test_rerun_sends_nothing_and_duplicates_are_sent_once(tmp_path: Path, fresh:
     assert len(rows) == 15 and {r[1] for r in rows} == {"ok"}
     with store.connect(read_only=True) as con:
         messages, params, run = con.execute(
-            "SELECT messages, params, dagster_run_id FROM orion.llm_calls WHERE call_id = ?", [first[0].call_id]
+            "SELECT p.messages, c.params, c.dagster_run_id FROM orion.llm_calls c "
+            "JOIN orion.llm_prompts p USING (prompt_hash) WHERE c.call_id = ?", [first[0].call_id]
         ).fetchone()
+        prompts = con.execute("SELECT count(*) FROM orion.llm_prompts").fetchone()[0]
+    assert prompts == 5  # the 3 samples of each prompt share its stored text
     assert json.loads(messages) == [dict(m) for m in requests[0].messages] and run == "run-1"
     assert json.loads(params) == {"max_tokens": 64, "temperature": 0.7, "top_p": 0.95, "seed": 0}
 

@@ -51,8 +51,8 @@ referenced AS (
     GROUP BY call_id
 ),
 reflect_modes AS (
-    -- the mode of each reflection prompt (every try of a task sends the same messages)
-    SELECT c.messages::VARCHAR AS messages, min(r.mode) AS mode
+    -- the mode of each reflection prompt (every try of a task sends the same messages: one prompt_hash)
+    SELECT c.prompt_hash, min(r.mode) AS mode
     FROM refined_cots r JOIN llm_calls c ON c.call_id = r.llm_call_id
     GROUP BY 1
 ),
@@ -83,7 +83,7 @@ usage AS (
         CAST(coalesce(sum(a.completion_tokens), 0) AS BIGINT) AS completion_tokens,
         CAST(sum(a.reasoning_tokens) AS BIGINT) AS reasoning_tokens
     FROM attributed a
-    LEFT JOIN reflect_modes m ON m.messages = a.messages::VARCHAR
+    LEFT JOIN reflect_modes m ON m.prompt_hash = a.prompt_hash
     GROUP BY ALL
 )
 SELECT *

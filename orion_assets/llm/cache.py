@@ -1,14 +1,24 @@
-"""The content-addressed call cache: table ``orion.llm_calls`` in the pipeline's DuckDB file.
+"""The content-addressed call cache: tables ``orion.llm_calls`` and ``orion.llm_prompts`` in the
+pipeline's DuckDB file.
 
 One row per call, keyed by a hash of what determines the answer (backend, base URL, model, the
 model's revision when the caller names one, messages, sampling parameters, sample index), never of
-credentials. Results are written while a
-batch of calls is still running, in small transactions from a writer thread, so a killed process
-keeps every flushed call and the next run sends only the rest.
+credentials. A call names its prompt by ``prompt_hash``; the messages JSON itself is stored once
+per distinct text in ``orion.llm_prompts`` (a teacher CoT quoted in every reflection prompt of a
+problem, or the n samples of one prompt, share one row there). Results are written while a
+batch of calls is still running, in small transactions from a writer thread (the new prompts and
+the calls in the same transaction), so a killed process keeps every flushed call and the next run
+sends only the rest.
+
+Files written before ``llm_prompts`` existed kept the messages in ``llm_calls.messages``; the first
+writable connection moves them into ``llm_prompts`` and drops the column (:func:`ensure_table`).
+The messages of a call: ``SELECT p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p
+USING (prompt_hash)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -27,7 +37,14 @@ from orion_assets.store import SCHEMA, Store, content_id
 log = logging.getLogger(__name__)
 
 TABLE = "llm_calls"
+PROMPTS_TABLE = "llm_prompts"
 KEY_LENGTH = 32
+
+LLM_PROMPTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.{PROMPTS_TABLE} (
+    prompt_hash VARCHAR PRIMARY KEY,
+    messages JSON
+)"""
 
 LLM_CALLS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
@@ -36,7 +53,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
     backend VARCHAR,
     base_url VARCHAR,
     model VARCHAR,
-    messages JSON,
+    prompt_hash VARCHAR,
     params JSON,
     sample_index INTEGER,
     text VARCHAR,
@@ -61,7 +78,7 @@ LLM_CALLS_MIGRATIONS: tuple[str, ...] = (
 )
 
 COLUMNS: tuple[str, ...] = (
-    "call_id", "role", "backend", "base_url", "model", "messages", "params", "sample_index",
+    "call_id", "role", "backend", "base_url", "model", "prompt_hash", "params", "sample_index",
     "text", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s",
     "retries", "error", "status", "dagster_run_id", "created_at", "model_revision", "reasoning_tokens",
 )  # fmt: skip
@@ -73,7 +90,7 @@ ARROW_SCHEMA = pa.schema(
         ("backend", pa.string()),
         ("base_url", pa.string()),
         ("model", pa.string()),
-        ("messages", pa.string()),
+        ("prompt_hash", pa.string()),
         ("params", pa.string()),
         ("sample_index", pa.int32()),
         ("text", pa.string()),
@@ -93,8 +110,23 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
+PROMPTS_ARROW_SCHEMA = pa.schema([("prompt_hash", pa.string()), ("messages", pa.string())])
+
+
 def _canonical_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [dict(m) for m in messages]
+
+
+def messages_json(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text a prompt is stored as in ``orion.llm_prompts.messages``."""
+    return json.dumps(_canonical_messages(messages), ensure_ascii=False)
+
+
+def prompt_hash(messages_text: str) -> str:
+    """The key of a stored prompt: the sha256 of its JSON text (:func:`messages_json`), hex, cut to
+    ``KEY_LENGTH``. The migration computes the same in SQL (``left(sha256(messages::VARCHAR), 32)``),
+    so a prompt moved from an older file and the same prompt written later share one row."""
+    return hashlib.sha256(messages_text.encode("utf-8")).hexdigest()[:KEY_LENGTH]
 
 
 def cache_key(
@@ -143,11 +175,45 @@ class CallIdentity:
     model_revision: str | None = None
 
 
+def _has_column(con, table: str, column: str) -> bool:
+    # The table's own column list: about 1 ms, where a query of duckdb_columns() costs some 60 ms.
+    description = con.execute(f"SELECT * FROM {SCHEMA}.{table} LIMIT 0").description
+    return any(d[0] == column for d in description)
+
+
+def _move_messages_to_prompts(con) -> None:
+    """An ``llm_calls`` of an older file holds each call's messages: store each distinct text once in
+    ``llm_prompts``, name it by ``prompt_hash`` and drop the column.
+
+    Three steps, each safe to run again if a process dies between them (DuckDB refuses to change
+    rows of a table altered in the same transaction): add ``prompt_hash``; fill it and copy the
+    prompts, in one transaction; drop ``messages``."""
+    calls, prompts = f"{SCHEMA}.{TABLE}", f"{SCHEMA}.{PROMPTS_TABLE}"
+    con.execute(f"ALTER TABLE {calls} ADD COLUMN IF NOT EXISTS prompt_hash VARCHAR")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"""UPDATE {calls} SET prompt_hash = left(sha256(messages::VARCHAR), {KEY_LENGTH})
+                        WHERE prompt_hash IS NULL AND messages IS NOT NULL""")
+        con.execute(f"""INSERT OR IGNORE INTO {prompts} (prompt_hash, messages)
+                        SELECT prompt_hash, any_value(messages) FROM {calls}
+                        WHERE prompt_hash IS NOT NULL AND messages IS NOT NULL GROUP BY prompt_hash""")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute(f"ALTER TABLE {calls} DROP COLUMN messages")
+    log.info("moved the messages of %s into %s (one row per distinct prompt)", calls, prompts)
+
+
 def _create_table(con) -> None:
-    """Create ``orion.llm_calls``, or bring a table of an older file up to the current columns."""
+    """Create ``orion.llm_calls`` and ``orion.llm_prompts``, or bring the tables of an older file up to
+    the current columns (``llm_calls.messages`` moved into ``llm_prompts``)."""
+    con.execute(LLM_PROMPTS_DDL)
     con.execute(LLM_CALLS_DDL)
     for statement in LLM_CALLS_MIGRATIONS:
         con.execute(statement)
+    if _has_column(con, TABLE, "messages"):
+        _move_messages_to_prompts(con)
 
 
 def ensure_table(store: Store) -> None:
@@ -199,13 +265,17 @@ def make_row(
     result: GenerationResult,
     run_id: str | None,
 ) -> dict[str, Any]:
+    """A row for :func:`write_rows`: the ``llm_calls`` columns plus ``messages`` (the prompt's JSON
+    text, written to ``llm_prompts`` under ``prompt_hash`` unless it is there already)."""
+    text = messages_json(messages)
     return {
         "call_id": result.call_id,
         "role": identity.role,
         "backend": identity.backend,
         "base_url": identity.base_url,
         "model": identity.model,
-        "messages": json.dumps(_canonical_messages(messages), ensure_ascii=False),
+        "prompt_hash": prompt_hash(text),
+        "messages": text,
         "params": json.dumps(params.to_json(), sort_keys=True),
         "sample_index": sample_index,
         "text": result.text,
@@ -225,20 +295,37 @@ def make_row(
 
 
 def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool = True) -> None:
-    """Upsert rows by call_id in one short transaction (the last row for a call id wins)."""
+    """Upsert rows (from :func:`make_row`) by call_id in one short transaction (the last row for a
+    call id wins), with the prompts that ``llm_prompts`` does not hold yet."""
     if not rows:
         return
-    latest: dict[str, Mapping[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
+    prompts: dict[str, str] = {}
     for row in rows:
+        row = dict(row)
+        text = row.pop("messages", None)
+        if text is not None:
+            if not isinstance(text, str):
+                text = messages_json(text)
+            row["prompt_hash"] = row.get("prompt_hash") or prompt_hash(text)
+            prompts.setdefault(row["prompt_hash"], text)
         latest[row["call_id"]] = row
     table = pa.Table.from_pylist(list(latest.values()), schema=ARROW_SCHEMA)
+    prompt_table = pa.Table.from_pydict(
+        {"prompt_hash": list(prompts), "messages": list(prompts.values())}, schema=PROMPTS_ARROW_SCHEMA
+    )
     columns = ", ".join(COLUMNS)
     with store.connect() as con:
         if create:
             _create_table(con)
         con.register("_llm_rows", table)
+        con.register("_llm_prompts", prompt_table)
         try:
             con.execute("BEGIN TRANSACTION")
+            con.execute(
+                f"""INSERT OR IGNORE INTO {SCHEMA}.{PROMPTS_TABLE} (prompt_hash, messages)
+                    SELECT prompt_hash, messages FROM _llm_prompts"""
+            )
             con.execute(f"INSERT OR REPLACE INTO {SCHEMA}.{TABLE} ({columns}) SELECT {columns} FROM _llm_rows")
             con.execute("COMMIT")
         except BaseException:
@@ -246,6 +333,7 @@ def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool 
             raise
         finally:
             con.unregister("_llm_rows")
+            con.unregister("_llm_prompts")
 
 
 _STOP = object()
