@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orion_assets.llm.cache import cache_key
-from orion_assets.llm.endpoint import BaseEndpoint, EndpointError, make_endpoint
+from orion_assets.llm.endpoint import BaseEndpoint, EndpointError
+from orion_assets.llm.factory import make_endpoint
 from orion_assets.llm.types import Endpoint, GenerationRequest, GenerationResult, SamplingParams
 
 if TYPE_CHECKING:

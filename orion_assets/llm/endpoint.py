@@ -1,4 +1,8 @@
-"""The endpoint base class (cache in front of every backend) and :func:`make_endpoint`."""
+"""The endpoint base class: the cache in front of every backend.
+
+The backends (openai_backend, hf_backend, replay_backend) subclass :class:`BaseEndpoint`; this module
+imports none of them (:func:`orion_assets.llm.factory.make_endpoint` picks one).
+"""
 
 from __future__ import annotations
 
@@ -194,28 +198,3 @@ class BaseEndpoint(abc.ABC):
             f"{revision})"
         )
 
-
-def make_endpoint(
-    cfg: EndpointConfig,
-    store: Store,
-    *,
-    role: str,
-    model_path: str | None = None,
-    model_revision: str | None = None,
-) -> BaseEndpoint:
-    """The endpoint for one role of a profile. ``model_path``: the local model directory for the hf
-    backend, or a model name that overrides ``cfg.model`` for the openai backend.
-    ``model_revision``: which weights answer (e.g. a checkpoint id); part of every cache key."""
-    if cfg.backend == "openai":
-        from orion_assets.llm.openai_backend import OpenAIEndpoint
-
-        return OpenAIEndpoint(cfg, store, role=role, model=model_path, model_revision=model_revision)
-    if cfg.backend == "hf":
-        from orion_assets.llm.hf_backend import HFEndpoint
-
-        return HFEndpoint(cfg, store, role=role, model_path=model_path, model_revision=model_revision)
-    if cfg.backend == "replay":
-        from orion_assets.llm.replay_backend import ReplayEndpoint
-
-        return ReplayEndpoint(cfg, store, role=role, model_revision=model_revision)
-    raise EndpointError(f"unknown endpoint backend {cfg.backend!r} for role {role!r}")
