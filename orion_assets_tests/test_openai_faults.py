@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import http.server
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orion_assets.llm import EndpointError, GenerationRequest, SamplingParams, chat, make_endpoint
+from orion_assets.llm import EndpointError, GenerationRequest, SamplingParams, chat, make_endpoint, sampling_params
 from orion_assets.llm.openai_backend import OpenAIEndpoint, is_loopback
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
@@ -209,3 +212,97 @@ def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, fresh: Fault
     # Other transient faults still get the full budget.
     (ok,) = endpoint.generate([GenerationRequest(chat(("user", "flaky [[fault:500,503,500,ok]]")), PARAMS)])
     assert ok.finish_reason == "stop" and ok.retries == 3
+
+
+# -- JSON mode (the judge) ------------------------------------------------------------------------
+
+
+class _JsonModeServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` over real HTTP on 127.0.0.1 that keeps every
+    request body. ``refuse``: "response_format" answers a body carrying that field with HTTP 400
+    (as a server without JSON mode does), "always" answers every request so."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if outer.refuse == "always" or (outer.refuse and "response_format" in body):
+                    status, payload = 400, {"error": {"message": "Unrecognized request argument supplied: "
+                                                                 "response_format", "type": "invalid_request_error"}}
+                else:
+                    content = json.dumps({"coherence": 4, "logical_consistency": 5})
+                    status, payload = 200, {
+                        "id": "x", "object": "chat.completion", "model": body.get("model"),
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+                    }  # fmt: skip
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _JsonModeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+JUDGE_PARAMS = SamplingParams(max_tokens=64, temperature=0.0, seed=7, json_mode=True)
+
+
+def test_json_mode_sends_response_format_and_enters_the_key_only_when_set(tmp_path: Path) -> None:
+    assert "json_mode" not in PARAMS.to_json()  # the keys of calls made before json_mode existed
+    assert JUDGE_PARAMS.to_json()["json_mode"] is True
+    cfg = EndpointConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="judge", max_tokens=64)
+    assert sampling_params(cfg, json_mode=True).json_mode and not sampling_params(cfg).json_mode
+    store = Store(tmp_path / "orion.duckdb")
+    with _JsonModeServer() as server:
+        endpoint = _endpoint(server, store, max_retries=0)  # type: ignore[arg-type]
+        messages = chat(("user", "Rate this. Reply with JSON."))
+        plain = GenerationRequest(messages, dataclasses.replace(JUDGE_PARAMS, json_mode=False))
+        judged = GenerationRequest(messages, JUDGE_PARAMS)
+        assert endpoint.key_for(plain) != endpoint.key_for(judged)
+        results = endpoint.generate([plain, judged])
+        assert all(r.ok and r.retries == 0 for r in results)
+        assert [b.get("response_format") for b in sorted(server.bodies, key=lambda b: "response_format" in b)] == [
+            None, {"type": "json_object"}]  # fmt: skip
+        assert all(r.cached for r in endpoint.generate([plain, judged])) and len(server.bodies) == 2
+    with store.connect(read_only=True) as con:
+        stored = con.execute("SELECT params FROM orion.llm_calls").fetchall()
+    assert {json.loads(p).get("json_mode") for (p,) in stored} == {None, True}
+
+
+def test_a_server_that_refuses_response_format_still_answers_the_judge(tmp_path: Path) -> None:
+    with _JsonModeServer(refuse="response_format") as server:
+        store = Store(tmp_path / "orion.duckdb")
+        endpoint = _endpoint(server, store, concurrency=1, max_retries=0)  # type: ignore[arg-type]
+        requests = [GenerationRequest(chat(("user", f"Rate CoT {i}. Reply with JSON.")), JUDGE_PARAMS)
+                    for i in range(3)]
+        results = endpoint.generate(requests)
+        assert all(r.ok and json.loads(r.text)["coherence"] == 4 for r in results), results
+        assert [r.retries for r in results] == [1, 0, 0]  # asked again once; then the endpoint remembers
+        assert ["response_format" in b for b in server.bodies] == [True, False, False, False]
+
+    with _JsonModeServer(refuse="always") as server:  # refused for another reason: one more try, then recorded
+        endpoint = _endpoint(server, Store(tmp_path / "other.duckdb"), max_retries=3)  # type: ignore[arg-type]
+        (result,) = endpoint.generate([GenerationRequest(chat(("user", "Rate. Reply with JSON.")), JUDGE_PARAMS)])
+        assert result.finish_reason == "error" and "HTTP 400" in result.error and result.retries == 1
+        assert ["response_format" in b for b in server.bodies] == [True, False]

@@ -26,13 +26,16 @@ def sampling_params(
     max_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
+    json_mode: bool = False,
 ) -> SamplingParams:
-    """The profile endpoint's sampling settings, with per-step overrides (e.g. ``[exposure]``)."""
+    """The profile endpoint's sampling settings, with per-step overrides (e.g. ``[exposure]``).
+    ``json_mode``: ask for a JSON object reply (the judge; see :class:`SamplingParams`)."""
     return SamplingParams(
         max_tokens=cfg.max_tokens if max_tokens is None else max_tokens,
         temperature=cfg.temperature if temperature is None else temperature,
         top_p=cfg.top_p if top_p is None else top_p,
         seed=cfg.seed,
+        json_mode=json_mode,
     )
 
 

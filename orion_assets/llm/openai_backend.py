@@ -9,7 +9,9 @@ cache row. A reasoning model's thinking (``message.reasoning_content`` or ``mess
 kept as the result's ``reasoning``. The seed sent is ``params.seed + sample_index`` (set the
 profile's ``seed`` to nothing for a server that refuses the field). If the server asks for
 ``max_completion_tokens`` instead of ``max_tokens`` (OpenAI's reasoning models), the endpoint
-switches once and remembers.
+switches once and remembers. A request whose params set ``json_mode`` is sent with
+``response_format={"type": "json_object"}``; a server that refuses it (HTTP 400 or 422) is asked
+again at once without it, and once a call has succeeded that way the endpoint stops sending it.
 
 Transport: the openai client's default httpx transport, or its aiohttp one when ``aiohttp`` is
 installed (``pip install 'openai[aiohttp]'``; about half the CPU per call; ``ORION_OPENAI_HTTPX=1``
@@ -90,6 +92,15 @@ class _Retryable(Exception):
 
 class _Fatal(Exception):
     """A failed attempt that another try will not fix (400, 401, 403, 404, 422, ...)."""
+
+    def __init__(self, cause: str, status: int | None = None):
+        super().__init__(cause)
+        self.status = status
+
+
+# What a server that does not know response_format (or json_object) answers.
+REFUSED_FIELD_STATUS = frozenset({400, 422})
+JSON_OBJECT = {"type": "json_object"}
 
 
 def is_loopback(base_url: str | None) -> bool:
@@ -232,6 +243,8 @@ class OpenAIEndpoint(BaseEndpoint):
         self.api_key_env = cfg.api_key_env
         self.backoff_base_s = backoff_base_s
         self._max_tokens_field = "max_tokens"
+        # False once a call refused with response_format succeeded without it: not sent again.
+        self._json_mode_accepted = True
         self.backoff_max_s = backoff_max_s
 
     @property
@@ -302,9 +315,12 @@ class OpenAIEndpoint(BaseEndpoint):
         seed = params.seed_for(request.sample_index)
         if seed is not None:
             kwargs["seed"] = seed
+        if params.json_mode and self._json_mode_accepted:
+            kwargs["response_format"] = JSON_OBJECT
         started = time.monotonic()
         attempt = 0
         timeouts = 0
+        dropped_json_mode = False
         while True:
             try:
                 # The chat completions route of the same client (auth, status errors, timeouts),
@@ -316,7 +332,12 @@ class OpenAIEndpoint(BaseEndpoint):
                     client.post("/chat/completions", cast_to=_http.Response, body=kwargs),
                     timeout=self.cfg.timeout_s + 1.0,
                 )
-                return self._result(call_id, reply, started, attempt)
+                result = self._result(call_id, reply, started, attempt)
+                if dropped_json_mode and self._json_mode_accepted:
+                    self._json_mode_accepted = False
+                    log.warning("%s endpoint %s refused response_format json_object; asking without it",
+                                self.role, self.base_url)
+                return result
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a recorded error
@@ -336,6 +357,15 @@ class OpenAIEndpoint(BaseEndpoint):
                 # OpenAI's reasoning models refuse max_tokens and ask for max_completion_tokens.
                 self._max_tokens_field = "max_completion_tokens"
                 kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
+                attempt += 1
+                continue
+            refused = isinstance(outcome, _Fatal) and outcome.status in REFUSED_FIELD_STATUS
+            if refused and "response_format" in kwargs:
+                # A server without JSON mode (or one that wants the word "JSON" in the prompt)
+                # refuses the field: the call is asked once more without it, not lost.
+                log.debug("%s call %s: %s; again without response_format", self.role, call_id, cause)
+                del kwargs["response_format"]
+                dropped_json_mode = True
                 attempt += 1
                 continue
             if not retryable or attempt >= self.cfg.max_retries:
@@ -374,7 +404,7 @@ class OpenAIEndpoint(BaseEndpoint):
             message = _status_message(exc)
             if exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500:
                 return _Retryable(message, _parse_retry_after(exc.response.headers))
-            return _Fatal(message)
+            return _Fatal(message, exc.status_code)
         if isinstance(exc, openai.APIResponseValidationError | ValueError):
             return _Retryable(f"unparseable response body ({type(exc).__name__}: {exc})")
         return _Retryable(f"{type(exc).__name__}: {exc}")

@@ -13,12 +13,18 @@ ROLES: tuple[str, ...] = ("teacher", "student", "judge")
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings of one call. ``seed`` is the base seed; the sample index is added to it."""
+    """Sampling settings of one call. ``seed`` is the base seed; the sample index is added to it.
+
+    ``json_mode`` asks the server for a JSON object reply (openai backend: ``response_format``
+    ``{"type": "json_object"}``; a server that refuses the field is asked again without it). It
+    enters :meth:`to_json`, and so the cache key, only when set: keys without it are unchanged.
+    """
 
     max_tokens: int
     temperature: float
     top_p: float = 1.0
     seed: int | None = None
+    json_mode: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -29,7 +35,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.json_mode:  # the keys and stored params of calls made before the field existed
+            del data["json_mode"]
+        return data
 
     def seed_for(self, sample_index: int) -> int | None:
         """The seed sent for sample ``sample_index`` (``None`` when no seed is configured)."""
