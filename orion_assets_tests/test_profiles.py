@@ -57,6 +57,11 @@ def test_extends_a_relative_path_chain(write_profile, tmp_path: Path):
     [
         ("[data]\ntrain_limt = 3\n", "data.train_limt"),
         ("[sft]\nlearning_rat = 1.0\n", "sft.learning_rat"),
+        ("[sft.training_args]\nwarmup_ratio = 0.1\n", "sft.training_args.warmup_ratio"),
+        ("[sft.training_args]\nlr_sheduler_type = 'cosine'\n", "did you mean 'lr_scheduler_type'"),
+        ("[sft.training_args]\nmax_length = 1024\n", "sft.training_args.max_length"),
+        ("[sft.training_args]\nnum_train_epochs = 3\n", "set [sft] epochs"),
+        ("[sft.training_args]\noutput_dir = '/tmp/x'\n", "sft.training_args.output_dir"),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ('[endpoints.teacher]\nbackend = "vllm"\n', "'vllm'"),
         ('[endpoints.critic]\nbackend = "openai"\n', "endpoints.critic"),
@@ -114,3 +119,35 @@ def test_quality_max_tokens_must_leave_room_for_the_prompt_in_sft_max_length(wri
         assert config.quality.max_tokens <= config.sft.max_length - PROMPT_TOKEN_MARGIN, name
     defaults = OrionConfig()
     assert defaults.quality.max_tokens <= defaults.sft.max_length - PROMPT_TOKEN_MARGIN
+
+
+def test_sft_training_args_pass_through_to_trl(write_profile):
+    """[sft.training_args] holds any trl.SFTConfig field, as is, beside the [sft] keys (which it cannot repeat)."""
+    path = write_profile(
+        """
+        [sft]
+        lora = false
+        learning_rate = 1e-5
+        [sft.training_args]
+        lr_scheduler_type = "cosine"
+        warmup_steps = 0.1
+        weight_decay = 0.01
+        """
+    )
+    sft = load_profile(str(path)).config.sft
+    assert sft.training_args == {"lr_scheduler_type": "cosine", "warmup_steps": 0.1, "weight_decay": 0.01}
+    args = sft.trainer_args()
+    assert args["learning_rate"] == 1e-5 and args["lr_scheduler_type"] == "cosine" and args["weight_decay"] == 0.01
+    assert args["num_train_epochs"] == sft.epochs and args["per_device_train_batch_size"] == sft.batch_size
+    assert "max_length" not in args  # the SFT code sets TRL's max_length (None) itself
+    from orion_assets.profiles.schema import SFT_RESERVED_ARGS, SFT_TRAINER_KEYS, trl_sft_config_fields
+
+    fields = trl_sft_config_fields()
+    assert set(args) <= fields and set(SFT_TRAINER_KEYS.values()) <= fields and set(SFT_RESERVED_ARGS) <= fields
+    # the shipped profiles hold no pass-through keys, and loading them does not import TRL (seconds of torch)
+    assert load_profile("tiny").config.sft.training_args == {} == load_profile("paper").config.sft.training_args
+    import subprocess
+    import sys
+
+    code = "import sys; from orion_assets.profiles import load_profile; load_profile('paper'); print('trl' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

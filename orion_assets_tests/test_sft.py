@@ -151,6 +151,12 @@ def test_launch_command_and_params_roundtrip(tmp_path):
     assert TrainParams.from_json(json.dumps(p.to_json())) == p
     with pytest.raises(ValueError, match="unknown"):
         TrainParams.from_json({**p.to_json(), "bogus": 1})
+    # TrainParams holds the [sft] settings themselves: a pass-through key TRL does not know, or one the SFT code
+    # sets itself, is refused here too
+    with pytest.raises(ValueError, match="sft.training_args.warmup_ratio"):
+        TrainParams(**{**p.to_json(), "training_args": {"warmup_ratio": 0.1}})
+    with pytest.raises(ValueError, match="sft.training_args.max_length"):
+        TrainParams(**{**p.to_json(), "training_args": {"max_length": 1024}})
 
 
 def test_config_hash_tracks_what_changes_the_weights(tmp_path, tiny_student, sft_rows):
@@ -167,6 +173,10 @@ def test_config_hash_tracks_what_changes_the_weights(tmp_path, tiny_student, sft
         assert config_hash(TrainParams(**{**p.to_json(), **kw})) != h, kw
     other = write_sft_parquet(sft_rows[:-1], tmp_path / "b.parquet")
     assert config_hash(TrainParams(**{**p.to_json(), "dataset_path": str(other)})) != h
+    # every [sft.training_args] key and value (passed to trl.SFTConfig as is) is part of the hash
+    passed = [{}, {"weight_decay": 0.1}, {"weight_decay": 0.2}, {"lr_scheduler_type": "cosine"}, {"optim": "sgd"}]
+    hashes = [config_hash(TrainParams(**{**p.to_json(), "training_args": ta})) for ta in passed]
+    assert hashes[0] == h and len(set(hashes)) == len(passed), hashes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,6 +335,50 @@ def test_full_finetune_saves_plain_model(tmp_path, tiny_student, sft_parquet, sf
     from transformers import AutoTokenizer
 
     _generate(model, AutoTokenizer.from_pretrained(final), sft_rows[0]["prompt"][0]["content"])
+
+
+def test_profile_sft_section_reaches_trl_full_finetune_with_pass_through(
+    tmp_path, tiny_student, sft_parquet, write_profile
+):
+    """A profile's [sft] keys and [sft.training_args] become trl.SFTConfig as written (full fine-tuning at 1e-5,
+    cosine schedule with warmup), and training follows them."""
+    from orion_assets.profiles import load_profile
+
+    path = write_profile(
+        """
+        [sft]
+        lora = false
+        learning_rate = 1e-5
+        max_steps = 5
+        batch_size = 2
+        save_steps = 10
+        [sft.training_args]
+        lr_scheduler_type = "cosine"
+        warmup_steps = 1
+        weight_decay = 0.01
+        max_grad_norm = 0.5
+        """
+    )
+    sft = load_profile(str(path)).config.sft
+    params = TrainParams.from_sft_config(
+        sft, base_model_path=tiny_student.path, dataset_path=sft_parquet, output_dir=tmp_path / "out",
+        base_model_hash=tiny_student.config_hash, device="cpu",
+    )
+    args = build_trainer(params).trainer.args
+    assert (args.learning_rate, args.max_steps, args.per_device_train_batch_size) == (1e-5, 5, 2)
+    assert (str(args.lr_scheduler_type.value), args.warmup_steps, args.weight_decay, args.max_grad_norm) == (
+        "cosine", 1, 0.01, 0.5,
+    )
+    assert args.max_length is None and args.save_steps == 10 and args.report_to == []
+
+    result = train(params)
+    assert result.final_kind == "full" and result.steps == 5
+    lrs = [e["learning_rate"] for e in read_train_log(tmp_path / "out")]
+    # warmup to the peak over 2 steps, then the cosine decay; never above [sft] learning_rate
+    # the rate each step trained with: a 1-step warmup to [sft] learning_rate, then a cosine decay (not TRL's
+    # default linear one: 0.75e-5 at step 3)
+    cosine = [1e-5 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert lrs == pytest.approx([0.0, *cosine], abs=1e-12), lrs
 
 
 # ----------------------------------------------------------------------------------------------------------------

