@@ -1,9 +1,6 @@
-"""The one resource every asset uses: the active profile and the DuckDB store.
+"""The one resource every asset uses: the active profile, the store, and the profile's endpoints.
 
-Assets compute plain polars frames; :meth:`OrionResource.publish` is the single place where rows
-get their run id, land in DuckDB (replacing only their partition), are logged in
-``orion.materializations`` with the upstream materializations they read, and become Dagster
-metadata.
+Rows reach the store through the I/O manager (:mod:`orion_assets.io_manager`), never from here.
 """
 
 from __future__ import annotations
@@ -59,10 +56,6 @@ class OrionResource(dg.ConfigurableResource):
     def store(self) -> Store:
         return Store(self.data_path / "orion.duckdb")
 
-    def upstream(self, asset_key: str, partition_key: str | None = None) -> list[Upstream]:
-        """The materialization(s) a read of ``asset_key`` (one partition, or all) depends on."""
-        return self.store.latest_materializations(asset_key, partition_key)
-
     def endpoint(
         self,
         role: str,
@@ -89,60 +82,19 @@ class OrionResource(dg.ConfigurableResource):
             endpoint.budget = ContextBudget(cfg.context_window, tokenizer)
         return endpoint
 
-    def read(
-        self, asset_key: str, where: Mapping[str, object] | None = None, partition_key: str | None = None
-    ) -> tuple[pl.DataFrame, list[Upstream]]:
-        """A parent asset's rows and the materialization they came from (for lineage)."""
-        return self.store.read(asset_key, dict(where) if where else None), self.upstream(asset_key, partition_key)
+    def resources(self) -> dict[str, object]:
+        """This resource and the I/O manager over its store: what the assets need to run."""
+        from orion_assets.io_manager import OrionIOManager
+        from orion_assets.tables import IO_MANAGER_KEY
 
-    def publish(
-        self,
-        context: dg.AssetExecutionContext,
-        frame: pl.DataFrame,
-        *,
-        replace_where: Mapping[str, object] | None = None,
-        reads: Sequence[Upstream | Sequence[Upstream]] = (),
-        metadata: Mapping[str, Any] | None = None,
-    ) -> dg.MaterializeResult:
-        """Write ``frame`` as this asset's rows (or partition) and describe it to Dagster."""
-        table = context.asset_key.path[-1]
-        # A run launched for one partition also tags its unpartitioned assets with that key.
-        partitioned = context.assets_def.partitions_def is not None
-        partition_key = str(context.partition_key) if partitioned and context.has_partition_key else None
-        frame = frame.with_columns(pl.lit(context.run.run_id).alias("dagster_run_id"))
-        materialization_id = self.store.replace_rows(
-            table,
-            frame,
-            replace_where=dict(replace_where) if replace_where is not None else None,
-            materialization={
-                "asset_key": table,
-                "partition_key": partition_key,
-                "dagster_run_id": context.run.run_id,
-                "profile_name": self.active.name,
-                "profile_hash": self.active.hash,
-                "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
-                "upstream": list(reads),
-            },
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": frame.height,
-                "dagster/column_schema": table_schema(frame),
-                "duckdb_table": f"orion.{table}",
-                "materialization_id": materialization_id,
-                "profile": self.active.name,
-                "profile_hash": self.active.hash,
-                "preview": dg.MetadataValue.md(markdown_table(frame.drop("dagster_run_id"))),
-                **(metadata or {}),
-            }
-        )
+        return {"orion": self, IO_MANAGER_KEY: OrionIOManager(orion=self)}
 
 
 def table_schema(frame: pl.DataFrame) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
 
 
-def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
+def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS, total: int | None = None) -> str:
     """A short Markdown preview with long cells cut, for the Dagster UI."""
 
     def cell(value: object) -> str:
@@ -153,7 +105,8 @@ def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.head(rows).iter_rows()]
-    more = [f"\n_{frame.height - rows} more rows_"] if frame.height > rows else []
+    total = frame.height if total is None else total
+    more = [f"\n_{total - min(rows, frame.height)} more rows_"] if total > min(rows, frame.height) else []
     return "\n".join([header, rule, *body, *more])
 
 

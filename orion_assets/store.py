@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 SCHEMA = "orion"
 CATALOG = "orion_db"
@@ -41,15 +42,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.materializations (
     materialized_at TIMESTAMPTZ
 )"""
 
-# (child table, child id column, parent-id column, parent table). Later assets register here; the
-# view covers the tables that exist, so it is valid at every stage of a run.
-LINEAGE_LINKS: list[tuple[str, str, str, str]] = []
+# The lineage edges each table declares (its spec's parent columns), written with its rows, so
+# the ``lineage_edges`` view covers exactly the tables that exist, at every stage of a run.
+TABLE_PARENTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.table_parents (
+    child_table VARCHAR NOT NULL,
+    child_id VARCHAR NOT NULL,
+    parent_column VARCHAR NOT NULL,
+    parent_table VARCHAR NOT NULL,
+    PRIMARY KEY (child_table, parent_column)
+)"""
 
-
-def register_lineage(child_table: str, child_id: str, parent_column: str, parent_table: str) -> None:
-    link = (child_table, child_id, parent_column, parent_table)
-    if link not in LINEAGE_LINKS:
-        LINEAGE_LINKS.append(link)
+Link = tuple[str, str, str, str]  # (child table, child id column, parent-id column, parent table)
 
 
 class StoreLockTimeout(RuntimeError):
@@ -125,6 +129,7 @@ class Store:
                 if not read_only:
                     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
                     con.execute(MATERIALIZATIONS_DDL)
+                    con.execute(TABLE_PARENTS_DDL)
                 yield con
             finally:
                 con.close()
@@ -139,13 +144,54 @@ class Store:
 
     def read(self, table: str, where: dict[str, object] | None = None) -> pl.DataFrame:
         """Rows of ``orion.<table>``, optionally filtered by column equality."""
-        clause, params = _where(where)
+        return self.select(table, where=where)
+
+    def select(
+        self,
+        table: str,
+        *,
+        columns: Sequence[str] | None = None,
+        where: Mapping[str, object] | None = None,
+        key: tuple[str, Sequence[object]] | None = None,
+    ) -> pl.DataFrame:
+        """``columns`` (default all) of the rows matching ``where`` (column equality) and, with
+        ``key = (column, values)``, whose ``column`` is one of ``values`` (ordered by it)."""
+        clause, params = _where(dict(where) if where else None)
+        cols = ", ".join(f't."{c}"' for c in columns) if columns else "t.*"
         with self.connect(read_only=True) as con:
-            if not _table_exists(con, table):
-                raise LookupError(
-                    f"table {SCHEMA}.{table} does not exist in {self.path}: materialize asset '{table}' first"
-                )
-            return con.execute(f"SELECT * FROM {SCHEMA}.{table}{clause}", params).pl()
+            self._require(con, table)
+            if key is None:
+                return con.execute(f"SELECT {cols} FROM {SCHEMA}.{table} t{clause}", params).pl()
+            column, values = key
+            con.register("_keys", pa.table({"_k": pa.array(list(values))}))
+            try:
+                join = f'JOIN _keys k ON t."{column}" = k._k'
+                return con.execute(
+                    f'SELECT {cols} FROM {SCHEMA}.{table} t {join}{clause} '
+                    f'ORDER BY t."{column}"',
+                    params,
+                ).pl()
+            finally:
+                con.unregister("_keys")
+
+    def count(self, table: str, where: Mapping[str, object] | None = None) -> int:
+        clause, params = _where(dict(where) if where else None)
+        with self.connect(read_only=True) as con:
+            self._require(con, table)
+            return con.execute(f"SELECT count(*) FROM {SCHEMA}.{table}{clause}", params).fetchone()[0]
+
+    def distinct(self, table: str, column: str, where: Mapping[str, object] | None = None) -> list[object]:
+        clause, params = _where(dict(where) if where else None)
+        with self.connect(read_only=True) as con:
+            self._require(con, table)
+            rows = con.execute(f'SELECT DISTINCT "{column}" FROM {SCHEMA}.{table}{clause} ORDER BY 1', params)
+            return [r[0] for r in rows.fetchall()]
+
+    def _require(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        if not _table_exists(con, table):
+            raise LookupError(
+                f"table {SCHEMA}.{table} does not exist in {self.path}: materialize asset '{table}' first"
+            )
 
     def latest_materializations(self, asset_key: str, partition_key: str | None = None) -> list[Upstream]:
         """The newest recorded materialization of an asset's partition, or of each of its
@@ -171,12 +217,16 @@ class Store:
     def replace_rows(
         self,
         table: str,
-        frame: pl.DataFrame,
+        frame: pl.DataFrame | None = None,
         *,
+        parquet: Sequence[Path] = (),
         replace_where: dict[str, object] | None,
         materialization: dict[str, object],
+        lineage: Sequence[Link] = (),
     ) -> str:
-        """Write ``frame`` into ``orion.<table>`` and log the materialization, in one transaction.
+        """Write ``frame`` (or the rows of the ``parquet`` files an asset wrote chunk by chunk) into
+        ``orion.<table>``, log the materialization and the table's ``lineage`` links, in one
+        transaction.
 
         ``replace_where=None`` replaces the whole table; otherwise only the rows matching it (one
         partition) are deleted first, so re-materializing a partition never duplicates rows.
@@ -185,20 +235,23 @@ class Store:
         materialization_id = uuid.uuid4().hex
         upstream = _flatten(materialization.get("upstream") or [])
         with self.connect() as con:
+            if parquet:
+                files = ", ".join(f"'{_sql_quote(Path(f))}'" for f in parquet)
+                source = f"read_parquet([{files}])"
+            else:
+                con.register("_incoming", (frame if frame is not None else pl.DataFrame()).to_arrow())
+                source = "_incoming"
             con.execute("BEGIN TRANSACTION")
             try:
-                con.register("_incoming", frame.to_arrow())
                 if replace_where is None or not _table_exists(con, table):
-                    if replace_where is None:
-                        con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
-                    else:
-                        con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
+                    verb = "CREATE OR REPLACE TABLE" if replace_where is None else "CREATE TABLE"
+                    con.execute(f"{verb} {SCHEMA}.{table} AS SELECT * FROM {source}")
+                    row_count = con.execute(f"SELECT count(*) FROM {SCHEMA}.{table}").fetchone()[0]
                 else:
-                    _check_columns(con, table, frame)
+                    _check_columns(con, table, con.execute(f"SELECT * FROM {source} LIMIT 0").pl())
                     clause, params = _where(replace_where)
                     con.execute(f"DELETE FROM {SCHEMA}.{table}{clause}", params)
-                    con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM _incoming")
-                con.unregister("_incoming")
+                    row_count = con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM {source}").fetchone()[0]
                 con.execute(
                     f"INSERT INTO {SCHEMA}.materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -209,16 +262,22 @@ class Store:
                         materialization.get("profile_name"),
                         materialization.get("profile_hash"),
                         materialization.get("code_version"),
-                        frame.height,
+                        row_count,
                         json.dumps([u.to_json() if isinstance(u, Upstream) else u for u in upstream]),
                         datetime.now(UTC),
                     ],
                 )
+                if lineage:
+                    con.executemany(f"INSERT OR REPLACE INTO {SCHEMA}.table_parents VALUES (?, ?, ?, ?)",
+                                    [list(link) for link in lineage])
                 refresh_lineage_view(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                if not parquet:
+                    con.unregister("_incoming")
         return materialization_id
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
@@ -276,14 +335,20 @@ def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFra
         )
 
 
-def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create ``orion.lineage_edges`` over the registered parent-id columns that exist.
+def refresh_lineage_view(con: duckdb.DuckDBPyConnection, links: Sequence[Link] | None = None) -> None:
+    """(Re)create ``orion.lineage_edges`` over the declared parent-id columns (``links``, default the
+    ones recorded in ``orion.table_parents``) of the tables that exist.
 
     A parent-id column may hold one id or a list of ids (e.g. the error attempts a refinement
     used); lists are unnested into one edge per id.
     """
+    if links is None:
+        links = con.execute(
+            f"SELECT child_table, child_id, parent_column, parent_table FROM {SCHEMA}.table_parents "
+            "ORDER BY child_table, parent_column"
+        ).fetchall()
     selects: list[str] = []
-    for child, child_id, parent_column, parent in LINEAGE_LINKS:
+    for child, child_id, parent_column, parent in links:
         types = dict(
             con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns "

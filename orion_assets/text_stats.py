@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import polars as pl
@@ -24,6 +24,18 @@ def token_counter(tokenizer_path: str) -> Callable[[str], int]:
     """Count tokens the way the student sees them (its own tokenizer, no special tokens)."""
     tokenizer = _tokenizer(str(tokenizer_path))
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def batch_token_counter(tokenizer_path: str) -> Callable[[Sequence[str]], list[int]]:
+    """:func:`token_counter` for many texts in one tokenizer call (the fast tokenizer batches)."""
+    tokenizer = _tokenizer(str(tokenizer_path))
+
+    def count(texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    return count
 
 
 def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:

@@ -61,7 +61,7 @@ def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float =
 
 
 def _resources(profile: Path, data_dir: Path) -> dict:
-    return {"orion": OrionResource(profile=str(profile), data_dir=str(data_dir))}
+    return OrionResource(profile=str(profile), data_dir=str(data_dir)).resources()
 
 
 def _prepare(profile: Path, data_dir: Path, checkpoint_id: str) -> Store:

@@ -406,7 +406,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
 
     job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"))
     defs = dg.Definitions(assets=[cot_quality, sft_dataset], asset_checks=[quality_gate], jobs=[job],
-                          resources={"orion": orion})
+                          resources=orion.resources())
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("gate_only").execute_in_process(instance=instance, raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
@@ -434,7 +434,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     assert not passed and "no verdict for variant orion_no_reflection" in why
 
     # A passing variant's SFT data is built from its kept rows only; the failing one is refused.
-    built = dg.materialize([sft_dataset], partition_key="teacher_sft", resources={"orion": orion})
+    built = dg.materialize([sft_dataset], partition_key="teacher_sft", resources=orion.resources())
     assert built.success
     sft = store.read("sft_dataset")
     kept = table.filter((pl.col("variant") == "teacher_sft") & pl.col("kept"))
@@ -442,7 +442,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     (mat,) = built.asset_materializations_for_node("sft_dataset")
     assert mat.metadata["dropped_by_quality"].value == 1
     assert mat.metadata["dropped_by_reason"].value == {"contaminated": 1}
-    refused = dg.materialize([sft_dataset], partition_key="orion", resources={"orion": orion}, raise_on_error=False)
+    refused = dg.materialize([sft_dataset], partition_key="orion", resources=orion.resources(), raise_on_error=False)
     assert not refused.success
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     text = str(failure.event_specific_data.error)
@@ -496,7 +496,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     }
     for name, frame in tables.items():
         store.replace_rows(name, frame, replace_where=None, materialization={"asset_key": name})
-    result = dg.materialize([cot_quality], resources={"orion": OrionResource(profile="tiny", data_dir=str(data_dir))})
+    result = dg.materialize([cot_quality], resources=OrionResource(profile="tiny", data_dir=str(data_dir)).resources())
     assert result.success
     table = store.read("cot_quality")
     assert table.height == 12 and {"drop_reasons", "kept", "teacher_similarity"} <= set(table.columns)

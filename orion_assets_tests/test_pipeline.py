@@ -159,7 +159,7 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
     shutil.rmtree(run["data_dir"] / "checkpoints")
     with duckdb.connect(str(run["data_dir"] / "orion.duckdb")) as con:
         con.execute("DELETE FROM orion.orion.student_checkpoint")
-    resources = {"orion": OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])),
+    resources = {**OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])).resources(),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
     # One run with the asset, its blocking check and everything downstream of it.
     job = dg.define_asset_job("gate_then_train",
@@ -260,7 +260,7 @@ def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, 
     from orion_assets.assets.training import sft_dataset, student_checkpoint
 
     run = _copy_run(tiny_run, tmp_path, "")
-    resources = {"orion": OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])),
+    resources = {**OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])).resources(),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
     for asset in (sft_dataset, student_checkpoint):
         result = dg.materialize([asset], partition_key="orion_no_reflection", resources=resources, raise_on_error=False)

@@ -22,7 +22,7 @@ def _materialize(assets, profile: Path | str, data_dir: Path, partition: str | N
     return dg.materialize(
         assets,
         partition_key=partition,
-        resources={"orion": OrionResource(profile=str(profile), data_dir=str(data_dir))},
+        resources=OrionResource(profile=str(profile), data_dir=str(data_dir)).resources(),
         instance=instance,
     )
 
@@ -98,7 +98,7 @@ def test_bad_training_file_fails_naming_file_and_line_and_keeps_earlier_data(ori
     profile = write_profile(f'[[data.train_sources]]\nname = "broken"\npath = "{bad}"\n')
     result = dg.materialize(
         [train_problems],
-        resources={"orion": OrionResource(profile=str(profile), data_dir=str(data_dir))},
+        resources=OrionResource(profile=str(profile), data_dir=str(data_dir)).resources(),
         raise_on_error=False,
     )
     assert not result.success

@@ -114,7 +114,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     store = Store(data_dir / "orion.duckdb")
 
     def materialize(profile: str, selection: list[str]) -> dg.ExecuteInJobResult:
-        resources = {"orion": OrionResource(profile=profile, data_dir=str(data_dir))}
+        resources = OrionResource(profile=profile, data_dir=str(data_dir)).resources()
         result = dg.materialize(ASSETS, resources=resources, selection=selection)
         assert result.success
         return result
@@ -153,7 +153,9 @@ def runs(tmp_path_factory) -> dict[str, Any]:
         deepseek_log = deepseek.requests()
         (mat,) = result.asset_materializations_for_node("refined_cots")
         (teacher_mat,) = result.asset_materializations_for_node("teacher_cots")
-        calls = store.read("llm_calls")
+        with store.connect(read_only=True) as con:  # each call with its prompt, stored once in llm_prompts
+            calls = con.execute("SELECT c.*, p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p "
+                                "USING (prompt_hash)").pl()
         out["main"] = {
             "teacher_cots": store.read("teacher_cots"),
             "teacher_rejected": teacher_mat.metadata["rejected"].value,

@@ -42,7 +42,7 @@ def test_every_exposure_and_reflection_branch(orion_env, write_profile):
     store = Store(data_dir / "orion.duckdb")
     # First pass: learn which four problems the profile samples, to script the student on them.
     probe = _profile(write_profile, "http://127.0.0.1:9/v1", "teacher", "probe.toml")
-    assert dg.materialize([train_problems], resources={"orion": OrionResource(profile=str(probe), data_dir=str(data_dir))}).success
+    assert dg.materialize([train_problems], resources=OrionResource(profile=str(probe), data_dir=str(data_dir)).resources()).success
     problems = store.read("train_problems").sort("problem_id").to_dicts()
     assert len(problems) == 4
     behaviour = {
@@ -56,7 +56,7 @@ def test_every_exposure_and_reflection_branch(orion_env, write_profile):
 
     with scripted_student(scripts) as (base_url, counts):
         profile = _profile(write_profile, base_url, "teacher", "teacher_fallback.toml")
-        resources = {"orion": OrionResource(profile=str(profile), data_dir=str(data_dir))}
+        resources = OrionResource(profile=str(profile), data_dir=str(data_dir)).resources()
         assert dg.materialize(ASSETS, resources=resources).success
 
         attempts = store.read("student_attempts")
@@ -89,7 +89,7 @@ def test_every_exposure_and_reflection_branch(orion_env, write_profile):
         assert sum(counts.values()) == sent  # an unchanged re-run is served from the cache
 
         dropping = _profile(write_profile, base_url, "drop", "drop.toml")
-        resources = {"orion": OrionResource(profile=str(dropping), data_dir=str(data_dir))}
+        resources = OrionResource(profile=str(dropping), data_dir=str(data_dir)).resources()
         result = dg.materialize(ASSETS, resources=resources, selection=["refined_cots"])
         assert result.success
         (mat,) = result.asset_materializations_for_node("refined_cots")

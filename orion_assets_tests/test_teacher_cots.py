@@ -59,7 +59,7 @@ def test_teacher_cots_through_transformers_serve_with_zero_requests_on_rerun_and
 ):
     monkeypatch.setenv("ORION_TEST_TEACHER_KEY", SENTINEL)
     profile = _teacher_profile(write_profile, served_teacher.base_url, served_teacher.model, limit=3)
-    resources = {"orion": OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"]))}
+    resources = OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"])).resources()
     instance = dg.DagsterInstance.get()  # the persistent one in the test's DAGSTER_HOME
     first = dg.materialize(ASSETS, resources=resources, instance=instance)
     assert first.success
@@ -96,7 +96,7 @@ def test_killed_teacher_run_keeps_finished_calls_and_resume_sends_only_the_rest(
     with FaultServer(latency=0.25) as server:
         profile = _teacher_profile(write_profile, server.base_url, "slow-teacher", limit=problems, concurrency=2)
         env = {**os.environ, "ORION_PROFILE": str(profile), "ORION_TEST_TEACHER_KEY": SENTINEL}
-        resources = {"orion": OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"]))}
+        resources = OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"])).resources()
         assert dg.materialize(ASSETS, resources=resources, selection=["train_problems", "student_base_model"]).success
         command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
                    "--select", "teacher_cots"]

@@ -1,32 +1,57 @@
 """Evaluation: every model variant answers every benchmark; scores and the leaderboard report."""
 
 import base64
+import dataclasses
 
 import dagster as dg
 import polars as pl
 
-from orion_assets import prompts, report, scoring
-from orion_assets.grading import Verdict, grade_batch
-from orion_assets.llm import GenerationRequest, sampling_params
+from orion_assets import report, scoring
+from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.partitions import benchmark_variant_partitions
+from orion_assets.profiles.schema import BENCHMARKS
 from orion_assets.resources import OrionResource, markdown_table, progress_logger
-from orion_assets.store import content_id, register_lineage
-from orion_assets.text_stats import token_counter
+from orion_assets.sampling import sample_and_grade
+from orion_assets.store import content_id
+from orion_assets.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.text_stats import batch_token_counter
 
-register_lineage("benchmark_predictions", "prediction_id", "problem_id", "benchmark_problems")
-register_lineage("benchmark_predictions", "prediction_id", "checkpoint_id", "student_checkpoint")
-register_lineage("benchmark_predictions", "prediction_id", "llm_call_id", "llm_calls")
-register_lineage("benchmark_scores", "score_id", "prediction_ids", "benchmark_predictions")
-register_lineage("leaderboard", "leaderboard_id", "score_ids", "benchmark_scores")
-
-PREDICTION_SCHEMA = {
-    "prediction_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8, "problem_id": pl.Utf8,
-    "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
-    "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
-    "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
-}
+BENCHMARK_PREDICTIONS = TableSpec(
+    "benchmark_predictions",
+    {
+        "prediction_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8, "problem_id": pl.Utf8,
+        "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
+        "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
+        "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
+    },
+    id="prediction_id",
+    parents={"problem_id": "benchmark_problems", "checkpoint_id": "student_checkpoint", "llm_call_id": "llm_calls"},
+    partition_by=("benchmark", "variant"),
+)
+BENCHMARK_SCORES = TableSpec(
+    "benchmark_scores",
+    {"score_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8,
+     **{f.name: pl.Int64 if f.type == "int" else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
+     "grading_rule": pl.Utf8, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
+    id="score_id",
+    parents={"prediction_ids": "benchmark_predictions"},
+    partition_by=("benchmark", "variant"),
+)
 DEFAULT_GRADING_RULE = "default"
+
+LEADERBOARD = TableSpec(
+    "leaderboard",
+    {
+        "variant": pl.Utf8,
+        **{f"{b}{suffix}": dtype for b in BENCHMARKS
+           for suffix, dtype in (("", pl.Float64), ("_se", pl.Float64), ("_delta", pl.Float64), ("_n_errors", pl.Int64))},
+        "score_ids": pl.List(pl.Utf8),
+        "leaderboard_id": pl.Utf8,
+    },
+    id="leaderboard_id",
+    parents={"score_ids": "benchmark_scores"},
+)
 
 
 def grading_rule(benchmark: str, gsm_hard_rule: str) -> str:
@@ -38,17 +63,20 @@ def error_share(n_errors: int, n_calls: int) -> float:
     return n_errors / n_calls if n_calls else 0.0
 
 
-@dg.asset(
+@orion_asset(
+    BENCHMARK_PREDICTIONS,
     group_name="evaluation",
     partitions_def=benchmark_variant_partitions,
-    deps=[
-        dg.AssetDep("benchmark_problems", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("benchmark")),
-        dg.AssetDep("student_checkpoint", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("variant")),
-    ],
-    kinds={"transformers", "duckdb"},
+    ins={
+        "benchmark_problems": dg.AssetIn(partition_mapping=dg.MultiToSingleDimensionPartitionMapping("benchmark")),
+        "student_checkpoint": dg.AssetIn(partition_mapping=dg.MultiToSingleDimensionPartitionMapping("variant")),
+    },
+    kinds={"transformers"},
     code_version="2",
 )
-def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+def benchmark_predictions(
+    context: dg.AssetExecutionContext, orion: OrionResource, benchmark_problems: Table, student_checkpoint: Table
+) -> Rows:
     """``[eval] k`` graded answers of one variant's checkpoint to every problem of one benchmark.
 
     With the ``hf`` backend the checkpoint (base weights plus LoRA adapter) is loaded locally;
@@ -67,8 +95,7 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     keys = context.partition_key.keys_by_dimension
     benchmark, variant = keys["benchmark"], keys["variant"]
     cfg = orion.active.config
-    problems, problems_up = orion.read("benchmark_problems", {"benchmark": benchmark}, partition_key=benchmark)
-    checkpoints, checkpoint_up = orion.read("student_checkpoint", {"variant": variant}, partition_key=variant)
+    checkpoints = student_checkpoint.frame()
     if checkpoints.height == 0:
         raise dg.Failure(f"no student_checkpoint for variant {variant}: materialize it first")
     checkpoint = checkpoints.row(0, named=True)
@@ -76,63 +103,49 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     params = sampling_params(
         cfg.endpoints.student, max_tokens=cfg.eval.max_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p
     )
-    rows = problems.sort("problem_id").to_dicts()
-    owners = [row for row in rows for _ in range(k)]
-    overrides = cfg.prompts.model_dump()
-    requests = [
-        GenerationRequest(messages=prompts.messages("solve", overrides, problem=row["problem"]), params=params, sample_index=i)
-        for row in rows
-        for i in range(k)
-    ]
     served_name = None if variant == "base" else variant
     endpoint = orion.endpoint(
         "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"],
         tokenizer=checkpoint["path"],
     )
+    rows = benchmark_problems.frame().sort("problem_id").to_dicts()
     context.log.info(
-        f"{benchmark} x {variant}: {len(requests)} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
+        f"{benchmark} x {variant}: {len(rows) * k} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
         f"through {endpoint!r}"
     )
-    results = endpoint.generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "eval"))
-    rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
-    answered = [i for i, result in enumerate(results) if result.ok]
-    graded = grade_batch(
-        [(results[i].answer, owners[i]["gold_answer"]) for i in answered],
-        benchmark=benchmark,
-        gsm_hard_rule=cfg.eval.gsm_hard_rule,
-        truncated=[results[i].finish_reason == "length" for i in answered],
+    samples = sample_and_grade(
+        endpoint, rows, n=k, prompt="solve", overrides=cfg.prompts.model_dump(), params=params,
+        count_tokens=batch_token_counter(checkpoint["path"]), benchmark=benchmark,
+        gsm_hard_rule=cfg.eval.gsm_hard_rule, grade_failed=False, run_id=context.run.run_id,
+        progress=progress_logger(context, "eval"),
     )
-    verdicts: list[Verdict | None] = [None] * len(results)
-    for i, verdict in zip(answered, graded, strict=True):
-        verdicts[i] = verdict
-    count_tokens = token_counter(checkpoint["path"])
+    rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
+    results = [s.result for s in samples]
     frame = pl.DataFrame(
         [
             {
-                "prediction_id": content_id("prediction", benchmark, variant, row["problem_id"], result.call_id),
-                "benchmark": benchmark, "variant": variant, "problem_id": row["problem_id"],
-                "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": request.sample_index,
-                "text": result.text,
-                "extracted_answer": verdict.extracted if verdict else None,
-                "correct": verdict.correct if verdict else None,
-                "grade_reason": verdict.reason if verdict else None,
-                "finish_reason": result.finish_reason,
-                "n_tokens": count_tokens(result.text or "") if verdict else None,
-                "llm_call_id": result.call_id, "error": None if verdict else result.error or "failed call",
+                "prediction_id": content_id("prediction", benchmark, variant, s.row["problem_id"], s.result.call_id),
+                "benchmark": benchmark, "variant": variant, "problem_id": s.row["problem_id"],
+                "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": s.sample_index,
+                "text": s.result.text,
+                "extracted_answer": s.verdict.extracted if s.verdict else None,
+                "correct": s.verdict.correct if s.verdict else None,
+                "grade_reason": s.verdict.reason if s.verdict else None,
+                "finish_reason": s.result.finish_reason,
+                "n_tokens": s.n_tokens,
+                "llm_call_id": s.result.call_id, "error": None if s.verdict else s.result.error or "failed call",
                 "grading_rule": rule,
             }
-            for request, result, verdict, row in zip(requests, results, verdicts, owners, strict=True)
+            for s in samples
         ],
-        schema=PREDICTION_SCHEMA,
+        schema=BENCHMARK_PREDICTIONS.columns,
     )
+    answered = [s for s in samples if s.verdict is not None]
     n_errors = len(results) - len(answered)
     share = error_share(n_errors, len(results))
     graded_correct = frame["correct"].drop_nulls()
-    published = orion.publish(
-        context,
+    published = Rows(
         frame,
-        replace_where={"benchmark": benchmark, "variant": variant},
-        reads=[problems_up, checkpoint_up],
         metadata={"benchmark": benchmark, "variant": variant, "k": k, "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
                   "n_errors": n_errors, "error_rate": share, **usage_metadata(results, cfg.endpoints.student, "student"),
@@ -157,14 +170,9 @@ def benchmark_predictions(context: dg.AssetExecutionContext, orion: OrionResourc
     return published
 
 
-@dg.asset(
-    group_name="evaluation",
-    partitions_def=benchmark_variant_partitions,
-    deps=[dg.AssetDep("benchmark_predictions")],
-    kinds={"duckdb", "polars"},
-    code_version="2",
-)
-def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+@orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_variant_partitions,
+             kinds={"polars"}, code_version="2")
+def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and
     truncation rate of one variant on one benchmark, over the answered samples; the failed calls
     (``n_errors``) and the grading rule that made the numbers are stored beside them. Refuses
@@ -172,8 +180,8 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource) ->
     keys = context.partition_key.keys_by_dimension
     benchmark, variant = keys["benchmark"], keys["variant"]
     cfg = orion.active.config
-    predictions, up = orion.read("benchmark_predictions", {"benchmark": benchmark, "variant": variant},
-                                 partition_key=str(context.partition_key))
+    predictions = benchmark_predictions.frame()
+    up = benchmark_predictions.upstream
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
     if predictions.height == 0:
         raise dg.Failure(f"no benchmark_predictions for {benchmark} x {variant}: materialize them first")
@@ -194,21 +202,30 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource) ->
         "grading_rule": rule,
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),
-    }], schema_overrides={"grading_rule": pl.Utf8})
-    return orion.publish(
-        context, row, replace_where={"benchmark": benchmark, "variant": variant}, reads=[up],
+    }], schema=BENCHMARK_SCORES.columns)
+    return Rows(
+        row,
         metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
                   **({"grading_rule": rule} if rule else {})},  # fmt: skip
     )
 
 
-@dg.asset(group_name="evaluation", deps=[dg.AssetDep("benchmark_scores")], kinds={"duckdb", "markdown"}, code_version="2")
-def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="2")
+def leaderboard(
+    context: dg.AssetExecutionContext,
+    orion: OrionResource,
+    benchmark_scores: Table,
+    teacher_cots: Table,
+    refined_cots: Table,
+    student_errors: Table,
+    cot_quality: Table,
+) -> Rows:
     """Variants x benchmarks with each variant's delta over ``teacher_sft``, as a table here and a
-    Markdown report with plots under ``$ORION_DATA_DIR/reports/``."""
+    Markdown report with plots under ``$ORION_DATA_DIR/reports/``. The report also describes the
+    teacher, refined, error and quality tables, hence those inputs."""
     out_dir = orion.data_path / "reports"
     built = report.build_report(orion.store, out_dir, prices=report.prices_of(orion.active.config))
-    scores, up = orion.read("benchmark_scores")
+    scores = benchmark_scores.frame(["variant", "score_id"])
     score_ids = scores.group_by("variant").agg(pl.col("score_id").sort().alias("score_ids"))
     table = built.leaderboard.join(score_ids, on="variant", how="left").with_columns(
         pl.struct("variant", "score_ids")
@@ -222,8 +239,12 @@ def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
         for path in (built.accuracy_png, built.cot_lengths_png, built.error_types_png)
         if path is not None
     }
-    return orion.publish(
-        context, table, reads=[up],
+    # A benchmark no variant was scored on yet is a column of nulls.
+    table = table.with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in LEADERBOARD.columns.items() if c not in table.columns]
+    )
+    return Rows(
+        LEADERBOARD.conform(table),
         metadata={"report": dg.MetadataValue.path(str(built.markdown_path)),
                   "leaderboard": dg.MetadataValue.md(markdown_table(built.leaderboard, rows=10)), **plots},
     )

@@ -7,28 +7,32 @@ import polars as pl
 from orion_assets import problems
 from orion_assets.partitions import benchmark_partitions
 from orion_assets.resources import OrionResource, markdown_table
+from orion_assets.tables import Rows, TableSpec, orion_asset
 
 SAMPLE_SHOWN = 10
 
 
-@dg.asset(
-    group_name="problems",
-    partitions_def=benchmark_partitions,
-    kinds={"duckdb", "polars"},
-    code_version="1",
-    tags={"layer": "source"},
+BENCHMARK_PROBLEMS = TableSpec(
+    "benchmark_problems",
+    {("benchmark" if c == "source" else "reference_solution" if c == "solution" else c): t
+     for c, t in problems.PROBLEM_SCHEMA.items()},
+    id="problem_id",
+    partition_by=("benchmark",),
 )
-def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+TRAIN_PROBLEMS = TableSpec("train_problems", dict(problems.PROBLEM_SCHEMA), id="problem_id")
+
+
+@orion_asset(BENCHMARK_PROBLEMS, group_name="problems", partitions_def=benchmark_partitions, kinds={"polars"},
+             code_version="1", tags={"layer": "source"})
+def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
     """One benchmark's problems with normalized gold answers (a deterministic sample in small profiles)."""
     benchmark = context.partition_key
     cfg = orion.active.config.data
     full, report = problems.load_benchmark(benchmark)
     frame = problems.deterministic_sample(full, cfg.benchmark_limit, cfg.sample_seed)
     context.log.info(f"{benchmark}: {frame.height} of {full.height} problems")
-    return orion.publish(
-        context,
-        frame,
-        replace_where={"benchmark": benchmark},
+    return Rows(
+        BENCHMARK_PROBLEMS.conform(frame),
         metadata={
             "benchmark": benchmark,
             "problems_in_source": full.height,
@@ -37,8 +41,8 @@ def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) 
     )
 
 
-@dg.asset(group_name="problems", kinds={"duckdb", "polars"}, code_version="1", tags={"layer": "source"})
-def train_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+@orion_asset(TRAIN_PROBLEMS, group_name="problems", kinds={"polars"}, code_version="1", tags={"layer": "source"})
+def train_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
     """Training problems with gold answers, decontaminated against all four benchmarks."""
     cfg = orion.active.config.data
     frames: list[pl.DataFrame] = []
@@ -56,9 +60,8 @@ def train_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> d
     frame = problems.deterministic_sample(clean, cfg.train_limit, cfg.sample_seed)
     context.log.info(f"{len(removed)} contaminated problems removed; {frame.height} of {clean.height} kept")
     removed_sample = pl.DataFrame(removed[:SAMPLE_SHOWN]) if removed else pl.DataFrame()
-    return orion.publish(
-        context,
-        frame,
+    return Rows(
+        TRAIN_PROBLEMS.conform(frame),
         metadata={
             "per_source": per_source,
             "pool_after_dedup": pool.height,

@@ -6,22 +6,35 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from orion_assets import gate, problems, prompts, quality
+from orion_assets import gate, problems, prompts, quality, verdicts
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.profiles.schema import TRAINING_VARIANTS
+from orion_assets.llm.usage import Metered
 from orion_assets.resources import OrionResource, progress_logger
-from orion_assets.store import SCHEMA, content_id, register_lineage
+from orion_assets.sampling import ChunkProgress
+from orion_assets.store import SCHEMA, content_id
+from orion_assets.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.text_stats import percentiles
 
-register_lineage("cot_quality", "cot_quality_id", "teacher_cot_id", "teacher_cots")
-register_lineage("cot_quality", "cot_quality_id", "refined_cot_id", "refined_cots")
-register_lineage("cot_quality", "cot_quality_id", "problem_id", "train_problems")
-
-GATE_TABLE = "quality_gate_results"
 # The SFT data of each training variant: teacher CoTs, or the refined CoTs of one mode.
 VARIANT_SOURCES = {"teacher_sft": None, "orion": "orion", "orion_no_error": "no_error", "orion_no_reflection": "no_reflection"}
 assert set(VARIANT_SOURCES) == set(TRAINING_VARIANTS)
+
+
+COT_QUALITY = TableSpec(
+    "cot_quality",
+    {
+        "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
+        "refined_cot_id": pl.Utf8, "source": pl.Utf8, "cot": pl.Utf8, "verified": pl.Boolean,
+        "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **quality.COT_METRICS_SCHEMA,
+        "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
+        "judge_consistency": pl.Int64, "teacher_similarity": pl.Float64, "drop_reasons": pl.List(pl.Utf8),
+        "kept": pl.Boolean,
+    },
+    id="cot_quality_id",
+    parents={"teacher_cot_id": "teacher_cots", "refined_cot_id": "refined_cots", "problem_id": "train_problems"},
+)
 
 
 def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
@@ -39,7 +52,7 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
     )
     mode_to_variant = {mode: variant for variant, mode in VARIANT_SOURCES.items() if mode}
     refined_rows = refined.select(
-        pl.col("mode").replace_strict(mode_to_variant).alias("variant"),
+        pl.col("mode").replace_strict(mode_to_variant, return_dtype=pl.Utf8).alias("variant"),
         pl.lit("refined_cots").alias("cot_table"),
         "problem_id",
         "teacher_cot_id",
@@ -58,54 +71,66 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dg.asset(
-    group_name="quality",
-    deps=[dg.AssetDep("teacher_cots"), dg.AssetDep("refined_cots"), dg.AssetDep("train_problems"), dg.AssetDep("student_base_model")],
-    kinds={"duckdb", "polars"},
-    code_version="2",
-)
-def cot_quality(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.MaterializeResult:
+@orion_asset(COT_QUALITY, group_name="quality", kinds={"polars"}, code_version="3")
+def cot_quality(
+    context: dg.AssetExecutionContext,
+    orion: OrionResource,
+    teacher_cots: Table,
+    refined_cots: Table,
+    train_problems: Table,
+    student_base_model: Table,
+) -> Rows:
     """Metrics of every candidate SFT CoT: tokens, steps, reflection markers, repetition,
     embedding coherence, benchmark contamination, similarity to the teacher CoT (refined rows),
     an LLM-judge score when a judge is set, and the per-row verdict: ``drop_reasons`` (empty =
-    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.gate`)."""
-    cfg = orion.active.config
-    teacher, teacher_up = orion.read("teacher_cots")
-    refined, refined_up = orion.read("refined_cots")
-    train, train_up = orion.read("train_problems")
-    base, base_up = orion.read("student_base_model")
-    frame = candidates(teacher, refined)
+    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.gate`).
 
+    Works in chunks of ``[data] chunk_size`` problems. A CoT repeated within a variant keeps its
+    first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk."""
+    cfg = orion.active.config
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base["path"][0])
+    tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
     embedder = quality.load_embedder(cfg.quality.embedding_model, device="auto")
-    metrics = quality.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
     index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.data.decontamination_ngram)
-    hits = [index.match(cot) for cot in frame["cot"]]
-    frame = pl.concat([frame, metrics], how="horizontal").with_columns(
-        pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),
-        pl.Series("contaminated_with", [h[1] if h else None for h in hits], dtype=pl.Utf8),
-    )
-    frame = frame.with_columns(_judge_scores(context, orion, frame, train))
-    teacher_text = dict(teacher.select("teacher_cot_id", "cot").iter_rows())
-    frame = frame.with_columns(
-        pl.Series(
-            "teacher_similarity",
-            [
-                quality.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
-                for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
-            ],
-            dtype=pl.Float64,
-        )
-    )
-    frame = gate.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id")
-    by_variant = {v: _variant_summary(g) for (v,), g in sorted(frame.group_by("variant"), key=lambda item: item[0])}
-    return orion.publish(
-        context,
-        frame,
-        reads=[teacher_up, refined_up, train_up, base_up],
-        metadata={
+    judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
+    problem_ids = teacher_cots.keys("problem_id")
+    progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
+    seen: set[tuple[str, str]] = set()  # (variant, cot_hash) of every CoT kept so far
+    summary_rows: list[pl.DataFrame] = []
+
+    def chunks():
+        for start in range(0, max(len(problem_ids), 1), cfg.data.chunk_size):
+            ids = problem_ids[start : start + cfg.data.chunk_size]
+            teacher = teacher_cots.rows_for("problem_id", ids)
+            frame = candidates(teacher, refined_cots.rows_for("problem_id", ids))
+            metrics = quality.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
+            hits = [index.match(cot) for cot in frame["cot"]]
+            frame = pl.concat([frame, metrics], how="horizontal").with_columns(
+                pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),
+                pl.Series("contaminated_with", [h[1] if h else None for h in hits], dtype=pl.Utf8),
+            )
+            frame = frame.with_columns(_judge_scores(context, cfg, judge, frame, train_problems, ids, progress))
+            teacher_text = dict(teacher.select("teacher_cot_id", "cot").iter_rows())
+            frame = frame.with_columns(
+                pl.Series(
+                    "teacher_similarity",
+                    [
+                        quality.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
+                        for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
+                    ],
+                    dtype=pl.Float64,
+                )
+            )
+            frame = _drop_earlier_duplicates(gate.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
+            frame = frame.select(list(COT_QUALITY.columns))
+            summary_rows.append(frame.drop("cot"))
+            yield frame
+
+    def metadata() -> dict:
+        frame = pl.concat(summary_rows) if summary_rows else COT_QUALITY.empty().drop("cot")
+        by_variant = {v: _variant_summary(g) for (v,), g in sorted(frame.group_by("variant"), key=lambda item: item[0])}
+        return {
             "by_variant": by_variant,
             "n_tokens_percentiles": percentiles(frame["n_tokens"]),
             "coherence_percentiles": percentiles(frame["coherence"].drop_nulls()),
@@ -113,9 +138,25 @@ def cot_quality(context: dg.AssetExecutionContext, orion: OrionResource) -> dg.M
             "kept": int(frame["kept"].sum()),
             "dropped": int((~frame["kept"]).sum()),
             "dropped_by_reason": gate.reason_counts(frame.filter(~pl.col("kept"))),
-            "judge": cfg.endpoints.judge is not None,
-        },
-    )
+            "judge": judge is not None,
+            **(usage_metadata(judge.results, cfg.endpoints.judge, "judge") if judge else {}),
+        }
+
+    return Rows(chunks(), metadata)
+
+
+def _drop_earlier_duplicates(frame: pl.DataFrame, seen: set[tuple[str, str]]) -> pl.DataFrame:
+    """Mark ``duplicate`` the rows whose (variant, CoT) an earlier chunk already kept; remember
+    this chunk's kept ones."""
+    earlier = pl.Series([(v, h) in seen for v, h in frame.select("variant", "cot_hash").iter_rows()], dtype=pl.Boolean)
+    frame = frame.with_columns(
+        pl.when(earlier & pl.col("kept"))
+        .then(pl.col("drop_reasons").list.concat(pl.lit(["duplicate"], dtype=pl.List(pl.Utf8))))
+        .otherwise(pl.col("drop_reasons"))
+        .alias("drop_reasons")
+    ).with_columns((pl.col("drop_reasons").list.len() == 0).alias("kept"))
+    seen.update(frame.filter(pl.col("kept")).select("variant", "cot_hash").iter_rows())
+    return frame
 
 
 def _variant_summary(rows: pl.DataFrame) -> dict:
@@ -131,21 +172,20 @@ def _variant_summary(rows: pl.DataFrame) -> dict:
     }
 
 
-def _judge_scores(context, orion: OrionResource, frame: pl.DataFrame, train: pl.DataFrame) -> list[pl.Series]:
+def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Table, ids, progress) -> list[pl.Series]:
     """LLM-judge coherence and logical consistency (1-5) per CoT; nulls without a judge."""
-    cfg = orion.active.config
-    if cfg.endpoints.judge is None:
+    if judge is None:
         return [pl.lit(None, dtype=pl.Int64).alias("judge_coherence"), pl.lit(None, dtype=pl.Int64).alias("judge_consistency")]
-    problem_text = dict(train.select("problem_id", "problem").iter_rows())
+    problem_text = train_problems.column_map("problem_id", "problem", ids)
     requests = [
         GenerationRequest(
             messages=prompts.messages("judge", cfg.prompts.model_dump(), problem=problem_text[pid], cot=cot),
-            params=sampling_params(cfg.endpoints.judge),
+            params=sampling_params(cfg.endpoints.judge, json_mode=True),
         )
         for pid, cot in frame.select("problem_id", "cot").iter_rows()
     ]
-    results = orion.endpoint("judge").generate(requests, run_id=context.run.run_id, progress=progress_logger(context, "judge"))
-    context.add_asset_metadata(usage_metadata(results, cfg.endpoints.judge, "judge"))
+    progress.total += len(requests)
+    results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk(len(requests)))
     scores = [quality.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),
@@ -154,7 +194,7 @@ def _judge_scores(context, orion: OrionResource, frame: pl.DataFrame, train: pl.
 
 
 @dg.asset_check(asset=cot_quality, blocking=True, description="Great Expectations suite per variant on the candidate SFT CoTs")
-def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -> dg.AssetCheckResult:
+def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, cot_quality: Table) -> dg.AssetCheckResult:
     """Gate each training variant of ``cot_quality`` on dataset-level expectations (GX 1.x): drop
     rate at most ``[quality] max_drop_rate``, at least ``min_rows`` kept rows, no contaminated
     kept row, coherence above ``min_coherence`` for ``coherence_mostly`` of the candidates (see
@@ -171,8 +211,9 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -
     ``student_checkpoint`` for a variant that passed proceeds, one for a variant that failed is
     refused with the failed expectations, counts and a few failing ids."""
     cfg = orion.active.config
-    frame = orion.store.read("cot_quality")
-    (checked,) = orion.upstream("cot_quality")
+    # Every column but the CoT text: the gate decides on metrics and verdicts.
+    frame = cot_quality.frame([c for c in COT_QUALITY.columns if c != "cot"])
+    (checked,) = cot_quality.upstream
     result = gate.run_gate(frame, cfg.quality, id_column="cot_quality_id")
     metadata = result.to_metadata()
     checked_at = datetime.now(UTC)
@@ -181,7 +222,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -
          "checked_at": checked_at}
         for row in gate.verdict_rows(result)
     ]
-    _append_verdicts(orion, pl.DataFrame(rows, schema=GATE_SCHEMA))
+    verdicts.append_verdicts(orion.store, pl.DataFrame(rows, schema=verdicts.GATE_SCHEMA))
     for verdict in result.verdicts:
         (context.log.info if verdict.passed else context.log.warning)(f"quality gate: {verdict.message}")
     return dg.AssetCheckResult(
@@ -191,64 +232,3 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource) -
     )
 
 
-GATE_SCHEMA = {
-    "checked_materialization_id": pl.Utf8, "dagster_run_id": pl.Utf8, "variant": pl.Utf8, "passed": pl.Boolean,
-    "row_count": pl.Int64, "kept_count": pl.Int64, "dropped_count": pl.Int64, "dropped_by_reason": pl.Utf8,
-    "failed_expectations": pl.Utf8, "failing_ids": pl.Utf8, "message": pl.Utf8,
-    "checked_at": pl.Datetime("us", "UTC"),
-}
-# Columns a quality_gate_results table written before per-variant verdicts lacks.
-_ADDED_GATE_COLUMNS = {"variant": "VARCHAR", "kept_count": "BIGINT", "dropped_count": "BIGINT",
-                       "dropped_by_reason": "VARCHAR", "message": "VARCHAR"}
-
-
-def _append_verdicts(orion: OrionResource, rows: pl.DataFrame) -> None:
-    """Append verdict rows, first adding the per-variant columns to a table from an older version."""
-    store = orion.store
-    if store.table_exists(GATE_TABLE):
-        with store.connect() as con:
-            have = {r[0] for r in con.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-                [SCHEMA, GATE_TABLE]).fetchall()}
-            for name, sql_type in _ADDED_GATE_COLUMNS.items():
-                if name not in have:
-                    con.execute(f'ALTER TABLE {SCHEMA}.{GATE_TABLE} ADD COLUMN "{name}" {sql_type}')
-    store.append(GATE_TABLE, rows)
-
-
-def latest_gate_verdict(orion: OrionResource, variant: str | None = None) -> tuple[bool, str]:
-    """Whether the newest ``cot_quality`` materialization passed the gate for ``variant``, and why not.
-
-    The answer comes from the latest check run on that materialization: ``variant`` passed when
-    its row there passed (a row without a variant, written before verdicts were per variant,
-    stands for every variant). ``variant=None`` asks whether every gated variant passed.
-    """
-    (checked,) = orion.upstream("cot_quality")
-    if checked.materialization_id is None:
-        return False, "cot_quality has not been materialized"
-    if not orion.store.table_exists(GATE_TABLE):
-        return False, f"the quality gate never ran on cot_quality materialization {checked.materialization_id}"
-    rows = orion.store.read(GATE_TABLE, {"checked_materialization_id": checked.materialization_id})
-    if rows.height == 0:
-        return False, f"the quality gate has not run on cot_quality materialization {checked.materialization_id}"
-    if "variant" not in rows.columns:
-        rows = rows.with_columns(pl.lit(None, dtype=pl.Utf8).alias("variant"))
-    latest = rows.filter(pl.col("checked_at") == pl.col("checked_at").max())
-    where = f"cot_quality materialization {checked.materialization_id}"
-    if variant is not None:
-        latest = latest.filter((pl.col("variant") == variant) | pl.col("variant").is_null())
-        if latest.height == 0:
-            return False, (f"the quality gate's latest run on {where} gave no verdict for variant {variant} "
-                           "(cot_quality has no candidate rows for it)")
-    failed = latest.filter(~pl.col("passed"))
-    if failed.height == 0:
-        return True, "passed"
-    reasons = []
-    for row in failed.iter_rows(named=True):
-        if row.get("message"):
-            reasons.append(row["message"])
-        else:  # a verdict from before per-variant rows
-            reasons.append(f"expectations {row['failed_expectations']}, failing ids {row['failing_ids'][:500]}")
-    scope = f"for variant {variant} " if variant is not None else ""
-    return False, f"the quality gate failed {scope}on {where}: " + " | ".join(reasons)

@@ -7,6 +7,7 @@ keep every result when the asset calls it several times (reflection's tries) and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,8 @@ def usage_metadata(results: Iterable[GenerationResult], cfg: EndpointConfig | No
 
 
 class Metered:
-    """An endpoint that remembers every result it returned (``results``); all else is the endpoint's."""
+    """An endpoint that remembers every result it returned (``results``, without their text, so
+    an asset that streams thousands of chunks keeps only numbers); all else is the endpoint's."""
 
     def __init__(self, endpoint: Any):
         self._endpoint = endpoint
@@ -63,8 +65,12 @@ class Metered:
 
     def generate(self, requests: Sequence[GenerationRequest], **kwargs: Any) -> list[GenerationResult]:
         results = self._endpoint.generate(requests, **kwargs)
-        self.results += results
+        self.results += [dataclasses.replace(r, text=None, reasoning=None) for r in results]
         return results
+
+    @property
+    def inner(self) -> Any:
+        return self._endpoint
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._endpoint, name)

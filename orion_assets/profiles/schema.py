@@ -75,6 +75,9 @@ class DataConfig(Section):
     benchmarks: list[Benchmark] = Field(default_factory=lambda: list(BENCHMARKS))
     decontamination_ngram: int = Field(13, ge=3)
     sample_seed: int = 0
+    # Training problems per chunk: the problem-level assets read, generate and write this many
+    # problems at a time, so memory stays bounded whatever the pool's size.
+    chunk_size: int = Field(1000, ge=1)
 
 
 class EndpointConfig(Section):
