@@ -19,14 +19,16 @@ Definitions used throughout:
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import functools
 import importlib
+import itertools
 import json
 import math
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,6 +42,7 @@ __all__ = [
     "Embedder",
     "coherence",
     "cot_metrics",
+    "iter_coherence",
     "load_embedder",
     "parse_judge_reply",
     "reflection_marker_count",
@@ -345,32 +348,73 @@ def _encode(embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.nd
     return vectors / np.where(norms == 0, 1.0, norms)
 
 
-def coherence(steps_list: Sequence[list[str]], embedder: Embedder, *, batch_size: int = 64) -> list[float | None]:
+def _mean_adjacent_cosine(rows: np.ndarray) -> float:
+    adjacent = np.einsum("ij,ij->i", rows[:-1], rows[1:])  # cosine of step i and i+1
+    return float(np.mean(adjacent))
+
+
+def iter_coherence(
+    steps_iter: Iterable[list[str]], embedder: Embedder, *, batch_size: int = 64, window: int = 1024
+) -> Iterator[float | None]:
+    """:func:`coherence` as a stream: one score per CoT of ``steps_iter``, in input order, each
+    yielded as soon as all its steps are encoded; ``steps_iter`` is read only as far as needed.
+
+    Distinct steps are queued CoT by CoT and encoded ``window`` at a time (one ``encode`` call
+    each: sentence-transformers sorts the window by length and runs the model on ``batch_size``
+    steps at a time, so little of the work is padding). After each call every CoT whose steps
+    are all encoded is scored and its embeddings are released: what is held at any time is at
+    most one window of embeddings plus the encoded steps of the one CoT that straddles windows.
+    A step repeated within a window (a CoT in several variants, a line said twice) is encoded
+    once.
+    """
+    if batch_size < 1 or window < 1:
+        raise ValueError(f"batch_size and window must be at least 1, got {batch_size} and {window}")
+    vectors: dict[str, np.ndarray] = {}  # encoded steps that an unscored CoT still needs
+    pending: dict[str, None] = {}  # distinct steps waiting to be encoded, in queue order
+    waiting: collections.deque[list[str] | None] = collections.deque()  # unscored CoTs, in order
+
+    def encode(texts: list[str]) -> None:
+        for text in texts:
+            del pending[text]
+        vectors.update(zip(texts, _encode(embedder, texts, batch_size=batch_size)))
+
+    def ready() -> Iterator[float | None]:
+        # CoTs are queued in order, so all but the last waiting one are complete after an encode.
+        while waiting and (waiting[0] is None or all(step in vectors for step in waiting[0])):
+            steps = waiting.popleft()
+            yield None if steps is None else _mean_adjacent_cosine(np.stack([vectors[s] for s in steps]))
+        needed = {step for steps in waiting if steps is not None for step in steps}
+        for step in [s for s in vectors if s not in needed]:
+            del vectors[step]
+
+    for steps in steps_iter:
+        if len(steps) < 2:
+            waiting.append(None)
+        else:
+            waiting.append(list(steps))
+            for step in steps:
+                if step not in vectors and step not in pending:
+                    pending[step] = None
+        while len(pending) >= window:
+            encode(list(itertools.islice(pending, window)))
+            yield from ready()
+        if not pending:  # every waiting CoT has its vectors (or needs none)
+            yield from ready()
+    if pending:
+        encode(list(pending))
+    yield from ready()
+
+
+def coherence(
+    steps_list: Iterable[list[str]], embedder: Embedder, *, batch_size: int = 64, window: int = 1024
+) -> list[float | None]:
     """Per CoT, the mean cosine similarity of adjacent steps' embeddings; None under 2 steps.
 
-    All distinct steps of all CoTs go through one ``encode`` call (sentence-transformers sorts
-    them by length into batches), so a whole table costs one pass of the model and a step
-    shared by several CoTs (the same teacher CoT in several variants) is encoded once.
+    Computed by :func:`iter_coherence`: steps are encoded ``window`` distinct steps per
+    ``encode`` call (model batches of ``batch_size``) and each CoT is scored as soon as its steps
+    are encoded, so memory stays bounded however many CoTs come in.
     """
-    unique: dict[str, int] = {}  # each distinct step is encoded once (variants share CoTs)
-    positions: list[list[int] | None] = []
-    for steps in steps_list:
-        if len(steps) < 2:
-            positions.append(None)
-            continue
-        positions.append([unique.setdefault(step, len(unique)) for step in steps])
-    if not unique:
-        return [None] * len(positions)
-    vectors = _encode(embedder, list(unique), batch_size=batch_size)
-    scores: list[float | None] = []
-    for index in positions:
-        if index is None:
-            scores.append(None)
-            continue
-        rows = vectors[index]
-        adjacent = np.einsum("ij,ij->i", rows[:-1], rows[1:])  # cosine of step i and i+1
-        scores.append(float(np.mean(adjacent)))
-    return scores
+    return list(iter_coherence(steps_list, embedder, batch_size=batch_size, window=window))
 
 
 # -- all metrics ---------------------------------------------------------------------------------
@@ -397,7 +441,9 @@ def _token_counts(cots: list[str], tokenizer: Any) -> list[int]:
     return [len(ids) for ids in encoded]
 
 
-def cot_metrics(cots: Sequence[str], *, tokenizer: Any, embedder: Embedder) -> pl.DataFrame:
+def cot_metrics(
+    cots: Sequence[str], *, tokenizer: Any, embedder: Embedder, batch_size: int = 64, window: int = 1024
+) -> pl.DataFrame:
     """One row of metrics per CoT, in input order.
 
     Columns: ``n_tokens`` (the student tokenizer's tokens, no special tokens), ``n_words``
@@ -405,20 +451,34 @@ def cot_metrics(cots: Sequence[str], *, tokenizer: Any, embedder: Embedder) -> p
     (:func:`reflection_marker_count`), ``reflection_density`` (markers per 100 words, 0.0
     without words), ``repeated_4gram_ratio`` (:func:`repeated_ngram_ratio` with n=4) and
     ``coherence`` (:func:`coherence`, null for a CoT of fewer than 2 steps).
+
+    A text that occurs several times (a teacher CoT kept as the fallback of a variant) is split
+    and embedded once. Coherence streams (:func:`iter_coherence`, ``batch_size`` and ``window``
+    passed on): steps are cut CoT by CoT as the encoder needs them and dropped once the CoT is
+    scored, so memory is bounded by one window of steps, not by the number of CoTs.
     """
     texts = ["" if cot is None else str(cot) for cot in cots]
-    steps = [split_steps(text) for text in texts]
+    distinct = list(dict.fromkeys(texts))
+    n_steps: dict[str, int] = {}
+
+    def steps_of_each() -> Iterator[list[str]]:
+        for text in distinct:
+            steps = split_steps(text)
+            n_steps[text] = len(steps)
+            yield steps
+
+    scores = dict(zip(distinct, iter_coherence(steps_of_each(), embedder, batch_size=batch_size, window=window)))
     n_words = [len(words(text)) for text in texts]
     markers = [reflection_marker_count(text) for text in texts]
     return pl.DataFrame(
         {
             "n_tokens": _token_counts(texts, tokenizer),
             "n_words": n_words,
-            "n_steps": [len(s) for s in steps],
+            "n_steps": [n_steps[text] for text in texts],
             "reflection_markers": markers,
             "reflection_density": [100.0 * m / w if w else 0.0 for m, w in zip(markers, n_words)],
             "repeated_4gram_ratio": [repeated_ngram_ratio(text, 4) for text in texts],
-            "coherence": coherence(steps, embedder) if texts else [],
+            "coherence": [scores[text] for text in texts],
         },
         schema=COT_METRICS_SCHEMA,
     )

@@ -8,6 +8,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -243,6 +244,77 @@ def test_coherence_edge_cases(embedder) -> None:
     assert same[0] == pytest.approx(1.0, abs=1e-4) and same[1] is None
 
 
+class RecordingEmbedder:
+    """The real embedder, with a record of the texts of each ``encode`` call."""
+
+    def __init__(self, inner: quality.Embedder) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+
+    def encode(self, sentences: list[str], **kwargs):
+        self.calls.append(list(sentences))
+        return self.inner.encode(sentences, **kwargs)
+
+
+def _reference_coherence(steps: list[str], embedder) -> float | None:
+    """The definition, written out: encode one CoT's steps, average the cosines of neighbours."""
+    if len(steps) < 2:
+        return None
+    vectors = np.asarray(embedder.encode(steps, convert_to_numpy=True), dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return float(np.mean([vectors[i] @ vectors[i + 1] for i in range(len(steps) - 1)]))
+
+
+def _concatenated_cots(gsm8k: list[dict], sizes: list[int]) -> list[str]:
+    """CoTs made of ``sizes[k]`` consecutive GSM8K solutions each, no solution used twice."""
+    cots, start = [], 0
+    for size in sizes:
+        cots.append("\n\n".join(r["answer"] for r in gsm8k[start : start + size]))
+        start += size
+    return cots
+
+
+def test_streamed_coherence_equals_the_reference_on_real_text(gsm8k, embedder) -> None:
+    """Small windows: CoTs straddle encode calls, one CoT is longer than a window, a duplicate
+    CoT and short CoTs sit in between; every score equals the one-CoT-at-a-time reference."""
+    cots = _concatenated_cots(gsm8k, [2, 1, 5, 2, 1])
+    steps_list = [split_steps(c) for c in cots]
+    steps_list[3:3] = [["#### 4"], []]
+    steps_list.append(steps_list[0])
+    assert len(steps_list[2]) > 12  # the 5-solution CoT alone is longer than a window
+    spy = RecordingEmbedder(embedder)
+    scores = coherence(steps_list, spy, batch_size=4, window=12)
+    expected = [_reference_coherence(steps, embedder) for steps in steps_list]
+    assert [s is None for s in scores] == [e is None for e in expected] == [
+        len(steps) < 2 for steps in steps_list]
+    assert scores == [None if e is None else pytest.approx(e, abs=1e-5) for e in expected]
+    assert all(len(call) <= 12 for call in spy.calls) and len(spy.calls) >= 4
+    distinct = {step for steps in steps_list if len(steps) >= 2 for step in steps}
+    assert set().union(*spy.calls) == distinct
+
+
+def test_iter_coherence_scores_a_cot_before_reading_the_rest(gsm8k, embedder) -> None:
+    steps_list = [split_steps(c) for c in _concatenated_cots(gsm8k, [1] * 12)]
+    read = 0
+
+    def lazily():
+        nonlocal read
+        for steps in steps_list:
+            read += 1
+            yield steps
+
+    spy = RecordingEmbedder(embedder)
+    scores = quality.iter_coherence(lazily(), spy, batch_size=4, window=12)
+    first = next(scores)
+    assert first == pytest.approx(_reference_coherence(steps_list[0], embedder), abs=1e-5)
+    # one window's worth of CoTs was read and encoded, not the twelve
+    assert len(spy.calls) == 1 and len(spy.calls[0]) == 12 and read < 6
+    assert len(list(scores)) == 11 and read == 12
+    assert all(len(call) <= 12 for call in spy.calls)
+    with pytest.raises(ValueError, match="window"):
+        coherence(steps_list, embedder, window=0)
+
+
 # -- all metrics ---------------------------------------------------------------------------------
 
 
@@ -266,6 +338,19 @@ def test_cot_metrics(gsm8k, aime, tokenizer, embedder) -> None:
     assert frame.row(4, named=True)["reflection_density"] == 0.0
     empty = cot_metrics([], tokenizer=tokenizer, embedder=embedder)
     assert empty.height == 0 and empty.columns == frame.columns
+
+
+def test_cot_metrics_embeds_a_repeated_cot_once(gsm8k, tokenizer, embedder) -> None:
+    """A teacher CoT that is also a variant's fallback: its steps go through the model once, even
+    when other CoTs come between the copies and the window is small."""
+    a, b, c = _concatenated_cots(gsm8k, [2, 1, 1])
+    spy = RecordingEmbedder(embedder)
+    frame = cot_metrics([a, b, c, a], tokenizer=tokenizer, embedder=spy, window=6)
+    encoded = [text for call in spy.calls for text in call]
+    assert len(encoded) == len(set(encoded)) == len(set(split_steps(a) + split_steps(b) + split_steps(c)))
+    assert frame.row(0) == frame.row(3)
+    assert frame["coherence"].to_list() == pytest.approx(
+        [_reference_coherence(split_steps(t), embedder) for t in (a, b, c, a)], abs=1e-5)
 
 
 # -- LLM judge replies ---------------------------------------------------------------------------
