@@ -956,11 +956,6 @@ def shutdown_pool() -> None:
 atexit.register(shutdown_pool)
 
 
-def _pool_stats() -> dict[str, float]:
-    pool = _POOL
-    return dict(pool.stats) if pool is not None else {}
-
-
 def _pool_worker_pids() -> list[int]:
     pool = _POOL
     return pool.worker_pids() if pool is not None else []
