@@ -41,6 +41,8 @@ from orion_assets.training.sft import (
     launch_command,
     load_trained_model,
     read_train_log,
+    tokenize_dataset,
+    tokenize_example,
     train,
     write_sft_parquet,
 )
@@ -278,6 +280,44 @@ def test_every_trained_example_ends_with_its_answer_and_end_of_turn(tmp_path, ti
         assert int(batch["attention_mask"][i].sum()) <= max_length
     # the rest were dropped: some examples are trained, not all
     assert 0 < len(trainer.train_dataset) == len(sft_rows) - prepared.stats.dropped_too_long < len(sft_rows)
+
+
+def test_tokenization_streams_into_an_arrow_cache_with_the_same_token_ids(tmp_path, tiny_student, sft_rows):
+    """The examples are tokenized batch by batch into Arrow files under output_dir (not a list of every example in
+    memory), and the trained token ids are exactly those of tokenizing each row on its own, as before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_student.path)
+    eos_id = tok.convert_tokens_to_ids(EOS_TOKEN)
+    expected = [(r["sft_example_id"], *tokenize_example(tok, r["prompt"], r["completion"], eos_id)) for r in sft_rows]
+    max_length = sorted(len(ids) for _, ids, _ in expected)[len(expected) // 2]
+    data = write_sft_parquet(sft_rows, tmp_path / "data.parquet")
+    kept = [(i, ids, mask) for i, ids, mask in expected if len(ids) <= max_length]
+    ds, stats = tokenize_dataset(tok, data, eos_id, max_length, cache_dir=tmp_path / "cache", fingerprint="t")
+    assert ds.cache_files and all(Path(f["filename"]).is_relative_to(tmp_path / "cache") for f in ds.cache_files)
+    assert [(r["sft_example_id"], r["input_ids"], r["completion_mask"]) for r in ds] == kept
+    assert stats.dropped_ids == tuple(i for i, ids, _ in expected if len(ids) > max_length)
+    assert stats.completion_tokens == sum(sum(mask) for _, _, mask in kept)
+    assert stats.mean_example_tokens == pytest.approx(sum(len(ids) for _, ids, _ in expected) / len(expected))
+
+    # the trainer trains from such a cache in the run's directory (TRL turns completion_mask into labels)
+    out = tmp_path / "out"
+    trained = build_trainer(_params(tiny_student, data, out, max_length=max_length)).trainer.train_dataset
+    assert trained.cache_files
+    assert all(Path(f["filename"]).is_relative_to(out / "data_cache") for f in trained.cache_files)
+    assert [r["input_ids"] for r in trained] == [ids for _, ids, _ in kept]
+    assert [[int(t != -100) for t in r["labels"]] for r in trained] == [mask for _, _, mask in kept]
+
+    # building again gives the same ids; a file with rows of the wrong shape is refused, naming the row
+    again = build_trainer(_params(tiny_student, data, out, max_length=max_length)).trainer.train_dataset
+    assert [r["input_ids"] for r in again] == [ids for _, ids, _ in kept]
+    rows = pq.read_table(data).to_pylist()
+    rows[3]["completion"] = [{"role": "user", "content": "not an answer"}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(data)), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad.parquet: row 3: completion messages must have role 'assistant'"):
+        build_trainer(_params(tiny_student, tmp_path / "bad.parquet", tmp_path / "bad_out"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

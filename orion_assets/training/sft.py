@@ -13,7 +13,9 @@ What :func:`train` guarantees (each point is a TRL default we do *not* rely on):
   conversational prompt-completion example (``apply_chat_template(prompt, add_generation_prompt=True)`` for the
   prompt, ``apply_chat_template(prompt + completion)`` for the whole sequence, the completion starting where the
   two diverge), and hand TRL ``input_ids`` + ``completion_mask`` with ``completion_only_loss=True``.  TRL turns the
-  mask into ``labels`` (-100 on the prompt).
+  mask into ``labels`` (-100 on the prompt).  Tokenization streams (:func:`tokenize_dataset`): the Parquet file
+  goes through ``datasets`` in batches into an Arrow cache in ``output_dir/data_cache``, never a Python list of
+  the whole data set; a resume reuses the cache.
 * **The end-of-turn token is learned.**  The completion tokens end with exactly one end-of-turn token
   (``<|im_end|>`` for ChatML, else the tokenizer's eos; override with ``TrainParams.eos_token``) and nothing after
   it: ChatML templates render ``<|im_end|>\\n`` after an assistant turn, and TRL would train the model on that
@@ -90,13 +92,12 @@ __all__ = [
     "config_hash",
     "find_resume_checkpoint",
     "launch_command",
-    "load_sft_rows",
     "load_trained_model",
     "read_train_log",
     "resolve_eos_token",
     "sft_trainer_config",
     "tokenize_example",
-    "tokenize_rows",
+    "tokenize_dataset",
     "train",
     "write_sft_parquet",
 ]
@@ -104,9 +105,12 @@ __all__ = [
 TRAIN_LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
 PARAMS_FILE = "train_params.json"
+DATA_CACHE_DIR = "data_cache"  # the tokenized examples (Arrow), reused on resume
 FINAL_DIR = "final"
 FINAL_INFO_FILE = "orion_sft.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TOKENIZE_BATCH = 256  # rows tokenized (and held in memory) at a time
+_TOKENIZE_VERSION = 1  # bump when tokenization changes: a new cache
 
 #: Fields that do not change the trained weights (bookkeeping, where things are written, how often they are saved).
 #: ``base_model_path`` and ``dataset_path`` are replaced by fingerprints of what they point at.
@@ -326,34 +330,6 @@ def write_sft_parquet(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike
     return path
 
 
-def load_sft_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read the SFT Parquet file; checks the conversational prompt-completion shape."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = {"prompt", "completion"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"{path}: SFT data needs columns 'prompt' and 'completion' (missing {sorted(missing)})")
-    rows = table.to_pylist()
-    if not rows:
-        raise ValueError(f"{path}: no SFT examples")
-    out = []
-    for i, r in enumerate(rows):
-        prompt, completion = r["prompt"], r["completion"]
-        if not isinstance(prompt, list) or not prompt or not isinstance(completion, list) or not completion:
-            raise ValueError(f"{path}: row {i}: prompt and completion must be non-empty lists of messages")
-        if any(m.get("role") != "assistant" for m in completion):
-            raise ValueError(f"{path}: row {i}: completion messages must have role 'assistant'")
-        out.append(
-            {
-                "sft_example_id": str(r.get("sft_example_id") or i),
-                "prompt": [{"role": m["role"], "content": m["content"]} for m in prompt],
-                "completion": [{"role": m["role"], "content": m["content"]} for m in completion],
-            }
-        )
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # tokenization: the loss mask and the examples too long to train on whole
 
@@ -405,40 +381,97 @@ def tokenize_example(
     return input_ids, [0] * n + [1] * len(completion_ids)
 
 
-def tokenize_rows(
-    tokenizer, rows: Sequence[Mapping[str, Any]], eos_token_id: int, max_length: int
-) -> tuple[dict[str, list], SFTDataStats]:
-    """Tokenize all rows (:func:`tokenize_example`); leave out, and count, those longer than ``max_length``.
+def _messages(value: Any, where: str, what: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: prompt and completion must be non-empty lists of messages ({what} is not)")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
-    An example is kept whole or not at all: cutting it would lose the end of the completion (the answer and the
-    end-of-turn token), the part the model most needs to learn.
+
+def tokenize_dataset(
+    tokenizer,
+    dataset_path: str | os.PathLike,
+    eos_token_id: int,
+    max_length: int,
+    *,
+    cache_dir: str | os.PathLike,
+    fingerprint: str,
+) -> tuple[Any, SFTDataStats]:
+    """Tokenize the SFT Parquet file (:func:`tokenize_example` per row) into a ``datasets.Dataset`` of
+    ``input_ids``, ``completion_mask`` and ``sft_example_id``, leaving out, and counting, the examples longer than
+    ``max_length``.
+
+    Streams: the file is read into Arrow (``Dataset.from_parquet``) and tokenized ``TOKENIZE_BATCH`` rows at a time
+    (``map(batched=True)``), each batch written to an Arrow cache file under ``cache_dir``; the statistics are
+    computed on the Arrow columns.  Memory stays bounded by a batch, not the data set, and a resumed run with the
+    same ``fingerprint`` (which must change with whatever changes the tokens) reads the cache instead of
+    tokenizing again.  An example is kept whole or not at all: cutting it would lose the end of the completion
+    (the answer and the end-of-turn token), the part the model most needs to learn.
     """
-    input_ids: list[list[int]] = []
-    masks: list[list[int]] = []
-    ids: list[str] = []
-    dropped: list[str] = []
-    lengths: list[int] = []
-    completion_tokens = 0
-    for r in rows:
-        seq, mask = tokenize_example(tokenizer, r["prompt"], r["completion"], eos_token_id)
-        lengths.append(len(seq))
-        if len(seq) > max_length:
-            dropped.append(str(r["sft_example_id"]))
-            continue
-        input_ids.append(seq)
-        masks.append(mask)
-        ids.append(str(r["sft_example_id"]))
-        completion_tokens += sum(mask)
-    stats = SFTDataStats(
-        examples=len(rows),
-        dropped_too_long=len(dropped),
-        max_example_tokens=max(lengths) if lengths else 0,
-        mean_example_tokens=(sum(lengths) / len(lengths)) if lengths else 0.0,
-        completion_tokens=completion_tokens,
-        max_length=max_length,
-        dropped_ids=tuple(dropped[:100]),
+    import datasets
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(dataset_path)
+    names = pq.read_schema(path).names
+    missing = {"prompt", "completion"} - set(names)
+    if missing:
+        raise ValueError(f"{path}: SFT data needs columns 'prompt' and 'completion' (missing {sorted(missing)})")
+    columns = [c for c in ("sft_example_id", "prompt", "completion") if c in names]
+    raw = datasets.Dataset.from_parquet(str(path), columns=columns, cache_dir=str(cache_dir))
+    if len(raw) == 0:
+        raise ValueError(f"{path}: no SFT examples")
+
+    def encode(batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in ("input_ids", "completion_mask", "sft_example_id", "n_tokens")}
+        out["n_completion"] = []
+        example_ids = batch["sft_example_id"] if "sft_example_id" in batch else [None] * len(indices)
+        for i, prompt, completion, example_id in zip(
+            indices, batch["prompt"], batch["completion"], example_ids, strict=True
+        ):
+            where = f"{path}: row {i}"
+            prompt, completion = _messages(prompt, where, "prompt"), _messages(completion, where, "completion")
+            if any(m["role"] != "assistant" for m in completion):
+                raise ValueError(f"{where}: completion messages must have role 'assistant'")
+            seq, mask = tokenize_example(tokenizer, prompt, completion, eos_token_id)
+            out["input_ids"].append(seq)
+            out["completion_mask"].append(mask)
+            out["sft_example_id"].append(str(example_id or i))
+            out["n_tokens"].append(len(seq))
+            out["n_completion"].append(sum(mask))
+        return out
+
+    tokenized = raw.map(
+        encode,
+        batched=True,
+        batch_size=TOKENIZE_BATCH,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        new_fingerprint=f"{fingerprint}-tokens-v{_TOKENIZE_VERSION}",
+        desc="Tokenizing SFT examples",
     )
-    return {"input_ids": input_ids, "completion_mask": masks, "sft_example_id": ids}, stats
+    table = tokenized.data
+    n_tokens = table.column("n_tokens")
+    too_long = pc.greater(n_tokens, max_length)
+    dropped = int(pc.sum(pc.cast(too_long, "int64")).as_py() or 0)
+    stats = SFTDataStats(
+        examples=len(tokenized),
+        dropped_too_long=dropped,
+        max_example_tokens=int(pc.max(n_tokens).as_py()),
+        mean_example_tokens=float(pc.mean(n_tokens).as_py()),
+        completion_tokens=int(pc.sum(pc.filter(table.column("n_completion"), pc.invert(too_long))).as_py() or 0),
+        max_length=max_length,
+        dropped_ids=tuple(pc.filter(table.column("sft_example_id"), too_long).slice(0, 100).to_pylist()),
+    )
+    if dropped:
+        tokenized = tokenized.filter(
+            lambda n: [x <= max_length for x in n],
+            input_columns="n_tokens",
+            batched=True,
+            batch_size=TOKENIZE_BATCH,
+            new_fingerprint=f"{fingerprint}-fits-{max_length}-v{_TOKENIZE_VERSION}",
+            desc="Leaving out SFT examples longer than max_length",
+        )
+    return tokenized.remove_columns(["n_tokens", "n_completion"]), stats
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -641,7 +674,6 @@ class PreparedSFT:
 def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> PreparedSFT:
     """Load tokenizer, data and model and build the ``SFTTrainer`` (no training). :func:`train` uses it; tests use
     it to inspect the collated batches."""
-    import datasets
     import torch
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -671,6 +703,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
                     shutil.rmtree(p, ignore_errors=True)
             (output_dir / TRAIN_LOG_FILE).unlink(missing_ok=True)
             (output_dir / RESULT_FILE).unlink(missing_ok=True)
+            shutil.rmtree(output_dir / DATA_CACHE_DIR, ignore_errors=True)
         else:
             _rewrite_train_log(output_dir, _checkpoint_step(resume_ckpt))
         params_file.write_text(json.dumps({"config_hash": chash, "params": params.to_json()}, indent=2) + "\n")
@@ -681,8 +714,16 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
     eos_id = tokenizer.convert_tokens_to_ids(eos_token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = eos_token  # padding is masked out of the loss (-100) and the attention
-    rows = load_sft_rows(params.dataset_path)
-    columns, stats = tokenize_rows(tokenizer, rows, eos_id, params.max_length)
+    args = trl.SFTConfig(**sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token))
+    with args.main_process_first(desc="SFT tokenization"):  # rank 0 writes the Arrow cache, the others read it
+        train_dataset, stats = tokenize_dataset(
+            tokenizer,
+            params.dataset_path,
+            eos_id,
+            params.max_length,
+            cache_dir=output_dir / DATA_CACHE_DIR,
+            fingerprint=chash,
+        )
     if stats.dropped_too_long:
         logger.warning(
             "%d of %d SFT examples are longer than max_length=%d tokens (longest %d) and are dropped, not "
@@ -693,12 +734,11 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
             stats.max_example_tokens,
             ", ".join(stats.dropped_ids[:5]),
         )
-    if not columns["input_ids"]:
+    if len(train_dataset) == 0:
         raise ValueError(
             f"all {stats.examples} SFT examples in {params.dataset_path} are longer than max_length="
             f"{params.max_length} tokens: nothing to train on (raise [sft] max_length or lower [quality] max_tokens)"
         )
-    train_dataset = datasets.Dataset.from_dict(columns)
 
     # -- model
     load_dtype = torch.bfloat16 if (bf16 and params.lora) else torch.float32  # full FT keeps fp32 master weights
@@ -717,7 +757,6 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
             task_type="CAUSAL_LM",
         )
 
-    args = trl.SFTConfig(**sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token))
     callback = _make_log_callback(output_dir, on_log)
     trainer = trl.SFTTrainer(
         model=model,
