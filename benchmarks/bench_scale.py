@@ -296,10 +296,23 @@ def run_size(n: int, work: Path, reasoning_words: int, timeout_s: float) -> dict
         "duckdb_bytes": db_bytes,
         "duckdb_mb_per_1k": round(db_bytes / 2**20 * 1000 / n, 2),
     })  # fmt: skip
-    main_db = next((p for p in db_files if p.suffix == ".duckdb"), None)
+    # Everything the run stored besides model weights and logs (a DuckDB file, Parquet files, ...).
+    stored = [p for p in data_dir.rglob("*") if p.is_file() and p.relative_to(data_dir).parts[0] not in ("models", "logs")]
+    result["data_bytes_besides_models_and_logs"] = sum(p.stat().st_size for p in stored)
+    result["data_mb_per_1k_besides_models_and_logs"] = round(
+        result["data_bytes_besides_models_and_logs"] / 2**20 * 1000 / n, 2)
+    main_db = max((p for p in db_files if p.suffix == ".duckdb"), key=lambda p: p.stat().st_size, default=None)
     if main_db is not None and child.returncode == 0:
-        result.update(db_stats(main_db))
-        result["text_twice"] = duplicate_text(main_db)
+        for key, measure in (("db", db_stats), ("text_twice", duplicate_text)):
+            try:
+                got = measure(main_db)
+            except Exception as exc:  # noqa: BLE001 - a changed schema must not lose the timings
+                result[f"{key}_error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if key == "db":
+                result.update(got)
+            else:
+                result[key] = got
     return result
 
 
@@ -364,11 +377,18 @@ def duplicate_text(path: Path) -> dict[str, Any]:
 
     with duckdb.connect(str(path), read_only=True) as con:
         columns = _text_columns(con)
-        schema = next(c[0] for c in columns if c[1] == "teacher_cots")
+        teacher = [c for c in columns if c[1] == "teacher_cots"]
+        if not teacher:
+            raise LookupError("no teacher_cots table in the DuckDB file")
+        schema = teacher[0][0]
+        names = [c[2] for c in teacher]
+        text_col = "cot" if "cot" in names else max(
+            (c[2] for c in teacher if c[3] == "VARCHAR"),
+            key=lambda n: con.sql(f'SELECT avg(strlen("{n}")) FROM {schema}.teacher_cots').fetchone()[0] or 0)
         con.sql(f"""
             CREATE TEMP TABLE tp AS
             WITH lines AS (
-                SELECT row_number() OVER () AS cot, {_paragraphs('cot')} AS line FROM {schema}.teacher_cots),
+                SELECT row_number() OVER () AS cot, {_paragraphs(f'"{text_col}"')} AS line FROM {schema}.teacher_cots),
             numbered AS (
                 SELECT cot, line, row_number() OVER (PARTITION BY cot) AS k, count(*) OVER (PARTITION BY cot) AS n
                 FROM lines),
@@ -398,7 +418,7 @@ def duplicate_text(path: Path) -> dict[str, Any]:
                     stored[cot] = stored.get(cot, 0) + c
     counts, kept = list(copies.values()), list(stored.values())
     return {
-        "measure": "cells holding a unique inner paragraph of a teacher_cots.cot, over every text/JSON/list/struct "
+        "measure": f"cells holding a unique inner paragraph of a teacher_cots.{text_col}, over every text/JSON/list/struct "
                    "column of every base table (the CoT's own cell counts 1)",
         "teacher_cots": n_cots,
         "cots_with_a_unique_paragraph": n_marked,
