@@ -1,7 +1,9 @@
 """SFT of the student (DESIGN.md section 2 step 6), run as its own process through Dagster Pipes.
 
-* :mod:`orion_assets.training.sft` -- plain typed functions: :class:`TrainParams`, :func:`train`,
-  :func:`config_hash`, :func:`launch_command`, the tokenization that decides the loss mask and truncation.
+* :mod:`orion_assets.training.sft` -- plain typed functions: :class:`TrainParams` (the profile's [sft] settings,
+  declared once in :class:`orion_assets.profiles.schema.SFTSettings`, plus paths), :func:`train`,
+  :func:`config_hash`, :func:`launch_command`, the streamed tokenization that decides the loss mask and which
+  examples are too long (dropped, never truncated).
 * :mod:`orion_assets.training.sft_main` -- the process entry point (``python -m orion_assets.training.sft_main``,
   or ``accelerate launch -m orion_assets.training.sft_main``).
 * :mod:`orion_assets.training.pipes` -- :func:`run_sft_with_pipes`, which the ``student_checkpoint`` asset calls.
