@@ -1,6 +1,6 @@
 """SQL over CoT statistics: ``sql/cot_stats.sql`` and ``sql/lineage.sql`` in DuckDB vs the same work in polars.
 
-    python benchmarks/bench_sql.py [--db benchmarks/out/synthetic/orion.duckdb] [--repeats 3] [--json OUT]
+    python benchmarks/bench_sql.py [--db benchmarks/out/synthetic/orion_store.duckdb] [--repeats 3] [--json OUT]
 
 The data is the synthetic file of ``benchmarks/make_synthetic_db.py`` (1,000,000 CoT rows; built
 first when ``--db`` does not exist).
@@ -43,7 +43,7 @@ import polars as pl  # noqa: E402
 
 warnings.filterwarnings("ignore", module="orion_assets.assets")  # dagster's BetaWarning on import
 
-DEFAULT_DB = REPO / "benchmarks" / "out" / "synthetic" / "orion.duckdb"
+DEFAULT_DB = REPO / "benchmarks" / "out" / "synthetic" / "orion_store.duckdb"
 
 
 # -- DuckDB: the files as orion sql runs them --------------------------------------------------
@@ -64,15 +64,11 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
 
 
 def lineage_links() -> list[tuple[str, str, str, str]]:
-    import orion_assets.assets.evaluation  # noqa: F401  (the imports register the links)
-    import orion_assets.assets.exposure  # noqa: F401
-    import orion_assets.assets.quality  # noqa: F401
-    import orion_assets.assets.reflection  # noqa: F401
-    import orion_assets.assets.teacher  # noqa: F401
-    import orion_assets.assets.training  # noqa: F401
-    from orion_assets.store import LINEAGE_LINKS
+    """The parent-id columns the assets' table specs declare."""
+    from orion_assets.definitions import all_assets
+    from orion_assets.tables import lineage_links as declared
 
-    return list(LINEAGE_LINKS)
+    return declared(all_assets)
 
 
 def load_frames(con: duckdb.DuckDBPyConnection, columns: dict[str, set[str]]) -> dict[str, pl.DataFrame]:

@@ -373,7 +373,7 @@ def check_read_only(sql: str) -> list[str]:
 
 
 def sql(args: argparse.Namespace) -> int:
-    from orion_assets.store import Store
+    from orion_assets.store import store_in
 
     text = args.query
     if text.endswith(".sql") or Path(text).is_file():
@@ -387,7 +387,7 @@ def sql(args: argparse.Namespace) -> int:
     except (PermissionError, ValueError, duckdb.Error) as exc:
         print(f"orion sql: {exc}", file=sys.stderr)
         return 2
-    store = Store(_data_dir(args) / "orion.duckdb")
+    store = store_in(_data_dir(args))
     try:
         with store.connect(read_only=True) as con:
             for statement in statements:
@@ -416,7 +416,7 @@ def sql(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from orion_assets.profiles import ProfileError, load_profile
     from orion_assets.report import build_report, prices_of
-    from orion_assets.store import Store
+    from orion_assets.store import store_in
 
     data_dir = _data_dir(args)
     out_dir = Path(args.out).expanduser().resolve() if args.out else data_dir / "reports"
@@ -425,7 +425,7 @@ def report(args: argparse.Namespace) -> int:
     except ProfileError:
         prices = None
     try:
-        result = build_report(Store(data_dir / "orion.duckdb"), out_dir, prices=prices)
+        result = build_report(store_in(data_dir), out_dir, prices=prices)
     except (FileNotFoundError, ValueError, duckdb.Error) as exc:
         print(f"orion report: {exc}", file=sys.stderr)
         return 1

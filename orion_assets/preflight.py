@@ -470,11 +470,10 @@ class Preflight:
         """Per role: answered calls in ``orion.llm_calls`` and their mean prompt/completion tokens."""
         if self._cache_stats is None:
             self._cache_stats = {}
-            db = self.data_dir / "orion.duckdb"
-            if db.exists():
-                from orion_assets.store import SCHEMA, Store
+            from orion_assets.store import SCHEMA, store_in
 
-                store = Store(db)
+            store = store_in(self.data_dir)
+            if store.path.exists():
                 if store.table_exists("llm_calls"):
                     with store.connect(read_only=True) as con:
                         rows = con.execute(
@@ -487,11 +486,10 @@ class Preflight:
     def checkpoints(self) -> set[str]:
         if self._checkpoints is None:
             self._checkpoints = set()
-            db = self.data_dir / "orion.duckdb"
-            if db.exists():
-                from orion_assets.store import Store
+            from orion_assets.store import store_in
 
-                store = Store(db)
+            store = store_in(self.data_dir)
+            if store.path.exists():
                 if store.table_exists("student_checkpoint"):
                     self._checkpoints = set(store.read("student_checkpoint")["variant"].to_list())
         return self._checkpoints

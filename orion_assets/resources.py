@@ -6,16 +6,14 @@ Rows reach the store through the I/O manager (:mod:`orion_assets.io_manager`), n
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from orion_assets.profiles import Profile, load_profile
-from orion_assets.store import Store, Upstream
+from orion_assets.store import Store, store_in
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -54,7 +52,7 @@ class OrionResource(dg.ConfigurableResource):
 
     @property
     def store(self) -> Store:
-        return Store(self.data_path / "orion.duckdb")
+        return store_in(self.data_path)
 
     def endpoint(
         self,

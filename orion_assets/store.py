@@ -102,8 +102,25 @@ def _file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+STORE_FILE = "orion_store.duckdb"
+# The file's name before 2026-12: a catalog "orion" holding the schema "orion" made every
+# "orion.<table>" ambiguous in the plain duckdb client.
+OLD_STORE_FILE = "orion.duckdb"
+
+
+def store_in(data_dir: str | Path) -> Store:
+    """The store of a data folder, renaming a file of the old name (and its WAL) on first use."""
+    data_dir = Path(data_dir)
+    path, old = data_dir / STORE_FILE, data_dir / OLD_STORE_FILE
+    if old.exists() and not path.exists():
+        for suffix in (".wal", ""):
+            if old.with_name(old.name + suffix).exists():
+                old.with_name(old.name + suffix).rename(path.with_name(path.name + suffix))
+    return Store(path)
+
+
 class Store:
-    """Access to ``orion.duckdb``; every connection is serialized across processes."""
+    """Access to ``orion_store.duckdb``; every connection is serialized across processes."""
 
     def __init__(self, path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S):
         self.path = Path(path).resolve()

@@ -139,7 +139,7 @@ class DryRun:
     def query(self, sql: str) -> list[tuple]:
         import duckdb
 
-        with duckdb.connect(str(self.data_dir / "orion.duckdb"), read_only=True) as con:
+        with duckdb.connect(str(self.data_dir / "orion_store.duckdb"), read_only=True) as con:
             return con.sql(f"USE orion; {sql}").fetchall()
 
     def checkpoints(self) -> dict[str, str]:
@@ -196,7 +196,7 @@ def summarize(dry: DryRun, checkpoints, retrained, first_eval, second_eval, teac
     from orion_assets.report import reflection_frame
     from orion_assets.store import Store
 
-    store = Store(dry.data_dir / "orion.duckdb")
+    store = Store(dry.data_dir / "orion_store.duckdb")
     teacher, refined, sft = store.read("teacher_cots"), store.read("refined_cots"), store.read("sft_dataset")
     scores, predictions = store.read("benchmark_scores"), store.read("benchmark_predictions")
     modes = reflection_frame(teacher, refined)

@@ -389,7 +389,7 @@ def test_teacher_tokens_reasoning_and_cost_in_metadata_cache_and_report(orion_en
         "llm_teacher_sent_prompt_tokens": prompt, "llm_teacher_sent_completion_tokens": completion,
         "llm_teacher_cost_usd": cost, "llm_teacher_sent_cost_usd": cost,
     }
-    with duckdb.connect(str(orion_env["data_dir"] / "orion.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(orion_env["data_dir"] / "orion_store.duckdb"), read_only=True) as con:
         stored = con.sql("SELECT sum(reasoning_tokens) FROM orion.orion.llm_calls WHERE role = 'teacher'").fetchone()
     assert stored == (reasoning,)
 

@@ -69,7 +69,7 @@ def _prepare(profile: Path, data_dir: Path, checkpoint_id: str) -> Store:
     resources = _resources(profile, data_dir)
     assert dg.materialize([benchmark_problems], resources=resources, partition_key="gsm_hard").success
     assert dg.materialize([student_base_model], resources=resources).success
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
     _write_checkpoint(store, checkpoint_id)
     return store
 

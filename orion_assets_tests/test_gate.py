@@ -1,6 +1,7 @@
 """The quality gate: per-row drop rules and the per-variant Great Expectations suite, on frames built from
-real solutions (real GX, real MiniLM), on large synthetic frames with precomputed metrics, and through the
-Dagster check, the stored per-variant verdicts and ``sft_dataset``."""
+real solutions (real GX; their MiniLM coherence given as numbers, checked against the model on a sample), on
+large synthetic frames with precomputed metrics, and through the Dagster check, the stored per-variant
+verdicts and ``sft_dataset`` (the cot_quality asset test runs the real MiniLM)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from orion_assets.definitions import all_assets
 from orion_assets import quality
 from orion_assets.gate import DROP_REASONS, EXPECTATION_NAMES, GateResult, row_drop_reasons, run_gate
 from orion_assets.problems import ContaminationIndex, all_benchmarks
@@ -31,11 +33,8 @@ def _hash(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def texts() -> dict[str, list[str]]:
-    """Clean CoTs from real solutions and the text of each kind of planted bad row.
-
-    Planted texts reuse the clean texts' steps where they can, so the one embedding pass
-    (which encodes each distinct step once) stays small.
-    """
+    """Clean CoTs from real solutions and the text of each kind of planted bad row (their coherence is
+    in COHERENCE)."""
     with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
         gsm8k = [json.loads(line)["answer"] for _, line in zip(range(100), handle)]
     aime = [r["solution"] for r in json.loads((TRAIN / "aime_1983_2023.json").read_text(encoding="utf-8"))]
@@ -62,20 +61,54 @@ def texts() -> dict[str, list[str]]:
     }
 
 
+# Coherence of each text of ``texts`` as the shipped MiniLM (CFG.embedding_model) measures it, rounded
+# to 4 decimals: the threshold tests below get these numbers instead of loading the model, and
+# test_frozen_coherence_is_what_the_embedder_measures checks a sample of them against MiniLM.
+COHERENCE: dict[str, list[float | None]] = {
+    "clean": [0.5673, 0.3632, 0.5289, 0.5515, 0.6163, 0.6058, 0.6619, 0.5793, 0.4357, 0.6863, 0.6644, 0.6102,
+              0.5878, 0.42, 0.3433, 0.6191, 0.4908, 0.7128, 0.7223, 0.647, 0.4927, 0.5732, 0.4361, 0.5815,
+              0.4041, 0.6833, 0.3843, 0.5945, 0.4926, 0.6035, 0.5287, 0.5966,  # GSM8K
+              0.1886, 0.3639, 0.6298, 0.2847, 0.4456, 0.7531, 0.2615, 0.3851],  # short AIME solutions
+    "long": [0.3271],
+    "short": [None],  # one step
+    "unverified": [0.6194, 0.5811],
+    "truncated": [0.754],
+    "duplicate": [0.4549, 0.4549],
+    "contaminated": [0.4083],
+    "incoherent": [0.1362, 0.1261, 0.1451, 0.1472, 0.0866, 0.1229, 0.0591, 0.0442, 0.0541, 0.0591],
+    "looping": [0.9773],
+}
+
+
 @pytest.fixture(scope="module")
 def metrics(texts: dict[str, list[str]]) -> dict[str, dict]:
-    """cot_metrics of every distinct text, computed once (one embedding pass)."""
+    """The gate's inputs for every distinct text: tokens from MiniLM's tokenizer (no model), the
+    repetition ratio, and the coherence in COHERENCE."""
     from transformers import AutoTokenizer
 
     location = quality.resolve_embedding_model(CFG.embedding_model)
     tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
-    embedder = quality.load_embedder(CFG.embedding_model)
-    distinct = list(dict.fromkeys(t for group in texts.values() for t in group))
-    frame = quality.cot_metrics(distinct, tokenizer=tokenizer, embedder=embedder)
-    by_text = dict(zip(distinct, frame.iter_rows(named=True)))
+    by_text: dict[str, dict] = {}
+    for kind, group in texts.items():
+        assert len(COHERENCE[kind]) == len(group), kind
+        for text, score in zip(group, COHERENCE[kind]):
+            by_text[text] = {
+                "n_tokens": len(tokenizer.encode(text, add_special_tokens=False)),
+                "repeated_4gram_ratio": quality.repeated_ngram_ratio(text, 4),
+                "coherence": score,
+            }
     assert by_text[texts["long"][0]]["n_tokens"] > CFG.max_tokens
     assert max(by_text[t]["n_tokens"] for t in texts["clean"]) < CFG.max_tokens
     return by_text
+
+
+def test_frozen_coherence_is_what_the_embedder_measures(texts) -> None:
+    """The real MiniLM on a sample of the texts: the lowest clean CoT, incoherent splices, the loop."""
+    sample = [("clean", 32), ("clean", 37), ("incoherent", 0), ("incoherent", 7), ("looping", 0), ("short", 0)]
+    embedder = quality.load_embedder(CFG.embedding_model)
+    measured = quality.coherence([quality.split_steps(texts[kind][i]) for kind, i in sample], embedder)
+    frozen = [COHERENCE[kind][i] for kind, i in sample]
+    assert measured == [None if f is None else pytest.approx(f, abs=1e-4) for f in frozen]
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +422,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     profile = write_profile("[quality]\nmin_tokens = 8\nmax_tokens = 768\n")
     data_dir = tmp_path / "data"
     orion = OrionResource(profile=str(profile), data_dir=str(data_dir))
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
     assert latest_gate_verdict(orion, "orion") == (False, "cot_quality has not been materialized")
     problems = pl.DataFrame({"problem_id": [f"p{i:02d}" for i in range(20)],
                              "problem": [f"What is {i} + 7 - {i}?" for i in range(20)]})
@@ -434,7 +467,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     assert not passed and "no verdict for variant orion_no_reflection" in why
 
     # A passing variant's SFT data is built from its kept rows only; the failing one is refused.
-    built = dg.materialize([sft_dataset], partition_key="teacher_sft", resources=orion.resources())
+    built = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="teacher_sft", resources=orion.resources())
     assert built.success
     sft = store.read("sft_dataset")
     kept = table.filter((pl.col("variant") == "teacher_sft") & pl.col("kept"))
@@ -442,7 +475,8 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     (mat,) = built.asset_materializations_for_node("sft_dataset")
     assert mat.metadata["dropped_by_quality"].value == 1
     assert mat.metadata["dropped_by_reason"].value == {"contaminated": 1}
-    refused = dg.materialize([sft_dataset], partition_key="orion", resources=orion.resources(), raise_on_error=False)
+    refused = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="orion", resources=orion.resources(),
+                             raise_on_error=False)
     assert not refused.success
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     text = str(failure.event_specific_data.error)
@@ -474,7 +508,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
         records = [json.loads(line) for _, line in zip(range(6), handle)]
     data_dir = tmp_path / "data"
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
     teacher = pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)], "teacher_cot_id": [f"t{i}" for i in range(6)],
                             "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6})
     refined = []
@@ -496,7 +530,8 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     }
     for name, frame in tables.items():
         store.replace_rows(name, frame, replace_where=None, materialization={"asset_key": name})
-    result = dg.materialize([cot_quality], resources=OrionResource(profile="tiny", data_dir=str(data_dir)).resources())
+    result = dg.materialize(all_assets, selection=[cot_quality.key],
+                            resources=OrionResource(profile="tiny", data_dir=str(data_dir)).resources())
     assert result.success
     table = store.read("cot_quality")
     assert table.height == 12 and {"drop_reasons", "kept", "teacher_similarity"} <= set(table.columns)
@@ -520,7 +555,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     expected_median = orion_rows.filter(pl.col("source") == "refined")["teacher_similarity"].median()
     assert summary["orion"]["teacher_similarity_p50"] == pytest.approx(expected_median)
     assert summary["teacher_sft"]["teacher_similarity_p50"] is None
-    only_quality = Store(tmp_path / "report_db" / "orion.duckdb")  # the section needs no other table
+    only_quality = Store(tmp_path / "report_db" / "orion_store.duckdb")  # the section needs no other table
     only_quality.replace_rows("cot_quality", table, replace_where=None, materialization={"asset_key": "cot_quality"})
     report = build_report(only_quality, tmp_path / "report")
     section = report.markdown.split("## SFT data quality per variant", 1)[1].split("\n## ", 1)[0]

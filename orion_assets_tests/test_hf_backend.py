@@ -149,7 +149,7 @@ def test_openai_backend_against_transformers_serve(served, tmp_path: Path) -> No
         backend="openai", base_url=served.base_url, model=served.model, api_key_env="ORION_STUDENT_API_KEY",
         concurrency=4, timeout_s=120, max_retries=2,
     )  # fmt: skip
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     requests = _requests(SamplingParams(max_tokens=8, temperature=0.8, seed=0), n_samples=2)[:6]
     results = make_endpoint(cfg, store, role="student").generate(requests, run_id="served")
     for result in results:

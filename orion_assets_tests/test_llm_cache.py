@@ -90,7 +90,7 @@ def test_model_revision_enters_the_key_and_none_keeps_the_old_keys() -> None:
 
 
 def test_a_new_model_revision_is_sent_again_and_stored(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     request = GenerationRequest(chat(("user", "revision test")), PARAMS)
     served_as = dict(model_path="orion")  # a vLLM LoRA module name that outlives its weights
 
@@ -111,7 +111,7 @@ def test_a_new_model_revision_is_sent_again_and_stored(tmp_path: Path, fresh: Fa
 
 
 def test_a_cache_written_before_model_revision_gains_the_column(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     old = GenerationRequest(chat(("user", "written by an older version")), PARAMS)
     new = GenerationRequest(chat(("user", "written after the upgrade")), PARAMS)
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
@@ -141,7 +141,7 @@ def test_a_cache_written_before_model_revision_gains_the_column(tmp_path: Path, 
 
 
 def test_key_and_rows_never_hold_the_api_key(tmp_path: Path, fresh: FaultServer, monkeypatch) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     request = GenerationRequest(chat(("user", "key test {question}")), PARAMS)
     monkeypatch.setenv("ORION_TEST_CACHE_KEY", "sk-first-SENTINEL-1111")
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
@@ -181,7 +181,7 @@ def _wait_for(predicate, timeout_s: float = 5.0) -> bool:
 
 
 def test_writer_flushes_in_small_batches_while_running(tmp_path: Path) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     writer = CacheWriter(store, flush_every=4, flush_interval_s=30.0)
     for i in range(4):
         writer.put(_fake_row(i))
@@ -204,7 +204,7 @@ def test_writer_flushes_in_small_batches_while_running(tmp_path: Path) -> None:
 
 
 def test_rerun_sends_nothing_and_duplicates_are_sent_once(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(_cfg(fresh), store, role="student")
     prompts = [f"Problem {i}: what is {{question}}? \\boxed{{}} ü" for i in range(5)]
     requests = [GenerationRequest(chat(("user", p)), PARAMS, sample_index=j) for p in prompts for j in range(3)]
@@ -235,7 +235,7 @@ def test_rerun_sends_nothing_and_duplicates_are_sent_once(tmp_path: Path, fresh:
 
 
 def test_error_rows_are_retried_on_the_next_run(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
     bad = GenerationRequest(chat(("user", "refused once [[fault:400]]")), PARAMS)
     good = GenerationRequest(chat(("user", "fine")), PARAMS)
@@ -273,7 +273,7 @@ CHILD = textwrap.dedent(
 
 
 def test_killed_run_resumes_with_only_the_missing_calls(tmp_path: Path) -> None:
-    db = tmp_path / "orion.duckdb"
+    db = tmp_path / "orion_store.duckdb"
     with FaultServer(latency=0.2) as slow:  # 2 in flight x 0.2 s: about 10 answers a second, flushed each second
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         child = subprocess.Popen(

@@ -54,7 +54,7 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 
 
 def test_calls_that_share_a_prompt_store_its_text_once(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     modes = ("orion", "no_error", "plain")
     requests = [
         GenerationRequest(chat(("system", f"Refine ({mode})."), ("user", f"Teacher:\n{TEACHER_COT}")), PARAMS,
@@ -83,7 +83,7 @@ def test_calls_that_share_a_prompt_store_its_text_once(tmp_path: Path, fresh: Fa
 
 
 def test_write_rows_adds_only_new_prompts_and_keeps_them_with_their_calls(tmp_path: Path) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     ident = CallIdentity("teacher", "openai", "http://x/v1", "m")
     shared = chat(("user", TEACHER_COT))
 
@@ -113,7 +113,7 @@ def _old_file(store: Store, rows: list[dict]) -> None:
 
 
 def test_an_older_file_moves_its_messages_into_llm_prompts(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(_cfg(fresh), store, role="teacher")
     shared = [GenerationRequest(chat(("user", TEACHER_COT)), PARAMS, sample_index=i) for i in range(3)]
     single = GenerationRequest(chat(("user", "written alone")), PARAMS)
@@ -175,7 +175,7 @@ def _usage_tables(store: Store, old_format: bool) -> dict[str, str]:
 
 @pytest.mark.parametrize("old_format", [False, True], ids=["current", "not-yet-migrated"])
 def test_usage_queries_give_every_try_of_a_reflection_prompt_its_mode(tmp_path: Path, old_format: bool) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     _usage_tables(store, old_format)
     with store.connect(read_only=True) as con:
         report = usage_frame(con)

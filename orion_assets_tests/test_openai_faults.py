@@ -69,7 +69,7 @@ def test_every_fault_ends_in_one_result_or_one_recorded_error(
     tmp_path: Path, fresh: FaultServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = _endpoint(fresh, store)
     prompts = {name: f"{name}: what is {{question}}? \\frac{{a}}{{b}} ü [[fault:{script}]]" for name, script in SCRIPTS.items()}
     requests = [GenerationRequest(chat(("system", "Be brief {0}."), ("user", p)), PARAMS) for p in prompts.values()]
@@ -127,7 +127,7 @@ def test_every_fault_ends_in_one_result_or_one_recorded_error(
 
 def test_missing_api_key(tmp_path: Path, fresh: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV)
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     # A loopback server without the variable: "EMPTY" is sent (vLLM's convention).
     result = _endpoint(fresh, store).generate([GenerationRequest(chat(("user", "no key")), PARAMS)])[0]
     assert result.ok
@@ -147,7 +147,7 @@ def test_missing_api_key(tmp_path: Path, fresh: FaultServer, monkeypatch: pytest
 
 
 def test_config_errors_name_the_setting(tmp_path: Path) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     with pytest.raises(EndpointError, match="base_url"):
         make_endpoint(EndpointConfig(backend="openai", model="m"), store, role="teacher")
     with pytest.raises(EndpointError, match="model"):
@@ -160,7 +160,7 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
 
 
 def test_generate_from_a_thread_and_from_inside_a_running_loop(tmp_path: Path, fresh: FaultServer) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = _endpoint(fresh, store)
     out: dict[str, object] = {}
 
@@ -180,7 +180,7 @@ def test_generate_from_a_thread_and_from_inside_a_running_loop(tmp_path: Path, f
 
 
 def test_max_completion_tokens_when_the_server_asks_for_it(tmp_path: Path, fresh: FaultServer) -> None:
-    endpoint = _endpoint(fresh, Store(tmp_path / "orion.duckdb"))
+    endpoint = _endpoint(fresh, Store(tmp_path / "orion_store.duckdb"))
     first = endpoint.generate([GenerationRequest(chat(("user", "new model [[fault:mct,mct]]")), PARAMS)])[0]
     assert first.ok and first.retries == 1
     later = endpoint.generate([GenerationRequest(chat(("user", "later [[fault:mct]]")), PARAMS)])[0]
@@ -189,7 +189,7 @@ def test_max_completion_tokens_when_the_server_asks_for_it(tmp_path: Path, fresh
 
 def test_concurrency_is_bounded(tmp_path: Path) -> None:
     with FaultServer(latency=0.2) as slow:
-        endpoint = _endpoint(slow, Store(tmp_path / "orion.duckdb"), concurrency=3)
+        endpoint = _endpoint(slow, Store(tmp_path / "orion_store.duckdb"), concurrency=3)
         requests = [GenerationRequest(chat(("user", f"bounded {i}")), PARAMS) for i in range(9)]
         results = endpoint.generate(requests)
         assert all(r.ok for r in results)
@@ -202,7 +202,7 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
 def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, fresh: FaultServer) -> None:
     """A reasoning reply that runs past timeout_s is retried timeout_retries times, not max_retries:
     six retries of a 30-minute call would hold a worker for hours."""
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = _endpoint(fresh, store, max_retries=6, timeout_retries=1)
     prompt = "slow reasoner [[fault:hang,hang,hang,ok]]"
     (result,) = endpoint.generate([GenerationRequest(chat(("user", prompt)), PARAMS)])
@@ -273,7 +273,7 @@ def test_json_mode_sends_response_format_and_enters_the_key_only_when_set(tmp_pa
     assert JUDGE_PARAMS.to_json()["json_mode"] is True
     cfg = EndpointConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="judge", max_tokens=64)
     assert sampling_params(cfg, json_mode=True).json_mode and not sampling_params(cfg).json_mode
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     with _JsonModeServer() as server:
         endpoint = _endpoint(server, store, max_retries=0)  # type: ignore[arg-type]
         messages = chat(("user", "Rate this. Reply with JSON."))
@@ -292,7 +292,7 @@ def test_json_mode_sends_response_format_and_enters_the_key_only_when_set(tmp_pa
 
 def test_a_server_that_refuses_response_format_still_answers_the_judge(tmp_path: Path) -> None:
     with _JsonModeServer(refuse="response_format") as server:
-        store = Store(tmp_path / "orion.duckdb")
+        store = Store(tmp_path / "orion_store.duckdb")
         endpoint = _endpoint(server, store, concurrency=1, max_retries=0)  # type: ignore[arg-type]
         requests = [GenerationRequest(chat(("user", f"Rate CoT {i}. Reply with JSON.")), JUDGE_PARAMS)
                     for i in range(3)]

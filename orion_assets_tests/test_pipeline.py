@@ -15,6 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from orion_assets.definitions import all_assets
 from orion_assets.definitions import defs
 from orion_assets.problems import load_benchmark
 from orion_assets.resources import OrionResource
@@ -38,7 +39,7 @@ def test_orion_run_materializes_the_graph_with_progress(tiny_run):
     assert "] sft_dataset[base] ... ok (0 rows" in out and "] student_checkpoint[base] ... ok" in out
     assert "leaving out variant orion_no_reflection: the replay teacher" in out
     assert "orion_no_reflection]" not in out and "|orion_no_reflection" not in out
-    store = Store(tiny_run["data_dir"] / "orion.duckdb")
+    store = Store(tiny_run["data_dir"] / "orion_store.duckdb")
     log = store.read("materializations")
     assert set(log["asset_key"]) >= {"cot_quality", "sft_dataset", "student_checkpoint"}
     # every upstream a materialization names is itself in the log
@@ -54,7 +55,7 @@ def test_each_checkpoint_loads_and_generates(tiny_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    checkpoints = Store(tiny_run["data_dir"] / "orion.duckdb").read("student_checkpoint")
+    checkpoints = Store(tiny_run["data_dir"] / "orion_store.duckdb").read("student_checkpoint")
     assert sorted(checkpoints["variant"]) == sorted([*VARIANTS, "base"])
     assert checkpoints.filter(pl.col("variant") == "base")["kind"].to_list() == ["base"]
     for row in checkpoints.filter(pl.col("kind") != "base").iter_rows(named=True):
@@ -68,7 +69,7 @@ def test_each_checkpoint_loads_and_generates(tiny_run):
 
 
 def test_lineage_joins_back_without_orphans(tiny_run):
-    with Store(tiny_run["data_dir"] / "orion.duckdb").connect(read_only=True) as con:
+    with Store(tiny_run["data_dir"] / "orion_store.duckdb").connect(read_only=True) as con:
         orphans = con.execute("""
             SELECT count(*) FILTER (WHERE s.refined_cot_id IS NOT NULL AND r.refined_cot_id IS NULL),
                    count(*) FILTER (WHERE t.teacher_cot_id IS NULL),
@@ -154,10 +155,10 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
     """Each planted row is dropped with its reason; so many of them (a poisoned batch) fail the
     variant's drop-rate expectation, and the blocking check stops SFT."""
     run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\nmax_drop_rate = 0.1\n")
-    store = Store(run["data_dir"] / "orion.duckdb")
+    store = Store(run["data_dir"] / "orion_store.duckdb")
     planted = _plant(store)
     shutil.rmtree(run["data_dir"] / "checkpoints")
-    with duckdb.connect(str(run["data_dir"] / "orion.duckdb")) as con:
+    with duckdb.connect(str(run["data_dir"] / "orion_store.duckdb")) as con:
         con.execute("DELETE FROM orion.orion.student_checkpoint")
     resources = {**OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])).resources(),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
@@ -217,7 +218,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
     saved = max(int(p.parent.name.split("-")[1]) for p in checkpoints)
     again = subprocess.run(command, cwd=REPO, env=run["env"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    row = Store(run["data_dir"] / "orion.duckdb").read("student_checkpoint", {"variant": "orion"}).row(0, named=True)
+    row = Store(run["data_dir"] / "orion_store.duckdb").read("student_checkpoint", {"variant": "orion"}).row(0, named=True)
     assert row["steps"] == 40
     assert row["resumed_from_step"] >= saved > 0
 
@@ -230,7 +231,7 @@ def _partition_counts(store: Store, table: str) -> dict[tuple[str, str], tuple[i
 
 def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path, "[eval]\nk = 1\nk_overrides = { aime24 = 3 }\n")
-    store = Store(run["data_dir"] / "orion.duckdb")
+    store = Store(run["data_dir"] / "orion_store.duckdb")
     before = {t: _partition_counts(store, t) for t in ("benchmark_predictions", "benchmark_scores")}
     assert len(before["benchmark_predictions"]) == 4 * 4  # benchmarks x variants (no orion_no_reflection with a replay teacher)
     for asset in ("benchmark_predictions", "benchmark_scores"):
@@ -263,7 +264,8 @@ def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, 
     resources = {**OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])).resources(),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
     for asset in (sft_dataset, student_checkpoint):
-        result = dg.materialize([asset], partition_key="orion_no_reflection", resources=resources, raise_on_error=False)
+        result = dg.materialize(all_assets, selection=[asset.key], partition_key="orion_no_reflection",
+                                resources=resources, raise_on_error=False)
         assert not result.success
         (failure,) = [e for e in result.all_events if e.is_step_failure]
         message = failure.step_failure_data.error.message

@@ -42,7 +42,7 @@ def test_every_benchmark_partition_in_full_and_rematerializing_replaces(orion_en
             (mat,) = result.asset_materializations_for_node("benchmark_problems")
             assert mat.metadata["dagster/row_count"].value == FULL_SIZES[name]
             assert "preview" in mat.metadata and "dagster/column_schema" in mat.metadata
-        store = Store(data_dir / "orion.duckdb")
+        store = Store(data_dir / "orion_store.duckdb")
         assert _counts(store) == FULL_SIZES
         again = _materialize([benchmark_problems], profile, data_dir, "aime24", instance)
         assert again.success
@@ -64,7 +64,7 @@ def test_every_benchmark_partition_in_full_and_rematerializing_replaces(orion_en
 def test_benchmark_limit_takes_a_deterministic_sample(orion_env, write_profile):
     profile = write_profile("[data]\nbenchmark_limit = 5\n")
     data_dir = orion_env["data_dir"]
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
     ids = []
     for _ in range(2):
         assert _materialize([benchmark_problems], profile, data_dir, "math500").success
@@ -82,7 +82,7 @@ def test_train_problems_are_decontaminated_with_metadata(orion_env, write_profil
     assert meta["removed_contaminated"] > 0
     assert meta["pool_after_decontamination"] == meta["pool_after_dedup"] - meta["removed_contaminated"]
     assert "ngram" in meta["removed_sample"]
-    frame = Store(orion_env["data_dir"] / "orion.duckdb").read("train_problems")
+    frame = Store(orion_env["data_dir"] / "orion_store.duckdb").read("train_problems")
     assert frame.height == meta["pool_after_decontamination"]
     assert frame["problem_id"].n_unique() == frame.height
     assert frame["solution"].null_count() == 0  # kept for replay
@@ -92,7 +92,7 @@ def test_train_problems_are_decontaminated_with_metadata(orion_env, write_profil
 def test_bad_training_file_fails_naming_file_and_line_and_keeps_earlier_data(orion_env, write_profile, tmp_path):
     data_dir = orion_env["data_dir"]
     assert _materialize([train_problems], "tiny", data_dir).success
-    before = Store(data_dir / "orion.duckdb").read("train_problems")
+    before = Store(data_dir / "orion_store.duckdb").read("train_problems")
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "oops", \n')
     profile = write_profile(f'[[data.train_sources]]\nname = "broken"\npath = "{bad}"\n')
@@ -105,7 +105,7 @@ def test_bad_training_file_fails_naming_file_and_line_and_keeps_earlier_data(ori
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.to_string()
     assert str(bad) in message and "line 2" in message
-    after = Store(data_dir / "orion.duckdb").read("train_problems")
+    after = Store(data_dir / "orion_store.duckdb").read("train_problems")
     assert after.equals(before)  # nothing already computed was lost
 
 
@@ -130,7 +130,7 @@ def test_parallel_dagster_cli_partition_runs_share_the_duckdb_file(orion_env, wr
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:]
-    assert _counts(Store(orion_env["data_dir"] / "orion.duckdb")) == FULL_SIZES
+    assert _counts(Store(orion_env["data_dir"] / "orion_store.duckdb")) == FULL_SIZES
 
 
 def test_orion_run_and_orion_sql(orion_env, write_profile):
@@ -155,5 +155,5 @@ def test_orion_run_and_orion_sql(orion_env, write_profile):
         refused = subprocess.run([sys.executable, "-m", "orion_assets.cli", "sql", statement],
                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "read-only" in refused.stderr, statement
-    with duckdb.connect(str(orion_env["data_dir"] / "orion.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(orion_env["data_dir"] / "orion_store.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM orion.orion.train_problems").fetchone()[0] == 32

@@ -111,7 +111,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
         for row in gsm8k_train_rows(60):
             handle.write(json.dumps(row) + "\n")
     data_dir = root / "data"
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
 
     def materialize(profile: str, selection: list[str]) -> dg.ExecuteInJobResult:
         resources = OrionResource(profile=profile, data_dir=str(data_dir)).resources()

@@ -39,7 +39,7 @@ def _profile(write_profile, base_url: str, on_failure: str, name: str):
 
 def test_every_exposure_and_reflection_branch(orion_env, write_profile):
     data_dir = orion_env["data_dir"]
-    store = Store(data_dir / "orion.duckdb")
+    store = Store(data_dir / "orion_store.duckdb")
     # First pass: learn which four problems the profile samples, to script the student on them.
     probe = _profile(write_profile, "http://127.0.0.1:9/v1", "teacher", "probe.toml")
     assert dg.materialize([train_problems], resources=OrionResource(profile=str(probe), data_dir=str(data_dir)).resources()).success

@@ -43,7 +43,7 @@ def test_boxed_and_plain_solutions_are_kept() -> None:
 
 
 def test_replay_field_is_cached_and_follows_the_text(tmp_path: Path) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(EndpointConfig(backend="replay", replay_field="solution"), store, role="teacher")
     rows = [
         {"problem_id": "p1", "solution": GSM},
@@ -79,7 +79,7 @@ def test_replay_file_keyed_by_problem_id(tmp_path: Path) -> None:
         + "\n"
     )
     cfg = EndpointConfig(backend="replay", replay_file=str(trace))
-    endpoint = make_endpoint(cfg, Store(tmp_path / "orion.duckdb"), role="teacher")
+    endpoint = make_endpoint(cfg, Store(tmp_path / "orion_store.duckdb"), role="teacher")
     results = endpoint.generate(
         [_request({"problem_id": "b"}), _request({"problem_id": "a", "solution": "ignored"}), _request({"problem_id": "zz"})]
     )
@@ -89,7 +89,7 @@ def test_replay_file_keyed_by_problem_id(tmp_path: Path) -> None:
 
 
 def test_missing_field_is_an_error_naming_problem_and_field(tmp_path: Path) -> None:
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(EndpointConfig(backend="replay", replay_field="solution"), store, role="teacher")
     results = endpoint.generate(
         [_request({"problem_id": "p9"}), _request({"problem_id": "p10", "solution": "  "}), _request({"problem_id": "ok", "solution": "\\boxed{1}"})]

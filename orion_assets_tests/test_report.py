@@ -98,7 +98,7 @@ def table_row(markdown: str, section: str, variant: str) -> list[str]:
 
 
 def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
-    store = write_store(tmp_path / "orion.duckdb", ALL_TABLES)
+    store = write_store(tmp_path / "orion_store.duckdb", ALL_TABLES)
     report = build_report(store, tmp_path / "out")
     md = report.markdown
     assert report.markdown_path == tmp_path / "out" / "leaderboard.md"
@@ -167,7 +167,7 @@ def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
         pl.Series("n_unanswered_problems", [counts.get((b, v), (0, 0))[1] for b, v, *_ in SCORES]),
         pl.Series("grading_rule", ["math_equal" if b == "gsm_hard" else "default" for b, *_ in SCORES]),
     )
-    store = Store(tmp_path / "orion.duckdb")
+    store = Store(tmp_path / "orion_store.duckdb")
     store.replace_rows("benchmark_scores", frame, replace_where=None, materialization=materialization("benchmark_scores"))
     report = build_report(store, tmp_path / "out")
     md = report.markdown
@@ -197,7 +197,7 @@ def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
 
 
 def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:
-    store = write_store(tmp_path / "orion.duckdb", {"benchmark_scores"})
+    store = write_store(tmp_path / "orion_store.duckdb", {"benchmark_scores"})
     report = build_report(store, tmp_path / "out")
     assert report.accuracy_png is not None
     assert_png(report.accuracy_png)
@@ -239,8 +239,8 @@ def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:
 
 
 def test_report_from_path_or_open_connection(tmp_path: Path) -> None:
-    store = write_store(tmp_path / "orion.duckdb", {"benchmark_scores"})
-    by_path = build_report(str(tmp_path / "orion.duckdb"), tmp_path / "by-path")
+    store = write_store(tmp_path / "orion_store.duckdb", {"benchmark_scores"})
+    by_path = build_report(str(tmp_path / "orion_store.duckdb"), tmp_path / "by-path")
     with store.connect(read_only=True) as con:
         by_connection = build_report(con, tmp_path / "by-connection")
     assert by_path.leaderboard.equals(by_connection.leaderboard)
@@ -250,7 +250,7 @@ def test_report_from_path_or_open_connection(tmp_path: Path) -> None:
 
 def test_orion_report_command(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    write_store(data_dir / "orion.duckdb", ALL_TABLES)
+    write_store(data_dir / "orion_store.duckdb", ALL_TABLES)
     out = tmp_path / "cli-report"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("ORION_DATA_DIR", None)
@@ -269,7 +269,7 @@ def test_orion_report_command(tmp_path: Path) -> None:
     for name in ("accuracy.png", "cot_lengths.png", "error_types.png"):
         assert_png(out / name)
     # the same tables as a report built in-process
-    in_process = build_report(Store(data_dir / "orion.duckdb"), tmp_path / "in-process").markdown
+    in_process = build_report(Store(data_dir / "orion_store.duckdb"), tmp_path / "in-process").markdown
     cli_md = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert cli_md.split("## pass@1", 1)[1] == in_process.split("## pass@1", 1)[1]
 
@@ -281,7 +281,7 @@ def test_orion_report_default_folder_and_missing_file(
     from orion_assets.cli import main
 
     data_dir = tmp_path / "data"
-    write_store(data_dir / "orion.duckdb", {"benchmark_scores"})
+    write_store(data_dir / "orion_store.duckdb", {"benchmark_scores"})
     # default folder: $ORION_DATA_DIR/reports
     monkeypatch.setenv("ORION_DATA_DIR", str(data_dir))
     assert main(["report"]) == 0

@@ -35,12 +35,12 @@ def orion_sql(data_dir: Path, *args: str, fmt: str = "json") -> subprocess.Compl
 
 def direct(data_dir: Path, name: str) -> pl.DataFrame:
     """The file as it is, in a plain connection to the file (catalog "orion", as in the duckdb CLI)."""
-    with duckdb.connect(str(data_dir / "orion.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
         return con.sql((SQL_DIR / f"{name}.sql").read_text()).pl()
 
 
 def query(data_dir: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(data_dir / "orion.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
         return con.sql(f"USE orion; {sql}").fetchall()
 
 
@@ -177,7 +177,7 @@ def test_leaderboard(data_dir, result):
             expected = 100 * (scores[(benchmark, row["variant"])] - scores[(benchmark, "teacher_sft")])
             assert row[f"{benchmark}_delta"] == pytest.approx(expected, abs=1e-9)
     # the same numbers as the leaderboard asset (orion report's table)
-    with duckdb.connect(str(data_dir / "orion.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
         asset = con.sql("SELECT * FROM orion.orion.leaderboard").pl()
     for row in asset.iter_rows(named=True):
         mine = frame.filter(pl.col("variant") == row["variant"]).row(0, named=True)
@@ -199,7 +199,7 @@ def test_usage_cost(data_dir, result):
     from orion_assets.report import usage_frame
     from orion_assets.store import Store
 
-    with Store(data_dir / "orion.duckdb").connect(read_only=True) as con:
+    with Store(data_dir / "orion_store.duckdb").connect(read_only=True) as con:
         report = usage_frame(con)
     key = ["stage", "detail", "role", "model"]
     assert report.sort(key, nulls_last=True).equals(direct(data_dir, "usage_cost").sort(key, nulls_last=True))

@@ -69,12 +69,12 @@ def test_teacher_cots_through_transformers_serve_with_zero_requests_on_rerun_and
     # a random tiny teacher rarely verifies: its CoTs are counted as rejected, not kept
     rejected = mat.metadata["rejected"].value
     assert sum(rejected.values()) + mat.metadata["dagster/row_count"].value == 3
-    store = Store(orion_env["data_dir"] / "orion.duckdb")
+    store = Store(orion_env["data_dir"] / "orion_store.duckdb")
     calls = store.read("llm_calls")
     assert calls.height == 3 and set(calls["backend"]) == {"openai"} and set(calls["status"]) == {"ok"}
     assert set(calls["finish_reason"]) <= {"stop", "length"} and (calls["completion_tokens"] > 0).all()
 
-    again = dg.materialize([teacher_cots], resources=resources, instance=instance, selection=["teacher_cots"])
+    again = dg.materialize(ASSETS, resources=resources, instance=instance, selection=["teacher_cots"])
     (mat,) = again.asset_materializations_for_node("teacher_cots")
     assert mat.metadata["cached_calls"].value == 3  # nothing was sent
     assert store.read("llm_calls").height == 3
@@ -109,12 +109,12 @@ def test_killed_teacher_run_keeps_finished_calls_and_resume_sends_only_the_rest(
         time.sleep(1.5)  # past the cache's flush interval
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        kept = Store(orion_env["data_dir"] / "orion.duckdb").read("llm_calls")
+        kept = Store(orion_env["data_dir"] / "orion_store.duckdb").read("llm_calls")
         assert 0 < kept.height < problems
         before = server.stats()["total"]
         resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, resumed.stdout[-3000:]
         sent = server.stats()["total"] - before
         assert sent == problems - kept.height  # only the calls that were not finished
-        calls = Store(orion_env["data_dir"] / "orion.duckdb").read("llm_calls")
+        calls = Store(orion_env["data_dir"] / "orion_store.duckdb").read("llm_calls")
         assert calls.height == problems and calls["call_id"].n_unique() == problems

@@ -6,7 +6,7 @@ ORION_DATA_DIR and the ``tiny`` profile. The tests check that
 - the asset catalog (``/assets``) lists every asset key of DESIGN.md section 3;
 - a materialization of one ``benchmark_problems`` partition launched through the webserver's
   GraphQL API (``launchRun`` on the implicit ``__ASSET_JOB`` with a ``dagster/partition`` tag, the
-  way the UI launches one partition) succeeds and writes its rows to ``orion.duckdb``;
+  way the UI launches one partition) succeeds and writes its rows to ``orion_store.duckdb``;
 - the global asset lineage graph renders every asset; its screenshot becomes
   ``docs/ui-asset-graph.png`` (the README links it) when ``ORION_UPDATE_SCREENSHOT=1``.
 
@@ -323,7 +323,7 @@ def test_materialize_one_benchmark_partition_through_graphql(
     assert [m["partition"] for m in asset["assetMaterializations"] if m["runId"] == run_id] == [PARTITION]
 
     # ...and the rows are in the DuckDB file (catalog named after the file: orion.orion.<table>).
-    db = ui_env["data_dir"] / "orion.duckdb"
+    db = ui_env["data_dir"] / "orion_store.duckdb"
     assert db.exists(), f"no {db} after a successful run"
     with duckdb.connect(str(db), read_only=True) as con:
         (count,) = con.execute(

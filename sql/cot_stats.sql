@@ -18,8 +18,8 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/cot_stats.sql
---   duckdb -readonly data/orion.duckdb -f sql/cot_stats.sql
---   python -c "import duckdb; print(duckdb.connect('data/orion.duckdb', read_only=True).sql(open('sql/cot_stats.sql').read()))"
+--   duckdb -readonly data/orion_store.duckdb -f sql/cot_stats.sql
+--   python -c "import duckdb; print(duckdb.connect('data/orion_store.duckdb', read_only=True).sql(open('sql/cot_stats.sql').read()))"
 
 USE orion;
 

@@ -15,7 +15,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/error_taxonomy.sql
---   duckdb -readonly data/orion.duckdb -f sql/error_taxonomy.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/error_taxonomy.sql
 
 USE orion;
 

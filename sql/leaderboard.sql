@@ -17,7 +17,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/leaderboard.sql
---   duckdb -readonly data/orion.duckdb -f sql/leaderboard.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/leaderboard.sql
 
 USE orion;
 

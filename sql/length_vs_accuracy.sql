@@ -17,7 +17,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/length_vs_accuracy.sql
---   duckdb -readonly data/orion.duckdb -f sql/length_vs_accuracy.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/length_vs_accuracy.sql
 
 USE orion;
 

@@ -19,7 +19,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/lineage.sql
---   duckdb -readonly data/orion.duckdb -f sql/lineage.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/lineage.sql
 
 USE orion;
 

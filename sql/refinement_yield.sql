@@ -19,7 +19,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/refinement_yield.sql
---   duckdb -readonly data/orion.duckdb -f sql/refinement_yield.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/refinement_yield.sql
 
 USE orion;
 

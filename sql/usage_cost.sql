@@ -24,7 +24,7 @@
 --
 -- Run (see sql/README.md):
 --   orion sql sql/usage_cost.sql
---   duckdb -readonly data/orion.duckdb -f sql/usage_cost.sql
+--   duckdb -readonly data/orion_store.duckdb -f sql/usage_cost.sql
 
 USE orion;
 

@@ -1,6 +1,5 @@
 """The quality gate: metrics for every candidate SFT CoT, and a blocking Great Expectations check."""
 
-import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -13,7 +12,7 @@ from orion_assets.profiles.schema import TRAINING_VARIANTS
 from orion_assets.llm.usage import Metered
 from orion_assets.resources import OrionResource, progress_logger
 from orion_assets.sampling import ChunkProgress
-from orion_assets.store import SCHEMA, content_id
+from orion_assets.store import content_id
 from orion_assets.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.text_stats import percentiles
 
