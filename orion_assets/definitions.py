@@ -11,5 +11,5 @@ all_checks = dg.load_asset_checks_from_modules([quality])
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    resources={**OrionResource.from_env().resources(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+    resources=OrionResource.from_env().resources(),
 )

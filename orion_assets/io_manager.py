@@ -93,6 +93,8 @@ class OrionIOManager(dg.ConfigurableIOManager):
                 **metadata,
             }
         )
+        if obj.fail_after_write is not None:
+            raise obj.fail_after_write
 
     def load_input(self, context: dg.InputContext) -> Table:
         upstream_output = context.upstream_output

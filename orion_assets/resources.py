@@ -85,7 +85,8 @@ class OrionResource(dg.ConfigurableResource):
         from orion_assets.io_manager import OrionIOManager
         from orion_assets.tables import IO_MANAGER_KEY
 
-        return {"orion": self, IO_MANAGER_KEY: OrionIOManager(orion=self)}
+        return {"orion": self, IO_MANAGER_KEY: OrionIOManager(orion=self),
+                "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def table_schema(frame: pl.DataFrame) -> dg.TableSchema:

@@ -168,6 +168,7 @@ class Store:
         table: str,
         *,
         columns: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
         where: Mapping[str, object] | None = None,
         key: tuple[str, Sequence[object]] | None = None,
     ) -> pl.DataFrame:
@@ -175,6 +176,8 @@ class Store:
         ``key = (column, values)``, whose ``column`` is one of ``values`` (ordered by it)."""
         clause, params = _where(dict(where) if where else None)
         cols = ", ".join(f't."{c}"' for c in columns) if columns else "t.*"
+        if exclude:
+            cols += " EXCLUDE (" + ", ".join(f'"{c}"' for c in exclude) + ")"
         with self.connect(read_only=True) as con:
             self._require(con, table)
             if key is None:

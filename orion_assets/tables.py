@@ -104,10 +104,14 @@ def orion_asset(spec: TableSpec, **asset_kwargs: Any) -> Callable[[Callable[...,
 class Rows:
     """What an asset returns: its rows as one frame or as an iterable of chunks (written as they
     come, so a generator keeps memory bounded), and metadata for Dagster. ``metadata`` may be a
-    callable, called after the last chunk, for numbers gathered while the chunks were made."""
+    callable, called after the last chunk, for numbers gathered while the chunks were made.
+    ``fail_after_write`` fails the step after its rows are committed (e.g. too many failed calls:
+    the rows say what went wrong, and a re-run resends only those)."""
 
     chunks: pl.DataFrame | Iterable[pl.DataFrame]
     metadata: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(default_factory=dict)
+    # Raised once the rows are written: a step that must fail without losing what it computed.
+    fail_after_write: Exception | None = None
 
     def iter_chunks(self) -> Iterator[pl.DataFrame]:
         if isinstance(self.chunks, pl.DataFrame):
@@ -131,9 +135,10 @@ class Table:
     def filter(self, **where: object) -> Table:
         return Table(self.store, self.name, {**self.where, **where}, self.upstream)
 
-    def frame(self, columns: Sequence[str] | None = None) -> pl.DataFrame:
-        """All (filtered) rows; for tables known to be small (a model row, one benchmark)."""
-        return self.store.select(self.name, columns=columns, where=self.where)
+    def frame(self, columns: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> pl.DataFrame:
+        """All (filtered) rows; for tables known to be small (a model row, one benchmark), or
+        for a few narrow columns of a big one."""
+        return self.store.select(self.name, columns=columns, exclude=exclude, where=self.where)
 
     def count(self) -> int:
         return self.store.count(self.name, where=self.where)

@@ -21,6 +21,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from orion_assets.definitions import all_assets
 from orion_assets.assets.evaluation import benchmark_predictions, benchmark_scores
 from orion_assets.assets.problems import benchmark_problems
 from orion_assets.assets.teacher import student_base_model
@@ -88,8 +89,8 @@ def _write_checkpoint(store: Store, checkpoint_id: str) -> None:
 
 
 def _evaluate(profile: Path, data_dir: Path, assets=(benchmark_predictions, benchmark_scores)):
-    return dg.materialize(list(assets), resources=_resources(profile, data_dir), partition_key=PARTITION,
-                          raise_on_error=False)  # fmt: skip
+    return dg.materialize(all_assets, selection=[a.key for a in assets], resources=_resources(profile, data_dir),
+                          partition_key=PARTITION, raise_on_error=False)  # fmt: skip
 
 
 def _predictions(store: Store) -> pl.DataFrame:

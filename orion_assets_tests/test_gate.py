@@ -414,16 +414,21 @@ def _cot_quality_table(poisoned: str, variants: list[str]) -> pl.DataFrame:
 def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path, write_profile) -> None:
     import dagster as dg
 
-    from orion_assets.assets.quality import GATE_TABLE, cot_quality, latest_gate_verdict, quality_gate
+    from orion_assets.assets.quality import quality_gate
     from orion_assets.assets.training import sft_dataset
     from orion_assets.resources import OrionResource
     from orion_assets.store import Store
+    from orion_assets.verdicts import GATE_TABLE, latest_gate_verdict
 
     profile = write_profile("[quality]\nmin_tokens = 8\nmax_tokens = 768\n")
     data_dir = tmp_path / "data"
     orion = OrionResource(profile=str(profile), data_dir=str(data_dir))
     store = Store(data_dir / "orion_store.duckdb")
-    assert latest_gate_verdict(orion, "orion") == (False, "cot_quality has not been materialized")
+
+    def verdict(variant=None):  # as sft_dataset asks: for the cot_quality materialization it reads
+        return latest_gate_verdict(store, store.latest_materializations("cot_quality")[0], variant)
+
+    assert verdict("orion") == (False, "cot_quality has not been materialized")
     problems = pl.DataFrame({"problem_id": [f"p{i:02d}" for i in range(20)],
                              "problem": [f"What is {i} + 7 - {i}?" for i in range(20)]})
     store.replace_rows("train_problems", problems, replace_where=None, materialization={"asset_key": "train_problems"})
@@ -435,10 +440,10 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     store.append(GATE_TABLE, pl.DataFrame([{
         "checked_materialization_id": "older", "dagster_run_id": "run-0", "passed": True, "row_count": 1,
         "failed_expectations": "[]", "failing_ids": "[]", "checked_at": datetime(2025, 1, 1, tzinfo=UTC)}]))
-    assert latest_gate_verdict(orion, "teacher_sft")[0] is False  # the gate has not run on this materialization
+    assert verdict("teacher_sft")[0] is False  # the gate has not run on this materialization
 
     job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"))
-    defs = dg.Definitions(assets=[cot_quality, sft_dataset], asset_checks=[quality_gate], jobs=[job],
+    defs = dg.Definitions(assets=all_assets, asset_checks=[quality_gate], jobs=[job],
                           resources=orion.resources())
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("gate_only").execute_in_process(instance=instance, raise_on_error=False)
@@ -456,14 +461,14 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     assert dict(stored.select("variant", "passed").iter_rows()) == {v: v != "orion" for v in gated}
     assert stored["checked_at"].n_unique() == 1
 
-    passed, why = latest_gate_verdict(orion, "orion")
+    passed, why = verdict("orion")
     assert not passed
     for part in ("quality gate failed for variant orion", "drop_rate", "6 of 20 rows dropped", "unverified 6",
                  "orion-00000"):
         assert part in why, (part, why)
-    assert latest_gate_verdict(orion, "teacher_sft") == (True, "passed")
-    assert latest_gate_verdict(orion)[0] is False  # every variant: no
-    passed, why = latest_gate_verdict(orion, "orion_no_reflection")
+    assert verdict("teacher_sft") == (True, "passed")
+    assert verdict()[0] is False  # every variant: no
+    passed, why = verdict("orion_no_reflection")
     assert not passed and "no verdict for variant orion_no_reflection" in why
 
     # A passing variant's SFT data is built from its kept rows only; the failing one is refused.

@@ -156,4 +156,5 @@ def test_orion_run_and_orion_sql(orion_env, write_profile):
                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "read-only" in refused.stderr, statement
     with duckdb.connect(str(orion_env["data_dir"] / "orion_store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM orion.orion.train_problems").fetchone()[0] == 32
+        # the plain client, as the README shows it: the catalog is orion_store, the schema orion
+        assert con.execute("SELECT count(*) FROM orion.train_problems").fetchone()[0] == 32

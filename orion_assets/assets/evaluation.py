@@ -153,7 +153,7 @@ def benchmark_predictions(
     )
     if share > cfg.eval.max_error_rate:
         first = next(r.error for r in results if not r.ok)
-        raise dg.Failure(
+        published.fail_after_write = dg.Failure(
             description=(
                 f"{benchmark} x {variant}: {n_errors} of {len(results)} calls failed ({share:.1%}, more than "
                 f"[eval] max_error_rate = {cfg.eval.max_error_rate:.1%}); first error: {first}. The predictions are "

@@ -211,7 +211,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, c
     refused with the failed expectations, counts and a few failing ids."""
     cfg = orion.active.config
     # Every column but the CoT text: the gate decides on metrics and verdicts.
-    frame = cot_quality.frame([c for c in COT_QUALITY.columns if c != "cot"])
+    frame = cot_quality.frame(exclude=["cot"])
     (checked,) = cot_quality.upstream
     result = gate.run_gate(frame, cfg.quality, id_column="cot_quality_id")
     metadata = result.to_metadata()
