@@ -401,7 +401,7 @@ def duplicate_text(path: Path) -> dict[str, Any]:
         (n_cots,) = con.sql(f"SELECT count(*) FROM {schema}.teacher_cots").fetchone()
         (n_marked,) = con.sql("SELECT count(*) FROM tp").fetchone()
         copies: dict[int, int] = {}
-        stored: dict[int, int] = {}  # without the prompts that quote a CoT (llm_calls.messages)
+        stored: dict[int, int] = {}  # without the prompts that quote a CoT (llm_*.messages)
         by_column: dict[str, int] = {}
         for s, table, column, _dtype in columns:
             hits = con.sql(f"""
@@ -414,7 +414,7 @@ def duplicate_text(path: Path) -> dict[str, Any]:
                 by_column[f"{table}.{column}"] = found
             for cot, c in hits:
                 copies[cot] = copies.get(cot, 0) + c
-                if (table, column) != ("llm_calls", "messages"):
+                if not (column == "messages" and table.startswith("llm_")):  # llm_calls / llm_prompts
                     stored[cot] = stored.get(cot, 0) + c
     counts, kept = list(copies.values()), list(stored.values())
     return {
