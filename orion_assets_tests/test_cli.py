@@ -390,7 +390,7 @@ def test_teacher_tokens_reasoning_and_cost_in_metadata_cache_and_report(orion_en
         "llm_teacher_cost_usd": cost, "llm_teacher_sent_cost_usd": cost,
     }
     with duckdb.connect(str(orion_env["data_dir"] / "orion_store.duckdb"), read_only=True) as con:
-        stored = con.sql("SELECT sum(reasoning_tokens) FROM orion.orion.llm_calls WHERE role = 'teacher'").fetchone()
+        stored = con.sql("SELECT sum(reasoning_tokens) FROM orion.llm_calls WHERE role = 'teacher'").fetchone()
     assert stored == (reasoning,)
 
     report = orion("report", env={"ORION_PROFILE": str(profile)})

@@ -159,7 +159,7 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
     planted = _plant(store)
     shutil.rmtree(run["data_dir"] / "checkpoints")
     with duckdb.connect(str(run["data_dir"] / "orion_store.duckdb")) as con:
-        con.execute("DELETE FROM orion.orion.student_checkpoint")
+        con.execute("DELETE FROM orion.student_checkpoint")
     resources = {**OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"])).resources(),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
     # One run with the asset, its blocking check and everything downstream of it.

@@ -178,7 +178,7 @@ def test_leaderboard(data_dir, result):
             assert row[f"{benchmark}_delta"] == pytest.approx(expected, abs=1e-9)
     # the same numbers as the leaderboard asset (orion report's table)
     with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
-        asset = con.sql("SELECT * FROM orion.orion.leaderboard").pl()
+        asset = con.sql("SELECT * FROM orion.leaderboard").pl()
     for row in asset.iter_rows(named=True):
         mine = frame.filter(pl.col("variant") == row["variant"]).row(0, named=True)
         for benchmark in benchmarks:

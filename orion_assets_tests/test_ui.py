@@ -322,18 +322,18 @@ def test_materialize_one_benchmark_partition_through_graphql(
     assert asset["__typename"] == "Asset", asset
     assert [m["partition"] for m in asset["assetMaterializations"] if m["runId"] == run_id] == [PARTITION]
 
-    # ...and the rows are in the DuckDB file (catalog named after the file: orion.orion.<table>).
+    # ...and the rows are in the DuckDB file, as a plain client sees it (orion.<table>).
     db = ui_env["data_dir"] / "orion_store.duckdb"
     assert db.exists(), f"no {db} after a successful run"
     with duckdb.connect(str(db), read_only=True) as con:
         (count,) = con.execute(
-            "SELECT count(*) FROM orion.orion.benchmark_problems WHERE benchmark = ?", [PARTITION]
+            "SELECT count(*) FROM orion.benchmark_problems WHERE benchmark = ?", [PARTITION]
         ).fetchone()
         (others,) = con.execute(
-            "SELECT count(*) FROM orion.orion.benchmark_problems WHERE benchmark <> ?", [PARTITION]
+            "SELECT count(*) FROM orion.benchmark_problems WHERE benchmark <> ?", [PARTITION]
         ).fetchone()
         (logged,) = con.execute(
-            "SELECT count(*) FROM orion.orion.materializations WHERE dagster_run_id = ?", [run_id]
+            "SELECT count(*) FROM orion.materializations WHERE dagster_run_id = ?", [run_id]
         ).fetchone()
     assert count > 0, f"no {PARTITION} rows in orion.benchmark_problems"
     assert others == 0, "a one-partition run wrote other benchmarks' rows"
