@@ -56,6 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_sft import _cot, _gsm8k  # noqa: E402  (the same GSM8K rows and CoTs as the SFT benchmark)
 GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 INSTRUCTION = "Reason step by step and put the final answer in \\boxed{}."
 TOKENIZER_RECORDS = 2000
@@ -74,21 +76,6 @@ description = "gpu_check: the tiny graph with the hf student on {device}."
 device = "{device}"
 dtype = "{dtype}"
 """
-
-
-def _gsm8k(n: int) -> list[dict[str, str]]:
-    out = []
-    with GSM8K.open(encoding="utf-8") as handle:
-        for line in handle:
-            if len(out) >= n:
-                break
-            out.append(json.loads(line))
-    return out
-
-
-def _cot(answer: str) -> str:
-    body, final = answer.split("####")
-    return re.sub(r"<<[^>]*>>", "", body).strip() + f"\nThe final answer is \\boxed{{{final.strip()}}}."
 
 
 def build_student(work: Path, sizes: dict[str, int]) -> tuple[str, str, int]:

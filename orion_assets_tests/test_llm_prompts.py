@@ -4,7 +4,6 @@ usage queries that tell reflection modes apart by prompt."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -17,6 +16,7 @@ from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.report import usage_frame
 from orion_assets.store import Store
 from orion_assets_tests.fault_server import FaultServer
+from orion_assets_tests.test_llm_cache import fresh, server  # noqa: F401  (the same fault server fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = SamplingParams(max_tokens=64, temperature=0.7, top_p=0.95, seed=0)
@@ -30,18 +30,6 @@ OLD_DDL = (  # llm_calls as the versions before llm_prompts created it: messages
     "latency_s DOUBLE, retries INTEGER, error VARCHAR, status VARCHAR, dagster_run_id VARCHAR, "
     "created_at TIMESTAMPTZ, model_revision VARCHAR, reasoning_tokens INTEGER)"
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FaultServer]:
-    with FaultServer() as running:
-        yield running
-
-
-@pytest.fixture
-def fresh(server: FaultServer) -> FaultServer:
-    server.reset()
-    return server
 
 
 def _cfg(server: FaultServer) -> EndpointConfig:
