@@ -24,6 +24,25 @@ SHARED_DATA = Path(os.environ.get("ORION_SHARED_DATA", REPO_ROOT.parent / "share
 GSM8K_TRAIN = REPO_ROOT / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 
 
+# Tests that share the session's whole-graph run (tiny_run) go to one xdist worker together.
+SHARED_RUN_MODULES = {"test_pipeline", "test_sql"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (the default, pyproject's addopts), each module runs
+    on one worker, so its module fixtures are built once, and the modules that read ``tiny_run``
+    share a worker, so the whole graph is run once. (xdist groups by a ``@<group>`` suffix of the
+    node id; its own hook adds it only for ``xdist_group`` marks present before it runs, which a
+    conftest hook cannot count on, so the suffix is added here.)"""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        group = "tiny_run" if module in SHARED_RUN_MODULES else module
+        if "@" not in item.nodeid:
+            item._nodeid = f"{item.nodeid}@{group}"
+
+
 def gsm8k_train_rows(n: int, offset: int = 0) -> list[dict]:
     """Rows ``offset .. offset+n`` of the shipped GSM8K train file (question, answer): real text
     for building tiny tokenizers and SFT examples in tests."""

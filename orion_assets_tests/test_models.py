@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_DISABLE_UPDATE_CHECK", "1")
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -164,12 +163,9 @@ def test_build_is_deterministic(texts, tiny, tmp_path):
 def test_same_out_root_is_a_cache_hit(texts, tiny, tiny_root):
     weights = tiny.path / "model.safetensors"
     before = (weights.stat().st_ino, weights.stat().st_mtime_ns)
-    t0 = time.perf_counter()
     again = build_tiny_student(iter(texts), tiny_root, **TINY)  # any iterable works
-    elapsed = time.perf_counter() - t0
     assert again == tiny
-    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == before
-    assert elapsed < 1.0
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == before  # not rebuilt, not rewritten
     assert [p.name for p in tiny_root.iterdir()] == [tiny.path.name]
 
 
