@@ -399,11 +399,19 @@ def _cot_quality_table(poisoned: str, variants: list[str]) -> pl.DataFrame:
     frame = row_drop_reasons(_frame(rows), CFG)
     return frame.with_columns(
         pl.format("p{}", pl.col("cot_quality_id").str.slice(-2)).alias("problem_id"),
-        pl.lit("teacher-1").alias("teacher_cot_id"),
+        pl.lit("teacher_cots").alias("cot_table"),
+        pl.format("t-{}", pl.col("cot_quality_id")).alias("teacher_cot_id"),
         pl.lit(None, dtype=pl.Utf8).alias("refined_cot_id"),
-        pl.lit("refined").alias("source"),
-        pl.format("A rewrite {} ... so the answer is \\boxed{{7}}.", pl.col("cot_quality_id")).alias("cot"),
+        pl.lit("teacher").alias("source"),
         pl.lit("run-0").alias("dagster_run_id"),
+    )
+
+
+def _teacher_cots_of(table: pl.DataFrame) -> pl.DataFrame:
+    """The teacher_cots rows that hold the texts of ``table``'s CoTs (cot_quality keeps only ids)."""
+    return table.select(
+        "teacher_cot_id", "problem_id",
+        pl.format("A rewrite {} ... so the answer is \\boxed{{7}}.", pl.col("cot_quality_id")).alias("cot"),
     )
 
 
@@ -431,6 +439,8 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     # orion_no_reflection has no candidate rows (a mode the profile did not run): no verdict, no failure
     gated = ["teacher_sft", "orion", "orion_no_error"]
     table = _cot_quality_table(poisoned="orion", variants=gated)
+    store.replace_rows("teacher_cots", _teacher_cots_of(table), replace_where=None,
+                       materialization={"asset_key": "teacher_cots"})
     store.replace_rows("cot_quality", table, replace_where=None, materialization={"asset_key": "cot_quality"})
     # a verdict table written before verdicts were per variant (no variant column), for an older materialization
     store.append(GATE_TABLE, pl.DataFrame([{
@@ -473,6 +483,9 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     sft = store.read("sft_dataset")
     kept = table.filter((pl.col("variant") == "teacher_sft") & pl.col("kept"))
     assert sorted(sft["cot_quality_id"]) == sorted(kept["cot_quality_id"]) and sft.height == 19
+    # the completion is the CoT's text, read from the table that holds it (cot_quality keeps ids only)
+    for quality_id, completion in sft.select("cot_quality_id", "completion").iter_rows():
+        assert completion == [{"role": "assistant", "content": f"A rewrite {quality_id} ... so the answer is \\boxed{{7}}."}]
     (mat,) = built.asset_materializations_for_node("sft_dataset")
     assert mat.metadata["dropped_by_quality"].value == 1
     assert mat.metadata["dropped_by_reason"].value == {"contaminated": 1}

@@ -183,7 +183,8 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
         assert kind in reasons[planted[kind]], (kind, reasons[planted[kind]])
         assert quality_id[planted[kind]] in orion_verdict["expectations"]["drop_rate"]["flagged_ids"], kind
     # the duplicate and the row it copies: exactly one of the two is dropped as a duplicate
-    copies = cot_quality.filter(pl.col("cot") == cot_quality.filter(pl.col("refined_cot_id") == planted["duplicate"])["cot"][0])
+    copied = cot_quality.filter(pl.col("refined_cot_id") == planted["duplicate"])["cot_hash"][0]
+    copies = cot_quality.filter(pl.col("cot_hash") == copied)
     assert copies.height == 2 and sum("duplicate" in d for d in copies["drop_reasons"]) == 1
     # The blocking check stopped SFT in that run: no data, no checkpoint.
     assert not result.asset_materializations_for_node("sft_dataset")

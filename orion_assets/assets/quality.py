@@ -25,7 +25,7 @@ COT_QUALITY = TableSpec(
     "cot_quality",
     {
         "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
-        "refined_cot_id": pl.Utf8, "source": pl.Utf8, "cot": pl.Utf8, "verified": pl.Boolean,
+        "refined_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
         "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **quality.COT_METRICS_SCHEMA,
         "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
         "judge_consistency": pl.Int64, "teacher_similarity": pl.Float64, "drop_reasons": pl.List(pl.Utf8),
@@ -85,7 +85,9 @@ def cot_quality(
     kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.gate`).
 
     Works in chunks of ``[data] chunk_size`` problems. A CoT repeated within a variant keeps its
-    first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk."""
+    first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
+    text is not copied here: ``cot_table`` and its id name the row that holds it, and ``cot_hash``
+    identifies it."""
     cfg = orion.active.config
     from transformers import AutoTokenizer
 
@@ -122,12 +124,12 @@ def cot_quality(
                 )
             )
             frame = _drop_earlier_duplicates(gate.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
-            frame = frame.select(list(COT_QUALITY.columns))
-            summary_rows.append(frame.drop("cot"))
+            frame = frame.select(list(COT_QUALITY.columns))  # the text stays in its own table (cot_table)
+            summary_rows.append(frame)
             yield frame
 
     def metadata() -> dict:
-        frame = pl.concat(summary_rows) if summary_rows else COT_QUALITY.empty().drop("cot")
+        frame = pl.concat(summary_rows) if summary_rows else COT_QUALITY.empty()
         by_variant = {v: _variant_summary(g) for (v,), g in sorted(frame.group_by("variant"), key=lambda item: item[0])}
         return {
             "by_variant": by_variant,
@@ -210,8 +212,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, c
     ``student_checkpoint`` for a variant that passed proceeds, one for a variant that failed is
     refused with the failed expectations, counts and a few failing ids."""
     cfg = orion.active.config
-    # Every column but the CoT text: the gate decides on metrics and verdicts.
-    frame = cot_quality.frame(exclude=["cot"])
+    frame = cot_quality.frame()
     (checked,) = cot_quality.upstream
     result = gate.run_gate(frame, cfg.quality, id_column="cot_quality_id")
     metadata = result.to_metadata()

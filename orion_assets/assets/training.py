@@ -49,7 +49,12 @@ STUDENT_CHECKPOINT = TableSpec(
 @orion_asset(SFT_DATASET, group_name="training", partitions_def=variant_partitions, kinds={"parquet"},
              code_version="3")
 def sft_dataset(
-    context: dg.AssetExecutionContext, orion: OrionResource, cot_quality: Table, train_problems: Table
+    context: dg.AssetExecutionContext,
+    orion: OrionResource,
+    cot_quality: Table,
+    train_problems: Table,
+    teacher_cots: Table,
+    refined_cots: Table,
 ) -> Rows:
     """Chat prompt/completion examples of one variant: its ``cot_quality`` rows that broke no
     per-row rule (``kept``), once the quality gate passed for this variant.
@@ -74,7 +79,7 @@ def sft_dataset(
     dropped: list[pl.DataFrame] = []
     by_source: collections.Counter[str] = collections.Counter()
     tokens: list[int] = []
-    columns = ["cot_quality_id", "problem_id", "teacher_cot_id", "refined_cot_id", "source", "cot", "n_tokens",
+    columns = ["cot_quality_id", "cot_table", "problem_id", "teacher_cot_id", "refined_cot_id", "source", "n_tokens",
                "kept", "drop_reasons"]
 
     def chunks():
@@ -86,10 +91,11 @@ def sft_dataset(
                 dropped.append(chunk.filter(~pl.col("kept")).select("drop_reasons"))
                 cots = chunk.filter(pl.col("kept")).sort("cot_quality_id")
                 problem_text = train_problems.column_map("problem_id", "problem", cots["problem_id"].unique().to_list())
+                texts = _cot_texts(cots, teacher_cots, refined_cots)
                 rows = []
                 for cot in cots.iter_rows(named=True):
                     prompt = list(prompts.messages("solve", overrides, problem=problem_text[cot["problem_id"]]))
-                    completion = [{"role": "assistant", "content": cot["cot"]}]
+                    completion = [{"role": "assistant", "content": texts[cot["cot_quality_id"]]}]
                     rows.append({
                         "sft_example_id": content_id("sft", variant, prompt, completion), "variant": variant,
                         "cot_quality_id": cot["cot_quality_id"], "problem_id": cot["problem_id"],
@@ -196,6 +202,19 @@ def _base_checkpoint(model: dict) -> Rows:
 def checkpoint_row(**values: object) -> pl.DataFrame:
     """One ``student_checkpoint`` row; columns a variant has no value for (``base``) are null."""
     return pl.DataFrame([values], schema=STUDENT_CHECKPOINT.columns)
+
+
+def _cot_texts(cots: pl.DataFrame, teacher_cots: Table, refined_cots: Table) -> dict[str, str]:
+    """``{cot_quality_id: CoT text}``, each read from the table that holds it (``cot_table``)."""
+    texts: dict[str, str] = {}
+    for table, handle, id_column in (("teacher_cots", teacher_cots, "teacher_cot_id"),
+                                     ("refined_cots", refined_cots, "refined_cot_id")):
+        rows = cots.filter(pl.col("cot_table") == table)
+        if rows.height == 0:
+            continue
+        by_id = handle.column_map(id_column, "cot", rows[id_column].unique().to_list())
+        texts.update((qid, by_id[cid]) for qid, cid in rows.select("cot_quality_id", id_column).iter_rows())
+    return texts
 
 
 def _refuse_skipped_variant(orion: OrionResource, variant: str) -> None:
