@@ -95,16 +95,21 @@ def _connection(source: Store | duckdb.DuckDBPyConnection | str | Path) -> Itera
         yield con
 
 
+# Long texts the report never shows: left in the file, so a 50k-problem run's report stays small.
+_TEXT_COLUMNS = ("cot", "reflection_notes", "text")
+
+
 def _read(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
-    """``orion.<table>``, or None when the table does not exist."""
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+    """``orion.<table>`` without its long text columns, or None when the table does not exist."""
+    columns = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
         [SCHEMA, table],
-    ).fetchone()
-    if not exists or not exists[0]:
+    ).fetchall()]
+    if not columns:
         return None
-    return con.execute(f"SELECT * FROM {SCHEMA}.{table}").pl()
+    kept = ", ".join(f'"{c}"' for c in columns if c not in _TEXT_COLUMNS)
+    return con.execute(f"SELECT {kept} FROM {SCHEMA}.{table}").pl()
 
 
 def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
