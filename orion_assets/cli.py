@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out,
     from transformers.utils import logging as hf_logging
 
     from orion_assets import console
-    from orion_assets.reflection import skipped_variants
+    from orion_assets.refinement import skipped_variants
 
     defs = _definitions()
 

@@ -275,7 +275,7 @@ class Preflight:
 
     def _check_variants(self, section: Section, served: set[str]) -> None:
         """Evaluation asks the student server for each trained variant by name (vLLM LoRA modules)."""
-        from orion_assets.reflection import skipped_variants
+        from orion_assets.refinement import skipped_variants
 
         wanted = [v for v in TRAINING_VARIANTS if v not in skipped_variants(self.cfg)]
         missing = [v for v in wanted if v not in served]
@@ -372,7 +372,7 @@ class Preflight:
                                    "that needs HF_TOKEN?)")
 
     def check_train_sources(self) -> None:
-        from orion_assets.problems import resolve_data_path
+        from orion_assets.problem_sets import resolve_data_path
 
         for source in self.cfg.data.train_sources:
             if source.path is None:
@@ -411,7 +411,7 @@ class Preflight:
     # the plan
     def problems_planned(self) -> tuple[int, bool, dict[str, int]]:
         """(training problems, whether that is an upper bound, problems per evaluated benchmark)."""
-        from orion_assets.problems import BENCHMARK_SPECS, PACKAGE_DATA, resolve_data_path
+        from orion_assets.problem_sets import BENCHMARK_SPECS, PACKAGE_DATA, resolve_data_path
 
         data = self.cfg.data
         sizes = [_records_in(resolve_data_path(s.path)) if s.path else None for s in data.train_sources]
@@ -430,7 +430,7 @@ class Preflight:
 
     def stages(self) -> list[Stage]:
         """Every LLM-calling step the selected assets run, with an upper bound of its calls."""
-        from orion_assets.reflection import MODE_ROLE, MODES, skipped_modes, skipped_variants
+        from orion_assets.refinement import MODE_ROLE, MODES, skipped_modes, skipped_variants
 
         cfg = self.cfg
         train, _, benchmarks = self.problems_planned()

@@ -329,7 +329,7 @@ def _shipped_problems() -> list[Problem]:
             return [Problem(*row) for row in json.loads(cache.read_text(encoding="utf-8"))]
         except (ValueError, TypeError):
             pass
-    from orion_assets.problems import BENCHMARK_SPECS, load_benchmark, load_train_source
+    from orion_assets.problem_sets import BENCHMARK_SPECS, load_benchmark, load_train_source
     from orion_assets.profiles.schema import DEFAULT_TRAIN_SOURCES
 
     problems: list[Problem] = []

@@ -377,17 +377,17 @@ def test_resolve_pretrained_missing_model_fails_offline(tmp_path):
 
 
 def test_helpers_have_one_implementation():
-    from orion_assets import quality
+    from orion_assets import metrics
     from orion_assets.llm import hf_backend
-    from orion_assets.training import sft
+    from orion_assets.trainer import sft
 
     assert sft.model_fingerprint is hf_backend.model_fingerprint is model_fingerprint
-    assert sft.resolve_device is hf_backend.resolve_device is quality._resolve_device is resolve_device
+    assert sft.resolve_device is hf_backend.resolve_device is metrics._resolve_device is resolve_device
     assert sft.resolve_eos_token is resolve_eos_token
     import orion_assets.models
 
     assert not hasattr(orion_assets.models, "load_for_generation")  # unused: tests load with the Auto classes
-    for module in (sft, hf_backend, quality):
+    for module in (sft, hf_backend, metrics):
         for gone in ("_model_fingerprint", "_sha256_json", "_FINGERPRINT_CHUNK", "_end_of_turn_token"):
             assert not hasattr(module, gone), (module.__name__, gone)
 

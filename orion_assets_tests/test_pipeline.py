@@ -17,7 +17,7 @@ import pytest
 
 from orion_assets.definitions import all_assets
 from orion_assets.definitions import defs
-from orion_assets.problems import load_benchmark
+from orion_assets.problem_sets import load_benchmark
 from orion_assets.resources import OrionResource
 from orion_assets.store import Store, content_id
 

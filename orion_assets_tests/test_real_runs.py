@@ -34,7 +34,7 @@ from orion_assets.assets.exposure import student_attempts, student_errors
 from orion_assets.assets.problems import train_problems
 from orion_assets.assets.reflection import refined_cots
 from orion_assets.assets.teacher import student_base_model, teacher_cots
-from orion_assets.reflection import ERROR_PRIORITY
+from orion_assets.refinement import ERROR_PRIORITY
 from orion_assets.resources import OrionResource
 from orion_assets.store import Store
 from orion_assets_tests.conftest import gsm8k_train_rows

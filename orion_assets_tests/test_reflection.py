@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orion_assets import reflection
+from orion_assets import refinement
 from orion_assets.llm import GenerationRequest, SamplingParams
 from orion_assets.llm.context import ContextBudget
 from orion_assets.llm.types import GenerationResult, split_thinking
@@ -79,11 +79,11 @@ def test_thinking_is_split_off_the_same_way_for_both_reasoning_styles():
 
 
 def test_a_teacher_rewrite_keeps_its_thinking_like_its_teacher_cots():
-    task = reflection.Task({"problem_id": "p", "problem": "2+3, times 2?", "gold_answer": "10", "source": "gsm8k"},
+    task = refinement.Task({"problem_id": "p", "problem": "2+3, times 2?", "gold_answer": "10", "source": "gsm8k"},
                            {"teacher_cot_id": "t", "cot": "..."}, (), "no_reflection")
-    outcome = reflection.Outcome(task, solution=SOLUTION, thinking="I should address the student's slip.")
+    outcome = refinement.Outcome(task, solution=SOLUTION, thinking="I should address the student's slip.")
     assert outcome.cot == f"I should address the student's slip.\n\n{SOLUTION}"
-    student = reflection.Outcome(reflection.Task(task.problem, task.teacher_cot, (), "orion"),
+    student = refinement.Outcome(refinement.Task(task.problem, task.teacher_cot, (), "orion"),
                                  solution=SOLUTION, thinking="hmm")
     assert student.cot == SOLUTION  # the student's own thinking is not its solution
 
@@ -95,9 +95,9 @@ def test_the_most_useful_error_is_shown():
         {"attempt_id": "a2", "error_type": "wrong_answer", "sample_index": 3},
         {"attempt_id": "a3", "error_type": "wrong_answer", "sample_index": 2},
     ]
-    assert reflection.most_useful_error(errors)["attempt_id"] == "a3"
-    assert reflection.most_useful_error(errors[:2])["attempt_id"] == "a1"
-    assert reflection.most_useful_error([]) is None
+    assert refinement.most_useful_error(errors)["attempt_id"] == "a3"
+    assert refinement.most_useful_error(errors[:2])["attempt_id"] == "a1"
+    assert refinement.most_useful_error([]) is None
 
 
 def test_a_long_attempt_is_clipped_in_the_middle(tiny_student_model):
@@ -105,12 +105,12 @@ def test_a_long_attempt_is_clipped_in_the_middle(tiny_student_model):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_student_model.path)
     loop = "Step 1: add the apples. " + "Then I add them again and again. " * 400 + "So the answer is \\boxed{12}."
-    clipped = reflection.clip_middle(loop, 120, tokenizer)
+    clipped = refinement.clip_middle(loop, 120, tokenizer)
     n = len(tokenizer(clipped, add_special_tokens=False)["input_ids"])
     assert clipped.startswith("Step 1: add the apples.") and clipped.endswith("\\boxed{12}.")
     assert "tokens of this attempt omitted" in clipped and n <= 124  # the seams may re-tokenize a little differently
     short = "So the answer is \\boxed{12}."
-    assert reflection.clip_middle(short, 120, tokenizer) == short
+    assert refinement.clip_middle(short, 120, tokenizer) == short
 
 
 def test_the_context_budget_cuts_max_tokens_and_refuses_what_cannot_fit(tiny_student_model):

@@ -1,4 +1,4 @@
-"""SFT (orion_assets.training): real TRL training of the tiny student on real GSM8K solutions, no mocks.
+"""SFT (orion_assets.trainer): real TRL training of the tiny student on real GSM8K solutions, no mocks.
 
 * in process: LoRA and full fine-tuning for a few steps, the per-step log, the saved model loading and generating;
 * the loss mask, read off the trainer's own collated batches: prompt masked, completion tokens + the final
@@ -30,7 +30,7 @@ import torch
 
 from orion_assets.models import EOS_TOKEN, BuiltModel, build_tiny_student
 from orion_assets_tests.conftest import gsm8k_train_rows
-from orion_assets.training.sft import (
+from orion_assets.trainer.sft import (
     RESULT_FILE,
     TRAIN_LOG_FILE,
     TrainParams,
@@ -131,13 +131,13 @@ def _check_log(log: list[dict], steps: int) -> None:
 
 
 def test_launch_command_and_params_roundtrip(tmp_path):
-    assert launch_command(["{python}", "-m", "orion_assets.training.sft_main"]) == [
+    assert launch_command(["{python}", "-m", "orion_assets.trainer.sft_main"]) == [
         sys.executable,
         "-m",
-        "orion_assets.training.sft_main",
+        "orion_assets.trainer.sft_main",
     ]
     assert launch_command(["{python}", "-m", "x"], python="/opt/py") == ["/opt/py", "-m", "x"]
-    acc = ["accelerate", "launch", "--num_processes", "2", "-m", "orion_assets.training.sft_main"]
+    acc = ["accelerate", "launch", "--num_processes", "2", "-m", "orion_assets.trainer.sft_main"]
     assert launch_command(acc) == acc
 
     from orion_assets.profiles.schema import SFTConfig
@@ -430,7 +430,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_pa
     params = _params(tiny_student, sft_parquet, out, max_steps=6, save_steps=2, save_total_limit=None)
     params_file = tmp_path / "params.json"
     params_file.write_text(json.dumps(params.to_json()))
-    cmd = [sys.executable, "-m", "orion_assets.training.sft_main", "--params", str(params_file)]
+    cmd = [sys.executable, "-m", "orion_assets.trainer.sft_main", "--params", str(params_file)]
 
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -477,7 +477,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_pa
 
 
 def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_student, sft_parquet):
-    from orion_assets.training.pipes import run_sft_with_pipes
+    from orion_assets.trainer.pipes import run_sft_with_pipes
 
     params = _params(tiny_student, sft_parquet, tmp_path / "pipes", max_steps=3, save_steps=2)
     outcomes = []
@@ -485,7 +485,7 @@ def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_studen
     @dg.asset
     def throwaway_checkpoint(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
         outcome = run_sft_with_pipes(
-            context, pipes_subprocess_client, params, ["{python}", "-m", "orion_assets.training.sft_main"]
+            context, pipes_subprocess_client, params, ["{python}", "-m", "orion_assets.trainer.sft_main"]
         )
         outcomes.append(outcome)
         return dg.MaterializeResult(metadata=outcome.metadata)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from orion_assets import gate, problems, prompts, quality, verdicts
+from orion_assets import gate, metrics, problem_sets, prompts, verdicts
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.profiles.schema import TRAINING_VARIANTS
@@ -26,7 +26,7 @@ COT_QUALITY = TableSpec(
     {
         "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
         "refined_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
-        "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **quality.COT_METRICS_SCHEMA,
+        "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **metrics.COT_METRICS_SCHEMA,
         "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
         "judge_consistency": pl.Int64, "teacher_similarity": pl.Float64, "drop_reasons": pl.List(pl.Utf8),
         "kept": pl.Boolean,
@@ -84,7 +84,7 @@ def cot_quality(
     an LLM-judge score when a judge is set, and the per-row verdict: ``drop_reasons`` (empty =
     kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.gate`).
 
-    Works in chunks of ``[data] chunk_size`` problems. A CoT repeated within a variant keeps its
+    Works in chunks of ``[data] chunk_size`` problem_sets. A CoT repeated within a variant keeps its
     first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
     text is not copied here: ``cot_table`` and its id name the row that holds it, and ``cot_hash``
     identifies it."""
@@ -92,8 +92,8 @@ def cot_quality(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
-    embedder = quality.load_embedder(cfg.quality.embedding_model, device="auto")
-    index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.data.decontamination_ngram)
+    embedder = metrics.load_embedder(cfg.quality.embedding_model, device="auto")
+    index = problem_sets.ContaminationIndex.build(problem_sets.all_benchmarks(), cfg.data.decontamination_ngram)
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
     problem_ids = teacher_cots.keys("problem_id")
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
@@ -105,9 +105,9 @@ def cot_quality(
             ids = problem_ids[start : start + cfg.data.chunk_size]
             teacher = teacher_cots.rows_for("problem_id", ids)
             frame = candidates(teacher, refined_cots.rows_for("problem_id", ids))
-            metrics = quality.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
+            measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
             hits = [index.match(cot) for cot in frame["cot"]]
-            frame = pl.concat([frame, metrics], how="horizontal").with_columns(
+            frame = pl.concat([frame, measured], how="horizontal").with_columns(
                 pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),
                 pl.Series("contaminated_with", [h[1] if h else None for h in hits], dtype=pl.Utf8),
             )
@@ -117,7 +117,7 @@ def cot_quality(
                 pl.Series(
                     "teacher_similarity",
                     [
-                        quality.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
+                        metrics.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
                         for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
                     ],
                     dtype=pl.Float64,
@@ -187,7 +187,7 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
     progress.total += len(requests)
     results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk(len(requests)))
-    scores = [quality.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
+    scores = [metrics.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),
         pl.Series("judge_consistency", [s[1] for s in scores], dtype=pl.Int64),

@@ -5,7 +5,7 @@ import collections
 import dagster as dg
 import polars as pl
 
-from orion_assets import reflection
+from orion_assets import refinement
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.resources import OrionResource, progress_logger
@@ -57,10 +57,10 @@ def refined_cots(
                  "teacher": Metered(orion.endpoint("teacher", tokenizer=model_path))}
     tokenizer = load_tokenizer(model_path)
     count_tokens = batch_token_counter(model_path)
-    skipped = reflection.skipped_modes(cfg)
+    skipped = refinement.skipped_modes(cfg)
     for mode, why in skipped.items():
         context.log.warning(f"reflection[{mode}]: skipped: {why}")
-    modes = [m for m in reflection.MODES if m not in skipped]
+    modes = [m for m in refinement.MODES if m not in skipped]
     problem_ids = teacher_cots.keys("problem_id")
     progress = {m: ChunkProgress(progress_logger(context, f"reflection[{m}]"), len(problem_ids)) for m in modes}
     yields: dict[str, collections.Counter] = {m: collections.Counter() for m in modes}
@@ -81,17 +81,17 @@ def refined_cots(
                 errors_by_problem[row["problem_id"]].append({**row, "text": row["text"] or ""})
             records: list[dict] = []
             for mode in modes:
-                role = reflection.MODE_ROLE[mode]
-                tasks = reflection.make_tasks(
+                role = refinement.MODE_ROLE[mode]
+                tasks = refinement.make_tasks(
                     mode, problems_by_id, list(first_cot.iter_rows(named=True)), errors_by_problem,
                     attempt_max_tokens=cfg.reflection.attempt_max_tokens, tokenizer=tokenizer,
                 )
-                outcomes = reflection.refine(
+                outcomes = refinement.refine(
                     tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
                     run_id=context.run.run_id, progress=progress[mode].chunk(len(tasks)),
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
                 )
-                rows = [reflection.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
+                rows = [refinement.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
                 kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]
                 for (row, task), n_tokens in zip(kept, count_tokens([row["cot"] for row, _ in kept]), strict=True):
                     row["n_tokens"] = n_tokens
@@ -99,7 +99,7 @@ def refined_cots(
                     if row["source"] == "refined":
                         length_ratios.append(row["length_ratio"])
                 records += [row for row, _ in kept]
-                yields[mode].update(reflection.yield_counts(tasks, outcomes, rows))
+                yields[mode].update(refinement.yield_counts(tasks, outcomes, rows))
             yield pl.DataFrame(records, schema=REFINED_COTS.columns)
 
     def metadata() -> dict:

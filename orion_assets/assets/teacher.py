@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from orion_assets import models, problems
+from orion_assets import models, problem_sets
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.resources import OrionResource, progress_logger
@@ -30,7 +30,7 @@ def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) 
         # The tokenizer learns the whole training pool's text (problems and worked solutions).
         texts: list[str] = []
         for source in cfg.data.train_sources:
-            frame, _ = problems.load_train_source(source)
+            frame, _ = problem_sets.load_train_source(source)
             texts += frame["problem"].to_list() + frame["solution"].drop_nulls().to_list()
         built = models.build_tiny_student(texts, orion.data_path / "models", **spec.tiny.model_dump())
     else:

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 from orion_assets import prompts
 from orion_assets.gate import reason_counts
 from orion_assets.partitions import variant_partitions
-from orion_assets.reflection import skipped_variants
+from orion_assets.refinement import skipped_variants
 from orion_assets.resources import OrionResource
 from orion_assets.store import content_id
 from orion_assets.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.text_stats import percentiles
-from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes
+from orion_assets.trainer import TrainParams, config_hash, run_sft_with_pipes
 from orion_assets.verdicts import latest_gate_verdict
 
 

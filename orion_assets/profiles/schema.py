@@ -308,7 +308,7 @@ class SFTSettings(Section):
 
 
 class SFTConfig(SFTSettings):
-    launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.sft_main"])
+    launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.trainer.sft_main"])
 
 
 class EvalConfig(Section):

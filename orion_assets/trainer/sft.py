@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the student on prompt/completion chat data (DESIGN.md section 2 step 6).
 
-Plain typed functions; the process entry point is :mod:`orion_assets.training.sft_main` and the Dagster side is
-:mod:`orion_assets.training.pipes`.
+Plain typed functions; the process entry point is :mod:`orion_assets.trainer.sft_main` and the Dagster side is
+:mod:`orion_assets.trainer.pipes`.
 
 Input: a Parquet file in TRL's *conversational prompt-completion* format -- columns ``prompt`` (a list of
 ``{role, content}`` messages, the user turn with the problem), ``completion`` (a list with one assistant message,
@@ -251,8 +251,8 @@ class SFTDataStats:
 def launch_command(launcher: Sequence[str], python: str | None = None) -> list[str]:
     """Expand ``{python}`` (default ``sys.executable``) in the profile's launcher command.
 
-    ``["{python}", "-m", "orion_assets.training.sft_main"]`` -> ``["/path/python", "-m", ...]``;
-    ``["accelerate", "launch", "-m", "orion_assets.training.sft_main"]`` is returned as is.
+    ``["{python}", "-m", "orion_assets.trainer.sft_main"]`` -> ``["/path/python", "-m", ...]``;
+    ``["accelerate", "launch", "-m", "orion_assets.trainer.sft_main"]`` is returned as is.
     """
     if not launcher:
         raise ValueError("empty SFT launcher command")

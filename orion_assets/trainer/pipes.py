@@ -1,4 +1,4 @@
-"""The Dagster side of SFT: launch :mod:`orion_assets.training.sft_main` through Dagster Pipes.
+"""The Dagster side of SFT: launch :mod:`orion_assets.trainer.sft_main` through Dagster Pipes.
 
 Usage in an asset::
 
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from orion_assets.training.sft import RESULT_FILE, TrainParams, launch_command
+from orion_assets.trainer.sft import RESULT_FILE, TrainParams, launch_command
 
 LAUNCH_PARAMS_FILE = "launch_params.json"
 RUN_LOG_ENV = "ORION_LOG_FILE"
@@ -39,7 +39,7 @@ _EXEC_INTO_LOG = (
 
 
 class SFTPipesOutcome(NamedTuple):
-    """``result``: the :class:`~orion_assets.training.sft.TrainResult` as a dict; ``metadata``: the
+    """``result``: the :class:`~orion_assets.trainer.sft.TrainResult` as a dict; ``metadata``: the
     materialization metadata the SFT process reported (``dagster.MetadataValue`` values), ready for
     ``dg.MaterializeResult(metadata=...)``."""
 
@@ -148,7 +148,7 @@ class _StepWatcher:
     step by the SFT process) as progress while the process runs."""
 
     def __init__(self, output_dir: Path, label: str, total: int | None, interval_s: float = 0.5):
-        from orion_assets.training.sft import TRAIN_LOG_FILE
+        from orion_assets.trainer.sft import TRAIN_LOG_FILE
 
         self.path = Path(output_dir) / TRAIN_LOG_FILE
         self.label, self.total, self.interval_s = label, total, interval_s

@@ -1,12 +1,12 @@
-"""The SFT process: ``python -m orion_assets.training.sft_main [--params PARAMS.json]``.
+"""The SFT process: ``python -m orion_assets.trainer.sft_main [--params PARAMS.json]``.
 
 Launched by the ``student_checkpoint`` asset through Dagster Pipes (``PipesSubprocessClient``) with the profile's
-launcher command -- ``{python} -m orion_assets.training.sft_main`` locally, or e.g.
-``accelerate launch -m orion_assets.training.sft_main`` across GPUs -- and runnable by hand.
+launcher command -- ``{python} -m orion_assets.trainer.sft_main`` locally, or e.g.
+``accelerate launch -m orion_assets.trainer.sft_main`` across GPUs -- and runnable by hand.
 
-Where the :class:`~orion_assets.training.sft.TrainParams` come from: the Pipes extra ``train_params`` when the
+Where the :class:`~orion_assets.trainer.sft.TrainParams` come from: the Pipes extra ``train_params`` when the
 process was launched by Dagster, else ``--params PATH`` (a JSON file of ``TrainParams.to_json()``).
-:func:`orion_assets.training.pipes.run_sft_with_pipes` passes both, so every rank of a multi-process launch finds
+:func:`orion_assets.trainer.pipes.run_sft_with_pipes` passes both, so every rank of a multi-process launch finds
 them.
 
 Under Pipes, only the main process (``RANK`` 0, or no ``RANK``) opens the Pipes connection: it streams each
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orion_assets.training.sft import TrainParams, TrainResult, read_train_log, train
+from orion_assets.trainer.sft import TrainParams, TrainResult, read_train_log, train
 
 PARAMS_EXTRA = "train_params"
 RESULT_MESSAGE_KEY = "train_result"
@@ -41,7 +41,7 @@ LOSS_CURVE_POINTS = 500
 LOG_INTERVAL_EXTRA = "log_interval_s"
 LOG_INTERVAL_ENV = "ORION_SFT_PIPES_LOG_INTERVAL_S"
 
-logger = logging.getLogger("orion_assets.training.sft_main")
+logger = logging.getLogger("orion_assets.trainer.sft_main")
 
 
 def _rank() -> int:
@@ -168,7 +168,7 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m orion_assets.training.sft_main", description=__doc__.split("\n\n")[0]
+        prog="python -m orion_assets.trainer.sft_main", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--params", help="JSON file with TrainParams (used when not launched by Dagster Pipes)")
     args, _unknown = parser.parse_known_args(argv)  # tolerate launcher-added arguments
