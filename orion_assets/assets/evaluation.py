@@ -32,7 +32,7 @@ BENCHMARK_PREDICTIONS = TableSpec(
 BENCHMARK_SCORES = TableSpec(
     "benchmark_scores",
     {"score_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8,
-     **{f.name: pl.Int64 if f.type == "int" else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
+     **{f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
      "grading_rule": pl.Utf8, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
     id="score_id",
     parents={"prediction_ids": "benchmark_predictions"},
