@@ -171,12 +171,14 @@ def _count(store: Store) -> int:
         return con.execute("SELECT count(*) FROM orion.llm_calls").fetchone()[0] if tables[0] else 0
 
 
-def _wait_for(predicate, timeout_s: float = 5.0) -> bool:
+def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    # Polls every 0.2 s: each check opens the file under the shared lock, and polling faster on a
+    # loaded machine kept the writer thread from ever getting the exclusive one.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.02)
+        time.sleep(0.2)
     return predicate()
 
 
@@ -194,7 +196,7 @@ def test_writer_flushes_in_small_batches_while_running(tmp_path: Path) -> None:
 
     timed = CacheWriter(store, flush_every=100, flush_interval_s=0.2)
     timed.put(_fake_row(5))
-    assert _wait_for(lambda: _count(store) == 6, timeout_s=3.0)  # the interval flushes a partial batch
+    assert _wait_for(lambda: _count(store) == 6)  # the interval (0.2 s, not 30) flushes a partial batch
     timed.put(_fake_row(5))  # the same call again: an upsert, not a second row
     timed.close()
     assert _count(store) == 6
