@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from orion_assets.resources import OrionResource, markdown_table, table_schema
 from orion_assets.store import SCHEMA, Upstream
-from orion_assets.tables import SPEC_METADATA_KEY, Rows, Table
+from orion_assets.tables import SPEC_METADATA_KEY, Rows, Table, links_of
 
 PREVIEW_ROWS = 10
 
@@ -51,7 +52,7 @@ class OrionIOManager(dg.ConfigurableIOManager):
                     raise ValueError(
                         f"asset {table} produced columns {chunk.columns}, but its table spec declares {columns}"
                     )
-                chunk = chunk.with_columns(dg_run_id(context.run_id))
+                chunk = chunk.with_columns(pl.lit(context.run_id).alias("dagster_run_id"))
                 if preview is None or preview.height < PREVIEW_ROWS:
                     head = chunk.drop("dagster_run_id").head(PREVIEW_ROWS)
                     preview = head if preview is None else preview.vstack(head).head(PREVIEW_ROWS)
@@ -77,7 +78,7 @@ class OrionIOManager(dg.ConfigurableIOManager):
                     "code_version": _code_version(context),
                     "upstream": _READS.pop((context.run_id, context.step_key), []),
                 },
-                lineage=[(table, spec["id"], column, parent) for column, parent in spec["parents"].items()],
+                lineage=links_of(spec),
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -120,12 +121,6 @@ class OrionIOManager(dg.ConfigurableIOManager):
 
 def _code_version(context: dg.OutputContext) -> str | None:
     return context.asset_spec.code_version
-
-def dg_run_id(run_id: str):
-    import polars as pl
-
-    return pl.lit(run_id).alias("dagster_run_id")
-
 
 def _partition_where(spec: Mapping[str, Any], key_or_context: Any) -> dict[str, object]:
     """The column values a partition key fixes: one column per partition dimension."""

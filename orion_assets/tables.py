@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
-import pyarrow as pa
 
 if TYPE_CHECKING:
     from orion_assets.store import Store, Upstream
@@ -57,10 +56,6 @@ class TableSpec:
     def empty(self) -> pl.DataFrame:
         return pl.DataFrame(schema=dict(self.columns))
 
-    def lineage(self) -> list[tuple[str, str, str, str]]:
-        """(child table, child id column, parent-id column, parent table) for each parent column."""
-        return [(self.name, self.id, column, parent) for column, parent in self.parents.items()]
-
     def to_metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -72,6 +67,12 @@ class TableSpec:
 
 
 
+def links_of(spec: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(child table, child id column, parent-id column, parent table) for each parent column of a
+    spec as stored in asset metadata (:meth:`TableSpec.to_metadata`)."""
+    return [(spec["name"], spec["id"], column, parent) for column, parent in spec["parents"].items()]
+
+
 def lineage_links(assets: Iterable[dg.AssetsDefinition]) -> list[tuple[str, str, str, str]]:
     """The lineage edges the specs of ``assets`` declare (from their metadata, as the store gets them)."""
     links: list[tuple[str, str, str, str]] = []
@@ -79,7 +80,7 @@ def lineage_links(assets: Iterable[dg.AssetsDefinition]) -> list[tuple[str, str,
         for key in asset.keys:
             spec = asset.specs_by_key[key].metadata.get(SPEC_METADATA_KEY)
             if spec:
-                links += [(spec["name"], spec["id"], column, parent) for column, parent in spec["parents"].items()]
+                links += links_of(spec)
     return links
 
 
@@ -174,7 +175,3 @@ class Table:
 
 def _describe(where: Mapping[str, object]) -> str:
     return "".join(f", {k}={v!r}" for k, v in where.items())
-
-
-def arrow_schema(spec: TableSpec) -> pa.Schema:
-    return spec.empty().to_arrow().schema

@@ -20,14 +20,9 @@ def load_tokenizer(tokenizer_path: str):
     return _tokenizer(str(tokenizer_path))
 
 
-def token_counter(tokenizer_path: str) -> Callable[[str], int]:
-    """Count tokens the way the student sees them (its own tokenizer, no special tokens)."""
-    tokenizer = _tokenizer(str(tokenizer_path))
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def batch_token_counter(tokenizer_path: str) -> Callable[[Sequence[str]], list[int]]:
-    """:func:`token_counter` for many texts in one tokenizer call (the fast tokenizer batches)."""
+    """Count tokens the way the student sees them (its own tokenizer, no special tokens), many
+    texts in one tokenizer call (the fast tokenizer batches)."""
     tokenizer = _tokenizer(str(tokenizer_path))
 
     def count(texts: Sequence[str]) -> list[int]:
@@ -36,6 +31,12 @@ def batch_token_counter(tokenizer_path: str) -> Callable[[Sequence[str]], list[i
         return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     return count
+
+
+def token_counter(tokenizer_path: str) -> Callable[[str], int]:
+    """:func:`batch_token_counter` for one text at a time."""
+    count = batch_token_counter(tokenizer_path)
+    return lambda text: count([text])[0]
 
 
 def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:
