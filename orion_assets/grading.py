@@ -687,8 +687,14 @@ def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
             break
         if msg is None:
             break
-        # msg: a list of (gold, pred); one result is sent back per item, as
-        # soon as it is ready, so the parent can time each item separately.
+        # msg: a list of (gold, pred). Its receipt is acknowledged first, so a
+        # worker that dies before reading it (killed while idle) is told apart
+        # from one that an item crashed. Then one result is sent back per
+        # item, as soon as it is ready, so the parent can time each item.
+        try:
+            conn.send(("got", len(msg)))
+        except (OSError, ValueError):
+            return
         for gold, pred in msg:
             t0 = time.perf_counter()
             try:
@@ -858,9 +864,12 @@ class _WorkerPool:
         """Verify ``items`` on one worker, streaming: the worker goes through
         the whole list without waiting for the caller, the caller waits at
         most ``timeout_s`` for each next result. After a timeout or crash the
-        worker is killed and the rest of the list goes to a fresh worker."""
+        worker is killed and the rest of the list goes to a fresh worker. A
+        worker that dies before acknowledging the list (killed while idle; the
+        kill may land just after the send succeeded) is replaced and the list
+        resent, at most ``size + 2`` times."""
         results: list[tuple[str, object]] = []
-        send_failures = 0
+        dead_on_checkout = 0
         while len(results) < len(items):
             rest = items[len(results):]
             try:
@@ -868,13 +877,15 @@ class _WorkerPool:
             except Exception as exc:  # noqa: BLE001
                 results += [("error", type(exc).__name__)] * len(rest)
                 break
-            try:
-                w.conn.send(rest)
-            except (OSError, ValueError):
-                # died while idle (killed from outside): retry on a fresh one
+            receipt = self._send(w, rest, timeout_s)
+            if receipt != "ok":
                 self._release(w, False)
-                send_failures += 1
-                if send_failures > 2:
+                if receipt == "timeout":
+                    results.append(("timeout", None))
+                    self._count("timeouts")
+                    continue
+                dead_on_checkout += 1
+                if dead_on_checkout > self.size + 2:
                     results += [("error", "WorkerCrashed")] * len(rest)
                     break
                 continue
@@ -906,6 +917,20 @@ class _WorkerPool:
                 # a fresh worker replaces it on demand
                 self._release(w, healthy)
         return results
+
+    @staticmethod
+    def _send(w: _Worker, items: list[tuple[str, str]], timeout_s: float) -> str:
+        """Send ``items``: ``"ok"`` once the worker acknowledges them,
+        ``"dead"`` if it is gone before that, ``"timeout"`` if it stays alive
+        and silent for ``timeout_s`` (counted against the first item)."""
+        try:
+            w.conn.send(items)
+            if not w.conn.poll(timeout_s):
+                return "timeout"
+            ack = w.conn.recv()
+        except (EOFError, OSError, ValueError):
+            return "dead"
+        return "ok" if ack[0] == "got" else "dead"
 
     def _count(self, key: str) -> None:
         with self._cond:

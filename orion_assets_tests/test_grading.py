@@ -597,6 +597,31 @@ def test_timeout_inside_a_batch_chunk_spares_the_other_items():
     assert [v.reason for v in vs] == ["match:math_verify"] * 2 + ["timeout"] + ["match:math_verify"] * 4
 
 
+def test_a_worker_killed_while_idle_is_replaced_even_if_the_send_got_through():
+    """The kill lands after the item was written to the worker's socket but
+    before the worker read it: that is a dead idle worker, not a crashing
+    item, so the item goes to a fresh worker (CI once graded it WorkerCrashed)."""
+    import signal
+
+    pool = grading._WorkerPool(1)
+    try:
+        pool.warm(1)
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGSTOP)  # alive, so the send succeeds; never reads it
+        result = {}
+        th = threading.Thread(target=lambda: result.setdefault(
+            "r", pool.run(r"\boxed{\sqrt{8}}", r"\boxed{2\sqrt{2}}", 30.0)))
+        th.start()
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        th.join(timeout=60)
+        assert not th.is_alive()
+        assert result["r"] == ("ok", True)
+        assert pid not in pool.worker_pids() and pool.stats["started"] == 2
+    finally:
+        pool.close()
+
+
 def test_worker_crash_is_reported_not_hung():
     import signal
 
