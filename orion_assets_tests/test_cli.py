@@ -72,6 +72,7 @@ def test_broken_jsonl_line_names_file_line_and_reason(orion_env, write_profile, 
     assert re.search(r"^\[1/1\] train_problems \.\.\. FAILED after [\d.]+s \(run [0-9a-f-]{36}\)$", done.stdout, re.M)
 
 
+@pytest.mark.slow
 def test_missing_api_key_is_caught_by_the_check_and_by_the_step(orion_env, write_profile):
     profile = write_profile(f"""
         [student_model.tiny]
@@ -105,6 +106,7 @@ def test_missing_api_key_is_caught_by_the_check_and_by_the_step(orion_env, write
     )
 
 
+@pytest.mark.slow
 def test_student_model_missing_offline(orion_env, write_profile, tmp_path):
     profile = write_profile(f'[student_model]\nsource = "pretrained"\nname_or_path = "{QWEN}"\n')
     env = {"HF_HOME": str(tmp_path / "empty_hf_home"), "HF_HUB_OFFLINE": "1"}
@@ -183,6 +185,7 @@ def test_check_against_an_unreachable_url(orion_env, write_profile):
     assert fine.returncode == 0 and "student: not used by the selected assets" in fine.stdout
 
 
+@pytest.mark.slow
 def test_check_against_transformers_serve(orion_env, write_profile, tmp_path_factory):
     from orion_assets.models import build_tiny_student
     from orion_assets_tests.serve import served_model
@@ -232,6 +235,7 @@ UP_TO_GATE = ["train_problems", "student_base_model", "teacher_cots", "student_a
               "refined_cots", "cot_quality"]
 
 
+@pytest.mark.slow
 def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, write_profile):
     profile = write_profile(GATE_PROFILE)
     done = orion("run", "--profile", str(profile), "--select", *UP_TO_GATE)
@@ -348,6 +352,7 @@ def test_sft_process_output_goes_to_the_log_file_and_steps_to_progress(tmp_path,
 # -- tokens and cost ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_teacher_tokens_reasoning_and_cost_in_metadata_cache_and_report(orion_env, write_profile):
     cfg = SimConfig(persona="teacher_reasoning_content", model="deepseek-reasoner", max_model_len=None,
                     reasoning_words=80, seed=1)

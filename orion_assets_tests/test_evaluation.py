@@ -104,6 +104,7 @@ def _sent(sim: Simulator) -> int:
     return sum(1 for entry in sim.requests() if entry.get("model") is not None)
 
 
+@pytest.mark.slow
 def test_a_retrained_variant_served_under_the_same_name_is_asked_again(orion_env, write_profile) -> None:
     data_dir = orion_env["data_dir"]
     n_calls = N_PROBLEMS * K

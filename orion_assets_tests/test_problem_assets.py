@@ -113,6 +113,7 @@ def _env(orion_env, profile: Path) -> dict[str, str]:
     return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(orion_env["data_dir"]), "DAGSTER_HOME": str(orion_env["dagster_home"])}
 
 
+@pytest.mark.slow
 def test_parallel_dagster_cli_partition_runs_share_the_duckdb_file(orion_env, write_profile):
     """Four `dagster asset materialize` processes at once, as a backfill launches them."""
     profile = write_profile("[data]\nbenchmark_limit = 0\n")
@@ -133,6 +134,7 @@ def test_parallel_dagster_cli_partition_runs_share_the_duckdb_file(orion_env, wr
     assert _counts(Store(orion_env["data_dir"] / "orion_store.duckdb")) == FULL_SIZES
 
 
+@pytest.mark.slow
 def test_orion_run_and_orion_sql(orion_env, write_profile):
     profile = write_profile("[data]\nbenchmarks = [\"aime24\", \"amc23\"]\n")
     env = _env(orion_env, profile)

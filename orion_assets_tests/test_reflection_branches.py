@@ -2,6 +2,7 @@
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from orion_assets.assets.exposure import student_attempts, student_errors
 from orion_assets.assets.problems import train_problems
@@ -37,6 +38,7 @@ def _profile(write_profile, base_url: str, on_failure: str, name: str):
     )
 
 
+@pytest.mark.slow
 def test_every_exposure_and_reflection_branch(orion_env, write_profile):
     data_dir = orion_env["data_dir"]
     store = Store(data_dir / "orion_store.duckdb")

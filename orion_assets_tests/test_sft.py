@@ -425,6 +425,7 @@ def test_profile_sft_section_reaches_trl_full_finetune_with_pass_through(
 # kill and resume (the process entry point)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_parquet):
     out = tmp_path / "resume"
     params = _params(tiny_student, sft_parquet, out, max_steps=6, save_steps=2, save_total_limit=None)
@@ -476,6 +477,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_pa
 # Dagster Pipes
 
 
+@pytest.mark.slow
 def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_student, sft_parquet):
     from orion_assets.trainer.pipes import run_sft_with_pipes
 

@@ -91,6 +91,7 @@ def test_teacher_cots_through_transformers_serve_with_zero_requests_on_rerun_and
             assert SENTINEL not in repr(record)
 
 
+@pytest.mark.slow
 def test_killed_teacher_run_keeps_finished_calls_and_resume_sends_only_the_rest(orion_env, write_profile):
     problems = 24
     with FaultServer(latency=0.25) as server:
