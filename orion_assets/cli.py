@@ -22,6 +22,21 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("ORION_DATA_DIR", "data")).expanduser().resolve()
 
 
+def _store(args: argparse.Namespace, command: str, profile=None):
+    """The store the active profile's ``[store]`` names; the DuckDB file in the data folder when
+    the profile does not load (said on stderr)."""
+    from orion_assets.profiles import ProfileError, load_profile
+    from orion_assets.store import store_for
+
+    data_dir = _data_dir(args)
+    if profile is None:
+        try:
+            profile = load_profile()
+        except ProfileError as exc:
+            print(f"orion {command}: {exc}; reading the DuckDB file in {data_dir}", file=sys.stderr)
+    return store_for(profile.config.store if profile is not None else None, data_dir)
+
+
 # -- orion run -----------------------------------------------------------------------------------
 
 
@@ -373,7 +388,7 @@ def check_read_only(sql: str) -> list[str]:
 
 
 def sql(args: argparse.Namespace) -> int:
-    from orion_assets.store import store_in
+    from orion_assets.store_ducklake import StoreError
 
     text = args.query
     if text.endswith(".sql") or Path(text).is_file():
@@ -387,8 +402,8 @@ def sql(args: argparse.Namespace) -> int:
     except (PermissionError, ValueError, duckdb.Error) as exc:
         print(f"orion sql: {exc}", file=sys.stderr)
         return 2
-    store = store_in(_data_dir(args))
     try:
+        store = _store(args, "sql")
         with store.connect(read_only=True) as con:
             for statement in statements:
                 relation = con.sql(statement)
@@ -404,7 +419,7 @@ def sql(args: argparse.Namespace) -> int:
 
                     with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
                         print(frame)
-    except (duckdb.Error, FileNotFoundError) as exc:
+    except (duckdb.Error, FileNotFoundError, StoreError) as exc:
         print(f"orion sql: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -417,16 +432,20 @@ def report(args: argparse.Namespace) -> int:
     from orion_assets.profiles import ProfileError, load_profile
     from orion_assets.report import build_report, prices_of
     from orion_assets.store import store_in
+    from orion_assets.store_ducklake import StoreError
 
     data_dir = _data_dir(args)
     out_dir = Path(args.out).expanduser().resolve() if args.out else data_dir / "reports"
-    try:  # the active profile's prices turn tokens into dollars; a report needs no profile otherwise
-        prices = prices_of(load_profile().config)
+    try:  # the active profile's prices turn tokens into dollars, its [store] says where the tables are
+        profile = load_profile()
     except ProfileError:
-        prices = None
+        profile = None
+    prices = prices_of(profile.config) if profile is not None else None
     try:
-        result = build_report(store_in(data_dir), out_dir, prices=prices)
-    except (FileNotFoundError, ValueError, duckdb.Error) as exc:
+        # a profile that does not load: the DuckDB file in the data folder, as before [store] existed
+        store = _store(args, "report", profile) if profile is not None else store_in(data_dir)
+        result = build_report(store, out_dir, prices=prices)
+    except (FileNotFoundError, ValueError, duckdb.Error, StoreError) as exc:
         print(f"orion report: {exc}", file=sys.stderr)
         return 1
     print(result.markdown_path)

@@ -470,10 +470,10 @@ class Preflight:
         """Per role: answered calls in ``orion.llm_calls`` and their mean prompt/completion tokens."""
         if self._cache_stats is None:
             self._cache_stats = {}
-            from orion_assets.store import SCHEMA, store_in
+            from orion_assets.store import SCHEMA, store_for
 
-            store = store_in(self.data_dir)
-            if store.path.exists():
+            store = store_for(self.profile.config.store, self.data_dir)
+            if store.exists():
                 if store.table_exists("llm_calls"):
                     with store.connect(read_only=True) as con:
                         rows = con.execute(
@@ -486,10 +486,10 @@ class Preflight:
     def checkpoints(self) -> set[str]:
         if self._checkpoints is None:
             self._checkpoints = set()
-            from orion_assets.store import store_in
+            from orion_assets.store import store_for
 
-            store = store_in(self.data_dir)
-            if store.path.exists():
+            store = store_for(self.profile.config.store, self.data_dir)
+            if store.exists():
                 if store.table_exists("student_checkpoint"):
                     self._checkpoints = set(store.read("student_checkpoint")["variant"].to_list())
         return self._checkpoints

@@ -32,7 +32,7 @@ import polars as pl
 
 from orion_assets.profiles.schema import BENCHMARKS, VARIANTS
 from orion_assets.scoring import Scores
-from orion_assets.store import SCHEMA, Store
+from orion_assets.store import SCHEMA, BaseStore, Store
 
 REFERENCE_VARIANT = "teacher_sft"
 MISSING = "—"
@@ -84,13 +84,14 @@ class Report:
 
 
 @contextmanager
-def _connection(source: Store | duckdb.DuckDBPyConnection | str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def _connection(source: BaseStore | duckdb.DuckDBPyConnection | str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     if isinstance(source, duckdb.DuckDBPyConnection):
         yield source
         return
-    store = source if isinstance(source, Store) else Store(source)
-    if not store.path.exists():
-        raise FileNotFoundError(f"no DuckDB file at {store.path}: materialize some assets first")
+    store = source if isinstance(source, BaseStore) else Store(source)
+    if not store.exists():
+        what = "DuckDB file" if isinstance(store, Store) else "store"
+        raise FileNotFoundError(f"no {what} at {store.location}: materialize some assets first")
     with store.connect(read_only=True) as con:
         yield con
 
@@ -743,7 +744,7 @@ def _reflection_section(frame: pl.DataFrame) -> list[str]:
 
 
 def build_report(
-    source: Store | duckdb.DuckDBPyConnection | str | Path,
+    source: BaseStore | duckdb.DuckDBPyConnection | str | Path,
     out_dir: Path,
     *,
     now: datetime | None = None,
@@ -766,7 +767,7 @@ def build_report(
         profiles = _profiles(con)
         cot_quality = _read_quality(con)
         usage = usage_frame(con)
-    location = source.path if isinstance(source, Store) else (Path(source) if isinstance(source, str | Path) else None)
+    location = source.location if isinstance(source, BaseStore) else (Path(source) if isinstance(source, str | Path) else None)
 
     scores = _clean_scores(raw_scores, notes)
     board = leaderboard_frame(scores)

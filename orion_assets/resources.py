@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.profiles import Profile, load_profile
-from orion_assets.store import Store, store_in
+from orion_assets.store import BaseStore, store_for
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -51,8 +51,9 @@ class OrionResource(dg.ConfigurableResource):
         return Path(self.data_dir).expanduser().resolve()
 
     @property
-    def store(self) -> Store:
-        return store_in(self.data_path)
+    def store(self) -> BaseStore:
+        """The store the active profile's ``[store]`` names (default: the DuckDB file in ``data_dir``)."""
+        return store_for(self.active.config.store, self.data_path)
 
     def endpoint(
         self,

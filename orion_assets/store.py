@@ -1,10 +1,16 @@
-"""The DuckDB store: one file, schema ``orion``, a table per asset, plus its own lineage.
+"""The store: schema ``orion``, a table per asset, plus its own lineage, on one of two backends.
 
-DuckDB allows one writing process at a time, and a second process that opens the file while
-another holds it fails at once. Every connection here first takes an advisory lock on a sidecar
-file (shared for readers, exclusive for writers), so the runs of a multi-partition backfill queue
-for the file instead of failing. Assets do their work without a connection and hold the lock only
-while they write.
+:class:`Store` (``[store] backend = "duckdb"``, the default) is one DuckDB file. DuckDB allows one
+writing process at a time, and a second process that opens the file while another holds it fails
+at once. Every connection here first takes an advisory lock on a sidecar file (shared for readers,
+exclusive for writers), so the runs of a multi-partition backfill queue for the file instead of
+failing. Assets do their work without a connection and hold the lock only while they write.
+
+:class:`~orion_assets.store_ducklake.DuckLakeStore` (``backend = "ducklake"``) keeps the same
+tables in a DuckLake (catalog in Postgres or a local file, data as Parquet in a folder or S3), with
+many writers and no lock; :func:`store_for` builds the one a profile names. Both attach the
+catalog as ``orion_db`` and answer the same interface (:class:`BaseStore`), so ``orion.<table>``
+means the same in every query.
 """
 
 from __future__ import annotations
@@ -12,17 +18,22 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import polars as pl
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from orion_assets.profiles.schema import StoreConfig
 
 SCHEMA = "orion"
 CATALOG = "orion_db"
@@ -54,6 +65,17 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.table_parents (
 )"""
 
 Link = tuple[str, str, str, str]  # (child table, child id column, parent-id column, parent table)
+T = TypeVar("T")
+
+
+def unkeyed(ddl: str) -> str:
+    """``ddl`` without its PRIMARY KEY constraints, for DuckLake, which has none: the writers of
+    such a table keep one row per key themselves (:meth:`BaseStore.upsert_sql`)."""
+    ddl = re.sub(r",\s*PRIMARY KEY\s*\([^)]*\)", "", ddl)
+    ddl = re.sub(r"\s+PRIMARY KEY\b", "", ddl)
+    if "PRIMARY KEY" in ddl.upper() or "UNIQUE" in ddl.upper():
+        raise ValueError(f"cannot drop the key of {ddl}")
+    return ddl
 
 
 class StoreLockTimeout(RuntimeError):
@@ -119,42 +141,67 @@ def store_in(data_dir: str | Path) -> Store:
     return Store(path)
 
 
-class Store:
-    """Access to ``orion_store.duckdb``; every connection is serialized across processes."""
+def store_for(settings: StoreConfig | None, data_dir: str | Path) -> BaseStore:
+    """The store a profile's ``[store]`` section names: the DuckDB file in ``data_dir`` (the default),
+    or a DuckLake, whose local paths (catalog file, data folder) are relative to ``data_dir``."""
+    if settings is None or settings.backend == "duckdb":
+        return store_in(data_dir)
+    from orion_assets.store_ducklake import DuckLakeStore
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S):
-        self.path = Path(path).resolve()
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.lock_timeout_s = lock_timeout_s
+    return DuckLakeStore.from_settings(settings, data_dir)
 
-    def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
 
-    @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        if read_only and not self.path.exists():
-            raise FileNotFoundError(f"no DuckDB file at {self.path}: materialize some assets first")
-        with _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # The file is attached under another name: a catalog called "orion" (from the file
-            # name) would make every "orion.<table>" reference ambiguous with the schema.
-            con = duckdb.connect()
-            try:
-                mode = " (READ_ONLY)" if read_only else ""
-                con.execute(f"ATTACH '{_sql_quote(self.path)}' AS {CATALOG}{mode}")
-                con.execute(f"USE {CATALOG}")
-                if not read_only:
-                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-                    con.execute(MATERIALIZATIONS_DDL)
-                    con.execute(TABLE_PARENTS_DDL)
-                yield con
-            finally:
-                con.close()
+class BaseStore:
+    """What every backend answers: reads of ``orion.<table>``, partition replacement with its
+    materialization log and lineage, appends. A backend provides :meth:`connect` (a connection
+    whose current catalog holds schema ``orion``, with the materialization log and the lineage
+    links), :meth:`transaction`, :meth:`exists` and :attr:`location`."""
+
+    #: Whether tables can have PRIMARY KEY constraints (``INSERT OR REPLACE`` works). DuckLake has none.
+    keyed: bool = True
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (never a credential)."""
+        raise NotImplementedError
+
+    def exists(self) -> bool:
+        """Whether anything was ever written (a reader of a store that does not exist finds nothing)."""
+        raise NotImplementedError
+
+    def connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        raise NotImplementedError
+
+    def transaction(
+        self, work: Callable[[duckdb.DuckDBPyConnection], T], *, guard: str | None = None, what: str = "a write"
+    ) -> T:
+        """Run ``work(con)`` in one transaction and return its result. ``guard`` names the table the
+        transaction writes, for a backend whose concurrent writers of one table must conflict (and
+        retry) rather than both commit; ``what`` says what is written, for the error raised when that
+        never succeeds."""
+        raise NotImplementedError
+
+    def upsert_sql(self, table: str, source: str, key: str, columns: Sequence[str], *, replace: bool) -> list[str]:
+        """Statements that write ``source``'s rows into ``orion.<table>`` once per ``key``: replacing
+        a stored row of the same key (``replace``) or leaving it (``replace=False``)."""
+        cols = ", ".join(columns)
+        if self.keyed:
+            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+            return [f"{verb} INTO {SCHEMA}.{table} ({cols}) SELECT {cols} FROM {source}"]
+        if replace:
+            return [
+                f"DELETE FROM {SCHEMA}.{table} WHERE {key} IN (SELECT {key} FROM {source})",
+                f"INSERT INTO {SCHEMA}.{table} ({cols}) SELECT {cols} FROM {source}",
+            ]
+        return [
+            f"INSERT INTO {SCHEMA}.{table} ({cols}) SELECT {cols} FROM {source} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.{table} t WHERE t.{key} = s.{key})"
+        ]
 
     # -- reads ---------------------------------------------------------------------------------
 
     def table_exists(self, table: str) -> bool:
-        if not self.path.exists():
+        if not self.exists():
             return False
         with self.connect(read_only=True) as con:
             return _table_exists(con, table)
@@ -210,14 +257,14 @@ class Store:
     def _require(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         if not _table_exists(con, table):
             raise LookupError(
-                f"table {SCHEMA}.{table} does not exist in {self.path}: materialize asset '{table}' first"
+                f"table {SCHEMA}.{table} does not exist in {self.location}: materialize asset '{table}' first"
             )
 
     def latest_materializations(self, asset_key: str, partition_key: str | None = None) -> list[Upstream]:
         """The newest recorded materialization of an asset's partition, or of each of its
         partitions when ``partition_key`` is None (what a reader of the whole table depends on)."""
         rows: list[tuple] = []
-        if self.path.exists():
+        if self.exists():
             with self.connect(read_only=True) as con:
                 if _table_exists(con, "materializations"):
                     rows = con.execute(
@@ -254,14 +301,15 @@ class Store:
         """
         materialization_id = uuid.uuid4().hex
         upstream = _flatten(materialization.get("upstream") or [])
-        with self.connect() as con:
+        incoming = None if parquet else (frame if frame is not None else pl.DataFrame()).to_arrow()
+
+        def work(con: duckdb.DuckDBPyConnection) -> None:
             if parquet:
                 files = ", ".join(f"'{_sql_quote(Path(f))}'" for f in parquet)
                 source = f"read_parquet([{files}])"
             else:
-                con.register("_incoming", (frame if frame is not None else pl.DataFrame()).to_arrow())
+                con.register("_incoming", incoming)
                 source = "_incoming"
-            con.execute("BEGIN TRANSACTION")
             try:
                 if replace_where is None or not _table_exists(con, table):
                     verb = "CREATE OR REPLACE TABLE" if replace_where is None else "CREATE TABLE"
@@ -288,27 +336,112 @@ class Store:
                     ],
                 )
                 if lineage:
-                    con.executemany(f"INSERT OR REPLACE INTO {SCHEMA}.table_parents VALUES (?, ?, ?, ?)",
-                                    [list(link) for link in lineage])
+                    self._record_links(con, table, lineage)
                 refresh_lineage_view(con)
+            finally:
+                if not parquet:
+                    con.unregister("_incoming")
+
+        what = f"{SCHEMA}.{table}" + (" (whole table)" if replace_where is None else f" partition {replace_where}")
+        self.transaction(work, guard=table, what=what)
+        return materialization_id
+
+    def _record_links(self, con: duckdb.DuckDBPyConnection, table: str, lineage: Sequence[Link]) -> None:
+        """Record ``table``'s lineage links in ``orion.table_parents`` (one row per child table and
+        parent column); a write that finds them recorded already changes nothing."""
+        rows = sorted({(link[0], link[2]): list(link) for link in lineage}.values())
+        if self.keyed:
+            con.executemany(f"INSERT OR REPLACE INTO {SCHEMA}.table_parents VALUES (?, ?, ?, ?)", rows)
+            return
+        # No key in DuckLake: the rows of a (child table, parent column) that differ are deleted and
+        # written anew, as INSERT OR REPLACE does. The caller's transaction is guarded, so two
+        # writers of one table never both do this.
+        have = {
+            tuple(r)
+            for r in con.execute(
+                f"SELECT child_table, child_id, parent_column, parent_table FROM {SCHEMA}.table_parents "
+                f"WHERE child_table IN (SELECT UNNEST(?))",
+                [sorted({row[0] for row in rows})],
+            ).fetchall()
+        }
+        missing = [row for row in rows if tuple(row) not in have]
+        for child, _, parent_column, _ in missing:
+            con.execute(f"DELETE FROM {SCHEMA}.table_parents WHERE child_table = ? AND parent_column = ?",
+                        [child, parent_column])
+        if missing:
+            con.executemany(f"INSERT INTO {SCHEMA}.table_parents VALUES (?, ?, ?, ?)", missing)
+
+    def append(self, table: str, frame: pl.DataFrame) -> None:
+        """Append rows to a log table (created on first use); no materialization is recorded."""
+        incoming = frame.to_arrow()
+
+        def work(con: duckdb.DuckDBPyConnection) -> None:
+            con.register("_incoming", incoming)
+            try:
+                if _table_exists(con, table):
+                    con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM _incoming")
+                else:
+                    con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
+            finally:
+                con.unregister("_incoming")
+
+        self.transaction(work, guard=table, what=f"{frame.height} rows appended to {SCHEMA}.{table}")
+
+
+class Store(BaseStore):
+    """Access to ``orion_store.duckdb``; every connection is serialized across processes."""
+
+    keyed = True
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S):
+        self.path = Path(path).resolve()
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout_s = lock_timeout_s
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no DuckDB file at {self.path}: materialize some assets first")
+        with _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The file is attached under another name: a catalog called "orion" (from the file
+            # name) would make every "orion.<table>" reference ambiguous with the schema.
+            con = duckdb.connect()
+            try:
+                mode = " (READ_ONLY)" if read_only else ""
+                con.execute(f"ATTACH '{_sql_quote(self.path)}' AS {CATALOG}{mode}")
+                con.execute(f"USE {CATALOG}")
+                if not read_only:
+                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                    con.execute(MATERIALIZATIONS_DDL)
+                    con.execute(TABLE_PARENTS_DDL)
+                yield con
+            finally:
+                con.close()
+
+    def transaction(
+        self, work: Callable[[duckdb.DuckDBPyConnection], T], *, guard: str | None = None, what: str = "a write"
+    ) -> T:
+        # One writer at a time (the file lock), so there is nothing to retry.
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = work(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-            finally:
-                if not parquet:
-                    con.unregister("_incoming")
-        return materialization_id
-
-    def append(self, table: str, frame: pl.DataFrame) -> None:
-        """Append rows to a log table (created on first use); no materialization is recorded."""
-        with self.connect() as con:
-            con.register("_incoming", frame.to_arrow())
-            if _table_exists(con, table):
-                con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM _incoming")
-            else:
-                con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _incoming")
-            con.unregister("_incoming")
+            return result
 
 
 def _flatten(items: Sequence[object]) -> list[object]:
@@ -357,7 +490,7 @@ def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFra
 
 def refresh_lineage_view(con: duckdb.DuckDBPyConnection, links: Sequence[Link] | None = None) -> None:
     """(Re)create ``orion.lineage_edges`` over the declared parent-id columns (``links``, default the
-    ones recorded in ``orion.table_parents``) of the tables that exist.
+    ones recorded in ``orion.table_parents``) of the tables that exist, unless it is that already.
 
     A parent-id column may hold one id or a list of ids (e.g. the error attempts a refinement
     used); lists are unnested into one edge per id.
@@ -389,7 +522,20 @@ def refresh_lineage_view(con: duckdb.DuckDBPyConnection, links: Sequence[Link] |
             "SELECT NULL::VARCHAR AS child_table, NULL::VARCHAR AS child_id, "
             "NULL::VARCHAR AS parent_table, NULL::VARCHAR AS parent_id WHERE false"
         )
-    con.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.lineage_edges AS " + "\nUNION ALL\n".join(selects))
+    definition = "\nUNION ALL\n".join(selects)
+    # The view carries a digest of its definition as its comment, and is only replaced when that
+    # changed: on DuckLake two transactions that both replace a view conflict, and every partition
+    # write of every table comes here.
+    digest = "lineage_edges:" + hashlib.sha256(definition.encode()).hexdigest()[:16]
+    current = con.execute(
+        "SELECT comment FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = ? AND view_name = 'lineage_edges'",
+        [SCHEMA],
+    ).fetchone()
+    if current is not None and current[0] == digest:
+        return
+    con.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.lineage_edges AS " + definition)
+    con.execute(f"COMMENT ON VIEW {SCHEMA}.lineage_edges IS '{digest}'")
 
 
 def content_id(*parts: object, length: int = 16) -> str:

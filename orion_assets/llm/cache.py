@@ -14,6 +14,11 @@ Files written before ``llm_prompts`` existed kept the messages in ``llm_calls.me
 writable connection moves them into ``llm_prompts`` and drops the column (:func:`ensure_table`).
 The messages of a call: ``SELECT p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p
 USING (prompt_hash)``.
+
+On DuckLake (no PRIMARY KEY) the tables have no key: a flush deletes the rows of the call ids it
+writes and inserts its own (and inserts only the prompts not stored yet), in a transaction guarded
+on ``llm_calls`` (:meth:`~orion_assets.store_ducklake.DuckLakeStore.transaction`), so two processes
+flushing the same call ids at once conflict and one runs again: nothing is lost, nothing doubled.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 
 from orion_assets.llm.types import GenerationResult, SamplingParams
-from orion_assets.store import SCHEMA, Store, content_id
+from orion_assets.store import SCHEMA, BaseStore, content_id, unkeyed
 
 log = logging.getLogger(__name__)
 
@@ -216,19 +221,54 @@ def _create_table(con) -> None:
         _move_messages_to_prompts(con)
 
 
-def ensure_table(store: Store) -> None:
-    with store.connect() as con:
-        _create_table(con)
+def _exists(con, table: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?", [SCHEMA, table]).fetchone()[0])
 
 
-def lookup(store: Store, call_ids: Iterable[str]) -> dict[str, GenerationResult]:
+def _lake_changes(con) -> list[str]:
+    """The DDL a DuckLake still needs for the two tables (without keys; there is no older layout to
+    migrate from there, only columns added later)."""
+    tables = ((PROMPTS_TABLE, LLM_PROMPTS_DDL), (TABLE, LLM_CALLS_DDL))
+    changes = [unkeyed(ddl) for table, ddl in tables if not _exists(con, table)]
+    if _exists(con, TABLE):
+        have = {d[0] for d in con.execute(f"SELECT * FROM {SCHEMA}.{TABLE} LIMIT 0").description}
+        changes += [s for s in LLM_CALLS_MIGRATIONS if s.split("IF NOT EXISTS ")[1].split()[0] not in have]
+    return changes
+
+
+def ensure_table(store: BaseStore) -> None:
+    if store.keyed:
+        with store.connect() as con:
+            _create_table(con)
+        return
+    # DuckLake: look first, and change only what is missing, in one transaction: a DDL statement
+    # there, even a no-op, can conflict with another process creating the same table (the
+    # transaction is then run again and finds the tables made).
+    if store.exists():
+        with store.connect(read_only=True) as con:
+            if not _lake_changes(con):
+                return
+
+    def create(con) -> None:
+        for statement in _lake_changes(con):
+            con.execute(statement)
+
+    store.transaction(create, what=f"creating {SCHEMA}.{TABLE} and {SCHEMA}.{PROMPTS_TABLE}")
+
+
+def lookup(store: BaseStore, call_ids: Iterable[str]) -> dict[str, GenerationResult]:
     """Rows already in the cache with status 'ok', as cached results (error rows are not returned)."""
     ids = sorted(set(call_ids))
     if not ids:
         return {}
     keys = pa.table({"call_id": pa.array(ids, pa.string())})
-    with store.connect() as con:
-        _create_table(con)  # an older file gains the columns read below
+    if not store.keyed:
+        ensure_table(store)
+    with store.connect(read_only=not store.keyed) as con:
+        if store.keyed:
+            _create_table(con)  # an older file gains the columns read below
         con.register("_llm_keys", keys)
         try:
             rows = con.execute(
@@ -294,7 +334,7 @@ def make_row(
     }
 
 
-def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool = True) -> None:
+def write_rows(store: BaseStore, rows: Sequence[Mapping[str, Any]], *, create: bool = True) -> None:
     """Upsert rows (from :func:`make_row`) by call_id in one short transaction (the last row for a
     call id wins), with the prompts that ``llm_prompts`` does not hold yet."""
     if not rows:
@@ -314,26 +354,24 @@ def write_rows(store: Store, rows: Sequence[Mapping[str, Any]], *, create: bool 
     prompt_table = pa.Table.from_pydict(
         {"prompt_hash": list(prompts), "messages": list(prompts.values())}, schema=PROMPTS_ARROW_SCHEMA
     )
-    columns = ", ".join(COLUMNS)
-    with store.connect() as con:
-        if create:
-            _create_table(con)
+    if create:
+        ensure_table(store)
+    statements = [
+        *store.upsert_sql(PROMPTS_TABLE, "_llm_prompts", "prompt_hash", ("prompt_hash", "messages"), replace=False),
+        *store.upsert_sql(TABLE, "_llm_rows", "call_id", COLUMNS, replace=True),
+    ]
+
+    def work(con) -> None:
         con.register("_llm_rows", table)
         con.register("_llm_prompts", prompt_table)
         try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute(
-                f"""INSERT OR IGNORE INTO {SCHEMA}.{PROMPTS_TABLE} (prompt_hash, messages)
-                    SELECT prompt_hash, messages FROM _llm_prompts"""
-            )
-            con.execute(f"INSERT OR REPLACE INTO {SCHEMA}.{TABLE} ({columns}) SELECT {columns} FROM _llm_rows")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            for statement in statements:
+                con.execute(statement)
         finally:
             con.unregister("_llm_rows")
             con.unregister("_llm_prompts")
+
+    store.transaction(work, guard=TABLE, what=f"{len(latest)} rows of {SCHEMA}.{TABLE}")
 
 
 _STOP = object()
@@ -354,7 +392,7 @@ class CacheWriter:
     a write failure.
     """
 
-    def __init__(self, store: Store, *, flush_every: int = FLUSH_EVERY, flush_interval_s: float = FLUSH_INTERVAL_S):
+    def __init__(self, store: BaseStore, *, flush_every: int = FLUSH_EVERY, flush_interval_s: float = FLUSH_INTERVAL_S):
         self.store = store
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s

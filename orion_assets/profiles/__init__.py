@@ -38,8 +38,9 @@ class Profile:
 
     @property
     def hash(self) -> str:
-        """Content hash of the resolved configuration (not of the file text)."""
-        canonical = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        """Content hash of the resolved configuration (not of the file text), less ``[store]``: where
+        the tables live changes no result, so moving them to a lake keeps the hash."""
+        canonical = json.dumps(self.config.model_dump(mode="json", exclude={"store"}), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -131,6 +132,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown value {value!r} for '{where}' (expected {expected}){hint}"
     if not error["loc"] and kind == "value_error":  # a rule across sections: its message names the keys
         return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind == "secret_in_setting":  # never echo the value: it holds a secret
+        return f"'{where}': {error['msg']}"
     return f"'{where}': {error['msg']} (got {value!r})"
 
 

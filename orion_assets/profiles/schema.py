@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -325,6 +326,62 @@ class EvalConfig(Section):
     gsm_hard_rule: Literal["precision", "math_equal"] = "precision"
 
 
+class StoreConfig(Section):
+    """Where the pipeline's tables live. ``duckdb``: one file in ``$ORION_DATA_DIR``, one writer at a
+    time. ``ducklake``: a DuckLake with its ``catalog`` in Postgres (``postgres:dbname=lake
+    host=... user=...``, a libpq string without the password), a SQLite file (``sqlite:lake.sqlite``)
+    or a DuckDB file (``lake.ducklake``, one process at a time), and its Parquet under ``data_path``
+    (a folder or ``s3://bucket/prefix/``; None: the path the lake was created with). Relative local
+    paths are relative to ``$ORION_DATA_DIR``. Secrets are never keys here: only the names of the
+    environment variables that hold them. Not part of the profile hash: moving the tables changes no
+    result."""
+
+    backend: Literal["duckdb", "ducklake"] = "duckdb"
+    catalog: str | None = None
+    data_path: str | None = None
+    catalog_password_env: str | None = None  # the variable's name, never the password
+    s3_endpoint: str | None = None  # host:port of an S3-compatible endpoint (None: AWS)
+    s3_region: str | None = None
+    s3_url_style: Literal["path", "vhost"] | None = None
+    s3_use_ssl: bool = True
+    s3_key_id_env: str | None = None  # e.g. "AWS_ACCESS_KEY_ID": the variable's name, never the key
+    s3_secret_env: str | None = None  # e.g. "AWS_SECRET_ACCESS_KEY"
+    # A DuckLake write that conflicts with another writer's commit is run again this many times
+    # (with backoff), then fails naming the table and partition.
+    commit_retries: int = Field(10, ge=0)
+
+    @field_validator("catalog")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and (re.search(r"(?i)\bpassword\s*=", value) or re.search(r"//[^/@\s]*:[^/@\s]*@", value)):
+            # a custom error type: the profile loader says which key, and never echoes the value
+            raise PydanticCustomError(
+                "secret_in_setting",
+                "the catalog holds a password: put it in an environment variable and name that variable "
+                "in [store] catalog_password_env",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StoreConfig:
+        lake_only = ("catalog", "data_path", "catalog_password_env", "s3_endpoint", "s3_region", "s3_url_style",
+                     "s3_key_id_env", "s3_secret_env")
+        if self.backend == "duckdb":
+            given = [key for key in lake_only if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"[store] {', '.join(given)} only apply to backend = \"ducklake\"")
+            return self
+        if not self.catalog:
+            raise ValueError('[store] backend = "ducklake" needs a catalog (a postgres: connection string or a file)')
+        on_s3 = bool(self.data_path and self.data_path.startswith("s3://"))
+        s3_keys = [key for key in lake_only if key.startswith("s3_") and getattr(self, key) is not None]
+        if s3_keys and not on_s3:
+            raise ValueError(f"[store] {', '.join(s3_keys)} only apply to an s3:// data_path")
+        if (self.s3_key_id_env is None) != (self.s3_secret_env is None):
+            raise ValueError("[store] s3_key_id_env and s3_secret_env go together: name both variables or neither")
+        return self
+
+
 # Tokens of [sft] max_length a CoT of [quality] max_tokens must leave for the prompt (the problem
 # statement, the instruction and the chat template's role markers) and the end-of-turn token. An
 # example longer than max_length is dropped from SFT, never truncated, so a bound that leaves no
@@ -344,6 +401,7 @@ class OrionConfig(Section):
     quality: QualityConfig = QualityConfig()
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="after")
     def _cot_fits_in_sft(self) -> OrionConfig:

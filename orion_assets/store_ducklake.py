@@ -1,0 +1,551 @@
+"""The DuckLake store (``[store] backend = "ducklake"``): the same ``orion`` tables, with many writers.
+
+A DuckLake keeps its catalog in a database (Postgres for many machines, a SQLite file for several
+processes on one machine, a DuckDB file for one process at a time) and its rows as Parquet files
+in a folder or S3. The catalog is attached as ``orion_db`` and made current, so every
+``orion.<table>`` query (the ``sql/`` files, ``orion sql``, ``orion report``, the ``lineage_edges``
+view) reads the same as on the DuckDB file.
+
+**Extensions** come from their PyPI wheels (``duckdb-extension-ducklake`` and friends, pinned to the
+installed DuckDB's version) and are loaded by path with DuckDB's own installing and autoloading
+turned off: nothing is downloaded at run time, and a wheel of another version is refused by name.
+
+**Writes without a lock.** DuckLake has no PRIMARY KEY or UNIQUE constraints and no file lock; what
+keeps the tables right is its snapshot isolation plus two rules here:
+
+* Every write is one transaction (a partition's replacement: delete its rows, insert the new ones,
+  log the materialization and the lineage links, refresh the view when it changed).
+* Each write transaction also bumps a one-row *guard table* of the table it writes
+  (``orion_guards.<table>``). DuckLake lets two concurrent transactions that only insert both
+  commit (that is how a cache append or a first partition write would duplicate rows); two that
+  both update one row conflict. With the guard, two writers of one table always conflict, the
+  loser's transaction is rolled back whole, and :meth:`DuckLakeStore.transaction` runs it again on
+  the new snapshot (a bounded number of times, with jittered exponential backoff), where it sees
+  the winner's rows. Writers of different tables never conflict.
+
+Commits that DuckLake finds conflict-free after all (a snapshot id taken by another writer), it
+retries itself (the ``ducklake_max_retry_count`` / ``ducklake_retry_wait_ms`` /
+``ducklake_retry_backoff`` settings, left at their defaults).
+
+**Secrets** (the catalog's password, the S3 key) are read from the environment variables the profile
+names when a connection is opened, and handed to DuckDB as TEMPORARY secrets of that in-memory
+instance: never written to the catalog, the data, a log, a repr or the profile hash. A catalog
+connection string that holds a password is refused.
+
+A process keeps one in-memory DuckDB instance per lake (per process id, so a forked child opens its
+own), and each :meth:`~DuckLakeStore.connect` is a cursor on it: loading the extensions and
+attaching the catalog cost about a second, once. A DuckDB-file catalog can only be open in one
+process at a time: a process attaches it while any of its threads has a connection, behind the same
+sidecar file lock as :class:`~orion_assets.store.Store` (shared for readers, exclusive for writers),
+and detaches it after, keeping the instance. (A thread that holds a read connection must not open a
+write connection before closing it: the writer would wait for the reader.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from orion_assets.store import (
+    CATALOG,
+    LOCK_TIMEOUT_S,
+    MATERIALIZATIONS_DDL,
+    SCHEMA,
+    TABLE_PARENTS_DDL,
+    BaseStore,
+    T,
+    _file_lock,
+    _table_exists,
+    unkeyed,
+)
+
+if TYPE_CHECKING:
+    from orion_assets.profiles.schema import StoreConfig
+
+GUARD_SCHEMA = "orion_guards"
+DEFAULT_RETRIES = 10
+RETRY_WAIT_S = 0.1  # the backoff's unit: retry n waits up to 2**n of it (at most RETRY_WAIT_MAX_S), jittered
+RETRY_WAIT_MAX_S = 5.0
+
+#: The extension each wheel ships (``<module>/extensions/v<duckdb version>/<name>.duckdb_extension``).
+EXTENSION_WHEELS: dict[str, str] = {
+    "ducklake": "duckdb-extension-ducklake",
+    # The -scanner wheels: "duckdb-extension-postgres" ships the binary as postgres.duckdb_extension,
+    # whose entry point (postgres_scanner) does not match the file name, so LOAD fails.
+    "postgres_scanner": "duckdb-extension-postgres-scanner",
+    "sqlite_scanner": "duckdb-extension-sqlite-scanner",
+    "httpfs": "duckdb-extension-httpfs",
+}
+
+
+class StoreError(RuntimeError):
+    """A DuckLake store that cannot be opened as configured (the message says what to change)."""
+
+
+class StoreMissing(FileNotFoundError):
+    """A read of a lake that was never written (no catalog yet)."""
+
+
+class StoreConflict(RuntimeError):
+    """A write that kept conflicting with other writers' commits after every retry."""
+
+
+def extension_path(name: str) -> Path:
+    """The file of DuckDB extension ``name`` in its PyPI wheel, checked against DuckDB's version."""
+    dist = EXTENSION_WHEELS[name]
+    wanted = duckdb.__version__
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise StoreError(f"the DuckDB extension {name} is not installed: pip install {dist}=={wanted}") from None
+    if version != wanted:
+        raise StoreError(
+            f"{dist} {version} does not match duckdb {wanted}: a DuckDB extension loads only into the version "
+            f"it was built for; pip install {dist}=={wanted} (or duckdb=={version})"
+        )
+    spec = importlib.util.find_spec(dist.replace("-", "_"))
+    base = Path(spec.origin).parent if spec is not None and spec.origin else None
+    path = base / "extensions" / f"v{wanted}" / f"{name}.duckdb_extension" if base else None
+    if path is None or not path.is_file():
+        raise StoreError(f"{dist} {version} has no {name}.duckdb_extension for DuckDB v{wanted} (looked at {path})")
+    return path
+
+
+def _quote(value: object) -> str:
+    return str(value).replace("'", "''")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the S3 data path's endpoint is and which environment variables hold its key."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    url_style: str | None = None
+    use_ssl: bool = True
+    key_id_env: str | None = None
+    secret_env: str | None = None
+
+
+@dataclass
+class _Lease:
+    """A DuckDB-file catalog, attached in this process while any of its threads uses it, with the
+    sidecar file lock held for as long (the DuckDB instance, extensions loaded, stays)."""
+
+    instance: duckdb.DuckDBPyConnection | None = None
+    holders: int = 0
+    read_only: bool = True
+    lock: AbstractContextManager | None = None
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+
+# This process's instances (Postgres and SQLite catalogs: attached once) and leases (DuckDB-file
+# catalogs), by process id and lake: a forked child opens its own.
+_INSTANCES: dict[tuple, duckdb.DuckDBPyConnection] = {}
+_LEASES: dict[tuple, _Lease] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+class DuckLakeStore(BaseStore):
+    """The ``orion`` tables in a DuckLake: ``catalog`` is a ``postgres:`` libpq connection string,
+    ``sqlite:<file>`` or a DuckDB catalog file (``[duckdb:]<file>``); ``data_path`` a folder or
+    ``s3://bucket/prefix/`` (None: the path the lake was created with). Relative files are relative
+    to ``base`` (default: the working directory)."""
+
+    keyed = False
+
+    def __init__(
+        self,
+        catalog: str,
+        data_path: str | Path | None = None,
+        *,
+        s3: S3Settings | None = None,
+        catalog_password_env: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_wait_s: float = RETRY_WAIT_S,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        base: str | Path | None = None,
+    ):
+        base = Path(base).expanduser() if base is not None else Path.cwd()
+        self.kind, self.catalog = _parse_catalog(catalog, base)
+        if data_path is not None:
+            data_path = str(data_path)
+            if not data_path.startswith("s3://"):
+                data_path = str((base / Path(data_path).expanduser()).resolve())
+            data_path = data_path.rstrip("/") + "/"
+        self.data_path: str | None = data_path
+        self.s3 = s3 if s3 is not None else (S3Settings() if self.on_s3 else None)
+        self.catalog_password_env = catalog_password_env
+        self.retries = retries
+        self.retry_wait_s = retry_wait_s
+        self.lock_timeout_s = lock_timeout_s
+        #: Attempts the last :meth:`transaction` of this object took (1: no conflict).
+        self.last_attempts = 0
+
+    @classmethod
+    def from_settings(cls, settings: StoreConfig, data_dir: str | Path) -> DuckLakeStore:
+        """The lake of a profile's ``[store]`` section; local paths are relative to ``data_dir``."""
+        s3 = S3Settings(
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            url_style=settings.s3_url_style,
+            use_ssl=settings.s3_use_ssl,
+            key_id_env=settings.s3_key_id_env,
+            secret_env=settings.s3_secret_env,
+        )
+        return cls(settings.catalog or "", settings.data_path, s3=s3, catalog_password_env=settings.catalog_password_env,
+                   retries=settings.commit_retries, base=data_dir)
+
+    # -- where -----------------------------------------------------------------------------------
+
+    @property
+    def on_s3(self) -> bool:
+        return bool(self.data_path and self.data_path.startswith("s3://"))
+
+    @property
+    def attach_target(self) -> str:
+        return f"ducklake:sqlite:{self.catalog}" if self.kind == "sqlite" else f"ducklake:{self.catalog}"
+
+    @property
+    def location(self) -> str:
+        data = self.data_path or "the data path recorded in the catalog"
+        return f"{self.attach_target} (data {data})"
+
+    def __repr__(self) -> str:
+        return f"DuckLakeStore({self.location!r})"
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may hold the catalog open at once (Postgres, SQLite)."""
+        return self.kind != "duckdb"
+
+    @property
+    def lock_path(self) -> Path:
+        return Path(self.catalog).with_name(Path(self.catalog).name + ".lock")
+
+    def exists(self) -> bool:
+        if self.kind != "postgres":
+            return Path(self.catalog).exists()
+        try:
+            self._instance(read_only=True)
+        except StoreMissing:
+            return False
+        return True
+
+    # -- connections -------------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor whose current catalog is the lake (``read_only``: attached READ_ONLY, unless this
+        process has it attached for writing already)."""
+        if self.shared:
+            cursor = self._instance(read_only).cursor()
+        else:
+            lease = self._take_lease(read_only)
+            cursor = None
+        try:
+            if cursor is None:
+                cursor = lease.instance.cursor()
+            cursor.execute(f"USE {CATALOG}")
+            yield cursor
+        finally:
+            if cursor is not None:
+                cursor.close()
+            if not self.shared:
+                self._return_lease(lease)
+
+    def _key(self, read_only: bool) -> tuple:
+        return (os.getpid(), self.attach_target, self.data_path, self.s3, self.catalog_password_env, read_only)
+
+    def _instance(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """This process's DuckDB instance with the lake attached (a writable one serves reads too)."""
+        with _INSTANCES_LOCK:
+            instance = _INSTANCES.get(self._key(False))
+            if instance is None and read_only:
+                instance = _INSTANCES.get(self._key(True))
+            if instance is None:
+                instance = self._new_instance()
+                try:
+                    self._attach(instance, read_only)
+                except BaseException:
+                    instance.close()
+                    raise
+                _INSTANCES[self._key(read_only)] = instance
+            return instance
+
+    def _take_lease(self, read_only: bool) -> _Lease:
+        """A DuckDB-file catalog: attach it (taking the file lock) unless this process holds it
+        attached already in a mode that serves ``read_only``."""
+        with _INSTANCES_LOCK:
+            lease = _LEASES.setdefault(self._key(False), _Lease())
+        with lease.changed:
+            while lease.holders and lease.read_only and not read_only:
+                lease.changed.wait()  # a writer waits for this process's readers to finish
+            if lease.holders == 0:
+                if read_only and not Path(self.catalog).exists():
+                    raise StoreMissing(f"no DuckLake catalog at {self.catalog}: materialize some assets first")
+                lock = _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s)
+                lock.__enter__()
+                try:
+                    if lease.instance is None:
+                        lease.instance = self._new_instance()
+                    self._attach(lease.instance, read_only)
+                except BaseException:
+                    if lease.instance is not None:  # attached, but its bookkeeping failed
+                        _detach(lease.instance)
+                    lock.__exit__(None, None, None)
+                    raise
+                lease.lock, lease.read_only = lock, read_only
+            lease.holders += 1
+            return lease
+
+    def _return_lease(self, lease: _Lease) -> None:
+        with lease.changed:
+            lease.holders -= 1
+            if lease.holders:
+                return
+            try:
+                _detach(lease.instance)
+            finally:
+                lock, lease.lock = lease.lock, None
+                lock.__exit__(None, None, None)
+                lease.changed.notify_all()
+
+    def close(self) -> None:
+        """Close this process's instances of this lake (the next connection opens a new one)."""
+        with _INSTANCES_LOCK:
+            for read_only in (False, True):
+                instance = _INSTANCES.pop(self._key(read_only), None)
+                if instance is not None:
+                    instance.close()
+            lease = _LEASES.pop(self._key(False), None)
+        if lease is not None and lease.instance is not None and not lease.holders:
+            lease.instance.close()
+
+    def _new_instance(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with the lake's extensions (from their wheels) and secrets."""
+        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        try:
+            names = ["ducklake"]
+            names += {"postgres": ["postgres_scanner"], "sqlite": ["sqlite_scanner"]}.get(self.kind, [])
+            names += ["httpfs"] if self.on_s3 else []
+            for name in names:
+                con.execute(f"LOAD '{_quote(extension_path(name))}'")
+            self._create_secrets(con)
+            return con
+        except BaseException:
+            con.close()
+            raise
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        options = []
+        if self.data_path is not None:
+            options.append(f"DATA_PATH '{_quote(self.data_path)}'")
+            if not self.on_s3 and not read_only:
+                Path(self.data_path).mkdir(parents=True, exist_ok=True)
+        if read_only:
+            options.append("READ_ONLY")
+        if self.kind != "postgres" and not read_only:
+            Path(self.catalog).parent.mkdir(parents=True, exist_ok=True)
+        clause = f" ({', '.join(options)})" if options else ""
+        for attempt in range(self.retries + 1):
+            try:
+                con.execute(f"ATTACH '{_quote(self.attach_target)}' AS {CATALOG}{clause}")
+                break
+            except duckdb.Error as exc:
+                if read_only and "does not exist" in str(exc):
+                    raise StoreMissing(f"no DuckLake at {self.location}: materialize some assets first") from None
+                # Two processes that attach a new lake at once both create its catalog tables; the
+                # one that loses (its catalog transaction rolled back) attaches the lake made.
+                if read_only or "initialize ducklake" not in str(exc).lower() or attempt == self.retries:
+                    raise
+                with contextlib.suppress(duckdb.Error):
+                    _detach(con)
+                time.sleep(self._backoff(attempt))
+        con.execute(f"USE {CATALOG}")
+        if not read_only:
+            self._with_retries(_create_bookkeeping, con, what=f"creating the bookkeeping tables of {self.location}")
+
+    def _create_secrets(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The catalog password and the S3 key, from the environment, as TEMPORARY secrets of this
+        instance. A failure names the variables, never the values (a parser error would quote them)."""
+        if self.catalog_password_env:
+            password = _env(self.catalog_password_env, "the catalog password ([store] catalog_password_env)")
+            _secret(con, f"CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD '{_quote(password)}')",
+                    f"the Postgres catalog password from ${self.catalog_password_env}")
+        if not self.on_s3:
+            return
+        s3 = self.s3 or S3Settings()
+        parts = ["TYPE s3", f"SCOPE '{_quote(self.data_path)}'"]
+        if (s3.key_id_env is None) != (s3.secret_env is None):
+            raise StoreError("[store] s3_key_id_env and s3_secret_env go together: name both variables or neither")
+        if s3.key_id_env and s3.secret_env:
+            key_id = _env(s3.key_id_env, "the S3 key id ([store] s3_key_id_env)")
+            secret = _env(s3.secret_env, "the S3 secret key ([store] s3_secret_env)")
+            parts += [f"KEY_ID '{_quote(key_id)}'", f"SECRET '{_quote(secret)}'"]
+        if s3.region:
+            parts.append(f"REGION '{_quote(s3.region)}'")
+        if s3.endpoint:
+            parts.append(f"ENDPOINT '{_quote(s3.endpoint)}'")
+        if s3.url_style:
+            parts.append(f"URL_STYLE '{_quote(s3.url_style)}'")
+        parts.append(f"USE_SSL {'true' if s3.use_ssl else 'false'}")
+        names = " and ".join(f"${n}" for n in (s3.key_id_env, s3.secret_env) if n) or "no key (anonymous)"
+        _secret(con, f"CREATE TEMPORARY SECRET orion_s3 ({', '.join(parts)})", f"the S3 secret from {names}")
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def transaction(
+        self, work: Callable[[duckdb.DuckDBPyConnection], T], *, guard: str | None = None, what: str = "a write"
+    ) -> T:
+        """``work`` in one transaction that also bumps the guard of table ``guard``; a conflict with
+        another writer's commit rolls it back and runs it again, up to ``retries`` times."""
+
+        def attempt(con: duckdb.DuckDBPyConnection) -> T:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if guard is not None:
+                    _bump_guard(con, guard)
+                result = work(con)
+                con.execute("COMMIT")
+                return result
+            except BaseException:
+                _rollback(con)
+                raise
+
+        return self._with_retries(attempt, None, what=what)
+
+    def _with_retries(self, fn: Callable[[duckdb.DuckDBPyConnection], T], con: duckdb.DuckDBPyConnection | None,
+                      *, what: str) -> T:
+        """``fn(con)`` (``con`` None: on a new connection each attempt) until it does not conflict."""
+        for attempt in range(self.retries + 1):
+            self.last_attempts = attempt + 1
+            try:
+                if con is not None:
+                    return fn(con)
+                with self.connect() as fresh:
+                    return fn(fresh)
+            except duckdb.Error as exc:
+                if not is_conflict(exc):
+                    raise
+                if attempt == self.retries:
+                    first = str(exc).strip().splitlines()[-1][:300]
+                    raise StoreConflict(
+                        f"{what} in {self.location}: conflicted with other writers' commits {attempt + 1} "
+                        f"times, giving up (last: {first}). Raise [store] commit_retries, or run fewer "
+                        f"writers of this table at once"
+                    ) from exc
+            time.sleep(self._backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds before retry ``attempt + 1``: exponential, capped, with full jitter (writers that
+        conflicted together do not come back together)."""
+        return random.uniform(0, min(RETRY_WAIT_MAX_S, self.retry_wait_s * 2 ** (attempt + 1)))
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a DuckDB error is DuckLake refusing a commit for another transaction's changes."""
+    message = str(exc).lower()
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in message or "transaction conflict" in message
+
+
+def _parse_catalog(catalog: str, base: Path | None = None) -> tuple[str, str]:
+    """(kind, location) of a catalog setting: ("postgres", libpq string), ("sqlite", file) or
+    ("duckdb", file); a relative file is relative to ``base`` (default: the working directory)."""
+    text = catalog.strip()
+    if text.startswith("ducklake:"):
+        text = text[len("ducklake:"):]
+    if not text:
+        raise StoreError("[store] catalog is empty: a postgres: connection string or a catalog file")
+    if text.startswith(("postgres:", "postgresql:")):
+        dsn = text.split(":", 1)[1]
+        if re.search(r"(?i)\bpassword\s*=", dsn) or re.search(r"//[^/@\s]*:[^/@\s]*@", dsn):
+            raise StoreError(
+                "[store] catalog holds a password: put it in an environment variable and name that "
+                "variable in [store] catalog_password_env"
+            )
+        return "postgres", f"postgres:{dsn}"
+    kind = "sqlite" if text.startswith("sqlite:") else "duckdb"
+    text = text.removeprefix("sqlite:").removeprefix("duckdb:")
+    return kind, str(((base or Path.cwd()) / Path(text).expanduser()).resolve())
+
+
+def _env(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise StoreError(f"{what}: the environment variable {name} is not set")
+    return value
+
+
+def _secret(con: duckdb.DuckDBPyConnection, statement: str, what: str) -> None:
+    try:
+        con.execute(statement)
+    except duckdb.Error as exc:
+        raise StoreError(f"could not create {what} ({type(exc).__name__})") from None
+
+
+def _detach(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("USE memory")
+    con.execute(f"DETACH DATABASE IF EXISTS {CATALOG}")
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # a failed COMMIT has ended the transaction already
+
+
+def _schema_exists(con: duckdb.DuckDBPyConnection, schema: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.schemata WHERE catalog_name = current_database() AND schema_name = ?",
+        [schema],
+    ).fetchone()[0])
+
+
+def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
+    """Schema ``orion`` with the materialization log and the lineage links, and the guards' schema,
+    in one transaction, each only when missing (a no-op takes no snapshot; a concurrent creation
+    conflicts, and the retry finds them made)."""
+    missing = [f"CREATE SCHEMA {schema}" for schema in (SCHEMA, GUARD_SCHEMA) if not _schema_exists(con, schema)]
+    missing += [unkeyed(ddl) for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
+                                                ("table_parents", TABLE_PARENTS_DDL)) if not _table_exists(con, table)]
+    if not missing:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for statement in missing:
+            con.execute(statement)
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback(con)
+        raise
+
+
+def _bump_guard(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Update the one row of ``orion_guards.<table>`` (create it on the table's first write), so that
+    this transaction conflicts with every concurrent writer of ``table``."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
+        [GUARD_SCHEMA, table],
+    ).fetchone()[0]
+    if exists:
+        con.execute(f'UPDATE {GUARD_SCHEMA}."{table}" SET writes = writes + 1')
+    else:
+        con.execute(f'CREATE TABLE {GUARD_SCHEMA}."{table}" (writes BIGINT)')
+        con.execute(f'INSERT INTO {GUARD_SCHEMA}."{table}" VALUES (1)')
