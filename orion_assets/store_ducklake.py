@@ -443,10 +443,11 @@ class DuckLakeStore(BaseStore):
                     raise
                 if attempt == self.retries:
                     first = str(exc).strip().splitlines()[-1][:300]
+                    times = f"{attempt + 1} time" + ("s" if attempt else "")
                     raise StoreConflict(
-                        f"{what} in {self.location}: conflicted with other writers' commits {attempt + 1} "
-                        f"times, giving up (last: {first}). Raise [store] commit_retries, or run fewer "
-                        f"writers of this table at once"
+                        f"{what} in {self.location}: conflicted with other writers' commits {times}, giving "
+                        f"up (last: {first}). Raise [store] commit_retries, or run fewer writers of this "
+                        f"table at once"
                     ) from exc
             time.sleep(self._backoff(attempt))
         raise AssertionError("unreachable")
@@ -460,7 +461,7 @@ class DuckLakeStore(BaseStore):
 def is_conflict(exc: BaseException) -> bool:
     """Whether a DuckDB error is DuckLake refusing a commit for another transaction's changes."""
     message = str(exc).lower()
-    return isinstance(exc, duckdb.TransactionException) and "conflict" in message or "transaction conflict" in message
+    return (isinstance(exc, duckdb.TransactionException) and "conflict" in message) or "transaction conflict" in message
 
 
 def _parse_catalog(catalog: str, base: Path | None = None) -> tuple[str, str]:
@@ -518,17 +519,22 @@ def _schema_exists(con: duckdb.DuckDBPyConnection, schema: str) -> bool:
 
 
 def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
-    """Schema ``orion`` with the materialization log and the lineage links, and the guards' schema,
-    in one transaction, each only when missing (a no-op takes no snapshot; a concurrent creation
-    conflicts, and the retry finds them made)."""
-    missing = [f"CREATE SCHEMA {schema}" for schema in (SCHEMA, GUARD_SCHEMA) if not _schema_exists(con, schema)]
-    missing += [unkeyed(ddl) for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
-                                                ("table_parents", TABLE_PARENTS_DDL)) if not _table_exists(con, table)]
-    if not missing:
+    """Schema ``orion`` with the materialization log and the lineage links, and the guards' schema:
+    what is missing, created in one transaction that looks and creates on one snapshot (a no-op takes
+    no snapshot; two processes creating them at once conflict, and the retry finds them made)."""
+
+    def missing() -> list[str]:
+        statements = [f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in (SCHEMA, GUARD_SCHEMA)
+                      if not _schema_exists(con, schema)]
+        return statements + [unkeyed(ddl) for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
+                                                             ("table_parents", TABLE_PARENTS_DDL))
+                             if not _table_exists(con, table)]
+
+    if not missing():
         return
     con.execute("BEGIN TRANSACTION")
     try:
-        for statement in missing:
+        for statement in missing():
             con.execute(statement)
         con.execute("COMMIT")
     except BaseException:
