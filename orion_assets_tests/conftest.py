@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from orion_assets_tests.services import postgres_service, s3_service  # noqa: F401  (session fixtures)
+
 # Nothing in the suite may reach the Hugging Face Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
