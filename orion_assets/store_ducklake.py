@@ -458,6 +458,22 @@ class DuckLakeStore(BaseStore):
         return random.uniform(0, min(RETRY_WAIT_MAX_S, self.retry_wait_s * 2 ** (attempt + 1)))
 
 
+def close_all() -> None:
+    """Close every lake this process has open (their Postgres connections with them)."""
+    with _INSTANCES_LOCK:
+        instances = [v for k, v in _INSTANCES.items() if k[0] == os.getpid()]
+        leases = [v for k, v in _LEASES.items() if k[0] == os.getpid()]
+        for key in [k for k in _INSTANCES if k[0] == os.getpid()]:
+            del _INSTANCES[key]
+        for key in [k for k in _LEASES if k[0] == os.getpid()]:
+            del _LEASES[key]
+    for instance in instances:
+        instance.close()
+    for lease in leases:
+        if lease.instance is not None and not lease.holders:
+            lease.instance.close()
+
+
 def is_conflict(exc: BaseException) -> bool:
     """Whether a DuckDB error is DuckLake refusing a commit for another transaction's changes."""
     message = str(exc).lower()

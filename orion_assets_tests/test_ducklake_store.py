@@ -19,7 +19,7 @@ import pytest
 
 import orion_assets.store as store_module
 from orion_assets.store import Store
-from orion_assets.store_ducklake import GUARD_SCHEMA, DuckLakeStore, S3Settings, StoreConflict, StoreError
+from orion_assets.store_ducklake import GUARD_SCHEMA, DuckLakeStore, S3Settings, StoreConflict, StoreError, close_all
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV, SECRET_ENV = "ORION_TEST_S3_KEY_ID", "ORION_TEST_S3_SECRET"
@@ -28,6 +28,14 @@ LINKS = [("events", "event_id", "parent_id", "parents")]
 
 
 # -- stores, in this process and in children ---------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _close_lakes():
+    """Each test's lakes are closed after it (a process keeps a lake attached until then)."""
+    yield
+    close_all()
+
 
 
 def open_store(spec: dict):
@@ -41,6 +49,11 @@ def open_store(spec: dict):
 @pytest.fixture
 def local_spec(tmp_path: Path) -> dict:
     return {"backend": "ducklake", "catalog": str(tmp_path / "lake.ducklake"), "data_path": str(tmp_path / "lake_files")}
+
+
+@pytest.fixture
+def sqlite_spec(tmp_path: Path) -> dict:
+    return {"backend": "ducklake", "catalog": f"sqlite:{tmp_path / 'lake.sqlite'}", "data_path": str(tmp_path / "lake_files")}
 
 
 @pytest.fixture
@@ -164,9 +177,9 @@ def _child() -> None:
 # -- the store's API -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["local", "postgres_s3"])
+@pytest.mark.parametrize("where", ["local", "sqlite", "postgres_s3"])
 def test_store_api_on_a_lake(where, request, s3_service):
-    spec = request.getfixturevalue("local_spec" if where == "local" else "pg_s3_spec")
+    spec = request.getfixturevalue({"local": "local_spec", "sqlite": "sqlite_spec", "postgres_s3": "pg_s3_spec"}[where])
     store = open_store(spec)
     assert not store.exists() and not store.table_exists("events")
     assert store.latest_materializations("events") == [store_module.Upstream("events", None, None, None)]
