@@ -280,7 +280,8 @@ def run_config(backend: str, writers: int, rep: int, args: argparse.Namespace, s
             err.close()
     writes = [w for r in results for w in r["writes"]]
     done = [w for w in writes if w["ok"]]
-    wall = max(w["end"] for w in done) - min(w["start"] for w in writes) if done else None
+    first_start = min(w["start"] for w in writes)
+    wall = max(w["end"] for w in done) - first_start if done else None
     rows = sum(w["rows"] for w in done)
     mb = sum(w["bytes"] for w in done) / 1e6
     latencies = [w["end"] - w["start"] for w in done]
@@ -301,9 +302,9 @@ def run_config(backend: str, writers: int, rep: int, args: argparse.Namespace, s
         "catalog_mb": (int(services["pg"].sql(database, "SELECT pg_database_size(current_database())")) / 1e6
                        if database else None),
         "check": check, "load_at_start": load,
-        "write_log": [{"writer": r["writer"], "part": w["part"], "start_s": w["start"] - t0, "end_s": w["end"] - t0,
-                       "attempts": w["attempts"], "error": w["error"]}
-                      for r in results for w in r["writes"] for t0 in [min(x["start"] for x in writes)]],
+        "write_log": [{"writer": r["writer"], "part": w["part"], "start_s": w["start"] - first_start,
+                       "end_s": w["end"] - first_start, "attempts": w["attempts"], "error": w["error"]}
+                      for r in results for w in r["writes"]],
     }
     if hasattr(store, "close"):
         store.close()
