@@ -189,12 +189,14 @@ class Preflight:
         self._cache_stats: dict[str, dict[str, float]] | None = None
         self._checkpoints: set[str] | None = None
         self.unsized_sources: list[str] = []
+        self._store_ok = True
 
     def selected(self, asset: str) -> bool:
         return self.selection is None or asset in self.selection
 
     def run(self) -> Report:
         self.check_profile()
+        self.check_store()
         stages = self.stages()
         roles = {s.role for s in stages}
         for role in ("teacher", "student", "judge"):
@@ -216,6 +218,23 @@ class Preflight:
         )
         for key, value, default in diffs:
             section.add("info", f"{key} = {_show(value)} (default {_show(default)})")
+
+    # the store
+    def check_store(self) -> None:
+        """Open the store the profile names: an unreachable lake catalog, a missing secret variable or
+        an extension wheel of another DuckDB version is a problem found here, not in the first write."""
+        from orion_assets.store import store_for
+
+        store = store_for(self.cfg.store, self.data_dir)
+        section = self.report.section(f"store: {self.cfg.store.backend}, {store.location}")
+        try:
+            found = store.exists()
+        except Exception as exc:  # noqa: BLE001 - whatever stops it opening is the finding
+            self._store_ok = False
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            section.add("problem", f"cannot open it: {first[:300]}")
+            return
+        section.add("ok", "opened" if found else "nothing written yet: the first materialization creates it")
 
     # endpoints
     def check_endpoint(self, role: str, *, needed: bool, stages: list[Stage]) -> None:
@@ -473,7 +492,7 @@ class Preflight:
             from orion_assets.store import SCHEMA, store_for
 
             store = store_for(self.profile.config.store, self.data_dir)
-            if store.exists():
+            if self._store_ok and store.exists():
                 if store.table_exists("llm_calls"):
                     with store.connect(read_only=True) as con:
                         rows = con.execute(
@@ -489,7 +508,7 @@ class Preflight:
             from orion_assets.store import store_for
 
             store = store_for(self.profile.config.store, self.data_dir)
-            if store.exists():
+            if self._store_ok and store.exists():
                 if store.table_exists("student_checkpoint"):
                     self._checkpoints = set(store.read("student_checkpoint")["variant"].to_list())
         return self._checkpoints
