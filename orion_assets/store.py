@@ -175,11 +175,15 @@ class BaseStore:
     def transaction(
         self, work: Callable[[duckdb.DuckDBPyConnection], T], *, guard: str | None = None, what: str = "a write"
     ) -> T:
-        """Run ``work(con)`` in one transaction and return its result. ``guard`` names the table the
-        transaction writes, for a backend whose concurrent writers of one table must conflict (and
-        retry) rather than both commit; ``what`` says what is written, for the error raised when that
-        never succeeds."""
+        """Run ``work(con)`` in one transaction and return its result. ``guard`` names what the
+        transaction writes (a table, or a partition: :func:`write_guard`), for a backend whose
+        concurrent writers of the same rows must conflict (and retry) rather than both commit;
+        ``what`` says what is written, for the error raised when that never succeeds."""
         raise NotImplementedError
+
+    def _guard(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
+        """Make the open transaction conflict with every concurrent one that takes guard ``name``
+        (a backend whose writers exclude each other already has nothing to do)."""
 
     def upsert_sql(self, table: str, source: str, key: str, columns: Sequence[str], *, replace: bool) -> list[str]:
         """Statements that write ``source``'s rows into ``orion.<table>`` once per ``key``: replacing
@@ -343,7 +347,7 @@ class BaseStore:
                     con.unregister("_incoming")
 
         what = f"{SCHEMA}.{table}" + (" (whole table)" if replace_where is None else f" partition {replace_where}")
-        self.transaction(work, guard=table, what=what)
+        self.transaction(work, guard=write_guard(table, replace_where), what=what)
         return materialization_id
 
     def _record_links(self, con: duckdb.DuckDBPyConnection, table: str, lineage: Sequence[Link]) -> None:
@@ -365,6 +369,8 @@ class BaseStore:
             ).fetchall()
         }
         missing = [row for row in rows if tuple(row) not in have]
+        if missing:  # writers of other partitions of this table may be recording the same links
+            self._guard(con, "table_parents")
         for child, _, parent_column, _ in missing:
             con.execute(f"DELETE FROM {SCHEMA}.table_parents WHERE child_table = ? AND parent_column = ?",
                         [child, parent_column])
@@ -442,6 +448,15 @@ class Store(BaseStore):
                 con.execute("ROLLBACK")
                 raise
             return result
+
+
+def write_guard(table: str, replace_where: Mapping[str, object] | None) -> str:
+    """The guard that concurrent writes of the same rows share: the table for a whole-table write,
+    the table and partition for a partition's, so writers of different partitions (a backfill's
+    runs) do not wait for each other, and two writers of one partition never both commit."""
+    if replace_where is None:
+        return table
+    return f"{table}__{content_id(table, sorted((k, str(v)) for k, v in replace_where.items()), length=12)}"
 
 
 def _flatten(items: Sequence[object]) -> list[object]:

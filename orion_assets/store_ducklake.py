@@ -15,13 +15,18 @@ keeps the tables right is its snapshot isolation plus two rules here:
 
 * Every write is one transaction (a partition's replacement: delete its rows, insert the new ones,
   log the materialization and the lineage links, refresh the view when it changed).
-* Each write transaction also bumps a one-row *guard table* of the table it writes
-  (``orion_guards.<table>``). DuckLake lets two concurrent transactions that only insert both
-  commit (that is how a cache append or a first partition write would duplicate rows); two that
-  both update one row conflict. With the guard, two writers of one table always conflict, the
-  loser's transaction is rolled back whole, and :meth:`DuckLakeStore.transaction` runs it again on
-  the new snapshot (a bounded number of times, with jittered exponential backoff), where it sees
-  the winner's rows. Writers of different tables never conflict.
+* Each write transaction also bumps a one-row *guard table* of what it writes
+  (``orion_guards.<guard>``): the partition for a partition's replacement, the table for a
+  whole-table write or a cache append, ``table_parents`` when it records new lineage links.
+  DuckLake lets two concurrent transactions that only insert both commit (that is how a cache
+  append or two writes of one new partition would duplicate rows); two that both update one row
+  conflict. With the guard, two writers of the same rows always conflict, the loser's transaction
+  is rolled back whole, and :meth:`DuckLakeStore.transaction` runs it again on the new snapshot (a
+  bounded number of times, with jittered exponential backoff), where it sees the winner's rows.
+  Writers of different new partitions (a fresh backfill's runs) take different guards and commit
+  side by side. DuckLake itself still makes some conflict: a transaction that deletes from a table
+  conflicts with any concurrent one that inserts into it, whatever rows they touch, so replacing
+  partitions that exist is serialized by retries; and two creates of one table conflict.
 
 Commits that DuckLake finds conflict-free after all (a snapshot id taken by another writer), it
 retries itself (the ``ducklake_max_retry_count`` / ``ducklake_retry_wait_ms`` /
@@ -428,6 +433,9 @@ class DuckLakeStore(BaseStore):
 
         return self._with_retries(attempt, None, what=what)
 
+    def _guard(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
+        _bump_guard(con, name)
+
     def _with_retries(self, fn: Callable[[duckdb.DuckDBPyConnection], T], con: duckdb.DuckDBPyConnection | None,
                       *, what: str) -> T:
         """``fn(con)`` (``con`` None: on a new connection each attempt) until it does not conflict."""
@@ -558,16 +566,16 @@ def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
         raise
 
 
-def _bump_guard(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Update the one row of ``orion_guards.<table>`` (create it on the table's first write), so that
-    this transaction conflicts with every concurrent writer of ``table``."""
+def _bump_guard(con: duckdb.DuckDBPyConnection, guard: str) -> None:
+    """Update the one row of ``orion_guards.<guard>`` (created on first use), so that this
+    transaction conflicts with every concurrent one that takes the same guard."""
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
         "AND table_schema = ? AND table_name = ?",
-        [GUARD_SCHEMA, table],
+        [GUARD_SCHEMA, guard],
     ).fetchone()[0]
     if exists:
-        con.execute(f'UPDATE {GUARD_SCHEMA}."{table}" SET writes = writes + 1')
+        con.execute(f'UPDATE {GUARD_SCHEMA}."{guard}" SET writes = writes + 1')
     else:
-        con.execute(f'CREATE TABLE {GUARD_SCHEMA}."{table}" (writes BIGINT)')
-        con.execute(f'INSERT INTO {GUARD_SCHEMA}."{table}" VALUES (1)')
+        con.execute(f'CREATE TABLE {GUARD_SCHEMA}."{guard}" (writes BIGINT)')
+        con.execute(f'INSERT INTO {GUARD_SCHEMA}."{guard}" VALUES (1)')

@@ -215,8 +215,12 @@ def test_store_api_on_a_lake(where, request, s3_service):
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_catalog = current_database() AND table_schema = 'orion'").fetchall()}
         assert names == {"events", "parents", "materializations", "table_parents", "lineage_edges"}
-        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ?",
-                           [GUARD_SCHEMA]).fetchone()[0] == 2
+        # one guard per partition written (writers of different partitions do not wait for each
+        # other), per whole table, and the lineage links'
+        guards = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+                                            [GUARD_SCHEMA]).fetchall()}
+        assert guards == {store_module.write_guard("events", {"part": "a"}),
+                          store_module.write_guard("events", {"part": "b"}), "parents", "table_parents"}
     store.replace_rows("parents", pl.DataFrame({"parent_id": ["p0"]}), replace_where=None,
                        materialization={"asset_key": "parents"})
     assert store.read("parents")["parent_id"].to_list() == ["p0"]
@@ -465,7 +469,8 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
         original(con, links)
         if rival_commits["left"]:
             rival_commits["left"] -= 1
-            rival.transaction(lambda c: None, guard="events", what="a rival's write of orion.events")
+            rival.transaction(lambda c: None, guard=store_module.write_guard("events", {"part": "a"}),
+                              what="a rival's write of partition a of orion.events")
 
     monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_a_rival_commits)
     rival_commits["left"] = 1  # the first attempt conflicts, the second commits
@@ -488,6 +493,21 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
     write_partition(store, "b", "v1", 3)
     assert other_table["left"] == 0 and store.last_attempts == 1
     assert store.count("other") == 1 and store.count("events", {"part": "b"}) == 3
+    # nor does a writer of another new partition of the same table (each partition has its own
+    # guard): a backfill's runs commit side by side. (Replacing partitions that exist still conflicts:
+    # DuckLake makes a delete and an insert into one table conflict, whatever rows they touch.)
+    other_partition = {"left": 1}
+
+    def refresh_while_another_partition_is_written(con, links=None):
+        original(con, links)
+        if other_partition["left"]:
+            other_partition["left"] -= 1
+            write_partition(rival, "d", "v1", 5)
+
+    monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_another_partition_is_written)
+    write_partition(store, "c", "v1", 6)
+    assert other_partition["left"] == 0 and store.last_attempts == 1
+    assert store.count("events", {"part": "c"}) == 6 and store.count("events", {"part": "d"}) == 5
     monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_a_rival_commits)
 
     rival_commits["left"] = 10  # every attempt conflicts
@@ -527,3 +547,49 @@ def test_a_writer_killed_mid_write_leaves_no_half_partition(backend, request, tm
     assert store.count("events", {"part": "a"}) == 20000 and store.distinct("events", "version", {"part": "a"}) == ["v2"]
     assert store.count("events", {"part": "new"}) == 20000
     assert store.count("events") == 40000
+
+
+def test_orion_check_reports_a_lake_it_cannot_open_instead_of_failing(postgres_service, s3_service, write_profile,
+                                                                       tmp_path: Path, monkeypatch):
+    from orion_assets.preflight import run_preflight
+    from orion_assets.profiles import load_profile
+    from orion_assets_tests.services import free_port
+
+    def check(store_section: str):
+        profile = load_profile(str(write_profile(store_section, name=f"p{free_port()}.toml")))
+        report = run_preflight(profile, tmp_path / "data", selection=["train_problems"])
+        return [s for s in report.sections if s.title.startswith("store:")], report.problems
+
+    # nobody listens at the catalog's port: a problem line, and the rest of the check still runs
+    (section,), problems = check(f"""
+        [store]
+        backend = "ducklake"
+        catalog = "postgres:dbname=lake host=127.0.0.1 port={free_port()} user=postgres"
+        data_path = "lake_files"
+    """)
+    assert [f.level for f in section.findings] == ["problem"]
+    assert problems[0].startswith("store: cannot open it: ") and "127.0.0.1" in problems[0], problems
+    # a secret variable the profile names but the environment lacks: named, and nothing else said
+    monkeypatch.delenv("ORION_TEST_MISSING_KEY", raising=False)
+    monkeypatch.setenv("ORION_TEST_SECRET", s3_service.secret)
+    (section,), problems = check(f"""
+        [store]
+        backend = "ducklake"
+        catalog = "postgres:{postgres_service.dsn(postgres_service.new_database())}"
+        data_path = "{s3_service.new_prefix()}"
+        s3_endpoint = "{s3_service.endpoint}"
+        s3_url_style = "path"
+        s3_use_ssl = false
+        s3_key_id_env = "ORION_TEST_MISSING_KEY"
+        s3_secret_env = "ORION_TEST_SECRET"
+    """)
+    assert "ORION_TEST_MISSING_KEY" in problems[0] and s3_service.secret not in str(problems), problems
+    # a lake that opens: ok, not yet written
+    (section,), problems = check(f"""
+        [store]
+        backend = "ducklake"
+        catalog = "postgres:{postgres_service.dsn(postgres_service.new_database())}"
+        data_path = "lake_files"
+    """)
+    assert [(f.level, f.text) for f in section.findings] == [
+        ("ok", "nothing written yet: the first materialization creates it")] and not problems
