@@ -434,7 +434,7 @@ def main() -> int:
         writer(json.loads(args.child))
         return 0
 
-    from benchmarks.pg_server import moto_s3, postgres
+    from orion_assets_tests.services import moto_s3, postgres
 
     if not args.no_sql and not args.sql_db.exists():
         from benchmarks.make_synthetic_db import build

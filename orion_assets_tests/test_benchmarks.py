@@ -49,7 +49,7 @@ def test_gpu_check_without_cuda_stops_with_a_message(tmp_path: Path) -> None:
 
 
 def test_bench_writers_writes_every_partition_once_in_every_backend(tmp_path: Path) -> None:
-    from benchmarks.pg_server import postgres_bin
+    from orion_assets_tests.services import postgres_bin
 
     if postgres_bin() is None:
         pytest.skip("Postgres is not installed (apt-get install postgresql; .ci/run does)")
