@@ -45,6 +45,18 @@ def pytest_collection_modifyitems(config, items):
             item._nodeid = f"{item.nodeid}@{group}"
 
 
+def lineage_walk(con, score_where: str) -> dict[str, int]:
+    """Rows reached per table, walking ``orion.lineage_edges`` down from the benchmark scores that
+    match ``score_where`` (SQL over ``orion.benchmark_scores``)."""
+    return dict(con.execute(f"""
+        WITH RECURSIVE walk(tbl, id) AS (
+            SELECT 'benchmark_scores', score_id FROM orion.benchmark_scores WHERE {score_where}
+            UNION
+            SELECT e.parent_table, e.parent_id FROM orion.lineage_edges e JOIN walk w
+              ON e.child_table = w.tbl AND e.child_id = w.id)
+        SELECT tbl, count(*) FROM walk GROUP BY tbl""").fetchall())
+
+
 def gsm8k_train_rows(n: int, offset: int = 0) -> list[dict]:
     """Rows ``offset .. offset+n`` of the shipped GSM8K train file (question, answer): real text
     for building tiny tokenizers and SFT examples in tests."""

@@ -21,7 +21,7 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 
 from orion_assets.definitions import all_assets
 from orion_assets.resources import OrionResource
-from orion_assets_tests.conftest import REPO
+from orion_assets_tests.conftest import REPO, lineage_walk
 from orion_assets_tests.services import PG_USER, free_port
 
 pytestmark = pytest.mark.slow
@@ -180,12 +180,5 @@ def test_backfill_runs_partitions_as_concurrent_processes_on_postgres_and_duckla
 
     # the lineage walk from a backfilled score reaches its benchmark problems and the checkpoint
     with store.connect(read_only=True) as con:
-        reached = dict(con.execute("""
-            WITH RECURSIVE walk(tbl, id) AS (
-                SELECT 'benchmark_scores', score_id FROM orion.benchmark_scores
-                WHERE benchmark = 'math500' AND variant = 'base'
-                UNION
-                SELECT e.parent_table, e.parent_id FROM orion.lineage_edges e JOIN walk w
-                  ON e.child_table = w.tbl AND e.child_id = w.id)
-            SELECT tbl, count(*) FROM walk GROUP BY tbl""").fetchall())
+        reached = lineage_walk(con, "benchmark = 'math500' AND variant = 'base'")
     assert reached.get("benchmark_problems") == 2 and reached.get("student_checkpoint") == 1, reached

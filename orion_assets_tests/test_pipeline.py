@@ -20,6 +20,7 @@ from orion_assets.definitions import defs
 from orion_assets.problem_sets import load_benchmark
 from orion_assets.resources import OrionResource
 from orion_assets.store import Store, content_id
+from orion_assets_tests.conftest import lineage_walk
 
 # Every test here reads the whole tiny graph, run once per session (minutes).
 pytestmark = pytest.mark.slow
@@ -94,17 +95,10 @@ def test_lineage_joins_back_without_orphans(tiny_run):
                 WHERE e.parent_table = '{table}' AND p.{keys[table]} IS NULL""").fetchone()[0]
             assert missing == 0, table
         # a score walks down to the predictions, checkpoint, SFT rows, CoTs and problems behind it
-        reached = con.execute("""
-            WITH RECURSIVE walk(tbl, id) AS (
-                SELECT 'benchmark_scores', score_id FROM orion.benchmark_scores
-                WHERE variant = 'orion' AND benchmark = 'math500'
-                UNION
-                SELECT e.parent_table, e.parent_id FROM orion.lineage_edges e JOIN walk w
-                  ON e.child_table = w.tbl AND e.child_id = w.id)
-            SELECT DISTINCT tbl FROM walk""").fetchall()
-        assert {r[0] for r in reached} >= {"benchmark_predictions", "benchmark_problems", "student_checkpoint",
-                                           "sft_dataset", "cot_quality", "refined_cots", "teacher_cots",
-                                           "student_attempts", "train_problems"}
+        reached = lineage_walk(con, "variant = 'orion' AND benchmark = 'math500'")
+        assert set(reached) >= {"benchmark_predictions", "benchmark_problems", "student_checkpoint",
+                                "sft_dataset", "cot_quality", "refined_cots", "teacher_cots",
+                                "student_attempts", "train_problems"}
 
 
 def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
