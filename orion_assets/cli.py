@@ -387,11 +387,19 @@ def check_read_only(sql: str) -> list[str]:
     return [s.query for s in statements]
 
 
+def _is_file(text: str) -> bool:
+    """Whether ``orion sql``'s argument names a file (a long query is no file name: the OS refuses it)."""
+    try:
+        return Path(text).is_file()
+    except OSError:
+        return False
+
+
 def sql(args: argparse.Namespace) -> int:
     from orion_assets.store_ducklake import StoreError
 
     text = args.query
-    if text.endswith(".sql") or Path(text).is_file():
+    if text.endswith(".sql") or _is_file(text):
         path = Path(text)
         if not path.is_file():
             print(f"orion sql: no such file {path}", file=sys.stderr)

@@ -56,6 +56,15 @@ def test_profile_typo_is_one_line_with_did_you_mean(orion_env, write_profile):
     assert debug.returncode == 1 and "Traceback" in debug.stderr and expected in debug.stderr
 
 
+def test_a_query_longer_than_a_file_name_is_run_not_mistaken_for_a_path(orion_env):
+    """`orion sql` asks whether its argument is a file; a query of over 255 bytes made the OS refuse
+    the name and the command die with a traceback (found by a UNION ALL over the asset tables)."""
+    query = " UNION ALL ".join(f"SELECT {i} AS n" for i in range(40))
+    done = orion("sql", "--format", "csv", query)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("orion sql: no DuckDB file at "), done.stderr
+
+
 def test_broken_jsonl_line_names_file_line_and_reason(orion_env, write_profile, tmp_path):
     data = tmp_path / "pool.jsonl"
     data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": oops}\n')
