@@ -483,9 +483,15 @@ def close_all() -> None:
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """Whether a DuckDB error is DuckLake refusing a commit for another transaction's changes."""
+    """Whether a DuckDB error is DuckLake refusing a commit for another transaction's changes: a
+    logical conflict, or a snapshot id that other writers kept taking until DuckLake's own commit
+    retries ran out (the catalog's primary key on ``ducklake_snapshot``; seen with 8 writers).
+    Either way nothing was committed, so the transaction can run again."""
     message = str(exc).lower()
-    return (isinstance(exc, duckdb.TransactionException) and "conflict" in message) or "transaction conflict" in message
+    if isinstance(exc, duckdb.TransactionException) and "conflict" in message:
+        return True
+    return "transaction conflict" in message or (
+        "failed to commit" in message and "ducklake_snapshot_pkey" in message)
 
 
 def _parse_catalog(catalog: str, base: Path | None = None) -> tuple[str, str]:

@@ -593,3 +593,21 @@ def test_orion_check_reports_a_lake_it_cannot_open_instead_of_failing(postgres_s
     """)
     assert [(f.level, f.text) for f in section.findings] == [
         ("ok", "nothing written yet: the first materialization creates it")] and not problems
+
+
+def test_a_snapshot_id_taken_after_ducklakes_own_retries_counts_as_a_conflict():
+    """With 8 writers of new partitions committing at once on a Postgres catalog (the writer
+    benchmark), DuckLake's own commit retries can run out on the snapshot table's primary key: an
+    error of that shape is retried like a logical conflict; other errors are not."""
+    from orion_assets.store_ducklake import is_conflict
+
+    taken = duckdb.TransactionException(
+        'TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction: Failed to execute '
+        'query "INSERT INTO "public".ducklake_snapshot VALUES (47, NOW(), 41, 54, 53);": ERROR:  duplicate key '
+        'value violates unique constraint "ducklake_snapshot_pkey"\nDETAIL:  Key (snapshot_id)=(47) already exists.')
+    conflict = duckdb.TransactionException(
+        "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction. Transaction conflict - "
+        "attempting to delete from table with index \"1\" - but another transaction has inserted into it")
+    assert is_conflict(taken) and is_conflict(conflict)
+    assert not is_conflict(duckdb.IOException('IO Error: Unable to connect to Postgres at "dbname=lake": refused'))
+    assert not is_conflict(duckdb.CatalogException("Catalog Error: Table with name nope does not exist!"))
