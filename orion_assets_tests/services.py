@@ -177,6 +177,10 @@ class MotoS3:
     def new_prefix(self, name: str = "lake") -> str:
         return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:10]}/"
 
+    def key_env(self) -> dict[str, str]:
+        """The environment a lake of :func:`lake_store_section` reads its S3 key from."""
+        return {LAKE_KEY_ENV: self.key_id, LAKE_SECRET_ENV: self.secret}
+
     def keys(self, prefix: str) -> list[str]:
         path = prefix.removeprefix(f"s3://{self.bucket}/")
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=path)
@@ -216,6 +220,27 @@ def moto_s3() -> Iterator[MotoS3]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+# The variables a test lake's profile names for moto's (fake) S3 key; set them with ``MotoS3.key_env()``.
+LAKE_KEY_ENV, LAKE_SECRET_ENV = "ORION_TEST_S3_KEY_ID", "ORION_TEST_S3_SECRET"
+
+
+def lake_store_section(pg: PgServer, s3: MotoS3) -> str:
+    """A profile's ``[store]`` section for a fresh DuckLake: its catalog in a new database of ``pg``,
+    its Parquet under a new prefix of ``s3``, the key named by the two variables above."""
+    return f"""
+[store]
+backend = "ducklake"
+catalog = "postgres:{pg.dsn(pg.new_database("lake"))}"
+data_path = "{s3.new_prefix()}"
+s3_endpoint = "{s3.endpoint}"
+s3_region = "{s3.region}"
+s3_url_style = "path"
+s3_use_ssl = false
+s3_key_id_env = "{LAKE_KEY_ENV}"
+s3_secret_env = "{LAKE_SECRET_ENV}"
+"""
 
 
 @pytest.fixture(scope="session")

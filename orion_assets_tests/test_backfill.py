@@ -22,7 +22,7 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from orion_assets.definitions import all_assets
 from orion_assets.resources import OrionResource
 from orion_assets_tests.conftest import REPO, lineage_walk
-from orion_assets_tests.services import PG_USER, free_port
+from orion_assets_tests.services import PG_USER, free_port, lake_store_section
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +42,12 @@ def postgres_url(postgres_service):
 def lake_profile(postgres_service, s3_service, tmp_path, monkeypatch):
     """``lake_profile(body)``: a tiny profile whose tables go to a fresh DuckLake (a Postgres catalog,
     Parquet on moto's S3); the S3 keys are in the environment, named by the profile."""
-    monkeypatch.setenv("ORION_TEST_S3_KEY_ID", s3_service.key_id)
-    monkeypatch.setenv("ORION_TEST_S3_SECRET", s3_service.secret)
+    for name, value in s3_service.key_env().items():
+        monkeypatch.setenv(name, value)
 
     def write(body: str) -> Path:
         path = tmp_path / "lake.toml"
-        path.write_text('extends = "tiny"\n' + textwrap.dedent(body) + textwrap.dedent(f"""
-            [store]
-            backend = "ducklake"
-            catalog = "postgres:{postgres_service.dsn(postgres_service.new_database("lake"))}"
-            data_path = "{s3_service.new_prefix()}"
-            s3_endpoint = "{s3_service.endpoint}"
-            s3_region = "{s3_service.region}"
-            s3_url_style = "path"
-            s3_use_ssl = false
-            s3_key_id_env = "ORION_TEST_S3_KEY_ID"
-            s3_secret_env = "ORION_TEST_S3_SECRET"
-            """))
+        path.write_text('extends = "tiny"\n' + textwrap.dedent(body) + lake_store_section(postgres_service, s3_service))
         return path
     return write
 

@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orion_assets_tests.services import lake_store_section
+
 # Every test here reads the whole tiny graph, run once per session (minutes).
 pytestmark = pytest.mark.slow
 
@@ -285,23 +287,11 @@ def test_the_whole_graph_on_a_lake_makes_the_same_tables_and_sql_answers(tiny_ru
     fixes the number, and every sql/ file answers through `orion sql` on the lake with the columns
     it has on the file."""
     profile = tmp_path / "lake.toml"
-    profile.write_text(f'extends = "{tiny_run["profile"]}"\n' + f"""
-[store]
-backend = "ducklake"
-catalog = "postgres:{postgres_service.dsn(postgres_service.new_database("lake"))}"
-data_path = "{s3_service.new_prefix()}"
-s3_endpoint = "{s3_service.endpoint}"
-s3_region = "{s3_service.region}"
-s3_url_style = "path"
-s3_use_ssl = false
-s3_key_id_env = "ORION_TEST_S3_KEY_ID"
-s3_secret_env = "ORION_TEST_S3_SECRET"
-""")
+    profile.write_text(f'extends = "{tiny_run["profile"]}"\n' + lake_store_section(postgres_service, s3_service))
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**tiny_run["env"], "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(tmp_path / "data"),
-           "DAGSTER_HOME": str(home), "ORION_TEST_S3_KEY_ID": s3_service.key_id,
-           "ORION_TEST_S3_SECRET": s3_service.secret}
+           "DAGSTER_HOME": str(home), **s3_service.key_env()}
 
     def orion(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "orion_assets.cli", *args], cwd=REPO, env=env,
