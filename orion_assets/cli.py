@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out,
             if not quiet:
                 print(f"{prefix} ...", end=" ", file=out, flush=True)
             bars.begin(prefix)
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), _cpu_seconds()
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"== {prefix}\n")
             with console.capture_output(log_path):
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out,
                     # Dagster's log lines go to the run's log file (stderr is captured there).
                     run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
                 )
-            elapsed = time.monotonic() - t0
+            elapsed, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
             summaries, drew = bars.end()
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"== {prefix}: {'ok' if result.success else 'FAILED'} (Dagster run {result.run_id})\n")
@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out,
                     for m in result.asset_materializations_for_node(key.path[-1])
                 ]
                 row_text = f"{rows[0].value} rows, " if rows and rows[0] is not None else ""
-                print(f"{again}ok ({row_text}{elapsed:.1f}s){calls}", file=out, flush=True)
+                print(f"{again}ok ({row_text}{elapsed:.1f}s, {cpu:.1f}s CPU){calls}", file=out, flush=True)
     finally:
         bars.uninstall()
         if previous_log_env is None:
@@ -217,6 +217,25 @@ def _run(args: argparse.Namespace, profile, data_dir: Path, log_path: Path, out,
     print(f"orion run: {len(steps)} materializations in {time.monotonic() - started:.1f}s (log: {log_path})",
           file=out, flush=True)
     return 0
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process (all threads), of its child processes that have ended (an
+    SFT run) and of those still running (the grading workers): where a step's time went, beside its
+    wall time. Deltas of this sum are a step's CPU."""
+    import resource
+
+    import psutil
+
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # it ended meanwhile: counted in RUSAGE_CHILDREN once reaped
+            continue
+        total += times.user + times.system
+    return total
 
 
 # -- explaining a failed step ----------------------------------------------------------------------

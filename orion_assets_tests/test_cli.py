@@ -310,6 +310,32 @@ def test_progress_bars_count_cache_hits_errors_and_batches():
     assert summaries[1] == "teacher: 6 calls, 6 cached, 0 errors"
 
 
+BURN_THEN_WAIT = """
+import sys, time
+start = time.process_time()
+while time.process_time() - start < 0.6:
+    pass
+print("burnt", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_steps_cpu_counts_child_processes_running_and_ended():
+    """The CPU `orion run` prints per step includes child processes: the grading workers live on
+    between steps, an SFT run ends within its step."""
+    from orion_assets.cli import _cpu_seconds
+
+    before = _cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", BURN_THEN_WAIT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "burnt"
+        assert _cpu_seconds() - before >= 0.55  # still running
+    finally:
+        child.kill()
+        child.wait()
+    assert _cpu_seconds() - before >= 0.55  # ended and reaped
+
+
 FAKE_SFT = """
 import json, sys, time
 from pathlib import Path

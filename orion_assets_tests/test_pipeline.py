@@ -3,6 +3,7 @@ gate blocking planted bad data, and a killed training run resuming."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,9 @@ def test_orion_run_materializes_the_graph_with_progress(tiny_run):
     for variant in VARIANTS:
         assert f"] sft_dataset[{variant}] ... ok" in out and f"] student_checkpoint[{variant}] ... ok" in out
     assert "] sft_dataset[base] ... ok (0 rows" in out and "] student_checkpoint[base] ... ok" in out
+    # each step's wall time and CPU (the SFT child's included: more CPU than a bare wait)
+    cpu = re.search(r"\] student_checkpoint\[orion\] \.\.\. ok \((?:\d+ rows, )?([\d.]+)s, ([\d.]+)s CPU\)", out)
+    assert cpu and float(cpu.group(2)) > 1.0, out
     assert "leaving out variant orion_no_reflection: the replay teacher" in out
     assert "orion_no_reflection]" not in out and "|orion_no_reflection" not in out
     store = Store(tiny_run["data_dir"] / "orion_store.duckdb")
