@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 SCHEMA = "orion"
 CATALOG = "orion_db"
 LOCK_TIMEOUT_S = 1800.0
+# The file is written in DuckDB 1.5's storage format, not the 0.10 format DuckDB keeps by default
+# for older readers: only the newer one compresses long strings (zstd), which CoTs and prompts
+# are. The file is then less than half the size, and readable by DuckDB 1.5 or newer only.
+STORAGE_VERSION = "v1.5.0"
 
 MATERIALIZATIONS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.materializations (
@@ -424,7 +428,7 @@ class Store(BaseStore):
             # name) would make every "orion.<table>" reference ambiguous with the schema.
             con = duckdb.connect()
             try:
-                mode = " (READ_ONLY)" if read_only else ""
+                mode = " (READ_ONLY)" if read_only else f" (STORAGE_VERSION '{STORAGE_VERSION}')"
                 con.execute(f"ATTACH '{_sql_quote(self.path)}' AS {CATALOG}{mode}")
                 con.execute(f"USE {CATALOG}")
                 if not read_only:

@@ -9,6 +9,7 @@ from orion_assets.definitions import all_assets
 from orion_assets.resources import OrionResource
 from orion_assets.store import OLD_STORE_FILE, STORE_FILE, store_in
 from orion_assets.tables import Rows, Table, TableSpec, lineage_links, orion_asset
+from orion_assets_tests.conftest import gsm8k_train_rows
 
 PARENT = TableSpec("toy_parent", {"parent_id": pl.Utf8, "group": pl.Utf8, "n": pl.Int64}, id="parent_id")
 CHILD = TableSpec("toy_child", {"child_id": pl.Utf8, "parent_id": pl.Utf8, "part": pl.Utf8, "n": pl.Int64},
@@ -132,3 +133,17 @@ def test_the_old_file_name_is_renamed_and_orion_tables_resolve_in_a_plain_client
     assert store.read("t")["x"].to_list() == [42]
     with duckdb.connect(str(store.path), read_only=True) as con:  # what `duckdb data/orion_store.duckdb` does
         assert con.execute("SELECT x FROM orion.t").fetchall() == [(42,)]
+
+
+def test_long_texts_are_stored_compressed_in_the_file(tmp_path):
+    """CoT-sized texts (real GSM8K solutions, eight to a text, none twice) take less room in the file than their
+    bytes: DuckDB's default 0.10 storage format kept them uncompressed (the file was 1.3x the text; now 0.7x)."""
+    rows = gsm8k_train_rows(7200)
+    texts = ["\n\n".join(f"{r['question']}\n{r['answer']}" for r in rows[i : i + 8]) for i in range(0, 7200, 8)]
+    store = store_in(tmp_path)
+    store.append("long_texts", pl.DataFrame({"text_id": [str(i) for i in range(len(texts))], "text": texts}))
+    with store.connect() as con:
+        con.execute("CHECKPOINT")
+    text_bytes = sum(len(t.encode()) for t in texts)
+    assert store.read("long_texts")["text"].to_list() == texts
+    assert store.path.stat().st_size < 0.85 * text_bytes, (store.path.stat().st_size, text_bytes)
