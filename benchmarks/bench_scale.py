@@ -218,7 +218,35 @@ STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+) \.\.\. .*?ok \((?:(\d+) rows, )?
 CALL_STEPS = ("teacher_cots", "student_attempts", "refined_cots")  # the steps that call the LLMs
 
 
-def run_size(n: int, work: Path, reasoning_words: int, timeout_s: float) -> dict[str, Any]:
+PY_SPY_RATE = 50  # samples per second
+SDK_FRAMES = ("(openai/", "(httpx/", "(httpcore/", "(anyio/", "(h11/", "(aiohttp/", "(httpx_aiohttp/")
+
+
+def call_path_profile(raw: Path, calls: int) -> dict[str, Any]:
+    """Where the Python time of the LLM-calling steps went, from ``py-spy record -f raw``: each
+    sample's stack names its step (the asset's chunk generator; the openai client's event loop runs
+    in the same thread), and a sample with a frame of the openai SDK or its HTTP stack counts as the
+    client's. Grading workers are other processes and are not sampled."""
+    steps = {f"{step}.<locals>.chunks": step for step in CALL_STEPS}
+    samples: dict[str, int] = dict.fromkeys(CALL_STEPS, 0)
+    client: dict[str, int] = dict.fromkeys(CALL_STEPS, 0)
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        step = next((name for frame, name in steps.items() if f";{frame} (" in stack), None)
+        if step is None or not count.isdigit():
+            continue
+        samples[step] += int(count)
+        client[step] += int(count) * any(marker in stack for marker in SDK_FRAMES)
+    total, in_client = sum(samples.values()), sum(client.values())
+    return {
+        "rate_hz": PY_SPY_RATE, "samples_by_step": samples, "client_samples_by_step": client,
+        "python_ms_per_call": round(1000 * total / PY_SPY_RATE / calls, 2) if calls else None,
+        "client_ms_per_call": round(1000 * in_client / PY_SPY_RATE / calls, 2) if calls else None,
+        "client_share": round(in_client / total, 3) if total else None,
+    }  # fmt: skip
+
+
+def run_size(n: int, work: Path, reasoning_words: int, timeout_s: float, py_spy: str | None = None) -> dict[str, Any]:
     root = work / f"n{n}"
     shutil.rmtree(root, ignore_errors=True)
     data_dir, home = root / "data", root / "dagster_home"
@@ -245,8 +273,11 @@ def run_size(n: int, work: Path, reasoning_words: int, timeout_s: float) -> dict
         stdout_path, stderr_path = root / "orion_run.stdout", root / "orion_run.stderr"
         with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
             t0 = time.monotonic()
-            child = subprocess.Popen([sys.executable, "-m", "orion_assets.cli", "run", "--select", *CHAIN],
-                                     cwd=REPO, env=env, stdout=out, stderr=err)
+            command = [sys.executable, "-m", "orion_assets.cli", "run", "--select", *CHAIN]
+            if py_spy:  # sampled: its wall and CPU numbers are not the benchmark's
+                command = [py_spy, "record", "-r", str(PY_SPY_RATE), "-f", "raw", "-o", str(root / "py-spy.txt"),
+                           "--", *command]
+            child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err)
             status, usage = 0, None
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -302,6 +333,8 @@ def run_size(n: int, work: Path, reasoning_words: int, timeout_s: float) -> dict
         "duckdb_bytes": db_bytes,
         "duckdb_mb_per_1k": round(db_bytes / 2**20 * 1000 / n, 2),
     })  # fmt: skip
+    if py_spy and (root / "py-spy.txt").exists():
+        result["call_path_profile"] = call_path_profile(root / "py-spy.txt", total_calls)
     # Everything the run stored besides model weights and logs (a DuckDB file, Parquet files, ...).
     stored = [p for p in data_dir.rglob("*") if p.is_file() and p.relative_to(data_dir).parts[0] not in ("models", "logs")]
     result["data_bytes_besides_models_and_logs"] = sum(p.stat().st_size for p in stored)
@@ -512,6 +545,11 @@ def verdicts(sizes: list[dict[str, Any]]) -> dict[str, str]:
             out["cpu_per_call"] += ("; the steps that call the LLMs alone (" + ", ".join(CALL_STEPS) + "): "
                                     + ", ".join(f"{c} ms" for c in call_path)
                                     + (" (met)" if max(call_path) < 2 else " (NOT met)"))
+        profiles = [r["call_path_profile"] for r in done if r.get("call_path_profile")]
+        if profiles:
+            out["cpu_per_call"] += "; py-spy: " + ", ".join(
+                f"{p['python_ms_per_call']} ms of Python per call in those steps, {p['client_ms_per_call']} ms of it "
+                f"in the openai client and its HTTP stack ({100 * p['client_share']:.0f}%)" for p in profiles)
         if len(done) >= 2:  # the slope between the smallest and the largest size: start-up cost left out
             lo, hi = done[0], done[-1]
             d_calls = sum(hi["llm_calls_served"].values()) - sum(lo["llm_calls_served"].values())
@@ -534,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-seconds", type=float, default=8.0, help="seconds per persona of the simulator-alone loop")
     parser.add_argument("--sim-threads", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per size before the run is killed")
+    parser.add_argument("--py-spy", metavar="PATH", help="run each size under this py-spy and report where the LLM "
+                        "steps' Python time went (the openai client or the pipeline); its timings are then not clean")
     args = parser.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="orion-bench-scale-"))
@@ -552,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             print(f"bench_scale: {n} problems ...", file=sys.stderr, flush=True)
             load = os.getloadavg()[0]
-            result = run_size(n, work, args.reasoning_words, args.timeout)
+            result = run_size(n, work, args.reasoning_words, args.timeout, args.py_spy)
             result["loadavg_1m_before_after"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             report["sizes"].append(result)
             report["targets"] = verdicts(report["sizes"])

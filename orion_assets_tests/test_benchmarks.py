@@ -31,6 +31,8 @@ def test_bench_scale_runs_the_chain_at_50_problems_and_reports_every_field(tmp_p
         assert size[key], key
     assert size["llm_calls_served"]["teacher"] >= 50 and size["llm_calls_served"]["student"] >= 200
     assert [s["step"] for s in size["steps"]][-1].startswith("sft_dataset[")
+    # each step's CPU from `orion run`'s lines, and that of the LLM-calling steps per call
+    assert all(s["cpu_s"] is not None for s in size["steps"]) and size["call_steps_cpu_ms_per_call"] > 0
     twice = size["text_twice"]
     assert twice["teacher_cots"] > 0 and twice["copies_by_column"]["teacher_cots.cot"] == twice["cots_with_a_unique_paragraph"]
     assert set(report["targets"]) >= {"time_per_1k_flat", "peak_rss", "cpu_per_call", "text_twice"}
