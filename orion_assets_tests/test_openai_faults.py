@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orion_assets.llm import EndpointError, GenerationRequest, SamplingParams, chat, make_endpoint, sampling_params
+from orion_assets.llm import openai_backend
 from orion_assets.llm.openai_backend import OpenAIEndpoint, is_loopback
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
@@ -28,6 +29,15 @@ PARAMS = SamplingParams(max_tokens=64, temperature=0.6, seed=7)
 def server() -> Iterator[FaultServer]:
     with FaultServer() as running:
         yield running
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The openai client's transport: aiohttp (``openai[aiohttp]``, the default) or httpx
+    (``ORION_OPENAI_HTTPX=1``). They report the same faults differently (a dropped connection is a
+    connect timeout to aiohttp), and every fault must end the same on both."""
+    monkeypatch.setattr(openai_backend, "USE_AIOHTTP", request.param == "aiohttp")
+    return request.param
 
 
 @pytest.fixture
@@ -66,7 +76,8 @@ SCRIPTS = {
 
 
 def test_every_fault_ends_in_one_result_or_one_recorded_error(
-    tmp_path: Path, fresh: FaultServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, transport: str, fresh: FaultServer, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     store = Store(tmp_path / "orion_store.duckdb")
@@ -199,7 +210,7 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
         assert arrivals[i] - arrivals[i - 3] >= 0.15
 
 
-def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, fresh: FaultServer) -> None:
+def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, transport: str, fresh: FaultServer) -> None:
     """A reasoning reply that runs past timeout_s is retried timeout_retries times, not max_retries:
     six retries of a 30-minute call would hold a worker for hours."""
     store = Store(tmp_path / "orion_store.duckdb")

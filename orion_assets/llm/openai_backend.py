@@ -13,9 +13,8 @@ switches once and remembers. A request whose params set ``json_mode`` is sent wi
 ``response_format={"type": "json_object"}``; a server that refuses it (HTTP 400 or 422) is asked
 again at once without it, and once a call has succeeded that way the endpoint stops sending it.
 
-Transport: the openai client's default httpx transport, or its aiohttp one when ``aiohttp`` is
-installed (``pip install 'openai[aiohttp]'``; about half the CPU per call; ``ORION_OPENAI_HTTPX=1``
-forces httpx).
+Transport: the openai client's aiohttp one (``openai[aiohttp]``, a dependency: about half the CPU
+per call of the default httpx one), or httpx when aiohttp is missing or ``ORION_OPENAI_HTTPX=1``.
 """
 
 from __future__ import annotations
