@@ -74,7 +74,6 @@ from orion_assets.store import (
     T,
     _file_lock,
     _table_exists,
-    unkeyed,
 )
 
 if TYPE_CHECKING:
@@ -169,8 +168,6 @@ class DuckLakeStore(BaseStore):
     ``sqlite:<file>`` or a DuckDB catalog file (``[duckdb:]<file>``); ``data_path`` a folder or
     ``s3://bucket/prefix/`` (None: the path the lake was created with). Relative files are relative
     to ``base`` (default: the working directory)."""
-
-    keyed = False
 
     def __init__(
         self,
@@ -556,8 +553,8 @@ def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
     def missing() -> list[str]:
         statements = [f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in (SCHEMA, GUARD_SCHEMA)
                       if not _schema_exists(con, schema)]
-        return statements + [unkeyed(ddl) for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
-                                                             ("table_parents", TABLE_PARENTS_DDL))
+        return statements + [ddl for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
+                                                    ("table_parents", TABLE_PARENTS_DDL))
                              if not _table_exists(con, table)]
 
     if not missing():

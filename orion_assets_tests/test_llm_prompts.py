@@ -1,5 +1,5 @@
-"""Prompts stored once in ``orion.llm_prompts``: shared texts, the migration of older files, and the
-usage queries that tell reflection modes apart by prompt."""
+"""Prompts stored once in ``orion.llm_prompts``: shared texts, tables without keys, the migration of older
+files, and the usage queries that tell reflection modes apart by prompt."""
 
 from __future__ import annotations
 
@@ -90,6 +90,35 @@ def test_write_rows_adds_only_new_prompts_and_keeps_them_with_their_calls(tmp_pa
         ).fetchone()[0] == 4
 
 
+def _primary_keys(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+        "AND database_name = current_database() AND schema_name = 'orion' ORDER BY 1").fetchall()]
+
+
+def test_no_table_has_a_key_and_each_call_keeps_one_row(tmp_path: Path) -> None:
+    """A keyed table made each flush cost time in proportion to the rows already stored (DuckDB
+    loads and rewrites the whole key index per connection), so the writers keep keys unique."""
+    import polars as pl
+
+    store = Store(tmp_path / "orion_store.duckdb")
+    ident = CallIdentity("student", "openai", "http://x/v1", "m")
+
+    def row(call_id: str, text: str) -> dict:
+        result = GenerationResult(call_id, text, None, "stop", 1, 2, 0.1, 0, None, False)
+        return make_row(ident, chat(("user", "the same prompt")), PARAMS, 0, result, "run")
+
+    write_rows(store, [row("a", "first"), row("b", "first")])
+    write_rows(store, [row("a", "second"), row("a", "third")])  # the last row of a call id wins
+    store.replace_rows("toy", pl.DataFrame({"toy_id": ["x"]}), replace_where=None,
+                       materialization={"asset_key": "toy"}, lineage=[("toy", "toy_id", "toy_id", "toy")])
+    with store.connect(read_only=True) as con:
+        assert _primary_keys(con) == []
+        assert con.execute("SELECT call_id, text FROM orion.llm_calls ORDER BY 1").fetchall() == [
+            ("a", "third"), ("b", "first")]
+        assert con.execute("SELECT count(*) FROM orion.llm_prompts").fetchone()[0] == 1
+
+
 def _old_file(store: Store, rows: list[dict]) -> None:
     """A DuckDB file as the versions before llm_prompts wrote it (messages JSON in every call row)."""
     with store.connect() as con:
@@ -121,6 +150,7 @@ def test_an_older_file_moves_its_messages_into_llm_prompts(tmp_path: Path, fresh
 
     with store.connect(read_only=True) as con:
         assert "messages" not in _columns(con, "llm_calls") and "prompt_hash" in _columns(con, "llm_calls")
+        assert "llm_calls" not in _primary_keys(con)  # rebuilt without the old file's key
         after = dict(con.execute(
             "SELECT c.call_id, p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p USING (prompt_hash)"
         ).fetchall())

@@ -10,15 +10,17 @@ batch of calls is still running, in small transactions from a writer thread (the
 the calls in the same transaction), so a killed process keeps every flushed call and the next run
 sends only the rest.
 
-Files written before ``llm_prompts`` existed kept the messages in ``llm_calls.messages``; the first
-writable connection moves them into ``llm_prompts`` and drops the column (:func:`ensure_table`).
-The messages of a call: ``SELECT p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p
-USING (prompt_hash)``.
+Files written before ``llm_prompts`` existed kept the messages in ``llm_calls.messages``, and
+older files had a PRIMARY KEY on both tables; :func:`ensure_table` moves the messages into
+``llm_prompts`` and rebuilds the tables without the key, once. The messages of a call:
+``SELECT p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p USING (prompt_hash)``.
 
-On DuckLake (no PRIMARY KEY) the tables have no key: a flush deletes the rows of the call ids it
-writes and inserts its own (and inserts only the prompts not stored yet), in a transaction guarded
-on ``llm_calls`` (:meth:`~orion_assets.store_ducklake.DuckLakeStore.transaction`), so two processes
-flushing the same call ids at once conflict and one runs again: nothing is lost, nothing doubled.
+The tables have no key (see ``orion_assets.store``: a keyed table made every flush cost time in
+proportion to its rows): a flush deletes the rows of the call ids it writes and inserts its own
+(and inserts only the prompts not stored yet), in one transaction under the file lock, or on
+DuckLake guarded on ``llm_calls`` (:meth:`~orion_assets.store_ducklake.DuckLakeStore.transaction`),
+so two processes flushing the same call ids at once conflict and one runs again: nothing is lost,
+nothing doubled.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from orion_assets.llm.types import GenerationResult, SamplingParams
-from orion_assets.store import SCHEMA, BaseStore, content_id, unkeyed
+from orion_assets.store import SCHEMA, BaseStore, content_id
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,13 @@ KEY_LENGTH = 32
 
 LLM_PROMPTS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{PROMPTS_TABLE} (
-    prompt_hash VARCHAR PRIMARY KEY,
+    prompt_hash VARCHAR NOT NULL,
     messages JSON
 )"""
 
 LLM_CALLS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
-    call_id VARCHAR PRIMARY KEY,
+    call_id VARCHAR NOT NULL,
     role VARCHAR,
     backend VARCHAR,
     base_url VARCHAR,
@@ -199,9 +201,11 @@ def _move_messages_to_prompts(con) -> None:
     try:
         con.execute(f"""UPDATE {calls} SET prompt_hash = left(sha256(messages::VARCHAR), {KEY_LENGTH})
                         WHERE prompt_hash IS NULL AND messages IS NOT NULL""")
-        con.execute(f"""INSERT OR IGNORE INTO {prompts} (prompt_hash, messages)
-                        SELECT prompt_hash, any_value(messages) FROM {calls}
-                        WHERE prompt_hash IS NOT NULL AND messages IS NOT NULL GROUP BY prompt_hash""")
+        con.execute(f"""INSERT INTO {prompts} (prompt_hash, messages)
+                        SELECT prompt_hash, any_value(messages) FROM {calls} c
+                        WHERE prompt_hash IS NOT NULL AND messages IS NOT NULL
+                          AND NOT EXISTS (SELECT 1 FROM {prompts} p WHERE p.prompt_hash = c.prompt_hash)
+                        GROUP BY prompt_hash""")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -210,49 +214,73 @@ def _move_messages_to_prompts(con) -> None:
     log.info("moved the messages of %s into %s (one row per distinct prompt)", calls, prompts)
 
 
-def _create_table(con) -> None:
-    """Create ``orion.llm_calls`` and ``orion.llm_prompts``, or bring the tables of an older file up to
-    the current columns (``llm_calls.messages`` moved into ``llm_prompts``)."""
-    con.execute(LLM_PROMPTS_DDL)
-    con.execute(LLM_CALLS_DDL)
-    for statement in LLM_CALLS_MIGRATIONS:
-        con.execute(statement)
-    if _has_column(con, TABLE, "messages"):
-        _move_messages_to_prompts(con)
-
-
 def _exists(con, table: str) -> bool:
     return bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
         "AND table_schema = ? AND table_name = ?", [SCHEMA, table]).fetchone()[0])
 
 
-def _lake_changes(con) -> list[str]:
-    """The DDL a DuckLake still needs for the two tables (without keys; there is no older layout to
-    migrate from there, only columns added later)."""
+def _changes(con) -> list[str]:
+    """The DDL the two tables still need: creating a missing one, adding columns added later."""
     tables = ((PROMPTS_TABLE, LLM_PROMPTS_DDL), (TABLE, LLM_CALLS_DDL))
-    changes = [unkeyed(ddl) for table, ddl in tables if not _exists(con, table)]
+    changes = [ddl for table, ddl in tables if not _exists(con, table)]
     if _exists(con, TABLE):
         have = {d[0] for d in con.execute(f"SELECT * FROM {SCHEMA}.{TABLE} LIMIT 0").description}
         changes += [s for s in LLM_CALLS_MIGRATIONS if s.split("IF NOT EXISTS ")[1].split()[0] not in have]
     return changes
 
 
+def _keyed_tables(con) -> list[str]:
+    """The cache tables of an older file that still carry a PRIMARY KEY."""
+    rows = con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+        "AND database_name = current_database() AND schema_name = ? AND table_name IN (?, ?)",
+        [SCHEMA, TABLE, PROMPTS_TABLE],
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _old_layout(con) -> bool:
+    return (_exists(con, TABLE) and _has_column(con, TABLE, "messages")) or bool(_keyed_tables(con))
+
+
+def _upgrade_old_file(con) -> None:
+    """Bring an older DuckDB file's cache up to date, each step safe to run again: the messages move
+    into ``llm_prompts``; a table with a PRIMARY KEY is copied into one without and takes its place."""
+    for statement in _changes(con):
+        con.execute(statement)
+    if _has_column(con, TABLE, "messages"):
+        _move_messages_to_prompts(con)
+    for table in _keyed_tables(con):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {SCHEMA}.{table}__unkeyed AS SELECT * FROM {SCHEMA}.{table}")
+            con.execute(f"DROP TABLE {SCHEMA}.{table}")
+            con.execute(f"ALTER TABLE {SCHEMA}.{table}__unkeyed RENAME TO {table}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("rebuilt %s.%s without its PRIMARY KEY", SCHEMA, table)
+
+
 def ensure_table(store: BaseStore) -> None:
-    if store.keyed:
-        with store.connect() as con:
-            _create_table(con)
-        return
-    # DuckLake: look first, and change only what is missing, in one transaction: a DDL statement
-    # there, even a no-op, can conflict with another process creating the same table (the
-    # transaction is then run again and finds the tables made).
+    """Create the two tables, or bring them up to date, changing only what is missing: look first,
+    then change in one transaction (on DuckLake a DDL statement, even a no-op, can conflict with
+    another process creating the same table; the transaction then runs again and finds them made).
+    An older DuckDB file is upgraded once (:func:`_upgrade_old_file`)."""
     if store.exists():
         with store.connect(read_only=True) as con:
-            if not _lake_changes(con):
+            old = _old_layout(con)
+            if not old and not _changes(con):
                 return
+        if old:
+            with store.connect() as con:  # a DuckDB file (a lake never had the old layout)
+                _upgrade_old_file(con)
+            return
 
     def create(con) -> None:
-        for statement in _lake_changes(con):
+        for statement in _changes(con):
             con.execute(statement)
 
     store.transaction(create, what=f"creating {SCHEMA}.{TABLE} and {SCHEMA}.{PROMPTS_TABLE}")
@@ -264,11 +292,8 @@ def lookup(store: BaseStore, call_ids: Iterable[str]) -> dict[str, GenerationRes
     if not ids:
         return {}
     keys = pa.table({"call_id": pa.array(ids, pa.string())})
-    if not store.keyed:
-        ensure_table(store)
-    with store.connect(read_only=not store.keyed) as con:
-        if store.keyed:
-            _create_table(con)  # an older file gains the columns read below
+    ensure_table(store)  # an older file gains the columns read below
+    with store.connect(read_only=True) as con:
         con.register("_llm_keys", keys)
         try:
             rows = con.execute(
