@@ -65,9 +65,12 @@ class _Bar:
 
     @property
     def total(self) -> int | None:
+        planned = self.fields.get("planned")  # the calls planned over all batches (an asset's chunks)
         if not self.open:
-            return self.finished_total
-        return None if self.batch_total is None else self.finished_total + self.batch_total
+            return max(self.finished_total, planned or 0)
+        if self.batch_total is None:
+            return planned
+        return max(self.finished_total + self.batch_total, planned or 0)
 
     def update(self, done: int, total: int | None, fields: dict[str, Any]) -> None:
         if self.open and self.unit == "calls" and (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -117,8 +118,8 @@ def progress_logger(context: dg.AssetExecutionContext, label: str):
 
     state = {"next": 0.0}
 
-    def report(done: int, total: int) -> None:
-        report_progress(label, done, total)
+    def report(done: int, total: int, **fields: Any) -> None:
+        report_progress(label, done, total, **fields)
         if total and (done / total >= state["next"] or done == total):
             context.log.info(f"{label}: {done}/{total} calls done")
             state["next"] = done / total + 0.1

@@ -80,12 +80,12 @@ def sample_and_grade(
 
 
 class ChunkProgress:
-    """Progress over all chunks of an asset, from a reporter of one ``generate`` call's progress."""
+    """Progress over all chunks of an asset: each ``generate`` call's own progress (its cache hits
+    first, then its calls as they end) goes on as one batch, with the calls ``total`` planned for the
+    whole asset, so a bar counts every batch's calls and cache hits and shows the whole way."""
 
-    def __init__(self, report: ProgressFn, total: int):
-        self.report, self.total, self.done_before = report, total, 0
+    def __init__(self, report: Callable[..., None], total: int):
+        self.report, self.total = report, total
 
-    def chunk(self, calls: int) -> ProgressFn:
-        base = self.done_before
-        self.done_before += calls
-        return lambda done, _total: self.report(base + done, self.total)
+    def chunk(self) -> ProgressFn:
+        return lambda done, total: self.report(done, total, planned=self.total)

@@ -55,7 +55,7 @@ def student_attempts(
             drawn = sample_and_grade(
                 endpoint, problems_chunk.to_dicts(), n=n, prompt=cfg.exposure.prompt,
                 overrides=cfg.prompts.model_dump(), params=params, count_tokens=batch_token_counter(model["path"]),
-                run_id=context.run.run_id, progress=progress.chunk(problems_chunk.height * n),
+                run_id=context.run.run_id, progress=progress.chunk(),
             )
             frame = pl.DataFrame(
                 [

@@ -186,7 +186,7 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
         for pid, cot in frame.select("problem_id", "cot").iter_rows()
     ]
     progress.total += len(requests)
-    results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk(len(requests)))
+    results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk())
     scores = [metrics.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),

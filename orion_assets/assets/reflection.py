@@ -88,7 +88,7 @@ def refined_cots(
                 )
                 outcomes = refinement.refine(
                     tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
-                    run_id=context.run.run_id, progress=progress[mode].chunk(len(tasks)),
+                    run_id=context.run.run_id, progress=progress[mode].chunk(),
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
                 )
                 rows = [refinement.refined_row(o, cfg.reflection.on_failure) for o in outcomes]

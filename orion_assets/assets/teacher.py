@@ -85,7 +85,7 @@ def teacher_cots(
                 endpoint, problems_chunk.to_dicts(), n=samples, prompt=cfg.teacher.prompt,
                 overrides=cfg.prompts.model_dump(), params=sampling_params(cfg.endpoints.teacher),
                 count_tokens=batch_token_counter(base_path), tokens_of=lambda r: r.cot, replay=True,
-                run_id=context.run.run_id, progress=progress.chunk(problems_chunk.height * samples),
+                run_id=context.run.run_id, progress=progress.chunk(),
             )
             records = []
             for sample in drawn:
