@@ -250,9 +250,9 @@ def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, w
     done = orion("run", "--profile", str(profile), "--select", *UP_TO_GATE)
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout.splitlines()
-    assert re.search(r"^\[\d/7\] student_attempts \.\.\. ok \(12 rows, [\d.]+s\); exposure: 12 calls, 0 cached, "
+    assert re.search(r"^\[\d/7\] student_attempts \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 calls, 0 cached, "
                      r"0 errors, [\d.]+ calls/s$", done.stdout, re.M), out
-    assert re.search(r"^\[6/7\] refined_cots \.\.\. ok \(12 rows, [\d.]+s\); reflection\[orion\]: 6 calls, 0 cached, "
+    assert re.search(r"^\[6/7\] refined_cots \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); reflection\[orion\]: 6 calls, 0 cached, "
                      r"0 errors, [\d.]+ calls/s; reflection\[no_error\]: 6 calls, 0 cached, 0 errors, [\d.]+ calls/s$",
                      done.stdout, re.M), out
     run_id = re.fullmatch(r"\[7/7\] cot_quality \.\.\. FAILED after [\d.]+s \(run ([0-9a-f-]{36})\)", out[-1]).group(1)
@@ -277,7 +277,7 @@ def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, w
 
     again = orion("run", "--no-check", "--profile", str(profile), "--select", "student_attempts")
     assert again.returncode == 0, again.stderr
-    assert re.search(r"^\[1/1\] student_attempts \.\.\. ok \(12 rows, [\d.]+s\); exposure: 12 calls, 12 cached, "
+    assert re.search(r"^\[1/1\] student_attempts \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 calls, 12 cached, "
                      r"0 errors$", again.stdout, re.M), again.stdout
     quiet = orion("run", "-q", "--profile", str(profile), "--select", "student_attempts")
     assert quiet.returncode == 0 and quiet.stderr == ""
@@ -432,7 +432,7 @@ def test_teacher_tokens_reasoning_and_cost_in_metadata_cache_and_report(orion_en
         done = orion("run", "--profile", str(profile), "--select", "train_problems", "student_base_model",
                      "teacher_cots")
         assert done.returncode == 0, done.stdout + done.stderr
-        assert re.search(r"^\[3/3\] teacher_cots \.\.\. ok \(\d rows, [\d.]+s\); teacher: 4 calls, 0 cached, 0 errors, "
+        assert re.search(r"^\[3/3\] teacher_cots \.\.\. ok \(\d rows, [\d.]+s, [\d.]+s CPU\); teacher: 4 calls, 0 cached, 0 errors, "
                          r"[\d.]+ calls/s$", done.stdout, re.M), done.stdout
         served = sim.requests()
     import duckdb
