@@ -45,9 +45,9 @@ STORAGE_VERSION = "v1.5.0"
 # No table has a PRIMARY KEY, in the DuckDB file as on DuckLake (which has none): DuckDB loads a
 # table's whole key index when a connection first writes it and writes the index anew at every
 # checkpoint, so each short locked write (a cache flush, a chunk) to a keyed table cost time in
-# proportion to the rows already there (a 256-row flush into 100k keyed rows: 1.7 s of CPU; 0.04 s
-# without the key). Writers keep one row per key themselves (:meth:`BaseStore.upsert_sql`), under
-# the file lock or the lake's guarded transactions.
+# proportion to the rows already there (a 256-row cache flush into 100k keyed rows: 11.5 s of CPU,
+# 0.15 s without the key; benchmarks/bench_cache_flush.py). Writers keep one row per key themselves
+# (:meth:`BaseStore.upsert_sql`), under the file lock or the lake's guarded transactions.
 MATERIALIZATIONS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.materializations (
     materialization_id VARCHAR NOT NULL,

@@ -230,6 +230,11 @@ def _changes(con) -> list[str]:
     return changes
 
 
+def _apply_changes(con) -> None:
+    for statement in _changes(con):
+        con.execute(statement)
+
+
 def _keyed_tables(con) -> list[str]:
     """The cache tables of an older file that still carry a PRIMARY KEY."""
     rows = con.execute(
@@ -247,8 +252,7 @@ def _old_layout(con) -> bool:
 def _upgrade_old_file(con) -> None:
     """Bring an older DuckDB file's cache up to date, each step safe to run again: the messages move
     into ``llm_prompts``; a table with a PRIMARY KEY is copied into one without and takes its place."""
-    for statement in _changes(con):
-        con.execute(statement)
+    _apply_changes(con)
     if _has_column(con, TABLE, "messages"):
         _move_messages_to_prompts(con)
     for table in _keyed_tables(con):
@@ -278,12 +282,7 @@ def ensure_table(store: BaseStore) -> None:
             with store.connect() as con:  # a DuckDB file (a lake never had the old layout)
                 _upgrade_old_file(con)
             return
-
-    def create(con) -> None:
-        for statement in _changes(con):
-            con.execute(statement)
-
-    store.transaction(create, what=f"creating {SCHEMA}.{TABLE} and {SCHEMA}.{PROMPTS_TABLE}")
+    store.transaction(_apply_changes, what=f"creating {SCHEMA}.{TABLE} and {SCHEMA}.{PROMPTS_TABLE}")
 
 
 def lookup(store: BaseStore, call_ids: Iterable[str]) -> dict[str, GenerationResult]:
