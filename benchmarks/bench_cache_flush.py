@@ -26,7 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orion_assets.llm.cache import (  # noqa: E402
-    LLM_CALLS_DDL, LLM_PROMPTS_DDL, CallIdentity, ensure_table, make_row, write_rows,
+    LLM_CALLS_DDL,
+    LLM_PROMPTS_DDL,
+    CallIdentity,
+    ensure_table,
+    make_row,
+    write_rows,
 )
 from orion_assets.llm.types import GenerationResult, SamplingParams  # noqa: E402
 from orion_assets.store import SCHEMA, Store  # noqa: E402

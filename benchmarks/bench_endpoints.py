@@ -1,7 +1,7 @@
 """Throughput of the LLM endpoints.
 
 1. openai backend: requests/second through ``make_endpoint(...).generate`` against the local
-   fixed-latency server (``orion_assets_tests.fault_server``, every reply after L seconds), at
+   fixed-latency server (``orion_devtools.fault_server``, every reply after L seconds), at
    several concurrencies, as a fraction of the limit concurrency / L. The cache path is as it is
    (lookup, then rows written in batches while the calls run). For comparison: the bare
    ``AsyncOpenAI`` client with the same concurrency and no cache, and a fully cached re-run.
@@ -32,7 +32,7 @@ from orion_assets.llm import GenerationRequest, SamplingParams, chat, make_endpo
 from orion_assets.llm.openai_backend import USE_AIOHTTP  # noqa: E402
 from orion_assets.profiles.schema import EndpointConfig  # noqa: E402
 from orion_assets.store import Store  # noqa: E402
-from orion_assets_tests.fault_server import FaultServer  # noqa: E402
+from orion_devtools.fault_server import FaultServer  # noqa: E402
 
 TRAIN_FILE = REPO_ROOT / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 
@@ -118,7 +118,7 @@ def bench_openai(latency: float, concurrencies: list[int], waves: int, tmp: Path
 
 
 def bench_hf(batch_sizes: list[int], n_prompts: int, max_tokens: int, tmp: Path) -> list[dict]:
-    from orion_assets.models import build_tiny_student
+    from orion_assets.training.student import build_tiny_student
 
     with TRAIN_FILE.open(encoding="utf-8") as handle:
         train = [json.loads(line) for line in itertools.islice(handle, 300)]

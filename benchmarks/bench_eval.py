@@ -23,12 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from orion_assets import problem_sets as problem_data, prompts  # noqa: E402
-from orion_assets.grading import grade_batch  # noqa: E402
 from orion_assets.llm import GenerationRequest, SamplingParams, make_endpoint  # noqa: E402
-from orion_assets.models import build_tiny_student  # noqa: E402
+from orion_assets.method import problems as problem_data  # noqa: E402
+from orion_assets.method import prompts  # noqa: E402
+from orion_assets.method.grading import grade_batch  # noqa: E402
 from orion_assets.profiles import load_profile  # noqa: E402
 from orion_assets.store import Store  # noqa: E402
+from orion_assets.training.student import build_tiny_student  # noqa: E402
 
 
 def main() -> None:

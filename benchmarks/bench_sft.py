@@ -6,8 +6,8 @@ Both sides train the tiny student (random Qwen2 + BPE tokenizer built from GSM8K
 GSM8K-solution SFT examples (question as prompt, the solution ending in \\boxed{} as completion), same max_length,
 batch size, learning rate, seed, steps, fp32 on CPU, no gradient checkpointing, logging every step:
 
-* ``pipes``: ``dg.materialize`` of an asset that calls ``orion_assets.trainer.pipes.run_sft_with_pipes`` (a
-  ``PipesSubprocessClient`` launching ``python -m orion_assets.trainer.sft_main``; the per-step log streamed
+* ``pipes``: ``dg.materialize`` of an asset that calls ``orion_assets.training.pipes.run_sft_with_pipes`` (a
+  ``PipesSubprocessClient`` launching ``python -m orion_assets.training.main``; the per-step log streamed
   to Dagster, a sqlite Dagster instance in a temporary DAGSTER_HOME, as under ``dagster dev``);
 * ``plain``: this file run as ``--plain-worker``: a plain TRL script (``SFTTrainer`` on the conversational
   prompt-completion dataset, TRL doing its own tokenization) in a subprocess.
@@ -66,8 +66,8 @@ def _cot(answer: str) -> str:
 
 def prepare(workdir: Path, n_examples: int) -> tuple[str, str, str]:
     """(model path, model hash, parquet path)."""
-    from orion_assets.models import build_tiny_student
-    from orion_assets.trainer.sft import write_sft_parquet
+    from orion_assets.training.sft import write_sft_parquet
+    from orion_assets.training.student import build_tiny_student
 
     recs = _gsm8k(max(TOKENIZER_RECORDS, n_examples))
     built = build_tiny_student(
@@ -192,8 +192,8 @@ def _cpu() -> float:
 def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
     import dagster as dg
 
-    from orion_assets.trainer.pipes import run_sft_with_pipes
-    from orion_assets.trainer.sft import TrainParams
+    from orion_assets.training.pipes import run_sft_with_pipes
+    from orion_assets.training.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"],
@@ -215,7 +215,7 @@ def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
 
     @dg.asset(name="bench_student_checkpoint")
     def bench_student_checkpoint(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
-        launcher = ["{python}", "-m", "orion_assets.trainer.sft_main"]
+        launcher = ["{python}", "-m", "orion_assets.training.main"]
         outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, launcher, env=cfg["env"])
         got.update(outcome.result)
         return dg.MaterializeResult(metadata=outcome.metadata)

@@ -50,7 +50,7 @@ DEFAULT_DB = REPO / "benchmarks" / "out" / "synthetic" / "orion_store.duckdb"
 
 
 def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
-    from orion_assets.cli import check_read_only
+    from orion_assets.cli.main import check_read_only
 
     frame = None
     for statement in check_read_only(path.read_text(encoding="utf-8")):
@@ -66,7 +66,7 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
 def lineage_links() -> list[tuple[str, str, str, str]]:
     """The parent-id columns the assets' table specs declare."""
     from orion_assets.definitions import all_assets
-    from orion_assets.tables import lineage_links as declared
+    from orion_assets.io.tables import lineage_links as declared
 
     return declared(all_assets)
 
@@ -238,7 +238,7 @@ def main() -> int:
                 "result_rows": duck_out.height,
                 "reached": int(duck_out["ids"].sum()) if name == "lineage" else None,
             }
-            del frames
+            frames = None  # free the loaded columns before the next query
             r = results[name]
             print(f"{name:10s} duckdb {r['duckdb_s']:.3f}s (first {first:.3f}s, runs {', '.join(f'{t:.3f}' for t in duck_times)})  "
                   f"polars {r['polars_s']:.3f}s (runs {', '.join(f'{t:.3f}' for t in pol_times)}; load {load_s:.2f}s, "

@@ -146,7 +146,7 @@ def open_store(spec: dict[str, Any]) -> BaseStore:
 def writer(spec: dict[str, Any]) -> None:
     """Spill this writer's partitions to Parquet, attach the store, say READY, wait for the start
     signal, write them one by one; print one JSON line with each write's times and attempts."""
-    from orion_assets.store_ducklake import StoreConflict
+    from orion_assets.store.ducklake import StoreConflict
 
     store = open_store(spec)
     staging = Path(spec["staging"])
@@ -434,7 +434,7 @@ def main() -> int:
         writer(json.loads(args.child))
         return 0
 
-    from orion_assets_tests.services import moto_s3, postgres
+    from orion_devtools.services import moto_s3, postgres
 
     if not args.no_sql and not args.sql_db.exists():
         from benchmarks.make_synthetic_db import build

@@ -11,8 +11,8 @@ Three parts (``--parts sft gen graph``, all by default):
   solution ending in ``\\boxed{}`` as completion) by
 
   - ``pipes``: ORION's path, what ``student_checkpoint`` runs: ``dg.materialize`` of an asset calling
-    ``orion_assets.trainer.pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
-    ``python -m orion_assets.trainer.sft_main``), ``device="cuda"``, bf16 mixed precision (ORION's default on
+    ``orion_assets.training.pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
+    ``python -m orion_assets.training.main``), ``device="cuda"``, bf16 mixed precision (ORION's default on
     CUDA: a LoRA base is loaded in bf16, a full fine-tune keeps fp32 master weights), gradient checkpointing on
     (ORION's default on CUDA);
   - ``plain``: a plain TRL ``SFTTrainer`` script in a subprocess (this file with ``--plain-worker``), the same
@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_sft import _cot, _gsm8k  # noqa: E402  (the same GSM8K rows and CoTs as the SFT benchmark)
+
 GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 INSTRUCTION = "Reason step by step and put the final answer in \\boxed{}."
 TOKENIZER_RECORDS = 2000
@@ -80,7 +81,7 @@ dtype = "{dtype}"
 
 def build_student(work: Path, sizes: dict[str, int]) -> tuple[str, str, int]:
     """(model path, config hash, parameter count) of a random Qwen2 student with a locally trained tokenizer."""
-    from orion_assets.models import build_tiny_student
+    from orion_assets.training.student import build_tiny_student
 
     recs = _gsm8k(TOKENIZER_RECORDS)
     built = build_tiny_student([t for r in recs for t in (r["question"], r["answer"])], work / "models", **sizes)
@@ -108,7 +109,7 @@ class _quiet:
 
 
 def write_sft_data(work: Path, n_examples: int) -> str:
-    from orion_assets.trainer.sft import write_sft_parquet
+    from orion_assets.training.sft import write_sft_parquet
 
     recs = _gsm8k(n_examples)
     rows = [
@@ -197,8 +198,8 @@ def run_plain(cfg: dict[str, Any], work: Path, tag: str) -> dict[str, Any]:
 def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[str, Any]:
     import dagster as dg
 
-    from orion_assets.trainer.pipes import run_sft_with_pipes
-    from orion_assets.trainer.sft import TrainParams
+    from orion_assets.training.pipes import run_sft_with_pipes
+    from orion_assets.training.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"], dataset_path=cfg["dataset_path"], output_dir=str(work / f"pipes-{tag}"),
@@ -213,7 +214,7 @@ def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[
     @dg.asset(name="gpu_check_student_checkpoint", required_resource_keys={"pipes_subprocess_client"})
     def gpu_check_student_checkpoint(context):  # noqa: ANN001, ANN202
         outcome = run_sft_with_pipes(context, context.resources.pipes_subprocess_client, params,
-                                     ["{python}", "-m", "orion_assets.trainer.sft_main"])
+                                     ["{python}", "-m", "orion_assets.training.main"])
         got.update(outcome.result)
         return dg.MaterializeResult(metadata=outcome.metadata)
 

@@ -211,8 +211,8 @@ GROUP BY benchmark, variant
 
 def build(out_dir: Path, cots: int) -> Path:
     from orion_assets.definitions import all_assets
+    from orion_assets.io.tables import lineage_links
     from orion_assets.store import Store, refresh_lineage_view
-    from orion_assets.tables import lineage_links
 
     if cots % 4:
         raise SystemExit("--cots must be a multiple of 4 (one teacher CoT and three refined CoTs per problem)")

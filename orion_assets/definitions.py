@@ -2,8 +2,17 @@
 
 import dagster as dg
 
-from orion_assets.assets import evaluation, exposure, problems, quality, reflection, teacher, training
-from orion_assets.resources import OrionResource
+from orion_assets.assets import (
+    evaluation,
+    exposure,
+    problems,
+    quality,
+    reflection,
+    teacher,
+    training,
+)
+from orion_assets.io.io_manager import resources_for
+from orion_assets.io.resource import OrionResource
 
 all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation])
 all_checks = dg.load_asset_checks_from_modules([quality])
@@ -11,5 +20,5 @@ all_checks = dg.load_asset_checks_from_modules([quality])
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    resources=OrionResource.from_env().resources(),
+    resources=resources_for(OrionResource.from_env()),
 )

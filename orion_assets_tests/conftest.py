@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from orion_assets_tests.services import postgres_service, s3_service  # noqa: F401  (session fixtures)
+from orion_devtools.fault_server import FaultServer
+from orion_devtools.services import postgres_service, s3_service  # noqa: F401  (session fixtures)
 
 # Nothing in the suite may reach the Hugging Face Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,7 +135,21 @@ def tiny_run(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_student_model(tmp_path_factory):
     """A tiny random student with a tokenizer trained on 200 GSM8K rows (about 8 s, once)."""
-    from orion_assets.models import build_tiny_student
+    from orion_assets.training.student import build_tiny_student
 
     texts = [t for r in gsm8k_train_rows(200) for t in (r["question"], r["answer"])]
     return build_tiny_student(texts, tmp_path_factory.mktemp("tiny_student"), vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultServer]:
+    """A scripted OpenAI-compatible server (orion_devtools.fault_server), one per test module."""
+    with FaultServer() as running:
+        yield running
+
+
+@pytest.fixture
+def fresh(server: FaultServer) -> FaultServer:
+    """The module's fault server with its script and counters reset."""
+    server.reset()
+    return server

@@ -6,16 +6,17 @@ import dataclasses
 import dagster as dg
 import polars as pl
 
-from orion_assets import report, scoring
+from orion_assets.ids import content_id
+from orion_assets.io.metadata import markdown_table, progress_logger
+from orion_assets.io.partitions import benchmark_variant_partitions
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
-from orion_assets.partitions import benchmark_variant_partitions
-from orion_assets.profiles.schema import BENCHMARKS
-from orion_assets.resources import OrionResource, markdown_table, progress_logger
-from orion_assets.sampling import sample_and_grade
-from orion_assets.store import content_id
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import batch_token_counter
+from orion_assets.method.evaluation import report, scoring
+from orion_assets.method.sampling import sample_and_grade
+from orion_assets.tokens import batch_token_counter
+from orion_assets.vocabulary import BENCHMARKS
 
 BENCHMARK_PREDICTIONS = TableSpec(
     "benchmark_predictions",

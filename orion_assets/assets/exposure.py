@@ -5,13 +5,16 @@ import collections
 import dagster as dg
 import polars as pl
 
-from orion_assets import refinement
+from orion_assets.ids import content_id
+from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.resources import OrionResource, progress_logger
-from orion_assets.sampling import ChunkProgress, sample_and_grade
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import batch_token_counter, percentiles
+from orion_assets.method import exposure
+from orion_assets.method.sampling import ChunkProgress, sample_and_grade
+from orion_assets.tokens import batch_token_counter
+from orion_assets.vocabulary import ERROR_TYPES
 
 STUDENT_ATTEMPTS = TableSpec(
     "student_attempts",
@@ -60,11 +63,11 @@ def student_attempts(
             frame = pl.DataFrame(
                 [
                     {
-                        "attempt_id": refinement.attempt_id(s.row["problem_id"], s.result.call_id),
+                        "attempt_id": exposure.attempt_id(s.row["problem_id"], s.result.call_id),
                         "problem_id": s.row["problem_id"], "model_id": model["model_id"],
                         "sample_index": s.sample_index, "text": s.result.text,
                         "extracted_answer": s.verdict.extracted, "answer_method": s.verdict.method,
-                        "correct": s.verdict.correct, "error_type": refinement.error_type(s.result, s.verdict),
+                        "correct": s.verdict.correct, "error_type": exposure.error_type(s.result, s.verdict),
                         "grade_reason": s.verdict.reason, "finish_reason": s.result.finish_reason,
                         "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id,
                     }
@@ -105,9 +108,9 @@ def student_errors(context: dg.AssetExecutionContext, orion: OrionResource, stud
 
     def chunks():
         for attempts in student_attempts.chunks("problem_id", cfg.data.chunk_size, columns=columns):
-            errors = attempts.filter(pl.col("error_type").is_in(list(refinement.ERROR_TYPES))).select(
+            errors = attempts.filter(pl.col("error_type").is_in(list(ERROR_TYPES))).select(
                 pl.col("attempt_id")
-                .map_elements(lambda a: refinement.content_id("error", a), return_dtype=pl.Utf8)
+                .map_elements(lambda a: content_id("error", a), return_dtype=pl.Utf8)
                 .alias("error_id"),
                 *columns,
             )

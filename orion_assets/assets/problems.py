@@ -4,10 +4,11 @@
 import dagster as dg
 import polars as pl
 
-from orion_assets import problem_sets
-from orion_assets.partitions import benchmark_partitions
-from orion_assets.resources import OrionResource, markdown_table
-from orion_assets.tables import Rows, TableSpec, orion_asset
+from orion_assets.io.metadata import markdown_table
+from orion_assets.io.partitions import benchmark_partitions
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, TableSpec, orion_asset
+from orion_assets.method import problems as problem_sets
 
 SAMPLE_SHOWN = 10
 

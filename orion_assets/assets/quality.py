@@ -5,16 +5,17 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from orion_assets import gate, metrics, problem_sets, prompts, verdicts
+from orion_assets.ids import content_id
+from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
-from orion_assets.llm.usage import usage_metadata
-from orion_assets.profiles.schema import TRAINING_VARIANTS
-from orion_assets.llm.usage import Metered
-from orion_assets.resources import OrionResource, progress_logger
-from orion_assets.sampling import ChunkProgress
-from orion_assets.store import content_id
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import percentiles
+from orion_assets.llm.usage import Metered, usage_metadata
+from orion_assets.method import problems as problem_sets
+from orion_assets.method import prompts
+from orion_assets.method.quality import gate, metrics, verdicts
+from orion_assets.method.sampling import ChunkProgress
+from orion_assets.vocabulary import TRAINING_VARIANTS
 
 # The SFT data of each training variant: teacher CoTs, or the refined CoTs of one mode.
 VARIANT_SOURCES = {"teacher_sft": None, "orion": "orion", "orion_no_error": "no_error", "orion_no_reflection": "no_reflection"}
@@ -82,7 +83,7 @@ def cot_quality(
     """Metrics of every candidate SFT CoT: tokens, steps, reflection markers, repetition,
     embedding coherence, benchmark contamination, similarity to the teacher CoT (refined rows),
     an LLM-judge score when a judge is set, and the per-row verdict: ``drop_reasons`` (empty =
-    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.gate`).
+    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.method.quality.gate`).
 
     Works in chunks of ``[data] chunk_size`` problem_sets. A CoT repeated within a variant keeps its
     first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
@@ -199,7 +200,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, c
     """Gate each training variant of ``cot_quality`` on dataset-level expectations (GX 1.x): drop
     rate at most ``[quality] max_drop_rate``, at least ``min_rows`` kept rows, no contaminated
     kept row, coherence above ``min_coherence`` for ``coherence_mostly`` of the candidates (see
-    :mod:`orion_assets.gate`). Rows that break a per-row rule were already left out (``kept``).
+    :mod:`orion_assets.method.quality.gate`). Rows that break a per-row rule were already left out (``kept``).
 
     Every variant with candidate rows is gated; a variant without any (e.g. a reflection mode the
     profile does not run) gets no verdict, so its ``sft_dataset`` is refused, but it does not fail

@@ -5,13 +5,15 @@ import collections
 import dagster as dg
 import polars as pl
 
-from orion_assets import refinement
+from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.resources import OrionResource, progress_logger
-from orion_assets.sampling import ChunkProgress
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import batch_token_counter, load_tokenizer, percentiles
+from orion_assets.method import reflection, variants
+from orion_assets.method.sampling import ChunkProgress
+from orion_assets.tokens import batch_token_counter, load_tokenizer
+from orion_assets.vocabulary import MODE_ROLE, MODES
 
 REFINED_COTS = TableSpec(
     "refined_cots",
@@ -57,10 +59,10 @@ def refined_cots(
                  "teacher": Metered(orion.endpoint("teacher", tokenizer=model_path))}
     tokenizer = load_tokenizer(model_path)
     count_tokens = batch_token_counter(model_path)
-    skipped = refinement.skipped_modes(cfg)
+    skipped = variants.skipped_modes(cfg)
     for mode, why in skipped.items():
         context.log.warning(f"reflection[{mode}]: skipped: {why}")
-    modes = [m for m in refinement.MODES if m not in skipped]
+    modes = [m for m in MODES if m not in skipped]
     problem_ids = teacher_cots.keys("problem_id")
     progress = {m: ChunkProgress(progress_logger(context, f"reflection[{m}]"), len(problem_ids)) for m in modes}
     yields: dict[str, collections.Counter] = {m: collections.Counter() for m in modes}
@@ -81,17 +83,17 @@ def refined_cots(
                 errors_by_problem[row["problem_id"]].append({**row, "text": row["text"] or ""})
             records: list[dict] = []
             for mode in modes:
-                role = refinement.MODE_ROLE[mode]
-                tasks = refinement.make_tasks(
+                role = MODE_ROLE[mode]
+                tasks = reflection.make_tasks(
                     mode, problems_by_id, list(first_cot.iter_rows(named=True)), errors_by_problem,
                     attempt_max_tokens=cfg.reflection.attempt_max_tokens, tokenizer=tokenizer,
                 )
-                outcomes = refinement.refine(
+                outcomes = reflection.refine(
                     tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
                     run_id=context.run.run_id, progress=progress[mode].chunk(),
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
                 )
-                rows = [refinement.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
+                rows = [reflection.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
                 kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]
                 for (row, task), n_tokens in zip(kept, count_tokens([row["cot"] for row, _ in kept]), strict=True):
                     row["n_tokens"] = n_tokens
@@ -99,7 +101,7 @@ def refined_cots(
                     if row["source"] == "refined":
                         length_ratios.append(row["length_ratio"])
                 records += [row for row, _ in kept]
-                yields[mode].update(refinement.yield_counts(tasks, outcomes, rows))
+                yields[mode].update(reflection.yield_counts(tasks, outcomes, rows))
             yield pl.DataFrame(records, schema=REFINED_COTS.columns)
 
     def metadata() -> dict:

@@ -3,15 +3,16 @@
 import dagster as dg
 import polars as pl
 
-from orion_assets import models, problem_sets
+from orion_assets.ids import content_id
+from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.resources import OrionResource, progress_logger
-from orion_assets.sampling import ChunkProgress, Sample, sample_and_grade
-from orion_assets.store import content_id
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import batch_token_counter, percentiles
-
+from orion_assets.method import problems as problem_sets
+from orion_assets.method.sampling import ChunkProgress, Sample, sample_and_grade
+from orion_assets.tokens import batch_token_counter
+from orion_assets.training import student as models
 
 STUDENT_BASE_MODEL = TableSpec(
     "student_base_model",

@@ -7,17 +7,16 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
-from orion_assets import prompts
-from orion_assets.gate import reason_counts
-from orion_assets.partitions import variant_partitions
-from orion_assets.refinement import skipped_variants
-from orion_assets.resources import OrionResource
-from orion_assets.store import content_id
-from orion_assets.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.text_stats import percentiles
-from orion_assets.trainer import TrainParams, config_hash, run_sft_with_pipes
-from orion_assets.verdicts import latest_gate_verdict
-
+from orion_assets.ids import content_id
+from orion_assets.io.metadata import percentiles
+from orion_assets.io.partitions import variant_partitions
+from orion_assets.io.resource import OrionResource
+from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.method import prompts
+from orion_assets.method.quality.gate import reason_counts
+from orion_assets.method.quality.verdicts import latest_gate_verdict
+from orion_assets.method.variants import skipped_variants
+from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SFT_DATASET = TableSpec(

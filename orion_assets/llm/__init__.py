@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from orion_assets.llm.cache import cache_key
 from orion_assets.llm.endpoint import BaseEndpoint, EndpointError
 from orion_assets.llm.factory import make_endpoint
-from orion_assets.llm.types import Endpoint, GenerationRequest, GenerationResult, SamplingParams
+from orion_assets.llm.types import (
+    Endpoint,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
 
 if TYPE_CHECKING:
     from orion_assets.profiles.schema import EndpointConfig

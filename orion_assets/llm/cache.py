@@ -18,7 +18,7 @@ older files had a PRIMARY KEY on both tables; :func:`ensure_table` moves the mes
 The tables have no key (see ``orion_assets.store``: a keyed table made every flush cost time in
 proportion to its rows): a flush deletes the rows of the call ids it writes and inserts its own
 (and inserts only the prompts not stored yet), in one transaction under the file lock, or on
-DuckLake guarded on ``llm_calls`` (:meth:`~orion_assets.store_ducklake.DuckLakeStore.transaction`),
+DuckLake guarded on ``llm_calls`` (:meth:`~orion_assets.store.ducklake.DuckLakeStore.transaction`),
 so two processes flushing the same call ids at once conflict and one runs again: nothing is lost,
 nothing doubled.
 """
@@ -38,8 +38,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from orion_assets.ids import content_id
 from orion_assets.llm.types import GenerationResult, SamplingParams
-from orion_assets.store import SCHEMA, BaseStore, content_id
+from orion_assets.store import SCHEMA, BaseStore
 
 log = logging.getLogger(__name__)
 

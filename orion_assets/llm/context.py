@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from orion_assets.llm.types import CONTEXT_OVERFLOW, GenerationRequest
-from orion_assets.text_stats import load_tokenizer
+from orion_assets.tokens import load_tokenizer
 
 
 class ContextBudget:

@@ -14,9 +14,22 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CacheWriter, CallIdentity, cache_key, lookup, make_row
-from orion_assets.llm.types import ROLES, GenerationRequest, GenerationResult, ProgressFn
+from orion_assets.llm.cache import (
+    FLUSH_EVERY,
+    FLUSH_INTERVAL_S,
+    CacheWriter,
+    CallIdentity,
+    cache_key,
+    lookup,
+    make_row,
+)
+from orion_assets.llm.types import (
+    GenerationRequest,
+    GenerationResult,
+    ProgressFn,
+)
 from orion_assets.store import Store
+from orion_assets.vocabulary import ROLES
 
 if TYPE_CHECKING:
     from orion_assets.llm.context import ContextBudget

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orion_assets.devices import resolve_device
+from orion_assets.ids import content_id, model_fingerprint
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import GenerationRequest, GenerationResult, SamplingParams
-from orion_assets.models import model_fingerprint, resolve_device
-from orion_assets.store import Store, content_id
+from orion_assets.store import Store
 
 if TYPE_CHECKING:
     from orion_assets.profiles.schema import EndpointConfig

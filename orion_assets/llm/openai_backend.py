@@ -40,10 +40,10 @@ if importlib.util.find_spec("openai._httpx2") is not None:  # openai 3 talks thr
 else:  # pragma: no cover - openai 1.x and 2.x: httpx
     import httpx as _http  # type: ignore[no-redef]
 
-from orion_assets.console import CALL_FAILED
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import GenerationRequest, GenerationResult
+from orion_assets.progress import CALL_FAILED
 from orion_assets.store import Store
 
 if TYPE_CHECKING:

@@ -49,7 +49,7 @@ def gsm8k_to_cot(solution: str) -> str:
 
 def load_replay_file(path: str | Path) -> dict[str, str]:
     """``problem_id`` -> ``cot`` from a JSONL, JSON or Parquet file (the last row for an id wins)."""
-    from orion_assets.problem_sets import InputError, read_records
+    from orion_assets.records import InputError, read_records
 
     file = Path(path).expanduser()
     table: dict[str, str] = {}

@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "error"]
-Role = Literal["teacher", "student", "judge"]
-ROLES: tuple[str, ...] = ("teacher", "student", "judge")
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-Benchmark = Literal["gsm_hard", "math500", "aime24", "amc23"]
-BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23")
+from orion_assets.vocabulary import (
+    BENCHMARKS,
+    Benchmark,
+)
+
 Backend = Literal["openai", "hf", "replay"]
-Variant = Literal["base", "teacher_sft", "orion", "orion_no_error", "orion_no_reflection"]
-VARIANTS: tuple[str, ...] = ("base", "teacher_sft", "orion", "orion_no_error", "orion_no_reflection")
-TRAINING_VARIANTS: tuple[str, ...] = VARIANTS[1:]
 
 
 class Section(BaseModel):
@@ -141,7 +141,7 @@ class TeacherConfig(Section):
 
 
 class PromptsConfig(Section):
-    """Replacements for the templates in ``orion_assets.prompts`` (None = the shipped wording)."""
+    """Replacements for the templates in ``orion_assets.method.prompts`` (None = the shipped wording)."""
 
     solve: str | None = None
     reflect_orion: str | None = None
@@ -309,7 +309,7 @@ class SFTSettings(Section):
 
 
 class SFTConfig(SFTSettings):
-    launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.trainer.sft_main"])
+    launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.main"])
 
 
 class EvalConfig(Section):

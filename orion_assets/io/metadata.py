@@ -1,0 +1,55 @@
+"""What an asset shows in the Dagster UI: table previews, column schemas, percentiles, progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from orion_assets.progress import report_progress
+
+PREVIEW_ROWS = 10
+PREVIEW_CELL_CHARS = 80
+
+
+def table_schema(frame: pl.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
+def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS, total: int | None = None) -> str:
+    """A short Markdown preview with long cells cut, for the Dagster UI."""
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        text = text.replace("\n", " ").replace("|", "\\|")
+        return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
+
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.head(rows).iter_rows()]
+    total = frame.height if total is None else total
+    more = [f"\n_{total - min(rows, frame.height)} more rows_"] if total > min(rows, frame.height) else []
+    return "\n".join([header, rule, *body, *more])
+
+
+def progress_logger(context: dg.AssetExecutionContext, label: str):
+    """Log generation progress about every tenth of the way to Dagster, and every report to
+    :func:`orion_assets.progress.report_progress` (``orion run`` draws it; no one else listens)."""
+    state = {"next": 0.0}
+
+    def report(done: int, total: int, **fields: Any) -> None:
+        report_progress(label, done, total, **fields)
+        if total and (done / total >= state["next"] or done == total):
+            context.log.info(f"{label}: {done}/{total} calls done")
+            state["next"] = done / total + 0.1
+
+    return report
+
+
+def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:
+    """``{"p10": ..., "p50": ..., "max": ...}`` of a numeric column (None when empty)."""
+    if column.len() == 0 or column.null_count() == column.len():
+        return {f"p{int(q * 100)}": None for q in qs} | {"max": None}
+    out = {f"p{int(q * 100)}": float(column.quantile(q, interpolation="nearest")) for q in qs}
+    return out | {"max": float(column.max())}

@@ -1,0 +1,79 @@
+"""The one resource every asset uses: the active profile, the store, and the profile's endpoints.
+
+Rows reach the store through the I/O manager (:mod:`orion_assets.io.io_manager`), never from here.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+
+from orion_assets.llm import make_endpoint
+from orion_assets.llm.context import ContextBudget
+from orion_assets.profiles import Profile, load_profile
+from orion_assets.store import BaseStore, store_for
+
+PREVIEW_ROWS = 10
+PREVIEW_CELL_CHARS = 80
+
+
+@lru_cache(maxsize=8)
+def _load(ref: str, mtime: float) -> Profile:
+    return load_profile(ref)
+
+
+def _mtime(ref: str) -> float:
+    path = Path(ref)
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
+class OrionResource(dg.ConfigurableResource):
+    """Which profile is active and where its data lives (``$ORION_DATA_DIR``, default ``data/``)."""
+
+    profile: str = "tiny"
+    data_dir: str = "data"
+
+    @classmethod
+    def from_env(cls) -> OrionResource:
+        return cls(
+            profile=os.environ.get("ORION_PROFILE", "tiny"),
+            data_dir=os.environ.get("ORION_DATA_DIR", "data"),
+        )
+
+    @property
+    def active(self) -> Profile:
+        return _load(self.profile, _mtime(self.profile))
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def store(self) -> BaseStore:
+        """The store the active profile's ``[store]`` names (default: the DuckDB file in ``data_dir``)."""
+        return store_for(self.active.config.store, self.data_path)
+
+    def endpoint(
+        self,
+        role: str,
+        local_model: str | None = None,
+        served_model: str | None = None,
+        model_revision: str | None = None,
+        tokenizer: str | None = None,
+    ):
+        """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
+        ``served_model`` the model name an openai server knows them by (default: the profile's),
+        ``model_revision`` which weights these are (a checkpoint's id), for every backend's cache
+        key, so a variant retrained and served under the same name is not answered from the cache.
+        ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``."""
+        cfg = getattr(self.active.config.endpoints, role)
+        if cfg is None:
+            raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
+        model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
+        endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
+        if cfg.context_window is not None and tokenizer is not None:
+            endpoint.budget = ContextBudget(cfg.context_window, tokenizer)
+        return endpoint

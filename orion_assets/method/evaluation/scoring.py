@@ -1,0 +1,203 @@
+"""Benchmark scores from graded samples: pass@1 (with standard error), maj@k, pass@k, length.
+
+Every function here is plain (no Dagster, no DuckDB), so the estimators can be checked by hand.
+
+Definitions (one benchmark, one model variant; ``k`` samples per problem):
+
+- **answered samples**: a sample whose call failed (``finish_reason == "error"``: the endpoint gave
+  no reply) is not a wrong answer; every score below is over the answered samples only. A problem
+  with no answered sample is left out of every mean (``n_unanswered_problems`` counts them), and
+  ``n_errors`` counts the failed samples.
+- **pass@1**: the mean over problems of the share of a problem's samples that are correct. Its
+  standard error is the sample standard deviation (ddof=1) of those per-problem shares divided by
+  the square root of the number of problems (0 for a single problem): the uncertainty from the
+  choice of problems, with the per-problem sampling noise included.
+- **pass@k**: the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)`` per problem
+  (``n`` samples, ``c`` correct), averaged over problems. A problem with fewer than ``k`` samples uses
+  its own ``n`` in place of ``k`` (``n`` and ``c`` count answered samples).
+- **maj@k**: per problem, the most frequent extracted answer among its first ``k`` answered samples
+  (by ``sample_index``) counts, equivalent answers voting together (``\\frac{1}{2}``, ``0.5`` and
+  ``1/2`` are one answer: :func:`orion_assets.method.grading.answer_key`); ``None`` (no answer) never wins.
+  See :func:`majority_correct` for ties.
+- **mean_tokens**: mean ``n_tokens`` over the answered samples; **truncation_rate**: share of the
+  answered samples that stopped on the length limit (``finish_reason == "length"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import polars as pl
+
+from orion_assets.method.grading import answer_key
+
+ERROR_FINISH_REASON = "error"
+
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "problem_id",
+    "sample_index",
+    "correct",
+    "extracted_answer",
+    "n_tokens",
+    "finish_reason",
+)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``n`` samples of which ``c`` are correct.
+
+    ``1 - C(n-c, k) / C(n, k)``, computed as ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` so that large ``n``
+    neither overflows nor loses precision (Chen et al. 2021, "Evaluating Large Language Models
+    Trained on Code", figure 3).
+    """
+    if n < 1:
+        raise ValueError(f"pass_at_k needs at least one sample, got n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n, got c={c}, n={n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def majority_correct(
+    answers: Sequence[str | None], correct: Sequence[bool], benchmark: str | None = None
+) -> float:
+    """maj@k for one problem: is the most frequent extracted answer correct?
+
+    ``answers[i]`` is sample i's extracted answer, ``None`` when it gave none; ``correct[i]`` its
+    grade. Answers are equal when they are equivalent to the grader: they vote under
+    :func:`~orion_assets.method.grading.answer_key` (``benchmark`` is passed on), so ``\\frac{1}{2}``,
+    ``0.5`` and ``1/2`` are one answer with three votes. ``None`` (and an answer that normalizes
+    to nothing) never takes part in the vote; when no answer votes the result is 0.0.
+
+    Ties: when several answers share the highest count, the result is the expected accuracy under
+    uniform random tie-breaking, i.e. (number of tied answers that are correct) / (number of tied
+    answers): two tied answers of which one is correct give 0.5. An answer counts as correct by the
+    share of its samples graded correct (the grader gives equivalent answers equal grades, so this
+    is 0 or 1 in practice).
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"majority_correct: {len(answers)} answers but {len(correct)} grades")
+    votes: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    for answer, is_correct in zip(answers, correct, strict=True):
+        key = answer_key(answer, benchmark)
+        if key is None:
+            continue
+        votes[key] += 1
+        right[key] += bool(is_correct)
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    tied = [answer for answer, count in votes.items() if count == top]
+    return sum(right[answer] / votes[answer] for answer in tied) / len(tied)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The scores of one model variant on one benchmark (fractions in [0, 1], not percent).
+
+    ``n_problems`` counts the problems scored (at least one answered sample); ``n_answered`` the
+    answered samples, ``n_errors`` the samples whose call failed (left out of every score), and
+    ``n_unanswered_problems`` the problems left out because every one of their calls failed. With
+    no answered sample at all, the rates are NaN.
+    """
+
+    n_problems: int
+    k: int
+    pass_at_1: float
+    pass_at_1_se: float
+    maj_at_k: float
+    pass_at_k: float
+    mean_tokens: float
+    truncation_rate: float
+    n_answered: int = 0
+    n_errors: int = 0
+    n_unanswered_problems: int = 0
+
+    def to_row(self) -> dict[str, int | float]:
+        """The columns of ``orion.benchmark_scores`` that the scores fill, in table order."""
+        return asdict(self)
+
+
+def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None = None) -> Scores:
+    """Score graded samples (columns :data:`PREDICTION_COLUMNS`, one row per sample).
+
+    ``k`` is the nominal number of samples per problem: pass@k and maj@k use it, capped at each
+    problem's own number of answered samples. Rows with ``finish_reason == "error"`` (failed calls)
+    are counted in ``n_errors`` and scored nowhere; an answered sample with a null ``correct``
+    counts as wrong. ``benchmark`` goes to the maj@k vote (:func:`majority_correct`).
+    """
+    if k < 1:
+        raise ValueError(f"score_predictions needs k >= 1, got k={k}")
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"score_predictions: the predictions lack column(s) {', '.join(missing)}")
+    if predictions.height == 0:
+        raise ValueError("score_predictions: no predictions to score (empty frame)")
+
+    frame = predictions.select(
+        pl.col("problem_id"),
+        pl.col("sample_index"),
+        pl.col("correct").cast(pl.Boolean).fill_null(False),
+        pl.col("extracted_answer").cast(pl.Utf8),
+        pl.col("n_tokens"),
+        pl.col("finish_reason").cast(pl.Utf8),
+    ).sort("problem_id", "sample_index")
+    failed = frame["finish_reason"].fill_null("") == ERROR_FINISH_REASON
+    n_errors = int(failed.sum())
+    all_problems = frame["problem_id"].n_unique()
+    frame = frame.filter(~failed)
+
+    per_problem = frame.group_by("problem_id", maintain_order=True).agg(
+        pl.len().alias("n"),
+        pl.col("correct").sum().alias("c"),
+        pl.col("extracted_answer"),
+        pl.col("correct").alias("grades"),
+    )
+    shares: list[float] = []
+    pass_k: list[float] = []
+    majority: list[float] = []
+    for row in per_problem.iter_rows(named=True):
+        n, c = int(row["n"]), int(row["c"])
+        shares.append(c / n)
+        pass_k.append(pass_at_k(n, c, min(k, n)))
+        majority.append(majority_correct(row["extracted_answer"][:k], row["grades"][:k], benchmark))
+
+    n_problems = len(shares)
+    if n_problems == 0:  # every call failed: nothing to score
+        nan = float("nan")
+        return Scores(
+            n_problems=0, k=k, pass_at_1=nan, pass_at_1_se=nan, maj_at_k=nan, pass_at_k=nan, mean_tokens=nan,
+            truncation_rate=nan, n_answered=0, n_errors=n_errors, n_unanswered_problems=all_problems,
+        )  # fmt: skip
+    mean_share = math.fsum(shares) / n_problems
+    if n_problems > 1:
+        variance = math.fsum((s - mean_share) ** 2 for s in shares) / (n_problems - 1)
+        se = math.sqrt(variance) / math.sqrt(n_problems)
+    else:
+        se = 0.0
+    tokens = frame["n_tokens"].cast(pl.Float64)
+    mean_tokens = float(tokens.mean()) if tokens.null_count() < frame.height else float("nan")
+    truncated = int((frame["finish_reason"] == "length").sum())
+    return Scores(
+        n_problems=n_problems,
+        k=k,
+        pass_at_1=mean_share,
+        pass_at_1_se=se,
+        maj_at_k=math.fsum(majority) / n_problems,
+        pass_at_k=math.fsum(pass_k) / n_problems,
+        mean_tokens=mean_tokens,
+        truncation_rate=truncated / frame.height,
+        n_answered=frame.height,
+        n_errors=n_errors,
+        n_unanswered_problems=all_problems - n_problems,
+    )

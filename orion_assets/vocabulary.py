@@ -1,0 +1,47 @@
+"""The method's vocabulary, declared once: benchmarks, roles, variants and reflection modes.
+
+Every other module (profiles, partitions, assets, report, ``orion check``) reads its names from
+here. It sits at the bottom of the package so that the profile schema and the LLM layer can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23")
+ROLES: tuple[str, ...] = ("teacher", "student", "judge")
+ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A reflection mode: the rows of ``refined_cots`` it makes, who rewrites, what it trains."""
+
+    name: str  # refined_cots.mode
+    variant: str  # the SFT variant trained on its refinements
+    rewriter: str  # the role that rewrites the teacher's CoT
+    shows_error: bool  # whether the rewrite prompt shows the student's wrong attempt
+    template: str  # the prompt (orion_assets.method.prompts) when an error is shown
+
+
+MODE_TABLE: tuple[Mode, ...] = (
+    Mode("orion", "orion", "student", True, "reflect_orion"),
+    Mode("no_error", "orion_no_error", "student", False, "reflect_no_error"),
+    Mode("no_reflection", "orion_no_reflection", "teacher", True, "reflect_no_reflection"),
+)
+MODES: tuple[str, ...] = tuple(m.name for m in MODE_TABLE)
+MODE_BY_NAME: dict[str, Mode] = {m.name: m for m in MODE_TABLE}
+MODE_ROLE: dict[str, str] = {m.name: m.rewriter for m in MODE_TABLE}
+MODE_VARIANT: dict[str, str] = {m.name: m.variant for m in MODE_TABLE}
+
+BASE_VARIANT = "base"  # the untrained student
+REFERENCE_VARIANT = "teacher_sft"  # plain distillation: every delta is taken against it
+VARIANTS: tuple[str, ...] = (BASE_VARIANT, REFERENCE_VARIANT, *(m.variant for m in MODE_TABLE))
+TRAINING_VARIANTS: tuple[str, ...] = VARIANTS[1:]
+# The refined_cots mode each trained variant's data comes from (None: the teacher's own CoTs).
+VARIANT_MODE: dict[str, str | None] = {REFERENCE_VARIANT: None, **{m.variant: m.name for m in MODE_TABLE}}
+
+Benchmark = Literal[BENCHMARKS]  # type: ignore[valid-type]
+Variant = Literal[VARIANTS]  # type: ignore[valid-type]
+Role = Literal[ROLES]  # type: ignore[valid-type]

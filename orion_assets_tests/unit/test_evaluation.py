@@ -1,0 +1,302 @@
+"""benchmark_predictions and benchmark_scores through Dagster against a real OpenAI-compatible server.
+
+The student is the LLM simulator playing vLLM with a LoRA module ``orion`` (its answers depend on
+the adapter's revision, as a retrained adapter's would). ``benchmark_problems`` and
+``student_base_model`` (the tiny tokenizer that counts tokens) are materialized for real; the
+``student_checkpoint`` rows of the ``orion`` variant are written straight into the store, as
+``OrionResource.publish`` would, so that no SFT has to run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from orion_assets.assets.evaluation import benchmark_predictions, benchmark_scores
+from orion_assets.assets.problems import benchmark_problems
+from orion_assets.assets.teacher import student_base_model
+from orion_assets.assets.training import checkpoint_row
+from orion_assets.definitions import all_assets
+from orion_assets.io.io_manager import resources_for
+from orion_assets.io.resource import OrionResource
+from orion_assets.method.evaluation.scoring import score_predictions
+from orion_assets.store import Store
+from orion_devtools.llm_simulator import SimConfig, Simulator
+
+BASE_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+N_PROBLEMS = 3
+K = 2
+PARTITION = dg.MultiPartitionKey({"benchmark": "gsm_hard", "variant": "orion"})
+
+
+def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "precision") -> Path:
+    return write_profile(
+        f"""
+        [data]
+        benchmark_limit = {N_PROBLEMS}
+        [student_model.tiny]
+        vocab_size = 512
+        [endpoints.student]
+        backend = "openai"
+        base_url = "{base_url}"
+        model = "{BASE_MODEL}"
+        concurrency = 4
+        max_retries = 0
+        timeout_s = 30
+        [eval]
+        k = {K}
+        max_tokens = 64
+        max_error_rate = {max_error_rate}
+        gsm_hard_rule = "{rule}"
+        """,
+        name=name,
+    )
+
+
+def _resources(profile: Path, data_dir: Path) -> dict:
+    return resources_for(OrionResource(profile=str(profile), data_dir=str(data_dir)))
+
+
+def _prepare(profile: Path, data_dir: Path, checkpoint_id: str) -> Store:
+    """Benchmark problems and the base model for real, then the orion variant's checkpoint row."""
+    resources = _resources(profile, data_dir)
+    assert dg.materialize([benchmark_problems], resources=resources, partition_key="gsm_hard").success
+    assert dg.materialize([student_base_model], resources=resources).success
+    store = Store(data_dir / "orion_store.duckdb")
+    _write_checkpoint(store, checkpoint_id)
+    return store
+
+
+def _write_checkpoint(store: Store, checkpoint_id: str) -> None:
+    base = store.read("student_base_model").row(0, named=True)
+    row = checkpoint_row(
+        checkpoint_id=checkpoint_id, variant="orion", base_model_id=base["model_id"], sft_examples=0,
+        sft_example_ids=[], path=base["path"], kind="lora", steps=1,
+    ).with_columns(pl.lit(f"run-{checkpoint_id}").alias("dagster_run_id"))  # fmt: skip
+    store.replace_rows(
+        "student_checkpoint", row, replace_where={"variant": "orion"},
+        materialization={"asset_key": "student_checkpoint", "partition_key": "orion",
+                         "dagster_run_id": f"run-{checkpoint_id}", "upstream": []},
+    )  # fmt: skip
+
+
+def _evaluate(profile: Path, data_dir: Path, assets=(benchmark_predictions, benchmark_scores)):
+    return dg.materialize(all_assets, selection=[a.key for a in assets], resources=_resources(profile, data_dir),
+                          partition_key=PARTITION, raise_on_error=False)  # fmt: skip
+
+
+def _predictions(store: Store) -> pl.DataFrame:
+    return store.read("benchmark_predictions", {"benchmark": "gsm_hard", "variant": "orion"}).sort(
+        "problem_id", "sample_index"
+    )
+
+
+def _sent(sim: Simulator) -> int:
+    """Chat requests the server received (answered or refused), across restarts."""
+    return sum(1 for entry in sim.requests() if entry.get("model") is not None)
+
+
+@pytest.mark.slow
+def test_a_retrained_variant_served_under_the_same_name_is_asked_again(orion_env, write_profile) -> None:
+    data_dir = orion_env["data_dir"]
+    n_calls = N_PROBLEMS * K
+    with Simulator(SimConfig(persona="student", adapters={"orion": "rev-1"}, correct_rate=0.5, loop_rate=0.0)) as sim:
+        profile = _profile(write_profile, sim.base_url, "eval.toml")
+        store = _prepare(profile, data_dir, "ckpt-A")
+        assert _evaluate(profile, data_dir).success
+        first = _predictions(store)
+        assert first.height == n_calls and set(first["checkpoint_id"]) == {"ckpt-A"}
+        assert _sent(sim) == n_calls
+        assert {e["model"] for e in sim.requests()} == {"orion"}  # the LoRA module's name, not the base
+
+        # unchanged checkpoint: nothing is sent again
+        assert _evaluate(profile, data_dir).success
+        assert _sent(sim) == n_calls
+
+        # retrained: the server now serves new weights under the same name, the checkpoint row a new id
+        sim.restart(adapters={"orion": "rev-2"})
+        _write_checkpoint(store, "ckpt-B")
+        assert _evaluate(profile, data_dir).success
+        assert _sent(sim) == 2 * n_calls  # every call sent again
+        second = _predictions(store)
+        assert second.height == n_calls and set(second["checkpoint_id"]) == {"ckpt-B"}
+        assert set(second["llm_call_id"]).isdisjoint(first["llm_call_id"])
+        # the stored answers are the new weights' answers (the simulator's rev-2 texts differ)
+        assert second["text"].to_list() != first["text"].to_list()
+        with store.connect(read_only=True) as con:
+            calls = con.execute(
+                "SELECT call_id, model, model_revision, text FROM orion.llm_calls WHERE role = 'student'"
+            ).pl()
+        by_revision = dict(calls.group_by("model_revision").len().iter_rows())
+        assert by_revision == {"ckpt-A": n_calls, "ckpt-B": n_calls} and set(calls["model"]) == {"orion"}
+        new_texts = dict(calls.filter(pl.col("model_revision") == "ckpt-B").select("call_id", "text").iter_rows())
+        assert [new_texts[c] for c in second["llm_call_id"]] == second["text"].to_list()
+        scores = store.read("benchmark_scores").row(0, named=True)
+        assert scores["checkpoint_id"] == "ckpt-B"
+        assert sorted(scores["prediction_ids"]) == sorted(second["prediction_id"])
+
+
+def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(orion_env, write_profile) -> None:
+    data_dir = orion_env["data_dir"]
+    n_calls = N_PROBLEMS * K
+    faulty = SimConfig(persona="student", adapters={"orion": "rev-1"}, fault_rate=0.4, seed=3, loop_rate=0.0)
+    with Simulator(faulty) as sim:
+        tolerant = _profile(write_profile, sim.base_url, "tolerant.toml", max_error_rate=1.0, rule="math_equal")
+        store = _prepare(tolerant, data_dir, "ckpt-A")
+
+        # Under the limit: the partition succeeds, failed calls are kept as rows but not graded.
+        assert _evaluate(tolerant, data_dir).success
+        rows = _predictions(store)
+        failed = rows.filter(pl.col("finish_reason") == "error")
+        n_failed = failed.height
+        assert 0 < n_failed < n_calls, "the simulator's seed must fail some calls, not all"
+        assert failed["correct"].null_count() == n_failed and failed["error"].null_count() == 0
+        assert failed["extracted_answer"].null_count() == n_failed and failed["grade_reason"].null_count() == n_failed
+        answered = rows.filter(pl.col("finish_reason") != "error")
+        assert answered["correct"].null_count() == 0 and answered["error"].null_count() == answered.height
+        assert set(rows["grading_rule"]) == {"math_equal"}
+        scores = store.read("benchmark_scores").row(0, named=True)
+        expected = score_predictions(answered, K, benchmark="gsm_hard")
+        assert scores["n_errors"] == n_failed and scores["n_answered"] == n_calls - n_failed
+        assert scores["pass_at_1"] == pytest.approx(expected.pass_at_1)
+        assert scores["grading_rule"] == "math_equal"
+
+        # Over the limit: the rows are written, then the partition fails with what went wrong.
+        strict = _profile(write_profile, sim.base_url, "strict.toml", max_error_rate=0.05)
+        sim.restart(fault_rate=1.0)
+        sent = _sent(sim)
+        result = _evaluate(strict, data_dir)
+        assert not result.success
+        assert _sent(sim) == sent + n_failed  # only the failed calls were sent again (and failed again)
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+        message = failure.step_failure_data.user_failure_data.description
+        assert f"{n_failed} of {n_calls} calls failed" in message and "max_error_rate" in message
+        assert f"sends only the {n_failed} failed calls again" in message
+        rewritten = _predictions(store)
+        assert set(rewritten["dagster_run_id"]) == {result.run_id}  # written before failing
+        errors = rewritten.filter(pl.col("finish_reason") == "error")
+        assert errors.height == n_failed and f"first error: {errors['error'][0]}" in message
+        assert not result.asset_materializations_for_node("benchmark_scores")
+        # benchmark_scores alone refuses such predictions too
+        alone = _evaluate(strict, data_dir, assets=(benchmark_scores,))
+        assert not alone.success
+
+        # The server recovers: a re-run sends exactly the failed calls, and all is answered.
+        sim.restart(fault_rate=0.0)
+        sent = _sent(sim)
+        assert _evaluate(strict, data_dir).success
+        assert _sent(sim) == sent + n_failed
+        healed = _predictions(store)
+        assert healed.filter(pl.col("finish_reason") == "error").is_empty()
+        assert set(healed["grading_rule"]) == {"precision"}
+        scores = store.read("benchmark_scores").row(0, named=True)
+        assert scores["n_errors"] == 0 and scores["n_answered"] == n_calls and scores["grading_rule"] == "precision"
+
+
+def test_the_hf_backend_keys_its_calls_by_the_checkpoint_id_too(orion_env, write_profile) -> None:
+    # Two checkpoint rows over the very same weights directory: the files' fingerprint alone would
+    # serve B from A's cache; the checkpoint id as model_revision makes B's calls its own.
+    data_dir = orion_env["data_dir"]
+    profile = write_profile(
+        f"""
+        [data]
+        benchmark_limit = {N_PROBLEMS}
+        [student_model.tiny]
+        vocab_size = 512
+        [eval]
+        k = {K}
+        max_tokens = 8
+        """,
+        name="hf.toml",
+    )
+    store = _prepare(profile, data_dir, "ckpt-A")
+    assert _evaluate(profile, data_dir, assets=(benchmark_predictions,)).success
+    _write_checkpoint(store, "ckpt-B")
+    result = _evaluate(profile, data_dir, assets=(benchmark_predictions,))
+    assert result.success
+    with store.connect(read_only=True) as con:
+        calls = con.execute("SELECT backend, model_revision, count(*) FROM orion.llm_calls GROUP BY ALL").fetchall()
+    assert sorted(calls) == [("hf", "ckpt-A", N_PROBLEMS * K), ("hf", "ckpt-B", N_PROBLEMS * K)]
+    assert set(_predictions(store)["checkpoint_id"]) == {"ckpt-B"}
+
+
+@contextmanager
+def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
+    """An OpenAI-compatible student that answers each problem (found by its text in the prompt)
+    with the gold off by a relative 1e-5 on even seeds, and with the exact gold but cut at the
+    length limit (finish_reason "length") on odd ones."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            gold = next(g for problem, g in golds.items() if problem in prompt)
+            if int(body.get("seed") or 0) % 2 == 0:
+                near = Decimal(gold) * Decimal("1.00001")
+                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{format(near, 'f')}}}.", "stop"
+            else:
+                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{gold}}}", "length"
+            reply = json.dumps({
+                "id": "near-miss", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_gsm_hard_rule_and_truncation_reach_the_grader(orion_env, write_profile) -> None:
+    data_dir = orion_env["data_dir"]
+    golds: dict[str, str] = {}
+    with _near_miss_student(golds) as base_url:
+        precision = _profile(write_profile, base_url, "precision.toml")
+        store = _prepare(precision, data_dir, "ckpt-A")
+        problems = store.read("benchmark_problems", {"benchmark": "gsm_hard"})
+        golds.update(zip(problems["problem"], problems["gold_answer"], strict=True))
+        nonzero = {g for g in golds.values() if Decimal(g) != 0}
+        assert nonzero, "GSM-Hard sample without a nonzero gold"
+
+        assert _evaluate(precision, data_dir).success
+        rows = _predictions(store)
+        cut, near = rows.filter(pl.col("finish_reason") == "length"), rows.filter(pl.col("finish_reason") == "stop")
+        assert cut.height == near.height == N_PROBLEMS
+        # the exact gold, but cut at the length limit: not an answer
+        assert set(cut["grade_reason"]) == {"truncated"} and not cut["correct"].any()
+        # "precision": an integer gold must be matched exactly, a non-integer one at the answer's precision
+        assert not near["correct"].any()
+        assert store.read("benchmark_scores").row(0, named=True)["grading_rule"] == "precision"
+
+        math_equal = _profile(write_profile, base_url, "math_equal.toml", rule="math_equal")
+        assert _evaluate(math_equal, data_dir).success  # same calls, from the cache; graded again
+        rows = _predictions(store)
+        near = rows.filter(pl.col("finish_reason") == "stop")
+        golds_by_problem = dict(zip(problems["problem_id"], problems["gold_answer"], strict=True))
+        expected = [Decimal(golds_by_problem[p]) != 0 for p in near["problem_id"]]
+        assert near["correct"].to_list() == expected  # relative 1e-4 accepts the near miss
+        assert set(rows.filter(pl.col("finish_reason") == "length")["grade_reason"]) == {"truncated"}
+        scores = store.read("benchmark_scores").row(0, named=True)
+        assert scores["grading_rule"] == "math_equal"
+        assert scores["pass_at_1"] == pytest.approx(sum(expected) / (2 * N_PROBLEMS))

@@ -1,0 +1,156 @@
+"""Reflection replies as models really write them, reasoning replies' thinking, and the prompt
+budget that keeps reflect prompts inside a served model's context window."""
+
+from __future__ import annotations
+
+import pytest
+
+from orion_assets.llm import GenerationRequest, SamplingParams
+from orion_assets.llm.context import ContextBudget
+from orion_assets.llm.types import GenerationResult, split_thinking
+from orion_assets.method import exposure, reflection
+from orion_assets.method.prompts import split_reflection
+
+NOTES = "I multiplied before adding, so I got \\boxed{14}."
+SOLUTION = "First add 2 and 3 to get 5.\nThen multiply by 2: 10.\nSo the answer is \\boxed{10}."
+
+# (name, reply) in the formats models write; each must split into NOTES and SOLUTION.
+FORMATS = {
+    "markers": f"REFLECTION: {NOTES}\nSOLUTION: {SOLUTION}",
+    "markdown_headings": f"### Reflection\n{NOTES}\n\n### Solution\n{SOLUTION}",
+    "bold": f"**Reflection:** {NOTES}\n\n**Solution:** {SOLUTION}",
+    "bold_own_line": f"**Reflection:**\n{NOTES}\n\n**Solution:**\n{SOLUTION}",
+    "bold_colon_outside": f"**Reflection**: {NOTES}\n\n**Solution**: {SOLUTION}",
+    "numbered": f"1. Reflection: {NOTES}\n2. Solution: {SOLUTION}",
+    "lower_case": f"reflection: {NOTES}\nsolution: {SOLUTION}",
+    "refined_solution": f"Reflection: {NOTES}\n\nRefined Solution:\n{SOLUTION}",
+    "heading_refined": f"## Reflection\n{NOTES}\n\n## Corrected Solution\n{SOLUTION}",
+    "think_first": f"<think>\nLet me see. Solution: maybe \\boxed{{7}}?\n</think>\n\nREFLECTION: {NOTES}\nSOLUTION: {SOLUTION}",
+}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_reply_format_splits_into_notes_and_solution(name):
+    notes, solution = split_reflection(FORMATS[name])
+    assert notes == NOTES and solution == SOLUTION, (notes, solution)
+
+
+def test_the_first_solution_marker_after_the_reflection_wins():
+    # A second "Solution:" inside the body stays in the solution; a "solution:" in the notes'
+    # running text is no marker.
+    body = "Solution: step 1 is to add.\n" + SOLUTION
+    reply = f"REFLECTION: the intended solution: add first. {NOTES}\nSOLUTION: {body}"
+    notes, solution = split_reflection(reply)
+    assert solution == body and notes.startswith("the intended solution: add first.")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        SOLUTION,  # no markers: the whole reply might be notes; it must never become SFT data
+        f"REFLECTION: {NOTES}\n{SOLUTION}",
+        f"REFLECTION: {NOTES}\nSOLUTION:",
+        f"REFLECTION: {NOTES}\nSolution steps follow. {SOLUTION}",
+        f"<think>\nREFLECTION: x\nSOLUTION: {SOLUTION}",  # cut off while thinking
+    ],
+)
+def test_a_reply_that_cannot_be_split_gives_no_solution(reply):
+    assert split_reflection(reply) == (None, None)
+
+
+def _result(text: str | None, reasoning: str | None = None, finish: str = "stop") -> GenerationResult:
+    return GenerationResult("c", text, reasoning, finish, None, None, None, 0, None, False)
+
+
+def test_thinking_is_split_off_the_same_way_for_both_reasoning_styles():
+    thinking = "Let me think. 2+3=5, wait, times 2 is 10. Maybe \\boxed{5}? No."
+    answer = "The answer is \\boxed{10}."
+    deepseek = _result(answer, reasoning=thinking)
+    raw_r1 = _result(f"<think>\n{thinking}\n</think>\n\n{answer}")
+    template_opened = _result(f"{thinking}\n</think>\n\n{answer}")  # "<think>" was in the prompt
+    for result in (deepseek, raw_r1, template_opened):
+        assert result.thinking == thinking and result.answer == answer
+        assert result.cot == f"{thinking}\n\n{answer}"
+    cut = _result(f"<think>\n{thinking}", finish="length")
+    assert cut.thinking == thinking and cut.answer == "" and cut.cot == thinking
+    plain = _result(answer)
+    assert plain.thinking is None and plain.answer == answer
+    assert split_thinking(None, None) == (None, "")
+
+
+def test_a_teacher_rewrite_keeps_its_thinking_like_its_teacher_cots():
+    task = reflection.Task({"problem_id": "p", "problem": "2+3, times 2?", "gold_answer": "10", "source": "gsm8k"},
+                           {"teacher_cot_id": "t", "cot": "..."}, (), "no_reflection")
+    outcome = reflection.Outcome(task, solution=SOLUTION, thinking="I should address the student's slip.")
+    assert outcome.cot == f"I should address the student's slip.\n\n{SOLUTION}"
+    student = reflection.Outcome(reflection.Task(task.problem, task.teacher_cot, (), "orion"),
+                                 solution=SOLUTION, thinking="hmm")
+    assert student.cot == SOLUTION  # the student's own thinking is not its solution
+
+
+def test_the_most_useful_error_is_shown():
+    errors = [
+        {"attempt_id": "a0", "error_type": "truncated", "sample_index": 0},
+        {"attempt_id": "a1", "error_type": "no_answer", "sample_index": 1},
+        {"attempt_id": "a2", "error_type": "wrong_answer", "sample_index": 3},
+        {"attempt_id": "a3", "error_type": "wrong_answer", "sample_index": 2},
+    ]
+    assert exposure.most_useful_error(errors)["attempt_id"] == "a3"
+    assert exposure.most_useful_error(errors[:2])["attempt_id"] == "a1"
+    assert exposure.most_useful_error([]) is None
+
+
+def test_a_long_attempt_is_clipped_in_the_middle(tiny_student_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student_model.path)
+    loop = "Step 1: add the apples. " + "Then I add them again and again. " * 400 + "So the answer is \\boxed{12}."
+    clipped = reflection.clip_middle(loop, 120, tokenizer)
+    n = len(tokenizer(clipped, add_special_tokens=False)["input_ids"])
+    assert clipped.startswith("Step 1: add the apples.") and clipped.endswith("\\boxed{12}.")
+    assert "tokens of this attempt omitted" in clipped and n <= 124  # the seams may re-tokenize a little differently
+    short = "So the answer is \\boxed{12}."
+    assert reflection.clip_middle(short, 120, tokenizer) == short
+
+
+def test_the_context_budget_cuts_max_tokens_and_refuses_what_cannot_fit(tiny_student_model):
+    budget = ContextBudget(512, str(tiny_student_model.path))
+    short = GenerationRequest((({"role": "user", "content": "What is 2+3?"}),), SamplingParams(4096, 0.7))
+    used = budget.prompt_tokens(short.messages)
+    assert 5 < used < 40  # the chat template's tokens are counted too
+    fitted = budget.fit(short)
+    assert isinstance(fitted, GenerationRequest) and fitted.params.max_tokens == 512 - used
+    small = GenerationRequest(short.messages, SamplingParams(64, 0.7))
+    assert budget.fit(small) is small
+    long = GenerationRequest(({"role": "user", "content": "apples and pears " * 400},), SamplingParams(64, 0.7),
+                             min_reply_tokens=32)
+    why = budget.fit(long)
+    assert isinstance(why, str) and why.startswith("context_overflow: the prompt has") and "512-token" in why
+    roomy = GenerationRequest(({"role": "user", "content": "apples " * 100},), SamplingParams(4096, 0.7),
+                              min_reply_tokens=400)
+    assert isinstance(budget.fit(roomy), str)  # fits, but leaves less room than the reply needs
+
+
+def test_the_report_counts_fallbacks_overflows_and_unsplittable_replies_per_mode():
+    import polars as pl
+
+    from orion_assets.method.evaluation.report import (
+        _reflection_section,
+        reflection_frame,
+    )
+
+    teacher = pl.DataFrame({"problem_id": ["a", "b", "c", "d"]})
+    refined = pl.DataFrame({
+        "mode": ["orion"] * 4 + ["no_error"] * 2,
+        "source": ["refined", "teacher_fallback", "teacher_fallback", "teacher_fallback", "refined", "refined"],
+        "failure_reasons": [[], ["context_overflow"], ["unsplittable", "truncated"], ["mismatch:numeric"] * 2, [], []],
+    })
+    frame = reflection_frame(teacher, refined)
+    orion = frame.row(0, named=True)
+    assert frame["mode"].to_list() == ["orion", "no_error"]
+    assert (orion["refined"], orion["teacher_fallback"], orion["dropped"], orion["context_overflow"],
+            orion["unsplittable"], orion["truncated"]) == (1, 3, 0, 1, 1, 1)
+    assert frame.row(1, named=True)["dropped"] == 2  # on_failure = "drop" left no row for two problems
+    text = "\n".join(_reflection_section(frame))
+    assert "**Warning:** 75.0% of `orion`'s SFT data is the teacher's own CoT" in text
+    assert "Not run: `no_reflection`" in text and "`no_error`'s SFT" not in text
