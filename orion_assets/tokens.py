@@ -8,7 +8,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: heavy
 
     return AutoTokenizer.from_pretrained(path)
 

@@ -317,7 +317,8 @@ def _shipped_problems() -> list[Problem]:
     the data files and the loader sources."""
     pkg = _package_dir()
     stamp = hashlib.sha256(CACHE_VERSION.encode())
-    watched = sorted((pkg / "data").rglob("*")) + [pkg / "problems.py", pkg / "grading.py", pkg / "profiles" / "schema.py"]
+    loaders = [pkg / "method" / "problems.py", pkg / "records.py", pkg / "profiles" / "schema.py"]
+    watched = sorted((pkg / "data").rglob("*")) + sorted((pkg / "method" / "grading").glob("*.py")) + loaders
     for path in watched:
         if path.is_file():
             st = path.stat()

@@ -211,19 +211,14 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
     )
 
 
-@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="2")
-def leaderboard(
-    context: dg.AssetExecutionContext,
-    orion: OrionResource,
-    benchmark_scores: Table,
-    teacher_cots: Table,
-    refined_cots: Table,
-    student_errors: Table,
-    cot_quality: Table,
-) -> Rows:
+# The report also describes these tables; it reads them from the store itself, so they are dependencies, not inputs.
+REPORTED_TABLES = ("teacher_cots", "refined_cots", "student_errors", "cot_quality")
+
+
+@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="2", deps=REPORTED_TABLES)
+def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_scores: Table) -> Rows:
     """Variants x benchmarks with each variant's delta over ``teacher_sft``, as a table here and a
-    Markdown report with plots under ``$ORION_DATA_DIR/reports/``. The report also describes the
-    teacher, refined, error and quality tables, hence those inputs."""
+    Markdown report with plots under ``$ORION_DATA_DIR/reports/``."""
     out_dir = orion.data_path / "reports"
     built = report.build_report(orion.store, out_dir, prices=report.prices_of(orion.active.config))
     scores = benchmark_scores.frame(["variant", "score_id"])

@@ -8,7 +8,7 @@ from orion_assets.io.metadata import markdown_table
 from orion_assets.io.partitions import benchmark_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, TableSpec, orion_asset
-from orion_assets.method import problems as problem_sets
+from orion_assets.method import problems
 
 SAMPLE_SHOWN = 10
 
@@ -16,11 +16,11 @@ SAMPLE_SHOWN = 10
 BENCHMARK_PROBLEMS = TableSpec(
     "benchmark_problems",
     {("benchmark" if c == "source" else "reference_solution" if c == "solution" else c): t
-     for c, t in problem_sets.PROBLEM_SCHEMA.items()},
+     for c, t in problems.PROBLEM_SCHEMA.items()},
     id="problem_id",
     partition_by=("benchmark",),
 )
-TRAIN_PROBLEMS = TableSpec("train_problems", dict(problem_sets.PROBLEM_SCHEMA), id="problem_id")
+TRAIN_PROBLEMS = TableSpec("train_problems", dict(problems.PROBLEM_SCHEMA), id="problem_id")
 
 
 @orion_asset(BENCHMARK_PROBLEMS, group_name="problems", partitions_def=benchmark_partitions, kinds={"polars"},
@@ -29,8 +29,8 @@ def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) 
     """One benchmark's problems with normalized gold answers (a deterministic sample in small profiles)."""
     benchmark = context.partition_key
     cfg = orion.active.config.data
-    full, report = problem_sets.load_benchmark(benchmark)
-    frame = problem_sets.deterministic_sample(full, cfg.benchmark_limit, cfg.sample_seed)
+    full, report = problems.load_benchmark(benchmark)
+    frame = problems.deterministic_sample(full, cfg.benchmark_limit, cfg.sample_seed)
     context.log.info(f"{benchmark}: {frame.height} of {full.height} problems")
     return Rows(
         BENCHMARK_PROBLEMS.conform(frame),
@@ -50,15 +50,15 @@ def train_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> R
     per_source: dict[str, dict[str, int]] = {}
     rejected: list[dict[str, object]] = []
     for source in cfg.train_sources:
-        frame, report = problem_sets.load_train_source(source)
+        frame, report = problems.load_train_source(source)
         frames.append(frame)
         per_source[source.name] = {"loaded": report.loaded, "rejected": report.rejected_count}
         rejected += [{"source": source.name, **r} for r in report.rejected]
         context.log.info(f"{source.name}: {report.loaded} problems, {report.rejected_count} rejected")
     pool = pl.concat(frames).unique("problem_id", keep="first", maintain_order=True)
-    index = problem_sets.ContaminationIndex.build(problem_sets.all_benchmarks(), cfg.decontamination_ngram)
-    clean, removed = problem_sets.decontaminate(pool, index)
-    frame = problem_sets.deterministic_sample(clean, cfg.train_limit, cfg.sample_seed)
+    index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.decontamination_ngram)
+    clean, removed = problems.decontaminate(pool, index)
+    frame = problems.deterministic_sample(clean, cfg.train_limit, cfg.sample_seed)
     context.log.info(f"{len(removed)} contaminated problems removed; {frame.height} of {clean.height} kept")
     removed_sample = pl.DataFrame(removed[:SAMPLE_SHOWN]) if removed else pl.DataFrame()
     return Rows(

@@ -11,16 +11,10 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.method import problems as problem_sets
-from orion_assets.method import prompts
+from orion_assets.method import problems, prompts
 from orion_assets.method.quality import gate, metrics, verdicts
 from orion_assets.method.sampling import ChunkProgress
-from orion_assets.vocabulary import TRAINING_VARIANTS
-
-# The SFT data of each training variant: teacher CoTs, or the refined CoTs of one mode.
-VARIANT_SOURCES = {"teacher_sft": None, "orion": "orion", "orion_no_error": "no_error", "orion_no_reflection": "no_reflection"}
-assert set(VARIANT_SOURCES) == set(TRAINING_VARIANTS)
-
+from orion_assets.vocabulary import MODE_VARIANT, REFERENCE_VARIANT
 
 COT_QUALITY = TableSpec(
     "cot_quality",
@@ -40,7 +34,7 @@ COT_QUALITY = TableSpec(
 def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
     """One row per (variant, CoT) that could become SFT data."""
     teacher_rows = teacher.select(
-        pl.lit("teacher_sft").alias("variant"),
+        pl.lit(REFERENCE_VARIANT).alias("variant"),
         pl.lit("teacher_cots").alias("cot_table"),
         "problem_id",
         "teacher_cot_id",
@@ -50,9 +44,8 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
         pl.lit(True).alias("verified"),
         (pl.col("finish_reason") == "length").alias("truncated"),
     )
-    mode_to_variant = {mode: variant for variant, mode in VARIANT_SOURCES.items() if mode}
     refined_rows = refined.select(
-        pl.col("mode").replace_strict(mode_to_variant, return_dtype=pl.Utf8).alias("variant"),
+        pl.col("mode").replace_strict(MODE_VARIANT, return_dtype=pl.Utf8).alias("variant"),
         pl.lit("refined_cots").alias("cot_table"),
         "problem_id",
         "teacher_cot_id",
@@ -85,26 +78,24 @@ def cot_quality(
     an LLM-judge score when a judge is set, and the per-row verdict: ``drop_reasons`` (empty =
     kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.method.quality.gate`).
 
-    Works in chunks of ``[data] chunk_size`` problem_sets. A CoT repeated within a variant keeps its
+    Works in chunks of ``[data] chunk_size`` problems. A CoT repeated within a variant keeps its
     first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
     text is not copied here: ``cot_table`` and its id name the row that holds it, and ``cot_hash``
     identifies it."""
     cfg = orion.active.config
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: heavy
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
     embedder = metrics.load_embedder(cfg.quality.embedding_model, device="auto")
-    index = problem_sets.ContaminationIndex.build(problem_sets.all_benchmarks(), cfg.data.decontamination_ngram)
+    index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.data.decontamination_ngram)
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
-    problem_ids = teacher_cots.keys("problem_id")
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
     seen: set[tuple[str, str]] = set()  # (variant, cot_hash) of every CoT kept so far
     summary_rows: list[pl.DataFrame] = []
 
     def chunks():
-        for start in range(0, max(len(problem_ids), 1), cfg.data.chunk_size):
-            ids = problem_ids[start : start + cfg.data.chunk_size]
-            teacher = teacher_cots.rows_for("problem_id", ids)
+        for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
+            ids = teacher["problem_id"].unique(maintain_order=True).to_list()
             frame = candidates(teacher, refined_cots.rows_for("problem_id", ids))
             measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
             hits = [index.match(cot) for cot in frame["cot"]]

@@ -69,12 +69,11 @@ def refined_cots(
     length_ratios: list[float] = []
 
     def chunks():
-        for start in range(0, max(len(problem_ids), 1), cfg.data.chunk_size):
-            ids = problem_ids[start : start + cfg.data.chunk_size]
-            problems_by_id = {row["problem_id"]: row for row in train_problems.rows_for("problem_id", ids).iter_rows(named=True)}
+        for teacher_chunk in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
             # One teacher CoT per problem is refined: the first verified sample.
-            first_cot = (teacher_cots.rows_for("problem_id", ids).sort("problem_id", "sample_index")
-                         .unique("problem_id", keep="first", maintain_order=True))
+            first_cot = teacher_chunk.sort("problem_id", "sample_index").unique("problem_id", keep="first", maintain_order=True)
+            ids = first_cot["problem_id"].to_list()
+            problems_by_id = {row["problem_id"]: row for row in train_problems.rows_for("problem_id", ids).iter_rows(named=True)}
             errors = student_errors.rows_for("problem_id", ids)
             texts = student_attempts.rows_for("attempt_id", errors["attempt_id"].to_list(),
                                               ["attempt_id", "sample_index", "text"])

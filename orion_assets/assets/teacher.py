@@ -1,4 +1,4 @@
-"""The student's base weights and the teacher's verified chains of thought."""
+"""The teacher's verified chains of thought."""
 
 import dagster as dg
 import polars as pl
@@ -9,48 +9,8 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.method import problems as problem_sets
 from orion_assets.method.sampling import ChunkProgress, Sample, sample_and_grade
 from orion_assets.tokens import batch_token_counter
-from orion_assets.training import student as models
-
-STUDENT_BASE_MODEL = TableSpec(
-    "student_base_model",
-    {"model_id": pl.Utf8, "path": pl.Utf8, "config_hash": pl.Utf8, "parameters": pl.Int64, "vocab_size": pl.Int64,
-     "eos_token": pl.Utf8, "source": pl.Utf8},
-    id="model_id",
-)
-
-
-@orion_asset(STUDENT_BASE_MODEL, group_name="training", kinds={"transformers"}, code_version="1")
-def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
-    """The student before any SFT: built tiny and random (tiny profile) or resolved from the Hub/disk."""
-    cfg = orion.active.config
-    spec = cfg.student_model
-    if spec.source == "build_tiny":
-        # The tokenizer learns the whole training pool's text (problems and worked solutions).
-        texts: list[str] = []
-        for source in cfg.data.train_sources:
-            frame, _ = problem_sets.load_train_source(source)
-            texts += frame["problem"].to_list() + frame["solution"].drop_nulls().to_list()
-        built = models.build_tiny_student(texts, orion.data_path / "models", **spec.tiny.model_dump())
-    else:
-        if spec.name_or_path is None:
-            raise ValueError("student_model.source = 'pretrained' needs student_model.name_or_path")
-        built = models.resolve_pretrained(spec.name_or_path, spec.revision)
-    context.log.info(f"student base model {built.path} ({built.parameters:,} parameters)")
-    row = pl.DataFrame([{"model_id": built.config_hash, **built.to_json()}], schema=STUDENT_BASE_MODEL.columns)
-    return Rows(
-        row,
-        metadata={
-            "path": dg.MetadataValue.path(str(built.path)),
-            "parameters": built.parameters,
-            "vocab_size": built.vocab_size,
-            "eos_token": built.eos_token,
-            "config_hash": built.config_hash,
-        },
-    )
-
 
 TEACHER_COTS = TableSpec(
     "teacher_cots",
@@ -77,8 +37,7 @@ def teacher_cots(
     context.log.info(f"teacher: {total} calls through {endpoint.inner!r}")
     progress = ChunkProgress(progress_logger(context, "teacher"), total)
     rejected = {"error": 0, "truncated": 0, "no_answer": 0, "wrong_answer": 0}
-    tokens: list[int] = []
-    thinking = [0]
+    kept: list[pl.DataFrame] = []  # each chunk's n_tokens and has_thinking, for the metadata
 
     def chunks():
         for problems_chunk in train_problems.chunks("problem_id", cfg.data.chunk_size):
@@ -97,22 +56,21 @@ def teacher_cots(
                     continue
                 records.append(_cot_row(sample))
             frame = pl.DataFrame(records, schema=TEACHER_COTS.columns)
-            tokens.extend(frame["n_tokens"].to_list())
-            thinking[0] += int(frame["has_thinking"].sum())
+            kept.append(frame.select("n_tokens", "has_thinking"))
             yield frame
 
     def metadata() -> dict:
-        kept = len(tokens)
-        context.log.info(f"teacher: {kept} of {total} CoTs verified; rejected {rejected}")
+        verified = pl.concat(kept) if kept else TEACHER_COTS.empty().select("n_tokens", "has_thinking")
+        context.log.info(f"teacher: {verified.height} of {total} CoTs verified; rejected {rejected}")
         results = endpoint.results
         return {
             "calls": total,
             "cached_calls": sum(r.cached for r in results),
-            "verified_rate": kept / total if total else 0.0,
+            "verified_rate": verified.height / total if total else 0.0,
             "rejected": rejected,
-            "with_thinking": thinking[0],
+            "with_thinking": int(verified["has_thinking"].sum()),
             "timed_out": sum("timeout" in (r.error or "") for r in results),
-            "n_tokens_percentiles": percentiles(pl.Series(tokens, dtype=pl.Int64)),
+            "n_tokens_percentiles": percentiles(verified["n_tokens"]),
             "total_prompt_tokens": sum(r.prompt_tokens or 0 for r in results),
             "total_completion_tokens": sum(r.completion_tokens or 0 for r in results),
             **usage_metadata(results, cfg.endpoints.teacher, "teacher"),

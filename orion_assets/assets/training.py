@@ -1,4 +1,4 @@
-"""SFT data per variant, and the student checkpoint trained on it (TRL, in its own process)."""
+"""The student: its base weights, the SFT data per variant, and the checkpoint trained on it (TRL, in its own process)."""
 
 import collections
 import json
@@ -12,11 +12,49 @@ from orion_assets.io.metadata import percentiles
 from orion_assets.io.partitions import variant_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.method import prompts
+from orion_assets.method import problems, prompts
 from orion_assets.method.quality.gate import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
-from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes
+from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes, student
+
+STUDENT_BASE_MODEL = TableSpec(
+    "student_base_model",
+    {"model_id": pl.Utf8, "path": pl.Utf8, "config_hash": pl.Utf8, "parameters": pl.Int64, "vocab_size": pl.Int64,
+     "eos_token": pl.Utf8, "source": pl.Utf8},
+    id="model_id",
+)
+
+
+@orion_asset(STUDENT_BASE_MODEL, group_name="training", kinds={"transformers"}, code_version="1")
+def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
+    """The student before any SFT: built tiny and random (tiny profile) or resolved from the Hub/disk."""
+    cfg = orion.active.config
+    spec = cfg.student_model
+    if spec.source == "build_tiny":
+        # The tokenizer learns the whole training pool's text (problems and worked solutions).
+        texts: list[str] = []
+        for source in cfg.data.train_sources:
+            frame, _ = problems.load_train_source(source)
+            texts += frame["problem"].to_list() + frame["solution"].drop_nulls().to_list()
+        built = student.build_tiny_student(texts, orion.data_path / "models", **spec.tiny.model_dump())
+    else:
+        if spec.name_or_path is None:
+            raise ValueError("student_model.source = 'pretrained' needs student_model.name_or_path")
+        built = student.resolve_pretrained(spec.name_or_path, spec.revision)
+    context.log.info(f"student base model {built.path} ({built.parameters:,} parameters)")
+    row = pl.DataFrame([{"model_id": built.config_hash, **built.to_json()}], schema=STUDENT_BASE_MODEL.columns)
+    return Rows(
+        row,
+        metadata={
+            "path": dg.MetadataValue.path(str(built.path)),
+            "parameters": built.parameters,
+            "vocab_size": built.vocab_size,
+            "eos_token": built.eos_token,
+            "config_hash": built.config_hash,
+        },
+    )
+
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SFT_DATASET = TableSpec(
@@ -66,11 +104,7 @@ def sft_dataset(
     if variant == "base":
         # The untrained student: its partition exists so that the variants line up end to end.
         return Rows(SFT_DATASET.empty(), metadata={"variant": "base", "examples": 0})
-    _refuse_skipped_variant(orion, variant)
-    (checked,) = cot_quality.upstream
-    passed, why = latest_gate_verdict(orion.store, checked, variant)
-    if not passed:
-        raise dg.Failure(f"refusing to build SFT data for {variant}: {why}")
+    _refuse_unless_gated(orion, cot_quality, variant, "build SFT data for")
     cfg = orion.active.config
     overrides = cfg.prompts.model_dump()
     candidates = cot_quality.filter(variant=variant)
@@ -145,11 +179,7 @@ def student_checkpoint(
     model = student_base_model.first()
     if variant == "base":
         return dg.Output(_base_checkpoint(model))
-    _refuse_skipped_variant(orion, variant)
-    (checked,) = cot_quality.upstream
-    passed, why = latest_gate_verdict(orion.store, checked, variant)
-    if not passed:
-        raise dg.Failure(f"refusing to train {variant}: {why}")
+    _refuse_unless_gated(orion, cot_quality, variant, "train")
     cfg = orion.active.config
     example_ids = sorted(sft_dataset.keys("sft_example_id"))
     dataset_path = orion.data_path / "sft" / f"{variant}.parquet"
@@ -216,9 +246,14 @@ def _cot_texts(cots: pl.DataFrame, teacher_cots: Table, refined_cots: Table) -> 
     return texts
 
 
-def _refuse_skipped_variant(orion: OrionResource, variant: str) -> None:
-    """A variant this profile cannot make honestly (e.g. orion_no_reflection with a replay teacher)
-    is refused with the reason, never trained as a duplicate under its name."""
+def _refuse_unless_gated(orion: OrionResource, cot_quality: Table, variant: str, action: str) -> None:
+    """Refuse ``action`` for a variant this profile cannot make honestly (e.g. orion_no_reflection with a
+    replay teacher: it would duplicate teacher_sft under its name), or whose latest quality-gate verdict
+    on the ``cot_quality`` it read failed, with the reason."""
     why = skipped_variants(orion.active.config).get(variant)
     if why is not None:
         raise dg.Failure(f"refusing {variant} in profile {orion.active.name}: {why}")
+    (checked,) = cot_quality.upstream
+    passed, why = latest_gate_verdict(orion.store, checked, variant)
+    if not passed:
+        raise dg.Failure(f"refusing to {action} {variant}: {why}")

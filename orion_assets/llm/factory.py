@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orion_assets.llm.endpoint import BaseEndpoint, EndpointError
+from orion_assets.llm.replay_backend import ReplayEndpoint
 from orion_assets.store import Store
 
 if TYPE_CHECKING:
@@ -28,15 +29,13 @@ def make_endpoint(
     backend, or a model name that overrides ``cfg.model`` for the openai backend.
     ``model_revision``: which weights answer (e.g. a checkpoint id); part of every cache key."""
     if cfg.backend == "openai":
-        from orion_assets.llm.openai_backend import OpenAIEndpoint
+        from orion_assets.llm.openai_backend import OpenAIEndpoint  # deferred: the openai client, for openai profiles only
 
         return OpenAIEndpoint(cfg, store, role=role, model=model_path, model_revision=model_revision)
     if cfg.backend == "hf":
-        from orion_assets.llm.hf_backend import HFEndpoint
+        from orion_assets.llm.hf_backend import HFEndpoint  # deferred: torch and transformers, for hf profiles only
 
         return HFEndpoint(cfg, store, role=role, model_path=model_path, model_revision=model_revision)
     if cfg.backend == "replay":
-        from orion_assets.llm.replay_backend import ReplayEndpoint
-
         return ReplayEndpoint(cfg, store, role=role, model_revision=model_revision)
     raise EndpointError(f"unknown endpoint backend {cfg.backend!r} for role {role!r}")

@@ -77,8 +77,8 @@ class HFEndpoint(BaseEndpoint):
     def _load(self) -> tuple[Any, Any, Any]:
         with self._load_lock:
             if self._model is None:
-                import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                import torch  # deferred: heavy
+                from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
                 device = torch.device(resolve_device(self.cfg.device))
                 dtype_name = _DTYPES.get(self.cfg.dtype, self.cfg.dtype)
@@ -122,7 +122,7 @@ class HFEndpoint(BaseEndpoint):
         )
 
     def _run(self, todo: Sequence[tuple[str, GenerationRequest]], emit: Emit) -> None:
-        import torch
+        import torch  # deferred: heavy
 
         model, tokenizer, device = self._load()
         eos_ids = self._eos_ids(model, tokenizer)
@@ -169,7 +169,7 @@ class HFEndpoint(BaseEndpoint):
         prompts: dict[str, str],
         emit: Emit,
     ) -> None:
-        import torch
+        import torch  # deferred: heavy
 
         for batch in batches:
             started = time.monotonic()
@@ -198,7 +198,7 @@ class HFEndpoint(BaseEndpoint):
         batch: list[tuple[str, GenerationRequest]],
         prompts: dict[str, str],
     ) -> list[tuple[str, str, int, int]]:
-        import torch
+        import torch  # deferred: heavy
 
         params = batch[0][1].params
         encoded = tokenizer(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from orion_assets.llm.cache import CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import GenerationRequest, GenerationResult
+from orion_assets.records import InputError, read_records
 from orion_assets.store import Store
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ def gsm8k_to_cot(solution: str) -> str:
 
 def load_replay_file(path: str | Path) -> dict[str, str]:
     """``problem_id`` -> ``cot`` from a JSONL, JSON or Parquet file (the last row for an id wins)."""
-    from orion_assets.records import InputError, read_records
-
     file = Path(path).expanduser()
     table: dict[str, str] = {}
     try:

@@ -185,7 +185,7 @@ def _source_records(source: TrainSource) -> tuple[str, Iterable[tuple[int, dict[
     if source.path is not None:
         path = resolve_data_path(source.path)
         return str(path), read_records(path)
-    import datasets  # only real profiles reach the Hub; a local dataset directory works offline
+    import datasets  # deferred: heavy; only real profiles read a Hub or local dataset
 
     dataset = datasets.load_dataset(source.hf_dataset, source.hf_config, split=source.split)
     return f"{source.hf_dataset}[{source.split}]", enumerate(dataset, start=1)

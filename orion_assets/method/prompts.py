@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from orion_assets.llm.types import split_thinking
+
 SYSTEM = None  # no system prompt by default: small chat models follow the user turn best
 
 SOLVE = "{problem}\n\nReason step by step and put the final answer in \\boxed{}."
@@ -105,8 +107,6 @@ def split_reflection(reply: str) -> tuple[str | None, str | None]:
     marker, or with an empty solution, cannot be split: ``(None, None)``; its text must never
     become SFT data.
     """
-    from orion_assets.llm.types import split_thinking
-
     _, text = split_thinking(None, reply)
     reflection = _REFLECTION.search(text)
     start = reflection.end() if reflection else 0

@@ -32,7 +32,8 @@ import pytest
 from orion_assets.assets.exposure import student_attempts, student_errors
 from orion_assets.assets.problems import train_problems
 from orion_assets.assets.reflection import refined_cots
-from orion_assets.assets.teacher import student_base_model, teacher_cots
+from orion_assets.assets.teacher import teacher_cots
+from orion_assets.assets.training import student_base_model
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method import prompts

@@ -23,8 +23,7 @@ import pytest
 
 from orion_assets.assets.evaluation import benchmark_predictions, benchmark_scores
 from orion_assets.assets.problems import benchmark_problems
-from orion_assets.assets.teacher import student_base_model
-from orion_assets.assets.training import checkpoint_row
+from orion_assets.assets.training import checkpoint_row, student_base_model
 from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource

@@ -11,7 +11,8 @@ import dagster as dg
 import pytest
 
 from orion_assets.assets.problems import train_problems
-from orion_assets.assets.teacher import student_base_model, teacher_cots
+from orion_assets.assets.teacher import teacher_cots
+from orion_assets.assets.training import student_base_model
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.store import Store

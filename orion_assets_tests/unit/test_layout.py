@@ -1,0 +1,98 @@
+"""The package's layout holds: layers (pyproject's import-linter contracts), no import loop even through
+imports inside functions, the method importable without Dagster, no module over 500 lines, and every
+import inside a function deferring a heavy library and saying so."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+from importlinter.cli import lint_imports
+
+import orion_assets
+
+PACKAGE_DIR = Path(orion_assets.__file__).resolve().parent
+PYPROJECT = PACKAGE_DIR.parent / "pyproject.toml"
+MAX_LINES = 500
+# What an import inside a function may defer: libraries that take seconds or much memory to import, the
+# Dagster definitions (every asset), which `orion sql` and `orion check` must not pay for, and the LLM
+# backends a profile does not name (the openai client; torch).
+DEFERRABLE = {
+    "accelerate", "datasets", "great_expectations", "huggingface_hub", "math_verify", "matplotlib", "peft",
+    "sentence_transformers", "torch", "transformers", "trl", "orion_assets.definitions",
+    "orion_assets.llm.openai_backend", "orion_assets.llm.hf_backend",
+}
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("orion_assets", include_external_packages=True, cache_dir=None)
+
+
+def test_the_layer_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter] contracts: each layer imports only the layers below it, and
+    only the Dagster layer (assets, io, definitions, cli, training.pipes) imports dagster."""
+    assert lint_imports(config_filename=str(PYPROJECT), no_cache=True, no_logo=True) == 0
+
+
+def test_no_module_imports_itself_back_through_any_chain(graph: grimp.ImportGraph) -> None:
+    """No loop of imports between modules, counting imports inside functions (grimp reads them all)."""
+    modules = [m for m in graph.modules if m.startswith("orion_assets")]
+    loops = sorted({
+        " -> ".join((importer, *graph.find_shortest_chain(importer=imported, imported=importer)))
+        for importer in modules
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if imported.startswith("orion_assets") and graph.find_shortest_chain(importer=imported, imported=importer)
+    })
+    assert loops == []
+
+
+def test_the_method_and_the_layers_under_it_import_without_dagster() -> None:
+    """Importing every module under orion_assets.method (and the layers it stands on) loads no dagster."""
+    names = [info.name for package in ("orion_assets.method", "orion_assets.llm", "orion_assets.store")
+             for info in pkgutil.walk_packages(__import__(package, fromlist=["_"]).__path__, package + ".")]
+    assert any(name.startswith("orion_assets.method.grading") for name in names)
+    script = ("import importlib, sys\n"
+              f"for name in {names!r}:\n"
+              "    importlib.import_module(name)\n"
+              "    assert 'dagster' not in sys.modules, name\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {str(p.relative_to(PACKAGE_DIR)): len(p.read_text().splitlines()) for p in PACKAGE_DIR.rglob("*.py")}
+    assert {path: n for path, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def _function_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) of each import statement inside a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    found += [(inner.lineno, alias.name) for alias in inner.names]
+                elif isinstance(inner, ast.ImportFrom) and inner.level == 0:
+                    found.append((inner.lineno, inner.module or ""))
+    return sorted(set(found))
+
+
+def test_imports_inside_functions_only_defer_heavy_libraries_and_say_so() -> None:
+    """An import inside a function defers a heavy library (or the Dagster definitions) and its line carries a
+    comment saying why; every other import is at module level."""
+    offending = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for lineno, module in _function_imports(path):
+            root = module if module.startswith("orion_assets") else module.split(".")[0]
+            deferrable = any(root == d or module.startswith(d + ".") for d in DEFERRABLE)
+            commented = "#" in lines[lineno - 1]
+            if not (deferrable and commented):
+                offending.append(f"{path.relative_to(PACKAGE_DIR)}:{lineno} {module}")
+    assert offending == []
