@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from orion_assets.method import grading
 from orion_assets.method.grading import (
     Verdict,
     extract_answer,
@@ -24,6 +23,7 @@ from orion_assets.method.grading import (
     grade_batch,
     normalize_gold,
 )
+from orion_assets.method.grading import pool as grading_pool
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
 MIN_PASS_RATE = 0.99
@@ -610,7 +610,7 @@ def test_a_worker_killed_while_idle_is_replaced_even_if_the_send_got_through():
     item, so the item goes to a fresh worker (CI once graded it WorkerCrashed)."""
     import signal
 
-    pool = grading._WorkerPool(1)
+    pool = grading_pool._WorkerPool(1)
     try:
         pool.warm(1)
         (pid,) = pool.worker_pids()
@@ -633,7 +633,7 @@ def test_worker_crash_is_reported_not_hung():
     import signal
 
     result: dict[str, Verdict] = {}
-    before = set(grading._pool_worker_pids())
+    before = set(grading_pool._pool_worker_pids())
 
     def run():
         result["v"] = grade(HANG_OUTPUT, "1", timeout_s=30)
@@ -642,10 +642,10 @@ def test_worker_crash_is_reported_not_hung():
     th.start()
     # wait until some worker is busy on the hanging item, then kill all workers
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not grading._pool_worker_pids():
+    while time.monotonic() < deadline and not grading_pool._pool_worker_pids():
         time.sleep(0.05)
     time.sleep(1.0)
-    for pid in set(grading._pool_worker_pids()) | before:
+    for pid in set(grading_pool._pool_worker_pids()) | before:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

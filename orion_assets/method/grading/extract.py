@@ -1,0 +1,181 @@
+"""Finding the final answer in a model reply: boxes, ``####``, "the answer is", the last number.
+
+Only the text after the last ``</think>`` counts; a reply cut inside a box or a think block has no
+answer. Regular expressions only, no sympy. Rules: docs/grading.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_RE = re.compile(r"\\(boxed|fbox)(?![A-Za-z])")
+_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS_RE = re.compile(
+    r"(?i)\b(?:final\s+answer|answer)[*\s]*(?:is\b(?!['\u2019])|:|=)[*:\s]*"
+)
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
+)
+
+
+def _match_brace(s: str, i: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``s[i]``; -1 if unbalanced.
+
+    Escaped braces (``\\{``, ``\\}``) do not count.
+    """
+    depth = 0
+    n = len(s)
+    j = i
+    while j < n:
+        c = s[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return -1
+
+
+def _boxed(text: str) -> tuple[str | None, str | None, bool]:
+    """``(content, method, cut)`` of the last usable box.
+
+    ``cut``: the text ends inside a box (a ``\\boxed{`` never closed, however
+    deep, or the text ends right after ``\\boxed``): the output was cut inside
+    its final answer, so there is no answer, neither an earlier box nor a
+    closed box inside the cut one.
+    """
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None, None, False
+    if not text[matches[-1].end():].strip():
+        return None, None, True
+    n = len(text)
+    found: tuple[str, str] | None = None
+    # From the last box back: the answer is the last box that yields something
+    # (a later ``\\boxed{}`` or ``$\\boxed$`` in prose leaves it to an earlier
+    # one; only the last 8 are looked at). Every box is checked for closure, as
+    # an unclosed earlier box would hold all later ones; a closed box costs a
+    # scan of its own content only, an unclosed one ends the search.
+    for idx in range(len(matches) - 1, -1, -1):
+        m = matches[idx]
+        j = m.end()
+        while j < n and text[j] in " \t":
+            j += 1
+        if j < n and text[j] == "{":
+            k = _match_brace(text, j)
+            if k < 0:
+                return None, None, True
+            content = text[j + 1 : k].strip()
+        else:
+            # ``\boxed 5`` / ``\boxed5``: one token, up to whitespace or ``$``.
+            tok = re.match(r"[^\s$]+", text[j:])
+            content = tok.group(0) if tok else ""
+            content = content.rstrip(".,;")
+        if found is None and content and idx >= len(matches) - 8:
+            found = (content, m.group(1))
+    if found is None:
+        return None, None, False
+    return found[0], found[1], False
+
+
+def _extract_boxed(text: str) -> tuple[str | None, str | None]:
+    content, method, _cut = _boxed(text)
+    return content, method
+
+
+def _strip_answer_text(ans: str) -> str:
+    ans = ans.strip()
+    for _ in range(3):
+        ans = ans.strip().strip("*").strip()
+        ans = re.sub(r"[.;,:]+$", "", ans).strip()  # not "!": 5! is a factorial
+        if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
+            ans = ans.strip("$").strip()
+        elif ans.startswith("\\(") and ans.endswith("\\)"):
+            ans = ans[2:-2].strip()
+        elif ans.startswith("\\[") and ans.endswith("\\]"):
+            ans = ans[2:-2].strip()
+    return ans
+
+
+def _answer_is_tail(rest: str) -> str:
+    """The answer right after "the answer is": a math span or one sentence."""
+    rest = rest.lstrip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            if end > 0:
+                return rest[len(open_) : end]
+            break
+    line = rest.split("\n", 1)[0]
+    # end of the sentence, or a clause such as ", since ..." / "; so ..."
+    m = re.search(r"\.(?:\s|$)|[,;]\s+(?=[A-Za-z]{3,}\b)", line)
+    if m:
+        line = line[: m.start()]
+    return line
+
+
+def extract_answer(output: str) -> tuple[str | None, str | None]:
+    """Pull the final answer out of a model output: ``(answer, method)``, ``(None, None)`` if none.
+
+    Order: last ``\\boxed{}``/``\\fbox{}`` -> last ``#### x`` -> ``<answer>x</answer>`` or "the answer is x"
+    (method ``"answer_is"``) -> the last number. Only the text after the last ``</think>`` counts; a
+    text cut inside a box or a think block has no answer (docs/grading.md).
+    """
+    return _extract(output)
+
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def _final_part(text: str) -> str | None:
+    """Where the final answer must be: the text after the last ``</think>``;
+    ``None`` when a ``<think>`` is still open at the end (cut while thinking)."""
+    close = text.rfind(_THINK_CLOSE)
+    if text.rfind(_THINK_OPEN) > close:
+        return None
+    return text[close + len(_THINK_CLOSE):] if close >= 0 else text
+
+
+def _extract(output: str, last_number: bool = True) -> tuple[str | None, str | None]:
+    if not output:
+        return None, None
+    text = _final_part(str(output))
+    if not text:
+        return None, None
+    if "\\boxed" in text or "\\fbox" in text:
+        ans, method, cut = _boxed(text)
+        if cut:
+            return None, None
+        if ans is not None:
+            return ans, method
+    if "####" in text:
+        for m in reversed(list(_HASH_RE.finditer(text))):
+            ans = _strip_answer_text(m.group(1))
+            if ans:
+                return ans, "hash"
+    end = text.rfind("</answer>")
+    if end > 0:  # r1-zero style "... </think> <answer> x </answer>"
+        start = text.rfind("<answer>", 0, end)
+        if start >= 0:
+            ans = _strip_answer_text(text[start + len("<answer>") : end])
+            if ans:
+                return ans, "answer_is"
+    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
+        ans = _strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400]))
+        if ans:
+            return ans, "answer_is"
+    if not last_number:
+        return None, None
+    last = None
+    for last in _NUMBER_RE.finditer(text):
+        pass
+    if last is not None:
+        return last.group(0), "last_number"
+    return None, None
+
