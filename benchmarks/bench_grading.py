@@ -271,6 +271,7 @@ def _write_readme(table: str, cold: float, workers: int, repeats: int, load: str
     readme = ROOT / "benchmarks" / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.exists() else "# Benchmarks\n"
     cpu = platform.processor() or platform.machine()
+    nice = "nice -n " + str(os.nice(0)) + " " if os.nice(0) else ""
     body = f"""{SECTION}
 
 `orion_assets.method.grading` on real pairs from `shared/data`:
@@ -288,7 +289,7 @@ processes (in brackets: distinct (gold, answer) pairs, which is what
 `grade_batch()` actually sends). The pool is restarted and warmed before every
 timed run; each number is the median of {repeats} runs.
 
-Command: `{"nice -n " + str(os.nice(0)) + " " if os.nice(0) else ""}.venv/bin/python benchmarks/bench_grading.py --repeats {repeats} --write-readme`
+Command: `{nice}.venv/bin/python benchmarks/bench_grading.py --repeats {repeats} --write-readme`
 Measured: {dt.date.today().isoformat()} on the project's shared dev VM, {os.cpu_count()} vCPUs ({cpu}), niceness {os.nice(0)},
 Python {platform.python_version()}, {workers} math_verify worker processes (`forkserver`);
 {load}.

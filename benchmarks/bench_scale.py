@@ -486,7 +486,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{c['sim_cpu_ms_per_call']} | {c['sim_cpu_bound_calls_per_s']:,} | {c['completion_tokens_per_call']} |")
     lines += ["", "Pipeline (`orion run --select " + " ".join(CHAIN) + "`):", "",
               "| problems | exit | wall | wall per 1k | peak RSS | LLM calls (teacher + student) | pipeline CPU | "
-              "CPU ms/call | call steps' CPU ms/call | sim CPU ms/call (t / s) | DuckDB | DuckDB per 1k | teacher CoTs in >1 cell: all / besides prompts "
+              "CPU ms/call | call steps' CPU ms/call | sim CPU ms/call (t / s) | DuckDB | DuckDB per 1k | "
+              "teacher CoTs in >1 cell: all / besides prompts "
               "(mean cells) |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["sizes"]:

@@ -188,21 +188,10 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
 
 @dg.asset_check(asset=cot_quality, blocking=True, description="Great Expectations suite per variant on the candidate SFT CoTs")
 def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, cot_quality: Table) -> dg.AssetCheckResult:
-    """Gate each training variant of ``cot_quality`` on dataset-level expectations (GX 1.x): drop
-    rate at most ``[quality] max_drop_rate``, at least ``min_rows`` kept rows, no contaminated
-    kept row, coherence above ``min_coherence`` for ``coherence_mostly`` of the candidates (see
-    :mod:`orion_assets.method.quality.gate`). Rows that break a per-row rule were already left out (``kept``).
-
-    Every variant with candidate rows is gated; a variant without any (e.g. a reflection mode the
-    profile does not run) gets no verdict, so its ``sft_dataset`` is refused, but it does not fail
-    the check for the others.
-
-    Blocking, and a check is one verdict: it fails when ANY variant fails, which stops every
-    downstream asset in this run (Dagster blocks on the check, not on a partition). The verdict
-    of each variant is stored in ``orion.quality_gate_results`` (one row per variant and check
-    run), and :func:`latest_gate_verdict` answers per variant: a later run of ``sft_dataset`` or
-    ``student_checkpoint`` for a variant that passed proceeds, one for a variant that failed is
-    refused with the failed expectations, counts and a few failing ids."""
+    """Gate each training variant of ``cot_quality`` on dataset-level expectations (GX 1.x); the rules are in
+    the README ("The quality gate"). A check is one verdict: it fails when any variant fails, and each variant's
+    verdict is stored in ``orion.quality_gate_results``, so a later ``sft_dataset`` or ``student_checkpoint``
+    of a variant that passed proceeds while one that failed is refused with its reasons."""
     cfg = orion.active.config
     frame = cot_quality.frame()
     (checked,) = cot_quality.upstream

@@ -1,26 +1,6 @@
-"""The content-addressed call cache: tables ``orion.llm_calls`` and ``orion.llm_prompts`` in the
-pipeline's DuckDB file.
-
-One row per call, keyed by a hash of what determines the answer (backend, base URL, model, the
-model's revision when the caller names one, messages, sampling parameters, sample index), never of
-credentials. A call names its prompt by ``prompt_hash``; the messages JSON itself is stored once
-per distinct text in ``orion.llm_prompts`` (a teacher CoT quoted in every reflection prompt of a
-problem, or the n samples of one prompt, share one row there). Results are written while a
-batch of calls is still running, in small transactions from a writer thread (the new prompts and
-the calls in the same transaction), so a killed process keeps every flushed call and the next run
-sends only the rest.
-
-Files written before ``llm_prompts`` existed kept the messages in ``llm_calls.messages``, and
-older files had a PRIMARY KEY on both tables; :func:`ensure_table` moves the messages into
-``llm_prompts`` and rebuilds the tables without the key, once. The messages of a call:
-``SELECT p.messages FROM orion.llm_calls c JOIN orion.llm_prompts p USING (prompt_hash)``.
-
-The tables have no key (see ``orion_assets.store``: a keyed table made every flush cost time in
-proportion to its rows): a flush deletes the rows of the call ids it writes and inserts its own
-(and inserts only the prompts not stored yet), in one transaction under the file lock, or on
-DuckLake guarded on ``llm_calls`` (:meth:`~orion_assets.store.ducklake.DuckLakeStore.transaction`),
-so two processes flushing the same call ids at once conflict and one runs again: nothing is lost,
-nothing doubled.
+"""The content-addressed call cache: ``orion.llm_calls`` (one row per call, keyed by what determines
+the answer, never by credentials) and ``orion.llm_prompts`` (each distinct prompt once). Results are
+flushed while a batch runs, so a killed run keeps its calls. Specification: ``docs/llm-calls.md``.
 """
 
 from __future__ import annotations

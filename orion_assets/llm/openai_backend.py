@@ -1,20 +1,6 @@
-"""Any OpenAI-compatible chat server (OpenAI, DeepSeek, vLLM, SGLang, ``transformers serve``).
-
-Async with bounded concurrency (``concurrency`` workers) and our own retry loop (the client's is
-switched off): exponential backoff with full jitter on 408/409/429/5xx, timeouts, connection
-errors, unparseable bodies and empty ``choices``, honouring ``Retry-After`` / ``retry-after-ms``;
-other 4xx are final at once. The API key is read from the environment variable the profile names,
-only when a request is about to be sent, and is kept out of every repr, log line, error text and
-cache row. A reasoning model's thinking (``message.reasoning_content`` or ``message.reasoning``) is
-kept as the result's ``reasoning``. The seed sent is ``params.seed + sample_index`` (set the
-profile's ``seed`` to nothing for a server that refuses the field). If the server asks for
-``max_completion_tokens`` instead of ``max_tokens`` (OpenAI's reasoning models), the endpoint
-switches once and remembers. A request whose params set ``json_mode`` is sent with
-``response_format={"type": "json_object"}``; a server that refuses it (HTTP 400 or 422) is asked
-again at once without it, and once a call has succeeded that way the endpoint stops sending it.
-
-Transport: the openai client's aiohttp one (``openai[aiohttp]``, a dependency: about half the CPU
-per call of the default httpx one), or httpx when aiohttp is missing or ``ORION_OPENAI_HTTPX=1``.
+"""Any OpenAI-compatible chat server (OpenAI, DeepSeek, vLLM, SGLang, ``transformers serve``), with
+bounded concurrency, our own retry loop (timeouts get their own budget, every retry is recorded) and
+the API key read from the environment only when a request is sent. Specification: ``docs/llm-calls.md``.
 """
 
 from __future__ import annotations

@@ -361,7 +361,8 @@ def test_orion_sql_report_and_a_sql_file_on_a_lake(pg_s3_spec, write_profile, tm
     store.replace_rows("benchmark_scores", scores, replace_where=None, materialization=materialization("benchmark_scores"),
                        lineage=[("benchmark_scores", "score_id", "prediction_ids", "benchmark_predictions")])
     predictions = pl.DataFrame({"prediction_id": [f"{b}-{v}-pred{i}" for b, v, *_ in scores.iter_rows() for i in (0, 1)]})
-    predictions = predictions.with_columns(pl.lit("prob-1").alias("problem_id"), pl.concat_str(pl.lit("call-"), "prediction_id").alias("llm_call_id"))
+    predictions = predictions.with_columns(pl.lit("prob-1").alias("problem_id"),
+                                           pl.concat_str(pl.lit("call-"), "prediction_id").alias("llm_call_id"))
     store.replace_rows("benchmark_predictions", predictions, replace_where=None,
                        materialization=materialization("benchmark_predictions"),
                        lineage=[("benchmark_predictions", "prediction_id", "problem_id", "benchmark_problems"),

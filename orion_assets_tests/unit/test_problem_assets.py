@@ -53,7 +53,8 @@ def test_every_benchmark_partition_in_full_and_rematerializing_replaces(orion_en
                 "SELECT partition_key, row_count, dagster_run_id, profile_hash, code_version "
                 "FROM orion.materializations ORDER BY materialized_at"
             ).fetchall()
-            run_ids = {r[0] for r in con.execute("SELECT DISTINCT dagster_run_id FROM orion.benchmark_problems WHERE benchmark='aime24'").fetchall()}
+            run_ids = {r[0] for r in con.execute(
+                "SELECT DISTINCT dagster_run_id FROM orion.benchmark_problems WHERE benchmark='aime24'").fetchall()}
         assert [r[0] for r in log] == [*FULL_SIZES, "aime24"]
         assert log[-1][1] == 30 and log[-1][4] == "1"
         assert run_ids == {again.run_id}
@@ -111,7 +112,8 @@ def test_bad_training_file_fails_naming_file_and_line_and_keeps_earlier_data(ori
 
 
 def _env(orion_env, profile: Path) -> dict[str, str]:
-    return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(orion_env["data_dir"]), "DAGSTER_HOME": str(orion_env["dagster_home"])}
+    return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(orion_env["data_dir"]),
+            "DAGSTER_HOME": str(orion_env["dagster_home"])}
 
 
 @pytest.mark.slow

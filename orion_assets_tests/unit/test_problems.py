@@ -71,7 +71,8 @@ def test_rows_without_gold_are_rejected_and_counted(tmp_path: Path):
 
 
 def test_parquet_and_json_sources_and_field_mapping(tmp_path: Path):
-    frame = pl.DataFrame({"text": ["Find x if x+1=3.", "Find y if 2y=8."], "sol": ["$\\boxed{2}$", "so \\boxed{4}"], "topic": ["alg", "alg"]})
+    frame = pl.DataFrame({"text": ["Find x if x+1=3.", "Find y if 2y=8."], "sol": ["$\\boxed{2}$", "so \\boxed{4}"],
+                          "topic": ["alg", "alg"]})
     frame.write_parquet(tmp_path / "p.parquet")
     (tmp_path / "p.json").write_text(json.dumps(frame.to_dicts()))
     for name in ("p.parquet", "p.json"):

@@ -92,7 +92,8 @@ def test_missing_field_is_an_error_naming_problem_and_field(tmp_path: Path) -> N
     store = Store(tmp_path / "orion_store.duckdb")
     endpoint = make_endpoint(EndpointConfig(backend="replay", replay_field="solution"), store, role="teacher")
     results = endpoint.generate(
-        [_request({"problem_id": "p9"}), _request({"problem_id": "p10", "solution": "  "}), _request({"problem_id": "ok", "solution": "\\boxed{1}"})]
+        [_request({"problem_id": "p9"}), _request({"problem_id": "p10", "solution": "  "}),
+         _request({"problem_id": "ok", "solution": "\\boxed{1}"})]
     )
     assert [r.finish_reason for r in results] == ["error", "error", "stop"]
     for result, pid in zip(results[:2], ["p9", "p10"], strict=True):

@@ -1,26 +1,7 @@
 """Benchmark scores from graded samples: pass@1 (with standard error), maj@k, pass@k, length.
 
-Every function here is plain (no Dagster, no DuckDB), so the estimators can be checked by hand.
-
-Definitions (one benchmark, one model variant; ``k`` samples per problem):
-
-- **answered samples**: a sample whose call failed (``finish_reason == "error"``: the endpoint gave
-  no reply) is not a wrong answer; every score below is over the answered samples only. A problem
-  with no answered sample is left out of every mean (``n_unanswered_problems`` counts them), and
-  ``n_errors`` counts the failed samples.
-- **pass@1**: the mean over problems of the share of a problem's samples that are correct. Its
-  standard error is the sample standard deviation (ddof=1) of those per-problem shares divided by
-  the square root of the number of problems (0 for a single problem): the uncertainty from the
-  choice of problems, with the per-problem sampling noise included.
-- **pass@k**: the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)`` per problem
-  (``n`` samples, ``c`` correct), averaged over problems. A problem with fewer than ``k`` samples uses
-  its own ``n`` in place of ``k`` (``n`` and ``c`` count answered samples).
-- **maj@k**: per problem, the most frequent extracted answer among its first ``k`` answered samples
-  (by ``sample_index``) counts, equivalent answers voting together (``\\frac{1}{2}``, ``0.5`` and
-  ``1/2`` are one answer: :func:`orion_assets.method.grading.answer_key`); ``None`` (no answer) never wins.
-  See :func:`majority_correct` for ties.
-- **mean_tokens**: mean ``n_tokens`` over the answered samples; **truncation_rate**: share of the
-  answered samples that stopped on the length limit (``finish_reason == "length"``).
+Plain functions (no Dagster, no DuckDB), so the estimators can be checked by hand; their
+definitions are in ``docs/scoring.md``.
 """
 
 from __future__ import annotations
