@@ -41,7 +41,7 @@ A process keeps one in-memory DuckDB instance per lake (per process id, so a for
 own), and each :meth:`~DuckLakeStore.connect` is a cursor on it: loading the extensions and
 attaching the catalog cost about a second, once. A DuckDB-file catalog can only be open in one
 process at a time: a process attaches it while any of its threads has a connection, behind the same
-sidecar file lock as :class:`~orion_assets.store.Store` (shared for readers, exclusive for writers),
+sidecar file lock as :class:`~orion_assets.store.file.Store` (shared for readers, exclusive for writers),
 and detaches it after, keeping the instance. (A thread that holds a read connection must not open a
 write connection before closing it: the writer would wait for the reader.)
 """
@@ -64,17 +64,8 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from orion_assets.store import (
-    CATALOG,
-    LOCK_TIMEOUT_S,
-    MATERIALIZATIONS_DDL,
-    SCHEMA,
-    TABLE_PARENTS_DDL,
-    BaseStore,
-    T,
-    _file_lock,
-    _table_exists,
-)
+from orion_assets.store.base import CATALOG, MATERIALIZATIONS_DDL, SCHEMA, TABLE_PARENTS_DDL, BaseStore, T, has_table
+from orion_assets.store.lock import LOCK_TIMEOUT_S, file_lock
 
 if TYPE_CHECKING:
     from orion_assets.profiles.schema import StoreConfig
@@ -299,7 +290,7 @@ class DuckLakeStore(BaseStore):
             if lease.holders == 0:
                 if read_only and not Path(self.catalog).exists():
                     raise StoreMissing(f"no DuckLake catalog at {self.catalog}: materialize some assets first")
-                lock = _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s)
+                lock = file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s)
                 lock.__enter__()
                 try:
                     if lease.instance is None:
@@ -555,7 +546,7 @@ def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
                       if not _schema_exists(con, schema)]
         return statements + [ddl for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
                                                     ("table_parents", TABLE_PARENTS_DDL))
-                             if not _table_exists(con, table)]
+                             if not has_table(con, table)]
 
     if not missing():
         return
