@@ -1,102 +1,37 @@
-"""The DuckLake store (``[store] backend = "ducklake"``): the same ``orion`` tables, with many writers.
-
-A DuckLake keeps its catalog in a database (Postgres for many machines, a SQLite file for several
-processes on one machine, a DuckDB file for one process at a time) and its rows as Parquet files
-in a folder or S3. The catalog is attached as ``orion_db`` and made current, so every
-``orion.<table>`` query (the ``sql/`` files, ``orion sql``, ``orion report``, the ``lineage_edges``
-view) reads the same as on the DuckDB file.
-
-**Extensions** come from their PyPI wheels (``duckdb-extension-ducklake`` and friends, pinned to the
-installed DuckDB's version) and are loaded by path with DuckDB's own installing and autoloading
-turned off: nothing is downloaded at run time, and a wheel of another version is refused by name.
-
-**Writes without a lock.** DuckLake has no PRIMARY KEY or UNIQUE constraints and no file lock; what
-keeps the tables right is its snapshot isolation plus two rules here:
-
-* Every write is one transaction (a partition's replacement: delete its rows, insert the new ones,
-  log the materialization and the lineage links, refresh the view when it changed).
-* Each write transaction also bumps a one-row *guard table* of what it writes
-  (``orion_guards.<guard>``): the partition for a partition's replacement, the table for a
-  whole-table write or a cache append, ``table_parents`` when it records new lineage links.
-  DuckLake lets two concurrent transactions that only insert both commit (that is how a cache
-  append or two writes of one new partition would duplicate rows); two that both update one row
-  conflict. With the guard, two writers of the same rows always conflict, the loser's transaction
-  is rolled back whole, and :meth:`DuckLakeStore.transaction` runs it again on the new snapshot (a
-  bounded number of times, with jittered exponential backoff), where it sees the winner's rows.
-  Writers of different new partitions (a fresh backfill's runs) take different guards and commit
-  side by side. DuckLake itself still makes some conflict: a transaction that deletes from a table
-  conflicts with any concurrent one that inserts into it, whatever rows they touch, so replacing
-  partitions that exist is serialized by retries; and two creates of one table conflict.
-
-Commits that DuckLake finds conflict-free after all (a snapshot id taken by another writer), it
-retries itself (the ``ducklake_max_retry_count`` / ``ducklake_retry_wait_ms`` /
-``ducklake_retry_backoff`` settings, left at their defaults).
-
-**Secrets** (the catalog's password, the S3 key) are read from the environment variables the profile
-names when a connection is opened, and handed to DuckDB as TEMPORARY secrets of that in-memory
-instance: never written to the catalog, the data, a log, a repr or the profile hash. A catalog
-connection string that holds a password is refused.
-
-A process keeps one in-memory DuckDB instance per lake (per process id, so a forked child opens its
-own), and each :meth:`~DuckLakeStore.connect` is a cursor on it: loading the extensions and
-attaching the catalog cost about a second, once. A DuckDB-file catalog can only be open in one
-process at a time: a process attaches it while any of its threads has a connection, behind the same
-sidecar file lock as :class:`~orion_assets.store.Store` (shared for readers, exclusive for writers),
-and detaches it after, keeping the instance. (A thread that holds a read connection must not open a
-write connection before closing it: the writer would wait for the reader.)
+"""The DuckLake store (``[store] backend = "ducklake"``): the same ``orion`` tables, catalog in
+Postgres, SQLite or a DuckDB file, rows as Parquet in a folder or S3, with many writers and no lock.
+Every write is one transaction that bumps a guard row of what it writes, so concurrent writers of the
+same rows conflict and retry; docs/store.md says how, and how instances and secrets are kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 
-from orion_assets.store import (
-    CATALOG,
-    LOCK_TIMEOUT_S,
-    MATERIALIZATIONS_DDL,
-    SCHEMA,
-    TABLE_PARENTS_DDL,
-    BaseStore,
-    T,
-    _file_lock,
-    _table_exists,
-)
+from orion_assets.profiles.schema import StoreConfig
+from orion_assets.store.base import CATALOG, MATERIALIZATIONS_DDL, SCHEMA, TABLE_PARENTS_DDL, BaseStore, T, has_table, sql_quote
+from orion_assets.store.ducklake_catalog import EXTENSION_WHEELS, S3Settings, StoreError, create_secrets, extension_path, parse_catalog
+from orion_assets.store.lock import LOCK_TIMEOUT_S, file_lock
 
-if TYPE_CHECKING:
-    from orion_assets.profiles.schema import StoreConfig
+__all__ = [
+    "DEFAULT_RETRIES", "EXTENSION_WHEELS", "GUARD_SCHEMA", "DuckLakeStore", "S3Settings", "StoreConflict", "StoreError",
+    "StoreMissing", "close_all", "extension_path", "is_conflict",
+]
 
 GUARD_SCHEMA = "orion_guards"
 DEFAULT_RETRIES = 10
 RETRY_WAIT_S = 0.1  # the backoff's unit: retry n waits up to 2**n of it (at most RETRY_WAIT_MAX_S), jittered
 RETRY_WAIT_MAX_S = 5.0
-
-#: The extension each wheel ships (``<module>/extensions/v<duckdb version>/<name>.duckdb_extension``).
-EXTENSION_WHEELS: dict[str, str] = {
-    "ducklake": "duckdb-extension-ducklake",
-    # The -scanner wheels: "duckdb-extension-postgres" ships the binary as postgres.duckdb_extension,
-    # whose entry point (postgres_scanner) does not match the file name, so LOAD fails.
-    "postgres_scanner": "duckdb-extension-postgres-scanner",
-    "sqlite_scanner": "duckdb-extension-sqlite-scanner",
-    "httpfs": "duckdb-extension-httpfs",
-}
-
-
-class StoreError(RuntimeError):
-    """A DuckLake store that cannot be opened as configured (the message says what to change)."""
 
 
 class StoreMissing(FileNotFoundError):
@@ -105,43 +40,6 @@ class StoreMissing(FileNotFoundError):
 
 class StoreConflict(RuntimeError):
     """A write that kept conflicting with other writers' commits after every retry."""
-
-
-def extension_path(name: str) -> Path:
-    """The file of DuckDB extension ``name`` in its PyPI wheel, checked against DuckDB's version."""
-    dist = EXTENSION_WHEELS[name]
-    wanted = duckdb.__version__
-    try:
-        version = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        raise StoreError(f"the DuckDB extension {name} is not installed: pip install {dist}=={wanted}") from None
-    if version != wanted:
-        raise StoreError(
-            f"{dist} {version} does not match duckdb {wanted}: a DuckDB extension loads only into the version "
-            f"it was built for; pip install {dist}=={wanted} (or duckdb=={version})"
-        )
-    spec = importlib.util.find_spec(dist.replace("-", "_"))
-    base = Path(spec.origin).parent if spec is not None and spec.origin else None
-    path = base / "extensions" / f"v{wanted}" / f"{name}.duckdb_extension" if base else None
-    if path is None or not path.is_file():
-        raise StoreError(f"{dist} {version} has no {name}.duckdb_extension for DuckDB v{wanted} (looked at {path})")
-    return path
-
-
-def _quote(value: object) -> str:
-    return str(value).replace("'", "''")
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Where the S3 data path's endpoint is and which environment variables hold its key."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    url_style: str | None = None
-    use_ssl: bool = True
-    key_id_env: str | None = None
-    secret_env: str | None = None
 
 
 @dataclass
@@ -182,7 +80,7 @@ class DuckLakeStore(BaseStore):
         base: str | Path | None = None,
     ):
         base = Path(base).expanduser() if base is not None else Path.cwd()
-        self.kind, self.catalog = _parse_catalog(catalog, base)
+        self.kind, self.catalog = parse_catalog(catalog, base)
         if data_path is not None:
             data_path = str(data_path)
             if not data_path.startswith("s3://"):
@@ -299,7 +197,7 @@ class DuckLakeStore(BaseStore):
             if lease.holders == 0:
                 if read_only and not Path(self.catalog).exists():
                     raise StoreMissing(f"no DuckLake catalog at {self.catalog}: materialize some assets first")
-                lock = _file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s)
+                lock = file_lock(self.lock_path, exclusive=not read_only, timeout_s=self.lock_timeout_s)
                 lock.__enter__()
                 try:
                     if lease.instance is None:
@@ -345,8 +243,9 @@ class DuckLakeStore(BaseStore):
             names += {"postgres": ["postgres_scanner"], "sqlite": ["sqlite_scanner"]}.get(self.kind, [])
             names += ["httpfs"] if self.on_s3 else []
             for name in names:
-                con.execute(f"LOAD '{_quote(extension_path(name))}'")
-            self._create_secrets(con)
+                con.execute(f"LOAD '{sql_quote(extension_path(name))}'")
+            create_secrets(con, catalog_password_env=self.catalog_password_env,
+                           s3_data_path=self.data_path if self.on_s3 else None, s3=self.s3)
             return con
         except BaseException:
             con.close()
@@ -355,7 +254,7 @@ class DuckLakeStore(BaseStore):
     def _attach(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
         options = []
         if self.data_path is not None:
-            options.append(f"DATA_PATH '{_quote(self.data_path)}'")
+            options.append(f"DATA_PATH '{sql_quote(self.data_path)}'")
             if not self.on_s3 and not read_only:
                 Path(self.data_path).mkdir(parents=True, exist_ok=True)
         if read_only:
@@ -365,7 +264,7 @@ class DuckLakeStore(BaseStore):
         clause = f" ({', '.join(options)})" if options else ""
         for attempt in range(self.retries + 1):
             try:
-                con.execute(f"ATTACH '{_quote(self.attach_target)}' AS {CATALOG}{clause}")
+                con.execute(f"ATTACH '{sql_quote(self.attach_target)}' AS {CATALOG}{clause}")
                 break
             except duckdb.Error as exc:
                 if read_only and "does not exist" in str(exc):
@@ -380,33 +279,6 @@ class DuckLakeStore(BaseStore):
         con.execute(f"USE {CATALOG}")
         if not read_only:
             self._with_retries(_create_bookkeeping, con, what=f"creating the bookkeeping tables of {self.location}")
-
-    def _create_secrets(self, con: duckdb.DuckDBPyConnection) -> None:
-        """The catalog password and the S3 key, from the environment, as TEMPORARY secrets of this
-        instance. A failure names the variables, never the values (a parser error would quote them)."""
-        if self.catalog_password_env:
-            password = _env(self.catalog_password_env, "the catalog password ([store] catalog_password_env)")
-            _secret(con, f"CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD '{_quote(password)}')",
-                    f"the Postgres catalog password from ${self.catalog_password_env}")
-        if not self.on_s3:
-            return
-        s3 = self.s3 or S3Settings()
-        parts = ["TYPE s3", f"SCOPE '{_quote(self.data_path)}'"]
-        if (s3.key_id_env is None) != (s3.secret_env is None):
-            raise StoreError("[store] s3_key_id_env and s3_secret_env go together: name both variables or neither")
-        if s3.key_id_env and s3.secret_env:
-            key_id = _env(s3.key_id_env, "the S3 key id ([store] s3_key_id_env)")
-            secret = _env(s3.secret_env, "the S3 secret key ([store] s3_secret_env)")
-            parts += [f"KEY_ID '{_quote(key_id)}'", f"SECRET '{_quote(secret)}'"]
-        if s3.region:
-            parts.append(f"REGION '{_quote(s3.region)}'")
-        if s3.endpoint:
-            parts.append(f"ENDPOINT '{_quote(s3.endpoint)}'")
-        if s3.url_style:
-            parts.append(f"URL_STYLE '{_quote(s3.url_style)}'")
-        parts.append(f"USE_SSL {'true' if s3.use_ssl else 'false'}")
-        names = " and ".join(f"${n}" for n in (s3.key_id_env, s3.secret_env) if n) or "no key (anonymous)"
-        _secret(con, f"CREATE TEMPORARY SECRET orion_s3 ({', '.join(parts)})", f"the S3 secret from {names}")
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -491,41 +363,6 @@ def is_conflict(exc: BaseException) -> bool:
         "failed to commit" in message and "ducklake_snapshot_pkey" in message)
 
 
-def _parse_catalog(catalog: str, base: Path | None = None) -> tuple[str, str]:
-    """(kind, location) of a catalog setting: ("postgres", libpq string), ("sqlite", file) or
-    ("duckdb", file); a relative file is relative to ``base`` (default: the working directory)."""
-    text = catalog.strip()
-    if text.startswith("ducklake:"):
-        text = text[len("ducklake:"):]
-    if not text:
-        raise StoreError("[store] catalog is empty: a postgres: connection string or a catalog file")
-    if text.startswith(("postgres:", "postgresql:")):
-        dsn = text.split(":", 1)[1]
-        if re.search(r"(?i)\bpassword\s*=", dsn) or re.search(r"//[^/@\s]*:[^/@\s]*@", dsn):
-            raise StoreError(
-                "[store] catalog holds a password: put it in an environment variable and name that "
-                "variable in [store] catalog_password_env"
-            )
-        return "postgres", f"postgres:{dsn}"
-    kind = "sqlite" if text.startswith("sqlite:") else "duckdb"
-    text = text.removeprefix("sqlite:").removeprefix("duckdb:")
-    return kind, str(((base or Path.cwd()) / Path(text).expanduser()).resolve())
-
-
-def _env(name: str, what: str) -> str:
-    value = os.environ.get(name)
-    if value is None:
-        raise StoreError(f"{what}: the environment variable {name} is not set")
-    return value
-
-
-def _secret(con: duckdb.DuckDBPyConnection, statement: str, what: str) -> None:
-    try:
-        con.execute(statement)
-    except duckdb.Error as exc:
-        raise StoreError(f"could not create {what} ({type(exc).__name__})") from None
-
-
 def _detach(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("USE memory")
     con.execute(f"DETACH DATABASE IF EXISTS {CATALOG}")
@@ -555,7 +392,7 @@ def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
                       if not _schema_exists(con, schema)]
         return statements + [ddl for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
                                                     ("table_parents", TABLE_PARENTS_DDL))
-                             if not _table_exists(con, table)]
+                             if not has_table(con, table)]
 
     if not missing():
         return

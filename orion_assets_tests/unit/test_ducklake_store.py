@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 import orion_assets.store as store_module
+import orion_assets.store.base as store_base
 from orion_assets.store import Store
 from orion_assets.store.ducklake import (
     GUARD_SCHEMA,
@@ -166,7 +167,7 @@ def _child() -> None:
     elif action == "hang":
         # Stop inside the write's transaction, after its DELETE and INSERT, before its COMMIT: the
         # lineage view's refresh is the transaction's last step; the test SIGKILLs this process here.
-        original = store_module.refresh_lineage_view
+        original = store_base.refresh_lineage_view
 
         def refresh_then_hang(con, links=None):
             original(con, links)
@@ -175,7 +176,7 @@ def _child() -> None:
             print("READY", flush=True)
             time.sleep(600)
 
-        store_module.refresh_lineage_view = refresh_then_hang
+        store_base.refresh_lineage_view = refresh_then_hang
         write_partition(store, args["part"], args["version"], args["n"], parquet=Path(args["parquet"]))
     else:
         raise SystemExit(f"unknown action {action}")
@@ -470,7 +471,7 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
     store.retry_wait_s = 0.01
     write_partition(store, "a", "v1", 5)
     rival = open_store(pg_spec)  # another connection (the same as another process, for DuckLake)
-    original = store_module.refresh_lineage_view
+    original = store_base.refresh_lineage_view
     rival_commits = {"left": 0}
 
     def refresh_while_a_rival_commits(con, links=None):
@@ -480,7 +481,7 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
             rival.transaction(lambda c: None, guard=store_module.write_guard("events", {"part": "a"}),
                               what="a rival's write of partition a of orion.events")
 
-    monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_a_rival_commits)
+    monkeypatch.setattr(store_base, "refresh_lineage_view", refresh_while_a_rival_commits)
     rival_commits["left"] = 1  # the first attempt conflicts, the second commits
     write_partition(store, "a", "v2", 7)
     assert store.last_attempts == 2
@@ -497,7 +498,7 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
             rival.replace_rows("other", pl.DataFrame({"n": [1]}), replace_where=None,
                                materialization={"asset_key": "other"})
 
-    monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_another_table_is_written)
+    monkeypatch.setattr(store_base, "refresh_lineage_view", refresh_while_another_table_is_written)
     write_partition(store, "b", "v1", 3)
     assert other_table["left"] == 0 and store.last_attempts == 1
     assert store.count("other") == 1 and store.count("events", {"part": "b"}) == 3
@@ -512,11 +513,11 @@ def test_a_conflict_is_retried_and_one_that_never_ends_fails_naming_table_and_pa
             other_partition["left"] -= 1
             write_partition(rival, "d", "v1", 5)
 
-    monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_another_partition_is_written)
+    monkeypatch.setattr(store_base, "refresh_lineage_view", refresh_while_another_partition_is_written)
     write_partition(store, "c", "v1", 6)
     assert other_partition["left"] == 0 and store.last_attempts == 1
     assert store.count("events", {"part": "c"}) == 6 and store.count("events", {"part": "d"}) == 5
-    monkeypatch.setattr(store_module, "refresh_lineage_view", refresh_while_a_rival_commits)
+    monkeypatch.setattr(store_base, "refresh_lineage_view", refresh_while_a_rival_commits)
 
     rival_commits["left"] = 10  # every attempt conflicts
     with pytest.raises(StoreConflict, match=r"orion\.events partition \{'part': 'a'\}.*3 times") as caught:
