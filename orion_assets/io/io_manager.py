@@ -10,7 +10,7 @@ Reading (:meth:`OrionIOManager.load_input`): an upstream table arrives as a lazy
 :class:`~orion_assets.io.tables.Table`, filtered to the partitions the input maps to.
 
 dagster-duckdb's I/O managers are not used: they load whole tables into memory and hold no
-cross-process lock, while the store's readers and writers queue on one (``store.py``).
+cross-process lock, while the store's readers and writers queue on one (``orion_assets.store.lock``).
 """
 
 import shutil
