@@ -13,7 +13,8 @@ from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import problems as problem_sets
 from orion_assets.method import prompts
-from orion_assets.method.quality import gate, metrics, verdicts
+from orion_assets.method.quality import embedding, gate, lexical, metrics, verdicts
+from orion_assets.method.quality.judge import parse_judge_reply
 from orion_assets.method.sampling import ChunkProgress
 from orion_assets.vocabulary import TRAINING_VARIANTS
 
@@ -93,7 +94,7 @@ def cot_quality(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
-    embedder = metrics.load_embedder(cfg.quality.embedding_model, device="auto")
+    embedder = embedding.load_embedder(cfg.quality.embedding_model, device="auto")
     index = problem_sets.ContaminationIndex.build(problem_sets.all_benchmarks(), cfg.data.decontamination_ngram)
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
     problem_ids = teacher_cots.keys("problem_id")
@@ -118,7 +119,7 @@ def cot_quality(
                 pl.Series(
                     "teacher_similarity",
                     [
-                        metrics.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
+                        lexical.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
                         for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
                     ],
                     dtype=pl.Float64,
@@ -188,7 +189,7 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
     progress.total += len(requests)
     results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk())
-    scores = [metrics.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
+    scores = [parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),
         pl.Series("judge_consistency", [s[1] for s in scores], dtype=pl.Int64),
