@@ -16,13 +16,9 @@ import pytest
 from orion_assets.definitions import all_assets
 from orion_assets.method.problems import ContaminationIndex, all_benchmarks
 from orion_assets.method.quality import embedding, lexical
-from orion_assets.method.quality.gate import (
-    DROP_REASONS,
-    EXPECTATION_NAMES,
-    GateResult,
-    row_drop_reasons,
-    run_gate,
-)
+from orion_assets.method.quality.gate import EXPECTATION_NAMES, run_gate
+from orion_assets.method.quality.results import GateResult
+from orion_assets.method.quality.rules import DROP_REASONS, row_drop_reasons
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
