@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orion_assets.method.quality import metrics  # noqa: E402
+from orion_assets.method.quality import embedding, lexical, metrics  # noqa: E402
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
 GSM8K = PACKAGE_DATA_DIR / "train" / "gsm8k_train.jsonl"
@@ -52,7 +52,7 @@ def old_coherence(steps_list: Sequence[list[str]], embedder: Any, *, batch_size:
         positions.append([unique.setdefault(step, len(unique)) for step in steps])
     if not unique:
         return [None] * len(positions)
-    vectors = metrics._encode(embedder, list(unique), batch_size=batch_size)
+    vectors = embedding._encode(embedder, list(unique), batch_size=batch_size)
     scores: list[float | None] = []
     for index in positions:
         if index is None:
@@ -66,9 +66,9 @@ def old_coherence(steps_list: Sequence[list[str]], embedder: Any, *, batch_size:
 
 def old_cot_metrics(cots: Sequence[str], *, tokenizer: Any, embedder: Any) -> pl.DataFrame:
     texts = ["" if cot is None else str(cot) for cot in cots]
-    steps = [metrics.split_steps(text) for text in texts]
-    n_words = [len(metrics.words(text)) for text in texts]
-    markers = [metrics.reflection_marker_count(text) for text in texts]
+    steps = [lexical.split_steps(text) for text in texts]
+    n_words = [len(lexical.words(text)) for text in texts]
+    markers = [lexical.reflection_marker_count(text) for text in texts]
     return pl.DataFrame(
         {
             "n_tokens": metrics._token_counts(texts, tokenizer),
@@ -76,7 +76,7 @@ def old_cot_metrics(cots: Sequence[str], *, tokenizer: Any, embedder: Any) -> pl
             "n_steps": [len(s) for s in steps],
             "reflection_markers": markers,
             "reflection_density": [100.0 * m / w if w else 0.0 for m, w in zip(markers, n_words)],
-            "repeated_4gram_ratio": [metrics.repeated_ngram_ratio(text, 4) for text in texts],
+            "repeated_4gram_ratio": [lexical.repeated_ngram_ratio(text, 4) for text in texts],
             "coherence": old_coherence(steps, embedder) if texts else [],
         },
         schema=metrics.COT_METRICS_SCHEMA,
@@ -96,7 +96,7 @@ def long_cots(n: int, n_words: int) -> list[str]:
             answer = answers[i % len(answers)]
             i += 1
             parts.append(answer)
-            count += len(metrics.words(answer))
+            count += len(lexical.words(answer))
         cots.append("\n\n".join(parts))
     if i > len(answers):
         print(f"note: {i} solutions needed, {len(answers)} in the file: some CoTs repeat solutions")
@@ -150,15 +150,15 @@ def main() -> None:
     cots = long_cots(args.cots, args.words)
     from transformers import AutoTokenizer
 
-    location = metrics.resolve_embedding_model(MODEL)
+    location = embedding.resolve_embedding_model(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
-    print(f"{len(cots)} CoTs, {sum(len(metrics.words(c)) for c in cots) / len(cots):.0f} words each on average")
+    print(f"{len(cots)} CoTs, {sum(len(lexical.words(c)) for c in cots) / len(cots):.0f} words each on average")
 
     print("outside the encoder (all CoTs):")
-    steps_list = _timed("split_steps", lambda: [metrics.split_steps(c) for c in cots])
-    _timed("words", lambda: [metrics.words(c) for c in cots])
-    _timed("reflection_marker_count", lambda: [metrics.reflection_marker_count(c) for c in cots])
-    _timed("repeated_ngram_ratio", lambda: [metrics.repeated_ngram_ratio(c, 4) for c in cots])
+    steps_list = _timed("split_steps", lambda: [lexical.split_steps(c) for c in cots])
+    _timed("words", lambda: [lexical.words(c) for c in cots])
+    _timed("reflection_marker_count", lambda: [lexical.reflection_marker_count(c) for c in cots])
+    _timed("repeated_ngram_ratio", lambda: [lexical.repeated_ngram_ratio(c, 4) for c in cots])
     _timed("tokenizer (n_tokens, one call)", lambda: metrics._token_counts(cots, tokenizer))
     n_steps = sum(len(s) for s in steps_list)
     distinct = list(dict.fromkeys(s for steps in steps_list if len(steps) >= 2 for s in steps))
@@ -166,7 +166,7 @@ def main() -> None:
 
     if args.no_model:
         return
-    embedder = metrics.load_embedder(MODEL)
+    embedder = embedding.load_embedder(MODEL)
     if args.threads:
         import torch
 

@@ -12,7 +12,8 @@ from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import problems, prompts
-from orion_assets.method.quality import gate, metrics, verdicts
+from orion_assets.method.quality import embedding, gate, lexical, metrics, rules, verdicts
+from orion_assets.method.quality.judge import parse_judge_reply
 from orion_assets.method.sampling import ChunkProgress
 from orion_assets.vocabulary import MODE_VARIANT, REFERENCE_VARIANT
 
@@ -76,7 +77,7 @@ def cot_quality(
     """Metrics of every candidate SFT CoT: tokens, steps, reflection markers, repetition,
     embedding coherence, benchmark contamination, similarity to the teacher CoT (refined rows),
     an LLM-judge score when a judge is set, and the per-row verdict: ``drop_reasons`` (empty =
-    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.method.quality.gate`).
+    kept) and ``kept``, the rows ``sft_dataset`` takes (rules in :mod:`orion_assets.method.quality.rules`).
 
     Works in chunks of ``[data] chunk_size`` problems. A CoT repeated within a variant keeps its
     first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
@@ -86,7 +87,7 @@ def cot_quality(
     from transformers import AutoTokenizer  # deferred: heavy
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
-    embedder = metrics.load_embedder(cfg.quality.embedding_model, device="auto")
+    embedder = embedding.load_embedder(cfg.quality.embedding_model, device="auto")
     index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.data.decontamination_ngram)
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
@@ -109,13 +110,13 @@ def cot_quality(
                 pl.Series(
                     "teacher_similarity",
                     [
-                        metrics.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
+                        lexical.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
                         for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
                     ],
                     dtype=pl.Float64,
                 )
             )
-            frame = _drop_earlier_duplicates(gate.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
+            frame = _drop_earlier_duplicates(rules.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
             frame = frame.select(list(COT_QUALITY.columns))  # the text stays in its own table (cot_table)
             summary_rows.append(frame)
             yield frame
@@ -130,7 +131,7 @@ def cot_quality(
             "contaminated": int(frame["contaminated"].sum()),
             "kept": int(frame["kept"].sum()),
             "dropped": int((~frame["kept"]).sum()),
-            "dropped_by_reason": gate.reason_counts(frame.filter(~pl.col("kept"))),
+            "dropped_by_reason": rules.reason_counts(frame.filter(~pl.col("kept"))),
             "judge": judge is not None,
             **(usage_metadata(judge.results, cfg.endpoints.judge, "judge") if judge else {}),
         }
@@ -159,7 +160,7 @@ def _variant_summary(rows: pl.DataFrame) -> dict:
     return {
         "rows": int(rows.height),
         "kept": int(rows["kept"].sum()),
-        "dropped_by_reason": gate.reason_counts(rows.filter(~pl.col("kept"))),
+        "dropped_by_reason": rules.reason_counts(rows.filter(~pl.col("kept"))),
         "coherence_p50": percentiles(rows["coherence"].drop_nulls(), (0.5,))["p50"],
         "teacher_similarity": percentiles(rewrites, (0.1, 0.5, 0.9)) | {"n": int(rewrites.len())},
     }
@@ -179,7 +180,7 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
     progress.total += len(requests)
     results = judge.generate(requests, run_id=context.run.run_id, progress=progress.chunk())
-    scores = [metrics.parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
+    scores = [parse_judge_reply(r.text or "") if r.ok else (None, None) for r in results]
     return [
         pl.Series("judge_coherence", [s[0] for s in scores], dtype=pl.Int64),
         pl.Series("judge_consistency", [s[1] for s in scores], dtype=pl.Int64),
@@ -201,7 +202,7 @@ def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, c
     rows = [
         {"checked_materialization_id": checked.materialization_id, "dagster_run_id": context.run.run_id, **row,
          "checked_at": checked_at}
-        for row in gate.verdict_rows(result)
+        for row in verdicts.verdict_rows(result)
     ]
     verdicts.append_verdicts(orion.store, pl.DataFrame(rows, schema=verdicts.GATE_SCHEMA))
     for verdict in result.verdicts:

@@ -13,7 +13,7 @@ from orion_assets.io.partitions import variant_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.method import problems, prompts
-from orion_assets.method.quality.gate import reason_counts
+from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes, student

