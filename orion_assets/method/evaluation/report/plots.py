@@ -14,8 +14,7 @@ import polars as pl
 
 from orion_assets.method.evaluation.report.format import _ordered
 from orion_assets.store import SCHEMA
-
-REFINED_MODE_ORDER: tuple[str, ...] = ("orion", "no_error", "no_reflection")
+from orion_assets.vocabulary import MODES
 
 ACCURACY_PNG = "accuracy.png"
 COT_LENGTHS_PNG = "cot_lengths.png"
@@ -128,7 +127,7 @@ def _cot_length_series(
             )
         refined = refined.filter(pl.col("source") == "refined")
     refined = refined.filter(pl.col("n_tokens").is_not_null())
-    for mode in _ordered(refined["mode"].drop_nulls().unique().to_list(), REFINED_MODE_ORDER):
+    for mode in _ordered(refined["mode"].drop_nulls().unique().to_list(), MODES):
         lengths = refined.filter(pl.col("mode") == mode)["n_tokens"].cast(pl.Float64).to_list()
         if lengths:
             series.append((f"refined ({mode})", lengths))

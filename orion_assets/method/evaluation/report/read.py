@@ -13,6 +13,10 @@ import duckdb
 import polars as pl
 
 from orion_assets.store import SCHEMA, BaseStore, Store
+from orion_assets.vocabulary import MODE_TABLE
+
+# The one reflection mode whose rewrites the teacher makes: its refined_cots calls carry role teacher.
+(TEACHER_REWRITE_MODE,) = (m.name for m in MODE_TABLE if m.rewriter == "teacher")
 
 
 @contextmanager
@@ -71,7 +75,7 @@ QUALITY_COLUMNS: tuple[str, ...] = ("variant", "source", "kept", "drop_reasons",
 
 def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     """The few columns of ``orion.cot_quality`` the quality table needs (not the CoT texts), or None
-    when the table does not exist or predates per-row drops (no ``kept`` column)."""
+    when the table does not exist or has no per-row drops (no ``kept`` column)."""
     present = con.execute(
         "SELECT column_name FROM information_schema.columns "
         "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
@@ -104,8 +108,8 @@ def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
                   GROUP BY m.dagster_run_id, a.role HAVING count(DISTINCT m.asset_key) = 1"""
               if "materializations" in tables else
               "SELECT NULL::VARCHAR AS dagster_run_id, NULL AS role, NULL AS asset_key, NULL AS partition_key")
-    # A file no run has opened since llm_calls.messages moved to llm_prompts (the report reads only):
-    # the hash of the messages text, as the migration computes it.
+    # llm_calls without prompt_hash (messages not yet moved to llm_prompts; the report only reads, so
+    # it does not migrate): the hash of the messages text, as the migration computes it.
     columns = {d[0] for d in con.execute(f"SELECT * FROM {SCHEMA}.llm_calls LIMIT 0").description}
     calls = (f"{SCHEMA}.llm_calls" if "prompt_hash" in columns
              else f"(SELECT *, left(sha256(messages::VARCHAR), 32) AS prompt_hash FROM {SCHEMA}.llm_calls)")
@@ -128,7 +132,7 @@ def usage_frame(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
             LEFT JOIN referenced ref ON ref.call_id = c.call_id
             LEFT JOIN by_run run ON run.dagster_run_id = c.dagster_run_id AND run.role = c.role)
         SELECT a.stage,
-               CASE WHEN a.stage = 'refined_cots' AND a.role = 'teacher' THEN 'no_reflection'
+               CASE WHEN a.stage = 'refined_cots' AND a.role = 'teacher' THEN '{TEACHER_REWRITE_MODE}'
                     WHEN a.stage = 'refined_cots' THEN coalesce(a.ref_detail, m.mode)
                     WHEN a.stage = 'benchmark_predictions'
                          THEN coalesce(a.ref_detail, split_part(a.partition_key, '|', 2)) END AS detail,

@@ -1,5 +1,7 @@
 """The score tables: ``orion.benchmark_scores`` checked, the leaderboard frame, and the pass@1, maj@k,
 pass@k and CoT length tables with the sentence on which rule graded GSM-Hard.
+
+Every delta is taken against :data:`~orion_assets.vocabulary.REFERENCE_VARIANT`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ import polars as pl
 from orion_assets.method.evaluation.report.format import MISSING, _count, _delta, _md_table, _number, _ordered, _pct
 from orion_assets.method.evaluation.scoring import Scores
 from orion_assets.store import SCHEMA
-from orion_assets.vocabulary import BENCHMARKS, VARIANTS
-
-REFERENCE_VARIANT = "teacher_sft"
+from orion_assets.vocabulary import BENCHMARKS, REFERENCE_VARIANT, VARIANTS
 
 # The columns of orion.benchmark_scores that the report reads: its keys, the Scores fields and the
-# grading rule. Scores fields with a default (failed-call counts) and the grading rule came later:
-# a table written before them lacks those columns, and the report reads them as unknown (null).
+# grading rule. A table may lack the Scores fields with a default (failed-call counts) and the
+# grading rule: the report reads those as unknown (null).
 SCORE_COLUMNS: tuple[str, ...] = ("benchmark", "variant", *(f.name for f in fields(Scores)), "grading_rule")
 LATER_SCORE_COLUMNS: dict[str, type[pl.DataType]] = {
     **{f.name: pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},

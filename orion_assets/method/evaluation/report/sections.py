@@ -1,6 +1,7 @@
 """The report's per-mode and per-variant sections: reflection yield, SFT data quality, LLM usage and cost.
 
 Each has a frame (one row per mode, variant or stage) and a function turning it into Markdown lines.
+Mode and variant names come from :mod:`orion_assets.vocabulary`.
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 import polars as pl
 
 from orion_assets.method.evaluation.report.format import MISSING, _md_table, _money, _ordered, _pct
-from orion_assets.vocabulary import VARIANTS
+from orion_assets.method.quality.gate import reason_counts
+from orion_assets.vocabulary import MODE_BY_NAME, MODES, REFERENCE_VARIANT, ROLES, VARIANT_MODE, VARIANTS
 
 # -- reflection yield ----------------------------------------------------------------------------
 
 # Above this share of teacher fallbacks, a mode's SFT data is mostly the teacher's: say so loudly.
-REFLECTION_MODES = ("orion", "no_error", "no_reflection")
 FALLBACK_WARNING_SHARE = 0.5
 
 
@@ -26,7 +27,7 @@ def reflection_frame(teacher: pl.DataFrame | None, refined: pl.DataFrame | None)
     if refined is None or refined.is_empty() or "mode" not in refined.columns:
         return pl.DataFrame(schema=dict.fromkeys(columns, pl.Int64) | {"mode": pl.Utf8, "fallback_share": pl.Float64})
     problems = teacher["problem_id"].n_unique() if teacher is not None and "problem_id" in teacher.columns else None
-    if "failure_reasons" not in refined.columns:  # a file written before failures were kept
+    if "failure_reasons" not in refined.columns:  # no failure reasons recorded
         refined = refined.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("failure_reasons"))
     reasons = pl.col("failure_reasons").fill_null([])
     frame = refined.group_by("mode").agg(
@@ -44,7 +45,7 @@ def reflection_frame(teacher: pl.DataFrame | None, refined: pl.DataFrame | None)
         (pl.col("problems") - pl.col("rows")).clip(lower_bound=0).alias("dropped"),
         (pl.col("teacher_fallback") / pl.col("problems")).alias("fallback_share"),
     )
-    order = {m: i for i, m in enumerate(REFLECTION_MODES)}
+    order = {m: i for i, m in enumerate(MODES)}
     return frame.sort(pl.col("mode").replace_strict(order, default=len(order), return_dtype=pl.Int64), "mode").select(columns)
 
 
@@ -63,14 +64,14 @@ def _reflection_section(frame: pl.DataFrame) -> list[str]:
         "",
     ]
     ran = set(frame["mode"])
-    missing = [m for m in REFLECTION_MODES if m not in ran]
+    missing = [m for m in MODES if m not in ran]
     if missing:
         parts.append("Not run: " + ", ".join(f"`{m}`" for m in missing) + " (see the run's output for why).\n")
     for r in frame.iter_rows(named=True):
         if r["fallback_share"] is not None and r["fallback_share"] > FALLBACK_WARNING_SHARE:
             parts.append(
                 f"**Warning:** {_pct(r['fallback_share'])}% of `{r['mode']}`'s SFT data is the teacher's own CoT "
-                f"(no refinement verified): that variant is close to `teacher_sft`.\n"
+                f"(no refinement verified): that variant is close to `{REFERENCE_VARIANT}`.\n"
             )
     return parts
 
@@ -82,8 +83,6 @@ def quality_frame(cot_quality: pl.DataFrame) -> pl.DataFrame:
     """Per variant (canonical order): candidate rows, kept, dropped, drops per reason (a row with two
     reasons counts under both) and the median similarity to the teacher of the true rewrites
     (``source == 'refined'``: teacher fallbacks are copies by construction; null for teacher_sft)."""
-    from orion_assets.method.quality.gate import reason_counts
-
     rows: list[dict[str, object]] = []
     for variant in _ordered(cot_quality["variant"].drop_nulls().unique().to_list(), VARIANTS):
         group = cot_quality.filter(pl.col("variant") == variant)
@@ -132,12 +131,18 @@ def _quality_section(cot_quality: pl.DataFrame | None) -> list[str]:
 USAGE_STAGES: tuple[str, ...] = ("teacher_cots", "student_attempts", "refined_cots", "cot_quality",
                                  "benchmark_predictions", "unattributed")
 
-# The LLM stages behind each variant's SFT data (refined_cots: its mode's calls only).
+
+def _sft_data_stages(mode: str | None) -> tuple[tuple[str, str | None], ...]:
+    """The LLM stages behind SFT data from ``mode`` (None: the teacher's CoTs alone); the last is its own."""
+    if mode is None:
+        return (("teacher_cots", None),)
+    attempts = (("student_attempts", None),) if MODE_BY_NAME[mode].shows_error else ()
+    return (("teacher_cots", None), *attempts, ("refined_cots", mode))
+
+
+# The LLM stages behind each trained variant's SFT data (refined_cots: its mode's calls only).
 SFT_DATA_STAGES: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "teacher_sft": (("teacher_cots", None),),
-    "orion": (("teacher_cots", None), ("student_attempts", None), ("refined_cots", "orion")),
-    "orion_no_error": (("teacher_cots", None), ("refined_cots", "no_error")),
-    "orion_no_reflection": (("teacher_cots", None), ("student_attempts", None), ("refined_cots", "no_reflection")),
+    variant: _sft_data_stages(mode) for variant, mode in VARIANT_MODE.items()
 }
 Prices = dict[str, tuple[float | None, float | None]]
 
@@ -145,7 +150,7 @@ Prices = dict[str, tuple[float | None, float | None]]
 def prices_of(config) -> Prices:
     """Per role, (USD per million prompt tokens, per million completion tokens) of an ``OrionConfig``."""
     return {role: (cfg.price_per_mtok_in, cfg.price_per_mtok_out)
-            for role in ("teacher", "student", "judge") if (cfg := getattr(config.endpoints, role)) is not None}
+            for role in ROLES if (cfg := getattr(config.endpoints, role)) is not None}
 
 
 def _usd(prices: Prices | None, role: str, prompt: int, completion: int) -> float | None:
