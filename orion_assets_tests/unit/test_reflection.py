@@ -134,7 +134,7 @@ def test_the_context_budget_cuts_max_tokens_and_refuses_what_cannot_fit(tiny_stu
 def test_the_report_counts_fallbacks_overflows_and_unsplittable_replies_per_mode():
     import polars as pl
 
-    from orion_assets.method.evaluation.report import (
+    from orion_assets.method.evaluation.report.sections import (
         _reflection_section,
         reflection_frame,
     )
