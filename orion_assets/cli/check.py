@@ -10,10 +10,12 @@ sizes, with what ``orion.llm_calls`` already holds and, when prices are set, wha
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
 from orion_assets.llm.usage import cost_usd
-from orion_assets.profiles import Profile
+from orion_assets.profiles import Profile, load_profile
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
 from orion_assets.vocabulary import TRAINING_VARIANTS
 
@@ -595,3 +598,22 @@ def _cost(cfg: EndpointConfig, tokens_in: float, tokens_out: float) -> str:
 def run_preflight(profile: Profile, data_dir: Path, selection: Iterable[str] | None = None,
                   timeout_s: float = HTTP_TIMEOUT_S) -> Report:
     return Preflight(profile, data_dir, selection, timeout_s).run()
+
+
+def check(args: argparse.Namespace) -> int:
+    apply_env(args)
+    profile = load_profile()
+    if args.select:
+        unknown = unknown_assets(args.select, selectable_keys(definitions().resolve_asset_graph()))
+        if unknown:
+            print(f"orion check: unknown asset(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    report_ = run_preflight(profile, data_dir_of(args), selection=args.select, timeout_s=args.timeout)
+    print(report_.render(), flush=True)
+    warnings = f", {len(report_.warnings)} warning(s)" if report_.warnings else ""
+    if report_.problems:
+        for line in report_.problems:
+            print(f"orion check: {line}", file=sys.stderr)
+        return 2
+    print(f"orion check: ok{warnings}", flush=True)
+    return 0
