@@ -50,7 +50,7 @@ DEFAULT_DB = REPO / "benchmarks" / "out" / "synthetic" / "orion_store.duckdb"
 
 
 def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
-    from orion_assets.cli.main import check_read_only
+    from orion_assets.cli.sql import check_read_only
 
     frame = None
     for statement in check_read_only(path.read_text(encoding="utf-8")):

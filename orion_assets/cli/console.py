@@ -1,35 +1,23 @@
-"""What ``orion run`` shows in the terminal, kept apart from what the assets know.
-
-The assets and the SFT launcher report progress as records on one Python logger
-(:data:`PROGRESS_LOGGER`, through :func:`report_progress`); a failed LLM call is a warning record
-that carries :data:`CALL_FAILED`. Nothing reaches the terminal unless a handler listens: in
-``orion run`` that is :class:`ProgressBars`, which draws a tqdm bar per label on a terminal (calls
-done of total, cache hits, errors, calls/s, ETA; training steps with loss) and sums each label up
-in the step's line. Everything else a run prints (Dagster's log lines, library warnings and
-progress bars, the SFT process's output) goes to the run's log file (:func:`capture_output`).
+"""What ``orion run`` shows in the terminal: a tqdm bar per progress label (calls, cache hits,
+errors, rate, ETA; training steps with loss) and a summary per step, from the records of
+:mod:`orion_assets.progress`. Everything else a run prints goes to the run's log file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orion_assets.progress import (
-    CALL_FAILED,
-    PROGRESS_ATTR,
-    progress_log,
-)
+from tqdm import tqdm
+
+from orion_assets.progress import CALL_FAILED, PROGRESS_ATTR, progress_log
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-
 
 
 @dataclass
@@ -190,8 +178,6 @@ class ProgressBars(logging.Handler):
                     self._draw(self.current)
 
     def _draw(self, bar: _Bar) -> None:
-        from tqdm import tqdm
-
         if bar.tqdm is None:
             if not self.drew:
                 self.stream.write("\r\x1b[K")  # the bar takes the step's line; end() prints it again
@@ -246,8 +232,3 @@ def is_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def terminal_streams() -> tuple[IO[str], IO[str]]:
-    """The streams the CLI writes its own lines to (taken before any redirection)."""
-    return sys.stdout, sys.stderr

@@ -349,7 +349,7 @@ time.sleep(60)
 def test_a_steps_cpu_counts_child_processes_running_and_ended():
     """The CPU `orion run` prints per step includes child processes: the grading workers live on
     between steps, an SFT run ends within its step."""
-    from orion_assets.cli.main import _cpu_seconds
+    from orion_assets.cli.run import _cpu_seconds
 
     before = _cpu_seconds()
     child = subprocess.Popen([sys.executable, "-c", BURN_THEN_WAIT], stdout=subprocess.PIPE, text=True)

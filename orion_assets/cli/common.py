@@ -1,0 +1,57 @@
+"""What the ``orion`` subcommands share: the data folder, the profile's store and the asset graph."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from orion_assets.profiles import Profile, ProfileError, load_profile
+from orion_assets.store import BaseStore, store_for
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("ORION_DATA_DIR", "data")).expanduser().resolve()
+
+
+def apply_env(args: argparse.Namespace) -> None:
+    """``--profile`` and ``--data-dir`` as the environment variables the assets read."""
+    if getattr(args, "profile", None):
+        os.environ["ORION_PROFILE"] = args.profile
+    if args.data_dir:
+        os.environ["ORION_DATA_DIR"] = str(data_dir_of(args))
+
+
+def open_store(args: argparse.Namespace, command: str, profile: Profile | None = None) -> BaseStore:
+    """The store the active profile's ``[store]`` names; the DuckDB file in the data folder when
+    the profile does not load (said on stderr)."""
+    data_dir = data_dir_of(args)
+    if profile is None:
+        try:
+            profile = load_profile()
+        except ProfileError as exc:
+            print(f"orion {command}: {exc}; reading the DuckDB file in {data_dir}", file=sys.stderr)
+    return store_for(profile.config.store if profile is not None else None, data_dir)
+
+
+def definitions():
+    """``orion_assets.definitions.defs``, without Dagster's beta-API warnings (for developers, not users)."""
+    # Deferred: dagster and every asset take seconds to import; orion sql/report and a plain orion check skip them.
+    import dagster as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        from orion_assets.definitions import defs
+    return defs
+
+
+def selectable_keys(graph) -> list:
+    return [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable]
+
+
+def unknown_assets(wanted: Sequence[str] | None, keys) -> list[str]:
+    return sorted(set(wanted or ()) - {k.to_user_string() for k in keys})

@@ -1,0 +1,126 @@
+"""The preflight probes of the LLM endpoints: the backend, the API key, one ``GET /models``, the
+served model and variants, and whether the planned prompts and answers fit the context window."""
+
+from __future__ import annotations
+
+import os
+
+from orion_assets.cli.preflight.context import Context
+from orion_assets.cli.preflight.net import http_get, is_loopback, why_unreachable
+from orion_assets.cli.preflight.plan import Stage
+from orion_assets.cli.preflight.report import Section
+from orion_assets.method.variants import skipped_variants
+from orion_assets.profiles.schema import EndpointConfig
+from orion_assets.vocabulary import TRAINING_VARIANTS
+
+
+def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]) -> None:
+    cfg: EndpointConfig | None = getattr(ctx.cfg.endpoints, role)
+    if cfg is None:
+        if role == "judge":
+            ctx.report.section("judge: none (no LLM-judge scores)")
+        return
+    if not needed:
+        ctx.report.section(f"{role}: not used by the selected assets")
+        return
+    if cfg.backend == "replay":
+        source = f"file {cfg.replay_file}" if cfg.replay_file else f"the problems' {cfg.replay_field!r} field"
+        ctx.report.section(f"{role}: replay backend (answers from {source}): no endpoint to check")
+        return
+    if cfg.backend == "hf":
+        ctx.report.section(f"{role}: hf backend (local generation, device {cfg.device}): no server to check")
+        return
+    section = ctx.report.section(f"{role}: openai backend at {cfg.base_url}, model {cfg.model}")
+    if not cfg.base_url or not cfg.model:
+        section.add("problem", f"set [endpoints.{role}] base_url and model (the openai backend needs both)")
+        return
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    if key:
+        section.add("ok", f"API key: ${cfg.api_key_env} is set")
+    elif is_loopback(cfg.base_url) or not cfg.api_key_env:
+        what = f"${cfg.api_key_env} is not set" if cfg.api_key_env else "no api_key_env"
+        section.add("ok", f"API key: {what} (a loopback server needs none)")
+    else:
+        section.add("problem", f"set the environment variable {cfg.api_key_env}: the server at {cfg.base_url} "
+                               f"needs an API key ([endpoints.{role}] api_key_env)")
+        return
+    url = cfg.base_url.rstrip("/") + "/models"
+    try:
+        status, body, seconds = http_get(url, key, ctx.timeout_s)
+    except (OSError, ValueError) as exc:
+        section.add("problem", f"cannot reach {url}: {why_unreachable(exc, ctx.timeout_s)}")
+        return
+    if status in (401, 403):
+        section.add("problem", f"GET {url}: HTTP {status}: the server refused the key in ${cfg.api_key_env}")
+        return
+    if status != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        hint = " (base_url usually ends in /v1)" if status == 404 else ""
+        section.add("problem", f"GET {url}: HTTP {status}, not a model list{hint}")
+        return
+    cards = {str(c.get("id")): c for c in body["data"] if isinstance(c, dict)}
+    section.add("ok", f"GET /models answered in {seconds:.2f} s: {len(cards)} model(s)")
+    if cfg.model in cards:
+        section.add("ok", f"serves {cfg.model}")
+    else:
+        shown = ", ".join(sorted(cards)[:5]) or "none"
+        section.add("problem", f"the server does not list model {cfg.model} (it lists: {shown})")
+    if role == "student" and any(s.asset == "benchmark_predictions" for s in stages):
+        _check_variants(ctx, section, set(cards))
+    served_len = cards.get(cfg.model, {}).get("max_model_len")
+    _check_window(section, role, cfg, served_len if isinstance(served_len, int) else None, stages)
+
+
+def _check_variants(ctx: Context, section: Section, served: set[str]) -> None:
+    """Evaluation asks the student server for each trained variant by name (vLLM LoRA modules)."""
+    wanted = [v for v in TRAINING_VARIANTS if v not in skipped_variants(ctx.cfg)]
+    missing = [v for v in wanted if v not in served]
+    present = [v for v in wanted if v in served]
+    if not missing:
+        section.add("ok", f"serves every variant: {', '.join(present)}")
+        return
+    trained_here = ctx.selected("student_checkpoint")
+    stale = [v for v in missing if v in ctx.checkpoints() and not trained_here]
+    fresh = [v for v in missing if v not in stale]
+    if present:
+        section.add("ok", f"serves variant(s) {', '.join(present)}")
+    if fresh:
+        section.add("warn", f"does not serve variant(s) {', '.join(fresh)} yet: no checkpoint before this run; "
+                            "restart the server with --lora-modules <variant>=<checkpoint> before evaluation")
+    if stale:
+        section.add("problem", f"does not serve variant(s) {', '.join(stale)}, which have checkpoints: start "
+                               "vLLM with --lora-modules <variant>=<path> (orion sql \"SELECT variant, path FROM "
+                               "orion.student_checkpoint\")")
+
+
+def _check_window(section: Section, role: str, cfg: EndpointConfig, served_len: int | None,
+                  stages: list[Stage]) -> None:
+    """Whether max_tokens plus a typical prompt fits the window the profile or the server states."""
+    configured = cfg.context_window
+    if configured is not None and served_len is not None and configured > served_len:
+        section.add("problem", f"[endpoints.{role}] context_window = {configured} but the server's max_model_len "
+                               f"is {served_len}: set context_window = {served_len}")
+        return
+    window = configured or served_len
+    if window is None:
+        section.add("warn", f"context window unknown (the server does not say): set [endpoints.{role}] "
+                            "context_window to its --max-model-len so long prompts are fitted, not refused")
+        return
+    where = "the profile" if configured is not None else "max_model_len from /models"
+    worst = max(stages, key=lambda s: s.max_tokens + s.prompt_tokens) if stages else None
+    if worst is None:
+        section.add("ok", f"context window {window} ({where})")
+        return
+    over = [s for s in stages if s.max_tokens + s.prompt_tokens > window]
+    if not over:
+        section.add("ok", f"context window {window} ({where}): max_tokens {worst.max_tokens} + a "
+                          f"~{worst.prompt_tokens}-token prompt fits ({worst.asset})")
+        return
+    for stage in over:
+        text = (f"{stage.asset}: max_tokens {stage.max_tokens} + a ~{stage.prompt_tokens}-token prompt "
+                f"exceeds the {window}-token context window ({where})")
+        if stage.budgeted and configured is not None:
+            section.add("warn", text + "; max_tokens is cut to fit each prompt")
+        elif stage.asset.startswith("refined_cots"):
+            section.add("warn", text + f"; set [endpoints.{role}] context_window so that prompts are fitted")
+        else:
+            section.add("problem", text + "; the server refuses such requests: lower that max_tokens")

@@ -1,0 +1,188 @@
+"""``orion run``: materialize every asset and partition of the active profile, one step at a time,
+with progress on the terminal, everything else in the run's log file, and a short reason on failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from orion_assets.cli import console
+from orion_assets.cli.check import run_preflight
+from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
+from orion_assets.cli.failures import report_failure
+from orion_assets.method.variants import skipped_variants
+from orion_assets.profiles import Profile, load_profile
+from orion_assets.vocabulary import BENCHMARKS
+
+BENCHMARK_NAMES = frozenset(BENCHMARKS)
+
+
+def _instance():
+    # Deferred: dagster takes about a second to import; orion sql/check/report do not need it.
+    import dagster as dg
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def _partition_keys(partitions_def, benchmarks: set[str], skipped_variants: set[str] = frozenset()) -> list[str | None]:
+    """Every partition key, leaving out benchmarks that the profile does not evaluate and
+    variants it cannot train honestly."""
+    if partitions_def is None:
+        return [None]
+    keys = []
+    for key in partitions_def.get_partition_keys():
+        values = set(getattr(key, "keys_by_dimension", {"_": key}).values())
+        if any(v in BENCHMARK_NAMES and v not in benchmarks for v in values):
+            continue
+        if values & skipped_variants:
+            continue
+        keys.append(key)
+    return keys
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process (all threads), of its child processes that have ended (an
+    SFT run) and of those still running (the grading workers); deltas of this sum are a step's CPU."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # it ended meanwhile: counted in RUSAGE_CHILDREN once reaped
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_env(args)
+    out, err = sys.stdout, sys.stderr
+    profile = load_profile()
+    data_dir = data_dir_of(args)
+    # From here on library warnings and log records go to the run's log file, not the terminal.
+    log_path = data_dir / "logs" / f"orion-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log_handler = console.open_run_log(log_path)
+    try:
+        return _run(args, profile, data_dir, log_path, out, err)
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+
+
+def _preflight(args: argparse.Namespace, profile: Profile, data_dir: Path, out, err) -> int | None:
+    """``orion check`` before the run: its problems stop it (exit 2), its warnings and plan are shown."""
+    report_ = run_preflight(profile, data_dir, selection=args.select)
+    for line in report_.problems:
+        print(f"orion run: {line}", file=err)
+    if report_.problems:
+        print(f"orion run: the preflight check found {len(report_.problems)} problem(s); `orion check` shows "
+              "the whole report (--no-check skips it)", file=err)
+        return 2
+    if not args.quiet:
+        for line in report_.warnings:
+            print(f"orion run: warning: {line}", file=out)
+        print("\n".join(report_.plan), file=out, flush=True)
+    return None
+
+
+def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: Path, out, err) -> int:
+    quiet = args.quiet
+    # Deferred: dagster and transformers take seconds to import; only orion run needs them.
+    import dagster as dg
+    from transformers.utils import logging as hf_logging
+
+    defs = definitions()
+
+    hf_logging.disable_progress_bar()
+    instance = _instance()
+    graph = defs.resolve_asset_graph()
+    keys = selectable_keys(graph)
+    unknown = unknown_assets(args.select, keys)
+    if unknown:
+        print(f"orion run: unknown asset(s): {', '.join(unknown)}", file=err)
+        return 2
+    if args.select:
+        keys = [k for k in keys if k.to_user_string() in set(args.select)]
+    skipped = skipped_variants(profile.config)
+    steps = [
+        (key, pk)
+        for key in keys
+        for pk in _partition_keys(graph.get(key).partitions_def, set(profile.config.data.benchmarks), set(skipped))
+    ]
+    if not quiet:
+        print(
+            f"orion run: profile {profile.name} ({profile.hash}), data {data_dir}, "
+            f"DAGSTER_HOME {os.environ['DAGSTER_HOME']}: {len(steps)} materializations",
+            file=out, flush=True,
+        )
+    if not args.no_check and (code := _preflight(args, profile, data_dir, out, err)) is not None:
+        return code
+    for variant, why in skipped.items():
+        if not quiet:
+            print(f"orion run: leaving out variant {variant}: {why}", file=out, flush=True)
+
+    previous_log_env = os.environ.get("ORION_LOG_FILE")
+    os.environ["ORION_LOG_FILE"] = str(log_path)  # the SFT process appends its own output there
+    bars = console.ProgressBars(out, live=console.is_terminal(out))
+    if not quiet:
+        bars.install()
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
+    started = time.monotonic()
+    try:
+        for number, (key, pk) in enumerate(steps, start=1):
+            label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")
+            prefix = f"[{number}/{len(steps)}] {label}"
+            if not quiet:
+                print(f"{prefix} ...", end=" ", file=out, flush=True)
+            bars.begin(prefix)
+            t0, cpu0 = time.monotonic(), _cpu_seconds()
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"== {prefix}\n")
+            with console.capture_output(log_path):
+                result = dg.materialize(
+                    assets,
+                    selection=[key],
+                    partition_key=str(pk) if pk is not None else None,
+                    instance=instance,
+                    resources=defs.resources,
+                    raise_on_error=False,
+                    tags={"orion/launched_by": "orion run"},
+                    # Dagster's log lines go to the run's log file (stderr is captured there).
+                    run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+                )
+            elapsed, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
+            summaries, drew = bars.end()
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"== {prefix}: {'ok' if result.success else 'FAILED'} (Dagster run {result.run_id})\n")
+            again = f"\r\x1b[K{prefix} ... " if drew else ""
+            calls = "; " + "; ".join(summaries) if summaries else ""
+            if not result.success:
+                if not quiet:
+                    print(f"{again}FAILED after {elapsed:.1f}s (run {result.run_id}){calls}", file=out, flush=True)
+                return report_failure(result, key.to_user_string(), label, log_path, args.debug, err,
+                                      profile.config.student_model.name_or_path)
+            if not quiet:
+                rows = [
+                    m.metadata.get("dagster/row_count")
+                    for m in result.asset_materializations_for_node(key.path[-1])
+                ]
+                row_text = f"{rows[0].value} rows, " if rows and rows[0] is not None else ""
+                print(f"{again}ok ({row_text}{elapsed:.1f}s, {cpu:.1f}s CPU){calls}", file=out, flush=True)
+    finally:
+        bars.uninstall()
+        if previous_log_env is None:
+            os.environ.pop("ORION_LOG_FILE", None)
+        else:
+            os.environ["ORION_LOG_FILE"] = previous_log_env
+    print(f"orion run: {len(steps)} materializations in {time.monotonic() - started:.1f}s (log: {log_path})",
+          file=out, flush=True)
+    return 0
