@@ -66,7 +66,7 @@ def _cot(answer: str) -> str:
 
 def prepare(workdir: Path, n_examples: int) -> tuple[str, str, str]:
     """(model path, model hash, parquet path)."""
-    from orion_assets.training.sft import write_sft_parquet
+    from orion_assets.training import write_sft_parquet
     from orion_assets.training.student import build_tiny_student
 
     recs = _gsm8k(max(TOKENIZER_RECORDS, n_examples))
@@ -192,8 +192,8 @@ def _cpu() -> float:
 def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
     import dagster as dg
 
+    from orion_assets.training import TrainParams
     from orion_assets.training.pipes import run_sft_with_pipes
-    from orion_assets.training.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"],

@@ -16,7 +16,8 @@ from orion_assets.method import prompts
 from orion_assets.method.quality.gate import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
-from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes
+from orion_assets.training import TrainParams, config_hash
+from orion_assets.training.pipes import run_sft_with_pipes
 
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SFT_DATASET = TableSpec(

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from orion_assets.training.sft import RESULT_FILE, TrainParams, launch_command
+from orion_assets.training.config import RESULT_FILE, TRAIN_LOG_FILE, TrainParams, launch_command
 
 LAUNCH_PARAMS_FILE = "launch_params.json"
 RUN_LOG_ENV = "ORION_LOG_FILE"
@@ -148,8 +148,6 @@ class _StepWatcher:
     step by the SFT process) as progress while the process runs."""
 
     def __init__(self, output_dir: Path, label: str, total: int | None, interval_s: float = 0.5):
-        from orion_assets.training.sft import TRAIN_LOG_FILE
-
         self.path = Path(output_dir) / TRAIN_LOG_FILE
         self.label, self.total, self.interval_s = label, total, interval_s
         self._size = -1

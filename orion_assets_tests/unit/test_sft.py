@@ -28,7 +28,7 @@ import dagster as dg
 import pytest
 import torch
 
-from orion_assets.training.sft import (
+from orion_assets.training import (
     RESULT_FILE,
     TRAIN_LOG_FILE,
     TrainParams,
