@@ -201,7 +201,7 @@ def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
         output_dir=str(workdir / f"pipes-{i}"),
         max_length=cfg["max_length"],
         max_steps=cfg["max_steps"],
-        batch_size=cfg["batch_size"],
+        per_device_train_batch_size=cfg["batch_size"],
         learning_rate=cfg["learning_rate"],
         seed=cfg["seed"],
         save_steps=cfg["save_steps"],

@@ -203,7 +203,8 @@ def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"], dataset_path=cfg["dataset_path"], output_dir=str(work / f"pipes-{tag}"),
-        lora=cfg["lora"], max_length=cfg["max_length"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],
+        lora=cfg["lora"], max_length=cfg["max_length"], max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg["batch_size"],
         learning_rate=cfg["learning_rate"], seed=0, save_steps=cfg["max_steps"], device="cuda" if cfg["cuda"] else "cpu",
         bf16=cfg["bf16"], gradient_checkpointing=cfg["gradient_checkpointing"], resume=False,
         base_model_hash=cfg["base_model_hash"],

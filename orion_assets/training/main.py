@@ -123,7 +123,7 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
             params = _params_from_file(args.params)
         pipes.log.info(
             f"SFT: base={params.base_model_path} data={params.dataset_path} out={params.output_dir} "
-            f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.epochs}"
+            f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.num_train_epochs}"
         )
 
         interval = float(extras.get(LOG_INTERVAL_EXTRA) or os.environ.get(LOG_INTERVAL_ENV) or 0)

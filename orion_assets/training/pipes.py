@@ -122,8 +122,8 @@ def planned_steps(params: TrainParams) -> int | None:
         rows = pq.ParquetFile(params.dataset_path).metadata.num_rows
     except Exception:  # noqa: BLE001 - only a progress total
         return None
-    per_epoch = math.ceil(rows / (params.batch_size * params.gradient_accumulation_steps))
-    return max(1, math.ceil(per_epoch * params.epochs))
+    per_epoch = math.ceil(rows / (params.per_device_train_batch_size * params.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * params.num_train_epochs))
 
 
 def _progress_label(context: Any) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orion_assets.devices import resolve_device
-from orion_assets.profiles.schema import SFT_RESERVED_ARGS, trl_sft_config_fields
+from orion_assets.profiles.schema import SFT_RESERVED_ARGS, SFT_TRAINER_FIELDS, trl_sft_config_fields
 from orion_assets.training.checkpoints import (
     checkpoint_dirs,
     checkpoint_step,
@@ -115,8 +115,8 @@ def sft_trainer_config(
     params: TrainParams, output_dir: str | os.PathLike, *, device: str, bf16: bool, eos_token: str
 ) -> dict[str, Any]:
     """The keyword arguments of ``trl.SFTConfig`` for a run: the project's defaults (:data:`_TRAINER_DEFAULTS`,
-    ``data_seed`` = ``seed``), then the [sft] settings (``params.trainer_args()``: the mapped [sft] keys and
-    [sft.training_args] as given), then what the SFT code decides itself
+    ``data_seed`` = ``seed``), then the [sft] settings (``params.trainer_args()``: TRL's fields among the [sft]
+    keys and [sft.training_args], as given), then what the SFT code decides itself
     (:data:`~orion_assets.profiles.schema.SFT_RESERVED_ARGS`, which the settings cannot hold)."""
     on_cuda = device.startswith("cuda")
     grad_ckpt = on_cuda if params.gradient_checkpointing is None else bool(params.gradient_checkpointing)
@@ -136,7 +136,9 @@ def sft_trainer_config(
         "save_strategy": "steps",
         "include_num_input_tokens_seen": "non_padding",  # kept in trainer_state.json, so it survives a resume
     }
-    if "activation_checkpointing" in trl_sft_config_fields():  # transformers 5: the new name of the same switch
+    fields = trl_sft_config_fields()
+    assert set(SFT_TRAINER_FIELDS) <= fields, sorted(set(SFT_TRAINER_FIELDS) - fields)
+    if "activation_checkpointing" in fields:  # transformers 5: the new name of the same switch
         fixed["activation_checkpointing"] = grad_ckpt
     assert set(fixed) <= set(SFT_RESERVED_ARGS), sorted(set(fixed) - set(SFT_RESERVED_ARGS))
     return {**_TRAINER_DEFAULTS, "data_seed": params.seed, **params.trainer_args(), **fixed}
