@@ -66,7 +66,7 @@ def _cot(answer: str) -> str:
 
 def prepare(workdir: Path, n_examples: int) -> tuple[str, str, str]:
     """(model path, model hash, parquet path)."""
-    from orion_assets.training.sft import write_sft_parquet
+    from orion_assets.training import write_sft_parquet
     from orion_assets.training.student import build_tiny_student
 
     recs = _gsm8k(max(TOKENIZER_RECORDS, n_examples))
@@ -192,8 +192,8 @@ def _cpu() -> float:
 def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
     import dagster as dg
 
+    from orion_assets.training import TrainParams
     from orion_assets.training.pipes import run_sft_with_pipes
-    from orion_assets.training.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"],
@@ -201,7 +201,7 @@ def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
         output_dir=str(workdir / f"pipes-{i}"),
         max_length=cfg["max_length"],
         max_steps=cfg["max_steps"],
-        batch_size=cfg["batch_size"],
+        per_device_train_batch_size=cfg["batch_size"],
         learning_rate=cfg["learning_rate"],
         seed=cfg["seed"],
         save_steps=cfg["save_steps"],

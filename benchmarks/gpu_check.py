@@ -109,7 +109,7 @@ class _quiet:
 
 
 def write_sft_data(work: Path, n_examples: int) -> str:
-    from orion_assets.training.sft import write_sft_parquet
+    from orion_assets.training import write_sft_parquet
 
     recs = _gsm8k(n_examples)
     rows = [
@@ -198,12 +198,13 @@ def run_plain(cfg: dict[str, Any], work: Path, tag: str) -> dict[str, Any]:
 def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[str, Any]:
     import dagster as dg
 
+    from orion_assets.training import TrainParams
     from orion_assets.training.pipes import run_sft_with_pipes
-    from orion_assets.training.sft import TrainParams
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"], dataset_path=cfg["dataset_path"], output_dir=str(work / f"pipes-{tag}"),
-        lora=cfg["lora"], max_length=cfg["max_length"], max_steps=cfg["max_steps"], batch_size=cfg["batch_size"],
+        lora=cfg["lora"], max_length=cfg["max_length"], max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg["batch_size"],
         learning_rate=cfg["learning_rate"], seed=0, save_steps=cfg["max_steps"], device="cuda" if cfg["cuda"] else "cpu",
         bf16=cfg["bf16"], gradient_checkpointing=cfg["gradient_checkpointing"], resume=False,
         base_model_hash=cfg["base_model_hash"],

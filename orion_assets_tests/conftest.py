@@ -108,7 +108,7 @@ tries = 1
 max_tokens = 24
 [sft]
 max_steps = 2
-batch_size = 2
+per_device_train_batch_size = 2
 save_steps = 1
 """
 

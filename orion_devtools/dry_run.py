@@ -82,7 +82,7 @@ max_drop_rate = 0.5
 [sft]
 max_length = 4096
 max_steps = {max_steps}
-batch_size = 2
+per_device_train_batch_size = 2
 gradient_accumulation_steps = 1
 save_steps = 1
 

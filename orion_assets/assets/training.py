@@ -16,7 +16,8 @@ from orion_assets.method import problems, prompts
 from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
-from orion_assets.training import TrainParams, config_hash, run_sft_with_pipes, student
+from orion_assets.training import TrainParams, config_hash, student
+from orion_assets.training.pipes import run_sft_with_pipes
 
 STUDENT_BASE_MODEL = TableSpec(
     "student_base_model",

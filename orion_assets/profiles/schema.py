@@ -5,12 +5,13 @@ Sections forbid unknown keys, so a typo is an error rather than a silently ignor
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from orion_assets.vocabulary import (
@@ -193,18 +194,21 @@ DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = (
     "down_proj",
 )
 
-#: The [sft] keys that are ``trl.SFTConfig`` fields, each under its SFTConfig name (where it differs from the key).
-SFT_TRAINER_KEYS: dict[str, str] = {
-    "epochs": "num_train_epochs",
-    "max_steps": "max_steps",
-    "learning_rate": "learning_rate",
-    "batch_size": "per_device_train_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "save_steps": "save_steps",
-    "save_total_limit": "save_total_limit",
-    "logging_steps": "logging_steps",
-    "seed": "seed",
-}
+#: The [sft] keys that are ``trl.SFTConfig`` fields, named as TRL names them and passed through as they are.
+SFT_TRAINER_FIELDS: tuple[str, ...] = (
+    "num_train_epochs",
+    "max_steps",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "seed",
+)
+
+#: Former short [sft] names of two of them: a profile that sets one is told the new name.
+SFT_RENAMED_KEYS: dict[str, str] = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size"}
 
 #: ``trl.SFTConfig`` fields the SFT code sets itself (refused in [sft.training_args]), and why.
 SFT_RESERVED_ARGS: dict[str, str] = {
@@ -224,16 +228,14 @@ SFT_RESERVED_ARGS: dict[str, str] = {
     "include_num_input_tokens_seen": "tokens_seen (result, log and resume) is counted with it",
     "logging_strategy": "every logging_steps steps is what train_log.jsonl records",
     "save_strategy": "checkpoints every save_steps steps are what a rerun resumes from",
-    **{trl_name: f"set [sft] {key}" for key, trl_name in SFT_TRAINER_KEYS.items()},
+    **{name: f"set [sft] {name}" for name in SFT_TRAINER_FIELDS},
 }
 
 
 @functools.cache
 def trl_sft_config_fields() -> frozenset[str]:
     """The field names of the installed ``trl.SFTConfig`` (TrainingArguments + TRL's own); imports TRL."""
-    import dataclasses
-
-    import trl
+    import trl  # deferred: heavy (torch); a profile without [sft.training_args] never imports it
 
     return frozenset(f.name for f in dataclasses.fields(trl.SFTConfig))
 
@@ -262,17 +264,9 @@ def check_training_args(args: dict[str, Any]) -> None:
 class SFTSettings(Section):
     """What one SFT run trains with: the profile's [sft] keys but ``launcher`` (``TrainParams`` extends it).
 
-    Three kinds of key:
-
-    * the project's own: LoRA (``lora`` false = full fine-tuning), ``max_length`` (an example longer than it is
-      dropped, never truncated), ``device``, ``bf16`` and ``gradient_checkpointing`` (None: decided by the
-      device), ``eos_token`` (None: ``<|im_end|>`` for ChatML, else the tokenizer's eos);
-    * common ``trl.SFTConfig`` fields under short names (:data:`SFT_TRAINER_KEYS`: ``epochs`` is
-      ``num_train_epochs``, ``batch_size`` is ``per_device_train_batch_size``, the rest keep their names);
-    * ``training_args`` ([sft.training_args]): any other ``trl.SFTConfig`` / ``TrainingArguments`` field, passed
-      through as is (``lr_scheduler_type``, ``warmup_steps``, ``weight_decay``, ``optim``, ...).  Its keys are
-      checked against the installed ``trl.SFTConfig`` when the profile loads; the fields in
-      :data:`SFT_RESERVED_ARGS` are set by the SFT code and refused.
+    The project's own keys (LoRA, ``max_length``, device, precision, ``eos_token``), the common ``trl.SFTConfig``
+    fields under TRL's names (:data:`SFT_TRAINER_FIELDS`), and [sft.training_args]: any other ``trl.SFTConfig``
+    field, checked against the installed TRL when the profile loads (:data:`SFT_RESERVED_ARGS` refused).
     """
 
     lora: bool = True
@@ -285,17 +279,20 @@ class SFTSettings(Section):
     bf16: bool | None = None  # None: bf16 mixed precision on CUDA with bf16 support, fp32 elsewhere
     gradient_checkpointing: bool | None = None  # None: on CUDA only (TRL turns it on everywhere)
     eos_token: str | None = None
-    # trl.SFTConfig fields (SFT_TRAINER_KEYS)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1  # -1: run `epochs` epochs
+    # trl.SFTConfig fields (SFT_TRAINER_FIELDS)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # -1: run num_train_epochs epochs
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(4, ge=1)  # per device
+    per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept (None: all)
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
     training_args: dict[str, Any] = Field(default_factory=dict)
+    # SFT_RENAMED_KEYS: never set (refused with the new name), never dumped
+    epochs: None = Field(None, exclude=True, repr=False)
+    batch_size: None = Field(None, exclude=True, repr=False)
 
     @field_validator("training_args")
     @classmethod
@@ -303,12 +300,23 @@ class SFTSettings(Section):
         check_training_args(value)
         return value
 
+    @field_validator(*SFT_RENAMED_KEYS, mode="before")
+    @classmethod
+    def _renamed(cls, value: Any, info: ValidationInfo) -> Any:
+        raise PydanticCustomError(
+            "sft_renamed_key",
+            "renamed: set 'sft.{new}' (trl.SFTConfig's name)",
+            {"new": SFT_RENAMED_KEYS[info.field_name]},
+        )
+
     def trainer_args(self) -> dict[str, Any]:
         """The ``trl.SFTConfig`` keyword arguments these settings give (the SFT code adds the reserved ones)."""
-        return {trl_name: getattr(self, key) for key, trl_name in SFT_TRAINER_KEYS.items()} | self.training_args
+        return {name: getattr(self, name) for name in SFT_TRAINER_FIELDS} | self.training_args
 
 
-class SFTConfig(SFTSettings):
+class SFTSection(SFTSettings):
+    """The profile's [sft] table: the run's settings and the command that launches the SFT process."""
+
     launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.main"])
 
 
@@ -399,7 +407,7 @@ class OrionConfig(Section):
     exposure: ExposureConfig = ExposureConfig()
     reflection: ReflectionConfig = ReflectionConfig()
     quality: QualityConfig = QualityConfig()
-    sft: SFTConfig = SFTConfig()
+    sft: SFTSection = SFTSection()
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()
 

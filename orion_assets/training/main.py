@@ -1,20 +1,7 @@
 """The SFT process: ``python -m orion_assets.training.main [--params PARAMS.json]``.
 
-Launched by the ``student_checkpoint`` asset through Dagster Pipes (``PipesSubprocessClient``) with the profile's
-launcher command -- ``{python} -m orion_assets.training.main`` locally, or e.g.
-``accelerate launch -m orion_assets.training.main`` across GPUs -- and runnable by hand.
-
-Where the :class:`~orion_assets.training.sft.TrainParams` come from: the Pipes extra ``train_params`` when the
-process was launched by Dagster, else ``--params PATH`` (a JSON file of ``TrainParams.to_json()``).
-:func:`orion_assets.training.pipes.run_sft_with_pipes` passes both, so every rank of a multi-process launch finds
-them.
-
-Under Pipes, only the main process (``RANK`` 0, or no ``RANK``) opens the Pipes connection: it streams each
-training-log entry with ``pipes.log.info`` (at most one per ``log_interval_s`` seconds when that extra is set),
-sends the :class:`TrainResult` as a custom message (``{"train_result": {...}}``) and reports the asset
-materialization with the result and a summary of the training log as metadata.  Other ranks only train.
-Outside Pipes the result is printed as one JSON line (``{"orion_sft_result": {...}}``).  Either way
-``output_dir/result.json`` holds the result.
+Launched through Dagster Pipes by :func:`orion_assets.training.pipes.run_sft_with_pipes` with the profile's
+launcher (``{python} -m ...`` or ``accelerate launch -m ...``), or by hand; docs/sft.md has the protocol.
 """
 
 from __future__ import annotations
@@ -28,11 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orion_assets.training.sft import TrainParams, TrainResult, read_train_log, train
+from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
+
+from orion_assets.training.checkpoints import read_train_log
+from orion_assets.training.config import TrainParams
+from orion_assets.training.trainer import TrainResult, train
 
 PARAMS_EXTRA = "train_params"
 RESULT_MESSAGE_KEY = "train_result"
 STDOUT_RESULT_KEY = "orion_sft_result"
+STEP_LOG_PREFIX = "sft step "  # a Pipes log message: this prefix, then one training-log entry as JSON
 LOG_TABLE_ROWS = 40  # rows of the training-log table in the materialization metadata
 LOSS_CURVE_POINTS = 500
 #: Minimum seconds between two training-log entries streamed to Dagster (the Pipes extra ``log_interval_s``, else
@@ -114,8 +106,6 @@ def _params_from_file(path: str | None) -> TrainParams:
 
 def _params_from_pipes_context_readonly() -> TrainParams | None:
     """Non-main ranks under Pipes: read the extras without opening the message channel."""
-    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
-
     loader = PipesEnvVarParamsLoader()
     if not loader.is_dagster_pipes_process():
         return None
@@ -125,8 +115,6 @@ def _params_from_pipes_context_readonly() -> TrainParams | None:
 
 
 def _run_under_pipes(args: argparse.Namespace) -> int:
-    from dagster_pipes import open_dagster_pipes
-
     with open_dagster_pipes() as pipes:
         extras = pipes.extras or {}
         if PARAMS_EXTRA in extras:
@@ -135,7 +123,7 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
             params = _params_from_file(args.params)
         pipes.log.info(
             f"SFT: base={params.base_model_path} data={params.dataset_path} out={params.output_dir} "
-            f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.epochs}"
+            f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.num_train_epochs}"
         )
 
         interval = float(extras.get(LOG_INTERVAL_EXTRA) or os.environ.get(LOG_INTERVAL_ENV) or 0)
@@ -145,7 +133,7 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if now - last_sent[0] >= interval:
                 last_sent[0] = now
-                pipes.log.info("sft step " + json.dumps(entry))
+                pipes.log.info(STEP_LOG_PREFIX + json.dumps(entry))
 
         result = train(params, on_log=on_log)
         log = read_train_log(params.output_dir)
@@ -176,13 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        import datasets
+        import datasets  # deferred: heavy
 
         datasets.disable_progress_bars()
     except Exception:  # pragma: no cover - progress bars are cosmetic
         pass
-
-    from dagster_pipes import PipesEnvVarParamsLoader
 
     under_pipes = PipesEnvVarParamsLoader().is_dagster_pipes_process()
     if under_pipes and _rank() == 0:

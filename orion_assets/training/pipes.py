@@ -2,31 +2,30 @@
 
 Usage in an asset::
 
-    @dg.asset
-    def student_checkpoint(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
-        params = TrainParams.from_sft_config(profile.sft, base_model_path=..., dataset_path=..., output_dir=...)
-        outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, profile.sft.launcher)
-        ...  # outcome.result["final_path"], outcome.result["config_hash"], ...
-        return dg.MaterializeResult(metadata={**outcome.metadata, "row_count": 1})
+    outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, profile.sft.launcher)
+    return dg.MaterializeResult(metadata={**outcome.metadata, "row_count": 1})
 
-The training log streams into the run's event log as it happens (one ``sft step {...}`` line per step),
-and as progress records (:func:`orion_assets.cli.console.report_progress`: step, loss) that ``orion run`` draws.
-With ``$ORION_LOG_FILE`` set (``orion run`` sets it) the process's own output (model-loading bars, library
-warnings) is appended to that file instead of this process's terminal.
+Each ``sft step {...}`` Pipes log message reaches the run's event log and, as it arrives, ``report_progress``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
-import threading
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from orion_assets.training.sft import RESULT_FILE, TrainParams, launch_command
+import dagster as dg
+import pyarrow.parquet as pq
+
+from orion_assets.progress import report_progress
+from orion_assets.training.config import RESULT_FILE, TrainParams, launch_command
+from orion_assets.training.main import LOG_INTERVAL_EXTRA, PARAMS_EXTRA, RESULT_MESSAGE_KEY, STEP_LOG_PREFIX
 
 LAUNCH_PARAMS_FILE = "launch_params.json"
 RUN_LOG_ENV = "ORION_LOG_FILE"
@@ -39,7 +38,7 @@ _EXEC_INTO_LOG = (
 
 
 class SFTPipesOutcome(NamedTuple):
-    """``result``: the :class:`~orion_assets.training.sft.TrainResult` as a dict; ``metadata``: the
+    """``result``: the :class:`~orion_assets.training.trainer.TrainResult` as a dict; ``metadata``: the
     materialization metadata the SFT process reported (``dagster.MetadataValue`` values), ready for
     ``dg.MaterializeResult(metadata=...)``."""
 
@@ -67,15 +66,10 @@ def run_sft_with_pipes(
 ) -> SFTPipesOutcome:
     """Run one SFT process under Pipes and return what it reported.
 
-    The parameters travel both as the Pipes extra ``train_params`` and as ``output_dir/launch_params.json``
-    (``--params``), so every rank of an ``accelerate launch`` finds them.  Each training-log entry is streamed to
-    the run's event log as it happens; ``log_interval_s`` > 0 streams at most one per that many seconds (for very
-    fast steps; ``train_log.jsonl`` and the metadata keep them all).  ``env`` is added to this process's
-    environment for the subprocess.  Raises when the process fails (``DagsterPipesExecutionError``); a rerun
-    resumes from the latest checkpoint in ``params.output_dir``.
+    ``log_interval_s`` > 0 streams at most one training-log entry per that many seconds (``train_log.jsonl`` and
+    the metadata keep them all); ``env`` is added to this process's environment for the subprocess.  Raises when
+    the process fails (``DagsterPipesExecutionError``); a rerun resumes from the latest checkpoint.
     """
-    from dagster import MaterializeResult
-
     output_dir = Path(params.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     params_path = output_dir / LAUNCH_PARAMS_FILE
@@ -88,33 +82,31 @@ def run_sft_with_pipes(
         command = [sys.executable, "-c", _EXEC_INTO_LOG, log_file, *command]
 
     run_env = {"TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    watcher = _StepWatcher(output_dir, _progress_label(context), planned_steps(params))
-    watcher.start()
-    try:
+    progress = _StepProgress(_progress_label(context), planned_steps(params))
+    with progress.listening(context.log):
         invocation = pipes_client.run(
             command=command,
             context=context,
-            extras={"train_params": params.to_json(), "log_interval_s": float(log_interval_s)},
+            extras={PARAMS_EXTRA: params.to_json(), LOG_INTERVAL_EXTRA: float(log_interval_s)},
             env=run_env,
             cwd=cwd,
         )
-    finally:
-        watcher.stop()
 
     result: dict[str, Any] | None = None
     for message in reversed(list(invocation.get_custom_messages())):
-        if isinstance(message, dict) and isinstance(message.get("train_result"), dict):
-            result = message["train_result"]
+        if isinstance(message, dict) and isinstance(message.get(RESULT_MESSAGE_KEY), dict):
+            result = message[RESULT_MESSAGE_KEY]
             break
     if result is None:  # e.g. a launcher that swallowed the Pipes channel: fall back to the file
         result_file = output_dir / RESULT_FILE
         if not result_file.is_file():
             raise RuntimeError(f"the SFT process reported no result and wrote no {result_file}")
         result = json.loads(result_file.read_text(encoding="utf-8"))
+    progress.finish(result)
 
     metadata: dict[str, Any] = {}
     for item in invocation.get_results(implicit_materializations=False):
-        if isinstance(item, MaterializeResult) and item.metadata:
+        if isinstance(item, dg.MaterializeResult) and item.metadata:
             metadata.update(item.metadata)
     if not metadata:  # not an asset step (an op), or nothing reported: the plain result
         metadata = {k: v for k, v in result.items() if v is not None}
@@ -127,13 +119,11 @@ def planned_steps(params: TrainParams) -> int | None:
     if params.max_steps > 0:
         return params.max_steps
     try:
-        import pyarrow.parquet as pq
-
         rows = pq.ParquetFile(params.dataset_path).metadata.num_rows
     except Exception:  # noqa: BLE001 - only a progress total
         return None
-    per_epoch = math.ceil(rows / (params.batch_size * params.gradient_accumulation_steps))
-    return max(1, math.ceil(per_epoch * params.epochs))
+    per_epoch = math.ceil(rows / (params.per_device_train_batch_size * params.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * params.num_train_epochs))
 
 
 def _progress_label(context: Any) -> str:
@@ -143,44 +133,42 @@ def _progress_label(context: Any) -> str:
         return "sft"
 
 
-class _StepWatcher:
-    """Reports the training log's newest step and loss (``train_log.jsonl``, appended once per
-    step by the SFT process) as progress while the process runs."""
+class _StepProgress(logging.Filter):
+    """Sees every record on ``context.log``, where Pipes puts the SFT process's log messages as they arrive, and
+    turns each ``sft step {...}`` one into a progress record (step, loss); drops nothing.  A filter, not a
+    handler: Dagster's own handler rewrites the message it formats."""
 
-    def __init__(self, output_dir: Path, label: str, total: int | None, interval_s: float = 0.5):
-        from orion_assets.training.sft import TRAIN_LOG_FILE
+    def __init__(self, label: str, total: int | None):
+        super().__init__()
+        self.label, self.total = label, total
+        self.step = 0
 
-        self.path = Path(output_dir) / TRAIN_LOG_FILE
-        self.label, self.total, self.interval_s = label, total, interval_s
-        self._size = -1
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="orion-sft-progress", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.poll()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.poll()
-
-    def poll(self) -> None:
-        from orion_assets.progress import report_progress
-
+    @contextmanager
+    def listening(self, log: logging.Logger):
+        log.addFilter(self)
         try:
-            size = self.path.stat().st_size
-            if size == self._size:
-                return
-            self._size = size
-            lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            entry = json.loads(lines[-1]) if lines else None
-        except (OSError, ValueError):
-            return
-        if entry and "step" in entry:
-            step = int(entry["step"])
-            total = max(self.total, step) if self.total else None
-            report_progress(self.label, step, total, unit="steps", loss=entry.get("loss"))
+            yield self
+        finally:
+            log.removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(STEP_LOG_PREFIX):
+            try:
+                entry = json.loads(message[len(STEP_LOG_PREFIX):])
+                step = int(entry["step"])
+            except (ValueError, KeyError, TypeError):
+                return True
+            self._report(step, entry.get("loss"))
+        return True
+
+    def finish(self, result: Mapping[str, Any]) -> None:
+        """The last step, when ``log_interval_s`` held its message back."""
+        step = result.get("steps")
+        if isinstance(step, int) and step > self.step:
+            self._report(step, result.get("final_loss"))
+
+    def _report(self, step: int, loss: Any) -> None:
+        self.step = step
+        total = max(self.total, step) if self.total else None
+        report_progress(self.label, step, total, unit="steps", loss=loss)

@@ -1,42 +1,7 @@
-"""The student base model.
+"""The student base model: :func:`build_tiny_student` (a tiny random Qwen2 and a BPE tokenizer trained on the
+training texts, offline, content-addressed) or :func:`resolve_pretrained` (a real checkpoint, not copied).
 
-Two ways to get a student:
-
-* :func:`build_tiny_student` makes a *tiny, randomly initialised* Qwen2-architecture causal LM together with a
-  byte-level BPE tokenizer trained locally on the training texts.  It needs no network and builds in about a
-  second on two CPU cores, so the whole pipeline (SFT, sampling, serving) can run end to end in tests and on a
-  laptop.  The build is deterministic and content-addressed: the output directory is
-  ``out_root / f"tiny-qwen2-{config_hash}"`` where the hash covers the build arguments, the build recipe version
-  and the exact training texts, so a rebuild with the same inputs is a cache hit that returns the existing
-  directory.  The directory is written atomically (built in a hidden temporary directory next to it, then
-  renamed), so a killed build never leaves a half-written model behind.
-* :func:`resolve_pretrained` resolves a real checkpoint (a local directory or, in real use only, a Hub id) into
-  the same :class:`BuiltModel` record without copying weights.
-
-What the tiny student directory holds (all loadable with the ``Auto*`` classes and servable by
-``transformers serve``):
-
-* ``config.json`` / ``model.safetensors`` -- ``Qwen2ForCausalLM`` in float32, tied input/output embeddings.
-* ``tokenizer.json`` / ``tokenizer_config.json`` / ``chat_template.jinja`` -- byte-level BPE with exactly
-  Qwen2's pipeline (NFC normalisation, Qwen2's pre-tokenizer regex with single digits, byte level), so any
-  NFC text (LaTeX, braces, unicode, digits) round-trips exactly; ``AutoTokenizer`` loads it as
-  ``Qwen2Tokenizer`` (transformers 5 forces that class for model_type ``qwen2``); special tokens
-  ``<|endoftext|>`` (id 0, pad), ``<|im_start|>`` (id 1), ``<|im_end|>`` (id 2, eos / end-of-turn); and a
-  ChatML chat template (system / user / assistant, ``add_generation_prompt``, and ``{% generation %}`` markers
-  around assistant content + ``<|im_end|>`` so ``return_assistant_tokens_mask`` / TRL's ``assistant_only_loss``
-  work and the model is trained to stop).  ``len(tokenizer) == vocab_size`` always (if the corpus is too small
-  for the BPE trainer to reach ``vocab_size``, the rest is filled with ``<|reserved_N|>`` special tokens).
-* ``generation_config.json`` -- ``eos_token_id`` = ``<|im_end|>``, ``pad_token_id`` = ``<|endoftext|>``,
-  ``do_sample=True, temperature=1.0, top_p=1.0, top_k=0`` (plain ancestral sampling, like Qwen checkpoints that
-  ship ``do_sample=True``; this is what makes a request's ``temperature`` matter under ``transformers serve``;
-  pass ``do_sample=False`` / ``temperature=0`` for greedy decoding).
-* ``build_info.json`` -- the :class:`BuiltModel` fields (except ``path``) plus the build arguments, training
-  text hash and library versions; a directory without it is not treated as a finished build.
-
-The tokenizer also carries a content-only ``response_template`` (saved in ``tokenizer_config.json``).  Without
-it ``transformers serve`` would apply its Qwen2 fallback parser, which moves any ``<think>...</think>`` span into
-``message.reasoning_content`` and ``<tool_call>`` spans into ``tool_calls``; with it the served
-``message.content`` is the raw generated text up to ``<|im_end|>``.
+What the tiny student's directory holds, and why: docs/tiny-student.md.
 """
 
 from __future__ import annotations
@@ -51,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from orion_assets.ids import sha256_json
 
@@ -148,19 +115,6 @@ class BuiltModel:
         return d
 
 
-# --------------------------------------------------------------------------------------------------------------
-# shared helpers: hashing, model fingerprint, device, end-of-turn token (the SFT trainer, the hf backend and the
-# quality metrics use these; each has this one implementation)
-
-_FINGERPRINT_CHUNK = 1 << 20
-
-
-
-
-
-
-
-
 def resolve_eos_token(tokenizer, eos_token: str | None = None) -> str:
     """The end-of-turn token a chat model stops at (and SFT teaches): ``eos_token`` when given (it must be in the
     vocabulary); ``<|im_end|>`` for ChatML tokenizers (also base models whose eos is ``<|endoftext|>``: the token
@@ -205,17 +159,6 @@ def count_parameters(model) -> int:
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE trained on ``texts``; deterministic for a given multiset of texts."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        trainers,
-    )
-
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False, fuse_unk=False))
     # Exactly Qwen2's pipeline (NFC + regex split + byte level): `AutoTokenizer` maps model_type "qwen2" to
     # `Qwen2Tokenizer`, which rebuilds this pipeline around the saved vocab/merges whatever tokenizer.json says,
@@ -346,7 +289,7 @@ def build_tiny_student(
 def _build_tiny_into(
     target: Path, texts: list[str], build_config: dict[str, Any], config_hash: str, texts_sha256: str
 ) -> BuiltModel:
-    import torch
+    import torch  # deferred: heavy
     import transformers
     from transformers import (
         GenerationConfig,
@@ -438,7 +381,8 @@ def resolve_pretrained(name_or_path: str, revision: str | None = None) -> BuiltM
     For a Hub id the snapshot is fetched into the Hugging Face cache (configs, tokenizer files and weights) and
     ``path`` is the snapshot directory; with ``HF_HUB_OFFLINE=1`` only an already cached snapshot works.
     """
-    import torch
+    import torch  # deferred: heavy
+    from huggingface_hub import snapshot_download
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name_or_path).expanduser()
@@ -448,8 +392,6 @@ def resolve_pretrained(name_or_path: str, revision: str | None = None) -> BuiltM
         if not config_file.is_file():
             raise FileNotFoundError(f"{path} has no config.json")
     else:
-        from huggingface_hub import snapshot_download
-
         path = Path(
             snapshot_download(
                 name_or_path,

@@ -365,14 +365,18 @@ def test_a_steps_cpu_counts_child_processes_running_and_ended():
 FAKE_SFT = """
 import json, sys, time
 from pathlib import Path
+from dagster_pipes import open_dagster_pipes
 params = json.loads(Path(sys.argv[sys.argv.index("--params") + 1]).read_text())
 out = Path(params["output_dir"])
 print("Loading weights: 100%|##########| 12/12", file=sys.stderr, flush=True)
 print("FutureWarning: `foo` is deprecated", flush=True)
-for step in range(1, 4):
-    with (out / "train_log.jsonl").open("a") as f:
-        f.write(json.dumps({"step": step, "loss": 2.0 / step}) + "\\n")
-    time.sleep(0.6)
+with open_dagster_pipes() as pipes:
+    for step in range(1, 4):
+        entry = {"step": step, "loss": 2.0 / step}
+        with (out / "train_log.jsonl").open("a") as f:
+            f.write(json.dumps(entry) + "\\n")
+        pipes.log.info("sft step " + json.dumps(entry))
+        time.sleep(0.6)
 (out / "result.json").write_text(json.dumps({"final_path": str(out), "steps": 3}))
 """
 

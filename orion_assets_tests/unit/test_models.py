@@ -379,15 +379,15 @@ def test_resolve_pretrained_missing_model_fails_offline(tmp_path):
 def test_helpers_have_one_implementation():
     from orion_assets.llm import hf_backend
     from orion_assets.method.quality import embedding
-    from orion_assets.training import sft
+    from orion_assets.training import config, data, trainer
 
-    assert sft.model_fingerprint is hf_backend.model_fingerprint is model_fingerprint
-    assert sft.resolve_device is hf_backend.resolve_device is embedding._resolve_device is resolve_device
-    assert sft.resolve_eos_token is resolve_eos_token
+    assert config.model_fingerprint is hf_backend.model_fingerprint is model_fingerprint
+    assert trainer.resolve_device is hf_backend.resolve_device is embedding._resolve_device is resolve_device
+    assert trainer.resolve_eos_token is resolve_eos_token
     import orion_assets.training.student
 
     assert not hasattr(orion_assets.training.student, "load_for_generation")  # unused: tests load with the Auto classes
-    for module in (sft, hf_backend, embedding):
+    for module in (config, data, trainer, hf_backend, embedding):
         for gone in ("_model_fingerprint", "_sha256_json", "_FINGERPRINT_CHUNK", "_end_of_turn_token"):
             assert not hasattr(module, gone), (module.__name__, gone)
 

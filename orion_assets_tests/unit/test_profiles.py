@@ -57,10 +57,12 @@ def test_extends_a_relative_path_chain(write_profile, tmp_path: Path):
     [
         ("[data]\ntrain_limt = 3\n", "data.train_limt"),
         ("[sft]\nlearning_rat = 1.0\n", "sft.learning_rat"),
+        ("[sft]\nepochs = 3\n", "set 'sft.num_train_epochs'"),
+        ("[sft]\nbatch_size = 2\n", "set 'sft.per_device_train_batch_size'"),
         ("[sft.training_args]\nwarmup_ratio = 0.1\n", "sft.training_args.warmup_ratio"),
         ("[sft.training_args]\nlr_sheduler_type = 'cosine'\n", "did you mean 'lr_scheduler_type'"),
         ("[sft.training_args]\nmax_length = 1024\n", "sft.training_args.max_length"),
-        ("[sft.training_args]\nnum_train_epochs = 3\n", "set [sft] epochs"),
+        ("[sft.training_args]\nnum_train_epochs = 3\n", "set [sft] num_train_epochs"),
         ("[sft.training_args]\noutput_dir = '/tmp/x'\n", "sft.training_args.output_dir"),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ('[endpoints.teacher]\nbackend = "vllm"\n', "'vllm'"),
@@ -138,16 +140,16 @@ def test_sft_training_args_pass_through_to_trl(write_profile):
     assert sft.training_args == {"lr_scheduler_type": "cosine", "warmup_steps": 0.1, "weight_decay": 0.01}
     args = sft.trainer_args()
     assert args["learning_rate"] == 1e-5 and args["lr_scheduler_type"] == "cosine" and args["weight_decay"] == 0.01
-    assert args["num_train_epochs"] == sft.epochs and args["per_device_train_batch_size"] == sft.batch_size
+    assert args["num_train_epochs"] == sft.num_train_epochs and args["per_device_train_batch_size"] == sft.per_device_train_batch_size
     assert "max_length" not in args  # the SFT code sets TRL's max_length (None) itself
     from orion_assets.profiles.schema import (
         SFT_RESERVED_ARGS,
-        SFT_TRAINER_KEYS,
+        SFT_TRAINER_FIELDS,
         trl_sft_config_fields,
     )
 
     fields = trl_sft_config_fields()
-    assert set(args) <= fields and set(SFT_TRAINER_KEYS.values()) <= fields and set(SFT_RESERVED_ARGS) <= fields
+    assert set(args) <= fields and set(SFT_TRAINER_FIELDS) <= fields and set(SFT_RESERVED_ARGS) <= fields
     # the shipped profiles hold no pass-through keys, and loading them does not import TRL (seconds of torch)
     assert load_profile("tiny").config.sft.training_args == {} == load_profile("paper").config.sft.training_args
     import subprocess

@@ -28,7 +28,7 @@ import dagster as dg
 import pytest
 import torch
 
-from orion_assets.training.sft import (
+from orion_assets.training import (
     RESULT_FILE,
     TRAIN_LOG_FILE,
     TrainParams,
@@ -96,7 +96,7 @@ def _params(tiny_student: BuiltModel, data: Path, out: Path, **kw) -> TrainParam
         output_dir=str(out),
         max_length=512,
         max_steps=3,
-        batch_size=2,
+        per_device_train_batch_size=2,
         save_steps=2,
         learning_rate=1e-3,
         base_model_hash=tiny_student.config_hash,
@@ -140,10 +140,10 @@ def test_launch_command_and_params_roundtrip(tmp_path):
     acc = ["accelerate", "launch", "--num_processes", "2", "-m", "orion_assets.training.main"]
     assert launch_command(acc) == acc
 
-    from orion_assets.profiles.schema import SFTConfig
+    from orion_assets.profiles.schema import SFTSection
 
-    p = TrainParams.from_sft_config(SFTConfig(), base_model_path="b", dataset_path="d", output_dir="o")
-    assert p.max_length == SFTConfig().max_length and p.lora is True
+    p = TrainParams.from_sft_config(SFTSection(), base_model_path="b", dataset_path="d", output_dir="o")
+    assert p.max_length == SFTSection().max_length and p.lora is True
     from orion_assets.profiles import load_profile
 
     tiny = load_profile("tiny").config.sft
@@ -390,7 +390,7 @@ def test_profile_sft_section_reaches_trl_full_finetune_with_pass_through(
         lora = false
         learning_rate = 1e-5
         max_steps = 5
-        batch_size = 2
+        per_device_train_batch_size = 2
         save_steps = 10
         [sft.training_args]
         lr_scheduler_type = "cosine"

@@ -1,0 +1,129 @@
+"""One SFT run's parameters (:class:`TrainParams`), their hash and the files a run writes.
+
+:class:`TrainParams` is the profile's [sft] section (:class:`~orion_assets.profiles.schema.SFTSettings`) plus
+paths and run options; :func:`config_hash` names what decides the trained weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, field_validator
+
+from orion_assets.ids import model_fingerprint, sha256_json
+from orion_assets.profiles.schema import SFTSettings
+
+TRAIN_LOG_FILE = "train_log.jsonl"
+RESULT_FILE = "result.json"
+PARAMS_FILE = "train_params.json"
+DATA_CACHE_DIR = "data_cache"  # the tokenized examples (Arrow), reused on resume
+FINAL_DIR = "final"
+FINAL_INFO_FILE = "orion_sft.json"
+
+#: Fields that do not change the trained weights (bookkeeping, where things are written, how often they are saved).
+#: ``base_model_path`` and ``dataset_path`` are replaced by fingerprints of what they point at.
+_HASH_EXCLUDED = frozenset(
+    {
+        "base_model_path",
+        "dataset_path",
+        "output_dir",
+        "resume",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "gradient_checkpointing",
+        "base_model_hash",
+    }
+)
+
+
+class TrainParams(SFTSettings):
+    """Everything one SFT run needs: the profile's [sft] settings (but ``launcher``, which stays with the asset)
+    plus where things are and run options.  JSON-serializable; validated like the profile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model_path: str
+    dataset_path: str
+    output_dir: str
+    resume: bool = True  # continue from the latest complete checkpoint in output_dir
+    base_model_hash: str | None = None  # e.g. BuiltModel.config_hash; None: fingerprint the files
+
+    @field_validator("base_model_path", "dataset_path", "output_dir", mode="before")
+    @classmethod
+    def _path_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | str) -> TrainParams:
+        if isinstance(data, str):
+            data = json.loads(data)
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"unknown TrainParams keys: {unknown}")
+        return cls.model_validate(dict(data))
+
+    @classmethod
+    def from_sft_config(
+        cls,
+        sft: Any,
+        *,
+        base_model_path: str | os.PathLike,
+        dataset_path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        **overrides: Any,
+    ) -> TrainParams:
+        """Build from a profile's [sft] section (pydantic model or mapping); ``launcher`` is left out."""
+        values = sft.model_dump() if hasattr(sft, "model_dump") else dict(sft)
+        values.pop("launcher", None)
+        values.update(overrides)
+        return cls(base_model_path=base_model_path, dataset_path=dataset_path, output_dir=output_dir, **values)
+
+
+def launch_command(launcher: Sequence[str], python: str | None = None) -> list[str]:
+    """Expand ``{python}`` (default ``sys.executable``) in the profile's launcher command.
+
+    ``["{python}", "-m", "orion_assets.training.main"]`` -> ``["/path/python", "-m", ...]``;
+    ``["accelerate", "launch", "-m", "orion_assets.training.main"]`` is returned as is.
+    """
+    if not launcher:
+        raise ValueError("empty SFT launcher command")
+    py = python or sys.executable
+    return [str(part).replace("{python}", py) for part in launcher]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(params: TrainParams) -> str:
+    """A hash of what determines the trained weights (16 hex chars).
+
+    Included: every hyperparameter and [sft.training_args] key, device and bf16 as given (they change numerics),
+    the dataset file's bytes and the base model (``base_model_hash``, else a fingerprint of its directory).
+    Excluded: :data:`_HASH_EXCLUDED` (where and how often things are written, or the memory/speed trade-off).
+    """
+    values = {k: v for k, v in params.to_json().items() if k not in _HASH_EXCLUDED}
+    dataset = Path(params.dataset_path)
+    values["dataset_sha256"] = _file_sha256(dataset) if dataset.is_file() else f"missing:{dataset}"
+    values["base_model"] = params.base_model_hash or model_fingerprint(params.base_model_path)
+    values["lora_target_modules"] = sorted(values["lora_target_modules"])
+    if not values["training_args"]:  # an empty table leaves the hash as if the key did not exist
+        values.pop("training_args")
+    if not params.lora:  # LoRA settings do not matter for full fine-tuning
+        for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+            values.pop(k)
+    return sha256_json(values)[:16]
