@@ -18,14 +18,15 @@ import orion_assets
 PACKAGE_DIR = Path(orion_assets.__file__).resolve().parent
 PYPROJECT = PACKAGE_DIR.parent / "pyproject.toml"
 MAX_LINES = 500
-# What an import inside a function may defer: libraries that take seconds or much memory to import, the
-# Dagster definitions (every asset), which `orion sql` and `orion check` must not pay for, and the LLM
+# What an import inside a function may defer: libraries that take seconds or much memory to import, Dagster
+# and its definitions (every asset), which `orion sql` and `orion check` must not pay for, and the LLM
 # backends a profile does not name (the openai client; torch).
 DEFERRABLE = {
     "accelerate", "datasets", "great_expectations", "huggingface_hub", "math_verify", "matplotlib", "peft",
-    "sentence_transformers", "torch", "transformers", "trl", "orion_assets.definitions",
+    "sentence_transformers", "torch", "transformers", "trl", "dagster", "orion_assets.definitions",
     "orion_assets.llm.openai_backend", "orion_assets.llm.hf_backend",
 }
+SAYS_SO_WITHIN = 8  # lines above an import where its "deferred" comment may stand
 
 
 @pytest.fixture(scope="module")
@@ -72,29 +73,34 @@ def test_no_module_is_over_500_lines() -> None:
     assert {path: n for path, n in sizes.items() if n > MAX_LINES} == {}
 
 
-def _function_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, imported module) of each import statement inside a function body."""
+def _function_imports(path: Path) -> list[tuple[int, int, str]]:
+    """(line, first line of its function, imported module) of each import statement inside a function."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Import):
-                    found += [(inner.lineno, alias.name) for alias in inner.names]
+                    found += [(inner.lineno, node.lineno, alias.name) for alias in inner.names]
                 elif isinstance(inner, ast.ImportFrom) and inner.level == 0:
-                    found.append((inner.lineno, inner.module or ""))
+                    found.append((inner.lineno, node.lineno, inner.module or ""))
     return sorted(set(found))
 
 
+def _says_deferred(lines: list[str], lineno: int, function_line: int) -> bool:
+    """A ``deferred`` comment on the import's line or on one of the few lines above it in its function."""
+    above = lines[max(function_line, lineno - SAYS_SO_WITHIN) - 1 : lineno]
+    return any("#" in line and "deferred" in line.split("#", 1)[1].lower() for line in above)
+
+
 def test_imports_inside_functions_only_defer_heavy_libraries_and_say_so() -> None:
-    """An import inside a function defers a heavy library (or the Dagster definitions) and its line carries a
-    comment saying why; every other import is at module level."""
+    """An import inside a function defers a heavy library (or Dagster, or the Dagster definitions) and a
+    comment says so; every other import is at module level."""
     offending = []
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         lines = path.read_text().splitlines()
-        for lineno, module in _function_imports(path):
+        for lineno, function_line, module in _function_imports(path):
             root = module if module.startswith("orion_assets") else module.split(".")[0]
             deferrable = any(root == d or module.startswith(d + ".") for d in DEFERRABLE)
-            commented = "#" in lines[lineno - 1]
-            if not (deferrable and commented):
+            if not (deferrable and _says_deferred(lines, lineno, function_line)):
                 offending.append(f"{path.relative_to(PACKAGE_DIR)}:{lineno} {module}")
     assert offending == []
