@@ -199,7 +199,7 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path, "[sft]\nmax_steps = 40\nsave_steps = 4\nbatch_size = 1\n")
+    run = _copy_run(tiny_run, tmp_path, "[sft]\nmax_steps = 40\nsave_steps = 4\nper_device_train_batch_size = 1\n")
     shutil.rmtree(run["data_dir"] / "checkpoints")  # only this run's checkpoints count
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
                "--select", "student_checkpoint", "--partition", "orion"]
