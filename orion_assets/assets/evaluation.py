@@ -46,7 +46,8 @@ LEADERBOARD = TableSpec(
     {
         "variant": pl.Utf8,
         **{f"{b}{suffix}": dtype for b in BENCHMARKS
-           for suffix, dtype in (("", pl.Float64), ("_se", pl.Float64), ("_delta", pl.Float64), ("_n_errors", pl.Int64))},
+           for suffix, dtype in (("", pl.Float64), ("_se", pl.Float64), ("_delta", pl.Float64), ("_n_errors", pl.Int64),
+                                 ("_boxed", pl.Float64))},
         "score_ids": pl.List(pl.Utf8),
         "leaderboard_id": pl.Utf8,
     },
@@ -172,7 +173,7 @@ def benchmark_predictions(
 
 
 @orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_variant_partitions,
-             kinds={"polars"}, code_version="2")
+             kinds={"polars"}, code_version="3")
 def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and
     truncation rate of one variant on one benchmark, over the answered samples; the failed calls
@@ -215,7 +216,7 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
 REPORTED_TABLES = ("teacher_cots", "refined_cots", "student_errors", "cot_quality")
 
 
-@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="2", deps=REPORTED_TABLES)
+@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="3", deps=REPORTED_TABLES)
 def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_scores: Table) -> Rows:
     """Variants x benchmarks with each variant's delta over ``teacher_sft``, as a table here and a
     Markdown report with plots under ``$ORION_DATA_DIR/reports/``."""

@@ -132,9 +132,9 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert board["variant"].to_list() == ["base", "teacher_sft", "orion"]
     assert board.columns == [
         "variant",
-        "gsm_hard", "gsm_hard_se", "gsm_hard_delta", "gsm_hard_n_errors",
-        "math500", "math500_se", "math500_delta", "math500_n_errors",
-        "aime24", "aime24_se", "aime24_delta", "aime24_n_errors",
+        "gsm_hard", "gsm_hard_se", "gsm_hard_delta", "gsm_hard_n_errors", "gsm_hard_boxed",
+        "math500", "math500_se", "math500_delta", "math500_n_errors", "math500_boxed",
+        "aime24", "aime24_se", "aime24_delta", "aime24_n_errors", "aime24_boxed",
     ]  # fmt: skip
     # these scores were written before failed calls and grading rules were recorded
     assert board["gsm_hard_n_errors"].null_count() == board.height

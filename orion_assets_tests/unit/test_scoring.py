@@ -121,7 +121,9 @@ def test_single_problem_has_zero_standard_error() -> None:
     assert scores.pass_at_1_se == 0.0
     # tie of "1" (correct) and "2" (wrong) -> 0.5
     assert scores.maj_at_k == pytest.approx(0.5)
-    assert scores.to_row() == {
+    row = scores.to_row()
+    assert math.isnan(row.pop("boxed_rate"))  # no reply texts given
+    assert row == {
         "n_problems": 1,
         "k": 2,
         "pass_at_1": 0.5,
@@ -253,3 +255,16 @@ def test_errors_on_empty_or_malformed_input() -> None:
         score_predictions(PREDICTIONS.drop("finish_reason"), k=4)
     with pytest.raises(ValueError, match="k >= 1"):
         score_predictions(PREDICTIONS, k=0)
+
+
+def test_boxed_rate_counts_the_replies_whose_final_answer_is_a_non_empty_box() -> None:
+    texts = [
+        "3 + 4 = 7.\nThe final answer is $\\boxed{7}$.",  # boxed
+        "So the answer is: 7",  # right, but not boxed
+        "The answer is 7. The correct answer is \\boxed{}.",  # an empty box is no boxed answer
+        "#### 7",
+    ]
+    frame = predictions([("p", i, True, "7", 9, "stop") for i in range(4)]).with_columns(text=pl.Series(texts))
+    scores = score_predictions(frame, k=4)
+    assert scores.boxed_rate == pytest.approx(1 / 4)
+    assert scores.pass_at_1 == pytest.approx(1.0)  # the format is not the grade

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from orion_assets.method.grading import answer_key
+from orion_assets.method.grading.extract import extract_answer
 
 ERROR_FINISH_REASON = "error"
 
@@ -25,6 +26,11 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "n_tokens",
     "finish_reason",
 )
+
+
+def is_boxed_answer(text: str | None) -> bool:
+    """Whether a reply's final answer is a non-empty ``\\boxed{}`` (``\\fbox{}``), as the grader reads it."""
+    return extract_answer(text or "")[1] in {"boxed", "fbox"}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -89,7 +95,8 @@ class Scores:
     ``n_problems`` counts the problems scored (at least one answered sample); ``n_answered`` the
     answered samples, ``n_errors`` the samples whose call failed (left out of every score), and
     ``n_unanswered_problems`` the problems left out because every one of their calls failed. With
-    no answered sample at all, the rates are NaN.
+    no answered sample at all, the rates are NaN. ``boxed_rate`` is the share of answered samples
+    whose final answer is a non-empty ``\\boxed{}`` (the format SFT teaches; NaN without texts).
     """
 
     n_problems: int
@@ -100,6 +107,7 @@ class Scores:
     pass_at_k: float
     mean_tokens: float
     truncation_rate: float
+    boxed_rate: float = float("nan")
     n_answered: int = 0
     n_errors: int = 0
     n_unanswered_problems: int = 0
@@ -115,7 +123,8 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
     ``k`` is the nominal number of samples per problem: pass@k and maj@k use it, capped at each
     problem's own number of answered samples. Rows with ``finish_reason == "error"`` (failed calls)
     are counted in ``n_errors`` and scored nowhere; an answered sample with a null ``correct``
-    counts as wrong. ``benchmark`` goes to the maj@k vote (:func:`majority_correct`).
+    counts as wrong. ``benchmark`` goes to the maj@k vote (:func:`majority_correct`). An optional
+    ``text`` column (the replies) gives ``boxed_rate``.
     """
     if k < 1:
         raise ValueError(f"score_predictions needs k >= 1, got k={k}")
@@ -132,6 +141,7 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
         pl.col("extracted_answer").cast(pl.Utf8),
         pl.col("n_tokens"),
         pl.col("finish_reason").cast(pl.Utf8),
+        (pl.col("text") if "text" in predictions.columns else pl.lit(None)).cast(pl.Utf8).alias("text"),
     ).sort("problem_id", "sample_index")
     failed = frame["finish_reason"].fill_null("") == ERROR_FINISH_REASON
     n_errors = int(failed.sum())
@@ -169,6 +179,10 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
     tokens = frame["n_tokens"].cast(pl.Float64)
     mean_tokens = float(tokens.mean()) if tokens.null_count() < frame.height else float("nan")
     truncated = int((frame["finish_reason"] == "length").sum())
+    texts = frame["text"]
+    boxed_rate = (
+        sum(is_boxed_answer(t) for t in texts) / frame.height if texts.null_count() < frame.height else float("nan")
+    )
     return Scores(
         n_problems=n_problems,
         k=k,
@@ -178,6 +192,7 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
         pass_at_k=math.fsum(pass_k) / n_problems,
         mean_tokens=mean_tokens,
         truncation_rate=truncated / frame.height,
+        boxed_rate=boxed_rate,
         n_answered=frame.height,
         n_errors=n_errors,
         n_unanswered_problems=all_problems - n_problems,

@@ -21,7 +21,7 @@ from orion_assets.vocabulary import BENCHMARKS, REFERENCE_VARIANT, VARIANTS
 # grading rule: the report reads those as unknown (null).
 SCORE_COLUMNS: tuple[str, ...] = ("benchmark", "variant", *(f.name for f in fields(Scores)), "grading_rule")
 LATER_SCORE_COLUMNS: dict[str, type[pl.DataType]] = {
-    **{f.name: pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},
+    **{f.name: pl.Float64 if f.type in (float, "float") else pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},
     "grading_rule": pl.Utf8,
 }
 GSM_HARD = "gsm_hard"  # the benchmark whose grading rule is a setting (`[eval] gsm_hard_rule`)
@@ -79,11 +79,12 @@ def leaderboard_frame(scores: pl.DataFrame) -> pl.DataFrame:
                 100.0 * (value - ref_value) if value is not None and ref_value is not None else None
             )
             row[f"{benchmark}_n_errors"] = _count(cell.get("n_errors")) if cell else None
+            row[f"{benchmark}_boxed"] = _number(cell.get("boxed_rate")) if cell else None
         rows.append(row)
     schema: dict[str, type[pl.DataType]] = {"variant": pl.Utf8}
     for benchmark in benchmarks:
         schema |= {benchmark: pl.Float64, f"{benchmark}_se": pl.Float64, f"{benchmark}_delta": pl.Float64,
-                   f"{benchmark}_n_errors": pl.Int64}  # fmt: skip
+                   f"{benchmark}_n_errors": pl.Int64, f"{benchmark}_boxed": pl.Float64}  # fmt: skip
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
@@ -164,6 +165,22 @@ def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
                 row.append(f"{tokens_text} / {_pct(truncation)}%")
         rows.append(row)
     parts.append("## Mean CoT length (tokens) / truncated samples (%)\n")
+    parts.append(_md_table(["variant", *benchmarks], rows) + "\n")
+
+    # answer format: what SFT on \boxed{}-closed CoTs should change first
+    rows = [
+        [f"`{variant}`", *(
+            MISSING if (cell := lookup.get((variant, benchmark))) is None or _number(cell.get("boxed_rate")) is None
+            else f"{_pct(_number(cell['boxed_rate']))}%"
+            for benchmark in benchmarks
+        )]
+        for variant in variants
+    ]
+    parts.append("## Answers in \\boxed{} (% of answered samples)\n")
+    parts.append(
+        "The share of replies whose final answer is a non-empty `\\boxed{}`, the format every SFT variant's data "
+        "ends in; the grader reads other formats too, so this measures format learning, not accuracy.\n"
+    )
     parts.append(_md_table(["variant", *benchmarks], rows) + "\n")
 
     # problems per benchmark
