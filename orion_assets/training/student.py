@@ -32,6 +32,7 @@ __all__ = [
     "resolve_pretrained",
     "count_parameters",
     "resolve_eos_token",
+    "read_build_info",
 ]
 
 #: Bump when the build recipe changes in a way that changes the produced files (invalidates the cache).
@@ -190,7 +191,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
-def _read_build_info(path: Path) -> BuiltModel | None:
+def read_build_info(path: Path) -> BuiltModel | None:
     info_file = path / "build_info.json"
     if not info_file.is_file():
         return None
@@ -251,7 +252,7 @@ def build_tiny_student(
 
     out_root = Path(out_root)
     final = out_root / f"tiny-qwen2-{config_hash}"
-    cached = _read_build_info(final)
+    cached = read_build_info(final)
     if cached is not None:
         return cached
 
@@ -260,9 +261,9 @@ def build_tiny_student(
     try:
         built = _build_tiny_into(tmp, texts, build_config, config_hash, texts_sha256)
         if final.exists():  # incomplete leftover (no build_info.json) or a concurrent build that just finished
-            if _read_build_info(final) is not None:
+            if read_build_info(final) is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-                return _read_build_info(final)  # type: ignore[return-value]
+                return read_build_info(final)  # type: ignore[return-value]
             stale = out_root / f".{final.name}.stale-{uuid.uuid4().hex[:8]}"
             os.replace(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -270,7 +271,7 @@ def build_tiny_student(
             os.rename(tmp, final)
         except OSError:
             # Lost a race against a concurrent identical build: theirs is as good as ours.
-            if _read_build_info(final) is None:
+            if read_build_info(final) is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:

@@ -12,6 +12,7 @@ from orion_assets.cli.preflight.context import Context
 from orion_assets.cli.preflight.net import http_get, why_unreachable
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
 from orion_assets.records import resolve_data_path
+from orion_assets.training.gguf import GGUFError, locate_gguf
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -70,11 +71,29 @@ def check_store(ctx: Context) -> None:
     section.add("ok", "opened" if found else "nothing written yet: the first materialization creates it")
 
 
+def check_gguf_student(ctx: Context) -> None:
+    """A GGUF student: the file is found (in its package, or at its path); student_base_model converts it."""
+    spec = ctx.cfg.student_model
+    where = spec.gguf_path or f"{spec.gguf_file} in package {spec.gguf_package}"
+    section = ctx.report.section(f"student model: GGUF {where}")
+    try:
+        located = locate_gguf(package=spec.gguf_package, file=spec.gguf_file, path=spec.gguf_path)
+    except GGUFError as exc:
+        section.add("problem", str(exc))
+        return
+    origin = f"{located.package} {located.version}, " if located.package else ""
+    section.add("ok", f"{located.path} ({origin}sha256 {located.sha256[:12]}): student_base_model converts it "
+                      "to safetensors once")
+
+
 def check_student_model(ctx: Context) -> None:
     """The student's weights: a local directory, the Hugging Face cache, or the Hub (one GET)."""
     spec = ctx.cfg.student_model
     if spec.source == "build_tiny":
         ctx.report.section("student model: tiny random Qwen2, built by student_base_model (offline)")
+        return
+    if spec.source == "gguf":
+        check_gguf_student(ctx)
         return
     name = spec.name_or_path
     section = ctx.report.section(f"student model: {name}")
