@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from orion_assets.llm import make_endpoint
-from orion_assets.llm.context import ContextBudget
+from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import Profile, load_profile
 from orion_assets.store import BaseStore, store_for
 
@@ -74,6 +74,9 @@ class OrionResource(dg.ConfigurableResource):
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
         endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
-        if cfg.context_window is not None and tokenizer is not None:
-            endpoint.budget = ContextBudget(cfg.context_window, tokenizer)
+        window = cfg.context_window
+        if window is None and cfg.backend == "hf" and model is not None:
+            window = model_context_window(model)  # a local model's own window: generation never runs past it
+        if window is not None and tokenizer is not None:
+            endpoint.budget = ContextBudget(window, tokenizer)
         return endpoint

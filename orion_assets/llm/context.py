@@ -14,7 +14,9 @@ endpoint's ``context_window`` some headroom.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from orion_assets.llm.types import CONTEXT_OVERFLOW, GenerationRequest
 from orion_assets.tokens import load_tokenizer
@@ -51,3 +53,20 @@ class ContextBudget:
 
     def __repr__(self) -> str:
         return f"ContextBudget(window={self.window}, tokenizer={self.tokenizer_path!r})"
+
+
+def model_context_window(model_dir: str | Path) -> int | None:
+    """The context window of a local model directory: its config's ``max_position_embeddings`` (a LoRA
+    adapter's: its base model's); None when the directory does not say."""
+    path = Path(model_dir)
+    adapter = path / "adapter_config.json"
+    if not (path / "config.json").is_file() and adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        path = Path(base) if base else path
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    config = config.get("text_config", config)
+    window = config.get("max_position_embeddings")
+    return int(window) if isinstance(window, int) and window > 0 else None
