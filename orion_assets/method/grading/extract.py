@@ -13,6 +13,8 @@ _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(
     r"(?i)\b(?:final\s+answer|answer)[*\s]*(?:is\b(?!['\u2019])|:|=)[*:\s]*"
 )
+# A box with nothing in it (``\\boxed{}``, ``$\\boxed{ }$``): a template echoed, not an answer.
+_EMPTY_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
 _NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
 )
@@ -89,7 +91,7 @@ def _extract_boxed(text: str) -> tuple[str | None, str | None]:
 
 
 def _strip_answer_text(ans: str) -> str:
-    ans = ans.strip()
+    ans = _EMPTY_BOX_RE.sub("", ans).strip()
     for _ in range(3):
         ans = ans.strip().strip("*").strip()
         ans = re.sub(r"[.;,:]+$", "", ans).strip()  # not "!": 5! is a factorial
