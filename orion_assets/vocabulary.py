@@ -11,7 +11,9 @@ from typing import Literal
 
 BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23")
 ROLES: tuple[str, ...] = ("teacher", "student", "judge")
-ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated")
+# The student's errors (docs/exposure.md), in the order a reflection prefers to show them: a wrong answer says most,
+# a repetition loop nothing.
+ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated", "repetition_loop")
 
 
 @dataclass(frozen=True)
