@@ -13,7 +13,9 @@ BENCHMARKS: tuple[str, ...] = ("gsm_hard", "math500", "aime24", "amc23", "gsm8k"
 # The paper's four; GSM8K test is a fifth a profile may add (the one a 135M student scores on).
 DEFAULT_BENCHMARKS: tuple[str, ...] = BENCHMARKS[:4]
 ROLES: tuple[str, ...] = ("teacher", "student", "judge")
-ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated")
+# The student's errors (docs/exposure.md), in the order a reflection prefers to show them: a wrong answer says most,
+# a repetition loop nothing.
+ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated", "repetition_loop")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 -- error_taxonomy.sql: how does the student fail during error exposure, by subject and level?
 --
 -- orion.student_errors joined to orion.train_problems (on problem_id), counted by the
--- problem's subject and level and the error type ('wrong_answer', 'no_answer', 'truncated').
+-- problem's subject and level and the error type (vocabulary.ERROR_TYPES: 'wrong_answer', 'no_answer',
+-- 'truncated', 'repetition_loop'; docs/exposure.md).
 -- A problem without a subject or level (GSM8K has neither) falls in the NULL group.
 --
 -- Columns:

@@ -36,7 +36,7 @@ STUDENT_ERRORS = TableSpec(
 )
 
 
-@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", kinds={"transformers"}, code_version="1")
+@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", kinds={"transformers"}, code_version="2")  # 2: repetition_loop
 def student_attempts(
     context: dg.AssetExecutionContext, orion: OrionResource, train_problems: Table, student_base_model: Table
 ) -> Rows:
@@ -100,7 +100,8 @@ def student_attempts(
 
 @orion_asset(STUDENT_ERRORS, group_name="exposure", code_version="1")
 def student_errors(context: dg.AssetExecutionContext, orion: OrionResource, student_attempts: Table) -> Rows:
-    """The student's wrong, unanswered and truncated attempts: what self-reflection will look at."""
+    """The student's wrong, unanswered, truncated and looping attempts (``ERROR_TYPES``): what self-reflection will
+    look at."""
     cfg = orion.active.config
     by_type: collections.Counter[str] = collections.Counter()
     problems: set[str] = set()

@@ -1,4 +1,7 @@
-"""Error exposure: typing the student's own attempts, and choosing the error a rewrite shows."""
+"""Error exposure: typing the student's own attempts, and choosing the error a rewrite shows.
+
+Error types (:data:`orion_assets.vocabulary.ERROR_TYPES`) and the loop rule: docs/exposure.md.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +11,58 @@ from typing import Any
 from orion_assets.ids import content_id
 from orion_assets.llm import GenerationResult
 from orion_assets.method.grading import Verdict
+from orion_assets.method.quality.lexical import repeated_ngram_ratio
+from orion_assets.vocabulary import ERROR_TYPES
+
+# The loop rule: a reply of at least LOOP_MIN_WORDS words is a repetition loop when over LOOP_RATIO of the word
+# LOOP_N-grams of its last words (each window of LOOP_WINDOWS_WORDS: it ends in a loop) or of the whole reply (it
+# is mostly a loop) repeat an earlier one. A unit of u words repeated to the end of a window of w words scores about
+# 1 - u / (w - LOOP_N): the short window catches a sentence or a line repeated a few times after any preamble, the
+# long one a paragraph of up to ~55 words. Worked solutions written by people (GSM8K, MATH, AIME) score at most
+# ~0.2 over the last 60 words, ~0.35 over the last 120 (docs/exposure.md).
+LOOP_N = 8
+LOOP_WINDOWS_WORDS = (60, 120)
+LOOP_RATIO = 0.5
+LOOP_MIN_WORDS = 40
+
+
+def is_repetition_loop(text: str | None) -> bool:
+    """Whether ``text`` ends in, or mostly is, the same words repeated (the loop rule above)."""
+    if not text or len(text.split()) < LOOP_MIN_WORDS:
+        return False
+    return any(repeated_ngram_ratio(text, LOOP_N, last=window) > LOOP_RATIO
+               for window in (*LOOP_WINDOWS_WORDS, None))
+
+
+def _generated(result: GenerationResult) -> str:
+    """All the model wrote: its separate reasoning (if any), then its reply."""
+    return "\n\n".join(part for part in (result.reasoning, result.text) if part)
 
 
 def error_type(result: GenerationResult, verdict: Verdict) -> str | None:
     """The student's error in one attempt, or None when it solved the problem.
 
-    An endpoint failure is no error of the student's: it is reported as ``"endpoint_error"`` and
-    kept out of ``student_errors``.
+    A reply that loops (:func:`is_repetition_loop`) is a ``"repetition_loop"``, cut off or not, unless it stopped
+    with the right answer; another cut-off reply is ``"truncated"`` (never a solved problem, whatever it showed).
+    An endpoint failure is no error of the student's: it is reported as ``"endpoint_error"`` and kept out of
+    ``student_errors``.
     """
     if result.finish_reason == "error":
         return "endpoint_error"
-    if result.finish_reason == "length":  # cut off: never a solved problem, whatever it showed
-        return "truncated"
+    if result.finish_reason == "length":
+        return "repetition_loop" if is_repetition_loop(_generated(result)) else "truncated"
     if verdict.correct:
         return None
+    if is_repetition_loop(_generated(result)):
+        return "repetition_loop"
     if verdict.extracted is None:
         return "no_answer"
     return "wrong_answer"
 
 
-ERROR_PRIORITY = {"wrong_answer": 0, "no_answer": 1, "truncated": 2}
+# Which error a reflection shows: ERROR_TYPES' order. A wrong answer says most about the student's reasoning; a
+# loop teaches nothing.
+ERROR_PRIORITY = {name: rank for rank, name in enumerate(ERROR_TYPES)}
 
 
 def most_useful_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -28,8 +28,8 @@ UNSPLITTABLE = "unsplittable"
 
 
 
-# Which wrong attempt the reflect prompt shows: a wrong answer says most about the student's
-# reasoning; an unanswered or looping, truncated attempt says least.
+# Which wrong attempt the reflect prompt shows (exposure.ERROR_PRIORITY): a wrong answer says most about the
+# student's reasoning; an unanswered or truncated attempt less, a repetition loop nothing.
 CLIP_MARKER = "\n\n[... {omitted} tokens of this attempt omitted ...]\n\n"
 
 

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orion_assets.vocabulary import ERROR_TYPES
 from orion_devtools.services import lake_store_section
 
 # Every test here reads the whole tiny graph, run once per session (minutes).
@@ -128,7 +129,7 @@ def test_error_taxonomy(data_dir, result):
         assert abs(group["share_in_group"].sum() - 1.0) < TOL, (subject, level)
         assert group["group_errors"].n_unique() == 1 and group["group_errors"][0] == group["errors"].sum()
         assert (group["group_attempts"] >= group["group_errors"]).all()
-    assert set(frame["error_type"]) <= {"wrong_answer", "no_answer", "truncated"}
+    assert set(frame["error_type"]) <= set(ERROR_TYPES)
     assert frame["rate_per_attempt"].is_between(0, 1).all()
 
 

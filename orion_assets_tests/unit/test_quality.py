@@ -151,6 +151,16 @@ def test_repeated_ngram_ratio(gsm8k: list[dict], aime: list[dict]) -> None:
     assert sorted(real)[len(real) // 2] < 0.05
 
 
+def test_repeated_ngram_ratio_of_the_tail(aime: list[dict]) -> None:
+    """``last``: only the last words count, so a loop at the end of a long text shows whole."""
+    stuck = aime[5]["solution"] + " " + "So the answer is 12. " * 40
+    assert repeated_ngram_ratio(stuck, 8, last=120) > 0.9 > repeated_ngram_ratio(stuck, 8)
+    assert repeated_ngram_ratio("a b c d a b c d", n=4, last=5) == 0.0  # "d a b c d": no repeat
+    assert repeated_ngram_ratio("a b c d a b c d", n=4, last=100) == repeated_ngram_ratio("a b c d a b c d", n=4)
+    with pytest.raises(ValueError, match="last"):
+        repeated_ngram_ratio("a b", last=0)
+
+
 # -- similarity to the teacher -------------------------------------------------------------------
 
 TEACHER = "First we add 3 and 4 to get 7. Then we multiply 7 by 2 to get 14. So the answer is 14."

@@ -73,7 +73,8 @@ def write_store(path: Path, tables: set[str]) -> Store:
         store.replace_rows("refined_cots", refined, replace_where=None, materialization=materialization("refined_cots"))
     if "student_errors" in tables:
         errors = pl.DataFrame(
-            {"attempt_id": [f"a{i}" for i in range(9)], "error_type": ["wrong_answer"] * 5 + ["no_answer"] * 3 + ["truncated"]}
+            {"attempt_id": [f"a{i}" for i in range(11)],  # every type in ERROR_TYPES
+             "error_type": ["wrong_answer"] * 5 + ["no_answer"] * 3 + ["truncated"] + ["repetition_loop"] * 2}
         )
         store.replace_rows("student_errors", errors, replace_where=None, materialization=materialization("student_errors"))
     return store

@@ -13,6 +13,18 @@ _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(
     r"(?i)\b(?:final\s+answer|answer)[*\s]*(?:is\b(?!['\u2019])|:|=)[*:\s]*"
 )
+# A box with nothing in it (``\\boxed{}``, ``$\\boxed{ }$``): a template echoed, not an answer.
+_EMPTY_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
+# An answer that is arithmetic with its result ("2 * 25 + 15 + 10 = 75", "5 + 13 = $18"): the left of the last
+# "=" holds only numbers and operators (SmolLM2's "3 x 12" included), the right a number, perhaps with a currency
+# sign, a percent or unit words. Letters on the left ("2x + 3y = 6", "x = 7") make it no such answer.
+_ARITH_LHS_RE = re.compile(r"[\d\s.,+\-*/\u00d7\u00f7\u00b7()\[\]{}$%^=]*\d[\d\s.,+\-*/\u00d7\u00f7\u00b7()\[\]{}$%^=]*")
+_ARITH_OP_RE = re.compile(r"[+\-*/\u00d7\u00f7\u00b7^]")
+_LATEX_OPS_RE = re.compile(r"\\(?:times|cdot|div|left|right|[dt]?frac|\$)(?![A-Za-z])|(?<=[\d)])\s*[xX]\s*(?=[\d$(])")
+_RESULT_RE = re.compile(
+    r"(?:\\?\$\s*)?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?:\s*\\?%|\s+[A-Za-z][A-Za-z \-]*)?"
+    r"|\\[dt]?frac\{\d+\}\{\d+\}"
+)
 _NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
 )
@@ -89,7 +101,7 @@ def _extract_boxed(text: str) -> tuple[str | None, str | None]:
 
 
 def _strip_answer_text(ans: str) -> str:
-    ans = ans.strip()
+    ans = _EMPTY_BOX_RE.sub("", ans).strip()
     for _ in range(3):
         ans = ans.strip().strip("*").strip()
         ans = re.sub(r"[.;,:]+$", "", ans).strip()  # not "!": 5! is a factorial
@@ -99,6 +111,19 @@ def _strip_answer_text(ans: str) -> str:
             ans = ans[2:-2].strip()
         elif ans.startswith("\\[") and ans.endswith("\\]"):
             ans = ans[2:-2].strip()
+    return ans
+
+
+def _equation_result(ans: str) -> str:
+    """The result of an answer that is arithmetic with its result: ``"2 * 25 + 15 + 10 = 75"`` -> ``"75"``
+    (what a person reads as the answer); any other answer unchanged."""
+    if "=" not in ans:
+        return ans
+    lhs, rhs = ans.rsplit("=", 1)
+    rhs = _strip_answer_text(rhs)
+    ops = _LATEX_OPS_RE.sub("*", lhs)
+    if rhs and _RESULT_RE.fullmatch(rhs) and _ARITH_LHS_RE.fullmatch(ops) and _ARITH_OP_RE.search(ops):
+        return rhs
     return ans
 
 
@@ -153,23 +178,23 @@ def _extract(output: str, last_number: bool = True) -> tuple[str | None, str | N
         if cut:
             return None, None
         if ans is not None:
-            return ans, method
+            return _equation_result(ans), method
     if "####" in text:
         for m in reversed(list(_HASH_RE.finditer(text))):
             ans = _strip_answer_text(m.group(1))
             if ans:
-                return ans, "hash"
+                return _equation_result(ans), "hash"
     end = text.rfind("</answer>")
     if end > 0:  # r1-zero style "... </think> <answer> x </answer>"
         start = text.rfind("<answer>", 0, end)
         if start >= 0:
             ans = _strip_answer_text(text[start + len("<answer>") : end])
             if ans:
-                return ans, "answer_is"
+                return _equation_result(ans), "answer_is"
     for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
         ans = _strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400]))
         if ans:
-            return ans, "answer_is"
+            return _equation_result(ans), "answer_is"
     if not last_number:
         return None, None
     last = None

@@ -164,15 +164,20 @@ def reflection_marker_count(cot: str) -> int:
 # -- repetition ----------------------------------------------------------------------------------
 
 
-def repeated_ngram_ratio(cot: str, n: int = 4) -> float:
+def repeated_ngram_ratio(cot: str, n: int = 4, last: int | None = None) -> float:
     """The share of word n-grams that repeat an earlier n-gram of the same text.
 
     ``(total - distinct) / total``: 0.0 when no n-gram occurs twice (or there is none), close to
-    1.0 for a generation stuck in a loop.
+    1.0 for a generation stuck in a loop. ``last``: only the text's last ``last`` words count (its
+    tail, where a loop that ran until the token limit is).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if last is not None and last < 1:
+        raise ValueError(f"last must be at least 1, got {last}")
     tokens = words(cot or "")
+    if last is not None:
+        tokens = tokens[-last:]
     total = len(tokens) - n + 1
     if total <= 0:
         return 0.0
