@@ -4,7 +4,7 @@ transformers de-quantizes GGUF weights on load (the ``gguf`` package), but a mod
 ``save_pretrained`` and takes tens of seconds to load each time. :func:`convert_gguf` does it once: it clears the
 quantization config, copies the weights into a model made from the config, and writes weights, tokenizer, chat
 template and a ``build_info.json`` saying where they came from (package, version, file hash) into a directory
-named by that hash, which every later step loads in under a second. docs/student-models.md.
+named by that hash, which every later step loads in under a second (docs/student-models.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The student base model: :func:`build_tiny_student` (a tiny random Qwen2 and a BPE tokenizer trained on the
 training texts, offline, content-addressed) or :func:`resolve_pretrained` (a real checkpoint, not copied).
 
-What the tiny student's directory holds, and why: docs/tiny-student.md.
+What the tiny student's directory holds, and why: docs/student-models.md.
 """
 
 from __future__ import annotations
