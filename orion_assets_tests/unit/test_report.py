@@ -46,7 +46,8 @@ def scores_frame() -> pl.DataFrame:
         ],
         orient="row",
     )
-    return frame.with_columns(pl.lit("run-1").alias("dagster_run_id"), pl.lit("x").alias("benchmark_score_id"))
+    boxed = pl.Series("boxed_rate", [0.0, 0.5, 0.625, 0.0, 0.75, 1.0, 0.875])  # per SCORES row
+    return frame.with_columns(pl.lit("run-1").alias("dagster_run_id"), pl.lit("x").alias("benchmark_score_id"), boxed)
 
 
 def materialization(asset: str) -> dict[str, object]:
@@ -116,6 +117,8 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert table_row(md, "pass@1", "base") == ["12.5 ± 5.0", "-27.5", "0.0 ± 0.0", "-25.0", "—", "—"]
     # teacher_sft is the reference: 40.0 ± 10.0, 25.0 ± 8.0, 3.125 -> "3.1" ± 3.125 -> "3.1"
     assert table_row(md, "pass@1", "teacher_sft") == ["40.0 ± 10.0", "ref", "25.0 ± 8.0", "ref", "3.1 ± 3.1", "ref"]
+    assert table_row(md, "Answers in", "teacher_sft") == ["50.0%", "75.0%", "100.0%"]
+    assert table_row(md, "Answers in", "orion") == ["62.5%", "—", "87.5%"]
     assert "| variant | gsm_hard | Δ gsm_hard | math500 | Δ math500 | aime24 | Δ aime24 |" in md
     assert "amc23" not in md.split("## pass@1", 1)[1].split("## Plots", 1)[0]
     # variant order: base, teacher_sft, orion

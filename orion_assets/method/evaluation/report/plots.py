@@ -14,7 +14,7 @@ import polars as pl
 
 from orion_assets.method.evaluation.report.format import _ordered
 from orion_assets.store import SCHEMA
-from orion_assets.vocabulary import MODES
+from orion_assets.vocabulary import BENCHMARKS, MODES
 
 ACCURACY_PNG = "accuracy.png"
 COT_LENGTHS_PNG = "cot_lengths.png"
@@ -37,7 +37,7 @@ def _save(figure, path: Path) -> Path:
 
 
 def _plot_accuracy(board: pl.DataFrame, path: Path) -> Path:
-    benchmarks = [c for c in board.columns if c != "variant" and not c.endswith(("_se", "_delta", "_n_errors"))]
+    benchmarks = [b for b in BENCHMARKS if b in board.columns]
     variants = board["variant"].to_list()
     figure = _figure(max(6.0, 1.6 * len(benchmarks) + 2.5), 4.2)
     axes = figure.add_subplot(1, 1, 1)
