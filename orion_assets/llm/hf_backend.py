@@ -27,10 +27,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Below this many parameters CPU generation runs on one torch thread (see HFEndpoint._run).
-SMALL_MODEL_PARAMETERS = 50_000_000
+# Below this many parameters CPU generation runs on one torch thread (see generation_threads). It covers
+# SmolLM2-135M-Instruct (134.5 M), measured one thread against two in benchmarks/bench_generation.py;
+# larger models were not measured.
+SMALL_MODEL_PARAMETERS = 200_000_000
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}  # fmt: skip
+
+
+def generation_threads(device_type: str, parameters: int, threads: int) -> int:
+    """Torch intra-op threads for generating with a model of ``parameters`` on ``device_type``.
+
+    A small model's decoding steps are many tiny kernels: intra-op threads gain little on them, and
+    on a busy machine their barriers make every step wait for a descheduled thread (a 135 M model
+    on the 2-vCPU dev VM under load: several times slower on two threads than on one).
+    """
+    return 1 if device_type == "cpu" and parameters < SMALL_MODEL_PARAMETERS else threads
 
 
 def batch_seed(params: SamplingParams, call_ids: Sequence[str]) -> int:
@@ -148,15 +160,13 @@ class HFEndpoint(BaseEndpoint):
             else:
                 batches.append([item])
         threads = torch.get_num_threads()
-        single = device.type == "cpu" and self._parameters < SMALL_MODEL_PARAMETERS and threads > 1
-        if single:
-            # A small model gains nothing from intra-op threads, and on a busy machine their
-            # barriers make every decoding step wait for a descheduled thread (30x slower measured).
-            torch.set_num_threads(1)
+        wanted = generation_threads(device.type, self._parameters, threads)
+        if wanted != threads:
+            torch.set_num_threads(wanted)
         try:
             self._run_batches(batches, model, tokenizer, device, eos_ids, prompts, emit)
         finally:
-            if single:
+            if wanted != threads:
                 torch.set_num_threads(threads)
 
     def _run_batches(
