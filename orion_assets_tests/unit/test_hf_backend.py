@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orion_assets.llm import GenerationRequest, SamplingParams, chat, make_endpoint
-from orion_assets.llm.hf_backend import HFEndpoint
+from orion_assets.llm.hf_backend import HFEndpoint, generation_threads
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
 from orion_assets.training.student import BuiltModel, build_tiny_student
@@ -133,6 +133,28 @@ def test_sampling_is_seeded_per_batch_and_a_cached_run_loads_no_model(tiny_stude
     cached = cached_ep.generate(requests)
     assert all(r.cached for r in cached) and [r.text for r in cached] == [r.text for r in first]
     assert cached_ep._model is None  # nothing to generate: the model was never loaded
+
+
+def test_small_models_generate_on_one_cpu_thread(tiny_student: BuiltModel, tmp_path: Path, monkeypatch) -> None:
+    """SmolLM2-135M (134.5 M parameters) is small: one thread on the CPU (two threads measured several
+    times slower on the busy dev VM, benchmarks/README.md); a 1.5 B model and any GPU keep torch's threads."""
+    import torch
+
+    assert generation_threads("cpu", 134_515_008, 2) == 1
+    assert generation_threads("cpu", 1_543_714_304, 2) == 2
+    assert generation_threads("cuda", 134_515_008, 2) == 2
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
+    endpoint = make_endpoint(_cfg(2), Store(tmp_path / "t.duckdb"), role="student", model_path=str(tiny_student.path))
+    try:
+        assert all(r.ok for r in endpoint.generate(_requests(SamplingParams(max_tokens=4, temperature=0.0))[:2]))
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # one thread while generating, then back
+    finally:
+        real(before)
 
 
 @pytest.fixture(scope="module")
