@@ -91,6 +91,7 @@ def refined_cots(
                     tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
                     run_id=context.run.run_id, progress=progress[mode].chunk(),
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
+                    unmarked_is_solution=cfg.reflection.unmarked_reply == "solution",
                 )
                 rows = [reflection.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
                 kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]

@@ -94,7 +94,7 @@ _SOLUTION = re.compile(
 _REFLECTION = re.compile(_LEAD + r"(?:reflection|analysis|error[ \t]+analysis)" + _TAIL, re.IGNORECASE | re.MULTILINE)
 
 
-def split_reflection(reply: str) -> tuple[str | None, str | None]:
+def split_reflection(reply: str, *, unmarked_is_solution: bool = False) -> tuple[str | None, str | None]:
     """Split a reflect reply into (reflection notes, solution); only the solution is SFT data.
 
     Thinking (a ``<think>`` block) is not part of either: pass the reply's answer part
@@ -105,13 +105,16 @@ def split_reflection(reply: str) -> tuple[str | None, str | None]:
     ask for (``SOLUTION``, in capitals), and a qualified marker to a bare "Solution" after it, so
     the notes stay out of the solution. A reply without a solution
     marker, or with an empty solution, cannot be split: ``(None, None)``; its text must never
-    become SFT data.
+    become SFT data. With ``unmarked_is_solution`` a reply with neither marker is all solution
+    (a small model that ignores the two-part format; ``[reflection] unmarked_reply``).
     """
     _, text = split_thinking(None, reply)
     reflection = _REFLECTION.search(text)
     start = reflection.end() if reflection else 0
     markers = list(_SOLUTION.finditer(text, start))
     if not markers:
+        if unmarked_is_solution and reflection is None and text.strip() and "<think>" not in reply:
+            return None, text.strip()
         return None, None
     # min() keeps the first of the best rank: the templates' "SOLUTION", then a bare "solution".
     solution = min(markers, key=lambda m: (m["word"] != "SOLUTION" or bool(m["qualifier"]), bool(m["qualifier"])))

@@ -151,6 +151,7 @@ def refine(
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     min_reply_tokens: int = 1,
+    unmarked_is_solution: bool = False,
 ) -> list[Outcome]:
     """Ask for refinements in rounds: try ``k`` goes only to tasks whose earlier tries all failed.
 
@@ -172,7 +173,10 @@ def refine(
             for o in pending
         ]
         results = endpoint.generate(requests, run_id=run_id, progress=progress)
-        split = [prompts.split_reflection(r.answer) if r.ok else (None, None) for r in results]
+        split = [
+            prompts.split_reflection(r.answer, unmarked_is_solution=unmarked_is_solution) if r.ok else (None, None)
+            for r in results
+        ]
         verdicts = grade_batch(
             [(solution or "", o.task.problem["gold_answer"]) for (_, solution), o in zip(split, pending, strict=True)],
             benchmark=[o.task.problem["source"] for o in pending],

@@ -186,6 +186,10 @@ class ReflectionConfig(Section):
     # The least room (tokens) a reflection reply must have inside the context window; a prompt
     # that leaves less is skipped (counted as an overflow) rather than sent to fail.
     min_reply_tokens: int = Field(256, ge=1)
+    # A reply with neither a REFLECTION nor a SOLUTION marker: "unsplittable" (a failed try: it
+    # might be notes), or "solution" (all of it is the solution, still verified against the gold
+    # answer). SmolLM2-135M ignores the two-part format in 29 of 32 replies (smol sets "solution").
+    unmarked_reply: Literal["unsplittable", "solution"] = "unsplittable"
 
 
 class QualityConfig(Section):

@@ -154,3 +154,26 @@ def test_the_report_counts_fallbacks_overflows_and_unsplittable_replies_per_mode
     text = "\n".join(_reflection_section(frame))
     assert "**Warning:** 75.0% of `orion`'s SFT data is the teacher's own CoT" in text
     assert "Not run: `no_reflection`" in text and "`no_error`'s SFT" not in text
+
+
+# Real reflect_orion replies of SmolLM2-135M-Instruct (the smol profile's student, T=0.7): like 29 of
+# the 32 in one smol run, they ignore the REFLECTION/SOLUTION format the prompt asks for.
+SMOL_UNMARKED = (
+    "Ajax weighs 80 x 2.2 = 176 in pounds.\n"
+    "He will lose 1.5 x 2 = 3 pounds per day, which means he will lose 3 x 2 = 6 pounds.\n"
+    "Therefore, the final answer is 176 - 6 = 172 pounds."
+)
+SMOL_MARKED = (
+    "The answer to this puzzle is: \nA total of 50 words have been taken from the book in 2 years.\n\n"
+    "SOLUTION:\nIn 2 years, Tim has increased the number of words he knows by 50%\n"
+)
+
+
+def test_an_unmarked_reply_is_all_solution_only_when_the_profile_says_so():
+    assert split_reflection(SMOL_UNMARKED) == (None, None)  # the default: it might be notes
+    assert split_reflection(SMOL_UNMARKED, unmarked_is_solution=True) == (None, SMOL_UNMARKED)
+    # A marked reply splits the same either way; notes without a solution marker stay unsplittable.
+    assert split_reflection(SMOL_MARKED, unmarked_is_solution=True) == split_reflection(SMOL_MARKED)
+    assert split_reflection(SMOL_MARKED)[1].startswith("In 2 years")
+    assert split_reflection(f"REFLECTION: {NOTES}\n{SOLUTION}", unmarked_is_solution=True) == (None, None)
+    assert split_reflection(f"<think>\nstill thinking {SOLUTION}", unmarked_is_solution=True) == (None, None)
