@@ -30,6 +30,7 @@ __all__ = ["OnnxEmbedder", "build_int8_model", "cache_root", "int8_model"]
 
 FORMAT = "minilm-onnx-int8-v1"  # bump when the export or the quantization changes
 _OPSET = 17
+MAX_BATCH_TOKENS = 4096
 _BUILD_LOCK = threading.Lock()
 
 
@@ -149,9 +150,13 @@ class OnnxEmbedder:
         ids = [e.ids for e in self.tokenizer.encode_batch(list(sentences))]
         out = np.zeros((len(ids), self.dimension), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: equal lengths keep input order
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            width = len(ids[rows[0]])
+        start = 0
+        while start < len(order):
+            width = len(ids[order[start]])  # the longest left: batches are padded to it
+            # At most batch_size steps and MAX_BATCH_TOKENS padded tokens: long steps go in smaller
+            # batches, which bounds ONNX Runtime's buffers (attention is batch x tokens^2).
+            rows = order[start : start + max(1, min(batch_size, MAX_BATCH_TOKENS // max(width, 1)))]
+            start += len(rows)
             input_ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
             for r, i in enumerate(rows):
