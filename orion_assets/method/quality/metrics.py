@@ -38,12 +38,18 @@ def _token_counts(cots: list[str], tokenizer: Any) -> list[int]:
 
 
 def cot_metrics(
-    cots: Sequence[str], *, tokenizer: Any, embedder: Embedder, batch_size: int = 64, window: int = 1024
+    cots: Sequence[str],
+    *,
+    tokenizer: Any,
+    embedder: Embedder,
+    batch_size: int = 64,
+    window: int = 1024,
+    max_pairs: int | None = None,
 ) -> pl.DataFrame:
     """One row of :data:`COT_METRICS_SCHEMA` per CoT, in input order (columns in docs/quality.md).
 
     A text that occurs several times is split and embedded once; coherence streams through
-    :func:`iter_coherence` (``batch_size`` and ``window`` passed on), so memory stays bounded.
+    :func:`iter_coherence` (``batch_size``, ``window`` and ``max_pairs`` passed on), so memory stays bounded.
     """
     texts = ["" if cot is None else str(cot) for cot in cots]
     distinct = list(dict.fromkeys(texts))
@@ -55,7 +61,8 @@ def cot_metrics(
             n_steps[text] = len(steps)
             yield steps
 
-    scores = dict(zip(distinct, iter_coherence(steps_of_each(), embedder, batch_size=batch_size, window=window)))
+    scores = dict(zip(distinct, iter_coherence(steps_of_each(), embedder, batch_size=batch_size, window=window,
+                                                 max_pairs=max_pairs)))
     n_words = [len(words(text)) for text in texts]
     markers = [reflection_marker_count(text) for text in texts]
     return pl.DataFrame(
