@@ -237,16 +237,21 @@ def test_looping_attempts_are_repetition_loops_even_after_a_boxed_answer(runs):
         by_format[entry["format"]].append(attempt)
     loops = by_format["loop"] + by_format["loop_after_answer"]
     assert by_format["loop_after_answer"] and by_format["loop"]
+    # A loop cut after a repeat or two is only a cut reply to the loop rule (docs/exposure.md): at
+    # this budget the simulator's loop unit fits 1-4 times, so only the longer loops are typed loops.
     for attempt in loops:
-        assert attempt["finish_reason"] == "length"
-        assert attempt["error_type"] == "repetition_loop" and attempt["correct"] is False
+        assert attempt["finish_reason"] == "length" and attempt["correct"] is False
+        repeats = attempt["text"].count("Wait, let me recompute that.")
+        assert attempt["error_type"] == "repetition_loop" if repeats >= 4 else attempt["error_type"] in (
+            "repetition_loop", "truncated"), (repeats, attempt["text"])
     # The loop started after the right answer was boxed: a cut reply is still no solved problem.
     for attempt in by_format["loop_after_answer"]:
         assert f"\\boxed{{{_gold(runs, attempt['problem_id'])}}}" in attempt["text"]
     # Unfinished attempts ("I am not sure how to finish from here.") are errors; the grader's
     # last-number fallback reads the last step's number as their answer, so they count as wrong.
     assert by_format["none"] and all(a["error_type"] in ("no_answer", "wrong_answer") for a in by_format["none"])
-    assert {"repetition_loop", "wrong_answer"} <= set(main["errors"]["error_type"])
+    types = set(main["errors"]["error_type"])
+    assert "wrong_answer" in types and types & {"repetition_loop", "truncated"}
     erred = main["attempts"].filter(pl.col("error_type").is_not_null())
     assert set(main["errors"]["attempt_id"]) == set(erred["attempt_id"])
 
@@ -337,7 +342,7 @@ def test_the_most_useful_error_is_shown_and_long_attempts_are_clipped(runs):
             assert text[:30] in section and text.rstrip()[-20:] in section
             assert len(tokenizer(section, add_special_tokens=False)["input_ids"]) <= ATTEMPT_MAX_TOKENS + 8
             clipped += 1
-        if first["error_type"] == "repetition_loop" and shown["error_type"] == "wrong_answer":
+        if first["error_type"] in ("repetition_loop", "truncated") and shown["error_type"] == "wrong_answer":
             assert "Wait, let me recompute that." not in section  # not the loop
             wrong_over_an_earlier_loop += 1
     assert wrong_over_an_earlier_loop >= 1 and clipped >= 1 and shown_whole >= 1
