@@ -6,7 +6,6 @@ paths and run options; :func:`config_hash` names what decides the trained weight
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 from pydantic import ConfigDict, field_validator
 
-from orion_assets.ids import model_fingerprint, sha256_json
+from orion_assets.ids import file_sha256, model_fingerprint, sha256_json
 from orion_assets.profiles.schema import SFTSettings
 
 TRAIN_LOG_FILE = "train_log.jsonl"
@@ -101,14 +100,6 @@ def launch_command(launcher: Sequence[str], python: str | None = None) -> list[s
     return [str(part).replace("{python}", py) for part in launcher]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def config_hash(params: TrainParams) -> str:
     """A hash of what determines the trained weights (16 hex chars).
 
@@ -118,7 +109,7 @@ def config_hash(params: TrainParams) -> str:
     """
     values = {k: v for k, v in params.to_json().items() if k not in _HASH_EXCLUDED}
     dataset = Path(params.dataset_path)
-    values["dataset_sha256"] = _file_sha256(dataset) if dataset.is_file() else f"missing:{dataset}"
+    values["dataset_sha256"] = file_sha256(dataset) if dataset.is_file() else f"missing:{dataset}"
     values["base_model"] = params.base_model_hash or model_fingerprint(params.base_model_path)
     values["lora_target_modules"] = sorted(values["lora_target_modules"])
     if not values["training_args"]:  # an empty table leaves the hash as if the key did not exist

@@ -9,20 +9,15 @@ named by that hash, which every later step loads in under a second (docs/student
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orion_assets.ids import sha256_json
-from orion_assets.training.student import BuiltModel, count_parameters, read_build_info, resolve_eos_token
+from orion_assets.ids import file_sha256, sha256_json
+from orion_assets.training.student import BuiltModel, count_parameters, publish_build, read_build_info, resolve_eos_token
 
 __all__ = ["GGUFSource", "GGUFError", "locate_gguf", "convert_gguf"]
 
@@ -48,14 +43,6 @@ class GGUFSource:
                 "package_version": self.version}  # fmt: skip
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _distribution_of(module: str) -> str | None:
     """The installed distribution (PyPI name) that provides the top-level ``module``."""
     names = importlib.metadata.packages_distributions().get(module)
@@ -69,7 +56,7 @@ def locate_gguf(*, package: str | None = None, file: str | None = None, path: st
         located = Path(path).expanduser()
         if not located.is_file():
             raise GGUFError(f"[student_model] gguf_path {str(located)!r}: no such file")
-        return GGUFSource(located.resolve(), _file_sha256(located))
+        return GGUFSource(located.resolve(), file_sha256(located))
     if package is None or file is None:
         raise GGUFError("[student_model] source = 'gguf' needs gguf_path, or gguf_package and gguf_file")
     distribution = package.replace("_", "-")
@@ -89,7 +76,7 @@ def locate_gguf(*, package: str | None = None, file: str | None = None, path: st
         )
     dist = _distribution_of(package)
     version = importlib.metadata.version(dist) if dist else None
-    return GGUFSource(located.resolve(), _file_sha256(located), package=dist or distribution, version=version)
+    return GGUFSource(located.resolve(), file_sha256(located), package=dist or distribution, version=version)
 
 
 def convert_gguf(source: GGUFSource, out_root: Path) -> BuiltModel:
@@ -106,24 +93,7 @@ def convert_gguf(source: GGUFSource, out_root: Path) -> BuiltModel:
     cached = read_build_info(final)
     if cached is not None:
         return cached
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_root))
-    try:
-        _convert_into(tmp, source, config_hash)
-        if final.exists():  # an incomplete leftover, or a concurrent conversion that just finished
-            if read_build_info(final) is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return read_build_info(final)  # type: ignore[return-value]
-            stale = out_root / f".{final.name}.stale-{uuid.uuid4().hex[:8]}"
-            os.replace(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    built = read_build_info(final)
-    assert built is not None
-    return built
+    return publish_build(final, lambda tmp: _convert_into(tmp, source, config_hash))
 
 
 def _convert_into(target: Path, source: GGUFSource, config_hash: str) -> None:

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "count_parameters",
     "resolve_eos_token",
     "read_build_info",
+    "publish_build",
 ]
 
 #: Bump when the build recipe changes in a way that changes the produced files (invalidates the cache).
@@ -256,35 +257,36 @@ def build_tiny_student(
     if cached is not None:
         return cached
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_root))
+    return publish_build(final, lambda tmp: _build_tiny_into(tmp, texts, build_config, config_hash, texts_sha256))
+
+
+def publish_build(final: Path, build: Callable[[Path], object]) -> BuiltModel:
+    """Run ``build`` into a temporary directory beside ``final`` and rename it into place, so a killed build never
+    leaves a half-written model behind; an incomplete leftover is replaced, and a concurrent identical build that
+    finished first wins (theirs is as good as ours). The result is read back from ``final/build_info.json``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        built = _build_tiny_into(tmp, texts, build_config, config_hash, texts_sha256)
+        build(tmp)
         if final.exists():  # incomplete leftover (no build_info.json) or a concurrent build that just finished
             if read_build_info(final) is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return read_build_info(final)  # type: ignore[return-value]
-            stale = out_root / f".{final.name}.stale-{uuid.uuid4().hex[:8]}"
+            stale = final.parent / f".{final.name}.stale-{uuid.uuid4().hex[:8]}"
             os.replace(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
-            # Lost a race against a concurrent identical build: theirs is as good as ours.
             if read_build_info(final) is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuiltModel(
-        path=final,
-        config_hash=built.config_hash,
-        parameters=built.parameters,
-        vocab_size=built.vocab_size,
-        eos_token=built.eos_token,
-        source=built.source,
-    )
+    built = read_build_info(final)
+    assert built is not None, final
+    return built
 
 
 def _build_tiny_into(

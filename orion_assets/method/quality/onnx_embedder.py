@@ -26,6 +26,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from orion_assets.ids import file_sha256
+
 __all__ = ["OnnxEmbedder", "build_int8_model", "cache_root", "int8_model"]
 
 FORMAT = "minilm-onnx-int8-v1"  # bump when the export or the quantization changes
@@ -38,18 +40,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("ORION_EMBEDDER_CACHE", "~/.cache/orion_assets/embedders")).expanduser()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_files(source: Path) -> dict[str, str]:
     names = ["config.json", "tokenizer.json", "sentence_bert_config.json", "1_Pooling/config.json"]
     names.append("model.safetensors" if (source / "model.safetensors").is_file() else "pytorch_model.bin")
-    return {name: _sha256(source / name) for name in names if (source / name).is_file()}
+    return {name: file_sha256(source / name) for name in names if (source / name).is_file()}
 
 
 def build_int8_model(source: Path, out: Path) -> dict:
@@ -99,7 +93,7 @@ def build_int8_model(source: Path, out: Path) -> dict:
         "what": "the transformer of a sentence-transformers model, ONNX opset 17, weights int8 (dynamic quantization)",
         "source": {"path": str(source), "sha256": _source_files(source)},
         "versions": {n: metadata.version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers")},
-        "sha256": {n: _sha256(out / n) for n in ("model.onnx", "tokenizer.json", "settings.json")},
+        "sha256": {n: file_sha256(out / n) for n in ("model.onnx", "tokenizer.json", "settings.json")},
     }
     (out / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     return provenance

