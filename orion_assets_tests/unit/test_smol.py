@@ -137,7 +137,7 @@ def test_sft_on_boxed_teacher_cots_makes_the_real_model_box_its_answers(smol_mod
 
     held_out, _ = load_benchmark("gsm8k")  # GSM8K test: no problem the SFT data holds
     short = held_out.filter(held_out["reference_solution"].str.len_chars() < 200)  # answers a few lines long
-    problems = short["problem"].to_list()[:8]
+    problems = short["problem"].to_list()[:6]
     base_boxed, base_stopped = _boxed_and_stopped(str(smol_model.path), problems, tmp_path / "base.duckdb")
     sft_boxed, sft_stopped = _boxed_and_stopped(result.final_path, problems, tmp_path / "sft.duckdb")
     assert sft_boxed >= 0.5 and sft_boxed > base_boxed, (base_boxed, sft_boxed)
