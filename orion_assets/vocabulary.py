@@ -39,6 +39,9 @@ MODE_BY_NAME: dict[str, Mode] = {m.name: m for m in MODE_TABLE}
 MODE_ROLE: dict[str, str] = {m.name: m.rewriter for m in MODE_TABLE}
 MODE_VARIANT: dict[str, str] = {m.name: m.variant for m in MODE_TABLE}
 
+# Joins student, variant and seed in one partition key: ``tiny/orion/0`` (orion_assets.io.partitions).
+PARTITION_SEPARATOR = "/"
+
 BASE_VARIANT = "base"  # the untrained student
 REFERENCE_VARIANT = "teacher_sft"  # plain distillation: every delta is taken against it
 VARIANTS: tuple[str, ...] = (BASE_VARIANT, REFERENCE_VARIANT, *(m.variant for m in MODE_TABLE))

@@ -46,6 +46,43 @@ def pytest_collection_modifyitems(config, items):
             item._nodeid = f"{item.nodeid}@{group}"
 
 
+class StepResults:
+    """The results of :func:`materialize_each`, read like one ``dg.materialize`` result."""
+
+    def __init__(self, results: list) -> None:
+        self.results = results
+
+    @property
+    def success(self) -> bool:
+        return all(r.success for r in self.results)
+
+    def asset_materializations_for_node(self, name: str) -> list:
+        return [m for r in self.results for m in r.asset_materializations_for_node(name)]
+
+    @property
+    def all_events(self) -> list:
+        return [e for r in self.results for e in r.all_events]
+
+
+def materialize_each(assets, resources, selection=None, *, student: str = "tiny", **kwargs) -> StepResults:
+    """Materialize the selected ``assets`` one at a time, in their order, each per-student asset for ``student``:
+    one ``dg.materialize`` cannot mix partitioned and unpartitioned assets. Stops at the first failure."""
+    import dagster as dg
+
+    from orion_assets.io.partitions import student_partitions
+
+    chosen = [a for a in assets if selection is None or a.key.to_user_string() in set(selection)]
+    results = []
+    for asset in chosen:
+        partition = student if asset.partitions_def == student_partitions else None
+        result = dg.materialize(assets, selection=[asset.key], resources=resources, partition_key=partition,
+                                **{"raise_on_error": False, **kwargs})
+        results.append(result)
+        if not result.success:
+            break
+    return StepResults(results)
+
+
 def lineage_walk(con, score_where: str) -> dict[str, int]:
     """Rows reached per table, walking ``orion.lineage_edges`` down from the benchmark scores that
     match ``score_where`` (SQL over ``orion.benchmark_scores``)."""

@@ -8,7 +8,7 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import markdown_table, progress_logger
-from orion_assets.io.partitions import benchmark_variant_partitions
+from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair, parse_model_key
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
@@ -21,23 +21,24 @@ from orion_assets.vocabulary import BENCHMARKS
 BENCHMARK_PREDICTIONS = TableSpec(
     "benchmark_predictions",
     {
-        "prediction_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8, "problem_id": pl.Utf8,
+        "prediction_id": pl.Utf8, "benchmark": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64,
+        "problem_id": pl.Utf8,
         "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
         "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
         "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
     },
     id="prediction_id",
     parents={"problem_id": "benchmark_problems", "checkpoint_id": "student_checkpoint", "llm_call_id": "llm_calls"},
-    partition_by=("benchmark", "variant"),
+    partition_by=("benchmark", "student", "variant", "seed"),
 )
 BENCHMARK_SCORES = TableSpec(
     "benchmark_scores",
-    {"score_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8,
+    {"score_id": pl.Utf8, "benchmark": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64,
      **{f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
      "grading_rule": pl.Utf8, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
     id="score_id",
     parents={"prediction_ids": "benchmark_predictions"},
-    partition_by=("benchmark", "variant"),
+    partition_by=("benchmark", "student", "variant", "seed"),
 )
 DEFAULT_GRADING_RULE = "default"
 
@@ -68,13 +69,13 @@ def error_share(n_errors: int, n_calls: int) -> float:
 @orion_asset(
     BENCHMARK_PREDICTIONS,
     group_name="evaluation",
-    partitions_def=benchmark_variant_partitions,
+    partitions_def=benchmark_model_partitions,
     ins={
-        "benchmark_problems": dg.AssetIn(partition_mapping=dg.MultiToSingleDimensionPartitionMapping("benchmark")),
-        "student_checkpoint": dg.AssetIn(partition_mapping=dg.MultiToSingleDimensionPartitionMapping("variant")),
+        "benchmark_problems": dg.AssetIn(partition_mapping=benchmark_of_pair),
+        "student_checkpoint": dg.AssetIn(partition_mapping=model_of_pair),
     },
     kinds={"transformers"},
-    code_version="2",
+    code_version="3",
 )
 def benchmark_predictions(
     context: dg.AssetExecutionContext, orion: OrionResource, benchmark_problems: Table, student_checkpoint: Table
@@ -95,11 +96,12 @@ def benchmark_predictions(
     every answer and retries errors.
     """
     keys = context.partition_key.keys_by_dimension
-    benchmark, variant = keys["benchmark"], keys["variant"]
-    cfg = orion.active.config
+    benchmark, model = keys["benchmark"], keys["model"]
+    student, variant, seed = parse_model_key(model)
+    cfg = orion.config_for(student)
     checkpoints = student_checkpoint.frame()
     if checkpoints.height == 0:
-        raise dg.Failure(f"no student_checkpoint for variant {variant}: materialize it first")
+        raise dg.Failure(f"no student_checkpoint for {model}: materialize it first")
     checkpoint = checkpoints.row(0, named=True)
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
     params = sampling_params(
@@ -108,11 +110,11 @@ def benchmark_predictions(
     served_name = None if variant == "base" else variant
     endpoint = orion.endpoint(
         "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"],
-        tokenizer=checkpoint["path"],
+        tokenizer=checkpoint["path"], student=student,
     )
     rows = benchmark_problems.frame().sort("problem_id").to_dicts()
     context.log.info(
-        f"{benchmark} x {variant}: {len(rows) * k} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
+        f"{benchmark} x {model}: {len(rows) * k} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
         f"through {endpoint!r}"
     )
     samples = sample_and_grade(
@@ -126,8 +128,9 @@ def benchmark_predictions(
     frame = pl.DataFrame(
         [
             {
-                "prediction_id": content_id("prediction", benchmark, variant, s.row["problem_id"], s.result.call_id),
-                "benchmark": benchmark, "variant": variant, "problem_id": s.row["problem_id"],
+                "prediction_id": content_id("prediction", benchmark, model, s.row["problem_id"], s.result.call_id),
+                "benchmark": benchmark, "student": student, "variant": variant, "seed": seed,
+                "problem_id": s.row["problem_id"],
                 "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": s.sample_index,
                 "text": s.result.text,
                 "extracted_answer": s.verdict.extracted if s.verdict else None,
@@ -148,7 +151,7 @@ def benchmark_predictions(
     graded_correct = frame["correct"].drop_nulls()
     published = Rows(
         frame,
-        metadata={"benchmark": benchmark, "variant": variant, "k": k, "samples": frame.height,
+        metadata={"benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k, "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
                   "n_errors": n_errors, "error_rate": share, **usage_metadata(results, cfg.endpoints.student, "student"),
                   "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
@@ -157,7 +160,7 @@ def benchmark_predictions(
         first = next(r.error for r in results if not r.ok)
         published.fail_after_write = dg.Failure(
             description=(
-                f"{benchmark} x {variant}: {n_errors} of {len(results)} calls failed ({share:.1%}, more than "
+                f"{benchmark} x {model}: {n_errors} of {len(results)} calls failed ({share:.1%}, more than "
                 f"[eval] max_error_rate = {cfg.eval.max_error_rate:.1%}); first error: {first}. The predictions are "
                 f"written (failed calls with finish_reason 'error'), but not scored. Re-materializing this partition "
                 f"sends only the {n_errors} failed calls again: the call cache keeps every answer and retries errors."
@@ -166,32 +169,33 @@ def benchmark_predictions(
         )
     if n_errors:
         context.log.warning(
-            f"{benchmark} x {variant}: {n_errors} of {len(results)} calls failed ({share:.1%}); they are left out "
+            f"{benchmark} x {model}: {n_errors} of {len(results)} calls failed ({share:.1%}); they are left out "
             f"of the scores (at most [eval] max_error_rate = {cfg.eval.max_error_rate:.1%} may fail)"
         )
     return published
 
 
-@orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_variant_partitions,
-             kinds={"polars"}, code_version="3")
+@orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_model_partitions,
+             kinds={"polars"}, code_version="4")
 def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and
     truncation rate of one variant on one benchmark, over the answered samples; the failed calls
     (``n_errors``) and the grading rule that made the numbers are stored beside them. Refuses
     predictions whose share of failed calls exceeds ``[eval] max_error_rate``."""
     keys = context.partition_key.keys_by_dimension
-    benchmark, variant = keys["benchmark"], keys["variant"]
-    cfg = orion.active.config
+    benchmark, model = keys["benchmark"], keys["model"]
+    student, variant, seed = parse_model_key(model)
+    cfg = orion.config_for(student)
     predictions = benchmark_predictions.frame()
     up = benchmark_predictions.upstream
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
     if predictions.height == 0:
-        raise dg.Failure(f"no benchmark_predictions for {benchmark} x {variant}: materialize them first")
+        raise dg.Failure(f"no benchmark_predictions for {benchmark} x {model}: materialize them first")
     scores = scoring.score_predictions(predictions, k, benchmark=benchmark)
     share = error_share(scores.n_errors, predictions.height)
     if share > cfg.eval.max_error_rate:
         raise dg.Failure(
-            f"{benchmark} x {variant}: {scores.n_errors} of {predictions.height} predictions are failed calls "
+            f"{benchmark} x {model}: {scores.n_errors} of {predictions.height} predictions are failed calls "
             f"({share:.1%}, more than [eval] max_error_rate = {cfg.eval.max_error_rate:.1%}); re-materialize "
             "benchmark_predictions for this partition (it sends only the failed calls again)"
         )
@@ -199,8 +203,8 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
     rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
     rule = rules[0] if len(rules) == 1 else None
     row = pl.DataFrame([{
-        "score_id": content_id("score", benchmark, variant, [u.materialization_id for u in up]),
-        "benchmark": benchmark, "variant": variant, **scores.to_row(),
+        "score_id": content_id("score", benchmark, model, [u.materialization_id for u in up]),
+        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, **scores.to_row(),
         "grading_rule": rule,
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),

@@ -7,6 +7,7 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
@@ -19,32 +20,36 @@ from orion_assets.vocabulary import ERROR_TYPES
 STUDENT_ATTEMPTS = TableSpec(
     "student_attempts",
     {
-        "attempt_id": pl.Utf8, "problem_id": pl.Utf8, "model_id": pl.Utf8, "sample_index": pl.Int64,
+        "attempt_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "model_id": pl.Utf8, "sample_index": pl.Int64,
         "text": pl.Utf8, "extracted_answer": pl.Utf8, "answer_method": pl.Utf8, "correct": pl.Boolean,
         "error_type": pl.Utf8, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
         "llm_call_id": pl.Utf8,
     },
     id="attempt_id",
     parents={"problem_id": "train_problems", "model_id": "student_base_model", "llm_call_id": "llm_calls"},
+    partition_by=("student",),
 )
 STUDENT_ERRORS = TableSpec(
     "student_errors",
-    {"error_id": pl.Utf8, "attempt_id": pl.Utf8, "problem_id": pl.Utf8, "error_type": pl.Utf8,
+    {"error_id": pl.Utf8, "attempt_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "error_type": pl.Utf8,
      "extracted_answer": pl.Utf8, "finish_reason": pl.Utf8},
     id="error_id",
     parents={"attempt_id": "student_attempts"},
+    partition_by=("student",),
 )
 
 
-@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", kinds={"transformers"}, code_version="2")  # 2: repetition_loop
+@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", partitions_def=student_partitions, kinds={"transformers"},
+             code_version="3")
 def student_attempts(
     context: dg.AssetExecutionContext, orion: OrionResource, train_problems: Table, student_base_model: Table
 ) -> Rows:
-    """``[exposure] n`` graded samples of the base student on every training problem."""
-    cfg = orion.active.config
+    """``[exposure] n`` graded samples of one base student on every training problem."""
+    student = context.partition_key
+    cfg = orion.config_for(student)
     model = student_base_model.first()
     n = cfg.exposure.n
-    endpoint = Metered(orion.endpoint("student", local_model=model["path"], tokenizer=model["path"]))
+    endpoint = Metered(orion.endpoint("student", local_model=model["path"], tokenizer=model["path"], student=student))
     total = train_problems.count() * n
     context.log.info(f"exposure: {total} student samples through {endpoint.inner!r}")
     progress = ChunkProgress(progress_logger(context, "exposure"), total)
@@ -64,7 +69,7 @@ def student_attempts(
                 [
                     {
                         "attempt_id": exposure.attempt_id(s.row["problem_id"], s.result.call_id),
-                        "problem_id": s.row["problem_id"], "model_id": model["model_id"],
+                        "student": student, "problem_id": s.row["problem_id"], "model_id": model["model_id"],
                         "sample_index": s.sample_index, "text": s.result.text,
                         "extracted_answer": s.verdict.extracted, "answer_method": s.verdict.method,
                         "correct": s.verdict.correct, "error_type": exposure.error_type(s.result, s.verdict),
@@ -98,14 +103,14 @@ def student_attempts(
     return Rows(chunks(), metadata)
 
 
-@orion_asset(STUDENT_ERRORS, group_name="exposure", code_version="1")
+@orion_asset(STUDENT_ERRORS, group_name="exposure", partitions_def=student_partitions, code_version="2")
 def student_errors(context: dg.AssetExecutionContext, orion: OrionResource, student_attempts: Table) -> Rows:
     """The student's wrong, unanswered, truncated and looping attempts (``ERROR_TYPES``): what self-reflection will
     look at."""
     cfg = orion.active.config
     by_type: collections.Counter[str] = collections.Counter()
     problems: set[str] = set()
-    columns = ["attempt_id", "problem_id", "error_type", "extracted_answer", "finish_reason"]
+    columns = ["attempt_id", "student", "problem_id", "error_type", "extracted_answer", "finish_reason"]
 
     def chunks():
         for attempts in student_attempts.chunks("problem_id", cfg.data.chunk_size, columns=columns):

@@ -7,6 +7,7 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
@@ -20,7 +21,7 @@ from orion_assets.vocabulary import MODE_VARIANT, REFERENCE_VARIANT
 COT_QUALITY = TableSpec(
     "cot_quality",
     {
-        "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
+        "student": pl.Utf8, "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
         "refined_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
         "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **metrics.COT_METRICS_SCHEMA,
         "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
@@ -29,12 +30,14 @@ COT_QUALITY = TableSpec(
     },
     id="cot_quality_id",
     parents={"teacher_cot_id": "teacher_cots", "refined_cot_id": "refined_cots", "problem_id": "train_problems"},
+    partition_by=("student",),
 )
 
 
-def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
-    """One row per (variant, CoT) that could become SFT data."""
+def candidates(teacher: pl.DataFrame, refined: pl.DataFrame, student: str) -> pl.DataFrame:
+    """One row per (variant, CoT) of one student that could become SFT data."""
     teacher_rows = teacher.select(
+        pl.lit(student).alias("student"),
         pl.lit(REFERENCE_VARIANT).alias("variant"),
         pl.lit("teacher_cots").alias("cot_table"),
         "problem_id",
@@ -46,6 +49,7 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
         (pl.col("finish_reason") == "length").alias("truncated"),
     )
     refined_rows = refined.select(
+        pl.lit(student).alias("student"),
         pl.col("mode").replace_strict(MODE_VARIANT, return_dtype=pl.Utf8).alias("variant"),
         pl.lit("refined_cots").alias("cot_table"),
         "problem_id",
@@ -58,14 +62,14 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame) -> pl.DataFrame:
     )
     frame = pl.concat([teacher_rows, refined_rows])
     return frame.with_columns(
-        pl.struct("variant", "cot_table", "teacher_cot_id", "refined_cot_id")
+        pl.struct("student", "variant", "cot_table", "teacher_cot_id", "refined_cot_id")
         .map_elements(lambda r: content_id("cot_quality", *r.values()), return_dtype=pl.Utf8)
         .alias("cot_quality_id"),
         pl.col("cot").map_elements(lambda c: content_id("cot", c), return_dtype=pl.Utf8).alias("cot_hash"),
     )
 
 
-@orion_asset(COT_QUALITY, group_name="quality", kinds={"polars"}, code_version="4")
+@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="5")
 def cot_quality(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -83,7 +87,8 @@ def cot_quality(
     first copy: the cleanest in its chunk, and across chunks the one in the earlier chunk. The CoT
     text is not copied here: ``cot_table`` and its id name the row that holds it, and ``cot_hash``
     identifies it."""
-    cfg = orion.active.config
+    student = context.partition_key
+    cfg = orion.config_for(student)
     from transformers import AutoTokenizer  # deferred: heavy
 
     tokenizer = AutoTokenizer.from_pretrained(student_base_model.first()["path"])
@@ -97,7 +102,7 @@ def cot_quality(
     def chunks():
         for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
             ids = teacher["problem_id"].unique(maintain_order=True).to_list()
-            frame = candidates(teacher, refined_cots.rows_for("problem_id", ids))
+            frame = candidates(teacher, refined_cots.rows_for("problem_id", ids), student)
             measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
                                            max_pairs=cfg.quality.coherence_max_pairs or None)
             hits = [index.match(cot) for cot in frame["cot"]]
@@ -188,13 +193,13 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
 
 
-@dg.asset_check(asset=cot_quality, blocking=True, description="Great Expectations suite per variant on the candidate SFT CoTs")
+@dg.asset_check(asset=cot_quality, partitions_def=student_partitions, description="Great Expectations suite per variant on the candidate SFT CoTs")
 def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, cot_quality: Table) -> dg.AssetCheckResult:
-    """Gate each training variant of ``cot_quality`` on dataset-level expectations (GX 1.x); the rules are in
-    the README ("The quality gate"). A check is one verdict: it fails when any variant fails, and each variant's
-    verdict is stored in ``orion.quality_gate_results``, so a later ``sft_dataset`` or ``student_checkpoint``
-    of a variant that passed proceeds while one that failed is refused with its reasons."""
-    cfg = orion.active.config
+    """Gate each training variant of one student's ``cot_quality`` on dataset-level expectations (GX 1.x); the
+    rules are in the README ("The quality gate"). The check fails when any variant fails, but does not block:
+    each variant's verdict is stored in ``orion.quality_gate_results``, and ``sft_dataset`` and
+    ``student_checkpoint`` of a variant that passed proceed while one that failed is refused with its reasons."""
+    cfg = orion.config_for(context.partition_key) if context.has_partition_key else orion.active.config
     frame = cot_quality.frame()
     (checked,) = cot_quality.upstream
     result = gate.run_gate(frame, cfg.quality, id_column="cot_quality_id")

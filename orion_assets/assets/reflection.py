@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.metadata import percentiles, progress_logger
+from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import sampling_params
@@ -18,7 +19,7 @@ from orion_assets.vocabulary import MODE_ROLE, MODES
 REFINED_COTS = TableSpec(
     "refined_cots",
     {
-        "refined_cot_id": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
+        "refined_cot_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
         "error_attempt_ids": pl.List(pl.Utf8), "mode": pl.Utf8, "source": pl.Utf8, "error_context": pl.Boolean,
         "student_ever_wrong": pl.Boolean, "cot": pl.Utf8, "reflection_notes": pl.Utf8, "final_answer": pl.Utf8,
         "verified": pl.Boolean, "tries_used": pl.Int64, "failure_reasons": pl.List(pl.Utf8),
@@ -27,10 +28,12 @@ REFINED_COTS = TableSpec(
     id="refined_cot_id",
     parents={"problem_id": "train_problems", "teacher_cot_id": "teacher_cots",
              "error_attempt_ids": "student_attempts", "llm_call_id": "llm_calls"},
+    partition_by=("student",),
 )
 
 
-@orion_asset(REFINED_COTS, group_name="reflection", kinds={"transformers"}, code_version="1")
+@orion_asset(REFINED_COTS, group_name="reflection", partitions_def=student_partitions, kinds={"transformers"},
+             code_version="2")
 def refined_cots(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -45,7 +48,8 @@ def refined_cots(
 
     Works through the problems that have a teacher CoT in chunks of ``[data] chunk_size``: each
     chunk reads its problems, their first verified teacher CoT and their errors' attempt texts."""
-    cfg = orion.active.config
+    student = context.partition_key
+    cfg = orion.config_for(student)
     model_path = student_base_model.first()["path"]
     overrides = cfg.prompts.model_dump()
     # The student writes within [reflection] max_tokens; a teacher rewriting (no_reflection) gets
@@ -55,7 +59,8 @@ def refined_cots(
                                    temperature=cfg.reflection.temperature),
         "teacher": sampling_params(cfg.endpoints.teacher, temperature=cfg.reflection.temperature),
     }
-    endpoints = {"student": Metered(orion.endpoint("student", local_model=model_path, tokenizer=model_path)),
+    endpoints = {"student": Metered(orion.endpoint("student", local_model=model_path, tokenizer=model_path,
+                                                   student=student)),
                  "teacher": Metered(orion.endpoint("teacher", tokenizer=model_path))}
     tokenizer = load_tokenizer(model_path)
     count_tokens = batch_token_counter(model_path)
@@ -93,7 +98,7 @@ def refined_cots(
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
                     unmarked_is_solution=cfg.reflection.unmarked_reply == "solution",
                 )
-                rows = [reflection.refined_row(o, cfg.reflection.on_failure) for o in outcomes]
+                rows = [reflection.refined_row(o, cfg.reflection.on_failure, student) for o in outcomes]
                 kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]
                 for (row, task), n_tokens in zip(kept, count_tokens([row["cot"] for row, _ in kept]), strict=True):
                     row["n_tokens"] = n_tokens

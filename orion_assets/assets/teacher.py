@@ -28,9 +28,10 @@ TEACHER_COTS = TableSpec(
 def teacher_cots(
     context: dg.AssetExecutionContext, orion: OrionResource, train_problems: Table, student_base_model: Table
 ) -> Rows:
-    """Teacher CoTs for every training problem, kept only when their final answer verifies."""
+    """Teacher CoTs for every training problem, kept only when their final answer verifies: generated once and
+    shared by every student (their lengths are counted with the first student's tokenizer)."""
     cfg = orion.active.config
-    base_path = student_base_model.first()["path"]
+    base_path = student_base_model.filter(student=cfg.all_students[0].name).first()["path"]
     endpoint = Metered(orion.endpoint("teacher", tokenizer=base_path))
     samples = cfg.teacher.samples
     total = train_problems.count() * samples

@@ -9,7 +9,16 @@ import pyarrow.parquet as pq
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles
-from orion_assets.io.partitions import variant_partitions
+from orion_assets.io.partitions import (
+    SEPARATOR,
+    model_partitions,
+    parse_model_key,
+    sft_partitions,
+    sft_to_model,
+    student_partitions,
+    student_to_model,
+    student_to_sft,
+)
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.method import problems, prompts
@@ -18,19 +27,23 @@ from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.pipes import run_sft_with_pipes
+from orion_assets.vocabulary import BASE_VARIANT
 
 STUDENT_BASE_MODEL = TableSpec(
     "student_base_model",
-    {"model_id": pl.Utf8, "path": pl.Utf8, "config_hash": pl.Utf8, "parameters": pl.Int64, "vocab_size": pl.Int64,
+    {"model_id": pl.Utf8, "student": pl.Utf8, "path": pl.Utf8, "config_hash": pl.Utf8, "parameters": pl.Int64, "vocab_size": pl.Int64,
      "eos_token": pl.Utf8, "source": pl.Utf8},
     id="model_id",
+    partition_by=("student",),
 )
 
 
-@orion_asset(STUDENT_BASE_MODEL, group_name="training", kinds={"transformers"}, code_version="1")
+@orion_asset(STUDENT_BASE_MODEL, group_name="training", partitions_def=student_partitions, kinds={"transformers"},
+             code_version="2")
 def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
-    """The student before any SFT: built tiny and random (tiny profile) or resolved from the Hub/disk."""
-    cfg = orion.active.config
+    """One student before any SFT: built tiny and random (tiny profile), converted from a GGUF file, or
+    resolved from the Hub/disk."""
+    cfg = orion.config_for(context.partition_key)
     spec = cfg.student_model
     if spec.source == "build_tiny":
         # The tokenizer learns the whole training pool's text (problems and worked solutions).
@@ -47,7 +60,8 @@ def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) 
     context.log.info(f"student base model {built.path} ({built.parameters:,} parameters)")
     info = json.loads((built.path / "build_info.json").read_text()) if (built.path / "build_info.json").is_file() else {}
     provenance = {key: info[key] for key in ("package", "package_version", "gguf_file", "gguf_sha256") if info.get(key)}
-    row = pl.DataFrame([{"model_id": built.config_hash, **built.to_json()}], schema=STUDENT_BASE_MODEL.columns)
+    row = pl.DataFrame([{"model_id": built.config_hash, "student": spec.name, **built.to_json()}],
+                       schema=STUDENT_BASE_MODEL.columns)
     return Rows(
         row,
         metadata={
@@ -65,18 +79,19 @@ MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SFT_DATASET = TableSpec(
     "sft_dataset",
     {
-        "sft_example_id": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
+        "sft_example_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
         "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "source": pl.Utf8,
         "prompt": MESSAGES, "completion": MESSAGES, "n_tokens": pl.Int64,
     },
     id="sft_example_id",
     parents={"cot_quality_id": "cot_quality"},
-    partition_by=("variant",),
+    partition_by=("student", "variant"),
 )
 STUDENT_CHECKPOINT = TableSpec(
     "student_checkpoint",
     {
-        "checkpoint_id": pl.Utf8, "variant": pl.Utf8, "base_model_id": pl.Utf8, "sft_examples": pl.Int64,
+        "checkpoint_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "base_model_id": pl.Utf8,
+        "sft_examples": pl.Int64,
         "sft_example_ids": pl.List(pl.Utf8), "sft_data_hash": pl.Utf8, "config_hash": pl.Utf8, "path": pl.Utf8,
         "kind": pl.Utf8, "steps": pl.Int64, "train_loss": pl.Float64, "final_loss": pl.Float64,
         "tokens_seen": pl.Int64, "train_tokens_per_second": pl.Float64, "truncated_examples": pl.Int64,
@@ -84,12 +99,14 @@ STUDENT_CHECKPOINT = TableSpec(
     },
     id="checkpoint_id",
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},
-    partition_by=("variant",),
+    partition_by=("student", "variant", "seed"),
 )
 
 
-@orion_asset(SFT_DATASET, group_name="training", partitions_def=variant_partitions, kinds={"parquet"},
-             code_version="3")
+@orion_asset(SFT_DATASET, group_name="training", partitions_def=sft_partitions, kinds={"parquet"},
+             ins={"cot_quality": dg.AssetIn(partition_mapping=student_to_sft),
+                  "refined_cots": dg.AssetIn(partition_mapping=student_to_sft)},
+             code_version="4")
 def sft_dataset(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -98,19 +115,19 @@ def sft_dataset(
     teacher_cots: Table,
     refined_cots: Table,
 ) -> Rows:
-    """Chat prompt/completion examples of one variant: its ``cot_quality`` rows that broke no
+    """Chat prompt/completion examples of one student's variant: its ``cot_quality`` rows that broke no
     per-row rule (``kept``), once the quality gate passed for this variant.
 
-    Also written as Parquet (``$ORION_DATA_DIR/sft/<variant>.parquet``, chunk by chunk) for the
+    Also written as Parquet (``$ORION_DATA_DIR/sft/<student>/<variant>.parquet``, chunk by chunk) for the
     trainer and external ones.
     """
-    variant = context.partition_key
-    parquet = orion.data_path / "sft" / f"{variant}.parquet"
-    if variant == "base":
+    student, variant = context.partition_key.split(SEPARATOR)
+    parquet = sft_parquet(orion, student, variant)
+    if variant == BASE_VARIANT:
         # The untrained student: its partition exists so that the variants line up end to end.
-        return Rows(SFT_DATASET.empty(), metadata={"variant": "base", "examples": 0})
-    _refuse_unless_gated(orion, cot_quality, variant, "build SFT data for")
-    cfg = orion.active.config
+        return Rows(SFT_DATASET.empty(), metadata={"student": student, "variant": variant, "examples": 0})
+    _refuse_unless_gated(orion, cot_quality, student, variant, "build SFT data for")
+    cfg = orion.config_for(student)
     overrides = cfg.prompts.model_dump()
     candidates = cot_quality.filter(variant=variant)
     counts = {"candidates": 0, "examples": 0}
@@ -135,7 +152,8 @@ def sft_dataset(
                     prompt = list(prompts.messages("solve", overrides, problem=problem_text[cot["problem_id"]]))
                     completion = [{"role": "assistant", "content": texts[cot["cot_quality_id"]]}]
                     rows.append({
-                        "sft_example_id": content_id("sft", variant, prompt, completion), "variant": variant,
+                        "sft_example_id": content_id("sft", student, variant, prompt, completion),
+                        "student": student, "variant": variant,
                         "cot_quality_id": cot["cot_quality_id"], "problem_id": cot["problem_id"],
                         "teacher_cot_id": cot["teacher_cot_id"], "refined_cot_id": cot["refined_cot_id"],
                         "source": cot["source"], "prompt": prompt, "completion": completion, "n_tokens": cot["n_tokens"],
@@ -148,12 +166,13 @@ def sft_dataset(
                 yield frame
         if counts["examples"] == 0:
             partial.unlink()
-            raise dg.Failure(f"no SFT examples for variant {variant}: nothing to train on")
+            raise dg.Failure(f"no SFT examples for {student}/{variant}: nothing to train on")
         partial.replace(parquet)
 
     def metadata() -> dict:
         drops = pl.concat(dropped) if dropped else pl.DataFrame({"drop_reasons": []}, schema={"drop_reasons": pl.List(pl.Utf8)})
         return {
+            "student": student,
             "variant": variant,
             "parquet": dg.MetadataValue.path(str(parquet)),
             "examples": counts["examples"],
@@ -167,8 +186,11 @@ def sft_dataset(
     return Rows(chunks(), metadata)
 
 
-@orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions_def=variant_partitions, kinds={"transformers"},
-             code_version="1")
+@orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions_def=model_partitions, kinds={"transformers"},
+             ins={"sft_dataset": dg.AssetIn(partition_mapping=sft_to_model),
+                  "student_base_model": dg.AssetIn(partition_mapping=student_to_model),
+                  "cot_quality": dg.AssetIn(partition_mapping=student_to_model)},
+             code_version="2")
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -177,33 +199,36 @@ def student_checkpoint(
     student_base_model: Table,
     cot_quality: Table,
 ) -> dg.Output:
-    """The student fine-tuned on one variant's SFT data, by TRL in its own process (Dagster Pipes),
-    so the launcher can be ``python -m`` here or ``accelerate launch`` on a GPU node. The ``base``
+    """One student fine-tuned on one variant's SFT data with one seed, by TRL in its own process (Dagster
+    Pipes), so the launcher can be ``python -m`` here or ``accelerate launch`` on a GPU node. The ``base``
     partition is the untrained student, so that every variant is evaluated the same way."""
-    variant = context.partition_key
+    student, variant, seed = parse_model_key(context.partition_key)
     model = student_base_model.first()
-    if variant == "base":
-        return dg.Output(_base_checkpoint(model))
-    _refuse_unless_gated(orion, cot_quality, variant, "train")
-    cfg = orion.active.config
+    if variant == BASE_VARIANT:
+        return dg.Output(_base_checkpoint(model, student, seed))
+    _refuse_unless_gated(orion, cot_quality, student, variant, "train")
+    cfg = orion.config_for(student)
+    sft = cfg.sft.model_copy(update={"seed": seed})
     example_ids = sorted(sft_dataset.keys("sft_example_id"))
-    dataset_path = orion.data_path / "sft" / f"{variant}.parquet"
+    dataset_path = sft_parquet(orion, student, variant)
     probe = TrainParams.from_sft_config(
-        cfg.sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir="-", base_model_hash=model["model_id"]
+        sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir="-", base_model_hash=model["model_id"]
     )
     # Same base, data and settings -> same directory, so a killed run resumes from its checkpoint.
     data_hash = content_id(example_ids)
     run_hash = content_id(config_hash(probe), data_hash)
-    output_dir = orion.data_path / "checkpoints" / variant / run_hash
+    output_dir = orion.data_path / "checkpoints" / student / variant / run_hash
     params = TrainParams.from_sft_config(
-        cfg.sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=output_dir,
+        sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=output_dir,
         base_model_hash=model["model_id"],
     )
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher)
     result = outcome.result
     row = checkpoint_row(
-        checkpoint_id=content_id("checkpoint", variant, run_hash),
+        checkpoint_id=content_id("checkpoint", student, variant, run_hash),
+        student=student,
         variant=variant,
+        seed=seed,
         base_model_id=model["model_id"],
         sft_examples=len(example_ids),
         sft_example_ids=example_ids,
@@ -224,9 +249,10 @@ def student_checkpoint(
     return dg.Output(Rows(row, metadata={**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"])}))
 
 
-def _base_checkpoint(model: dict) -> Rows:
+def _base_checkpoint(model: dict, student: str, seed: int) -> Rows:
     row = checkpoint_row(
-        checkpoint_id=content_id("checkpoint", "base", model["model_id"]), variant="base",
+        checkpoint_id=content_id("checkpoint", student, BASE_VARIANT, model["model_id"]), student=student,
+        variant=BASE_VARIANT, seed=seed,
         base_model_id=model["model_id"], sft_examples=0, sft_example_ids=[], path=model["path"], kind="base", steps=0,
         config_hash=model["config_hash"],
     )
@@ -251,7 +277,12 @@ def _cot_texts(cots: pl.DataFrame, teacher_cots: Table, refined_cots: Table) -> 
     return texts
 
 
-def _refuse_unless_gated(orion: OrionResource, cot_quality: Table, variant: str, action: str) -> None:
+def sft_parquet(orion: OrionResource, student: str, variant: str):
+    """Where one student's variant's SFT examples are written for the trainer (and external ones)."""
+    return orion.data_path / "sft" / student / f"{variant}.parquet"
+
+
+def _refuse_unless_gated(orion: OrionResource, cot_quality: Table, student: str, variant: str, action: str) -> None:
     """Refuse ``action`` for a variant this profile cannot make honestly (e.g. orion_no_reflection with a
     replay teacher: it would duplicate teacher_sft under its name), or whose latest quality-gate verdict
     on the ``cot_quality`` it read failed, with the reason."""
@@ -261,4 +292,4 @@ def _refuse_unless_gated(orion: OrionResource, cot_quality: Table, variant: str,
     (checked,) = cot_quality.upstream
     passed, why = latest_gate_verdict(orion.store, checked, variant)
     if not passed:
-        raise dg.Failure(f"refusing to {action} {variant}: {why}")
+        raise dg.Failure(f"refusing to {action} {student}/{variant}: {why}")

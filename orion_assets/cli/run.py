@@ -20,6 +20,7 @@ from orion_assets.cli.failures import report_failure
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import Profile, load_profile
 from orion_assets.vocabulary import BENCHMARKS
+from orion_assets.vocabulary import PARTITION_SEPARATOR as SEPARATOR
 
 BENCHMARK_NAMES = frozenset(BENCHMARKS)
 
@@ -43,10 +44,29 @@ def _partition_keys(partitions_def, benchmarks: set[str], skipped_variants: set[
         values = set(getattr(key, "keys_by_dimension", {"_": key}).values())
         if any(v in BENCHMARK_NAMES and v not in benchmarks for v in values):
             continue
-        if values & skipped_variants:
+        if _variant_of(key) in skipped_variants:
             continue
         keys.append(key)
     return keys
+
+
+def _model_part(key) -> str | None:
+    """The ``student/variant[/seed]`` part of a partition key (None for a benchmark or student key)."""
+    for value in getattr(key, "keys_by_dimension", {"_": key}).values():
+        if SEPARATOR in str(value):
+            return str(value)
+    return None
+
+
+def _variant_of(key) -> str | None:
+    part = _model_part(key)
+    return part.split(SEPARATOR)[1] if part else None
+
+
+def _depends_on_refused(key, refused: set[str]) -> bool:
+    """Whether a step's ``student/variant/seed`` lies under a refused ``student/variant[/seed]``."""
+    part = _model_part(key)
+    return part is not None and any(part == r or part.startswith(r + SEPARATOR) for r in refused)
 
 
 def _cpu_seconds() -> float:
@@ -137,10 +157,16 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
         bars.install()
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     started = time.monotonic()
+    refused: dict[str, str] = {}  # student/variant[/seed] -> the step that failed for it
     try:
         for number, (key, pk) in enumerate(steps, start=1):
             label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")
             prefix = f"[{number}/{len(steps)}] {label}"
+            if pk is not None and _depends_on_refused(pk, set(refused)):
+                if not quiet:
+                    print(f"{prefix} skipped: {refused[next(r for r in refused if _depends_on_refused(pk, {r}))]} "
+                          "failed", file=out, flush=True)
+                continue
             if not quiet:
                 print(f"{prefix} ...", end=" ", file=out, flush=True)
             bars.begin(prefix)
@@ -168,8 +194,14 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
             if not result.success:
                 if not quiet:
                     print(f"{again}FAILED after {elapsed:.1f}s (run {result.run_id}){calls}", file=out, flush=True)
-                return report_failure(result, key.to_user_string(), label, log_path, args.debug, err,
+                code = report_failure(result, key.to_user_string(), label, log_path, args.debug, err,
                                       profile.config.student_model.name_or_path)
+                model = _model_part(pk) if pk is not None else None
+                if model is None:
+                    return code
+                # One variant refused (its gate failed, its SFT failed): the others go on; the run fails at the end.
+                refused[model] = label
+                continue
             if not quiet:
                 rows = [
                     m.metadata.get("dagster/row_count")
@@ -185,4 +217,8 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
             os.environ["ORION_LOG_FILE"] = previous_log_env
     print(f"orion run: {len(steps)} materializations in {time.monotonic() - started:.1f}s (log: {log_path})",
           file=out, flush=True)
+    if refused:
+        print(f"orion run: {len(refused)} model(s) failed and were left out of what followed: "
+              + "; ".join(f"{model} ({step})" for model, step in refused.items()), file=err, flush=True)
+        return 1
     return 0

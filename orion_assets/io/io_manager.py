@@ -22,6 +22,7 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.metadata import markdown_table, table_schema
+from orion_assets.io.partitions import SEPARATOR
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import (
     IO_MANAGER_KEY,
@@ -130,15 +131,21 @@ def _code_version(context: dg.OutputContext) -> str | None:
     return context.asset_spec.code_version
 
 def _partition_where(spec: Mapping[str, Any], key_or_context: Any) -> dict[str, object]:
-    """The column values a partition key fixes: one column per partition dimension."""
+    """The column values a partition key fixes: its dimensions in name order (Dagster's order), each split on
+    ``/`` (``tiny/orion/0`` fixes student, variant and seed), matched with ``partition_by`` in order."""
     key = key_or_context.partition_key if isinstance(key_or_context, dg.OutputContext) else key_or_context
     columns = spec["partition_by"]
     if isinstance(key, dg.MultiPartitionKey):
-        by_dimension = key.keys_by_dimension
-        return {column: by_dimension[column] for column in columns}
-    if len(columns) != 1:
-        raise ValueError(f"table {spec['name']}: a single partition key for partition columns {columns}")
-    return {columns[0]: str(key)}
+        dimensions = [key.keys_by_dimension[name] for name in sorted(key.keys_by_dimension)]
+    else:
+        dimensions = [str(key)]
+    values = [part for value in dimensions for part in value.split(SEPARATOR)]
+    if len(values) != len(columns):
+        raise ValueError(f"table {spec['name']}: partition key {key!s} does not fix its partition columns {columns}")
+    return {
+        column: int(value) if spec["columns"][column].startswith("Int") else value
+        for column, value in zip(columns, values, strict=True)
+    }
 
 
 def resources_for(orion: OrionResource) -> dict[str, object]:

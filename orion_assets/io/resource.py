@@ -47,6 +47,11 @@ class OrionResource(dg.ConfigurableResource):
     def active(self) -> Profile:
         return _load(self.profile, _mtime(self.profile))
 
+    def config_for(self, student: str | None):
+        """The active configuration as one student sees it (``OrionConfig.for_student``); None: as it is."""
+        config = self.active.config
+        return config if student is None else config.for_student(student)
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
@@ -63,13 +68,15 @@ class OrionResource(dg.ConfigurableResource):
         served_model: str | None = None,
         model_revision: str | None = None,
         tokenizer: str | None = None,
+        student: str | None = None,
     ):
         """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
         ``served_model`` the model name an openai server knows them by (default: the profile's),
         ``model_revision`` which weights these are (a checkpoint's id), for every backend's cache
         key, so a variant retrained and served under the same name is not answered from the cache.
-        ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``."""
-        cfg = getattr(self.active.config.endpoints, role)
+        ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``; ``student``
+        picks that student's [endpoints.student] overrides."""
+        cfg = getattr(self.config_for(student).endpoints, role)
         if cfg is None:
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None

@@ -201,10 +201,11 @@ def refine(
     return outcomes
 
 
-def refined_row(outcome: Outcome, on_failure: str) -> dict[str, Any] | None:
-    """The ``refined_cots`` row for an outcome: the refinement, the teacher fallback, or None (drop)."""
+def refined_row(outcome: Outcome, on_failure: str, student: str) -> dict[str, Any] | None:
+    """The ``refined_cots`` row of one student's outcome: the refinement, the teacher fallback, or None (drop)."""
     task = outcome.task
     base = {
+        "student": student,
         "problem_id": task.problem["problem_id"],
         "teacher_cot_id": task.teacher_cot["teacher_cot_id"],
         "error_attempt_ids": task.used_error_ids,
@@ -239,7 +240,7 @@ def refined_row(outcome: Outcome, on_failure: str) -> dict[str, Any] | None:
         }
     else:
         return None
-    row["refined_cot_id"] = content_id("refined_cot", row["mode"], row["problem_id"], row["source"], row["cot"])
+    row["refined_cot_id"] = content_id("refined_cot", student, row["mode"], row["problem_id"], row["source"], row["cot"])
     return row
 
 

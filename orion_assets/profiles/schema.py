@@ -128,7 +128,16 @@ class TinyModelConfig(Section):
     seed: int = 0
 
 
+STUDENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a partition key part: no "/" or "|"
+
+
 class StudentModelConfig(Section):
+    """One student: its name (the ``student`` in partition keys and tables), where its weights come from, and the
+    [endpoints.student] keys that differ for it. ``[student_model]`` is the one student of a profile; ``[[students]]``
+    (the same keys per entry) replaces it with several."""
+
+    name: str = Field("student", pattern=STUDENT_NAME)
+    endpoint: dict[str, Any] = Field(default_factory=dict)  # [endpoints.student] overrides for this student
     # build_tiny: a random Qwen2-architecture model and a tokenizer trained on the training text.
     # gguf: a GGUF file (in an installed package, or at a path), converted once to safetensors.
     source: Literal["build_tiny", "pretrained", "gguf"] = "build_tiny"
@@ -317,6 +326,9 @@ class SFTSettings(Section):
     save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept (None: all)
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
+    # Every trained variant is trained (and evaluated) once per seed; None: [seed] alone. The leaderboard gives
+    # mean +- sd over seeds and the paired intervals pooled over them.
+    seeds: list[int] | None = Field(None, min_length=1)
     training_args: dict[str, Any] = Field(default_factory=dict)
     # SFT_RENAMED_KEYS: never set (refused with the new name), never dumped
     epochs: None = Field(None, exclude=True, repr=False)
@@ -336,6 +348,17 @@ class SFTSettings(Section):
             "renamed: set 'sft.{new}' (trl.SFTConfig's name)",
             {"new": SFT_RENAMED_KEYS[info.field_name]},
         )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"[sft] seeds repeats a seed: {value}")
+        return value
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     def trainer_args(self) -> dict[str, Any]:
         """The ``trl.SFTConfig`` keyword arguments these settings give (the SFT code adds the reserved ones)."""
@@ -430,6 +453,8 @@ class OrionConfig(Section):
     data: DataConfig = DataConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     student_model: StudentModelConfig = StudentModelConfig()
+    # Several students (each a [student_model] table with its name); when given, they replace [student_model].
+    students: list[StudentModelConfig] = Field(default_factory=list)
     teacher: TeacherConfig = TeacherConfig()
     prompts: PromptsConfig = PromptsConfig()
     exposure: ExposureConfig = ExposureConfig()
@@ -438,6 +463,37 @@ class OrionConfig(Section):
     sft: SFTSection = SFTSection()
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()
+
+    @property
+    def all_students(self) -> list[StudentModelConfig]:
+        """The students this profile trains and evaluates, in order (the first one's tokenizer counts teacher tokens)."""
+        return list(self.students) or [self.student_model]
+
+    def for_student(self, name: str) -> OrionConfig:
+        """This configuration as seen by one student: its ``student_model`` and ``endpoints.student``."""
+        for student in self.all_students:
+            if student.name == name:
+                endpoints = self.endpoints
+                if student.endpoint:
+                    merged = EndpointConfig.model_validate({**self.endpoints.student.model_dump(), **student.endpoint})
+                    endpoints = self.endpoints.model_copy(update={"student": merged})
+                return self.model_copy(update={"student_model": student, "students": [], "endpoints": endpoints})
+        names = ", ".join(s.name for s in self.all_students)
+        raise KeyError(f"no student named {name!r} in this profile (its students: {names})")
+
+    @model_validator(mode="after")
+    def _students(self) -> OrionConfig:
+        names = [s.name for s in self.all_students]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"[[students]] names must be distinct: {', '.join(repeated)} repeated")
+        for student in self.all_students:
+            try:
+                EndpointConfig.model_validate({**self.endpoints.student.model_dump(), **student.endpoint})
+            except ValueError as exc:
+                raise ValueError(f"student {student.name!r}: its endpoint overrides are not valid "
+                                 f"[endpoints.student] keys: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _cot_fits_in_sft(self) -> OrionConfig:

@@ -27,8 +27,8 @@ from orion_devtools.services import PG_USER, free_port, lake_store_section
 
 pytestmark = pytest.mark.slow
 
-KEPT = "gsm_hard|base"  # materialized before the backfill; the backfill must not touch it
-BACKFILLED = ["math500|base", "aime24|base", "amc23|base"]
+KEPT = "gsm_hard|tiny/base/0"  # materialized before the backfill; the backfill must not touch it
+BACKFILLED = ["math500|tiny/base/0", "aime24|tiny/base/0", "amc23|tiny/base/0"]
 
 
 @pytest.fixture
@@ -107,8 +107,8 @@ def test_backfill_runs_partitions_as_concurrent_processes_on_postgres_and_duckla
                                     resources=resources_for(orion))
             assert result.success
 
-        materialize(["student_base_model"])
-        materialize(["student_checkpoint"], "base")
+        materialize(["student_base_model"], "tiny")
+        materialize(["student_checkpoint"], "tiny/base/0")
         for benchmark in ("gsm_hard", "math500", "aime24", "amc23"):
             materialize(["benchmark_problems"], benchmark)
         materialize(["benchmark_predictions", "benchmark_scores"], KEPT)

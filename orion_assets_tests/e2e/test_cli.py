@@ -121,7 +121,7 @@ def test_student_model_missing_offline(orion_env, write_profile, tmp_path):
     env = {"HF_HOME": str(tmp_path / "empty_hf_home"), "HF_HUB_OFFLINE": "1"}
     check = orion("check", "--profile", str(profile), "--select", "student_base_model", env=env)
     assert (check.returncode, check.stderr) == (2, (
-        f"orion check: student model: {QWEN} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+        f"orion check: student model tiny: {QWEN} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it "
         f"first (hf download {QWEN}) or set [student_model] name_or_path to a local directory\n"))
     run = orion("run", "--no-check", "--profile", str(profile), "--select", "student_base_model", env=env)
     assert (run.returncode, run.stderr) == (2, (

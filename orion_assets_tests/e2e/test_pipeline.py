@@ -150,9 +150,10 @@ def _plant(store: Store) -> dict[str, str]:
     return {kind: content_id("planted", kind) for kind in planted}
 
 
-def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, tmp_path):
+def test_planted_bad_rows_fail_the_gate_for_their_variant_and_the_passing_variant_still_trains(tiny_run, tmp_path):
     """Each planted row is dropped with its reason; so many of them (a poisoned batch) fail the
-    variant's drop-rate expectation, and the blocking check stops SFT."""
+    variant's drop-rate expectation: its SFT data and checkpoint are refused, while a variant that
+    passed trains."""
     run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\nmax_drop_rate = 0.1\n")
     store = Store(run["data_dir"] / "orion_store.duckdb")
     planted = _plant(store)
@@ -161,14 +162,13 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
         con.execute("DELETE FROM orion.student_checkpoint")
     resources = {**resources_for(OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"]))),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    # One run with the asset, its blocking check and everything downstream of it.
-    job = dg.define_asset_job("gate_then_train",
-                              selection=dg.AssetSelection.assets("cot_quality", "sft_dataset", "student_checkpoint")
+    # The student's cot_quality with its check (which fails, and blocks nothing by itself).
+    job = dg.define_asset_job("gate", selection=dg.AssetSelection.assets("cot_quality")
                               | dg.AssetSelection.checks_for_assets("cot_quality"))
     job_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job], resources=resources)
     with dg.instance_for_test() as instance:
-        result = job_defs.resolve_job_def("gate_then_train").execute_in_process(
-            instance=instance, partition_key="orion", raise_on_error=False)
+        result = job_defs.resolve_job_def("gate").execute_in_process(
+            instance=instance, partition_key="tiny", raise_on_error=False)
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed
     # (at min_coherence 0.35 a real tiny CoT or two in other variants is incoherent too)
@@ -185,30 +185,35 @@ def test_planted_bad_rows_fail_the_gate_and_no_checkpoint_is_trained(tiny_run, t
     copied = cot_quality.filter(pl.col("refined_cot_id") == planted["duplicate"])["cot_hash"][0]
     copies = cot_quality.filter(pl.col("cot_hash") == copied)
     assert copies.height == 2 and sum("duplicate" in d for d in copies["drop_reasons"]) == 1
-    # The blocking check stopped SFT in that run: no data, no checkpoint.
-    assert not result.asset_materializations_for_node("sft_dataset")
-    assert not result.asset_materializations_for_node("student_checkpoint")
-    assert store.read("student_checkpoint").height == 0 and not (run["data_dir"] / "checkpoints").exists()
-    # A later run of the training assets alone refuses data whose latest check failed.
-    for asset in ("sft_dataset", "student_checkpoint"):
+    # The failing variant's training assets refuse data whose latest check failed.
+    for asset, partition in (("sft_dataset", "tiny/orion"), ("student_checkpoint", "tiny/orion/0")):
         later = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
-                                "--select", asset, "--partition", "orion"], cwd=REPO, env=run["env"],
+                                "--select", asset, "--partition", partition], cwd=REPO, env=run["env"],
                                capture_output=True, text=True, timeout=600)
         assert later.returncode != 0 and "quality gate failed" in later.stdout + later.stderr, asset
-    assert store.read("student_checkpoint").height == 0
+    assert store.read("student_checkpoint").height == 0 and not (run["data_dir"] / "checkpoints").exists()
+    # A variant that passed the same check trains.
+    passing = [v for v, verdict in evaluation.metadata["variants"].value.items() if verdict["passed"]]
+    assert passing, evaluation.metadata["variants"].value
+    for asset, partition in (("sft_dataset", f"tiny/{passing[0]}"), ("student_checkpoint", f"tiny/{passing[0]}/0")):
+        done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
+                               "--select", asset, "--partition", partition], cwd=REPO, env=run["env"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert store.read("student_checkpoint")["variant"].to_list() == [passing[0]]
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path, "[sft]\nmax_steps = 40\nsave_steps = 4\nper_device_train_batch_size = 1\n")
     shutil.rmtree(run["data_dir"] / "checkpoints")  # only this run's checkpoints count
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
-               "--select", "student_checkpoint", "--partition", "orion"]
+               "--select", "student_checkpoint", "--partition", "tiny/orion/0"]
     proc = subprocess.Popen(command, cwd=REPO, env=run["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 600
     checkpoints: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:
-        checkpoints = list((run["data_dir"] / "checkpoints" / "orion").glob("*/checkpoint-*/trainer_state.json"))
+        checkpoints = list((run["data_dir"] / "checkpoints" / "tiny" / "orion").glob("*/checkpoint-*/trainer_state.json"))
         if checkpoints:
             break
         time.sleep(0.2)
@@ -236,7 +241,7 @@ def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_r
     assert len(before["benchmark_predictions"]) == 4 * 4  # benchmarks x variants (no orion_no_reflection with a replay teacher)
     for asset in ("benchmark_predictions", "benchmark_scores"):
         done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
-                               "--select", asset, "--partition", "aime24|orion"],
+                               "--select", asset, "--partition", "aime24|tiny/orion/0"],
                               cwd=REPO, env=run["env"], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for table in ("benchmark_predictions", "benchmark_scores"):
@@ -252,7 +257,7 @@ def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_r
     score = store.read("benchmark_scores", {"benchmark": "aime24", "variant": "orion"}).row(0, named=True)
     assert score["k"] == 3
     log = store.read("materializations").sort("materialized_at").tail(2)
-    assert log["partition_key"].to_list() == ["aime24|orion", "aime24|orion"]
+    assert log["partition_key"].to_list() == ["aime24|tiny/orion/0", "aime24|tiny/orion/0"]
 
 
 def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, tmp_path):
@@ -263,8 +268,8 @@ def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, 
     run = _copy_run(tiny_run, tmp_path, "")
     resources = {**resources_for(OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"]))),
                  "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    for asset in (sft_dataset, student_checkpoint):
-        result = dg.materialize(all_assets, selection=[asset.key], partition_key="orion_no_reflection",
+    for asset, partition in ((sft_dataset, "tiny/orion_no_reflection"), (student_checkpoint, "tiny/orion_no_reflection/0")):
+        result = dg.materialize(all_assets, selection=[asset.key], partition_key=partition,
                                 resources=resources, raise_on_error=False)
         assert not result.success
         (failure,) = [e for e in result.all_events if e.is_step_failure]

@@ -39,7 +39,7 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.method import prompts
 from orion_assets.method.exposure import ERROR_PRIORITY
 from orion_assets.store import Store
-from orion_assets_tests.conftest import gsm8k_train_rows
+from orion_assets_tests.conftest import gsm8k_train_rows, materialize_each
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
 ASSETS = [train_problems, student_base_model, teacher_cots, student_attempts, student_errors, refined_cots]
@@ -117,7 +117,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
 
     def materialize(profile: str, selection: list[str]) -> dg.ExecuteInJobResult:
         resources = resources_for(OrionResource(profile=profile, data_dir=str(data_dir)))
-        result = dg.materialize(ASSETS, resources=resources, selection=selection)
+        result = materialize_each(ASSETS, resources, selection=selection)
         assert result.success
         return result
 

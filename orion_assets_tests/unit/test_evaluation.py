@@ -26,6 +26,7 @@ from orion_assets.assets.problems import benchmark_problems
 from orion_assets.assets.training import checkpoint_row, student_base_model
 from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
+from orion_assets.io.partitions import model_key
 from orion_assets.io.resource import OrionResource
 from orion_assets.method.evaluation.scoring import score_predictions
 from orion_assets.store import Store
@@ -34,7 +35,7 @@ from orion_devtools.llm_simulator import SimConfig, Simulator
 BASE_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 N_PROBLEMS = 3
 K = 2
-PARTITION = dg.MultiPartitionKey({"benchmark": "gsm_hard", "variant": "orion"})
+PARTITION = dg.MultiPartitionKey({"benchmark": "gsm_hard", "model": model_key("tiny", "orion", 0)})
 
 
 def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "precision") -> Path:
@@ -69,7 +70,7 @@ def _prepare(profile: Path, data_dir: Path, checkpoint_id: str) -> Store:
     """Benchmark problems and the base model for real, then the orion variant's checkpoint row."""
     resources = _resources(profile, data_dir)
     assert dg.materialize([benchmark_problems], resources=resources, partition_key="gsm_hard").success
-    assert dg.materialize([student_base_model], resources=resources).success
+    assert dg.materialize([student_base_model], resources=resources, partition_key="tiny").success
     store = Store(data_dir / "orion_store.duckdb")
     _write_checkpoint(store, checkpoint_id)
     return store
@@ -78,12 +79,12 @@ def _prepare(profile: Path, data_dir: Path, checkpoint_id: str) -> Store:
 def _write_checkpoint(store: Store, checkpoint_id: str) -> None:
     base = store.read("student_base_model").row(0, named=True)
     row = checkpoint_row(
-        checkpoint_id=checkpoint_id, variant="orion", base_model_id=base["model_id"], sft_examples=0,
+        checkpoint_id=checkpoint_id, student="tiny", variant="orion", seed=0, base_model_id=base["model_id"], sft_examples=0,
         sft_example_ids=[], path=base["path"], kind="lora", steps=1,
     ).with_columns(pl.lit(f"run-{checkpoint_id}").alias("dagster_run_id"))  # fmt: skip
     store.replace_rows(
-        "student_checkpoint", row, replace_where={"variant": "orion"},
-        materialization={"asset_key": "student_checkpoint", "partition_key": "orion",
+        "student_checkpoint", row, replace_where={"student": "tiny", "variant": "orion", "seed": 0},
+        materialization={"asset_key": "student_checkpoint", "partition_key": model_key("tiny", "orion", 0),
                          "dagster_run_id": f"run-{checkpoint_id}", "upstream": []},
     )  # fmt: skip
 

@@ -433,7 +433,7 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     store = Store(data_dir / "orion_store.duckdb")
 
     def verdict(variant=None):  # as sft_dataset asks: for the cot_quality materialization it reads
-        return latest_gate_verdict(store, store.latest_materializations("cot_quality")[0], variant)
+        return latest_gate_verdict(store, store.latest_materializations("cot_quality", "tiny")[0], variant)
 
     assert verdict("orion") == (False, "cot_quality has not been materialized")
     problems = pl.DataFrame({"problem_id": [f"p{i:02d}" for i in range(20)],
@@ -444,20 +444,26 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     table = _cot_quality_table(poisoned="orion", variants=gated)
     store.replace_rows("teacher_cots", _teacher_cots_of(table), replace_where=None,
                        materialization={"asset_key": "teacher_cots"})
-    store.replace_rows("cot_quality", table, replace_where=None, materialization={"asset_key": "cot_quality"})
+    table = table.with_columns(pl.lit("tiny").alias("student"))
+    store.replace_rows("cot_quality", table, replace_where={"student": "tiny"},
+                       materialization={"asset_key": "cot_quality", "partition_key": "tiny"})
     # a verdict table written before verdicts were per variant (no variant column), for an older materialization
     store.append(GATE_TABLE, pl.DataFrame([{
         "checked_materialization_id": "older", "dagster_run_id": "run-0", "passed": True, "row_count": 1,
         "failed_expectations": "[]", "failing_ids": "[]", "checked_at": datetime(2025, 1, 1, tzinfo=UTC)}]))
     assert verdict("teacher_sft")[0] is False  # the gate has not run on this materialization
 
-    job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"))
+    from orion_assets.io.partitions import student_partitions
+
+    job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"),
+                              partitions_def=student_partitions)
     defs = dg.Definitions(assets=all_assets, asset_checks=[quality_gate], jobs=[job],
                           resources=resources_for(orion))
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def("gate_only").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("gate_only").execute_in_process(instance=instance, raise_on_error=False,
+                                                                       tags={"dagster/partition": "tiny"})
     (evaluation,) = result.get_asset_check_evaluations()
-    assert not evaluation.passed  # blocking: one failed variant fails the check
+    assert not evaluation.passed  # one failed variant fails the check (which blocks nothing: sft_dataset refuses)
     metadata = evaluation.metadata
     assert metadata["failed_variants"].value == ["orion"]
     variants = metadata["variants"].value
@@ -481,7 +487,8 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     assert not passed and "no verdict for variant orion_no_reflection" in why
 
     # A passing variant's SFT data is built from its kept rows only; the failing one is refused.
-    built = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="teacher_sft", resources=resources_for(orion))
+    built = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="tiny/teacher_sft",
+                           resources=resources_for(orion))
     assert built.success
     sft = store.read("sft_dataset")
     kept = table.filter((pl.col("variant") == "teacher_sft") & pl.col("kept"))
@@ -492,12 +499,12 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     (mat,) = built.asset_materializations_for_node("sft_dataset")
     assert mat.metadata["dropped_by_quality"].value == 1
     assert mat.metadata["dropped_by_reason"].value == {"contaminated": 1}
-    refused = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="orion", resources=resources_for(orion),
+    refused = dg.materialize(all_assets, selection=[sft_dataset.key], partition_key="tiny/orion", resources=resources_for(orion),
                              raise_on_error=False)
     assert not refused.success
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     text = str(failure.event_specific_data.error)
-    assert "refusing to build SFT data for orion" in text and "quality gate failed for variant orion" in text
+    assert "refusing to build SFT data for tiny/orion" in text and "quality gate failed for variant orion" in text
     assert store.read("sft_dataset").filter(pl.col("variant") == "orion").height == 0
 
 
@@ -533,7 +540,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
                1: record["answer"],  # a "rewrite" that copies the teacher
                }.get(i, f"I restate the problem before I compute anything.\n{first_line}\nSo the result follows.")
         refined.append({"mode": "orion", "problem_id": f"p{i}", "teacher_cot_id": f"t{i}", "refined_cot_id": f"r{i}",
-                        "source": "teacher_fallback" if i == 0 else "refined", "cot": cot, "verified": i != 3,
+                        "student": "tiny", "source": "teacher_fallback" if i == 0 else "refined", "cot": cot, "verified": i != 3,
                         "finish_reason": "stop"})
     tables = {
         "teacher_cots": teacher,
@@ -541,11 +548,13 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
         "train_problems": pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)],
                                         "problem": [r["question"] for r in records]}),
         "student_base_model": pl.DataFrame({"path": [str(embedding.resolve_embedding_model(CFG.embedding_model))],
-                                            "model_id": ["minilm"]}),
+                                            "model_id": ["minilm"], "student": ["tiny"]}),
     }
     for name, frame in tables.items():
-        store.replace_rows(name, frame, replace_where=None, materialization={"asset_key": name})
-    result = dg.materialize(all_assets, selection=[cot_quality.key],
+        partition = "tiny" if "student" in frame.columns else None
+        store.replace_rows(name, frame, replace_where={"student": "tiny"} if partition else None,
+                           materialization={"asset_key": name, "partition_key": partition})
+    result = dg.materialize(all_assets, selection=[cot_quality.key], partition_key="tiny",
                             resources=resources_for(OrionResource(profile="tiny", data_dir=str(data_dir))))
     assert result.success
     table = store.read("cot_quality")

