@@ -90,7 +90,9 @@ def benchmark_predictions(
 
     A call that failed at the endpoint is not a wrong answer: its row is kept with
     ``finish_reason`` "error", ``correct`` null and the error text in ``error``, and scores leave it
-    out. When the share of failed calls exceeds ``[eval] max_error_rate`` the partition fails,
+    out. A reply that ran past the endpoint's ``timeout_s`` is the model's (too long) answer: its
+    row has ``finish_reason`` "timeout" and ``correct`` false, and it counts as wrong. When
+    the share of failed calls exceeds ``[eval] max_error_rate`` (default 0) the partition fails,
     *after* its rows are written (nothing computed is lost, and the failed rows say what went
     wrong); re-materializing it sends only the failed calls again, since the call cache keeps
     every answer and retries errors.
@@ -132,32 +134,28 @@ def benchmark_predictions(
                 "benchmark": benchmark, "student": student, "variant": variant, "seed": seed,
                 "problem_id": s.row["problem_id"],
                 "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": s.sample_index,
-                "text": s.result.text,
-                "extracted_answer": s.verdict.extracted if s.verdict else None,
-                "correct": s.verdict.correct if s.verdict else None,
-                "grade_reason": s.verdict.reason if s.verdict else None,
-                "finish_reason": s.result.finish_reason,
-                "n_tokens": s.n_tokens,
-                "llm_call_id": s.result.call_id, "error": None if s.verdict else s.result.error or "failed call",
-                "grading_rule": rule,
+                "text": s.result.text, "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id, "grading_rule": rule,
+                **scoring.prediction_outcome(s.result, s.verdict),
             }
             for s in samples
         ],
         schema=BENCHMARK_PREDICTIONS.columns,
     )
-    answered = [s for s in samples if s.verdict is not None]
-    n_errors = len(results) - len(answered)
+    n_errors = int((frame["finish_reason"] == scoring.ERROR_FINISH_REASON).sum())
+    n_timeouts = int((frame["finish_reason"] == scoring.TIMEOUT_FINISH_REASON).sum())
     share = error_share(n_errors, len(results))
     graded_correct = frame["correct"].drop_nulls()
     published = Rows(
         frame,
-        metadata={"benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k, "samples": frame.height,
+        metadata={"benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k,
+                  "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
-                  "n_errors": n_errors, "error_rate": share, **usage_metadata(results, cfg.endpoints.student, "student"),
+                  "n_errors": n_errors, "error_rate": share, "n_timeouts": n_timeouts,
+                  **usage_metadata(results, cfg.endpoints.student, "student"),
                   "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
     )
     if share > cfg.eval.max_error_rate:
-        first = next(r.error for r in results if not r.ok)
+        first = next(r.error for r in results if not r.ok and not r.timed_out)
         published.fail_after_write = dg.Failure(
             description=(
                 f"{benchmark} x {model}: {n_errors} of {len(results)} calls failed ({share:.1%}, more than "

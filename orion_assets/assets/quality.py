@@ -193,7 +193,8 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
 
 
-@dg.asset_check(asset=cot_quality, partitions_def=student_partitions, description="Great Expectations suite per variant on the candidate SFT CoTs")
+@dg.asset_check(asset=cot_quality, partitions_def=student_partitions,
+                description="Great Expectations suite per variant on the candidate SFT CoTs")
 def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, cot_quality: Table) -> dg.AssetCheckResult:
     """Gate each training variant of one student's ``cot_quality`` on dataset-level expectations (GX 1.x); the
     rules are in the README ("The quality gate"). The check fails when any variant fails, but does not block:

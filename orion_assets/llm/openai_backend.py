@@ -28,7 +28,7 @@ else:  # pragma: no cover - openai 1.x and 2.x: httpx
 
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
-from orion_assets.llm.types import GenerationRequest, GenerationResult
+from orion_assets.llm.types import TIMED_OUT, GenerationRequest, GenerationResult
 from orion_assets.progress import CALL_FAILED
 from orion_assets.store import Store
 
@@ -382,7 +382,7 @@ class OpenAIEndpoint(BaseEndpoint):
                 isinstance(exc, openai.APITimeoutError) and not any(_dropped_connection(e) for e in _chain(exc))
             )
             if timed_out:
-                return _Retryable(f"timeout after {self.cfg.timeout_s:g}s", timed_out=True)
+                return _Retryable(f"{TIMED_OUT} {self.cfg.timeout_s:g}s", timed_out=True)
             detail = f" ({type(root).__name__}: {root})" if root is not exc else ""
             return _Retryable(f"connection error{detail}")
         if isinstance(exc, openai.APIStatusError):

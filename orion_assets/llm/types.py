@@ -97,6 +97,12 @@ class GenerationResult:
         return self.finish_reason != "error"
 
     @property
+    def timed_out(self) -> bool:
+        """Failed because its last attempt ran past ``timeout_s`` (the reply took too long), not
+        because the server could not be reached or refused: evaluation grades it as wrong."""
+        return self.finish_reason == "error" and (self.error or "").startswith(TIMED_OUT)
+
+    @property
     def overflow(self) -> bool:
         """Not sent: the prompt left no room for a reply inside the context window."""
         return self.finish_reason == "error" and (self.error or "").startswith(CONTEXT_OVERFLOW)
@@ -122,6 +128,8 @@ class GenerationResult:
 
 
 CONTEXT_OVERFLOW = "context_overflow"
+# How the error of a call whose last attempt ran past timeout_s begins (openai backend).
+TIMED_OUT = "timeout after"
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
 

@@ -377,9 +377,11 @@ class EvalConfig(Section):
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
-    # Endpoint failures are not wrong answers: scores are over the answered samples, and a
-    # partition whose share of failed calls exceeds this fails.
-    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    # Endpoint failures (connection, 5xx after the retries) are not wrong answers: scores are over
+    # the answered samples, and a partition whose share of failed calls exceeds this fails. 0: any
+    # failed call fails it (a re-run sends only those calls), so no sample drops out of a score
+    # unnoticed. A reply that ran past timeout_s is no failure: it counts as a wrong answer.
+    max_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     # GSM-Hard numbers: "precision" (integer golds exactly; others at the precision the answer
     # shows) or "math_equal" (Qwen's relative 1e-4, as most published numbers used).
     gsm_hard_rule: Literal["precision", "math_equal"] = "precision"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -38,7 +39,9 @@ K = 2
 PARTITION = dg.MultiPartitionKey({"benchmark": "gsm_hard", "model": model_key("tiny", "orion", 0)})
 
 
-def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "precision") -> Path:
+def _profile(
+    write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "precision", timeout_s: float = 30
+) -> Path:
     return write_profile(
         f"""
         [data]
@@ -51,7 +54,8 @@ def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float =
         model = "{BASE_MODEL}"
         concurrency = 4
         max_retries = 0
-        timeout_s = 30
+        timeout_s = {timeout_s}
+        timeout_retries = 0
         [eval]
         k = {K}
         max_tokens = 64
@@ -300,3 +304,75 @@ def test_the_gsm_hard_rule_and_truncation_reach_the_grader(orion_env, write_prof
         scores = store.read("benchmark_scores").row(0, named=True)
         assert scores["grading_rule"] == "math_equal"
         assert scores["pass_at_1"] == pytest.approx(sum(expected) / (2 * N_PROBLEMS))
+
+
+@contextmanager
+def _slow_student(golds: dict[str, str], hang: set[str]) -> Iterator[str]:
+    """An OpenAI-compatible student that answers each problem's gold, except that it takes 5 s over
+    the problems in ``hang`` (a looping reply the client stops waiting for)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            if any(problem in prompt for problem in hang):
+                time.sleep(5.0)
+            gold = next(g for problem, g in golds.items() if problem in prompt)
+            reply = json.dumps({
+                "id": "slow", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"So the answer is \\boxed{{{gold}}}."}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()  # fmt: skip
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+            except OSError:  # the client gave up on a hung reply
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_timed_out_reply_is_a_wrong_answer_not_a_failed_call(orion_env, write_profile) -> None:
+    """A reply that runs past timeout_s (a looping generation) counts as wrong in pass@1: leaving it
+    out would raise the score of the variant that loops. It is no failed call either, so a partition
+    with max_error_rate = 0 still succeeds."""
+    data_dir = orion_env["data_dir"]
+    golds: dict[str, str] = {}
+    hang: set[str] = set()
+    with _slow_student(golds, hang) as base_url:
+        profile = _profile(write_profile, base_url, "timeouts.toml", max_error_rate=0.0, timeout_s=1)
+        store = _prepare(profile, data_dir, "ckpt-A")
+        problems = store.read("benchmark_problems", {"benchmark": "gsm_hard"}).sort("problem_id")
+        golds.update(zip(problems["problem"], problems["gold_answer"], strict=True))
+        hung_id = problems["problem_id"][0]
+        hang.add(problems["problem"][0])
+
+        result = _evaluate(profile, data_dir)
+        assert result.success
+        rows = _predictions(store)
+        timed_out = rows.filter(pl.col("problem_id") == hung_id)
+        assert timed_out["finish_reason"].to_list() == ["timeout"] * K
+        assert timed_out["correct"].to_list() == [False] * K and set(timed_out["grade_reason"]) == {"timeout"}
+        assert all("timeout after 1s" in e for e in timed_out["error"])
+        answered = rows.filter(pl.col("problem_id") != hung_id)
+        assert answered["correct"].all() and set(answered["finish_reason"]) == {"stop"}
+        scores = store.read("benchmark_scores").row(0, named=True)
+        assert scores["n_errors"] == 0 and scores["n_answered"] == N_PROBLEMS * K
+        assert scores["pass_at_1"] == pytest.approx((N_PROBLEMS - 1) / N_PROBLEMS)  # not 1.0
+        assert scores["timeout_rate"] == pytest.approx(1 / N_PROBLEMS) and scores["truncation_rate"] == 0.0
+        with store.connect(read_only=True) as con:  # the cache keeps it as a failed call: a re-run asks again
+            statuses = con.execute("SELECT status, count(*) FROM orion.llm_calls GROUP BY ALL").fetchall()
+        assert sorted(statuses) == [("error", K), ("ok", (N_PROBLEMS - 1) * K)]

@@ -122,6 +122,7 @@ def test_every_fault_ends_in_one_result_or_one_recorded_error(
     assert badkey.finish_reason == "error" and "HTTP 401" in badkey.error and "<api key>" in badkey.error
     gone = results["gone"]
     assert gone.finish_reason == "error" and "connection error" in gone.error and gone.text is None
+    assert not any(results[name].timed_out for name in ("refused", "down", "badkey", "gone"))  # transport failures
 
     with store.connect(read_only=True) as con:
         rows = con.execute("SELECT call_id, status, error, retries FROM orion.llm_calls").fetchall()
@@ -226,6 +227,7 @@ def test_timeouts_have_their_own_small_retry_budget(tmp_path: Path, transport: s
     (result,) = endpoint.generate([GenerationRequest(chat(("user", prompt)), PARAMS)])
     assert result.finish_reason == "error" and result.retries == 1, result
     assert "timeout after 1s" in result.error and "2 timeouts" in result.error and "timeout_s" in result.error
+    assert result.timed_out  # the model's too-long reply, which evaluation grades as wrong
     assert fresh.stats()["received"][prompt] == 2
     # Other transient faults still get the full budget.
     (ok,) = endpoint.generate([GenerationRequest(chat(("user", "flaky [[fault:500,503,500,ok]]")), PARAMS)])

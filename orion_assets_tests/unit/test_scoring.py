@@ -8,12 +8,15 @@ import math
 import polars as pl
 import pytest
 
+from orion_assets.llm import GenerationResult
 from orion_assets.method.evaluation.scoring import (
     Scores,
     majority_correct,
     pass_at_k,
+    prediction_outcome,
     score_predictions,
 )
+from orion_assets.method.grading import Verdict
 
 
 def predictions(rows: list[tuple[str, int, bool, str | None, int, str]]) -> pl.DataFrame:
@@ -135,6 +138,7 @@ def test_single_problem_has_zero_standard_error() -> None:
         "n_answered": 2,
         "n_errors": 0,
         "n_unanswered_problems": 0,
+        "timeout_rate": 0.0,
     }
     assert isinstance(scores, Scores)
 
@@ -268,3 +272,47 @@ def test_boxed_rate_counts_the_replies_whose_final_answer_is_a_non_empty_box() -
     scores = score_predictions(frame, k=4)
     assert scores.boxed_rate == pytest.approx(1 / 4)
     assert scores.pass_at_1 == pytest.approx(1.0)  # the format is not the grade
+
+
+def test_a_timed_out_sample_is_answered_and_wrong() -> None:
+    # q1: one right answer and one timeout (wrong, whatever its correct column says) -> 1/2;
+    # q2: a failed call (left out) and a right answer -> 1/1. pass@1 = 3/4, not (1 + 1) / 2.
+    frame = predictions(
+        [
+            ("q1", 0, True, "4", 10, "stop"),
+            ("q1", 1, True, None, None, "timeout"),
+            ("q2", 0, False, None, None, "error"),
+            ("q2", 1, True, "7", 30, "stop"),
+        ]
+    )
+    scores = score_predictions(frame, k=2)
+    assert scores.pass_at_1 == pytest.approx(3 / 4)
+    assert (scores.n_answered, scores.n_errors, scores.n_problems) == (3, 1, 2)
+    assert scores.timeout_rate == pytest.approx(1 / 3) and scores.truncation_rate == 0.0
+    assert scores.mean_tokens == pytest.approx(20.0)  # a timeout has no token count
+    assert scores.maj_at_k == 1.0  # a timeout has no answer to vote with: q1's "4" wins alone
+    assert math.isnan(score_predictions(frame.filter(pl.col("finish_reason") == "error"), k=2).timeout_rate)
+
+
+def _result(finish_reason: str, error: str | None = None) -> GenerationResult:
+    return GenerationResult(
+        call_id="c", text=None if error else "x", reasoning=None, finish_reason=finish_reason, prompt_tokens=None,
+        completion_tokens=None, latency_s=None, retries=0, error=error, cached=False,
+    )  # fmt: skip
+
+
+def test_prediction_outcome_tells_a_timeout_from_a_failed_call() -> None:
+    verdict = Verdict(correct=True, extracted="5", method="exact", reason="match")
+    assert prediction_outcome(_result("stop"), verdict) == {
+        "finish_reason": "stop", "correct": True, "grade_reason": "match", "extracted_answer": "5", "error": None}
+    timeout = _result("error", "timeout after 1800s (2 timeouts; raise endpoints.student.timeout_s or timeout_retries)")
+    assert timeout.timed_out and not timeout.ok
+    assert prediction_outcome(timeout, None) == {
+        "finish_reason": "timeout", "correct": False, "grade_reason": "timeout", "extracted_answer": None,
+        "error": timeout.error}  # fmt: skip
+    for error in ("HTTP 503: overloaded (gave up after 7 attempts)", "connection error (ConnectionResetError: x)",
+                  "context_overflow: the prompt leaves 3 tokens"):  # fmt: skip
+        failed = _result("error", error)
+        assert not failed.timed_out
+        assert prediction_outcome(failed, None) == {
+            "finish_reason": "error", "correct": None, "grade_reason": None, "extracted_answer": None, "error": error}

@@ -13,10 +13,13 @@ from dataclasses import asdict, dataclass
 
 import polars as pl
 
-from orion_assets.method.grading import answer_key
+from orion_assets.llm import GenerationResult
+from orion_assets.method.grading import Verdict, answer_key
 from orion_assets.method.grading.extract import extract_answer
 
 ERROR_FINISH_REASON = "error"
+# A reply that ran past the endpoint's timeout_s: the model's answer (too long), graded as wrong.
+TIMEOUT_FINISH_REASON = "timeout"
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "problem_id",
@@ -26,6 +29,19 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "n_tokens",
     "finish_reason",
 )
+
+
+def prediction_outcome(result: GenerationResult, verdict: Verdict | None) -> dict[str, object]:
+    """The grade columns of one sample's prediction row: its verdict's, a timed-out call's (finish
+    reason "timeout", wrong, its error kept), or a failed call's (finish reason "error", ungraded)."""
+    if verdict is not None:
+        return {"finish_reason": result.finish_reason, "correct": verdict.correct, "grade_reason": verdict.reason,
+                "extracted_answer": verdict.extracted, "error": None}  # fmt: skip
+    if result.timed_out:
+        return {"finish_reason": TIMEOUT_FINISH_REASON, "correct": False, "grade_reason": TIMEOUT_FINISH_REASON,
+                "extracted_answer": None, "error": result.error}  # fmt: skip
+    return {"finish_reason": result.finish_reason, "correct": None, "grade_reason": None,
+            "extracted_answer": None, "error": result.error or "failed call"}  # fmt: skip
 
 
 def is_boxed_answer(text: str | None) -> bool:
@@ -93,10 +109,11 @@ class Scores:
     """The scores of one model variant on one benchmark (fractions in [0, 1], not percent).
 
     ``n_problems`` counts the problems scored (at least one answered sample); ``n_answered`` the
-    answered samples, ``n_errors`` the samples whose call failed (left out of every score), and
-    ``n_unanswered_problems`` the problems left out because every one of their calls failed. With
-    no answered sample at all, the rates are NaN. ``boxed_rate`` is the share of answered samples
-    whose final answer is a non-empty ``\\boxed{}`` (the format SFT teaches; NaN without texts).
+    answered samples (a timed-out one among them, as a wrong answer), ``n_errors`` the samples whose
+    call failed (left out of every score), and ``n_unanswered_problems`` the problems left out
+    because every one of their calls failed. With no answered sample at all, the rates are NaN.
+    ``boxed_rate`` is the share of answered samples whose final answer is a non-empty ``\\boxed{}``
+    (the format SFT teaches; NaN without texts); ``timeout_rate`` the share that timed out.
     """
 
     n_problems: int
@@ -111,6 +128,7 @@ class Scores:
     n_answered: int = 0
     n_errors: int = 0
     n_unanswered_problems: int = 0
+    timeout_rate: float = float("nan")
 
     def to_row(self) -> dict[str, int | float]:
         """The columns of ``orion.benchmark_scores`` that the scores fill, in table order."""
@@ -122,8 +140,8 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
 
     ``k`` is the nominal number of samples per problem: pass@k and maj@k use it, capped at each
     problem's own number of answered samples. Rows with ``finish_reason == "error"`` (failed calls)
-    are counted in ``n_errors`` and scored nowhere; an answered sample with a null ``correct``
-    counts as wrong. ``benchmark`` goes to the maj@k vote (:func:`majority_correct`). An optional
+    are counted in ``n_errors`` and scored nowhere; a ``"timeout"`` row is answered and wrong; an
+    answered sample with a null ``correct`` counts as wrong. ``benchmark`` goes to the maj@k vote (:func:`majority_correct`). An optional
     ``text`` column (the replies) gives ``boxed_rate``.
     """
     if k < 1:
@@ -134,10 +152,11 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
     if predictions.height == 0:
         raise ValueError("score_predictions: no predictions to score (empty frame)")
 
+    timed_out = pl.col("finish_reason").cast(pl.Utf8) == TIMEOUT_FINISH_REASON
     frame = predictions.select(
         pl.col("problem_id"),
         pl.col("sample_index"),
-        pl.col("correct").cast(pl.Boolean).fill_null(False),
+        (pl.col("correct").cast(pl.Boolean).fill_null(False) & ~timed_out.fill_null(False)).alias("correct"),
         pl.col("extracted_answer").cast(pl.Utf8),
         pl.col("n_tokens"),
         pl.col("finish_reason").cast(pl.Utf8),
@@ -168,7 +187,7 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
         nan = float("nan")
         return Scores(
             n_problems=0, k=k, pass_at_1=nan, pass_at_1_se=nan, maj_at_k=nan, pass_at_k=nan, mean_tokens=nan,
-            truncation_rate=nan, n_answered=0, n_errors=n_errors, n_unanswered_problems=all_problems,
+            truncation_rate=nan, n_answered=0, n_errors=n_errors, n_unanswered_problems=all_problems, timeout_rate=nan,
         )  # fmt: skip
     mean_share = math.fsum(shares) / n_problems
     if n_problems > 1:
@@ -196,4 +215,5 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
         n_answered=frame.height,
         n_errors=n_errors,
         n_unanswered_problems=all_problems - n_problems,
+        timeout_rate=int((frame["finish_reason"] == TIMEOUT_FINISH_REASON).sum()) / frame.height,
     )
