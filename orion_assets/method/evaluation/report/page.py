@@ -11,6 +11,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from orion_assets.method.evaluation.report.comparison import (
+    budget_frame,
+    budget_section,
+    comparison_sections,
+    leaderboard_frame,
+    paired_deltas,
+)
 from orion_assets.method.evaluation.report.plots import (
     ACCURACY_PNG,
     COT_LENGTHS_PNG,
@@ -21,7 +28,7 @@ from orion_assets.method.evaluation.report.plots import (
     _plot_error_types,
 )
 from orion_assets.method.evaluation.report.read import _connection, _profiles, _read, _read_quality, usage_frame
-from orion_assets.method.evaluation.report.scores import _clean_scores, _score_tables, leaderboard_frame
+from orion_assets.method.evaluation.report.scores import _clean_scores, _grading_rule_sentence, _score_tables, over_seeds
 from orion_assets.method.evaluation.report.sections import (
     Prices,
     _quality_section,
@@ -38,16 +45,17 @@ MARKDOWN_NAME = "leaderboard.md"
 class Report:
     """What :func:`build_report` wrote.
 
-    ``leaderboard`` has one row per variant (canonical order) with, per benchmark ``b``, the columns
-    ``b`` (pass@1, a fraction), ``b_se`` (its standard error) and ``b_delta`` (pass@1 minus
-    ``teacher_sft``'s, in percentage points); null where a score is missing. A plot path is ``None``
-    when the plot was skipped; ``notes`` says why.
+    ``leaderboard`` has one row per (student, variant) (``comparison.leaderboard_frame``: pass@1 as mean
+    and sd over seeds, paired deltas over ``teacher_sft`` and ``base`` with their intervals, training
+    budgets); null where a score is missing. ``deltas`` holds every paired comparison. A plot path is
+    ``None`` when the plot was skipped; ``notes`` says why.
     """
 
     out_dir: Path
     markdown_path: Path
     markdown: str
     leaderboard: pl.DataFrame
+    deltas: pl.DataFrame
     accuracy_png: Path | None
     cot_lengths_png: Path | None
     error_types_png: Path | None
@@ -76,6 +84,8 @@ def build_report(
     notes: list[str] = []
     with _connection(source) as con:
         raw_scores = _read(con, "benchmark_scores")
+        predictions = _read(con, "benchmark_predictions")
+        checkpoints = _read(con, "student_checkpoint")
         teacher = _read(con, "teacher_cots")
         refined = _read(con, "refined_cots")
         errors = _read(con, "student_errors")
@@ -85,13 +95,16 @@ def build_report(
     location = source.location if isinstance(source, BaseStore) else (Path(source) if isinstance(source, str | Path) else None)
 
     scores = _clean_scores(raw_scores, notes)
-    board = leaderboard_frame(scores)
+    averaged = over_seeds(scores)
+    deltas = paired_deltas(predictions)
+    budgets = budget_frame(checkpoints, cot_quality)
+    board = leaderboard_frame(averaged, deltas, budgets)
 
     # plots, each skipped with a note when its data is missing
     for stale in (ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG):
         (out_dir / stale).unlink(missing_ok=True)  # a skipped plot must not leave an old file behind
     accuracy_png = cot_png = errors_png = None
-    if board.height and any(board[c].is_not_null().any() for c in board.columns if c != "variant" and not c.endswith("_n_errors")):
+    if board.height and any(board[b].is_not_null().any() for b in averaged["benchmark"].unique()):
         accuracy_png = _plot_accuracy(board, out_dir / ACCURACY_PNG)
     else:
         notes.append(f"`{ACCURACY_PNG}` skipped: no benchmark scores.")
@@ -126,7 +139,9 @@ def build_report(
             lines.append(f"Profiles (the scores mix {len(described)}, newest first): " + ", ".join(described) + ".")
     lines.append("")
     if scores.height:
-        lines += _score_tables(scores, board)
+        lines += comparison_sections(board, deltas, _grading_rule_sentence(scores))
+        lines += budget_section(budgets)
+        lines += _score_tables(averaged)
     lines += _reflection_section(reflection_frame(teacher, refined))
     lines += _quality_section(cot_quality)
     lines += _usage_section(usage, prices)
@@ -168,6 +183,7 @@ def build_report(
         markdown_path=markdown_path,
         markdown=markdown,
         leaderboard=board,
+        deltas=deltas,
         accuracy_png=accuracy_png,
         cot_lengths_png=cot_png,
         error_types_png=errors_png,

@@ -38,7 +38,8 @@ def _save(figure, path: Path) -> Path:
 
 def _plot_accuracy(board: pl.DataFrame, path: Path) -> Path:
     benchmarks = [b for b in BENCHMARKS if b in board.columns]
-    variants = board["variant"].to_list()
+    several = "student" in board.columns and board["student"].n_unique() > 1
+    variants = [f"{r['student']}/{r['variant']}" if several else r["variant"] for r in board.iter_rows(named=True)]
     figure = _figure(max(6.0, 1.6 * len(benchmarks) + 2.5), 4.2)
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(variants), 1)
@@ -50,7 +51,7 @@ def _plot_accuracy(board: pl.DataFrame, path: Path) -> Path:
             xs.append(j - 0.4 + width * (i + 0.5))
             heights.append(100.0 * record[benchmark])
             errors.append(100.0 * (record[f"{benchmark}_se"] or 0.0))
-        axes.bar(xs, heights, width=width, yerr=errors, capsize=3, label=record["variant"], color=f"C{i}")
+        axes.bar(xs, heights, width=width, yerr=errors, capsize=3, label=variants[i], color=f"C{i % 10}")
     axes.set_xticks(range(len(benchmarks)), benchmarks)
     axes.set_ylabel("pass@1 (%)")
     axes.set_title("pass@1 per benchmark and variant (error bars: ± 1 SE)")

@@ -70,7 +70,7 @@ def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     )
 
 
-QUALITY_COLUMNS: tuple[str, ...] = ("variant", "source", "kept", "drop_reasons", "teacher_similarity")
+QUALITY_COLUMNS: tuple[str, ...] = ("student", "variant", "source", "kept", "drop_reasons", "teacher_similarity")
 
 
 def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
