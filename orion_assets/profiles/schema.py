@@ -192,6 +192,20 @@ class ReflectionConfig(Section):
     unmarked_reply: Literal["unsplittable", "solution"] = "unsplittable"
 
 
+# Phrases a solution to the plain solve prompt cannot have written on its own: they name what only
+# a rewrite prompt showed (the stronger solver's solution, the student's attempt). Python regular
+# expressions, matched case-insensitively between word boundaries (docs/quality.md, rewrite_context).
+DEFAULT_REWRITE_CONTEXT_PATTERNS: tuple[str, ...] = (
+    r"stronger solver",
+    r"your (?:own )?(?:earlier |previous |original |first |wrong |incorrect |failed )?attempts?",
+    r"the student'?s (?:own )?(?:earlier |previous |original |first |wrong |incorrect |failed )?"
+    r"(?:attempt|mistake|error|solution|reasoning|work)s?",
+    r"the student (?:attempted the problem|went wrong|erred|reached (?:a|the) wrong answer)",
+    r"for this student",
+    r"the (?:original|given|provided|reference|teacher'?s) solution",
+)
+
+
 class QualityConfig(Section):
     min_tokens: int = Field(8, ge=0)
     max_tokens: int = Field(4032, ge=1)  # < [sft] max_length by PROMPT_TOKEN_MARGIN (OrionConfig checks)
@@ -209,6 +223,18 @@ class QualityConfig(Section):
     # Coherence averages at most this many evenly spaced adjacent step pairs per CoT; 0 = all of them.
     # 16 keeps Spearman >= 0.9 with the all-pairs score on real R1 traces (benchmarks/README.md).
     coherence_max_pairs: int = Field(16, ge=0)
+    # A CoT that matches one of these is dropped as `rewrite_context` (DEFAULT_REWRITE_CONTEXT_PATTERNS).
+    rewrite_context_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REWRITE_CONTEXT_PATTERNS))
+
+    @field_validator("rewrite_context_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"rewrite_context_patterns: {pattern!r} is not a regular expression: {exc}") from None
+        return value
 
 
 #: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).
