@@ -190,6 +190,12 @@ class ReflectionConfig(Section):
     # might be notes), or "solution" (all of it is the solution, still verified against the gold
     # answer). SmolLM2-135M ignores the two-part format in 29 of 32 replies (smol sets "solution").
     unmarked_reply: Literal["unsplittable", "solution"] = "unsplittable"
+    # A reasoning student's refinement CoT: its thinking, then its solution (True: the shape of
+    # teacher_sft's thinking-then-answer CoTs), or its solution alone (docs/reflection.md).
+    keep_student_thinking: bool = True
+    # The teacher CoTs refined, and the ones teacher_sft trains on: each problem's first verified
+    # sample, or every verified sample ([teacher] samples of them); docs/reflection.md.
+    teacher_samples: Literal["first", "all"] = "first"
 
 
 # Phrases a solution to the plain solve prompt cannot have written on its own: they name what only

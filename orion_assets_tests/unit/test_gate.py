@@ -600,7 +600,8 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     data_dir = tmp_path / "data"
     store = Store(data_dir / "orion_store.duckdb")
     teacher = pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)], "teacher_cot_id": [f"t{i}" for i in range(6)],
-                            "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6})
+                            "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6,
+                            "sample_index": [0] * 6})
     refined = []
     for i, record in enumerate(records):
         first_line = record["answer"].splitlines()[0]
