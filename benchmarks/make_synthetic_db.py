@@ -112,7 +112,7 @@ SELECT hid('refined', b.i * 3 + b.m) AS refined_cot_id, b.problem_id, b.teacher_
        CASE WHEN b.mode = 'no_error' THEN []::VARCHAR[] ELSE coalesce(e.ids, []::VARCHAR[]) END AS error_attempt_ids,
        b.mode, CASE WHEN b.ok THEN 'refined' ELSE 'teacher_fallback' END AS source,
        b.mode <> 'no_error' AND e.ids IS NOT NULL AS error_context, e.ids IS NOT NULL AS student_ever_wrong,
-       CASE WHEN b.ok THEN 'Synthetic refined CoT ' || b.i ELSE b.cot END AS cot,
+       CASE WHEN b.ok THEN 'Synthetic refined CoT ' || b.i ELSE b.cot END AS cot, NULL::VARCHAR AS rewrite_thinking,
        CASE WHEN b.ok AND b.mode <> 'no_reflection' THEN 'notes' END AS reflection_notes,
        b.final_answer, true AS verified, CASE WHEN b.ok THEN 1 ELSE 3 END::BIGINT AS tries_used,
        CASE WHEN b.ok THEN []::VARCHAR[] ELSE ['answer_mismatch'] END AS failure_reasons,

@@ -12,7 +12,7 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.method import problems, prompts
+from orion_assets.method import problems, prompts, reflection
 from orion_assets.method.quality import embedding, gate, lexical, metrics, rules, verdicts
 from orion_assets.method.quality.judge import parse_judge_reply
 from orion_assets.method.sampling import ChunkProgress
@@ -69,7 +69,8 @@ def candidates(teacher: pl.DataFrame, refined: pl.DataFrame, student: str) -> pl
     )
 
 
-@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="5")
+# 6: per student; teacher_samples, rewrite_context
+@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="6")
 def cot_quality(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -102,7 +103,10 @@ def cot_quality(
     def chunks():
         for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
             ids = teacher["problem_id"].unique(maintain_order=True).to_list()
-            frame = candidates(teacher, refined_cots.rows_for("problem_id", ids), student)
+            refined = refined_cots.rows_for("problem_id", ids)
+            # teacher_sft draws on the teacher CoTs refinement drew on ([reflection] teacher_samples)
+            frame = candidates(reflection.sft_teacher_cots(teacher, refined, cfg.reflection.teacher_samples), refined,
+                               student)
             measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
                                            max_pairs=cfg.quality.coherence_max_pairs or None)
             hits = [index.match(cot) for cot in frame["cot"]]

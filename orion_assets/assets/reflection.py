@@ -21,7 +21,8 @@ REFINED_COTS = TableSpec(
     {
         "refined_cot_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
         "error_attempt_ids": pl.List(pl.Utf8), "mode": pl.Utf8, "source": pl.Utf8, "error_context": pl.Boolean,
-        "student_ever_wrong": pl.Boolean, "cot": pl.Utf8, "reflection_notes": pl.Utf8, "final_answer": pl.Utf8,
+        "student_ever_wrong": pl.Boolean, "cot": pl.Utf8, "rewrite_thinking": pl.Utf8, "reflection_notes": pl.Utf8,
+        "final_answer": pl.Utf8,
         "verified": pl.Boolean, "tries_used": pl.Int64, "failure_reasons": pl.List(pl.Utf8),
         "finish_reason": pl.Utf8, "n_tokens": pl.Int64, "length_ratio": pl.Float64, "llm_call_id": pl.Utf8,
     },
@@ -32,8 +33,10 @@ REFINED_COTS = TableSpec(
 )
 
 
+# 3: per student; rewrite_thinking; a teacher rewrite trains on its solution; teacher_samples; exposure-failed
+# problems left out
 @orion_asset(REFINED_COTS, group_name="reflection", partitions_def=student_partitions, kinds={"transformers"},
-             code_version="2")
+             code_version="3")
 def refined_cots(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -47,7 +50,8 @@ def refined_cots(
     teacher's CoT, or the teacher's CoT itself when no rewrite verifies (``on_failure``).
 
     Works through the problems that have a teacher CoT in chunks of ``[data] chunk_size``: each
-    chunk reads its problems, their first verified teacher CoT and their errors' attempt texts."""
+    chunk reads its problems, their teacher CoTs (``[reflection] teacher_samples``) and their errors'
+    attempt texts. A problem whose every exposure call failed is left out (``exposure_failed``)."""
     student = context.partition_key
     cfg = orion.config_for(student)
     model_path = student_base_model.first()["path"]
@@ -72,12 +76,17 @@ def refined_cots(
     progress = {m: ChunkProgress(progress_logger(context, f"reflection[{m}]"), len(problem_ids)) for m in modes}
     yields: dict[str, collections.Counter] = {m: collections.Counter() for m in modes}
     length_ratios: list[float] = []
+    exposure_failed: list[str] = []
 
     def chunks():
         for teacher_chunk in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
-            # One teacher CoT per problem is refined: the first verified sample.
-            first_cot = teacher_chunk.sort("problem_id", "sample_index").unique("problem_id", keep="first", maintain_order=True)
-            ids = first_cot["problem_id"].to_list()
+            chosen = reflection.teacher_cots_to_refine(teacher_chunk, cfg.reflection.teacher_samples)
+            chunk_ids = chosen["problem_id"].unique(maintain_order=True).to_list()
+            failed = reflection.exposure_failed_problems(
+                chunk_ids, student_attempts.rows_for("problem_id", chunk_ids, ["problem_id", "finish_reason"]))
+            exposure_failed.extend(failed)
+            chosen = chosen.filter(~pl.col("problem_id").is_in(failed))
+            ids = chosen["problem_id"].unique(maintain_order=True).to_list()
             problems_by_id = {row["problem_id"]: row for row in train_problems.rows_for("problem_id", ids).iter_rows(named=True)}
             errors = student_errors.rows_for("problem_id", ids)
             texts = student_attempts.rows_for("attempt_id", errors["attempt_id"].to_list(),
@@ -89,7 +98,7 @@ def refined_cots(
             for mode in modes:
                 role = MODE_ROLE[mode]
                 tasks = reflection.make_tasks(
-                    mode, problems_by_id, list(first_cot.iter_rows(named=True)), errors_by_problem,
+                    mode, problems_by_id, list(chosen.iter_rows(named=True)), errors_by_problem,
                     attempt_max_tokens=cfg.reflection.attempt_max_tokens, tokenizer=tokenizer,
                 )
                 outcomes = reflection.refine(
@@ -98,7 +107,9 @@ def refined_cots(
                     min_reply_tokens=cfg.reflection.min_reply_tokens,
                     unmarked_is_solution=cfg.reflection.unmarked_reply == "solution",
                 )
-                rows = [reflection.refined_row(o, cfg.reflection.on_failure, student) for o in outcomes]
+                rows = [reflection.refined_row(o, cfg.reflection.on_failure, student=student,
+                                               keep_student_thinking=cfg.reflection.keep_student_thinking)
+                        for o in outcomes]
                 kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]
                 for (row, task), n_tokens in zip(kept, count_tokens([row["cot"] for row, _ in kept]), strict=True):
                     row["n_tokens"] = n_tokens
@@ -122,6 +133,10 @@ def refined_cots(
             "skipped_modes": skipped,
             "length_ratio_refined_over_teacher": percentiles(pl.Series(length_ratios, dtype=pl.Float64)),
             "on_failure": cfg.reflection.on_failure,
+            "teacher_samples": cfg.reflection.teacher_samples,
+            "keep_student_thinking": cfg.reflection.keep_student_thinking,
+            # problems whose every exposure call failed: left out of every refined mode and teacher_sft
+            "exposure_failed": len(exposure_failed),
             **{k: v for role, e in endpoints.items() for k, v in usage_metadata(e.results, e.cfg, role).items()},
         }
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from orion_assets.ids import content_id
 from orion_assets.llm import (
     Endpoint,
@@ -130,14 +132,15 @@ class Outcome:
         """The prompt did not fit the context window: never sent, not retried."""
         return bool(self.failures) and self.failures[-1] == CONTEXT_OVERFLOW
 
-    @property
-    def cot(self) -> str | None:
-        """The SFT CoT of a verified refinement: a thinking teacher's thinking, then the solution
-        (the shape of its ``teacher_sft`` CoTs); the student's solution alone."""
+    def sft_cot(self, *, keep_student_thinking: bool) -> str | None:
+        """The SFT CoT of a refinement: its solution; with ``keep_student_thinking``, a reasoning
+        student's thinking, then its solution (the shape of ``teacher_sft``'s CoTs). A teacher's
+        rewrite trains on its solution alone: its thinking reasons about the student's attempt,
+        which the SFT prompt (the plain solve prompt) never shows (docs/reflection.md)."""
         if self.solution is None:
             return None
-        if self.thinking and MODE_ROLE[self.task.mode] == "teacher":
-            return f"{self.thinking}\n\n{self.solution}"
+        if keep_student_thinking and self.thinking and MODE_ROLE[self.task.mode] == "student":
+            return f"{self.thinking.strip()}\n\n{self.solution}"
         return self.solution
 
 
@@ -201,8 +204,10 @@ def refine(
     return outcomes
 
 
-def refined_row(outcome: Outcome, on_failure: str, student: str) -> dict[str, Any] | None:
-    """The ``refined_cots`` row of one student's outcome: the refinement, the teacher fallback, or None (drop)."""
+def refined_row(outcome: Outcome, on_failure: str, *, student: str, keep_student_thinking: bool) -> dict[str, Any] | None:
+    """The ``refined_cots`` row of one student's outcome: the refinement, the teacher fallback, or None (drop).
+
+    ``rewrite_thinking`` keeps a refinement's thinking whatever ``cot`` trains on."""
     task = outcome.task
     base = {
         "student": student,
@@ -220,7 +225,8 @@ def refined_row(outcome: Outcome, on_failure: str, student: str) -> dict[str, An
         row = {
             **base,
             "source": "refined",
-            "cot": outcome.cot,
+            "cot": outcome.sft_cot(keep_student_thinking=keep_student_thinking),
+            "rewrite_thinking": outcome.thinking,
             "reflection_notes": outcome.notes,
             "final_answer": outcome.verdict.extracted,
             "verified": True,
@@ -232,6 +238,7 @@ def refined_row(outcome: Outcome, on_failure: str, student: str) -> dict[str, An
             **base,
             "source": "teacher_fallback",
             "cot": task.teacher_cot["cot"],
+            "rewrite_thinking": None,
             "reflection_notes": None,
             "final_answer": task.teacher_cot["final_answer"],
             "verified": True,  # teacher CoTs are kept only when they verify
@@ -240,8 +247,38 @@ def refined_row(outcome: Outcome, on_failure: str, student: str) -> dict[str, An
         }
     else:
         return None
-    row["refined_cot_id"] = content_id("refined_cot", student, row["mode"], row["problem_id"], row["source"], row["cot"])
+    # The teacher CoT is part of the id: with [reflection] teacher_samples = "all", two samples of a
+    # problem may be rewritten to the same text.
+    row["refined_cot_id"] = content_id("refined_cot", student, row["mode"], row["problem_id"], row["teacher_cot_id"],
+                                       row["source"], row["cot"])
     return row
+
+
+def teacher_cots_to_refine(teacher_cots: pl.DataFrame, teacher_samples: str) -> pl.DataFrame:
+    """The teacher CoTs the refined modes rewrite and ``teacher_sft`` trains on (``[reflection]
+    teacher_samples``): each problem's first verified sample (lowest ``sample_index``), or all of them."""
+    if teacher_samples == "all":
+        return teacher_cots.sort("problem_id", "sample_index")
+    if teacher_samples == "first":
+        return teacher_cots.sort("problem_id", "sample_index").unique("problem_id", keep="first", maintain_order=True)
+    raise ValueError(f"[reflection] teacher_samples must be 'first' or 'all', got {teacher_samples!r}")
+
+
+def exposure_failed_problems(problem_ids: Sequence[str], attempts: pl.DataFrame) -> list[str]:
+    """The problems of ``problem_ids`` without one exposure attempt that reached the student (every
+    call ended in an endpoint error, ``finish_reason == "error"``, or none was made): nothing says
+    whether the student gets them wrong, so they are left out of refinement (docs/reflection.md)."""
+    answered = set(attempts.filter(pl.col("finish_reason") != "error")["problem_id"].to_list())
+    return [pid for pid in problem_ids if pid not in answered]
+
+
+def sft_teacher_cots(teacher_cots: pl.DataFrame, refined_cots: pl.DataFrame, teacher_samples: str) -> pl.DataFrame:
+    """The teacher CoTs ``teacher_sft`` trains on: those :func:`teacher_cots_to_refine` chooses that
+    refinement drew on (a ``refined_cots`` row of any mode names them), so that every variant is made
+    from the same (problem, teacher sample) pairs and exposure-failed problems leave every variant."""
+    drawn = set(refined_cots["teacher_cot_id"].to_list()) if "teacher_cot_id" in refined_cots.columns else set()
+    chosen = teacher_cots_to_refine(teacher_cots, teacher_samples)
+    return chosen.filter(pl.col("teacher_cot_id").is_in(list(drawn)))
 
 
 

@@ -199,6 +199,26 @@ class ReflectionConfig(Section):
     # might be notes), or "solution" (all of it is the solution, still verified against the gold
     # answer). SmolLM2-135M ignores the two-part format in 29 of 32 replies (smol sets "solution").
     unmarked_reply: Literal["unsplittable", "solution"] = "unsplittable"
+    # A reasoning student's refinement CoT: its thinking, then its solution (True: the shape of
+    # teacher_sft's thinking-then-answer CoTs), or its solution alone (docs/reflection.md).
+    keep_student_thinking: bool = True
+    # The teacher CoTs refined, and the ones teacher_sft trains on: each problem's first verified
+    # sample, or every verified sample ([teacher] samples of them); docs/reflection.md.
+    teacher_samples: Literal["first", "all"] = "first"
+
+
+# Phrases a solution to the plain solve prompt cannot have written on its own: they name what only
+# a rewrite prompt showed (the stronger solver's solution, the student's attempt). Python regular
+# expressions, matched case-insensitively between word boundaries (docs/quality.md, rewrite_context).
+DEFAULT_REWRITE_CONTEXT_PATTERNS: tuple[str, ...] = (
+    r"stronger solver",
+    r"your (?:own )?(?:earlier |previous |original |first |wrong |incorrect |failed )?attempts?",
+    r"the student'?s (?:own )?(?:earlier |previous |original |first |wrong |incorrect |failed )?"
+    r"(?:attempt|mistake|error|solution|reasoning|work)s?",
+    r"the student (?:attempted the problem|went wrong|erred|reached (?:a|the) wrong answer)",
+    r"for this student",
+    r"the (?:original|given|provided|reference|teacher'?s) solution",
+)
 
 
 class QualityConfig(Section):
@@ -218,6 +238,18 @@ class QualityConfig(Section):
     # Coherence averages at most this many evenly spaced adjacent step pairs per CoT; 0 = all of them.
     # 16 keeps Spearman >= 0.9 with the all-pairs score on real R1 traces (benchmarks/README.md).
     coherence_max_pairs: int = Field(16, ge=0)
+    # A CoT that matches one of these is dropped as `rewrite_context` (DEFAULT_REWRITE_CONTEXT_PATTERNS).
+    rewrite_context_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REWRITE_CONTEXT_PATTERNS))
+
+    @field_validator("rewrite_context_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"rewrite_context_patterns: {pattern!r} is not a regular expression: {exc}") from None
+        return value
 
 
 #: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).

@@ -371,6 +371,81 @@ def test_missing_evidence_counts_against_the_row() -> None:
     ]
 
 
+# Sentences of rewrites that name what only the rewrite prompt showed (the solve prompt never does).
+REWRITE_CONTEXT_LEAKS = {
+    "As the stronger solver showed, we add first: 2 + 3 = 5.": "stronger solver",
+    "Your earlier attempt multiplied before adding; here we add first.": "Your earlier attempt",
+    "Unlike your attempt, we add 2 and 3 first.": "your attempt",
+    "The student’s mistake was to multiply first.": "The student's mistake",
+    "The student's attempt forgot the second step.": "The student's attempt",
+    "The student went wrong in step 2, so we redo it.": "The student went wrong",
+    "For this student, the key is the order of operations.": "For this student",
+    "Following the original solution, 2 + 3 = 5.": "the original solution",
+    "The teacher's solution adds first, and so do we.": "The teacher's solution",
+    "As in the given solution, the answer is \\boxed{10}.": "the given solution",
+    "THE STRONGER SOLVER adds first.": "STRONGER SOLVER",
+}
+# Ordinary math text that mentions students, attempts and solutions.
+REWRITE_CONTEXT_CLEAN = [
+    "A student buys 3 pencils at $2 each. How much does the student spend?",
+    "The student has 5 books and the students in her class have 40 books in all.",
+    "Each student's score is 90, so the total is 270.",
+    "The teacher gave every student 3 apples; the teacher's salary is irrelevant.",
+    "She made 3 attempts at the high jump; her first attempt cleared 1.2 m.",
+    "The solution of the equation is x = 3, and the given equation has one solution.",
+    "My attempt: 2 + 3 = 5. Wait, let me check again.",  # a long CoT's own self-correction
+    "Like in the solution above, there are 84 ways to pick 3 delegates.",  # AIME write-ups say this
+    "The stronger team wins; the solver of the puzzle gets a prize.",
+]
+
+
+def test_rewrite_context_phrases_are_caught_and_ordinary_math_text_is_not() -> None:
+    from orion_assets.method.quality.rules import rewrite_context_phrase
+
+    patterns = QualityConfig().rewrite_context_patterns
+    for text, phrase in REWRITE_CONTEXT_LEAKS.items():
+        assert rewrite_context_phrase(text, patterns) == phrase, text
+    for text in REWRITE_CONTEXT_CLEAN:
+        assert rewrite_context_phrase(text, patterns) is None, text
+    assert rewrite_context_phrase("the student'sattempt", patterns) is None and rewrite_context_phrase(None, patterns) is None
+
+
+def test_no_shipped_problem_or_solution_refers_to_rewrite_context() -> None:
+    """Every question and worked solution shipped (GSM8K train, AIME 1983-2023, the benchmarks) passes the rule."""
+    from orion_assets.method.quality.rules import rewrite_context_phrase
+
+    texts = []
+    with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            texts += [record["question"], record["answer"]]
+    texts += [r[k] or "" for r in json.loads((TRAIN / "aime_1983_2023.json").read_text(encoding="utf-8"))
+              for k in ("problem", "solution")]
+    benchmarks = all_benchmarks()
+    texts += [t or "" for column in ("problem", "reference_solution") for t in benchmarks[column].to_list()]
+    assert len(texts) > 20_000
+    patterns = QualityConfig().rewrite_context_patterns
+    assert [t[:80] for t in texts if rewrite_context_phrase(t, patterns)] == []
+
+
+def test_a_cot_referring_to_rewrite_context_is_dropped_and_a_profile_sets_the_phrases() -> None:
+    rows = _synthetic(len(REWRITE_CONTEXT_LEAKS) + len(REWRITE_CONTEXT_CLEAN) + 1)
+    cots = [*REWRITE_CONTEXT_LEAKS, *REWRITE_CONTEXT_CLEAN, None]
+    frame = _frame([{**row, "cot": cot} for row, cot in zip(rows, cots, strict=True)])
+    reasons = list(_reasons(row_drop_reasons(frame, CFG)).values())
+    leaks = len(REWRITE_CONTEXT_LEAKS)
+    assert reasons[:leaks] == [["rewrite_context"]] * leaks
+    assert reasons[leaks:-1] == [[]] * len(REWRITE_CONTEXT_CLEAN)
+    assert reasons[-1] == ["rewrite_context"]  # no text to check: missing evidence never keeps a row
+    assert "rewrite_context" in DROP_REASONS
+    # a profile replaces the list: none at all, or its own phrases
+    assert not any(_reasons(row_drop_reasons(frame, CFG.model_copy(update={"rewrite_context_patterns": []}))).values())
+    own = QualityConfig(rewrite_context_patterns=["high jump"])
+    assert [r for r in _reasons(row_drop_reasons(frame, own)).values() if r] == [["rewrite_context"]] * 2
+    with pytest.raises(ValueError, match="rewrite_context_patterns.*not a regular expression"):
+        QualityConfig(rewrite_context_patterns=["your (attempt"])
+
+
 def test_without_optional_column_and_custom_id(clean_rows) -> None:
     frame = _frame(clean_rows).drop("repeated_4gram_ratio").rename({"cot_quality_id": "row_id"})
     result = run_gate(frame, CFG, id_column="row_id")
@@ -532,7 +607,8 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     data_dir = tmp_path / "data"
     store = Store(data_dir / "orion_store.duckdb")
     teacher = pl.DataFrame({"problem_id": [f"p{i}" for i in range(6)], "teacher_cot_id": [f"t{i}" for i in range(6)],
-                            "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6})
+                            "cot": [r["answer"] for r in records], "finish_reason": ["stop"] * 6,
+                            "sample_index": [0] * 6})
     refined = []
     for i, record in enumerate(records):
         first_line = record["answer"].splitlines()[0]

@@ -3,13 +3,16 @@ budget that keeps reflect prompts inside a served model's context window."""
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from orion_assets.llm import GenerationRequest, SamplingParams
 from orion_assets.llm.context import ContextBudget
 from orion_assets.llm.types import GenerationResult, split_thinking
 from orion_assets.method import exposure, reflection
+from orion_assets.method.grading import Verdict
 from orion_assets.method.prompts import split_reflection
+from orion_assets.profiles.schema import ReflectionConfig
 
 NOTES = "I multiplied before adding, so I got \\boxed{14}."
 SOLUTION = "First add 2 and 3 to get 5.\nThen multiply by 2: 10.\nSo the answer is \\boxed{10}."
@@ -78,14 +81,83 @@ def test_thinking_is_split_off_the_same_way_for_both_reasoning_styles():
     assert split_thinking(None, None) == (None, "")
 
 
-def test_a_teacher_rewrite_keeps_its_thinking_like_its_teacher_cots():
-    task = reflection.Task({"problem_id": "p", "problem": "2+3, times 2?", "gold_answer": "10", "source": "gsm8k"},
-                           {"teacher_cot_id": "t", "cot": "..."}, (), "no_reflection")
-    outcome = reflection.Outcome(task, solution=SOLUTION, thinking="I should address the student's slip.")
-    assert outcome.cot == f"I should address the student's slip.\n\n{SOLUTION}"
-    student = reflection.Outcome(reflection.Task(task.problem, task.teacher_cot, (), "orion"),
-                                 solution=SOLUTION, thinking="hmm")
-    assert student.cot == SOLUTION  # the student's own thinking is not its solution
+PROBLEM = {"problem_id": "p", "problem": "2+3, times 2?", "gold_answer": "10", "source": "gsm8k"}
+TEACHER_COT = {"teacher_cot_id": "t", "cot": "...", "final_answer": "10", "finish_reason": "stop"}
+
+
+def _verified(mode: str, thinking: str | None) -> reflection.Outcome:
+    """A verified refinement of PROBLEM in ``mode`` whose reply thought ``thinking``."""
+    result = _result(SOLUTION, reasoning=thinking)
+    return reflection.Outcome(reflection.Task(PROBLEM, TEACHER_COT, (), mode), tries=1, result=result, notes=NOTES,
+                              solution=SOLUTION, verdict=Verdict(True, "10", "boxed", "match"), thinking=result.thinking)
+
+
+@pytest.mark.parametrize("keep_student_thinking", [True, False])
+def test_a_teacher_rewrite_trains_on_its_solution_and_keeps_its_thinking_apart(keep_student_thinking):
+    # Its thinking reasons about the student's attempt, which the SFT prompt (plain solve) never shows.
+    row = reflection.refined_row(_verified("no_reflection", "I should address the student's slip."), "teacher",
+                                 student="tiny", keep_student_thinking=keep_student_thinking)
+    assert row["cot"] == SOLUTION and row["rewrite_thinking"] == "I should address the student's slip."
+    assert row["reflection_notes"] == NOTES and row["source"] == "refined"
+
+
+def test_a_reasoning_students_refinement_is_its_thinking_then_its_solution_when_kept():
+    thinking = "Let me redo it: 2+3=5, times 2 is 10."
+    for mode in ("orion", "no_error"):
+        kept = reflection.refined_row(_verified(mode, thinking), "teacher", student="tiny", keep_student_thinking=True)
+        assert kept["cot"] == f"{thinking}\n\n{SOLUTION}"  # the shape of teacher_sft's CoTs
+        dropped = reflection.refined_row(_verified(mode, thinking), "teacher", student="tiny", keep_student_thinking=False)
+        assert dropped["cot"] == SOLUTION and dropped["rewrite_thinking"] == kept["rewrite_thinking"] == thinking
+        assert kept["refined_cot_id"] != dropped["refined_cot_id"]
+    plain = reflection.refined_row(_verified("orion", None), "teacher", student="tiny", keep_student_thinking=True)
+    assert plain["cot"] == SOLUTION and plain["rewrite_thinking"] is None  # a student that does not think
+    assert ReflectionConfig().keep_student_thinking is True  # docs/reflection.md: same shape as teacher_sft
+    fallback = reflection.refined_row(reflection.Outcome(reflection.Task(PROBLEM, TEACHER_COT, (), "orion"),
+                                                         tries=2, failures=["unsplittable"] * 2),
+                                      "teacher", student="tiny", keep_student_thinking=True)
+    assert fallback["source"] == "teacher_fallback" and fallback["cot"] == "..." and fallback["rewrite_thinking"] is None
+
+
+def test_two_samples_rewritten_alike_keep_two_rows():
+    first = reflection.refined_row(_verified("orion", None), "teacher", student="tiny", keep_student_thinking=True)
+    second_task = reflection.Task(PROBLEM, {**TEACHER_COT, "teacher_cot_id": "t2"}, (), "orion")
+    second = reflection.refined_row(reflection.Outcome(second_task, 1, _result(SOLUTION), NOTES, SOLUTION,
+                                                       Verdict(True, "10", "boxed", "match")),
+                                    "teacher", student="tiny", keep_student_thinking=True)
+    assert first["cot"] == second["cot"] and first["refined_cot_id"] != second["refined_cot_id"]
+
+
+TEACHER_COTS = pl.DataFrame({
+    "teacher_cot_id": ["b1", "a1", "a0", "c0", "d1"],
+    "problem_id": ["b", "a", "a", "c", "d"],
+    "sample_index": [1, 1, 0, 0, 1],  # d's sample 0 did not verify
+})
+
+
+def test_the_teacher_samples_refinement_draws_on():
+    first = reflection.teacher_cots_to_refine(TEACHER_COTS, "first")
+    assert first["teacher_cot_id"].to_list() == ["a0", "b1", "c0", "d1"]
+    assert reflection.teacher_cots_to_refine(TEACHER_COTS, "all")["teacher_cot_id"].to_list() == [
+        "a0", "a1", "b1", "c0", "d1"]
+    assert ReflectionConfig().teacher_samples == "first"
+    with pytest.raises(ValueError, match="teacher_samples"):
+        reflection.teacher_cots_to_refine(TEACHER_COTS, "best")
+
+
+def test_a_problem_whose_every_exposure_call_failed_is_not_never_wrong():
+    attempts = pl.DataFrame({"problem_id": ["a", "a", "b", "b", "c"],
+                             "finish_reason": ["error", "stop", "error", "error", "length"]})
+    # b: every call failed; d: no attempt at all; a (one answered call) and c (cut off) reached the student
+    assert reflection.exposure_failed_problems(["a", "b", "c", "d"], attempts) == ["b", "d"]
+
+
+def test_teacher_sft_trains_on_the_teacher_cots_refinement_drew_on():
+    refined = pl.DataFrame({"teacher_cot_id": ["a0", "a0", "b1", "d1"], "mode": ["orion", "no_error", "orion", "orion"]})
+    # c was left out of refinement (its exposure failed): it leaves teacher_sft too
+    assert reflection.sft_teacher_cots(TEACHER_COTS, refined, "first")["teacher_cot_id"].to_list() == ["a0", "b1", "d1"]
+    refined_all = pl.DataFrame({"teacher_cot_id": ["a0", "a1", "b1", "d1"]})
+    assert reflection.sft_teacher_cots(TEACHER_COTS, refined_all, "all")["teacher_cot_id"].to_list() == [
+        "a0", "a1", "b1", "d1"]
 
 
 def test_the_most_useful_error_is_shown():

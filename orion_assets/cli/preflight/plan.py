@@ -98,17 +98,19 @@ def stages(ctx: Context, problems: Problems) -> list[Stage]:
     if ctx.selected("student_attempts"):
         planned.append(Stage("student_attempts", "student", train * cfg.exposure.n,
                              f"{train} problems x n={cfg.exposure.n}", cfg.exposure.max_tokens, SOLVE_PROMPT_TOKENS))
+    drawn = cfg.teacher.samples if cfg.reflection.teacher_samples == "all" else 1  # teacher CoTs per problem used
     if ctx.selected("refined_cots"):
         skipped = skipped_modes(cfg)
         tries = cfg.reflection.tries
+        per_problem = f" x {drawn} teacher CoTs" if drawn > 1 else ""
         for mode in (m for m in MODES if m not in skipped):
             role = MODE_ROLE[mode]
             max_tokens = cfg.reflection.max_tokens if role == "student" else cfg.endpoints.teacher.max_tokens
-            planned.append(Stage(f"refined_cots[{mode}]", role, train * tries,
-                                 f"{train} problems x up to {tries} tr{'ies' if tries > 1 else 'y'}", max_tokens,
-                                 reflect_prompt, upto=True))
+            planned.append(Stage(f"refined_cots[{mode}]", role, train * drawn * tries,
+                                 f"{train} problems{per_problem} x up to {tries} tr{'ies' if tries > 1 else 'y'}",
+                                 max_tokens, reflect_prompt, upto=True))
     if ctx.selected("cot_quality") and cfg.endpoints.judge is not None:
-        candidates = train * (cfg.teacher.samples + len([m for m in MODES if m not in skipped_modes(cfg)]))
+        candidates = train * drawn * (1 + len([m for m in MODES if m not in skipped_modes(cfg)]))
         planned.append(Stage("cot_quality (judge)", "judge", candidates, f"up to {candidates} candidate CoTs",
                              cfg.endpoints.judge.max_tokens, SOLVE_PROMPT_TOKENS + JUDGE_PROMPT_EXTRA_TOKENS + teacher_out,
                              upto=True, budgeted=False))

@@ -5,11 +5,15 @@ Plain polars, the one place the rules live; they are listed in docs/quality.md.
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Sequence
+
 import polars as pl
 
 from orion_assets.profiles.schema import QualityConfig
 
-__all__ = ["DROP_REASONS", "REQUIRED_COLUMNS", "reason_counts", "row_drop_reasons"]
+__all__ = ["DROP_REASONS", "REQUIRED_COLUMNS", "reason_counts", "rewrite_context_phrase", "row_drop_reasons"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "variant",
@@ -20,7 +24,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "coherence",
     "contaminated",
 )
-OPTIONAL_COLUMNS: tuple[str, ...] = ("repeated_4gram_ratio",)  # checked only when the frame has it
+OPTIONAL_COLUMNS: tuple[str, ...] = ("repeated_4gram_ratio", "cot")  # checked only when the frame has them
 
 # Per-row drop reasons, in the order a row's list names them.
 DROP_REASONS: tuple[str, ...] = (
@@ -30,10 +34,28 @@ DROP_REASONS: tuple[str, ...] = (
     "length_unknown",
     "truncated",
     "repetition_loop",
+    "rewrite_context",
     "contaminated",
     "incoherent",
     "duplicate",
 )
+
+
+@functools.lru_cache(maxsize=8)
+def _rewrite_context_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in patterns) + r")\b", re.IGNORECASE)
+
+
+def rewrite_context_phrase(text: str | None, patterns: Sequence[str]) -> str | None:
+    """The first phrase of ``text`` that refers to what only a rewrite prompt showed (one of
+    ``patterns``, ``[quality] rewrite_context_patterns``), or None. Curly apostrophes count as straight."""
+    regex = _rewrite_context_regex(tuple(patterns))
+    if regex is None or not text:
+        return None
+    match = regex.search(text.replace("\u2019", "'"))
+    return match.group(0) if match else None
 
 
 def row_drop_reasons(frame: pl.DataFrame, cfg: QualityConfig, id_column: str = "cot_quality_id") -> pl.DataFrame:
@@ -46,7 +68,7 @@ def row_drop_reasons(frame: pl.DataFrame, cfg: QualityConfig, id_column: str = "
         raise ValueError(f"quality rules: frame lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})")
     n_tokens = pl.col("n_tokens").cast(pl.Int64)
     coherence = pl.col("coherence").cast(pl.Float64).fill_nan(None)
-    rules: list[tuple[str, pl.Expr]] = [
+    rules: list[tuple[str, pl.Expr | pl.Series]] = [
         ("unverified", ~pl.col("verified").cast(pl.Boolean).fill_null(False)),
         ("too_short", (n_tokens < cfg.min_tokens).fill_null(False)),
         ("too_long", (n_tokens > cfg.max_tokens).fill_null(False)),
@@ -56,6 +78,10 @@ def row_drop_reasons(frame: pl.DataFrame, cfg: QualityConfig, id_column: str = "
     if "repeated_4gram_ratio" in frame.columns:
         ratio = pl.col("repeated_4gram_ratio").cast(pl.Float64).fill_nan(None).fill_null(1.0)
         rules.append(("repetition_loop", ratio > cfg.max_repeated_ngram_ratio))
+    patterns = cfg.rewrite_context_patterns
+    if "cot" in frame.columns and patterns:  # an empty list turns the rule off
+        leaks = [text is None or rewrite_context_phrase(text, patterns) is not None for text in frame["cot"].to_list()]
+        rules.append(("rewrite_context", pl.Series(leaks, dtype=pl.Boolean)))
     rules += [
         ("contaminated", pl.col("contaminated").cast(pl.Boolean).fill_null(True)),
         ("incoherent", (coherence < cfg.min_coherence).fill_null(False)),

@@ -33,7 +33,7 @@ def _connection(source: BaseStore | duckdb.DuckDBPyConnection | str | Path) -> I
 
 
 # Long texts the report never shows: left in the file, so a 50k-problem run's report stays small.
-_TEXT_COLUMNS = ("cot", "reflection_notes", "text")
+_TEXT_COLUMNS = ("cot", "rewrite_thinking", "reflection_notes", "text")
 
 
 def _read(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
