@@ -16,7 +16,7 @@ from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
 from orion_assets.method.sampling import sample_and_grade
 from orion_assets.tokens import batch_token_counter
-from orion_assets.vocabulary import BENCHMARKS
+from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
 
 BENCHMARK_PREDICTIONS = TableSpec(
     "benchmark_predictions",
@@ -25,6 +25,7 @@ BENCHMARK_PREDICTIONS = TableSpec(
         "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
         "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
         "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
+        **{f"correct_{rule}": pl.Boolean for rule in GRADING_RULES},  # null: the rule was not asked for
     },
     id="prediction_id",
     parents={"problem_id": "benchmark_problems", "checkpoint_id": "student_checkpoint", "llm_call_id": "llm_calls"},
@@ -34,12 +35,11 @@ BENCHMARK_SCORES = TableSpec(
     "benchmark_scores",
     {"score_id": pl.Utf8, "benchmark": pl.Utf8, "variant": pl.Utf8,
      **{f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
-     "grading_rule": pl.Utf8, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
+     "grading_rule": pl.Utf8, "primary": pl.Boolean, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
     id="score_id",
     parents={"prediction_ids": "benchmark_predictions"},
     partition_by=("benchmark", "variant"),
 )
-DEFAULT_GRADING_RULE = "default"
 
 LEADERBOARD = TableSpec(
     "leaderboard",
@@ -56,9 +56,15 @@ LEADERBOARD = TableSpec(
 )
 
 
-def grading_rule(benchmark: str, gsm_hard_rule: str) -> str:
-    """The rule that grades ``benchmark``: ``[eval] gsm_hard_rule`` for GSM-Hard, else "default"."""
-    return gsm_hard_rule if benchmark == "gsm_hard" else DEFAULT_GRADING_RULE
+def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
+    """``(rule, correctness column)`` of each rule the predictions were graded by, the primary one first
+    (``correct``, named by the ``grading_rule`` column; None in tables older than that column)."""
+    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
+    primary = rules[0] if len(rules) == 1 else None
+    answered = predictions.filter(pl.col("correct").is_not_null())
+    others = [(rule, f"correct_{rule}") for rule in GRADING_RULES if rule != primary
+              and f"correct_{rule}" in answered.columns and answered[f"correct_{rule}"].null_count() < answered.height]
+    return [(primary, "correct"), *others]
 
 
 def error_share(n_errors: int, n_calls: int) -> float:
@@ -74,7 +80,7 @@ def error_share(n_errors: int, n_calls: int) -> float:
         "student_checkpoint": dg.AssetIn(partition_mapping=dg.MultiToSingleDimensionPartitionMapping("variant")),
     },
     kinds={"transformers"},
-    code_version="2",
+    code_version="3",
 )
 def benchmark_predictions(
     context: dg.AssetExecutionContext, orion: OrionResource, benchmark_problems: Table, student_checkpoint: Table
@@ -118,10 +124,10 @@ def benchmark_predictions(
     samples = sample_and_grade(
         endpoint, rows, n=k, prompt="solve", overrides=cfg.prompts.model_dump(), params=params,
         count_tokens=batch_token_counter(checkpoint["path"]), benchmark=benchmark,
-        gsm_hard_rule=cfg.eval.gsm_hard_rule, grade_failed=False, run_id=context.run.run_id,
+        rule=cfg.eval.compat, also_grade=cfg.eval.also_grade, grade_failed=False, run_id=context.run.run_id,
         progress=progress_logger(context, "eval"),
     )
-    rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
+    rule = cfg.eval.compat
     results = [s.result for s in samples]
     frame = pl.DataFrame(
         [
@@ -137,6 +143,7 @@ def benchmark_predictions(
                 "n_tokens": s.n_tokens,
                 "llm_call_id": s.result.call_id, "error": None if s.verdict else s.result.error or "failed call",
                 "grading_rule": rule,
+                **{f"correct_{r}": s.by_rule[r].correct if r in s.by_rule else None for r in GRADING_RULES},
             }
             for s in samples
         ],
@@ -150,6 +157,7 @@ def benchmark_predictions(
         frame,
         metadata={"benchmark": benchmark, "variant": variant, "k": k, "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
+                  "also_grade": list(cfg.eval.also_grade),
                   "n_errors": n_errors, "error_rate": share, **usage_metadata(results, cfg.endpoints.student, "student"),
                   "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
     )
@@ -173,12 +181,13 @@ def benchmark_predictions(
 
 
 @orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_variant_partitions,
-             kinds={"polars"}, code_version="3")
+             kinds={"polars"}, code_version="4")
 def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and
     truncation rate of one variant on one benchmark, over the answered samples; the failed calls
-    (``n_errors``) and the grading rule that made the numbers are stored beside them. Refuses
-    predictions whose share of failed calls exceeds ``[eval] max_error_rate``."""
+    (``n_errors``) and the grading rule that made the numbers are stored beside them, one row per rule
+    the predictions were graded by (``primary``: the ``[eval] compat`` one). Refuses predictions whose
+    share of failed calls exceeds ``[eval] max_error_rate``."""
     keys = context.partition_key.keys_by_dimension
     benchmark, variant = keys["benchmark"], keys["variant"]
     cfg = orion.active.config
@@ -196,19 +205,21 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
             "benchmark_predictions for this partition (it sends only the failed calls again)"
         )
     # Written by benchmark_predictions from the profile it graded with (absent in older tables).
-    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
-    rule = rules[0] if len(rules) == 1 else None
-    row = pl.DataFrame([{
-        "score_id": content_id("score", benchmark, variant, [u.materialization_id for u in up]),
-        "benchmark": benchmark, "variant": variant, **scores.to_row(),
-        "grading_rule": rule,
+    (rule, _), *others = graded_rules(predictions)
+    by_rule = [(rule, scores), *((r, scoring.score_predictions(predictions.with_columns(pl.col(column).alias("correct")),
+                                                               k, benchmark=benchmark)) for r, column in others)]
+    rows = pl.DataFrame([{
+        "score_id": content_id("score", benchmark, variant, [u.materialization_id for u in up], graded_by),
+        "benchmark": benchmark, "variant": variant, **graded.to_row(),
+        "grading_rule": graded_by, "primary": graded_by == rule,
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),
-    }], schema=BENCHMARK_SCORES.columns)
+    } for graded_by, graded in by_rule], schema=BENCHMARK_SCORES.columns)
     return Rows(
-        row,
+        rows,
         metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
-                  **({"grading_rule": rule} if rule else {})},  # fmt: skip
+                  **({"grading_rule": rule} if rule else {}),
+                  **{f"pass_at_1_{r}": graded.pass_at_1 for r, graded in by_rule[1:]}},  # fmt: skip
     )
 
 

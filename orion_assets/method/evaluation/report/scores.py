@@ -24,8 +24,11 @@ LATER_SCORE_COLUMNS: dict[str, type[pl.DataType]] = {
     **{f.name: pl.Float64 if f.type in (float, "float") else pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},
     "grading_rule": pl.Utf8,
 }
-GSM_HARD = "gsm_hard"  # the benchmark whose grading rule is a setting (`[eval] gsm_hard_rule`)
-GRADING_RULES: dict[str, str] = {
+GSM_HARD = "gsm_hard"  # the benchmark whose numbers the grading rule (`[eval] compat`) changes most
+RULE_DESCRIPTIONS: dict[str, str] = {  # the GRADING_RULES, and the two GSM-Hard rules of older tables
+    "strict": "integer golds exactly, other golds at the precision the answer shows; a cut reply never correct",
+    "qwen_math": "Qwen2.5-Math's math_equal, relative tolerance 1e-4, as most published GSM-Hard numbers",
+    "lighteval": "lighteval's math-verify metric, numbers at 5 decimals",
     "precision": "integer golds exactly, other golds at the precision the answer shows",
     "math_equal": "relative tolerance 1e-4, as most published GSM-Hard numbers",
 }
@@ -44,6 +47,8 @@ def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame
         for column, dtype in LATER_SCORE_COLUMNS.items()
         if column not in scores.columns
     )
+    if "primary" in scores.columns:  # one row per grading rule: the report shows the `[eval] compat` one
+        scores = scores.filter(pl.col("primary").fill_null(True))
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise ValueError(f"{SCHEMA}.benchmark_scores lacks column(s) {', '.join(missing)}")
@@ -195,7 +200,7 @@ def _score_tables(scores: pl.DataFrame, board: pl.DataFrame) -> list[str]:
 
 
 def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
-    """Which rule graded the GSM-Hard numbers (``[eval] gsm_hard_rule``), from the stored column."""
+    """Which rule graded the GSM-Hard numbers (``[eval] compat``), from the stored column."""
     rows = scores.filter(pl.col("benchmark") == GSM_HARD)
     if rows.is_empty():
         return None
@@ -209,13 +214,13 @@ def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
                 "GSM-Hard: these scores do not record which grading rule made them (scored before "
                 "`grading_rule` was stored); re-materialize `benchmark_scores` to record it."
             )
-        detail = f" ({GRADING_RULES[rule]})" if rule in GRADING_RULES else ""
-        return f"GSM-Hard numbers were graded with the `{rule}` rule{detail} (`[eval] gsm_hard_rule`)."
+        detail = f" ({RULE_DESCRIPTIONS[rule]})" if rule in RULE_DESCRIPTIONS else ""
+        return f"GSM-Hard numbers were graded with the `{rule}` rule{detail} (`[eval] compat`)."
     described = "; ".join(
         f"{'not recorded' if rule is None else f'`{rule}`'} for {', '.join(f'`{v}`' for v in variants)}"
         for rule, variants in sorted(by_rule.items(), key=lambda item: (item[0] is None, item[0] or ""))
     )
     return (
         f"GSM-Hard numbers were graded with different rules ({described}): they are not comparable "
-        "across those variants until all are re-graded with one `[eval] gsm_hard_rule`."
+        "across those variants until all are re-graded with one `[eval] compat`."
     )
