@@ -93,6 +93,9 @@ def benchmark_predictions(
     id is the calls' ``model_revision``: a retrained variant served under the same name is asked
     again, never answered from the cache of the weights before.
 
+    ``correct`` is the verdict of the ``[eval] compat`` rule (``grading_rule``); ``correct_<rule>``
+    that of each rule graded (the primary one and ``[eval] also_grade``), null for the others.
+
     A call that failed at the endpoint is not a wrong answer: its row is kept with
     ``finish_reason`` "error", ``correct`` null and the error text in ``error``, and scores leave it
     out. When the share of failed calls exceeds ``[eval] max_error_rate`` the partition fails,
@@ -219,7 +222,8 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
         rows,
         metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
                   **({"grading_rule": rule} if rule else {}),
-                  **{f"pass_at_1_{r}": graded.pass_at_1 for r, graded in by_rule[1:]}},  # fmt: skip
+                  **{f"{name}_{r}": value for r, graded in by_rule[1:]
+                     for name, value in (("pass_at_1", graded.pass_at_1), ("pass_at_1_se", graded.pass_at_1_se))}},  # fmt: skip
     )
 
 
