@@ -1,4 +1,4 @@
-"""The method's vocabulary, declared once: benchmarks, roles, variants and reflection modes.
+"""The method's vocabulary, declared once: benchmarks, roles, variants, reflection modes and grading rules.
 
 Every other module (profiles, partitions, assets, report, ``orion check``) reads its names from
 here. It sits at the bottom of the package so that the profile schema and the LLM layer can use it.
@@ -16,6 +16,8 @@ ROLES: tuple[str, ...] = ("teacher", "student", "judge")
 # The student's errors (docs/exposure.md), in the order a reflection prefers to show them: a wrong answer says most,
 # a repetition loop nothing.
 ERROR_TYPES: tuple[str, ...] = ("wrong_answer", "no_answer", "truncated", "repetition_loop")
+# How a reply is graded (docs/grading.md): this project's own rule, and two that published numbers used.
+GRADING_RULES: tuple[str, ...] = ("strict", "qwen_math", "lighteval")
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,4 @@ VARIANT_MODE: dict[str, str | None] = {REFERENCE_VARIANT: None, **{m.variant: m.
 Benchmark = Literal[BENCHMARKS]  # type: ignore[valid-type]
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 Role = Literal[ROLES]  # type: ignore[valid-type]
+GradingRule = Literal[GRADING_RULES]  # type: ignore[valid-type]

@@ -16,7 +16,7 @@ from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
 from orion_assets.method.sampling import sample_and_grade
 from orion_assets.tokens import batch_token_counter
-from orion_assets.vocabulary import BENCHMARKS
+from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
 
 BENCHMARK_PREDICTIONS = TableSpec(
     "benchmark_predictions",
@@ -26,6 +26,7 @@ BENCHMARK_PREDICTIONS = TableSpec(
         "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
         "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
         "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
+        **{f"correct_{rule}": pl.Boolean for rule in GRADING_RULES},  # null: the rule was not asked for
     },
     id="prediction_id",
     parents={"problem_id": "benchmark_problems", "checkpoint_id": "student_checkpoint", "llm_call_id": "llm_calls"},
@@ -35,12 +36,11 @@ BENCHMARK_SCORES = TableSpec(
     "benchmark_scores",
     {"score_id": pl.Utf8, "benchmark": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64,
      **{f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
-     "grading_rule": pl.Utf8, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
+     "grading_rule": pl.Utf8, "primary": pl.Boolean, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
     id="score_id",
     parents={"prediction_ids": "benchmark_predictions"},
     partition_by=("benchmark", "student", "variant", "seed"),
 )
-DEFAULT_GRADING_RULE = "default"
 
 LEADERBOARD = TableSpec(
     "leaderboard",
@@ -57,9 +57,15 @@ LEADERBOARD = TableSpec(
 )
 
 
-def grading_rule(benchmark: str, gsm_hard_rule: str) -> str:
-    """The rule that grades ``benchmark``: ``[eval] gsm_hard_rule`` for GSM-Hard, else "default"."""
-    return gsm_hard_rule if benchmark == "gsm_hard" else DEFAULT_GRADING_RULE
+def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
+    """``(rule, correctness column)`` of each rule the predictions were graded by, the primary one first
+    (``correct``, named by the ``grading_rule`` column; None in tables older than that column)."""
+    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
+    primary = rules[0] if len(rules) == 1 else None
+    answered = predictions.filter(pl.col("correct").is_not_null())
+    others = [(rule, f"correct_{rule}") for rule in GRADING_RULES if rule != primary
+              and f"correct_{rule}" in answered.columns and answered[f"correct_{rule}"].null_count() < answered.height]
+    return [(primary, "correct"), *others]
 
 
 def error_share(n_errors: int, n_calls: int) -> float:
@@ -87,6 +93,9 @@ def benchmark_predictions(
     ``--enable-lora --lora-modules <variant>=<checkpoint path> ...``. Either way the checkpoint's
     id is the calls' ``model_revision``: a retrained variant served under the same name is asked
     again, never answered from the cache of the weights before.
+
+    ``correct`` is the verdict of the ``[eval] compat`` rule (``grading_rule``); ``correct_<rule>``
+    that of each rule graded (the primary one and ``[eval] also_grade``), null for the others.
 
     A call that failed at the endpoint is not a wrong answer: its row is kept with
     ``finish_reason`` "error", ``correct`` null and the error text in ``error``, and scores leave it
@@ -122,10 +131,11 @@ def benchmark_predictions(
     samples = sample_and_grade(
         endpoint, rows, n=k, prompt="solve", overrides=cfg.prompts.model_dump(), params=params,
         count_tokens=batch_token_counter(checkpoint["path"]), benchmark=benchmark,
-        gsm_hard_rule=cfg.eval.gsm_hard_rule, grade_failed=False, run_id=context.run.run_id,
+        rule=cfg.eval.compat, also_grade=cfg.eval.also_grade, grade_failed=False, run_id=context.run.run_id,
         progress=progress_logger(context, "eval"),
     )
-    rule = grading_rule(benchmark, cfg.eval.gsm_hard_rule)
+    rule = cfg.eval.compat
+    graded_rules_asked = {rule, *cfg.eval.also_grade}
     results = [s.result for s in samples]
     frame = pl.DataFrame(
         [
@@ -136,6 +146,9 @@ def benchmark_predictions(
                 "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": s.sample_index,
                 "text": s.result.text, "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id, "grading_rule": rule,
                 **scoring.prediction_outcome(s.result, s.verdict),
+                # a timed-out reply is wrong under every rule graded (docs/scoring.md)
+                **{f"correct_{r}": s.by_rule[r].correct if r in s.by_rule
+                   else False if s.result.timed_out and r in graded_rules_asked else None for r in GRADING_RULES},
             }
             for s in samples
         ],
@@ -150,6 +163,7 @@ def benchmark_predictions(
         metadata={"benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k,
                   "samples": frame.height,
                   "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
+                  "also_grade": list(cfg.eval.also_grade),
                   "n_errors": n_errors, "error_rate": share, "n_timeouts": n_timeouts,
                   **usage_metadata(results, cfg.endpoints.student, "student"),
                   "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
@@ -178,8 +192,9 @@ def benchmark_predictions(
 def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and
     truncation rate of one variant on one benchmark, over the answered samples; the failed calls
-    (``n_errors``) and the grading rule that made the numbers are stored beside them. Refuses
-    predictions whose share of failed calls exceeds ``[eval] max_error_rate``."""
+    (``n_errors``) and the grading rule that made the numbers are stored beside them, one row per rule
+    the predictions were graded by (``primary``: the ``[eval] compat`` one). Refuses predictions whose
+    share of failed calls exceeds ``[eval] max_error_rate``."""
     keys = context.partition_key.keys_by_dimension
     benchmark, model = keys["benchmark"], keys["model"]
     student, variant, seed = parse_model_key(model)
@@ -198,19 +213,22 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
             "benchmark_predictions for this partition (it sends only the failed calls again)"
         )
     # Written by benchmark_predictions from the profile it graded with (absent in older tables).
-    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
-    rule = rules[0] if len(rules) == 1 else None
-    row = pl.DataFrame([{
-        "score_id": content_id("score", benchmark, model, [u.materialization_id for u in up]),
-        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, **scores.to_row(),
-        "grading_rule": rule,
+    (rule, _), *others = graded_rules(predictions)
+    by_rule = [(rule, scores), *((r, scoring.score_predictions(predictions.with_columns(pl.col(column).alias("correct")),
+                                                               k, benchmark=benchmark)) for r, column in others)]
+    rows = pl.DataFrame([{
+        "score_id": content_id("score", benchmark, model, [u.materialization_id for u in up], graded_by),
+        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, **graded.to_row(),
+        "grading_rule": graded_by, "primary": graded_by == rule,
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),
-    }], schema=BENCHMARK_SCORES.columns)
+    } for graded_by, graded in by_rule], schema=BENCHMARK_SCORES.columns)
     return Rows(
-        row,
+        rows,
         metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
-                  **({"grading_rule": rule} if rule else {})},  # fmt: skip
+                  **({"grading_rule": rule} if rule else {}),
+                  **{f"{name}_{r}": value for r, graded in by_rule[1:]
+                     for name, value in (("pass_at_1", graded.pass_at_1), ("pass_at_1_se", graded.pass_at_1_se))}},  # fmt: skip
     )
 
 

@@ -4,7 +4,7 @@ evaluation all do, written once."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orion_assets.llm import GenerationRequest, GenerationResult, SamplingParams
@@ -15,14 +15,16 @@ from orion_assets.method.grading import Verdict, grade_batch
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample of one problem: the problem's row, the call's result, its grade (None for a
-    failed call when failed calls are not graded) and the tokens of ``tokens_of(result)``."""
+    """One sample of one problem: the problem's row, the call's result, its grade under the primary rule
+    (None for a failed call when failed calls are not graded), the tokens of ``tokens_of(result)`` and its
+    grade under each rule asked for (``by_rule``, the primary one included; empty when ungraded)."""
 
     row: Mapping[str, Any]
     sample_index: int
     result: GenerationResult
     verdict: Verdict | None
     n_tokens: int | None
+    by_rule: Mapping[str, Verdict] = field(default_factory=dict)
 
 
 def sample_and_grade(
@@ -36,17 +38,19 @@ def sample_and_grade(
     count_tokens: Callable[[Sequence[str]], list[int]],
     tokens_of: Callable[[GenerationResult], str | None] = lambda r: r.text,
     benchmark: str | None = None,
-    gsm_hard_rule: str = "precision",
+    rule: str = "strict",
+    also_grade: Sequence[str] = (),
     grade_failed: bool = True,
     replay: bool = False,
     run_id: str | None = None,
     progress: ProgressFn | None = None,
 ) -> list[Sample]:
     """``n`` samples of prompt template ``prompt`` for each row (``problem``, ``gold_answer``,
-    ``source``), graded on the answer after any thinking, with a result cut at ``max_tokens``
-    never correct. ``benchmark`` grades every row by one benchmark's rules (default: each row's
-    ``source``). ``grade_failed=False`` leaves failed calls ungraded (evaluation does not count
-    them as wrong); ``replay`` hands each row to a replay backend."""
+    ``source``), graded by grading rule ``rule`` (default "strict": on the answer after any thinking,
+    a result cut at ``max_tokens`` never correct) and by each rule of ``also_grade`` beside it.
+    ``benchmark`` grades every row by one benchmark's rules (default: each row's ``source``).
+    ``grade_failed=False`` leaves failed calls ungraded (evaluation does not count them as wrong);
+    ``replay`` hands each row to a replay backend."""
     owners = [row for row in rows for _ in range(n)]
     requests = [
         GenerationRequest(
@@ -60,22 +64,29 @@ def sample_and_grade(
     ]
     results = endpoint.generate(requests, run_id=run_id, progress=progress) if requests else []
     graded = [i for i, r in enumerate(results) if grade_failed or r.ok]
-    verdicts_of = grade_batch(
-        [(results[i].answer, owners[i]["gold_answer"]) for i in graded],
-        benchmark=benchmark if benchmark is not None else [owners[i]["source"] for i in graded],
-        gsm_hard_rule=gsm_hard_rule,
-        truncated=[results[i].finish_reason == "length" for i in graded],
-    )
+    rules = list(dict.fromkeys([rule, *also_grade]))
+    verdicts_by_rule = {
+        name: grade_batch(
+            [(results[i].answer, owners[i]["gold_answer"]) for i in graded],
+            benchmark=benchmark if benchmark is not None else [owners[i]["source"] for i in graded],
+            rule=name,
+            truncated=[results[i].finish_reason == "length" for i in graded],
+        )
+        for name in rules
+    }
     verdicts: list[Verdict | None] = [None] * len(results)
-    for i, verdict in zip(graded, verdicts_of, strict=True):
-        verdicts[i] = verdict
+    by_rule: list[dict[str, Verdict]] = [{} for _ in results]
+    for n, i in enumerate(graded):
+        verdicts[i] = verdicts_by_rule[rule][n]
+        by_rule[i] = {name: verdicts_by_rule[name][n] for name in rules}
     counted = [i for i, v in enumerate(verdicts) if v is not None]
     tokens: list[int | None] = [None] * len(results)
     for i, count in zip(counted, count_tokens([tokens_of(results[i]) or "" for i in counted]), strict=True):
         tokens[i] = count
     return [
-        Sample(owner, request.sample_index, result, verdict, count)
-        for owner, request, result, verdict, count in zip(owners, requests, results, verdicts, tokens, strict=True)
+        Sample(owner, request.sample_index, result, verdict, count, graded_by)
+        for owner, request, result, verdict, count, graded_by in zip(
+            owners, requests, results, verdicts, tokens, by_rule, strict=True)
     ]
 
 

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from orion_assets.vocabulary import (
     DEFAULT_BENCHMARKS,
     Benchmark,
+    GradingRule,
 )
 
 Backend = Literal["openai", "hf", "replay"]
@@ -279,6 +280,12 @@ SFT_TRAINER_FIELDS: tuple[str, ...] = (
 #: Former short [sft] names of two of them: a profile that sets one is told the new name.
 SFT_RENAMED_KEYS: dict[str, str] = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size"}
 
+#: Former [eval] keys: a profile that sets one is told what replaced it.
+EVAL_RENAMED_KEYS: dict[str, str] = {
+    "gsm_hard_rule": "set [eval] compat, the grading rule: \"strict\" (was \"precision\") or \"qwen_math\" "
+                     "(Qwen's math_equal, was \"math_equal\"), or \"lighteval\"; [eval] also_grade reports others",
+}
+
 #: ``trl.SFTConfig`` fields the SFT code sets itself (refused in [sft.training_args]), and why.
 SFT_RESERVED_ARGS: dict[str, str] = {
     "output_dir": "the pipeline chooses the run's directory",
@@ -414,9 +421,25 @@ class EvalConfig(Section):
     # failed call fails it (a re-run sends only those calls), so no sample drops out of a score
     # unnoticed. A reply that ran past timeout_s is no failure: it counts as a wrong answer.
     max_error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    # GSM-Hard numbers: "precision" (integer golds exactly; others at the precision the answer
-    # shows) or "math_equal" (Qwen's relative 1e-4, as most published numbers used).
-    gsm_hard_rule: Literal["precision", "math_equal"] = "precision"
+    # The grading rule (docs/grading.md) behind `correct` and the scores: "strict" (a reply cut at
+    # max_tokens is never correct; GSM-Hard at the precision the answer shows), "qwen_math" (Qwen2.5-Math's
+    # evaluation) or "lighteval" (lighteval's math-verify metrics), and the rules reported beside it.
+    compat: GradingRule = "strict"
+    also_grade: list[GradingRule] = Field(default_factory=list)
+    # EVAL_RENAMED_KEYS: never set (refused with the new name), never dumped
+    gsm_hard_rule: None = Field(None, exclude=True, repr=False)
+
+    @field_validator(*EVAL_RENAMED_KEYS, mode="before")
+    @classmethod
+    def _renamed(cls, value: Any, info: ValidationInfo) -> Any:
+        raise PydanticCustomError("eval_renamed_key", "replaced: {new}", {"new": EVAL_RENAMED_KEYS[info.field_name]})
+
+    @model_validator(mode="after")
+    def _rules_once(self) -> EvalConfig:
+        if self.compat in self.also_grade or len(set(self.also_grade)) < len(self.also_grade):
+            raise ValueError(f"[eval] also_grade = {self.also_grade} names a rule twice (compat = "
+                             f"{self.compat!r} is always graded)")
+        return self
 
 
 class StoreConfig(Section):

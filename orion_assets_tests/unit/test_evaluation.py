@@ -39,9 +39,8 @@ K = 2
 PARTITION = dg.MultiPartitionKey({"benchmark": "gsm_hard", "model": model_key("tiny", "orion", 0)})
 
 
-def _profile(
-    write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "precision", timeout_s: float = 30
-) -> Path:
+def _profile(write_profile, base_url: str, name: str, *, max_error_rate: float = 0.05, rule: str = "strict",
+             also_grade: tuple[str, ...] = (), timeout_s: float = 30) -> Path:
     return write_profile(
         f"""
         [data]
@@ -60,7 +59,8 @@ def _profile(
         k = {K}
         max_tokens = 64
         max_error_rate = {max_error_rate}
-        gsm_hard_rule = "{rule}"
+        compat = "{rule}"
+        also_grade = {json.dumps(list(also_grade))}
         """,
         name=name,
     )
@@ -154,7 +154,7 @@ def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(ori
     n_calls = N_PROBLEMS * K
     faulty = SimConfig(persona="student", adapters={"orion": "rev-1"}, fault_rate=0.4, seed=3, loop_rate=0.0)
     with Simulator(faulty) as sim:
-        tolerant = _profile(write_profile, sim.base_url, "tolerant.toml", max_error_rate=1.0, rule="math_equal")
+        tolerant = _profile(write_profile, sim.base_url, "tolerant.toml", max_error_rate=1.0, rule="qwen_math")
         store = _prepare(tolerant, data_dir, "ckpt-A")
 
         # Under the limit: the partition succeeds, failed calls are kept as rows but not graded.
@@ -167,12 +167,15 @@ def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(ori
         assert failed["extracted_answer"].null_count() == n_failed and failed["grade_reason"].null_count() == n_failed
         answered = rows.filter(pl.col("finish_reason") != "error")
         assert answered["correct"].null_count() == 0 and answered["error"].null_count() == answered.height
-        assert set(rows["grading_rule"]) == {"math_equal"}
+        assert set(rows["grading_rule"]) == {"qwen_math"}
+        assert failed["correct_qwen_math"].null_count() == n_failed  # a failed call has no verdict under any rule
+        assert answered["correct_qwen_math"].to_list() == answered["correct"].to_list()
+        assert answered["correct_strict"].null_count() == answered.height  # not asked for
         scores = store.read("benchmark_scores").row(0, named=True)
         expected = score_predictions(answered, K, benchmark="gsm_hard")
         assert scores["n_errors"] == n_failed and scores["n_answered"] == n_calls - n_failed
         assert scores["pass_at_1"] == pytest.approx(expected.pass_at_1)
-        assert scores["grading_rule"] == "math_equal"
+        assert scores["grading_rule"] == "qwen_math" and scores["primary"]
 
         # Over the limit: the rows are written, then the partition fails with what went wrong.
         strict = _profile(write_profile, sim.base_url, "strict.toml", max_error_rate=0.05)
@@ -201,9 +204,9 @@ def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(ori
         assert _sent(sim) == sent + n_failed
         healed = _predictions(store)
         assert healed.filter(pl.col("finish_reason") == "error").is_empty()
-        assert set(healed["grading_rule"]) == {"precision"}
+        assert set(healed["grading_rule"]) == {"strict"}
         scores = store.read("benchmark_scores").row(0, named=True)
-        assert scores["n_errors"] == 0 and scores["n_answered"] == n_calls and scores["grading_rule"] == "precision"
+        assert scores["n_errors"] == 0 and scores["n_answered"] == n_calls and scores["grading_rule"] == "strict"
 
 
 def test_the_hf_backend_keys_its_calls_by_the_checkpoint_id_too(orion_env, write_profile) -> None:
@@ -272,38 +275,50 @@ def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
         server.server_close()
 
 
-def test_the_gsm_hard_rule_and_truncation_reach_the_grader(orion_env, write_profile) -> None:
+def test_the_grading_rules_and_truncation_reach_the_grader(orion_env, write_profile) -> None:
     data_dir = orion_env["data_dir"]
     golds: dict[str, str] = {}
     with _near_miss_student(golds) as base_url:
-        precision = _profile(write_profile, base_url, "precision.toml")
-        store = _prepare(precision, data_dir, "ckpt-A")
+        strict = _profile(write_profile, base_url, "strict.toml", also_grade=("qwen_math", "lighteval"))
+        store = _prepare(strict, data_dir, "ckpt-A")
         problems = store.read("benchmark_problems", {"benchmark": "gsm_hard"})
         golds.update(zip(problems["problem"], problems["gold_answer"], strict=True))
         nonzero = {g for g in golds.values() if Decimal(g) != 0}
         assert nonzero, "GSM-Hard sample without a nonzero gold"
+        golds_by_problem = dict(zip(problems["problem_id"], problems["gold_answer"], strict=True))
 
-        assert _evaluate(precision, data_dir).success
+        assert _evaluate(strict, data_dir).success
         rows = _predictions(store)
+        assert set(rows["grading_rule"]) == {"strict"} and rows["correct"].to_list() == rows["correct_strict"].to_list()
         cut, near = rows.filter(pl.col("finish_reason") == "length"), rows.filter(pl.col("finish_reason") == "stop")
         assert cut.height == near.height == N_PROBLEMS
-        # the exact gold, but cut at the length limit: not an answer
+        # the exact gold, but cut at the length limit: never correct under strict, read by the other rules
         assert set(cut["grade_reason"]) == {"truncated"} and not cut["correct"].any()
-        # "precision": an integer gold must be matched exactly, a non-integer one at the answer's precision
+        assert cut["correct_qwen_math"].all() and cut["correct_lighteval"].all()
+        # strict: an integer gold must be matched exactly, a non-integer one at the answer's precision;
+        # qwen_math: relative 1e-4 accepts the near miss; lighteval: 5 decimals do not
+        nonzero_near = [Decimal(golds_by_problem[p]) != 0 for p in near["problem_id"]]
         assert not near["correct"].any()
-        assert store.read("benchmark_scores").row(0, named=True)["grading_rule"] == "precision"
+        assert near["correct_qwen_math"].to_list() == nonzero_near
+        assert near["correct_lighteval"].to_list() == [not x for x in nonzero_near]
+        scores = store.read("benchmark_scores").sort("grading_rule")
+        assert scores["grading_rule"].to_list() == ["lighteval", "qwen_math", "strict"]
+        assert scores["primary"].to_list() == [False, False, True] and scores["score_id"].n_unique() == 3
+        expected = {"strict": 0, "qwen_math": N_PROBLEMS + sum(nonzero_near),
+                    "lighteval": N_PROBLEMS + sum(not x for x in nonzero_near)}
+        for row in scores.iter_rows(named=True):
+            assert row["pass_at_1"] == pytest.approx(expected[row["grading_rule"]] / (2 * N_PROBLEMS)), row
+            assert row["n_answered"] == 2 * N_PROBLEMS and row["truncation_rate"] == pytest.approx(0.5)
 
-        math_equal = _profile(write_profile, base_url, "math_equal.toml", rule="math_equal")
-        assert _evaluate(math_equal, data_dir).success  # same calls, from the cache; graded again
+        qwen = _profile(write_profile, base_url, "qwen.toml", rule="qwen_math")
+        assert _evaluate(qwen, data_dir).success  # same calls, from the cache; graded again
         rows = _predictions(store)
-        near = rows.filter(pl.col("finish_reason") == "stop")
-        golds_by_problem = dict(zip(problems["problem_id"], problems["gold_answer"], strict=True))
-        expected = [Decimal(golds_by_problem[p]) != 0 for p in near["problem_id"]]
-        assert near["correct"].to_list() == expected  # relative 1e-4 accepts the near miss
-        assert set(rows.filter(pl.col("finish_reason") == "length")["grade_reason"]) == {"truncated"}
-        scores = store.read("benchmark_scores").row(0, named=True)
-        assert scores["grading_rule"] == "math_equal"
-        assert scores["pass_at_1"] == pytest.approx(sum(expected) / (2 * N_PROBLEMS))
+        assert set(rows["grading_rule"]) == {"qwen_math"}
+        assert rows["correct"].to_list() == rows["correct_qwen_math"].to_list()
+        assert rows["correct_strict"].null_count() == rows["correct_lighteval"].null_count() == rows.height
+        scores = store.read("benchmark_scores")
+        assert scores.height == 1 and scores["grading_rule"].item() == "qwen_math" and scores["primary"].item()
+        assert scores["pass_at_1"].item() == pytest.approx(expected["qwen_math"] / (2 * N_PROBLEMS))
 
 
 @contextmanager

@@ -436,10 +436,10 @@ def test_grade_after_thinking():
 
 
 # --------------------------------------------------------------------------
-# GSM-Hard numbers: the "precision" rule (default) and Qwen's "math_equal"
+# GSM-Hard numbers: the strict rule's precision (default) and Qwen's math_equal (rule "qwen_math")
 # --------------------------------------------------------------------------
 
-GSM_HARD_PRECISION = [  # (output, gold, correct under gsm_hard_rule="precision")
+GSM_HARD_PRECISION = [  # (output, gold, correct under rule="strict")
     # integer golds: exactly (664 of the 1319 golds are integers >= 10,000)
     (r"\boxed{-9867630}", -9867630.0, True),
     (r"\boxed{-9867630.0}", -9867630.0, True),
@@ -494,7 +494,7 @@ def test_gsm_hard_precision_rule(output, gold, correct):
     v = grade(output, gold, "gsm_hard")
     assert v.correct is correct, v
     assert v.reason in ("match:string", "match:numeric", "mismatch:numeric"), v
-    assert grade(output, gold, "gsm_hard", gsm_hard_rule="precision") == v
+    assert grade(output, gold, "gsm_hard", rule="strict") == v
     assert grade(output, gold, "gsm-hard") == v
 
 
@@ -511,29 +511,32 @@ GSM_HARD_MATH_EQUAL = [  # Qwen's math_equal: relative tolerance 1e-4, as publis
 
 @pytest.mark.parametrize("output,gold,correct", GSM_HARD_MATH_EQUAL)
 def test_gsm_hard_math_equal_rule(output, gold, correct):
-    v = grade(output, gold, "gsm_hard", gsm_hard_rule="math_equal")
+    v = grade(output, gold, "gsm_hard", rule="qwen_math")
     assert v.correct is correct, v
 
 
-def test_gsm_hard_rule_only_applies_to_gsm_hard():
+def test_the_strict_tolerances_are_per_benchmark_qwen_math_s_are_not():
     for bench in (None, "gsm8k", "math500"):
-        for rule in ("precision", "math_equal"):
-            assert not grade(r"\boxed{-9867000}", "-9867630", bench, gsm_hard_rule=rule).correct
-            assert not grade(r"\boxed{1234.57}", "1234.5678", bench, gsm_hard_rule=rule).correct
-            assert grade(r"\boxed{0.5}", r"\frac{1}{2}", bench, gsm_hard_rule=rule).correct
-    assert grade(r"\boxed{25}", "025", "aime24", gsm_hard_rule="math_equal").correct
-    assert not grade(r"\boxed{25.5}", "25", "aime24", gsm_hard_rule="math_equal").correct
+        assert not grade(r"\boxed{-9867000}", "-9867630", bench).correct
+        assert not grade(r"\boxed{1234.57}", "1234.5678", bench).correct
+        assert grade(r"\boxed{-9867000}", "-9867630", bench, rule="qwen_math").correct  # Qwen: 1e-4 everywhere
+        assert grade(r"\boxed{1234.57}", "1234.5678", bench, rule="qwen_math").correct
+        for rule in ("strict", "qwen_math"):
+            assert grade(r"\boxed{0.5}", r"\frac{1}{2}", bench, rule=rule).correct
+    assert grade(r"\boxed{25}", "025", "aime24", rule="qwen_math").correct
+    assert not grade(r"\boxed{25.001}", "25", "aime24").correct  # AIME integers exactly
+    assert grade(r"\boxed{25.001}", "25", "aime24", rule="qwen_math").correct
 
 
-def test_gsm_hard_rule_is_validated():
-    for call in (lambda: grade(r"\boxed{1}", "1", gsm_hard_rule="exact"),
-                 lambda: grade(r"\boxed{1}", "1", "gsm_hard", gsm_hard_rule="Precision"),
-                 lambda: grade_batch([(r"\boxed{1}", "1")], gsm_hard_rule="exact")):
-        with pytest.raises(ValueError, match="'precision'.*'math_equal'"):
+def test_grading_rule_is_validated():
+    for call in (lambda: grade(r"\boxed{1}", "1", rule="exact"),
+                 lambda: grade(r"\boxed{1}", "1", "gsm_hard", rule="Strict"),
+                 lambda: grade_batch([(r"\boxed{1}", "1")], rule="precision")):
+        with pytest.raises(ValueError, match="'strict'.*'qwen_math'.*'lighteval'"):
             call()
     pairs = [(r"\boxed{-9867000}", -9867630.0), (r"\boxed{5.33}", 5.3333333333)]
     assert [v.correct for v in grade_batch(pairs, "gsm_hard")] == [False, True]
-    assert [v.correct for v in grade_batch(pairs, "gsm_hard", gsm_hard_rule="math_equal")] == [True, False]
+    assert [v.correct for v in grade_batch(pairs, "gsm_hard", rule="qwen_math")] == [True, False]
 
 
 def test_gsm_hard_golds_graded_against_themselves(capsys):

@@ -11,6 +11,8 @@ def test_shipped_profiles_load_and_differ():
     assert tiny.config.endpoints.teacher.backend == "replay"
     assert paper.config.endpoints.teacher.backend == "openai"
     assert paper.config.eval.k_overrides == {"aime24": 16, "amc23": 16}
+    assert (paper.config.eval.compat, paper.config.eval.also_grade) == ("strict", ["qwen_math"])
+    assert (tiny.config.eval.compat, tiny.config.eval.also_grade) == ("strict", [])
     assert tiny.hash != paper.hash
 
 
@@ -59,6 +61,9 @@ def test_extends_a_relative_path_chain(write_profile, tmp_path: Path):
         ("[sft]\nlearning_rat = 1.0\n", "sft.learning_rat"),
         ("[sft]\nepochs = 3\n", "set 'sft.num_train_epochs'"),
         ("[sft]\nbatch_size = 2\n", "set 'sft.per_device_train_batch_size'"),
+        ('[eval]\ngsm_hard_rule = "math_equal"\n', "set [eval] compat"),
+        ('[eval]\ncompat = "qwen"\n', "did you mean 'qwen_math'"),
+        ('[eval]\nalso_grade = ["strict"]\n', "names a rule twice"),
         ("[sft.training_args]\nwarmup_ratio = 0.1\n", "sft.training_args.warmup_ratio"),
         ("[sft.training_args]\nlr_sheduler_type = 'cosine'\n", "did you mean 'lr_scheduler_type'"),
         ("[sft.training_args]\nmax_length = 1024\n", "sft.training_args.max_length"),

@@ -200,6 +200,20 @@ def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
     )
 
 
+def test_the_primary_rule_s_scores_are_shown_when_several_rules_are_stored(tmp_path: Path) -> None:
+    # benchmark_scores holds one row per grading rule; the report's tables show the [eval] compat one.
+    primary = scores_frame().with_columns(pl.lit("strict").alias("grading_rule"), pl.lit(True).alias("primary"))
+    other = primary.with_columns(pl.lit("qwen_math").alias("grading_rule"), pl.lit(False).alias("primary"),
+                                 pl.lit(0.99).alias("pass_at_1"))
+    store = Store(tmp_path / "orion_store.duckdb")
+    store.replace_rows("benchmark_scores", pl.concat([other, primary]), replace_where=None,
+                       materialization=materialization("benchmark_scores"))
+    md = build_report(store, tmp_path / "out").markdown
+    assert table_row(md, "pass@1", "base")[0] == "12.5 ± 5.0"
+    assert "duplicate" not in md and "99.0" not in md
+    assert "GSM-Hard numbers were graded with the `strict` rule" in md and "(`[eval] compat`)" in md
+
+
 def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:
     store = write_store(tmp_path / "orion_store.duckdb", {"benchmark_scores"})
     report = build_report(store, tmp_path / "out")

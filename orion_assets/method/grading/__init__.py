@@ -1,12 +1,14 @@
 """Answer extraction and grading for math-reasoning outputs; rules and stages in docs/grading.md.
 
-``extract`` finds the final answer, ``compare`` decides what it can in process, ``pool`` runs
-math_verify in worker processes with a hard timeout and holds ``grade``/``grade_batch``.
+``extract`` finds the final answer, ``compare`` decides what it can in process, ``rules`` holds one
+entry point per grading rule (``GRADING_RULES``), ``pool`` runs math_verify in worker processes with a
+hard timeout and holds ``grade``/``grade_batch``.
 """
 
-from orion_assets.method.grading.compare import GSM_HARD_RULES, Verdict, answer_key, normalize_gold
+from orion_assets.method.grading.compare import Verdict, answer_key, normalize_gold
 from orion_assets.method.grading.extract import extract_answer
 from orion_assets.method.grading.pool import DEFAULT_TIMEOUT_S, grade, grade_batch, shutdown_pool
+from orion_assets.method.grading.rules import check_rule
 
 __all__ = [
     "Verdict",
@@ -15,7 +17,7 @@ __all__ = [
     "answer_key",
     "grade",
     "grade_batch",
+    "check_rule",
     "shutdown_pool",
-    "GSM_HARD_RULES",
     "DEFAULT_TIMEOUT_S",
 ]

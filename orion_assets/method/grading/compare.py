@@ -1,7 +1,7 @@
 """Comparing an extracted answer with a gold one, in process: normalisation and exact-number rules.
 
 What this cheap stage cannot decide becomes a ``_Pending`` item for math_verify, which runs in the
-worker processes of :mod:`.pool`. Rules (AIME, GSM-Hard ``gsm_hard_rule``, tolerances): docs/grading.md.
+worker processes of :mod:`.pool`. Rules (AIME, GSM-Hard, tolerances, Qwen's ``math_equal``): docs/grading.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from orion_assets.method.grading.extract import _extract, _extract_boxed, _match_brace, _strip_answer_text, extract_answer
+from orion_assets.method.grading.extract import _extract_boxed, _match_brace, _strip_answer_text
 
 log = logging.getLogger(__name__)
 
@@ -211,26 +211,25 @@ def _to_number(s: str) -> Fraction | None:
 
 
 _REL_TOL = Fraction(1, 10**9)
-_REL_TOL_GSM_HARD = Fraction(1, 10**4)  # Qwen's math_equal (gsm_hard_rule="math_equal")
+_REL_TOL_MATH_EQUAL = Fraction(1, 10**4)  # Qwen2.5-Math's numeric_equal: math.isclose(rel_tol=1e-4)
 _ABS_TOL = Fraction(1, 10**9)
 
-GSM_HARD_RULES = ("precision", "math_equal")
+# How two plain numbers compare: "precision" (the strict rule) or "math_equal" (Qwen2.5-Math's).
+NUMBER_RULES = ("precision", "math_equal")
 _SHOWN_RE = re.compile(r"^[+-]?\d*(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
 
 
-def _check_gsm_hard_rule(rule: str) -> str:
-    if not isinstance(rule, str) or rule not in GSM_HARD_RULES:
-        raise ValueError(f"gsm_hard_rule must be one of {', '.join(map(repr, GSM_HARD_RULES))}; "
-                         f"got {rule!r}")
-    return rule
-
-
-def _close(a: Fraction, b: Fraction, benchmark: str | None) -> bool:
+def _close(a: Fraction, b: Fraction) -> bool:
     """``math.isclose`` in exact arithmetic (no float overflow on 1e300)."""
     if a == b:
         return True
-    rel = _REL_TOL_GSM_HARD if _is_gsm_hard(benchmark) else _REL_TOL
-    return abs(a - b) <= max(rel * max(abs(a), abs(b)), _ABS_TOL)
+    return abs(a - b) <= max(_REL_TOL * max(abs(a), abs(b)), _ABS_TOL)
+
+
+def _math_equal_number(p: Fraction, g: Fraction) -> bool:
+    """Qwen2.5-Math's ``is_numerical_equal``: ``isclose(rel_tol=1e-4)`` (no absolute tolerance) against the
+    gold, the gold / 100 and the gold * 100 (its ``include_percentage``); percent signs are dropped before."""
+    return any(p == c or abs(p - c) <= _REL_TOL_MATH_EQUAL * max(abs(p), abs(c)) for c in (g, g / 100, g * 100))
 
 
 def _shown_decimals(s: str) -> int | None:
@@ -279,34 +278,40 @@ def _precision_equal(p: Fraction, dp: int | None, g: Fraction, dg: int | None) -
 
 
 def _numeric_equal(p: Fraction, p_pct: bool, g: Fraction, g_pct: bool, benchmark: str | None,
-                   dp: int | None = None, dg: int | None = None,
-                   gsm_hard_rule: str = "precision") -> bool:
+                   dp: int | None = None, dg: int | None = None, numbers: str = "precision") -> bool:
+    if numbers == "math_equal":  # every benchmark alike, as Qwen's evaluation does
+        return _math_equal_number(p, g)
     if _is_aime(benchmark) and g.denominator == 1:
         return p == g  # exact integers: 025 == 25, 25.5 != 25
-    if gsm_hard_rule == "precision" and _is_gsm_hard(benchmark):
+    if _is_gsm_hard(benchmark):
         def shift(d: int | None) -> int | None:
             return None if d is None else d + 2
 
         return (_precision_equal(p, dp, g, dg)
                 or (g_pct and _precision_equal(p, dp, g / 100, shift(dg)))  # gold 50%, pred 0.5
                 or (p_pct and _precision_equal(p / 100, shift(dp), g, dg)))  # gold 0.5, pred 50%
-    if _close(p, g, benchmark):
+    if _close(p, g):
         return True
-    if g_pct and _close(p, g / 100, benchmark):  # gold 50%, pred 0.5
+    if g_pct and _close(p, g / 100):  # gold 50%, pred 0.5
         return True
-    if p_pct and _close(p / 100, g, benchmark):  # gold 0.5, pred 50%
+    if p_pct and _close(p / 100, g):  # gold 0.5, pred 50%
         return True
     return False
 
 
+MATH_VERIFY = "math_verify"  # a worker item: math_verify's own parse and verify of an extracted answer
+LIGHTEVAL = "lighteval"  # a worker item: a whole reply, read and compared as lighteval's math metrics do
+
+
 @dataclass(frozen=True)
 class _Pending:
-    """An item the cheap stage could not decide: math_verify must look at it."""
+    """An item the cheap stage could not decide: math_verify must look at it (``mode`` says how)."""
 
-    extracted: str
+    extracted: str | None
     method: str
     gold_mv: str
     pred_mv: str
+    mode: str = MATH_VERIFY
 
 
 def _wrap_for_mv(s: str) -> str:
@@ -316,12 +321,9 @@ def _wrap_for_mv(s: str) -> str:
     return "$" + s + "$"
 
 
-def _prepare(output: str, gold, benchmark: str | None,
-             gsm_hard_rule: str = "precision", truncated: bool = False) -> Verdict | _Pending:
-    if truncated:  # never correct; a closed final answer is still shown
-        extracted, method = _extract(output, last_number=False)
-        return Verdict(False, extracted, method, "truncated")
-    extracted, method = extract_answer(output)
+def compare_answer(extracted: str | None, method: str | None, gold, benchmark: str | None,
+                   numbers: str = "precision") -> Verdict | _Pending:
+    """The verdict on an extracted answer, or the item math_verify must decide; ``numbers``: NUMBER_RULES."""
     if extracted is None:
         return Verdict(False, None, None, "no_answer")
     gold_s = normalize_gold(gold, benchmark)
@@ -332,29 +334,20 @@ def _prepare(output: str, gold, benchmark: str | None,
     p_val, g_val = _to_number(p_norm), _to_number(g_norm)
     if p_val is not None and g_val is not None:
         ok = _numeric_equal(p_val, p_pct, g_val, g_pct, benchmark,
-                            _shown_decimals(p_norm), _shown_decimals(g_norm), gsm_hard_rule)
+                            _shown_decimals(p_norm), _shown_decimals(g_norm), numbers)
         return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
     return _Pending(extracted, method, _wrap_for_mv(gold_s), _wrap_for_mv(extracted))
 
 
 def _verdict(pending: _Pending, status: str, value: object) -> Verdict:
-    if status == "ok":
-        ok = bool(value)
-        return Verdict(ok, pending.extracted, pending.method,
-                       "match:math_verify" if ok else "mismatch:math_verify")
+    if status == "ok":  # value: the verdict, or (verdict, the answer math_verify read) for a lighteval item
+        ok, extracted = value if isinstance(value, tuple) else (value, pending.extracted)
+        if extracted is None:
+            return Verdict(False, None, None, "no_answer")
+        return Verdict(bool(ok), extracted, pending.method, "match:math_verify" if ok else "mismatch:math_verify")
     if status == "timeout":
         return Verdict(False, pending.extracted, pending.method, "timeout")
     return Verdict(False, pending.extracted, pending.method, f"error:{value}")
-
-
-def _safe_prepare(output, gold, benchmark, gsm_hard_rule: str = "precision",
-                  truncated: bool = False) -> Verdict | _Pending:
-    try:
-        return _prepare("" if output is None else str(output), gold, benchmark, gsm_hard_rule,
-                        truncated)
-    except Exception as exc:  # noqa: BLE001 - grading must never raise
-        log.debug("grading prepare failed", exc_info=True)
-        return Verdict(False, None, None, f"error:{type(exc).__name__}")
 
 
 def answer_key(answer: str | None, benchmark: str | None = None) -> str | None:

@@ -95,6 +95,20 @@ def _boxed(text: str) -> tuple[str | None, str | None, bool]:
     return found[0], found[1], False
 
 
+def _last_box_to_the_cut(text: str) -> tuple[str | None, str | None]:
+    """Qwen2.5-Math's reading of the last box: its content, up to the end of the text if it never closes."""
+    m = list(_BOX_RE.finditer(text))[-1]
+    j = m.end()
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        k = _match_brace(text, j)
+        content = text[j + 1 : k if k >= 0 else len(text)].strip()
+    else:
+        content = text[j:].split("$", 1)[0].strip()
+    return (content, m.group(1)) if content else (None, None)
+
+
 def _extract_boxed(text: str) -> tuple[str | None, str | None]:
     content, method, _cut = _boxed(text)
     return content, method
@@ -167,14 +181,18 @@ def _final_part(text: str) -> str | None:
     return text[close + len(_THINK_CLOSE):] if close >= 0 else text
 
 
-def _extract(output: str, last_number: bool = True) -> tuple[str | None, str | None]:
+def _extract(output: str, last_number: bool = True, as_qwen: bool = False) -> tuple[str | None, str | None]:
+    """``as_qwen``: as Qwen2.5-Math's parser reads, the whole text (thinking too), a box cut open read up to the cut."""
     if not output:
         return None, None
-    text = _final_part(str(output))
+    text = str(output) if as_qwen else _final_part(str(output))
     if not text:
         return None, None
     if "\\boxed" in text or "\\fbox" in text:
         ans, method, cut = _boxed(text)
+        if cut and as_qwen:
+            ans, method = _last_box_to_the_cut(text)
+            return (_equation_result(ans), method) if ans else (None, None)
         if cut:
             return None, None
         if ans is not None:

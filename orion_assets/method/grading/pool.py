@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from orion_assets.method.grading.compare import Verdict, _check_gsm_hard_rule, _Pending, _safe_prepare, _verdict
+from orion_assets.method.grading.compare import MATH_VERIFY, Verdict, _Pending, _verdict
+from orion_assets.method.grading.rules import check_rule, prepare, verify_item
 
 try:
     import resource
@@ -55,17 +56,17 @@ def _limit_worker_memory() -> None:  # pragma: no cover - runs in the child proc
 
 
 def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
-    """Loop of a math_verify worker: recv (gold, pred) -> send result."""
+    """Loop of a math_verify worker: recv (gold, pred, mode) -> send result."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     _limit_worker_memory()
     try:
-        from math_verify import parse, verify  # deferred: heavy, needed in the worker only
+        import math_verify  # noqa: F401  # deferred: heavy, needed in the worker only (verify_item uses it)
     except BaseException as exc:  # noqa: BLE001
         try:
             conn.send(("fatal", type(exc).__name__))
         finally:
             return
-    gold_cache: dict[str, list] = {}
+    gold_cache: dict[tuple[str, str], list] = {}
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -74,7 +75,7 @@ def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
             break
         if msg is None:
             break
-        # msg: a list of (gold, pred). Its receipt is acknowledged first, so a
+        # msg: a list of (gold, pred, mode). Its receipt is acknowledged first, so a
         # worker that dies before reading it (killed while idle) is told apart
         # from one that an item crashed. Then one result is sent back per
         # item, as soon as it is ready, so the parent can time each item.
@@ -82,18 +83,10 @@ def _worker_main(conn) -> None:  # pragma: no cover - runs in the child process
             conn.send(("got", len(msg)))
         except (OSError, ValueError):
             return
-        for gold, pred in msg:
+        for gold, pred, mode in msg:
             t0 = time.perf_counter()
             try:
-                g = gold_cache.get(gold)
-                if g is None:
-                    g = parse(gold, parsing_timeout=None)
-                    if len(gold_cache) > 4096:
-                        gold_cache.clear()
-                    gold_cache[gold] = g
-                p = parse(pred, parsing_timeout=None)
-                ok = bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=None))
-                result = ("ok", ok, time.perf_counter() - t0)
+                result = ("ok", verify_item(gold, pred, mode, gold_cache), time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001
                 result = ("error", type(exc).__name__, time.perf_counter() - t0)
             try:
@@ -243,11 +236,11 @@ class _WorkerPool:
             self._release(w, True)
 
     # -- items -----------------------------------------------------------
-    def run(self, gold: str, pred: str, timeout_s: float) -> tuple[str, object]:
-        """``("ok", bool)`` | ``("timeout", None)`` | ``("error", ExcName)``."""
-        return self.run_many([(gold, pred)], timeout_s)[0]
+    def run(self, gold: str, pred: str, timeout_s: float, mode: str = MATH_VERIFY) -> tuple[str, object]:
+        """``("ok", verdict)`` | ``("timeout", None)`` | ``("error", ExcName)``."""
+        return self.run_many([(gold, pred, mode)], timeout_s)[0]
 
-    def run_many(self, items: list[tuple[str, str]], timeout_s: float) -> list[tuple[str, object]]:
+    def run_many(self, items: list[tuple[str, str, str]], timeout_s: float) -> list[tuple[str, object]]:
         """Verify ``items`` on one worker, streamed: the caller waits at most ``timeout_s`` for each result.
 
         After a timeout or crash the worker is killed and the rest goes to a fresh one. A worker dead
@@ -304,7 +297,7 @@ class _WorkerPool:
         return results
 
     @staticmethod
-    def _send(w: _Worker, items: list[tuple[str, str]], timeout_s: float) -> str:
+    def _send(w: _Worker, items: list[tuple[str, str, str]], timeout_s: float) -> str:
         """Send ``items``: ``"ok"`` once the worker acknowledges them,
         ``"dead"`` if it is gone before that, ``"timeout"`` if it stays alive
         and silent for ``timeout_s`` (counted against the first item)."""
@@ -378,20 +371,19 @@ def _timeout(timeout_s: float | None) -> float:
 
 
 def _run_pending(pending: _Pending, timeout_s: float | None) -> tuple[str, object]:
-    return _get_pool().run(pending.gold_mv, pending.pred_mv, _timeout(timeout_s))
+    return _get_pool().run(pending.gold_mv, pending.pred_mv, _timeout(timeout_s), pending.mode)
 
 
 def grade(output: str, gold: str, benchmark: str | None = None,
-          timeout_s: float = DEFAULT_TIMEOUT_S, *, gsm_hard_rule: str = "precision",
+          timeout_s: float = DEFAULT_TIMEOUT_S, *, rule: str = "strict",
           truncated: bool = False) -> Verdict:
     """Grade one model output against a gold answer; never hangs, never raises on any output or gold.
 
-    ``gsm_hard_rule`` (one of ``GSM_HARD_RULES``, else ``ValueError``) applies to GSM-Hard only.
-    ``truncated`` (``finish_reason: "length"``): never correct, reason ``"truncated"``; the verdict
-    still shows a closed final answer if there is one. Rules: docs/grading.md.
+    ``rule``: one of ``GRADING_RULES`` (else ``ValueError``). ``truncated`` (``finish_reason: "length"``):
+    under "strict" never correct, reason ``"truncated"``, the verdict still showing a closed final answer
+    if there is one; the other rules read a cut reply as they read any. Rules: docs/grading.md.
     """
-    _check_gsm_hard_rule(gsm_hard_rule)
-    pre = _safe_prepare(output, gold, benchmark, gsm_hard_rule, bool(truncated))
+    pre = prepare(check_rule(rule), output, gold, benchmark, bool(truncated))
     if isinstance(pre, Verdict):
         return pre
     return _verdict(pre, *_run_pending(pre, timeout_s))
@@ -403,7 +395,7 @@ def grade_batch(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
     *,
-    gsm_hard_rule: str = "precision",
+    rule: str = "strict",
     truncated: bool | Sequence[bool] = False,
 ) -> list[Verdict]:
     """Grade many ``(output, gold)`` pairs, in input order; the same verdicts as :func:`grade` on each.
@@ -412,7 +404,7 @@ def grade_batch(
     calling thread; undecided items, deduplicated by (gold, answer), are streamed in chunks through
     ``workers`` math_verify processes (default ``os.cpu_count()``), each item with its own ``timeout_s``.
     """
-    _check_gsm_hard_rule(gsm_hard_rule)
+    check_rule(rule)
     pairs = list(pairs)
     n = len(pairs)
     if benchmark is None or isinstance(benchmark, str):
@@ -431,13 +423,13 @@ def grade_batch(
     # Undecided items, deduplicated: math_verify only sees (gold, pred), so
     # repeated answers to the same problem (many samples per problem) are
     # verified once.
-    groups: dict[tuple[str, str], list[tuple[int, _Pending]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[int, _Pending]]] = {}
     for i, ((output, gold), bench, t) in enumerate(zip(pairs, benches, cut)):
-        pre = _safe_prepare(output, gold, bench, gsm_hard_rule, t)
+        pre = prepare(rule, output, gold, bench, t)
         if isinstance(pre, Verdict):
             out[i] = pre
         else:
-            groups.setdefault((pre.gold_mv, pre.pred_mv), []).append((i, pre))
+            groups.setdefault((pre.gold_mv, pre.pred_mv, pre.mode), []).append((i, pre))
     if groups:
         # Input order is kept: neighbouring items (samples of one problem)
         # share strings, and a worker's parse caches profit from that.
@@ -454,7 +446,7 @@ def grade_batch(
         tmo = _timeout(timeout_s)
 
         def settle(batch: list[list[tuple[int, _Pending]]]) -> None:
-            items = [(g[0][1].gold_mv, g[0][1].pred_mv) for g in batch]
+            items = [(g[0][1].gold_mv, g[0][1].pred_mv, g[0][1].mode) for g in batch]
             for group, (status, value) in zip(batch, pool.run_many(items, tmo)):
                 for i, pend in group:
                     out[i] = _verdict(pend, status, value)

@@ -28,7 +28,13 @@ from orion_assets.method.evaluation.report.plots import (
     _plot_error_types,
 )
 from orion_assets.method.evaluation.report.read import _connection, _profiles, _read, _read_quality, usage_frame
-from orion_assets.method.evaluation.report.scores import _clean_scores, _grading_rule_sentence, _score_tables, over_seeds
+from orion_assets.method.evaluation.report.scores import (
+    _clean_scores,
+    _grading_rule_sentence,
+    _score_tables,
+    over_seeds,
+    rule_table,
+)
 from orion_assets.method.evaluation.report.sections import (
     Prices,
     _quality_section,
@@ -140,6 +146,7 @@ def build_report(
     lines.append("")
     if scores.height:
         lines += comparison_sections(board, deltas, _grading_rule_sentence(scores))
+        lines += rule_table(raw_scores)
         lines += budget_section(budgets)
         lines += _score_tables(averaged)
     lines += _reflection_section(reflection_frame(teacher, refined))

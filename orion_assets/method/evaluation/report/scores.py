@@ -21,14 +21,18 @@ KEYS: tuple[str, ...] = ("benchmark", "student", "variant", "seed")
 # The columns of orion.benchmark_scores that the report reads: its keys, the Scores fields and the
 # grading rule. A table may lack the Scores fields with a default, the grading rule, and the student and
 # seed (a store written before several students): the report reads those as unknown, one student, seed 0.
-SCORE_COLUMNS: tuple[str, ...] = (*KEYS, *(f.name for f in fields(Scores)), "grading_rule")
+SCORE_COLUMNS: tuple[str, ...] = (*KEYS, *(f.name for f in fields(Scores)), "grading_rule", "primary")
 LATER_SCORE_COLUMNS: dict[str, type[pl.DataType]] = {
     **{f.name: pl.Float64 if f.type in (float, "float") else pl.Int64 for f in fields(Scores) if f.default is not NO_DEFAULT},
     "grading_rule": pl.Utf8,
+    "primary": pl.Boolean,
 }
 ONE_STUDENT, ONE_SEED = "student", 0  # what a store without those columns held
-GSM_HARD = "gsm_hard"  # the benchmark whose grading rule is a setting (`[eval] gsm_hard_rule`)
-GRADING_RULES: dict[str, str] = {
+RULE_DESCRIPTIONS: dict[str, str] = {  # the GRADING_RULES, and the two GSM-Hard rules of older tables
+    "strict": "integer golds exactly, other golds at the precision the answer shows; a cut reply never correct",
+    "qwen_math": "Qwen2.5-Math's math_equal, relative tolerance 1e-4, a cut reply read as it is, as most "
+                 "published numbers",
+    "lighteval": "lighteval's math-verify metric, numbers at 5 decimals, a boxed answer before the cut graded",
     "precision": "integer golds exactly, other golds at the precision the answer shows",
     "math_equal": "relative tolerance 1e-4, as most published GSM-Hard numbers",
 }
@@ -63,6 +67,8 @@ def _clean_scores(scores: pl.DataFrame | None, notes: list[str]) -> pl.DataFrame
     if scores.is_empty():
         notes.append(f"Table `{SCHEMA}.benchmark_scores` is empty: no variant has been scored yet.")
     scores = scores.select(SCORE_COLUMNS)
+    # one row per grading rule: the comparison is the `[eval] compat` one's (rule_table shows the others)
+    scores = scores.filter(pl.col("primary").fill_null(True))
     duplicated = scores.height - scores.unique(list(KEYS)).height
     if duplicated:
         notes.append(
@@ -167,8 +173,8 @@ def _score_tables(averaged: pl.DataFrame) -> list[str]:
 
 
 def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
-    """Which rule graded the GSM-Hard numbers (``[eval] gsm_hard_rule``), from the stored column."""
-    rows = scores.filter(pl.col("benchmark") == GSM_HARD)
+    """Which rule graded the numbers (``[eval] compat``), from the stored column."""
+    rows = scores
     if rows.is_empty():
         return None
     by_rule: dict[str | None, list[str]] = {}
@@ -178,16 +184,41 @@ def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
         (rule,) = by_rule
         if rule is None:
             return (
-                "GSM-Hard: these scores do not record which grading rule made them (scored before "
+                "These scores do not record which grading rule made them (scored before "
                 "`grading_rule` was stored); re-materialize `benchmark_scores` to record it."
             )
-        detail = f" ({GRADING_RULES[rule]})" if rule in GRADING_RULES else ""
-        return f"GSM-Hard numbers were graded with the `{rule}` rule{detail} (`[eval] gsm_hard_rule`)."
+        detail = f" ({RULE_DESCRIPTIONS[rule]})" if rule in RULE_DESCRIPTIONS else ""
+        return f"Graded with the `{rule}` rule{detail} (`[eval] compat`; docs/grading.md)."
     described = "; ".join(
         f"{'not recorded' if rule is None else f'`{rule}`'} for {', '.join(f'`{v}`' for v in variants)}"
         for rule, variants in sorted(by_rule.items(), key=lambda item: (item[0] is None, item[0] or ""))
     )
     return (
-        f"GSM-Hard numbers were graded with different rules ({described}): they are not comparable "
-        "across those variants until all are re-graded with one `[eval] gsm_hard_rule`."
+        f"The numbers were graded with different rules ({described}): they are not comparable "
+        "across those variants until all are re-graded with one `[eval] compat`."
     )
+
+
+def rule_table(scores: pl.DataFrame | None) -> list[str]:
+    """pass@1 (mean over seeds) under every grading rule the predictions were graded by, side by side, so a
+    number can be set beside a published one graded by the same rule. Nothing when one rule was graded."""
+    if scores is None or "grading_rule" not in scores.columns or scores["grading_rule"].drop_nulls().n_unique() < 2:
+        return []
+    frame = with_model_keys(scores).filter(pl.col("grading_rule").is_not_null())
+    means = frame.group_by("benchmark", "student", "variant", "grading_rule").agg(pl.col("pass_at_1").mean())
+    rules = sorted(means["grading_rule"].unique(), key=lambda r: (r not in RULE_DESCRIPTIONS, r))
+    primary = frame.filter(pl.col("primary").fill_null(True))["grading_rule"].drop_nulls()
+    rules = sorted(rules, key=lambda r: r != (primary[0] if primary.len() else None))
+    benchmarks = _ordered(means["benchmark"].to_list(), BENCHMARKS)
+    models = model_order(means)
+    several = len({s for s, _ in models}) > 1
+    lookup = {(r["student"], r["variant"], r["benchmark"], r["grading_rule"]): r["pass_at_1"]
+              for r in means.iter_rows(named=True)}
+    rows = [[f"`{label(s, v, several)}`", *(MISSING if (x := _number(lookup.get((s, v, b, r)))) is None else _pct(x)
+                                            for b in benchmarks for r in rules)] for s, v in models]
+    header = ["model" if several else "variant", *(f"{b} `{r}`" for b in benchmarks for r in rules)]
+    described = "; ".join(f"`{r}`: {RULE_DESCRIPTIONS.get(r, 'see docs/grading.md')}" for r in rules)
+    return ["## pass@1 under each grading rule (%)\n",
+            "The same replies graded by each rule (the first is `[eval] compat`, the one every table above uses): "
+            f"{described}.\n",
+            _md_table(header, rows) + "\n"]
