@@ -258,6 +258,7 @@ SFT_RESERVED_ARGS: dict[str, str] = {
     "include_num_input_tokens_seen": "tokens_seen (result, log and resume) is counted with it",
     "logging_strategy": "every logging_steps steps is what train_log.jsonl records",
     "save_strategy": "checkpoints every save_steps steps are what a rerun resumes from",
+    "restore_callback_states_from_checkpoint": "a resumed run restores its completion-token counts itself",
     **{name: f"set [sft] {name}" for name in SFT_TRAINER_FIELDS},
 }
 
