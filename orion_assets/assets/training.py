@@ -170,7 +170,7 @@ def sft_dataset(
 
 
 @orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions_def=variant_partitions, kinds={"transformers"},
-             code_version="2")
+             code_version="1")
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
