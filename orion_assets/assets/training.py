@@ -96,6 +96,8 @@ STUDENT_CHECKPOINT = TableSpec(
         "kind": pl.Utf8, "steps": pl.Int64, "train_loss": pl.Float64, "final_loss": pl.Float64,
         "tokens_seen": pl.Int64, "train_tokens_per_second": pl.Float64, "truncated_examples": pl.Int64,
         "resumed_from_step": pl.Int64, "params": pl.Utf8,
+        # what the run's length was matched on ([sft] budget) and what it trained on (docs/sft.md, "Budgets")
+        "budget": pl.Utf8, "trained_examples": pl.Int64, "completion_tokens": pl.Int64, "epochs": pl.Float64,
     },
     id="checkpoint_id",
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},
@@ -244,6 +246,10 @@ def student_checkpoint(
         truncated_examples=result["truncated_examples"],
         resumed_from_step=result["resumed_from_step"],
         params=json.dumps(params.to_json()),
+        budget=result["budget"],
+        trained_examples=result["trained_examples"],
+        completion_tokens=result["completion_tokens"],
+        epochs=result["epochs"],
     )
     # Wrapped in an Output: once Pipes reported events, Dagster takes the return value as one more yielded event.
     return dg.Output(Rows(row, metadata={**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"])}))

@@ -21,6 +21,8 @@ from orion_assets.vocabulary import (
 )
 
 Backend = Literal["openai", "hf", "replay"]
+#: What one SFT run's length is matched on across variants (docs/sft.md, "Budgets").
+SFTBudget = Literal["epochs", "steps", "tokens"]
 
 
 class Section(BaseModel):
@@ -304,6 +306,7 @@ SFT_RESERVED_ARGS: dict[str, str] = {
     "include_num_input_tokens_seen": "tokens_seen (result, log and resume) is counted with it",
     "logging_strategy": "every logging_steps steps is what train_log.jsonl records",
     "save_strategy": "checkpoints every save_steps steps are what a rerun resumes from",
+    "restore_callback_states_from_checkpoint": "a resumed run restores its completion-token counts itself",
     **{name: f"set [sft] {name}" for name in SFT_TRAINER_FIELDS},
 }
 
@@ -369,6 +372,10 @@ class SFTSettings(Section):
     # mean +- sd over seeds and the paired intervals pooled over them.
     seeds: list[int] | None = Field(None, min_length=1)
     training_args: dict[str, Any] = Field(default_factory=dict)
+    # epochs: num_train_epochs over the variant's data (or max_steps when > 0); steps: exactly max_steps optimizer
+    # steps; tokens: until budget_tokens completion (loss) tokens are trained on. Declared after the keys it checks.
+    budget_tokens: int | None = None
+    budget: SFTBudget = Field("epochs", validate_default=True)
     # SFT_RENAMED_KEYS: never set (refused with the new name), never dumped
     epochs: None = Field(None, exclude=True, repr=False)
     batch_size: None = Field(None, exclude=True, repr=False)
@@ -378,6 +385,22 @@ class SFTSettings(Section):
     def _known_training_args(cls, value: dict[str, Any]) -> dict[str, Any]:
         check_training_args(value)
         return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_has_its_value(cls, value: str, info: ValidationInfo) -> str:
+        max_steps, tokens = info.data.get("max_steps", -1), info.data.get("budget_tokens")
+        if value == "steps" and max_steps <= 0:
+            problem = "needs [sft] max_steps > 0 (the optimizer steps every variant trains)"
+        elif value == "tokens" and (tokens is None or tokens <= 0):
+            problem = "needs [sft] budget_tokens > 0 (the completion tokens every variant trains on)"
+        elif value == "tokens" and max_steps > 0:
+            problem = f"stops at [sft] budget_tokens, so [sft] max_steps = {max_steps} cannot apply: set max_steps = -1"
+        elif value != "tokens" and tokens is not None:
+            problem = "does not use [sft] budget_tokens: set budget = \"tokens\" or leave budget_tokens unset"
+        else:
+            return value
+        raise PydanticCustomError("sft_budget", '[sft] budget = "{budget}" {problem}', {"budget": value, "problem": problem})
 
     @field_validator(*SFT_RENAMED_KEYS, mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orion_assets.training.budget import checkpoint_budget_state
 from orion_assets.training.config import TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,14 @@ def find_resume_checkpoint(output_dir: str | os.PathLike, remove_incomplete: boo
 
 
 def finished_checkpoint_state(path: Path | None) -> dict[str, Any] | None:
-    """The checkpoint's trainer state when it is at the run's last step (``global_step >= max_steps``)."""
+    """The checkpoint's trainer state when it is at the run's last step (``global_step >= max_steps``, or the
+    step that reached a token budget)."""
     if path is None:
         return None
     state = json.loads((path / "trainer_state.json").read_text())
     max_steps = int(state.get("max_steps") or 0)
+    if checkpoint_budget_state(path).get("budget_reached"):
+        return state
     return state if max_steps > 0 and int(state["global_step"]) >= max_steps else None
 
 
@@ -103,11 +107,12 @@ def finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def make_log_callback(output_dir: Path, on_log: Callable[[dict], None] | None):
+def make_log_callback(output_dir: Path, on_log: Callable[[dict], None] | None, counter: Any = None):
     from transformers import TrainerCallback  # deferred: heavy
 
     class _StepLog(TrainerCallback):
-        """One entry per logging step -> train_log.jsonl and ``on_log``; times the training loop."""
+        """One entry per logging step -> train_log.jsonl and ``on_log``; times the training loop.  ``counter``
+        (:func:`~orion_assets.training.budget.make_budget_counter`) gives each entry its completion tokens."""
 
         def __init__(self) -> None:
             self.t_begin: float | None = None
@@ -144,6 +149,7 @@ def make_log_callback(output_dir: Path, on_log: Callable[[dict], None] | None):
                 "learning_rate": finite(logs.get("learning_rate")),
                 "grad_norm": finite(logs.get("grad_norm")),
                 "num_tokens": tokens,
+                "completion_tokens": counter.completion_tokens if counter is not None else None,
                 "mean_token_accuracy": finite(logs.get("mean_token_accuracy")),
                 "entropy": finite(logs.get("entropy")),
                 "elapsed_s": round(elapsed, 4),

@@ -103,7 +103,8 @@ def launch_command(launcher: Sequence[str], python: str | None = None) -> list[s
 def config_hash(params: TrainParams) -> str:
     """A hash of what determines the trained weights (16 hex chars).
 
-    Included: every hyperparameter and [sft.training_args] key, device and bf16 as given (they change numerics),
+    Included: every hyperparameter and [sft.training_args] key, the budget (``budget``, ``budget_tokens``), device
+    and bf16 as given (they change numerics),
     the dataset file's bytes and the base model (``base_model_hash``, else a fingerprint of its directory).
     Excluded: :data:`_HASH_EXCLUDED` (where and how often things are written, or the memory/speed trade-off).
     """
@@ -114,6 +115,10 @@ def config_hash(params: TrainParams) -> str:
     values["lora_target_modules"] = sorted(values["lora_target_modules"])
     if not values["training_args"]:  # an empty table leaves the hash as if the key did not exist
         values.pop("training_args")
+    if values["budget"] == "epochs":  # the default budget (and no budget_tokens) leaves the hash as before the keys
+        values.pop("budget")
+    if values["budget_tokens"] is None:
+        values.pop("budget_tokens")
     if not params.lora:  # LoRA settings do not matter for full fine-tuning
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             values.pop(k)

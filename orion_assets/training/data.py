@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class SFTDataStats:
     completion_tokens: int  # total completion tokens of the kept examples
     max_length: int
     dropped_ids: tuple[str, ...] = ()  # sft_example_id of the dropped examples (first 100)
+    completion_lengths: tuple[int, ...] = field(default=(), repr=False)  # per kept example, in dataset order
 
     @property
     def kept_examples(self) -> int:
@@ -184,6 +185,7 @@ def tokenize_dataset(
         completion_tokens=int(pc.sum(pc.filter(table.column("n_completion"), pc.invert(too_long))).as_py() or 0),
         max_length=max_length,
         dropped_ids=tuple(pc.filter(table.column("sft_example_id"), too_long).slice(0, 100).to_pylist()),
+        completion_lengths=tuple(pc.filter(table.column("n_completion"), pc.invert(too_long)).to_pylist()),
     )
     if dropped:
         tokenized = tokenized.filter(

@@ -68,7 +68,8 @@ def log_summary(log: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def log_table_markdown(log: list[dict[str, Any]], rows: int = LOG_TABLE_ROWS) -> str:
-    cols = ["step", "epoch", "loss", "learning_rate", "grad_norm", "num_tokens", "mean_token_accuracy", "elapsed_s"]
+    cols = ["step", "epoch", "loss", "learning_rate", "grad_norm", "num_tokens", "completion_tokens",
+            "mean_token_accuracy", "elapsed_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in _evenly(log, rows):
         lines.append("| " + " | ".join(_fmt(e.get(c)) for c in cols) + " |")
@@ -123,7 +124,8 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
             params = _params_from_file(args.params)
         pipes.log.info(
             f"SFT: base={params.base_model_path} data={params.dataset_path} out={params.output_dir} "
-            f"lora={params.lora} max_length={params.max_length} max_steps={params.max_steps} epochs={params.num_train_epochs}"
+            f"lora={params.lora} max_length={params.max_length} budget={params.budget} max_steps={params.max_steps} "
+            f"epochs={params.num_train_epochs} budget_tokens={params.budget_tokens}"
         )
 
         interval = float(extras.get(LOG_INTERVAL_EXTRA) or os.environ.get(LOG_INTERVAL_ENV) or 0)
@@ -143,7 +145,8 @@ def _run_under_pipes(args: argparse.Namespace) -> int:
                 f"tokens (longest {result.max_example_tokens}) and were dropped, not truncated"
             )
         pipes.log.info(
-            f"SFT done: steps={result.steps} train_loss={result.train_loss} tokens_seen={result.tokens_seen} "
+            f"SFT done: steps={result.steps} epochs={result.epochs} completion_tokens={result.completion_tokens} "
+            f"train_loss={result.train_loss} tokens_seen={result.tokens_seen} "
             f"tokens/s={result.train_tokens_per_second} final={result.final_path}"
         )
         pipes.report_custom_message({RESULT_MESSAGE_KEY: result.to_json()})

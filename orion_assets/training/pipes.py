@@ -115,7 +115,10 @@ def run_sft_with_pipes(
 
 def planned_steps(params: TrainParams) -> int | None:
     """Optimizer steps the run will take (``max_steps``, else epochs of the dataset's rows on one
-    device: an estimate, as over-long examples are dropped); None when the dataset cannot be read."""
+    device: an estimate, as over-long examples are dropped); None when the dataset cannot be read or a token
+    budget decides (the run stops where the budget is reached)."""
+    if params.budget == "tokens":
+        return None
     if params.max_steps > 0:
         return params.max_steps
     try:

@@ -20,6 +20,12 @@ from typing import Any
 
 from orion_assets.devices import resolve_device
 from orion_assets.profiles.schema import SFT_RESERVED_ARGS, SFT_TRAINER_FIELDS, trl_sft_config_fields
+from orion_assets.training.budget import (
+    counting_trainer_class,
+    make_budget_counter,
+    steps_per_epoch,
+    token_budget_max_steps,
+)
 from orion_assets.training.checkpoints import (
     checkpoint_dirs,
     checkpoint_step,
@@ -77,6 +83,12 @@ class TrainResult:
     bf16: bool
     log_path: str
     dropped_too_long: int = 0  # examples longer than max_length, left out (``examples`` counts them)
+    budget: str = "epochs"  # [sft] budget: what the run's length was set by
+    budget_tokens: int | None = None
+    schedule_steps: int = 0  # the Trainer's max_steps: the LR schedule's horizon
+    completion_tokens: int = 0  # completion (loss) tokens trained on, whole run
+    trained_examples: int = 0  # examples trained on, whole run (an example trained twice counts twice)
+    epochs: float = 0.0  # passes over the kept examples
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +169,7 @@ class PreparedSFT:
     eos_token: str
     resume_checkpoint: Path | None
     callback: Any
+    budget_counter: Any  # completion tokens and examples trained on (budget.make_budget_counter)
 
 
 def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> PreparedSFT:
@@ -203,7 +216,8 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
     eos_id = tokenizer.convert_tokens_to_ids(eos_token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = eos_token  # padding is masked out of the loss (-100) and the attention
-    args = trl.SFTConfig(**sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token))
+    config = sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token)
+    args = trl.SFTConfig(**config)
     with args.main_process_first(desc="SFT tokenization"):  # rank 0 writes the Arrow cache, the others read it
         train_dataset, stats = tokenize_dataset(
             tokenizer,
@@ -229,6 +243,15 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
             f"{params.max_length} tokens: nothing to train on (raise [sft] max_length or lower [quality] max_tokens)"
         )
 
+    if params.budget == "tokens":  # max_steps: enough steps for the budget in any order; the counter stops it
+        epoch_steps = steps_per_epoch(
+            len(train_dataset), args.per_device_train_batch_size, args.gradient_accumulation_steps,
+            args.world_size, args.dataloader_drop_last,
+        )
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        horizon = token_budget_max_steps(stats.completion_lengths, params.budget_tokens, per_step, epoch_steps)
+        args = trl.SFTConfig(**{**config, "max_steps": horizon})
+
     # -- model
     load_dtype = torch.bfloat16 if (bf16 and params.lora) else torch.float32  # full FT keeps fp32 master weights
     model = AutoModelForCausalLM.from_pretrained(base_ref, dtype=load_dtype)
@@ -244,15 +267,17 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
             task_type="CAUSAL_LM",
         )
 
-    callback = make_log_callback(output_dir, on_log)
-    trainer = trl.SFTTrainer(
+    counter = make_budget_counter(params.budget_tokens if params.budget == "tokens" else None)
+    callback = make_log_callback(output_dir, on_log, counter)
+    trainer = counting_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[callback],
+        callbacks=[callback, counter],
     )
+    trainer.budget_counter = counter
     # With disable_tqdm the Trainer prints every log dict to stdout; our callback logs instead.
     trainer.remove_callback(PrinterCallback)
     return PreparedSFT(
@@ -265,6 +290,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         eos_token=eos_token,
         resume_checkpoint=resume_ckpt,
         callback=callback,
+        budget_counter=counter,
     )
 
 
@@ -291,6 +317,7 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
     resumed_from_step = checkpoint_step(resume) if resume is not None else 0
     if resume is not None:
         logger.info("resuming SFT from %s (step %d)", resume, resumed_from_step)
+        prepared.budget_counter.restore(resume)
 
     finished = finished_checkpoint_state(resume)
     if finished is not None:
@@ -352,7 +379,18 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
         device=prepared.device,
         bf16=prepared.bf16,
         log_path=str(output_dir / TRAIN_LOG_FILE),
+        budget=params.budget,
+        budget_tokens=params.budget_tokens,
+        schedule_steps=int(trainer.state.max_steps),
+        completion_tokens=prepared.budget_counter.completion_tokens,
+        trained_examples=prepared.budget_counter.trained_examples,
+        epochs=round(float(trainer.state.epoch or 0.0), 4),
     )
+    if params.budget == "tokens" and not prepared.budget_counter.budget_reached:
+        logger.warning(
+            "the run ended at step %d with %d completion tokens, short of [sft] budget_tokens = %d",
+            result.steps, result.completion_tokens, params.budget_tokens,
+        )
     if trainer.is_world_process_zero():
         tmp_result = output_dir / (RESULT_FILE + ".tmp")
         tmp_result.write_text(json.dumps(result.to_json(), indent=2) + "\n")
