@@ -192,7 +192,7 @@ def sft_dataset(
              ins={"sft_dataset": dg.AssetIn(partition_mapping=sft_to_model),
                   "student_base_model": dg.AssetIn(partition_mapping=student_to_model),
                   "cot_quality": dg.AssetIn(partition_mapping=student_to_model)},
-             code_version="2")
+             code_version="3")
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,

@@ -6,7 +6,7 @@ by its callers so that importing this package never imports Dagster.
 
 from __future__ import annotations
 
-from orion_assets.profiles.schema import DEFAULT_LORA_TARGET_MODULES
+from orion_assets.profiles.sft import DEFAULT_LORA_TARGET_MODULES
 from orion_assets.training.checkpoints import find_resume_checkpoint, read_train_log
 from orion_assets.training.config import (
     FINAL_DIR,

@@ -1,6 +1,6 @@
 """One SFT run's parameters (:class:`TrainParams`), their hash and the files a run writes.
 
-:class:`TrainParams` is the profile's [sft] section (:class:`~orion_assets.profiles.schema.SFTSettings`) plus
+:class:`TrainParams` is the profile's [sft] section (:class:`~orion_assets.profiles.sft.SFTSettings`) plus
 paths and run options; :func:`config_hash` names what decides the trained weights.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ConfigDict, field_validator
 
 from orion_assets.ids import file_sha256, model_fingerprint, sha256_json
-from orion_assets.profiles.schema import SFTSettings
+from orion_assets.profiles.sft import SFTSettings
 
 TRAIN_LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orion_assets.devices import resolve_device
-from orion_assets.profiles.schema import SFT_RESERVED_ARGS, SFT_TRAINER_FIELDS, trl_sft_config_fields
+from orion_assets.profiles.sft import SFT_RESERVED_ARGS, SFT_TRAINER_FIELDS, trl_sft_config_fields
 from orion_assets.training.budget import (
     counting_trainer_class,
     make_budget_counter,
@@ -129,7 +129,7 @@ def sft_trainer_config(
     """The keyword arguments of ``trl.SFTConfig`` for a run: the project's defaults (:data:`_TRAINER_DEFAULTS`,
     ``data_seed`` = ``seed``), then the [sft] settings (``params.trainer_args()``: TRL's fields among the [sft]
     keys and [sft.training_args], as given), then what the SFT code decides itself
-    (:data:`~orion_assets.profiles.schema.SFT_RESERVED_ARGS`, which the settings cannot hold)."""
+    (:data:`~orion_assets.profiles.sft.SFT_RESERVED_ARGS`, which the settings cannot hold)."""
     on_cuda = device.startswith("cuda")
     grad_ckpt = on_cuda if params.gradient_checkpointing is None else bool(params.gradient_checkpointing)
     fixed: dict[str, Any] = {

@@ -147,7 +147,7 @@ def test_sft_training_args_pass_through_to_trl(write_profile):
     assert args["learning_rate"] == 1e-5 and args["lr_scheduler_type"] == "cosine" and args["weight_decay"] == 0.01
     assert args["num_train_epochs"] == sft.num_train_epochs and args["per_device_train_batch_size"] == sft.per_device_train_batch_size
     assert "max_length" not in args  # the SFT code sets TRL's max_length (None) itself
-    from orion_assets.profiles.schema import (
+    from orion_assets.profiles.sft import (
         SFT_RESERVED_ARGS,
         SFT_TRAINER_FIELDS,
         trl_sft_config_fields,

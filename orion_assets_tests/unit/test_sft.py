@@ -140,7 +140,7 @@ def test_launch_command_and_params_roundtrip(tmp_path):
     acc = ["accelerate", "launch", "--num_processes", "2", "-m", "orion_assets.training.main"]
     assert launch_command(acc) == acc
 
-    from orion_assets.profiles.schema import SFTSection
+    from orion_assets.profiles.sft import SFTSection
 
     p = TrainParams.from_sft_config(SFTSection(), base_model_path="b", dataset_path="d", output_dir="o")
     assert p.max_length == SFTSection().max_length and p.lora is True
