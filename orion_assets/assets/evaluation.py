@@ -45,10 +45,10 @@ BENCHMARK_SCORES = TableSpec(
 LEADERBOARD = TableSpec(
     "leaderboard",
     {
+        "student": pl.Utf8,
         "variant": pl.Utf8,
-        **{f"{b}{suffix}": dtype for b in BENCHMARKS
-           for suffix, dtype in (("", pl.Float64), ("_se", pl.Float64), ("_delta", pl.Float64), ("_n_errors", pl.Int64),
-                                 ("_boxed", pl.Float64))},
+        **report.LEADERBOARD_BUDGET,
+        **{column: dtype for b in BENCHMARKS for column, dtype in report.benchmark_columns(b).items()},
         "score_ids": pl.List(pl.Utf8),
         "leaderboard_id": pl.Utf8,
     },
@@ -236,17 +236,23 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
 REPORTED_TABLES = ("teacher_cots", "refined_cots", "student_errors", "cot_quality")
 
 
-@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="3", deps=REPORTED_TABLES)
+# The report reads the predictions (paired deltas) and the checkpoints (budgets) from the store too.
+REPORTED_TABLES = (*REPORTED_TABLES, "benchmark_predictions", "student_checkpoint")
+
+
+@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="4", deps=REPORTED_TABLES)
 def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_scores: Table) -> Rows:
-    """Variants x benchmarks with each variant's delta over ``teacher_sft``, as a table here and a
+    """Each student's variants x benchmarks: pass@1 as mean ± sd over seeds, paired deltas over ``teacher_sft``
+    and ``base`` with their bootstrap intervals, and each variant's training budget, as a table here and a
     Markdown report with plots under ``$ORION_DATA_DIR/reports/``."""
     out_dir = orion.data_path / "reports"
     built = report.build_report(orion.store, out_dir, prices=report.prices_of(orion.active.config))
-    scores = benchmark_scores.frame(["variant", "score_id"])
-    score_ids = scores.group_by("variant").agg(pl.col("score_id").sort().alias("score_ids"))
-    table = built.leaderboard.join(score_ids, on="variant", how="left").with_columns(
-        pl.struct("variant", "score_ids")
-        .map_elements(lambda r: content_id("leaderboard", r["variant"], r["score_ids"]), return_dtype=pl.Utf8)
+    scores = benchmark_scores.frame(["student", "variant", "score_id"])
+    score_ids = scores.group_by("student", "variant").agg(pl.col("score_id").sort().alias("score_ids"))
+    table = built.leaderboard.join(score_ids, on=["student", "variant"], how="left").with_columns(
+        pl.struct("student", "variant", "score_ids")
+        .map_elements(lambda r: content_id("leaderboard", r["student"], r["variant"], r["score_ids"]),
+                      return_dtype=pl.Utf8)
         .alias("leaderboard_id")
     )
     plots = {

@@ -4,13 +4,20 @@ This package only re-exports: ``page`` assembles and writes the page from ``read
 ``scores`` and ``sections`` (its tables) and ``plots`` (its PNGs).
 """
 
-from orion_assets.method.evaluation.report.comparison import leaderboard_frame, paired_deltas
+from orion_assets.method.evaluation.report.comparison import (
+    LEADERBOARD_BUDGET,
+    benchmark_columns,
+    leaderboard_frame,
+    paired_deltas,
+)
 from orion_assets.method.evaluation.report.page import MARKDOWN_NAME, Report, build_report
 from orion_assets.method.evaluation.report.plots import ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG
 from orion_assets.method.evaluation.report.read import usage_frame
 from orion_assets.method.evaluation.report.sections import Prices, prices_of, quality_frame, reflection_frame
 
 __all__ = [
+    "LEADERBOARD_BUDGET",
+    "benchmark_columns",
     "ACCURACY_PNG",
     "COT_LENGTHS_PNG",
     "ERROR_TYPES_PNG",

@@ -143,9 +143,9 @@ def comparison_sections(board: pl.DataFrame, deltas: pl.DataFrame, grading: str 
                 value, sd, se, seeds = record[b], record[f"{b}_sd"], record[f"{b}_se"], record[f"{b}_seeds"]
                 spread = f" ± {_pct(sd)}" if sd is not None else f" ± {_pct(se)} SE" if se is not None else ""
                 row.append(MISSING if value is None else f"{_pct(value)}{spread}" + (f" ({seeds} seeds)" if seeds and seeds > 1 else ""))
-                for suffix in SUFFIX.values():
-                    if record["variant"] in AGAINST and record[f"{b}_{suffix}"] == 0.0 and record[f"{b}_{suffix}_low"] == 0.0:
-                        row.append("ref" if SUFFIX[record["variant"]] == suffix else MISSING)
+                for against, suffix in SUFFIX.items():
+                    if record["variant"] == against:
+                        row.append("ref" if value is not None else MISSING)
                         continue
                     delta = record[f"{b}_{suffix}"]
                     star = "*" if delta is not None and _excludes_zero(record[f"{b}_{suffix}_low"], record[f"{b}_{suffix}_high"]) else ""
