@@ -19,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (benchmark, variant, n_problems, k, pass@1, SE, maj@k, pass@k, mean tokens, truncation)
 SCORES = [
     ("gsm_hard", "base", 8, 4, 0.125, 0.05, 0.125, 0.25, 300.0, 0.5),
-    ("gsm_hard", "teacher_sft", 8, 4, 0.40, 0.10, 0.375, 0.625, 512.4, 0.125),
+    ("gsm_hard", "teacher_sft", 8, 4, 0.375, 0.10, 0.375, 0.625, 512.4, 0.125),
     ("gsm_hard", "orion", 8, 4, 0.4375, 0.09, 0.5, 0.75, 410.0, 0.0),
     ("math500", "base", 8, 4, 0.0, 0.0, 0.0, 0.0, 250.0, 0.75),
     ("math500", "teacher_sft", 8, 4, 0.25, 0.08, 0.25, 0.5, 700.0, 0.25),
@@ -50,6 +50,18 @@ def scores_frame() -> pl.DataFrame:
     return frame.with_columns(pl.lit("run-1").alias("dagster_run_id"), pl.lit("x").alias("benchmark_score_id"), boxed)
 
 
+def predictions_frame() -> pl.DataFrame:
+    """Graded samples behind SCORES' pass@1: 8 problems x k = 4 of each (benchmark, variant), sample j of
+    problem i correct when 4 * i + j < pass@1 * 32 (the first problems are the ones answered right)."""
+    rows = []
+    for benchmark, variant, n, k, pass_at_1, *_ in SCORES:
+        correct = round(pass_at_1 * n * k)
+        rows += [{"prediction_id": f"{benchmark}-{variant}-{i}-{j}", "benchmark": benchmark, "variant": variant,
+                  "problem_id": f"{benchmark}-p{i}", "sample_index": j, "correct": k * i + j < correct,
+                  "finish_reason": "stop"} for i in range(n) for j in range(k)]
+    return pl.DataFrame(rows)
+
+
 def materialization(asset: str) -> dict[str, object]:
     return {"asset_key": asset, "dagster_run_id": "run-1", "profile_name": "tiny", "profile_hash": "feedc0de"}
 
@@ -58,6 +70,8 @@ def write_store(path: Path, tables: set[str]) -> Store:
     store = Store(path)
     if "benchmark_scores" in tables:
         store.replace_rows("benchmark_scores", scores_frame(), replace_where=None, materialization=materialization("benchmark_scores"))
+        store.replace_rows("benchmark_predictions", predictions_frame(), replace_where=None,
+                           materialization=materialization("benchmark_predictions"))
     if "teacher_cots" in tables:
         teacher = pl.DataFrame({"teacher_cot_id": [f"t{i}" for i in range(40)], "n_tokens": [200 + 10 * i for i in range(40)]})
         store.replace_rows("teacher_cots", teacher, replace_where=None, materialization=materialization("teacher_cots"))
@@ -109,18 +123,29 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert "Generated " in md
     assert "`tiny` (hash `feedc0de`)" in md
 
-    # pass@1 table: columns gsm_hard, Δ, math500, Δ, aime24, Δ (amc23 has no scores: no column).
-    # orion gsm_hard: 43.75% ± 9%, Δ = 43.75 - 40.0 = +3.75 points -> "+3.8" (rounded to 1 decimal);
-    # math500 missing; aime24: 0.0 ± 0.0, Δ = 0 - 3.125 = -3.125 -> "-3.1".
-    assert table_row(md, "pass@1", "orion") == ["43.8 ± 9.0", "+3.8", "—", "—", "0.0 ± 0.0", "-3.1"]
-    # base: gsm_hard 12.5 - 40.0 = -27.5; math500 0.0 - 25.0 = -25.0; no aime24 score.
-    assert table_row(md, "pass@1", "base") == ["12.5 ± 5.0", "-27.5", "0.0 ± 0.0", "-25.0", "—", "—"]
-    # teacher_sft is the reference: 40.0 ± 10.0, 25.0 ± 8.0, 3.125 -> "3.1" ± 3.125 -> "3.1"
-    assert table_row(md, "pass@1", "teacher_sft") == ["40.0 ± 10.0", "ref", "25.0 ± 8.0", "ref", "3.1 ± 3.1", "ref"]
+    # pass@1 table: per benchmark pass@1, Δ over teacher_sft, Δ over base, paired over problems (amc23 has no
+    # scores: no column). gsm_hard: orion answers problems 0-2 and half of problem 3 (14 of 32), teacher_sft
+    # problems 0-2 (12 of 32): one problem differs by +0.5, Δ = 0.5 / 8 = +6.25 points -> "+6.3"; a bootstrap
+    # resample without problem 3 gives 0, so the interval starts at 0 and no "*" marks it.
+    # aime24: orion 0 against teacher_sft's 1 of 32: Δ = -0.25 / 8 = -3.125 -> "-3.1".
+    orion = table_row(md, "pass@1", "orion")
+    assert orion[0] == "43.8 ± 9.0 SE" and orion[1].startswith("+6.3 [+0.0, +") and "*" not in orion[1]
+    assert orion[3:6] == ["—", "—", "—"]  # no math500 score
+    assert orion[6] == "0.0 ± 0.0 SE" and orion[7].startswith("-3.1 [")
+    # base: gsm_hard 4 of 32 (problem 0) against teacher_sft's problems 0-2: -2 / 8 = -25 points
+    base = table_row(md, "pass@1", "base")
+    assert base[0] == "12.5 ± 5.0 SE" and base[1].startswith("-25.0 [") and base[2] == "ref"
+    assert base[3] == "0.0 ± 0.0 SE" and base[4].startswith("-25.0 [") and base[6:] == ["—", "—", "—"]
+    teacher = table_row(md, "pass@1", "teacher_sft")
+    assert teacher[0::3] == ["37.5 ± 10.0 SE", "25.0 ± 8.0 SE", "3.1 ± 3.1 SE"] and teacher[1::3] == ["ref"] * 3
+    assert teacher[2].startswith("+25.0 [")  # over base, paired: +2 problems of 8
     assert table_row(md, "Answers in", "teacher_sft") == ["50.0%", "75.0%", "100.0%"]
     assert table_row(md, "Answers in", "orion") == ["62.5%", "—", "87.5%"]
-    assert "| variant | gsm_hard | Δ gsm_hard | math500 | Δ math500 | aime24 | Δ aime24 |" in md
+    assert ("| variant | gsm_hard | Δ teacher_sft | Δ base | math500 | Δ teacher_sft | Δ base | aime24 | Δ teacher_sft "
+            "| Δ base |") in md
     assert "amc23" not in md.split("## pass@1", 1)[1].split("## Plots", 1)[0]
+    assert "over the problems both answered (gsm_hard 8, math500 8, aime24 8 problems)" in md
+    assert "paired bootstrap over problems" in md and "B=10000, seed=0" in md
     # variant order: base, teacher_sft, orion
     assert md.index("| `base` |") < md.index("| `teacher_sft` |") < md.index("| `orion` |")
 
@@ -131,25 +156,28 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert table_row(md, "Mean CoT length", "teacher_sft")[0] == "512 / 12.5%"
     assert "Problems per benchmark: gsm_hard 8, math500 8, aime24 8." in md
 
-    # the leaderboard frame: one row per variant, pass@1 fractions and deltas in points
+    # the leaderboard frame: one row per (student, variant), pass@1 fractions and paired deltas in points
     board = report.leaderboard
     assert board["variant"].to_list() == ["base", "teacher_sft", "orion"]
-    assert board.columns == [
-        "variant",
-        "gsm_hard", "gsm_hard_se", "gsm_hard_delta", "gsm_hard_n_errors", "gsm_hard_boxed",
-        "math500", "math500_se", "math500_delta", "math500_n_errors", "math500_boxed",
-        "aime24", "aime24_se", "aime24_delta", "aime24_n_errors", "aime24_boxed",
-    ]  # fmt: skip
+    assert board["student"].to_list() == ["student"] * 3  # a store without a student column: one student
+    assert board.columns[:6] == ["student", "variant", "examples", "train_tokens", "steps", "dropped"]
+    assert {"gsm_hard", "gsm_hard_sd", "gsm_hard_seeds", "gsm_hard_delta", "gsm_hard_delta_low", "gsm_hard_delta_high",
+            "gsm_hard_delta_p", "gsm_hard_significant", "gsm_hard_delta_base", "gsm_hard_n_common"} <= set(board.columns)
+    assert "amc23" not in board.columns
     # these scores were written before failed calls and grading rules were recorded
     assert board["gsm_hard_n_errors"].null_count() == board.height
-    assert "failed call" not in md
-    assert "GSM-Hard: these scores do not record which grading rule made them" in md
+    assert "failed calls)" not in md
+    assert "These scores do not record which grading rule made them" in md
     orion = board.row(2, named=True)
-    assert orion["gsm_hard"] == pytest.approx(0.4375)
-    assert orion["gsm_hard_delta"] == pytest.approx(100 * (0.4375 - 0.40))
+    assert orion["gsm_hard"] == pytest.approx(0.4375) and orion["gsm_hard_seeds"] == 1 and orion["gsm_hard_sd"] is None
+    assert orion["gsm_hard_delta"] == pytest.approx(6.25) and orion["gsm_hard_delta_low"] == pytest.approx(0.0)
+    assert orion["gsm_hard_delta_high"] > 6.25 and orion["gsm_hard_delta_p"] == pytest.approx(1.0)  # 1 win, 0 losses
+    assert orion["gsm_hard_significant"] is False and orion["gsm_hard_n_common"] == 8
     assert orion["math500"] is None and orion["math500_delta"] is None
     assert orion["aime24_delta"] == pytest.approx(-3.125)
-    assert board.row(1, named=True)["gsm_hard_delta"] == pytest.approx(0.0)
+    teacher = board.row(1, named=True)
+    assert teacher["gsm_hard_delta"] == 0.0 and teacher["gsm_hard_delta_base"] == pytest.approx(25.0)
+    assert report.deltas.height == 2 * 2 + 2 + 1  # orion, base against teacher_sft; orion, teacher_sft against base
 
     # plots exist, are PNGs, and are linked relatively
     assert [p.name for p in report.pngs] == ["accuracy.png", "cot_lengths.png", "error_types.png"]
@@ -169,17 +197,20 @@ def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
         pl.Series("n_answered", [29] * len(SCORES)),
         pl.Series("n_errors", [counts.get((b, v), (0, 0))[0] for b, v, *_ in SCORES]),
         pl.Series("n_unanswered_problems", [counts.get((b, v), (0, 0))[1] for b, v, *_ in SCORES]),
-        pl.Series("grading_rule", ["math_equal" if b == "gsm_hard" else "default" for b, *_ in SCORES]),
+        pl.Series("grading_rule", ["qwen_math"] * len(SCORES)),
     )
     store = Store(tmp_path / "orion_store.duckdb")
     store.replace_rows("benchmark_scores", frame, replace_where=None, materialization=materialization("benchmark_scores"))
+    store.replace_rows("benchmark_predictions", predictions_frame(), replace_where=None,
+                       materialization=materialization("benchmark_predictions"))
     report = build_report(store, tmp_path / "out")
     md = report.markdown
-    assert table_row(md, "pass@1", "orion") == ["43.8 ± 9.0 (3 failed calls)", "+3.8", "—", "—", "0.0 ± 0.0", "-3.1"]
-    assert table_row(md, "pass@1", "teacher_sft")[4] == "3.1 ± 3.1 (1 failed call)"
-    assert table_row(md, "pass@1", "base") == ["12.5 ± 5.0", "-27.5", "0.0 ± 0.0", "-25.0", "—", "—"]
+    orion = table_row(md, "pass@1", "orion")
+    assert orion[0] == "43.8 ± 9.0 SE (3 failed calls)" and orion[6] == "0.0 ± 0.0 SE"
+    assert table_row(md, "pass@1", "teacher_sft")[6] == "3.1 ± 3.1 SE (1 failed call)"
+    assert table_row(md, "pass@1", "base")[0] == "12.5 ± 5.0 SE"
     assert "1 problem(s) without any answered sample are left out" in md
-    assert "GSM-Hard numbers were graded with the `math_equal` rule (relative tolerance 1e-4" in md
+    assert "Graded with the `qwen_math` rule (Qwen2.5-Math's math_equal, relative tolerance 1e-4" in md
     board = report.leaderboard
     assert board.filter(pl.col("variant") == "orion")["gsm_hard_n_errors"].item() == 3
     assert board.filter(pl.col("variant") == "base")["gsm_hard_n_errors"].item() == 0
@@ -188,20 +219,19 @@ def test_failed_calls_and_grading_rule_are_shown(tmp_path: Path) -> None:
     # variants graded under different rules are called out, by variant
     mixed = frame.with_columns(
         pl.when((pl.col("benchmark") == "gsm_hard") & (pl.col("variant") == "base"))
-        .then(pl.lit("precision"))
+        .then(pl.lit("strict"))
         .otherwise(pl.col("grading_rule"))
         .alias("grading_rule")
     )
     store.replace_rows("benchmark_scores", mixed, replace_where=None, materialization=materialization("benchmark_scores"))
     md = build_report(store, tmp_path / "mixed").markdown
-    assert (
-        "GSM-Hard numbers were graded with different rules (`math_equal` for `teacher_sft`, `orion`; "
-        "`precision` for `base`)" in md
-    )
+    assert "The numbers were graded with different rules (`qwen_math` for `base`, `teacher_sft`, `orion`; " \
+           "`strict` for `base`)" in md
 
 
 def test_the_primary_rule_s_scores_are_shown_when_several_rules_are_stored(tmp_path: Path) -> None:
-    # benchmark_scores holds one row per grading rule; the report's tables show the [eval] compat one.
+    # benchmark_scores holds one row per grading rule; the comparison shows the [eval] compat one, and one
+    # table sets every rule's pass@1 side by side.
     primary = scores_frame().with_columns(pl.lit("strict").alias("grading_rule"), pl.lit(True).alias("primary"))
     other = primary.with_columns(pl.lit("qwen_math").alias("grading_rule"), pl.lit(False).alias("primary"),
                                  pl.lit(0.99).alias("pass_at_1"))
@@ -209,9 +239,11 @@ def test_the_primary_rule_s_scores_are_shown_when_several_rules_are_stored(tmp_p
     store.replace_rows("benchmark_scores", pl.concat([other, primary]), replace_where=None,
                        materialization=materialization("benchmark_scores"))
     md = build_report(store, tmp_path / "out").markdown
-    assert table_row(md, "pass@1", "base")[0] == "12.5 ± 5.0"
-    assert "duplicate" not in md and "99.0" not in md
-    assert "GSM-Hard numbers were graded with the `strict` rule" in md and "(`[eval] compat`)" in md
+    assert table_row(md, "pass@1 —", "base")[0] == "12.5 ± 5.0 SE"
+    assert "duplicate" not in md and "99.0" not in md.split("## pass@1 under each grading rule")[0]
+    assert "Graded with the `strict` rule" in md and "(`[eval] compat`; docs/grading.md)" in md
+    assert "| variant | gsm_hard `strict` | gsm_hard `qwen_math` | math500 `strict` |" in md
+    assert table_row(md, "pass@1 under each grading rule", "base")[:2] == ["12.5", "99.0"]
 
 
 def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:

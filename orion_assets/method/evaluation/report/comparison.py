@@ -142,7 +142,10 @@ def comparison_sections(board: pl.DataFrame, deltas: pl.DataFrame, grading: str 
             for b in benchmarks:
                 value, sd, se, seeds = record[b], record[f"{b}_sd"], record[f"{b}_se"], record[f"{b}_seeds"]
                 spread = f" ± {_pct(sd)}" if sd is not None else f" ± {_pct(se)} SE" if se is not None else ""
-                row.append(MISSING if value is None else f"{_pct(value)}{spread}" + (f" ({seeds} seeds)" if seeds and seeds > 1 else ""))
+                n_errors = record[f"{b}_n_errors"]
+                failed = f" ({n_errors} failed call{'s' if n_errors != 1 else ''})" if n_errors else ""
+                row.append(MISSING if value is None else
+                           f"{_pct(value)}{spread}" + (f" ({seeds} seeds)" if seeds and seeds > 1 else "") + failed)
                 for against, suffix in SUFFIX.items():
                     if record["variant"] == against:
                         row.append("ref" if value is not None else MISSING)

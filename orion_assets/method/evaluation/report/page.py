@@ -32,6 +32,7 @@ from orion_assets.method.evaluation.report.scores import (
     _clean_scores,
     _grading_rule_sentence,
     _score_tables,
+    failed_calls_note,
     over_seeds,
     rule_table,
 )
@@ -146,6 +147,7 @@ def build_report(
     lines.append("")
     if scores.height:
         lines += comparison_sections(board, deltas, _grading_rule_sentence(scores))
+        lines += failed_calls_note(averaged)
         lines += rule_table(raw_scores)
         lines += budget_section(budgets)
         lines += _score_tables(averaged)

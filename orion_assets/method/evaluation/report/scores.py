@@ -86,7 +86,8 @@ def over_seeds(scores: pl.DataFrame) -> pl.DataFrame:
         *(pl.col(c).cast(pl.Float64).fill_nan(None).mean() for c in AVERAGED),
         pl.col("pass_at_1").cast(pl.Float64).fill_nan(None).std(ddof=1).alias("pass_at_1_sd"),
         pl.col("seed").n_unique().alias("seeds"),
-        pl.col("n_errors").sum(),
+        *(pl.when(pl.col(c).is_not_null().any()).then(pl.col(c).sum()).alias(c)  # null where never recorded
+          for c in ("n_errors", "n_unanswered_problems")),
         pl.col("n_problems").max(),
         pl.col("k").max(),
         pl.col("grading_rule").drop_nulls().first(),
@@ -172,6 +173,20 @@ def _score_tables(averaged: pl.DataFrame) -> list[str]:
     return parts
 
 
+def failed_calls_note(averaged: pl.DataFrame) -> list[str]:
+    """What "(N failed calls)" in the pass@1 tables means, when there are any."""
+    failed = averaged.filter(pl.col("n_errors").fill_null(0) > 0)
+    if failed.is_empty():
+        return []
+    unanswered = int(failed["n_unanswered_problems"].fill_null(0).sum())
+    return [
+        "(N failed calls): samples whose endpoint call failed (over every seed); they are no answers, not wrong "
+        "ones, so a score is over the answered samples and a delta over the problems both variants answered"
+        + (f", and {unanswered} problem(s) without any answered sample are left out" if unanswered else "")
+        + ". Re-materializing the partition sends only the failed calls again.\n"
+    ]
+
+
 def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
     """Which rule graded the numbers (``[eval] compat``), from the stored column."""
     rows = scores
@@ -190,7 +205,7 @@ def _grading_rule_sentence(scores: pl.DataFrame) -> str | None:
         detail = f" ({RULE_DESCRIPTIONS[rule]})" if rule in RULE_DESCRIPTIONS else ""
         return f"Graded with the `{rule}` rule{detail} (`[eval] compat`; docs/grading.md)."
     described = "; ".join(
-        f"{'not recorded' if rule is None else f'`{rule}`'} for {', '.join(f'`{v}`' for v in variants)}"
+        f"{'not recorded' if rule is None else f'`{rule}`'} for {', '.join(f'`{v}`' for v in _ordered(variants, VARIANTS))}"
         for rule, variants in sorted(by_rule.items(), key=lambda item: (item[0] is None, item[0] or ""))
     )
     return (
@@ -205,6 +220,8 @@ def rule_table(scores: pl.DataFrame | None) -> list[str]:
     if scores is None or "grading_rule" not in scores.columns or scores["grading_rule"].drop_nulls().n_unique() < 2:
         return []
     frame = with_model_keys(scores).filter(pl.col("grading_rule").is_not_null())
+    if "primary" not in frame.columns:
+        frame = frame.with_columns(pl.lit(True).alias("primary"))
     means = frame.group_by("benchmark", "student", "variant", "grading_rule").agg(pl.col("pass_at_1").mean())
     rules = sorted(means["grading_rule"].unique(), key=lambda r: (r not in RULE_DESCRIPTIONS, r))
     primary = frame.filter(pl.col("primary").fill_null(True))["grading_rule"].drop_nulls()
