@@ -66,6 +66,25 @@ def _check_failure_lines(event) -> list[str]:
     return lines
 
 
+def gate_query(run_id: str) -> str:
+    return f"orion sql \"SELECT * FROM orion.quality_gate_results WHERE dagster_run_id = '{run_id}'\""
+
+
+def report_checks(result, label: str, out, prefix: str = "") -> bool:
+    """Print each failed check of a step (its variants, expectations and failing ids); whether any failed."""
+    failed = [e for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed]
+    for event in failed:
+        evaluation = event.event_specific_data
+        variants = _meta(evaluation.metadata or {}, "failed_variants") or []
+        scope = f" for variant(s) {', '.join(variants)}" if variants else ""
+        kind = "blocking check" if evaluation.blocking else "check"
+        print(f"orion run: {prefix}{label}: the {kind} {evaluation.check_name} failed{scope}", file=out)
+        for line in _check_failure_lines(event):
+            print(f"  {line}", file=out)
+    return bool(failed)
+
+
 def report_failure(result, asset: str, label: str, log_path: Path, debug: bool, err, model: str | None = None) -> int:
     """Print why a step failed, from the run's events, and where to look further; the exit code."""
     run_id = result.run_id
@@ -77,17 +96,10 @@ def report_failure(result, asset: str, label: str, log_path: Path, debug: bool, 
     more = [f"the log: {log_path}",
             f"the run in the Dagster UI (dagster dev): http://127.0.0.1:3000/runs/{run_id}"]
     code = 1
-    if failed_checks:
-        for event in failed_checks:
-            evaluation = event.event_specific_data
-            variants = _meta(evaluation.metadata or {}, "failed_variants") or []
-            scope = f" for variant(s) {', '.join(variants)}" if variants else ""
-            kind = "blocking check" if evaluation.blocking else "check"
-            print(f"orion run: {label}: the {kind} {evaluation.check_name} failed{scope}", file=err)
-            for line in _check_failure_lines(event):
-                print(f"  {line}", file=err)
+    if failed_checks and not failures:
+        report_checks(result, label, err)
         if any(e.event_specific_data.check_name == "quality_gate" for e in failed_checks):
-            more.insert(0, f"orion sql \"SELECT * FROM orion.quality_gate_results WHERE dagster_run_id = '{run_id}'\"")
+            more.insert(0, gate_query(run_id))
     elif failures:
         data = failures[0].step_failure_data
         error = data.error

@@ -16,7 +16,7 @@ import psutil
 from orion_assets.cli import console
 from orion_assets.cli.check import run_preflight
 from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
-from orion_assets.cli.failures import report_failure
+from orion_assets.cli.failures import gate_query, report_checks, report_failure
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import Profile, load_profile
 from orion_assets.vocabulary import BENCHMARKS
@@ -209,6 +209,10 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
                 ]
                 row_text = f"{rows[0].value} rows, " if rows and rows[0] is not None else ""
                 print(f"{again}ok ({row_text}{elapsed:.1f}s, {cpu:.1f}s CPU){calls}", file=out, flush=True)
+            if report_checks(result, label, err, prefix="warning: "):
+                # The gate blocks nothing by itself: each failed variant's SFT is refused, the others train.
+                print(f"  those variants' SFT data and checkpoints are refused, the others go on; more: "
+                      f"{gate_query(result.run_id)}", file=err, flush=True)
     finally:
         bars.uninstall()
         if previous_log_env is None:

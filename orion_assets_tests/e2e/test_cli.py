@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from orion_assets_tests.conftest import SMALL, gsm8k_train_rows
@@ -246,28 +247,39 @@ UP_TO_GATE = ["train_problems", "student_base_model", "teacher_cots", "student_a
 
 @pytest.mark.slow
 def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, write_profile):
+    """Every variant fails the gate: the check says why at cot_quality (it blocks nothing by itself), each
+    variant's SFT data is refused with its reasons, and the run goes on to the end and exits 1."""
     profile = write_profile(GATE_PROFILE)
-    done = orion("run", "--profile", str(profile), "--select", *UP_TO_GATE)
+    done = orion("run", "--profile", str(profile), "--select", *UP_TO_GATE, "sft_dataset")
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout.splitlines()
-    assert re.search(r"^\[\d/7\] student_attempts \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 calls, 0 cached, "
-                     r"0 errors, [\d.]+ calls/s$", done.stdout, re.M), out
-    assert re.search(r"^\[6/7\] refined_cots \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); reflection\[orion\]: 6 calls, 0 cached, "
-                     r"0 errors, [\d.]+ calls/s; reflection\[no_error\]: 6 calls, 0 cached, 0 errors, [\d.]+ calls/s$",
-                     done.stdout, re.M), out
-    run_id = re.fullmatch(r"\[7/7\] cot_quality \.\.\. FAILED after [\d.]+s \(run ([0-9a-f-]{36})\)", out[-1]).group(1)
+    assert re.search(r"^\[\d/11\] student_attempts\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 "
+                     r"calls, 0 cached, 0 errors, [\d.]+ calls/s$", done.stdout, re.M), out
+    assert re.search(r"^\[6/11\] refined_cots\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); reflection\[orion\]: 6 "
+                     r"calls, 0 cached, 0 errors, [\d.]+ calls/s; reflection\[no_error\]: 6 calls, 0 cached, 0 errors, "
+                     r"[\d.]+ calls/s$", done.stdout, re.M), out
+    assert re.search(r"^\[7/11\] cot_quality\[tiny\] \.\.\. ok ", done.stdout, re.M), out
+    assert re.search(r"^\[8/11\] sft_dataset\[tiny/base\] \.\.\. ok \(0 rows", done.stdout, re.M), out
+    for number, variant in ((9, "teacher_sft"), (10, "orion"), (11, "orion_no_error")):
+        assert re.search(rf"^\[{number}/11\] sft_dataset\[tiny/{variant}\] \.\.\. FAILED after ", done.stdout, re.M), out
     err = done.stderr.splitlines()
-    assert err[0] == ("orion run: cot_quality: the blocking check quality_gate failed for variant(s) orion, "
+    assert err[0] == ("orion run: warning: cot_quality[tiny]: the check quality_gate failed for variant(s) orion, "
                       "orion_no_error, teacher_sft")
     for line, variant in zip(err[1:4], ("orion", "orion_no_error", "teacher_sft"), strict=True):
         assert line.startswith(f"  variant {variant} failed drop_rate") and "too_short 6" in line, line
         assert re.search(r"failing ids: ([0-9a-f]{16}, ){4}[0-9a-f]{16} \(\+1 more\)$", line), line
+    run_id = re.fullmatch(r"  those variants' SFT data and checkpoints are refused, the others go on; more: orion sql "
+                          r"\"SELECT \* FROM orion.quality_gate_results WHERE dagster_run_id = '([0-9a-f-]{36})'\"",
+                          err[4]).group(1)
+    refusals = [line for line in err if line.startswith("orion run: sft_dataset[")]
+    assert [line.split(":")[1].strip() for line in refusals] == [
+        "sft_dataset[tiny/teacher_sft]", "sft_dataset[tiny/orion]", "sft_dataset[tiny/orion_no_error]"]
+    for line, variant in zip(refusals, ("teacher_sft", "orion", "orion_no_error"), strict=True):
+        assert f"refusing to build SFT data for tiny/{variant}: quality gate failed for variant {variant}" in line, line
+    assert err[-1] == ("orion run: 3 model(s) failed and were left out of what followed: tiny/teacher_sft "
+                       "(sft_dataset[tiny/teacher_sft]); tiny/orion (sft_dataset[tiny/orion]); tiny/orion_no_error "
+                       "(sft_dataset[tiny/orion_no_error])")
     log = next((orion_env["data_dir"] / "logs").glob("orion-run-*.log"))
-    assert err[4:] == [
-        f"  more: orion sql \"SELECT * FROM orion.quality_gate_results WHERE dagster_run_id = '{run_id}'\"",
-        f"        the log: {log}",
-        f"        the run in the Dagster UI (dagster dev): http://127.0.0.1:3000/runs/{run_id}",
-    ]
     assert "Traceback" not in done.stderr and "quality gate: variant orion failed" in log.read_text()
     # The command that shows more works as printed.
     shown = orion("sql", "--format", "json",
@@ -277,11 +289,35 @@ def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, w
 
     again = orion("run", "--no-check", "--profile", str(profile), "--select", "student_attempts")
     assert again.returncode == 0, again.stderr
-    assert re.search(r"^\[1/1\] student_attempts \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 calls, 12 cached, "
+    assert re.search(r"^\[1/1\] student_attempts\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 calls, 12 cached, "
                      r"0 errors$", again.stdout, re.M), again.stdout
     quiet = orion("run", "-q", "--profile", str(profile), "--select", "student_attempts")
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert re.fullmatch(r"orion run: 1 materializations in [\d.]+s \(log: \S+\.log\)\n", quiet.stdout), quiet.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_ablation_is_refused_while_the_passing_variants_train_and_are_scored(orion_env, write_profile):
+    """The tiny random student never writes a verified rewrite: with on_failure = "drop" the refined variants
+    have no data and fail the gate, and the same `orion run` still trains, scores and reports teacher_sft."""
+    profile = write_profile(SMALL.replace("[reflection]\n", '[reflection]\non_failure = "drop"\n')
+                            + "[student_model.tiny]\nvocab_size = 512\n[data]\nbenchmarks = [\"gsm8k\"]\n")
+    done = orion("run", "--profile", str(profile))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\] student_checkpoint\[tiny/teacher_sft/0\] \.\.\. ok ", done.stdout), done.stdout
+    for refused in ("orion", "orion_no_error"):
+        assert re.search(rf"\] student_checkpoint\[tiny/{refused}/0\] skipped: sft_dataset\[tiny/{refused}\] failed$",
+                         done.stdout, re.M), done.stdout
+        assert re.search(rf"\] benchmark_scores\[gsm8k\|tiny/{refused}/0\] skipped", done.stdout), done.stdout
+        assert f"refusing to build SFT data for tiny/{refused}: the quality gate's latest run" in done.stderr
+    assert re.search(r"\] leaderboard \.\.\. ok \(2 rows", done.stdout), done.stdout
+    assert done.stderr.splitlines()[-1] == (
+        "orion run: 2 model(s) failed and were left out of what followed: tiny/orion (sft_dataset[tiny/orion]); "
+        "tiny/orion_no_error (sft_dataset[tiny/orion_no_error])")
+    with duckdb.connect(str(orion_env["data_dir"] / "orion_store.duckdb"), read_only=True) as con:
+        trained = {v for (v,) in con.execute("SELECT variant FROM orion.student_checkpoint").fetchall()}
+        scored = {v for (v,) in con.execute("SELECT variant FROM orion.benchmark_scores").fetchall()}
+    assert trained == scored == {"base", "teacher_sft"}
 
 
 # -- the pieces behind the progress lines -----------------------------------------------------------

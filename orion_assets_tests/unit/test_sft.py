@@ -519,3 +519,20 @@ def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_studen
     steps = [json.loads(m.split("sft step ", 1)[1])["step"] for m in messages if "sft step " in m]
     assert steps == [1, 2, 3]
     assert (Path(params.output_dir) / TRAIN_LOG_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_weights_and_another_seed_others(tmp_path, tiny_student, sft_parquet):
+    """[sft] seeds: a re-run with a seed reproduces its checkpoint (so its scores), another seed changes it."""
+    from safetensors.torch import load_file
+
+    def trained(seed: int, name: str) -> tuple[list[float], dict]:
+        out = tmp_path / name
+        train(_params(tiny_student, sft_parquet, out, seed=seed, lora_dropout=0.1))
+        return [e["loss"] for e in read_train_log(out)], load_file(out / "final" / "adapter_model.safetensors")
+
+    losses, weights = trained(0, "a")
+    again_losses, again = trained(0, "b")
+    other_losses, other = trained(1, "c")
+    assert losses == again_losses and all(torch.equal(weights[k], again[k]) for k in weights)
+    assert losses != other_losses and any(not torch.equal(weights[k], other[k]) for k in weights)

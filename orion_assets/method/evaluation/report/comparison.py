@@ -25,8 +25,12 @@ def paired_deltas(predictions: pl.DataFrame | None, *, resamples: int = RESAMPLE
     """One row per (benchmark, student, variant, against): :class:`paired.PairedDelta`'s fields, for every
     variant against ``teacher_sft`` and ``base`` of the same student on the same benchmark."""
     rows: list[dict] = []
-    if predictions is not None and predictions.height:
-        frame = with_model_keys(predictions).select(PREDICTION_COLUMNS)
+    needed = set(PREDICTION_COLUMNS) - {"student", "seed", "finish_reason"}  # a store may predate those
+    if predictions is not None and predictions.height and needed <= set(predictions.columns):
+        frame = with_model_keys(predictions)
+        if "finish_reason" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Utf8).alias("finish_reason"))
+        frame = frame.select(PREDICTION_COLUMNS)
         groups = {key: group for key, group in frame.group_by("benchmark", "student", "variant")}
         for (benchmark, student, variant), group in sorted(groups.items()):
             for against in AGAINST:

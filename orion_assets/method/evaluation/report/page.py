@@ -104,6 +104,9 @@ def build_report(
     scores = _clean_scores(raw_scores, notes)
     averaged = over_seeds(scores)
     deltas = paired_deltas(predictions)
+    if scores.height and deltas.is_empty():
+        notes.append(f"No paired deltas: `{SCHEMA}.benchmark_predictions` holds no graded samples of two variants on "
+                     "the same problems (materialize `benchmark_predictions` for `teacher_sft` or `base` too).")
     budgets = budget_frame(checkpoints, cot_quality)
     board = leaderboard_frame(averaged, deltas, budgets)
 
