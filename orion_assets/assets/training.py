@@ -26,6 +26,7 @@ from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.training import TrainParams, config_hash, gguf, student
+from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.vocabulary import BASE_VARIANT
 
@@ -39,7 +40,7 @@ STUDENT_BASE_MODEL = TableSpec(
 
 
 @orion_asset(STUDENT_BASE_MODEL, group_name="training", partitions_def=student_partitions, kinds={"transformers"},
-             code_version="2")
+             code_version="3")
 def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
     """One student before any SFT: built tiny and random (tiny profile), converted from a GGUF file, or
     resolved from the Hub/disk."""
@@ -57,6 +58,8 @@ def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) 
         built = gguf.convert_gguf(located, orion.data_path / "models")
     else:
         built = student.resolve_pretrained(spec.name_or_path, spec.revision)
+    if spec.chat_template is not None:
+        built = with_chat_template(built, spec.chat_template, orion.data_path / "models")
     context.log.info(f"student base model {built.path} ({built.parameters:,} parameters)")
     info = json.loads((built.path / "build_info.json").read_text()) if (built.path / "build_info.json").is_file() else {}
     provenance = {key: info[key] for key in ("package", "package_version", "gguf_file", "gguf_sha256") if info.get(key)}

@@ -134,6 +134,8 @@ class StudentModelConfig(Section):
 
     name: str = Field("student", pattern=STUDENT_NAME)
     endpoint: dict[str, Any] = Field(default_factory=dict)  # [endpoints.student] overrides for this student
+    # A Jinja chat template (its text, or a path to a .jinja file) replacing the model's own; None: the model's.
+    chat_template: str | None = None
     # build_tiny: a random Qwen2-architecture model and a tokenizer trained on the training text.
     # gguf: a GGUF file (in an installed package, or at a path), converted once to safetensors.
     source: Literal["build_tiny", "pretrained", "gguf"] = "build_tiny"

@@ -502,3 +502,30 @@ def test_serve_startup_failure_raises_with_server_output(tmp_path):
     assert "exited with code" in message
     assert "--- output tail ---" in message
     assert "Traceback" in message.split("--- output tail ---")[1]  # the server's own error, from its output
+
+
+ARROWS = ("{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<<assistant>> {% endif %}")
+
+
+def test_a_students_own_chat_template_links_the_weights_and_changes_only_the_template(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from orion_assets.training.chat_template import with_chat_template
+
+    chat = [{"role": "user", "content": "What is 2 + 3?"}]
+    own = with_chat_template(tiny, ARROWS, tmp_path / "models")
+    assert own.path != tiny.path and own.config_hash != tiny.config_hash  # its checkpoints and calls are its own
+    assert (own.path / "model.safetensors").resolve() == (tiny.path / "model.safetensors").resolve()
+    rendered = AutoTokenizer.from_pretrained(own.path).apply_chat_template(chat, tokenize=False,
+                                                                          add_generation_prompt=True)
+    assert rendered == "<<user>> What is 2 + 3?<|im_end|>\n<<assistant>> "
+    original = AutoTokenizer.from_pretrained(tiny.path).apply_chat_template(chat, tokenize=False,
+                                                                           add_generation_prompt=True)
+    assert "<<user>>" not in original  # the base directory is untouched
+    assert with_chat_template(tiny, ARROWS, tmp_path / "models") == own  # made once
+    template_file = tmp_path / "arrows.jinja"
+    template_file.write_text(ARROWS)
+    assert with_chat_template(tiny, str(template_file), tmp_path / "models") == own
+    with pytest.raises(ValueError, match="chat_template does not render"):
+        with_chat_template(tiny, "{% for m in messages %}{{ m['content'] }", tmp_path / "models")
