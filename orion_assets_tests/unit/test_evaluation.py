@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,10 +237,9 @@ def test_the_hf_backend_keys_its_calls_by_the_checkpoint_id_too(orion_env, write
 
 
 @contextmanager
-def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
-    """An OpenAI-compatible student that answers each problem (found by its text in the prompt)
-    with the gold off by a relative 1e-5 on even seeds, and with the exact gold but cut at the
-    length limit (finish_reason "length") on odd ones."""
+def _student_answering(answer: Callable[[dict, str], tuple[str, str]]) -> Iterator[str]:
+    """An OpenAI-compatible student whose reply to a chat request is ``answer(body, prompt)`` ->
+    ``(text, finish_reason)``; a client that stopped waiting (a timeout) is no error here."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -248,23 +247,20 @@ def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
 
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][-1]["content"]
-            gold = next(g for problem, g in golds.items() if problem in prompt)
-            if int(body.get("seed") or 0) % 2 == 0:
-                near = Decimal(gold) * Decimal("1.00001")
-                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{format(near, 'f')}}}.", "stop"
-            else:
-                text, finish = f"Computing step by step.\nSo the answer is \\boxed{{{gold}}}", "length"
+            text, finish = answer(body, body["messages"][-1]["content"])
             reply = json.dumps({
-                "id": "near-miss", "object": "chat.completion", "created": 0, "model": body["model"],
+                "id": "scripted", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+            except OSError:  # the client gave up on a hung reply
+                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -273,6 +269,33 @@ def _near_miss_student(golds: dict[str, str]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _near_miss_student(golds: dict[str, str]):
+    """Each problem (found by its text in the prompt) answered with the gold off by a relative 1e-5 on
+    even seeds, and with the exact gold but cut at the length limit (finish_reason "length") on odd ones."""
+
+    def answer(body: dict, prompt: str) -> tuple[str, str]:
+        gold = next(g for problem, g in golds.items() if problem in prompt)
+        if int(body.get("seed") or 0) % 2 == 0:
+            near = Decimal(gold) * Decimal("1.00001")
+            return f"Computing step by step.\nSo the answer is \\boxed{{{format(near, 'f')}}}.", "stop"
+        return f"Computing step by step.\nSo the answer is \\boxed{{{gold}}}", "length"
+
+    return _student_answering(answer)
+
+
+def _slow_student(golds: dict[str, str], hang: set[str]):
+    """Each problem's gold, except that it takes 5 s over the problems in ``hang`` (a looping reply the
+    client stops waiting for)."""
+
+    def answer(body: dict, prompt: str) -> tuple[str, str]:
+        if any(problem in prompt for problem in hang):
+            time.sleep(5.0)
+        gold = next(g for problem, g in golds.items() if problem in prompt)
+        return f"So the answer is \\boxed{{{gold}}}.", "stop"
+
+    return _student_answering(answer)
 
 
 def test_the_grading_rules_and_truncation_reach_the_grader(orion_env, write_profile) -> None:
@@ -319,45 +342,6 @@ def test_the_grading_rules_and_truncation_reach_the_grader(orion_env, write_prof
         scores = store.read("benchmark_scores")
         assert scores.height == 1 and scores["grading_rule"].item() == "qwen_math" and scores["primary"].item()
         assert scores["pass_at_1"].item() == pytest.approx(expected["qwen_math"] / (2 * N_PROBLEMS))
-
-
-@contextmanager
-def _slow_student(golds: dict[str, str], hang: set[str]) -> Iterator[str]:
-    """An OpenAI-compatible student that answers each problem's gold, except that it takes 5 s over
-    the problems in ``hang`` (a looping reply the client stops waiting for)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][-1]["content"]
-            if any(problem in prompt for problem in hang):
-                time.sleep(5.0)
-            gold = next(g for problem, g in golds.items() if problem in prompt)
-            reply = json.dumps({
-                "id": "slow", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"So the answer is \\boxed{{{gold}}}."}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }).encode()  # fmt: skip
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-            except OSError:  # the client gave up on a hung reply
-                pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_timed_out_reply_is_a_wrong_answer_not_a_failed_call(orion_env, write_profile) -> None:
