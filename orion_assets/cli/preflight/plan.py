@@ -16,7 +16,7 @@ from orion_assets.method.problems import BENCHMARK_SPECS
 from orion_assets.method.variants import skipped_modes, skipped_variants
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.records import PACKAGE_DATA, resolve_data_path
-from orion_assets.vocabulary import BASE_VARIANT, MODE_ROLE, MODES, ROLES, TRAINING_VARIANTS
+from orion_assets.vocabulary import MODE_ROLE, MODES, ROLES, TRAINING_VARIANTS
 
 # A solve prompt (instruction, problem, chat template) in tokens: GSM8K and MATH problems run
 # 50-300 tokens, AIME statements up to ~400. Used where the cache has no average yet.
@@ -95,9 +95,12 @@ def stages(ctx: Context, problems: Problems) -> list[Stage]:
         planned.append(Stage("teacher_cots", "teacher", train * cfg.teacher.samples,
                              f"{train} problems x {cfg.teacher.samples} sample(s)",
                              cfg.endpoints.teacher.max_tokens, SOLVE_PROMPT_TOKENS))
+    students = len(cfg.all_students)
+    per_student = f" x {students} students" if students > 1 else ""
     if ctx.selected("student_attempts"):
-        planned.append(Stage("student_attempts", "student", train * cfg.exposure.n,
-                             f"{train} problems x n={cfg.exposure.n}", cfg.exposure.max_tokens, SOLVE_PROMPT_TOKENS))
+        planned.append(Stage("student_attempts", "student", train * cfg.exposure.n * students,
+                             f"{train} problems x n={cfg.exposure.n}{per_student}", cfg.exposure.max_tokens,
+                             SOLVE_PROMPT_TOKENS))
     drawn = cfg.teacher.samples if cfg.reflection.teacher_samples == "all" else 1  # teacher CoTs per problem used
     if ctx.selected("refined_cots"):
         skipped = skipped_modes(cfg)
@@ -106,8 +109,9 @@ def stages(ctx: Context, problems: Problems) -> list[Stage]:
         for mode in (m for m in MODES if m not in skipped):
             role = MODE_ROLE[mode]
             max_tokens = cfg.reflection.max_tokens if role == "student" else cfg.endpoints.teacher.max_tokens
-            planned.append(Stage(f"refined_cots[{mode}]", role, train * drawn * tries,
-                                 f"{train} problems{per_problem} x up to {tries} tr{'ies' if tries > 1 else 'y'}",
+            planned.append(Stage(f"refined_cots[{mode}]", role, train * drawn * tries * students,
+                                 f"{train} problems{per_problem} x up to {tries} tr{'ies' if tries > 1 else 'y'}"
+                                 f"{per_student}",
                                  max_tokens, reflect_prompt, upto=True))
     if ctx.selected("cot_quality") and cfg.endpoints.judge is not None:
         candidates = train * drawn * (1 + len([m for m in MODES if m not in skipped_modes(cfg)]))
@@ -115,10 +119,12 @@ def stages(ctx: Context, problems: Problems) -> list[Stage]:
                              cfg.endpoints.judge.max_tokens, SOLVE_PROMPT_TOKENS + JUDGE_PROMPT_EXTRA_TOKENS + teacher_out,
                              upto=True, budgeted=False))
     if ctx.selected("benchmark_predictions"):
-        variants = [BASE_VARIANT, *(v for v in TRAINING_VARIANTS if v not in skipped_variants(cfg))]
+        trained = [v for v in TRAINING_VARIANTS if v not in skipped_variants(cfg)]
+        models = students * (1 + len(trained) * len(cfg.sft.all_seeds))  # base once, the others per seed
         per_variant = sum(n * cfg.eval.k_overrides.get(b, cfg.eval.k) for b, n in benchmarks.items())
-        planned.append(Stage("benchmark_predictions", "student", per_variant * len(variants),
-                             f"{per_variant} samples (benchmark problems x k) x {len(variants)} variants",
+        planned.append(Stage("benchmark_predictions", "student", per_variant * models,
+                             f"{per_variant} samples (benchmark problems x k) x {models} models "
+                             f"({1 + len(trained)} variants, {len(cfg.sft.all_seeds)} seed(s), {students} student(s))",
                              cfg.eval.max_tokens, SOLVE_PROMPT_TOKENS, budgeted=False))
     return planned
 
