@@ -175,12 +175,12 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
             first_eval = [r for r in student.requests() if r.get("kind") == "solve" and r.get("model") == "orion"]
             # 4. Retrain `orion` (more steps), serve the new adapter under the same name, evaluate again.
             write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, max_steps=3)
-            dry.dagster("student_checkpoint", "orion")
+            dry.dagster("student_checkpoint", "student/orion/0")
             retrained = dry.checkpoints()
             student_log = student.requests()  # everything up to here, kept across restarts
             student.restart(adapters=dict(retrained))
             student.reset_log()
-            dry.dagster("benchmark_predictions", "math500|orion")
+            dry.dagster("benchmark_predictions", "math500|student/orion/0")
             second_eval = [r for r in student.requests() if r.get("kind") == "solve"]
             student_log += student.requests()
         teacher_log, judge_log = teacher.requests(), judge.requests()

@@ -89,8 +89,8 @@ def benchmark_predictions(
     """``[eval] k`` graded answers of one variant's checkpoint to every problem of one benchmark.
 
     With the ``hf`` backend the checkpoint (base weights plus LoRA adapter) is loaded locally;
-    with ``openai`` the request names the variant, for a vLLM server started with
-    ``--enable-lora --lora-modules <variant>=<checkpoint path> ...``. Either way the checkpoint's
+    with ``openai`` the request names the variant (``<variant>-s<seed>`` with several ``[sft] seeds``), for a
+    vLLM server started with ``--enable-lora --lora-modules <variant>=<checkpoint path> ...``. Either way the checkpoint's
     id is the calls' ``model_revision``: a retrained variant served under the same name is asked
     again, never answered from the cache of the weights before.
 
@@ -118,7 +118,8 @@ def benchmark_predictions(
     params = sampling_params(
         cfg.endpoints.student, max_tokens=cfg.eval.max_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p
     )
-    served_name = None if variant == "base" else variant
+    # The LoRA module's name on an openai server: the variant, and its seed when the profile trains several.
+    served_name = None if variant == "base" else variant if len(cfg.sft.all_seeds) == 1 else f"{variant}-s{seed}"
     endpoint = orion.endpoint(
         "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"],
         tokenizer=checkpoint["path"], student=student,
