@@ -124,6 +124,7 @@ def _boxed_and_stopped(model_path: str, problems: list[str], store: Path) -> tup
     return boxed, stopped
 
 
+@pytest.mark.slow  # about 90 s of real SFT and generation on 2 cores: the default suite stays under 5 minutes
 def test_sft_on_boxed_teacher_cots_makes_the_real_model_box_its_answers(smol_model, tmp_path: Path) -> None:
     rows = [r for r in gsm8k_train_rows(200) if len(r["answer"]) < 250][:24]  # short CoTs: cheap steps
     data = write_sft_parquet([_chat_example(i, r) for i, r in enumerate(rows)], tmp_path / "sft.parquet")
