@@ -1141,7 +1141,8 @@ async def serve(cfg: SimConfig, port: int, ready: Any = None) -> None:
 
 
 def _env_flag(name: str) -> bool:
-    """vLLM's reading of a boolean environment variable ("1" or "true", any case; ``vllm/envs.py``)."""
+    """A boolean environment variable: "1" or "true" (any case), as ``vllm/envs.py`` reads
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING (it reads VLLM_SERVER_DEV_MODE as an int: "1" works for both)."""
     return os.environ.get(name, "0").strip().lower() in ("1", "true")
 
 
