@@ -14,10 +14,16 @@ or writes its reflection in which shape is set in :class:`SimConfig`.
         sim.requests()        # the request log
         sim.restart(adapters={"orion": "rev-2"})   # same port, changed config fields
 
-or ``python -m orion_devtools.llm_simulator --config sim.json --port 0`` (prints ``PORT <n>``).
+or ``python -m orion_devtools.llm_simulator --config sim.json --port 0`` (prints ``PORT <n>``); as
+vLLM does, ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` in its environment turns on ``runtime_lora_updating``
+and ``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1`` turns on ``sleep_mode``.
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``GET /health``, ``GET /log`` (the
-request log), ``POST /log/reset``. HTTP/1.1 keep-alive (the openai SDK's pooled connections).
+request log), ``POST /log/reset``. HTTP/1.1 keep-alive (the openai SDK's pooled connections). For the
+vLLM personas, with ``runtime_lora_updating``: ``POST /v1/load_lora_adapter``, ``POST
+/v1/unload_lora_adapter``; with ``sleep_mode``: ``POST /sleep``, ``POST /wake_up``, ``GET /is_sleeping``
+(vLLM's bodies, statuses and error texts: :mod:`orion_devtools.vllm_runtime`). A chat request that
+arrives while asleep is held until ``/wake_up`` (its log entry has ``held_while_sleeping``).
 
 The request log has one dict per chat request, in answer order: ``model``, ``kind`` (solve |
 reflect_with_error | reflect_without_error | judge), ``prompt_tokens`` (the true count),
@@ -139,6 +145,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orion_devtools.vllm_runtime import ROUTES as RUNTIME_ROUTES
+from orion_devtools.vllm_runtime import VllmRuntime
+
 PERSONAS = ("student", "teacher_reasoning_content", "teacher_think", "judge")
 KINDS = ("solve", "reflect_with_error", "reflect_without_error", "judge")
 REFLECTION_FORMATS = (
@@ -182,6 +191,9 @@ class SimConfig:
     problems_file: str | None = None
     retry_after_s: int = 1  # the Retry-After of a 429 fault
     log_prompts: bool = False  # the request log keeps each request's last message as ``prompt``
+    # vLLM's runtime endpoints (orion_devtools/vllm_runtime.py), off as on a default vLLM server:
+    runtime_lora_updating: bool = False  # VLLM_ALLOW_RUNTIME_LORA_UPDATING: /v1/load_lora_adapter, /v1/unload_...
+    sleep_mode: bool = False  # --enable-sleep-mode with VLLM_SERVER_DEV_MODE: /sleep, /wake_up, /is_sleeping
 
     def __post_init__(self) -> None:
         if self.persona not in PERSONAS:
@@ -744,6 +756,7 @@ class SimServer:
         self.counter = TokenCounter(cfg.tokenizer)
         self.bank = ProblemBank(_file_problems(cfg.problems_file) if cfg.problems_file else _shipped_problems())
         self.log: list[dict[str, Any]] = []
+        self.runtime = VllmRuntime(cfg.adapters, cfg.runtime_lora_updating, cfg.sleep_mode)
         self.arrivals: dict[str, int] = defaultdict(int)
         self.connections = 0
         self.created = int(time.time())
@@ -766,7 +779,7 @@ class SimServer:
 
     def models(self) -> dict[str, Any]:
         if self.deepseek:
-            names = [self.cfg.model, *self.cfg.adapters]
+            names = [self.cfg.model, *self.runtime.loras]
             return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "deepseek"} for n in names]}
 
         def card(model_id: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
@@ -780,7 +793,7 @@ class SimServer:
                     "parent": parent, "max_model_len": max_len, "permission": [perm]}  # fmt: skip
 
         data = [card(self.cfg.model, self.cfg.model, None, self.cfg.max_model_len)]
-        data += [card(name, revision, self.cfg.model, None) for name, revision in self.cfg.adapters.items()]
+        data += [card(name, root, self.cfg.model, None) for name, root in self.runtime.loras.items()]
         return {"object": "list", "data": data}
 
     def _rng(self, *parts: Any) -> random.Random:
@@ -862,7 +875,7 @@ class SimServer:
         entry["kind"] = kind
         if cfg.log_prompts:
             entry["prompt"] = prompt
-        if model != cfg.model and model not in cfg.adapters:
+        if model != cfg.model and model not in self.runtime.loras:
             if self.deepseek:
                 raise self._deepseek_error(400, "Model Not Exist")
             raise self._vllm_error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
@@ -879,7 +892,7 @@ class SimServer:
         entry["max_tokens"] = max_tokens
         self._check_context(prompt_tokens, max_tokens, explicit=param is not None)
 
-        revision = cfg.adapters.get(model, "")
+        revision = self.runtime.loras.get(model, "")  # a runtime-loaded adapter's path is its revision
         sample = request.get("seed")
         problem = self.bank.find(prompt) if kind != "judge" else None
         entry["problem_known"] = problem is not None
@@ -970,10 +983,11 @@ class SimServer:
         }  # fmt: skip
 
 
-def _response(status: int, payload: bytes, extra: dict[str, str] | None = None, close: bool = False) -> bytes:
+def _response(status: int, payload: bytes, extra: dict[str, str] | None = None, close: bool = False,
+              content_type: str | None = "application/json") -> bytes:  # fmt: skip
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
-        "content-type: application/json",
+        *([f"content-type: {content_type}"] if content_type else []),
         f"content-length: {len(payload)}",
         f"connection: {'close' if close else 'keep-alive'}",
         "server: uvicorn",
@@ -982,7 +996,7 @@ def _response(status: int, payload: bytes, extra: dict[str, str] | None = None, 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+async def _read_request(reader: asyncio.StreamReader, keep_query: bool = False) -> tuple[str, str, dict[str, str], bytes] | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -1005,7 +1019,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
         body = b"".join(chunks)
     else:
         body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-    return method, path.split("?", 1)[0], headers, body
+    return method, path if keep_query else path.split("?", 1)[0], headers, body
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -1021,12 +1035,16 @@ async def _handle(server: SimServer, reader: asyncio.StreamReader, writer: async
     conn = server.connections
     try:
         while True:
-            parsed = await _read_request(reader)
+            parsed = await _read_request(reader, keep_query=True)
             if parsed is None:
                 return
-            method, path, headers, body = parsed
+            method, target, headers, body = parsed
+            path, _, query = target.partition("?")
             close = headers.get("connection", "").lower() == "close"
-            if method == "GET" and path in ("/v1/models", "/models"):
+            if (method, path) in RUNTIME_ROUTES and not server.deepseek:
+                status, payload, content_type = server.runtime.route(path, query, body)
+                writer.write(_response(status, payload, close=close, content_type=content_type))
+            elif method == "GET" and path in ("/v1/models", "/models"):
                 writer.write(_response(200, json.dumps(server.models()).encode(), close=close))
             elif method == "GET" and path == "/health":
                 writer.write(_response(200, b"", close=close))
@@ -1084,6 +1102,9 @@ async def _chat(server: SimServer, body: bytes, writer: asyncio.StreamWriter, co
                                  "type": "InternalServerError", "param": None, "code": 500}}  # fmt: skip
             writer.write(_response(500, json.dumps(message).encode(), close=close))
         return True
+    if server.runtime.sleeping:  # vLLM's paused scheduler holds the request until /wake_up
+        entry["held_while_sleeping"] = True
+        await server.runtime.awake_event().wait()
     status, payload = 200, None
     if request is not None:
         try:
@@ -1119,13 +1140,25 @@ async def serve(cfg: SimConfig, port: int, ready: Any = None) -> None:
         await server.serve_forever()
 
 
+def _env_flag(name: str) -> bool:
+    """A boolean environment variable: "1" or "true" (any case), as ``vllm/envs.py`` reads
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING (it reads VLLM_SERVER_DEV_MODE as an int: "1" works for both)."""
+    return os.environ.get(name, "0").strip().lower() in ("1", "true")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", help="JSON file whose keys are SimConfig fields")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--enable-sleep-mode", action="store_true",
+                        help="vLLM's flag: with VLLM_SERVER_DEV_MODE=1, serve /sleep, /wake_up, /is_sleeping")  # fmt: skip
     args = parser.parse_args(argv)
     data = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     cfg = SimConfig.from_json(data)
+    if _env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+        cfg.runtime_lora_updating = True
+    if args.enable_sleep_mode and _env_flag("VLLM_SERVER_DEV_MODE"):
+        cfg.sleep_mode = True
 
     def ready(port: int) -> None:
         print(f"PORT {port}", flush=True)
