@@ -9,7 +9,7 @@ from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.store.upkeep import maintain
 
 
-@dg.op(out=dg.Out(dg.Nothing), tags={"kind": "ducklake"})
+@dg.op(out=dg.Out(dg.Nothing))
 def lake_upkeep_op(context: dg.OpExecutionContext, orion: OrionResource) -> dg.Output:
     """Expire old snapshots, merge small files, delete scheduled and orphaned Parquet; counts as metadata."""
     settings = orion.active.config.store.upkeep
