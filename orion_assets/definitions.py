@@ -10,6 +10,7 @@ from orion_assets.assets import (
     reflection,
     teacher,
     training,
+    upkeep,
 )
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
@@ -20,5 +21,7 @@ all_checks = dg.load_asset_checks_from_modules([quality])
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
+    jobs=[upkeep.lake_upkeep],
+    schedules=[upkeep.lake_upkeep_schedule],
     resources=resources_for(OrionResource.from_env()),
 )

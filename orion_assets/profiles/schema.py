@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from orion_assets.profiles.section import Section
 from orion_assets.profiles.sft import SFTSection
+from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.vocabulary import (
     DEFAULT_BENCHMARKS,
     Benchmark,
@@ -311,6 +312,7 @@ class StoreConfig(Section):
     # A DuckLake write that conflicts with another writer's commit is run again this many times
     # (with backoff), then fails naming the table and partition.
     commit_retries: int = Field(10, ge=0)
+    upkeep: UpkeepSection = UpkeepSection()  # [store.upkeep]: the lake_upkeep job and its schedule
 
     @field_validator("catalog")
     @classmethod
