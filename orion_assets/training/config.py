@@ -38,13 +38,14 @@ _HASH_EXCLUDED = frozenset(
         "logging_steps",
         "gradient_checkpointing",
         "base_model_hash",
+        "on_world_size_change",  # what a resume under another world size does (it refuses, or keeps the batch)
     }
 )
 
 
 class TrainParams(SFTSettings):
-    """Everything one SFT run needs: the profile's [sft] settings (but ``launcher``, which stays with the asset)
-    plus where things are and run options.  JSON-serializable; validated like the profile."""
+    """Everything one SFT run needs: the profile's [sft] settings (but ``launcher``, which stays with the
+    asset) plus where things are and run options.  JSON-serializable; validated like the profile."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
