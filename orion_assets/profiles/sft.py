@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from orion_assets.profiles.k8s import K8sConfig
 from orion_assets.profiles.section import Section
 
 #: What one SFT run's length is matched on across variants (docs/sft.md, "Budgets").
@@ -194,5 +195,7 @@ class SFTSection(SFTSettings):
     """The profile's [sft] table: the run's settings and the command that launches the SFT process."""
 
     launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.main"])
+    # The dagster-k8s/config tag of the student_checkpoint asset (its pod on Kubernetes); None: no tag.
+    k8s: K8sConfig | None = None
 
 
