@@ -25,6 +25,8 @@ from orion_assets.method import problems, prompts
 from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
+from orion_assets.profiles import load_profile
+from orion_assets.profiles.k8s import sft_op_tags
 from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.pipes import run_sft_with_pipes
@@ -106,6 +108,8 @@ STUDENT_CHECKPOINT = TableSpec(
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},
     partition_by=("student", "variant", "seed"),
 )
+# [sft.k8s] of the profile in ORION_PROFILE when the definitions load: the SFT step's pod on Kubernetes.
+SFT_OP_TAGS = sft_op_tags(load_profile().config.sft.k8s)
 
 
 @orion_asset(SFT_DATASET, group_name="training", partitions_def=sft_partitions, kinds={"parquet"},
@@ -195,7 +199,7 @@ def sft_dataset(
              ins={"sft_dataset": dg.AssetIn(partition_mapping=sft_to_model),
                   "student_base_model": dg.AssetIn(partition_mapping=student_to_model),
                   "cot_quality": dg.AssetIn(partition_mapping=student_to_model)},
-             code_version="3")
+             code_version="3", op_tags=SFT_OP_TAGS)
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,

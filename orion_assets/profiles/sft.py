@@ -11,10 +11,14 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from orion_assets.profiles.k8s import K8sConfig
 from orion_assets.profiles.section import Section
 
 #: What one SFT run's length is matched on across variants (docs/sft.md, "Budgets").
 SFTBudget = Literal["epochs", "steps", "tokens"]
+
+#: What a resume does when its checkpoint was trained with another effective batch size (docs/sft.md, "World size").
+WorldSizeChange = Literal["refuse", "rescale"]
 
 
 #: LoRA target modules for Qwen2 / Llama-style decoders (attention and MLP projections).
@@ -132,6 +136,10 @@ class SFTSettings(Section):
     # steps; tokens: until budget_tokens completion (loss) tokens are trained on. Declared after the keys it checks.
     budget_tokens: int | None = None
     budget: SFTBudget = Field("epochs", validate_default=True)
+    # A resume under another world size (GPU count) than its checkpoint's would change the effective batch size
+    # (per_device_train_batch_size x gradient_accumulation_steps x world size): refuse it, or rescale
+    # gradient_accumulation_steps to keep it when it divides evenly. Not in the config hash.
+    on_world_size_change: WorldSizeChange = "refuse"
     # SFT_RENAMED_KEYS: never set (refused with the new name), never dumped
     epochs: None = Field(None, exclude=True, repr=False)
     batch_size: None = Field(None, exclude=True, repr=False)
@@ -187,5 +195,7 @@ class SFTSection(SFTSettings):
     """The profile's [sft] table: the run's settings and the command that launches the SFT process."""
 
     launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.main"])
+    # The dagster-k8s/config tag of the student_checkpoint asset (its pod on Kubernetes); None: no tag.
+    k8s: K8sConfig | None = None
 
 

@@ -154,6 +154,10 @@ def make_log_callback(output_dir: Path, on_log: Callable[[dict], None] | None, c
                 "entropy": finite(logs.get("entropy")),
                 "elapsed_s": round(elapsed, 4),
                 "tokens_per_second": round((tokens - self.tokens_begin) / elapsed, 2) if elapsed > 0 else None,
+                "world_size": int(args.world_size),
+                "effective_batch_size": int(
+                    args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+                ),
             }
             self.last_loss = entry["loss"]
             with (output_dir / TRAIN_LOG_FILE).open("a", encoding="utf-8") as f:

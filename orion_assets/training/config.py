@@ -38,13 +38,14 @@ _HASH_EXCLUDED = frozenset(
         "logging_steps",
         "gradient_checkpointing",
         "base_model_hash",
+        "on_world_size_change",  # what a resume under another world size does (it refuses, or keeps the batch)
     }
 )
 
 
 class TrainParams(SFTSettings):
-    """Everything one SFT run needs: the profile's [sft] settings (but ``launcher``, which stays with the asset)
-    plus where things are and run options.  JSON-serializable; validated like the profile."""
+    """Everything one SFT run needs: the profile's [sft] settings (but ``launcher`` and ``k8s``, which stay with
+    the asset) plus where things are and run options.  JSON-serializable; validated like the profile."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,9 +82,11 @@ class TrainParams(SFTSettings):
         output_dir: str | os.PathLike,
         **overrides: Any,
     ) -> TrainParams:
-        """Build from a profile's [sft] section (pydantic model or mapping); ``launcher`` is left out."""
+        """Build from a profile's [sft] section (pydantic model or mapping); ``launcher`` and ``k8s`` (where the
+        process runs, not what it trains) are left out."""
         values = sft.model_dump() if hasattr(sft, "model_dump") else dict(sft)
         values.pop("launcher", None)
+        values.pop("k8s", None)
         values.update(overrides)
         return cls(base_model_path=base_model_path, dataset_path=dataset_path, output_dir=output_dir, **values)
 

@@ -48,6 +48,13 @@ from orion_assets.training.config import (
 )
 from orion_assets.training.data import SFTDataStats, tokenize_dataset
 from orion_assets.training.student import resolve_eos_token
+from orion_assets.training.world import (
+    BatchShape,
+    batch_shape_of,
+    checkpoint_batch_shape,
+    make_launch_state,
+    resume_accumulation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,10 @@ class TrainResult:
     completion_tokens: int = 0  # completion (loss) tokens trained on, whole run
     trained_examples: int = 0  # examples trained on, whole run (an example trained twice counts twice)
     epochs: float = 0.0  # passes over the kept examples
+    world_size: int = 1  # processes this call trained with (docs/sft.md, "World size")
+    gradient_accumulation_steps: int = 1  # as this call trained (rescaled on resume under "rescale")
+    effective_batch_size: int = 0  # per_device_train_batch_size x gradient_accumulation_steps x world_size
+    resumed_world_size: int | None = None  # the world size of the checkpoint resumed from (None: fresh, unknown)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +181,8 @@ class PreparedSFT:
     resume_checkpoint: Path | None
     callback: Any
     budget_counter: Any  # completion tokens and examples trained on (budget.make_budget_counter)
+    batch_shape: BatchShape  # world size and batch this run trains with (saved in each checkpoint)
+    resumed_batch_shape: BatchShape | None  # the one the resumed checkpoint was trained with
 
 
 def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> PreparedSFT:
@@ -218,6 +231,18 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         tokenizer.pad_token = eos_token  # padding is masked out of the loss (-100) and the attention
     config = sft_trainer_config(params, output_dir, device=device, bf16=bf16, eos_token=eos_token)
     args = trl.SFTConfig(**config)
+    # -- world size: a resume keeps its checkpoint's effective batch size, or is refused (world.py)
+    shape = batch_shape_of(args)
+    resumed_shape = checkpoint_batch_shape(resume_ckpt) if resume_ckpt is not None else None
+    if resumed_shape is not None and finished_checkpoint_state(resume_ckpt) is None:  # a finished run trains nothing
+        accumulation = resume_accumulation(resumed_shape, shape, params.on_world_size_change, resume_ckpt)
+        if accumulation != shape.gradient_accumulation_steps:
+            config = {**config, "gradient_accumulation_steps": accumulation}
+            args = trl.SFTConfig(**config)
+            logger.warning("resuming %s at %s: gradient_accumulation_steps rescaled from %d to %d to keep "
+                           "the checkpoint's effective batch size", resume_ckpt, resumed_shape.describe(),
+                           shape.gradient_accumulation_steps, accumulation)
+            shape = batch_shape_of(args)
     with args.main_process_first(desc="SFT tokenization"):  # rank 0 writes the Arrow cache, the others read it
         train_dataset, stats = tokenize_dataset(
             tokenizer,
@@ -275,7 +300,7 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[callback, counter],
+        callbacks=[callback, counter, make_launch_state(shape)],
     )
     trainer.budget_counter = counter
     # With disable_tqdm the Trainer prints every log dict to stdout; our callback logs instead.
@@ -291,6 +316,8 @@ def build_trainer(params: TrainParams, on_log: Callable[[dict], None] | None = N
         resume_checkpoint=resume_ckpt,
         callback=callback,
         budget_counter=counter,
+        batch_shape=shape,
+        resumed_batch_shape=resumed_shape,
     )
 
 
@@ -385,6 +412,10 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
         completion_tokens=prepared.budget_counter.completion_tokens,
         trained_examples=prepared.budget_counter.trained_examples,
         epochs=round(float(trainer.state.epoch or 0.0), 4),
+        world_size=prepared.batch_shape.world_size,
+        gradient_accumulation_steps=prepared.batch_shape.gradient_accumulation_steps,
+        effective_batch_size=prepared.batch_shape.effective_batch_size,
+        resumed_world_size=prepared.resumed_batch_shape.world_size if prepared.resumed_batch_shape else None,
     )
     if params.budget == "tokens" and not prepared.budget_counter.budget_reached:
         logger.warning(
