@@ -194,6 +194,7 @@ class SimConfig:
     # vLLM's runtime endpoints (orion_devtools/vllm_runtime.py), off as on a default vLLM server:
     runtime_lora_updating: bool = False  # VLLM_ALLOW_RUNTIME_LORA_UPDATING: /v1/load_lora_adapter, /v1/unload_...
     sleep_mode: bool = False  # --enable-sleep-mode with VLLM_SERVER_DEV_MODE: /sleep, /wake_up, /is_sleeping
+    print_log: bool = False  # each request's log entry also as a JSON line on stdout (a managed server's log file)
 
     def __post_init__(self) -> None:
         if self.persona not in PERSONAS:
@@ -1043,6 +1044,10 @@ async def _handle(server: SimServer, reader: asyncio.StreamReader, writer: async
             close = headers.get("connection", "").lower() == "close"
             if (method, path) in RUNTIME_ROUTES and not server.deepseek:
                 status, payload, content_type = server.runtime.route(path, query, body)
+                server.log.append({"kind": "runtime", "path": path, "query": query, "status": status,
+                                   "body": body.decode("utf-8", "replace")[:500], "t_done": time.time()})
+                if server.cfg.print_log:  # a managed server's stdout is the pipeline's log file
+                    print(json.dumps(server.log[-1]), flush=True)
                 writer.write(_response(status, payload, close=close, content_type=content_type))
             elif method == "GET" and path in ("/v1/models", "/models"):
                 writer.write(_response(200, json.dumps(server.models()).encode(), close=close))
@@ -1125,6 +1130,8 @@ async def _chat(server: SimServer, body: bytes, writer: asyncio.StreamWriter, co
     if status != 200:
         entry["error"] = (payload.get("error") or {}).get("message") if isinstance(payload, dict) else None
     server.log.append(entry)
+    if cfg.print_log:
+        print(json.dumps({k: entry.get(k) for k in ("kind", "model", "status", "held_while_sleeping")}), flush=True)
     writer.write(_response(status, json.dumps(payload).encode(), close=close))
     return True
 
@@ -1148,13 +1155,17 @@ def _env_flag(name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("model", nargs="?", help="vLLM's positional model: the base model's name (SimConfig.model)")
     parser.add_argument("--config", help="JSON file whose keys are SimConfig fields")
+    parser.add_argument("--host", default="127.0.0.1", help="accepted as vLLM's; the simulator listens on loopback")
+    parser.add_argument("--print-log", action="store_true", help="each request's log entry as a JSON line on stdout")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--enable-sleep-mode", action="store_true",
                         help="vLLM's flag: with VLLM_SERVER_DEV_MODE=1, serve /sleep, /wake_up, /is_sleeping")  # fmt: skip
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # vLLM's other flags (--enable-lora, ...) are accepted, unused
     data = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    cfg = SimConfig.from_json(data)
+    cfg = SimConfig.from_json({**data, **({"model": args.model} if args.model else {}),
+                               **({"print_log": True} if args.print_log else {})})
     if _env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
         cfg.runtime_lora_updating = True
     if args.enable_sleep_mode and _env_flag("VLLM_SERVER_DEV_MODE"):

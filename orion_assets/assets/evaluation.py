@@ -89,10 +89,11 @@ def benchmark_predictions(
     """``[eval] k`` graded answers of one variant's checkpoint to every problem of one benchmark.
 
     With the ``hf`` backend the checkpoint (base weights plus LoRA adapter) is loaded locally;
-    with ``openai`` the request names the variant (``<variant>-s<seed>`` with several ``[sft] seeds``), for a
-    vLLM server started with ``--enable-lora --lora-modules <variant>=<checkpoint path> ...``. Either way the checkpoint's
-    id is the calls' ``model_revision``: a retrained variant served under the same name is asked
-    again, never answered from the cache of the weights before.
+    with ``openai`` the request names the checkpoint (``<variant>-<checkpoint id[:12]>``), on a server the
+    pipeline starts and loads it into (``[endpoints.student] serve``) or one that must list it
+    (``--lora-modules <name>=<checkpoint path>``; refused otherwise, with that command). The checkpoint's
+    id is also the calls' ``model_revision``: a retrained variant is asked again, never answered from the
+    cache of the weights before.
 
     ``correct`` is the verdict of the ``[eval] compat`` rule (``grading_rule``); ``correct_<rule>``
     that of each rule graded (the primary one and ``[eval] also_grade``), null for the others.
@@ -118,11 +119,9 @@ def benchmark_predictions(
     params = sampling_params(
         cfg.endpoints.student, max_tokens=cfg.eval.max_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p
     )
-    # The LoRA module's name on an openai server: the variant, and its seed when the profile trains several.
-    served_name = None if variant == "base" else variant if len(cfg.sft.all_seeds) == 1 else f"{variant}-s{seed}"
     endpoint = orion.endpoint(
-        "student", local_model=checkpoint["path"], served_model=served_name, model_revision=checkpoint["checkpoint_id"],
-        tokenizer=checkpoint["path"], student=student,
+        "student", local_model=checkpoint["path"], model_revision=checkpoint["checkpoint_id"],
+        tokenizer=checkpoint["path"], student=student, checkpoint=checkpoint,
     )
     rows = benchmark_problems.frame().sort("problem_id").to_dicts()
     context.log.info(

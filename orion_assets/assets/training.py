@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from orion_assets.ids import content_id
+from orion_assets.io import serving
 from orion_assets.io.metadata import percentiles
 from orion_assets.io.partitions import (
     SEPARATOR,
@@ -231,6 +232,10 @@ def student_checkpoint(
         sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=output_dir,
         base_model_hash=model["model_id"],
     )
+    # The accelerator goes to SFT: managed servers sleep or stop, local models and the CUDA cache are freed.
+    released = serving.release_accelerator()
+    if released:
+        context.log.info(f"before SFT: student servers {released}")
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher)
     result = outcome.result
     row = checkpoint_row(

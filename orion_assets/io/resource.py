@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orion_assets.io import serving
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import Profile, load_profile
@@ -52,6 +53,12 @@ class OrionResource(dg.ConfigurableResource):
         config = self.active.config
         return config if student is None else config.for_student(student)
 
+    def _base_model_path(self, student: str) -> str:
+        rows = self.store.read("student_base_model", {"student": student})
+        if rows.height == 0:
+            raise LookupError(f"no student_base_model for student {student}: materialize it first")
+        return rows["path"][0]
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
@@ -69,16 +76,25 @@ class OrionResource(dg.ConfigurableResource):
         model_revision: str | None = None,
         tokenizer: str | None = None,
         student: str | None = None,
+        checkpoint: dict | None = None,
     ):
         """The profile's endpoint for ``role``: ``local_model`` is the weights the hf backend loads,
         ``served_model`` the model name an openai server knows them by (default: the profile's),
         ``model_revision`` which weights these are (a checkpoint's id), for every backend's cache
         key, so a variant retrained and served under the same name is not answered from the cache.
         ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``; ``student``
-        picks that student's [endpoints.student] overrides."""
-        cfg = getattr(self.config_for(student).endpoints, role)
+        picks that student's [endpoints.student] overrides. ``checkpoint`` (a ``student_checkpoint`` row) is the
+        model evaluation asks an openai student server for: by a name that carries its id, from a server the
+        pipeline manages (``serve``) or one that must list it (:mod:`orion_assets.io.serving`)."""
+        config = self.config_for(student)
+        cfg = getattr(config.endpoints, role)
         if cfg is None:
             raise ValueError(f"profile {self.active.name} has no [endpoints.{role}]")
+        if role == "student" and cfg.backend == "openai" and (cfg.serve != "none" or checkpoint is not None):
+            name = student or config.all_students[0].name
+            base = local_model if checkpoint is None else self._base_model_path(name)
+            cfg, served_model = serving.served_endpoint(config, name, base_model=base, data_path=self.data_path,
+                                                        checkpoint=checkpoint)
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
         endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
         window = cfg.context_window

@@ -8,9 +8,12 @@ same calls samples the same text.
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +50,28 @@ def generation_threads(device_type: str, parameters: int, threads: int) -> int:
 
 def batch_seed(params: SamplingParams, call_ids: Sequence[str]) -> int:
     return int(content_id("hf-batch-seed", params.seed, sorted(call_ids)), 16) % (2**31 - 1)
+
+
+_LOADED: weakref.WeakSet[HFEndpoint] = weakref.WeakSet()  # endpoints holding a model, for release_models()
+
+
+def release_models() -> int:
+    """Free every loaded model of the process and the CUDA cache (before SFT takes the GPU); a later call
+    loads its model again. How many were freed."""
+    freed = 0
+    for endpoint in list(_LOADED):
+        with endpoint._load_lock:
+            if endpoint._model is not None:
+                endpoint._model = endpoint._tokenizer = None
+                freed += 1
+        _LOADED.discard(endpoint)
+    gc.collect()
+    if freed and "torch" in sys.modules:
+        import torch  # deferred: heavy (already imported when a model was loaded)
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return freed
 
 
 class HFEndpoint(BaseEndpoint):
@@ -112,6 +137,7 @@ class HFEndpoint(BaseEndpoint):
                 model.eval()
                 self._model, self._tokenizer, self._device = model, tokenizer, device
                 self._parameters = sum(p.numel() for p in model.parameters())
+                _LOADED.add(self)
                 log.info(
                     "%s: loaded %s on %s (%s) in %.1fs",
                     self.role, self.model_path, device, dtype_name, time.monotonic() - started,

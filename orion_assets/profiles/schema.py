@@ -16,6 +16,7 @@ from orion_assets.profiles.sft import SFTSection
 from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.vocabulary import (
     DEFAULT_BENCHMARKS,
+    VARIANTS,
     Benchmark,
     GradingRule,
 )
@@ -102,6 +103,17 @@ class EndpointConfig(Section):
     dtype: str = "auto"  # hf backend: auto | float32 | bfloat16 | float16
     replay_field: str | None = "solution"  # replay backend: column of the problem row
     replay_file: str | None = None  # replay backend: JSONL keyed by problem
+    # [endpoints.student] only: the server the pipeline starts and stops itself ("none": the user's own at
+    # base_url). serve_command replaces its command ({python} {host} {port} {model} filled in), serve_args
+    # adds to it (vLLM: "--tensor-parallel-size", "2"); sleep_mode: vLLM sleeps while SFT holds the GPU.
+    serve: Literal["none", "transformers", "vllm"] = "none"
+    serve_command: list[str] | None = None
+    serve_args: list[str] = Field(default_factory=list)
+    serve_timeout_s: float = Field(900.0, gt=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    sleep_mode: bool = True
+    # A variant answered by another server (a full fine-tune served on its own): {base_url, model}.
+    variants: dict[str, dict[str, str]] = Field(default_factory=dict)
     # US dollars per million prompt / completion tokens (reasoning tokens bill as completion), for
     # the cost that `orion check`, asset metadata and the report show; None: no cost is shown.
     price_per_mtok_in: float | None = Field(None, ge=0)
@@ -385,6 +397,23 @@ class OrionConfig(Section):
                 return self.model_copy(update={"student_model": student, "students": [], "endpoints": endpoints})
         names = ", ".join(s.name for s in self.all_students)
         raise KeyError(f"no student named {name!r} in this profile (its students: {names})")
+
+    @model_validator(mode="after")
+    def _served_by_the_pipeline(self) -> OrionConfig:
+        for role in ("teacher", "judge"):
+            endpoint = getattr(self.endpoints, role)
+            if endpoint is not None and (endpoint.serve != "none" or endpoint.variants):
+                raise ValueError(f"[endpoints.{role}] serve and variants only apply to [endpoints.student]")
+        student = self.endpoints.student
+        if student.serve != "none" and student.backend != "openai":
+            raise ValueError(f'[endpoints.student] serve = "{student.serve}" needs backend = "openai" (the pipeline '
+                             f'starts the server and talks to it over HTTP), not "{student.backend}"')
+        for variant, where in student.variants.items():
+            unknown = set(where) - {"base_url", "model"}
+            if variant not in VARIANTS or unknown or "base_url" not in where:
+                raise ValueError(f"[endpoints.student.variants.{variant}] needs a variant of {', '.join(VARIANTS)} and "
+                                 f"base_url (and model); got {sorted(where)}")
+        return self
 
     @model_validator(mode="after")
     def _students(self) -> OrionConfig:

@@ -110,49 +110,62 @@ def _sent(sim: Simulator) -> int:
 
 
 @pytest.mark.slow
-def test_a_retrained_variant_served_under_the_same_name_is_asked_again(orion_env, write_profile) -> None:
+def test_a_checkpoint_is_asked_for_by_its_id_and_a_stale_adapter_never_answers(orion_env, write_profile) -> None:
+    """Evaluation asks a server of the user's own for `<variant>-<checkpoint id>`: the adapter of an earlier
+    training, served under the variant's bare name, is refused with the command that serves the new one."""
     data_dir = orion_env["data_dir"]
     n_calls = N_PROBLEMS * K
     with Simulator(SimConfig(persona="student", adapters={"orion": "rev-1"}, correct_rate=0.5, loop_rate=0.0)) as sim:
         profile = _profile(write_profile, sim.base_url, "eval.toml")
         store = _prepare(profile, data_dir, "ckpt-A")
+        path = str(Path(store.read("student_checkpoint")["path"][0]).resolve())
+        refused = _evaluate(profile, data_dir)
+        assert not refused.success and _sent(sim) == 0
+        message = _failure(refused)
+        assert f"does not serve checkpoint ckpt-A (orion) as `orion-ckpt-A` (it serves: {BASE_MODEL}, orion)" in message
+        assert f"--lora-modules orion-ckpt-A={path}" in message, message
+
+        sim.restart(adapters={"orion-ckpt-A": "rev-1"})
         assert _evaluate(profile, data_dir).success
         first = _predictions(store)
         assert first.height == n_calls and set(first["checkpoint_id"]) == {"ckpt-A"}
         assert _sent(sim) == n_calls
-        assert {e["model"] for e in sim.requests()} == {"orion"}  # the LoRA module's name, not the base
-
+        assert {e["model"] for e in sim.requests()} == {"orion-ckpt-A"}  # the checkpoint's name, not the base
         # unchanged checkpoint: nothing is sent again
         assert _evaluate(profile, data_dir).success
         assert _sent(sim) == n_calls
 
-        # retrained: the server now serves new weights under the same name, the checkpoint row a new id
-        sim.restart(adapters={"orion": "rev-2"})
+        # retrained: the server still serves the old adapter, which must not answer for the new checkpoint
         _write_checkpoint(store, "ckpt-B")
+        stale = _evaluate(profile, data_dir)
+        assert not stale.success and "as `orion-ckpt-B`" in _failure(stale) and _sent(sim) == n_calls
+        sim.restart(adapters={"orion-ckpt-B": "rev-2"})
         assert _evaluate(profile, data_dir).success
         assert _sent(sim) == 2 * n_calls  # every call sent again
         second = _predictions(store)
         assert second.height == n_calls and set(second["checkpoint_id"]) == {"ckpt-B"}
         assert set(second["llm_call_id"]).isdisjoint(first["llm_call_id"])
-        # the stored answers are the new weights' answers (the simulator's rev-2 texts differ)
-        assert second["text"].to_list() != first["text"].to_list()
+        assert second["text"].to_list() != first["text"].to_list()  # the new weights' answers
         with store.connect(read_only=True) as con:
             calls = con.execute(
                 "SELECT call_id, model, model_revision, text FROM orion.llm_calls WHERE role = 'student'"
             ).pl()
-        by_revision = dict(calls.group_by("model_revision").len().iter_rows())
-        assert by_revision == {"ckpt-A": n_calls, "ckpt-B": n_calls} and set(calls["model"]) == {"orion"}
-        new_texts = dict(calls.filter(pl.col("model_revision") == "ckpt-B").select("call_id", "text").iter_rows())
-        assert [new_texts[c] for c in second["llm_call_id"]] == second["text"].to_list()
+        models = dict(calls.group_by("model_revision").agg(pl.col("model").unique()).iter_rows())
+        assert {k: list(v) for k, v in models.items()} == {"ckpt-A": ["orion-ckpt-A"], "ckpt-B": ["orion-ckpt-B"]}
         scores = store.read("benchmark_scores").row(0, named=True)
         assert scores["checkpoint_id"] == "ckpt-B"
         assert sorted(scores["prediction_ids"]) == sorted(second["prediction_id"])
 
 
+def _failure(result) -> str:
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.to_string()
+
+
 def test_failed_calls_are_counted_and_fail_the_partition_past_max_error_rate(orion_env, write_profile) -> None:
     data_dir = orion_env["data_dir"]
     n_calls = N_PROBLEMS * K
-    faulty = SimConfig(persona="student", adapters={"orion": "rev-1"}, fault_rate=0.4, seed=3, loop_rate=0.0)
+    faulty = SimConfig(persona="student", adapters={"orion-ckpt-A": "rev-1"}, fault_rate=0.4, seed=3, loop_rate=0.0)
     with Simulator(faulty) as sim:
         tolerant = _profile(write_profile, sim.base_url, "tolerant.toml", max_error_rate=1.0, rule="qwen_math")
         store = _prepare(tolerant, data_dir, "ckpt-A")
@@ -237,13 +250,23 @@ def test_the_hf_backend_keys_its_calls_by_the_checkpoint_id_too(orion_env, write
 
 
 @contextmanager
-def _student_answering(answer: Callable[[dict, str], tuple[str, str]]) -> Iterator[str]:
+def _student_answering(answer: Callable[[dict, str], tuple[str, str]],
+                       models: tuple[str, ...] = (BASE_MODEL, "orion-ckpt-A")) -> Iterator[str]:
     """An OpenAI-compatible student whose reply to a chat request is ``answer(body, prompt)`` ->
-    ``(text, finish_reason)``; a client that stopped waiting (a timeout) is no error here."""
+    ``(text, finish_reason)``, listing ``models`` (the checkpoint as evaluation names it); a client that
+    stopped waiting (a timeout) is no error here."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
+
+        def do_GET(self) -> None:  # noqa: N802 - GET /v1/models
+            listing = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]}).encode()
+            self.send_response(200 if self.path.rstrip("/").endswith("/models") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(listing)))
+            self.end_headers()
+            self.wfile.write(listing)
 
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -47,13 +47,13 @@ class Context:
                 self._cache_stats = {r[0]: {"calls": r[1], "prompt": r[2], "completion": r[3]} for r in rows}
         return self._cache_stats
 
-    def checkpoints(self) -> set[str]:
-        """The variants ``orion.student_checkpoint`` has a checkpoint of."""
+    def checkpoints(self) -> list[dict]:
+        """The rows of ``orion.student_checkpoint`` (student, variant, seed, checkpoint id, path, kind)."""
         if self._checkpoints is None:
-            self._checkpoints = set()
+            self._checkpoints = []
             store = self.store()
             if self.store_ok and store.exists() and store.table_exists("student_checkpoint"):
-                self._checkpoints = set(store.read("student_checkpoint")["variant"].to_list())
+                self._checkpoints = store.read("student_checkpoint").to_dicts()
         return self._checkpoints
 
     def completion_estimate(self, role: str, max_tokens: int) -> int:

@@ -3,15 +3,15 @@ served model and variants, and whether the planned prompts and answers fit the c
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from orion_assets.cli.preflight.context import Context
 from orion_assets.cli.preflight.net import http_get, is_loopback, why_unreachable
 from orion_assets.cli.preflight.plan import Stage
 from orion_assets.cli.preflight.report import Section
-from orion_assets.method.variants import skipped_variants
+from orion_assets.io.serving import checkpoint_name, server_command
 from orion_assets.profiles.schema import EndpointConfig
-from orion_assets.vocabulary import TRAINING_VARIANTS
 
 
 def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]) -> None:
@@ -29,6 +29,9 @@ def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]
         return
     if cfg.backend == "hf":
         ctx.report.section(f"{role}: hf backend (local generation, device {cfg.device}): no server to check")
+        return
+    if role == "student" and cfg.serve != "none":
+        _check_managed_server(ctx, cfg)
         return
     section = ctx.report.section(f"{role}: openai backend at {cfg.base_url}, model {cfg.model}")
     if not cfg.base_url or not cfg.model:
@@ -71,25 +74,22 @@ def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]
 
 
 def _check_variants(ctx: Context, section: Section, served: set[str]) -> None:
-    """Evaluation asks the student server for each trained variant by name (vLLM LoRA modules)."""
-    wanted = [v for v in TRAINING_VARIANTS if v not in skipped_variants(ctx.cfg)]
-    missing = [v for v in wanted if v not in served]
-    present = [v for v in wanted if v in served]
-    if not missing:
-        section.add("ok", f"serves every variant: {', '.join(present)}")
+    """Evaluation asks the student server for each trained checkpoint by a name that carries its id
+    (``<variant>-<checkpoint id[:12]>``, io/serving.py): a server of the user's own must list each."""
+    trained = [row for row in ctx.checkpoints() if row["variant"] != "base" and row.get("kind") != "base"]
+    if ctx.selected("student_checkpoint") or not trained:
+        section.add("warn", "evaluation asks for each checkpoint by <variant>-<checkpoint id[:12]>: serve them after "
+                            "SFT (--lora-modules <name>=<checkpoint path>), or set [endpoints.student] serve = "
+                            '"vllm" to let the pipeline load them')
         return
-    trained_here = ctx.selected("student_checkpoint")
-    stale = [v for v in missing if v in ctx.checkpoints() and not trained_here]
-    fresh = [v for v in missing if v not in stale]
-    if present:
-        section.add("ok", f"serves variant(s) {', '.join(present)}")
-    if fresh:
-        section.add("warn", f"does not serve variant(s) {', '.join(fresh)} yet: no checkpoint before this run; "
-                            "restart the server with --lora-modules <variant>=<checkpoint> before evaluation")
-    if stale:
-        section.add("problem", f"does not serve variant(s) {', '.join(stale)}, which have checkpoints: start "
-                               "vLLM with --lora-modules <variant>=<path> (orion sql \"SELECT variant, path FROM "
-                               "orion.student_checkpoint\")")
+    names = {checkpoint_name(row["variant"], row["checkpoint_id"]): row["path"] for row in trained}
+    missing = {name: path for name, path in names.items() if name not in served}
+    if not missing:
+        section.add("ok", f"serves every checkpoint: {', '.join(sorted(names))}")
+        return
+    modules = " ".join(f"{name}={path}" for name, path in sorted(missing.items()))
+    section.add("problem", f"does not serve checkpoint(s) {', '.join(sorted(missing))}: start vLLM with "
+                           f"--enable-lora --lora-modules {modules}")
 
 
 def _check_window(section: Section, role: str, cfg: EndpointConfig, served_len: int | None,
@@ -124,3 +124,31 @@ def _check_window(section: Section, role: str, cfg: EndpointConfig, served_len: 
             section.add("warn", text + f"; set [endpoints.{role}] context_window so that prompts are fitted")
         else:
             section.add("problem", text + "; the server refuses such requests: lower that max_tokens")
+
+
+def _check_managed_server(ctx: Context, cfg: EndpointConfig) -> None:
+    """A server the run starts itself: what it needs here, and the command it will run (per student)."""
+    section = ctx.report.section(f"student: a {cfg.serve} server the run starts, sleeps or stops, and stops at the end")
+    if cfg.serve == "vllm" and not cfg.serve_command:
+        if importlib.util.find_spec("vllm") is None:
+            section.add("problem", "vllm is not installed in this environment (pip install vllm), or set "
+                                   '[endpoints.student] serve = "transformers"')
+        try:
+            import torch  # deferred: heavy, and only for a vLLM check
+
+            cuda = torch.cuda.is_available()
+        except ImportError:
+            cuda = False
+        if not cuda:
+            section.add("problem", "vLLM needs a CUDA GPU and torch sees none")
+        else:
+            free, total = torch.cuda.mem_get_info()
+            wanted = cfg.gpu_memory_utilization * total
+            level = "ok" if free >= wanted else "problem"
+            section.add(level, f"GPU memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; "
+                               f"--gpu-memory-utilization {cfg.gpu_memory_utilization} asks for {wanted / 2**30:.1f} GiB")
+    for student in ctx.cfg.all_students:
+        config = ctx.cfg.for_student(student.name)
+        model = student.name_or_path if student.source == "pretrained" else "<the student_base_model path>"
+        command = server_command(config, student.name, model or "<model>", ctx.data_dir / "logs")
+        section.add("ok", f"{student.name}: {command}")
