@@ -191,6 +191,8 @@ class ManagedServer:
         """Hand the accelerator over (before SFT): vLLM with sleep mode sleeps, anything else stops."""
         if not self.running:
             return "not running"
+        if self.asleep:
+            return "asleep"
         if self.plan.sleep_mode:
             logger.info("putting the %s server on port %d to sleep", self.plan.kind, self.plan.port)
             served.sleep(self.plan.base_url)
