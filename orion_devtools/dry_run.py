@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orion_assets.io.serving import checkpoint_name
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +147,16 @@ class DryRun:
         return dict(self.query("SELECT variant, checkpoint_id FROM student_checkpoint WHERE variant <> 'base'"))
 
 
+CORRECT_RATE_BY_VARIANT = {"orion": 0.5, "teacher_sft": 0.45}
+
+
+def served_adapters(checkpoints: dict[str, str]) -> dict[str, Any]:
+    """The simulated vLLM's adapters for ``{variant: checkpoint id}``: each under the name evaluation asks for."""
+    names = {variant: checkpoint_name(variant, checkpoint) for variant, checkpoint in checkpoints.items()}
+    return {"adapters": {names[v]: c for v, c in checkpoints.items()},
+            "correct_rate_by_model": {names[v]: rate for v, rate in CORRECT_RATE_BY_VARIANT.items() if v in names}}
+
+
 def run(out: Path, echo: bool = False) -> dict[str, Any]:
     """The whole dry run; returns the summary (also written to ``out/summary.json``)."""
     dry = DryRun(out, echo=echo)
@@ -160,7 +171,7 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
         (model_path,) = dry.query("SELECT path FROM student_base_model")[0]
         student_cfg = SimConfig(
             persona="student", model="Qwen/Qwen2.5-1.5B-Instruct", max_model_len=STUDENT_CONTEXT,
-            tokenizer=model_path, correct_rate=0.35, correct_rate_by_model={"orion": 0.5, "teacher_sft": 0.45},
+            tokenizer=model_path, correct_rate=0.35, correct_rate_by_model=dict(CORRECT_RATE_BY_VARIANT),
             refine_correct_rate=0.6, loop_rate=0.2, copy_rate=0.1, unsplittable_rate=0.1, seed=3,
         )  # fmt: skip
         with Simulator(student_cfg) as student:
@@ -169,16 +180,17 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
             dry.orion("run", "--select", "teacher_cots", "student_attempts", "student_errors", "refined_cots",
                       "cot_quality", "sft_dataset", "student_checkpoint")
             checkpoints = dry.checkpoints()
-            # 3. vLLM restarted with the adapters: --lora-modules <variant>=<checkpoint> ...
-            student.restart(adapters=dict(checkpoints))
+            # 3. vLLM restarted with the adapters: --lora-modules <variant>-<checkpoint id[:12]>=<checkpoint> ...
+            student.restart(**served_adapters(checkpoints))
             dry.orion("run", "--select", "benchmark_problems", "benchmark_predictions", "benchmark_scores", "leaderboard")
-            first_eval = [r for r in student.requests() if r.get("kind") == "solve" and r.get("model") == "orion"]
-            # 4. Retrain `orion` (more steps), serve the new adapter under the same name, evaluate again.
+            orion_name = checkpoint_name("orion", checkpoints["orion"])
+            first_eval = [r for r in student.requests() if r.get("kind") == "solve" and r.get("model") == orion_name]
+            # 4. Retrain `orion` (more steps), serve the new adapter under its new name, evaluate again.
             write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, max_steps=3)
             dry.dagster("student_checkpoint", "student/orion/0")
             retrained = dry.checkpoints()
             student_log = student.requests()  # everything up to here, kept across restarts
-            student.restart(adapters=dict(retrained))
+            student.restart(**served_adapters(retrained))
             student.reset_log()
             dry.dagster("benchmark_predictions", "math500|student/orion/0")
             second_eval = [r for r in student.requests() if r.get("kind") == "solve"]

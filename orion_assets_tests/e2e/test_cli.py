@@ -161,9 +161,9 @@ def test_check_against_the_simulator(orion_env, write_profile):
             "  ok    API key: no api_key_env (a loopback server needs none)",
             "  ok    GET /models answered in S s: 3 model(s)",
             f"  ok    serves {QWEN}",
-            "  ok    serves variant(s) teacher_sft, orion",
-            "  warn  does not serve variant(s) orion_no_error yet: no checkpoint before this run; restart the server "
-            "with --lora-modules <variant>=<checkpoint> before evaluation",
+            "  warn  evaluation asks for each checkpoint by <variant>-<checkpoint id[:12]>: serve them after SFT "
+            '(--lora-modules <name>=<checkpoint path>), or set [endpoints.student] serve = "vllm" to let the pipeline '
+            "load them",
             "  ok    context window 4096 (max_model_len from /models): max_tokens 64 + a ~1836-token prompt fits "
             "(refined_cots[orion])",
         ]

@@ -43,7 +43,7 @@ def test_the_report_shows_yields_and_failed_calls(summary):
 
     report = Path(summary["report"]).read_text()
     assert "## Self-reflection per mode" in report and "prompt over context" in report
-    assert "GSM-Hard" in report and "precision" in report
+    assert "gsm_hard" in report and "precision" in report
     for score in summary["scores"]:
         assert score["n_errors"] == 0 and score["n_answered"] > 0
 
@@ -52,6 +52,7 @@ def test_a_retrained_variant_is_evaluated_again(summary):
     assert summary["retrained"]["orion"] != summary["checkpoints"]["orion"]
     for variant in ("teacher_sft", "orion_no_error", "orion_no_reflection"):
         assert summary["retrained"][variant] == summary["checkpoints"][variant]
-    # the new adapter is served under the same name; every math500 sample was asked again
-    assert summary["second_eval_models"] == ["orion"] and summary["second_eval_requests"] == 5 * 2
+    # the new adapter is served under its checkpoint's name; every math500 sample was asked again
+    assert summary["second_eval_models"] == [f"orion-{summary['retrained']['orion'][:12]}"]
+    assert summary["second_eval_requests"] == 5 * 2
     assert summary["predictions_checkpoint_orion_math500"] == [summary["retrained"]["orion"]]

@@ -179,3 +179,26 @@ def test_openai_backend_against_transformers_serve(served, tmp_path: Path) -> No
         assert result.finish_reason in ("stop", "length")
     again = make_endpoint(cfg, store, role="student")
     assert all(r.cached for r in again.generate(requests)) and again.last_stats["sent"] == 0
+
+
+def test_release_models_frees_a_loaded_model_and_a_later_call_loads_it_again(tiny_student: BuiltModel,
+                                                                             tmp_path: Path) -> None:
+    """Before SFT takes the accelerator the hf backend lets go of its model (io.serving.release_accelerator)."""
+    import gc
+    import weakref
+
+    from orion_assets.llm.hf_backend import release_models
+
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    endpoint = make_endpoint(_cfg(4), Store(tmp_path / "a.duckdb"), role="student", model_path=str(tiny_student.path))
+    first = endpoint.generate(_requests(params)[:2])
+    model = weakref.ref(endpoint._model)
+    assert model() is not None
+    assert release_models() == 1
+    gc.collect()
+    assert model() is None and endpoint._model is None  # nothing holds the weights any more
+    assert release_models() == 0
+    again = make_endpoint(_cfg(4), Store(tmp_path / "b.duckdb"), role="student", model_path=str(tiny_student.path))
+    assert [r.text for r in again.generate(_requests(params)[:2])] == [r.text for r in first]
+    endpoint.generate(_requests(params)[2:3])  # the released endpoint loads its model again
+    assert endpoint._model is not None
