@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/gpu_check.py --out benchmarks/out/gpu_check.json          # on a CUDA machine
     .venv/bin/python benchmarks/gpu_check.py --dry-cpu --out /tmp/gpu_check_dry.json      # the same code, tiny, CPU
 
-Three parts (``--parts sft gen graph``, all by default):
+Four parts (``--parts sft gen graph handover``, all by default; ``handover`` is ``gpu_handover.py``: the managed
+``transformers serve`` path and the hf backend, timed, with the device memory in use at each hand-over):
 
 * ``sft``: a random-initialized Qwen2-shaped student of about 100M parameters (hidden 768, 12 layers, MLP 3072,
   12 heads, 4 KV heads, a byte-level BPE tokenizer trained on GSM8K train text: ``build_tiny_student`` with
@@ -58,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_sft import _cot, _gsm8k  # noqa: E402  (the same GSM8K rows and CoTs as the SFT benchmark)
+from gpu_handover import part_handover  # noqa: E402  (the managed server and the hf backend, hand-over memory)
 
 GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 INSTRUCTION = "Reason step by step and put the final answer in \\boxed{}."
@@ -334,7 +336,7 @@ def part_graph(args: argparse.Namespace, work: Path, cuda: bool) -> dict[str, An
             tm = STEP_TIME.search(line)
             steps.append({"step": m.group(3), "status": m.group(4), "seconds": float(tm.group(1)) if tm else None})
     sft_runs = []
-    for result_file in sorted((root / "data").glob("checkpoints/*/*/result.json")):
+    for result_file in sorted((root / "data").glob("checkpoints/*/*/*/result.json")):  # <student>/<variant>/<hash>
         res = json.loads(result_file.read_text(encoding="utf-8"))
         sft_runs.append({"variant": result_file.parts[-3], "device": res.get("device"), "bf16": res.get("bf16"),
                          "steps": res.get("steps"), "tokens_per_second": res.get("train_tokens_per_second")})  # fmt: skip
@@ -355,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "gpu_check.json")
     parser.add_argument("--dry-cpu", action="store_true", help="no GPU: run every part tiny, on the CPU, in float32")
-    parser.add_argument("--parts", nargs="+", choices=["sft", "gen", "graph"], default=["sft", "gen", "graph"])
+    parser.add_argument("--parts", nargs="+", choices=["sft", "gen", "graph", "handover"],
+                        default=["sft", "gen", "graph", "handover"])
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed at the end)")
     parser.add_argument("--sft-modes", nargs="+", choices=["lora", "full"], default=None,
                         help="default: lora full (GPU), lora (--dry-cpu)")
@@ -412,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        if "sft" in args.parts or "gen" in args.parts:
+        if {"sft", "gen", "handover"} & set(args.parts):
             sizes = STUDENT_100M if gpu else STUDENT_DRY
             model = build_student(work, sizes)
             report["student"] = {"sizes": sizes, "parameters": model[2], "path_hash": model[1]}
@@ -423,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                     report["sft"] = part_sft(args, work, model, cuda)
                 elif part == "gen":
                     report["gen"] = part_gen(args, work, model, cuda)
+                elif part == "handover":
+                    data = write_sft_data(work / "handover", 4 * args.sft_batch_size)
+                    report["handover"] = part_handover(args, work, model, cuda, data)
                 else:
                     report["graph"] = part_graph(args, work, cuda)
             except Exception as exc:  # noqa: BLE001 - one failed part must not hide the others' numbers
@@ -452,7 +458,12 @@ def summary(report: dict[str, Any]) -> str:
     if graph and "exit_code" in graph:
         lines.append(f"  tiny graph: exit {graph['exit_code']}, {graph['materializations']} materializations, "
                      f"{graph['wall_seconds']:.0f} s, SFT runs on {sorted({str(r['device']) for r in graph['sft_runs']})}")
-    for part in ("sft", "gen", "graph"):
+    handover = report.get("handover")
+    if handover and "memory_gib" in handover:
+        lines.append(f"  handover on {handover['device']}: transformers serve {handover['server_tokens_per_second'] or 0:,.0f} "
+                     f"tokens/s, SFT {handover['sft_seconds']:.0f} s, hf {handover['hf_tokens_per_second'] or 0:,.0f} "
+                     f"tokens/s; memory back to baseline after {handover['memory_back_after']}")
+    for part in ("sft", "gen", "graph", "handover"):
         if "error" in report.get(part, {}):
             lines.append(f"  {part}: FAILED ({report[part]['error'][:300]})")
     return "\n".join(lines)
