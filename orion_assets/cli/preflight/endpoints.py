@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 from orion_assets.cli.preflight.context import Context
 from orion_assets.cli.preflight.net import http_get, is_loopback, why_unreachable
@@ -68,12 +69,12 @@ def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]
         shown = ", ".join(sorted(cards)[:5]) or "none"
         section.add("problem", f"the server does not list model {cfg.model} (it lists: {shown})")
     if role == "student" and any(s.asset == "benchmark_predictions" for s in stages):
-        _check_variants(ctx, section, set(cards))
+        _check_variants(ctx, section, cards)
     served_len = cards.get(cfg.model, {}).get("max_model_len")
     _check_window(section, role, cfg, served_len if isinstance(served_len, int) else None, stages)
 
 
-def _check_variants(ctx: Context, section: Section, served: set[str]) -> None:
+def _check_variants(ctx: Context, section: Section, served: dict[str, dict]) -> None:
     """Evaluation asks the student server for each trained checkpoint by a name that carries its id
     (``<variant>-<checkpoint id[:12]>``, io/serving.py): a server of the user's own must list each."""
     trained = [row for row in ctx.checkpoints() if row["variant"] != "base" and row.get("kind") != "base"]
@@ -84,6 +85,11 @@ def _check_variants(ctx: Context, section: Section, served: set[str]) -> None:
         return
     names = {checkpoint_name(row["variant"], row["checkpoint_id"]): row["path"] for row in trained}
     missing = {name: path for name, path in names.items() if name not in served}
+    for name, path in names.items():
+        root = str(served.get(name, {}).get("root") or "")
+        if root.startswith("/") and Path(root).resolve() != Path(path).resolve():
+            section.add("problem", f"serves {name} from {root}, not from its checkpoint {path}: restart it with "
+                                   f"--lora-modules {name}={path}")
     if not missing:
         section.add("ok", f"serves every checkpoint: {', '.join(sorted(names))}")
         return
