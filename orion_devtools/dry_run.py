@@ -64,6 +64,7 @@ temperature = 0.0
 concurrency = 32
 
 [student_model]
+name = "dry"                   # partition keys dry, dry/orion, dry/orion/0
 source = "build_tiny"          # offline: the tiny student's tokenizer and weights stand in
 
 [exposure]
@@ -187,12 +188,12 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
             first_eval = [r for r in student.requests() if r.get("kind") == "solve" and r.get("model") == orion_name]
             # 4. Retrain `orion` (more steps), serve the new adapter under its new name, evaluate again.
             write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, max_steps=3)
-            dry.dagster("student_checkpoint", "student/orion/0")
+            dry.dagster("student_checkpoint", "dry/orion/0")
             retrained = dry.checkpoints()
             student_log = student.requests()  # everything up to here, kept across restarts
             student.restart(**served_adapters(retrained))
             student.reset_log()
-            dry.dagster("benchmark_predictions", "math500|student/orion/0")
+            dry.dagster("benchmark_predictions", "math500|dry/orion/0")
             second_eval = [r for r in student.requests() if r.get("kind") == "solve"]
             student_log += student.requests()
         teacher_log, judge_log = teacher.requests(), judge.requests()

@@ -34,14 +34,15 @@ VARIANTS = ["teacher_sft", "orion", "orion_no_error"]
 
 def test_orion_run_materializes_the_graph_with_progress(tiny_run):
     out = tiny_run["stdout"]
-    for asset in ["train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
-                  "refined_cots", "cot_quality"]:
+    for asset in ["train_problems", "teacher_cots"]:
         assert f"] {asset} ... ok" in out
+    for asset in ["student_base_model", "student_attempts", "student_errors", "refined_cots", "cot_quality"]:
+        assert f"] {asset}[tiny] ... ok" in out  # per student
     for variant in VARIANTS:
-        assert f"] sft_dataset[{variant}] ... ok" in out and f"] student_checkpoint[{variant}] ... ok" in out
-    assert "] sft_dataset[base] ... ok (0 rows" in out and "] student_checkpoint[base] ... ok" in out
+        assert f"] sft_dataset[tiny/{variant}] ... ok" in out and f"] student_checkpoint[tiny/{variant}/0] ... ok" in out
+    assert "] sft_dataset[tiny/base] ... ok (0 rows" in out and "] student_checkpoint[tiny/base/0] ... ok" in out
     # each step's wall time and CPU (the SFT child's included: more CPU than a bare wait)
-    cpu = re.search(r"\] student_checkpoint\[orion\] \.\.\. ok \((?:\d+ rows, )?([\d.]+)s, ([\d.]+)s CPU\)", out)
+    cpu = re.search(r"\] student_checkpoint\[tiny/orion/0\] \.\.\. ok \((?:\d+ rows, )?([\d.]+)s, ([\d.]+)s CPU\)", out)
     assert cpu and float(cpu.group(2)) > 1.0, out
     assert "leaving out variant orion_no_reflection: the replay teacher" in out
     assert "orion_no_reflection]" not in out and "|orion_no_reflection" not in out
@@ -154,7 +155,9 @@ def test_planted_bad_rows_fail_the_gate_for_their_variant_and_the_passing_varian
     """Each planted row is dropped with its reason; so many of them (a poisoned batch) fail the
     variant's drop-rate expectation: its SFT data and checkpoint are refused, while a variant that
     passed trains."""
-    run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\nmax_drop_rate = 0.1\n")
+    # (6 rows a variant: one real tiny CoT below 0.35 is a 17% drop, the planted batch in orion far more)
+    run = _copy_run(tiny_run, tmp_path, "[quality]\nmax_tokens = 600\nmin_coherence = 0.35\nmax_drop_rate = 0.34\n"
+                    "coherence_mostly = 0.8\n")
     store = Store(run["data_dir"] / "orion_store.duckdb")
     planted = _plant(store)
     shutil.rmtree(run["data_dir"] / "checkpoints")
@@ -185,22 +188,24 @@ def test_planted_bad_rows_fail_the_gate_for_their_variant_and_the_passing_varian
     copied = cot_quality.filter(pl.col("refined_cot_id") == planted["duplicate"])["cot_hash"][0]
     copies = cot_quality.filter(pl.col("cot_hash") == copied)
     assert copies.height == 2 and sum("duplicate" in d for d in copies["drop_reasons"]) == 1
-    # The failing variant's training assets refuse data whose latest check failed.
-    for asset, partition in (("sft_dataset", "tiny/orion"), ("student_checkpoint", "tiny/orion/0")):
-        later = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
-                                "--select", asset, "--partition", partition], cwd=REPO, env=run["env"],
-                               capture_output=True, text=True, timeout=600)
-        assert later.returncode != 0 and "quality gate failed" in later.stdout + later.stderr, asset
-    assert store.read("student_checkpoint").height == 0 and not (run["data_dir"] / "checkpoints").exists()
-    # A variant that passed the same check trains.
+    # One `orion run` of the training assets: the failed variants are refused with their reasons, the
+    # variants that passed the same check train, and the run goes on to the end and exits 1.
     passing = [v for v, verdict in evaluation.metadata["variants"].value.items() if verdict["passed"]]
-    assert passing, evaluation.metadata["variants"].value
-    for asset, partition in (("sft_dataset", f"tiny/{passing[0]}"), ("student_checkpoint", f"tiny/{passing[0]}/0")):
-        done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orion_assets.definitions",
-                               "--select", asset, "--partition", partition], cwd=REPO, env=run["env"],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert store.read("student_checkpoint")["variant"].to_list() == [passing[0]]
+    failing = [v for v, verdict in evaluation.metadata["variants"].value.items() if not verdict["passed"]]
+    assert passing and "orion" in failing, evaluation.metadata["variants"].value
+    done = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run", "--no-check", "--select", "sft_dataset",
+                           "student_checkpoint"], cwd=REPO, env=run["env"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    for variant in failing:
+        assert re.search(rf"\] sft_dataset\[tiny/{variant}\] \.\.\. FAILED", done.stdout), done.stdout
+        assert re.search(rf"\] student_checkpoint\[tiny/{variant}/0\] skipped: sft_dataset\[tiny/{variant}\] failed",
+                         done.stdout), done.stdout
+        assert f"refusing to build SFT data for tiny/{variant}: the quality gate failed for variant {variant}" in done.stderr
+    for variant in passing:
+        assert re.search(rf"\] student_checkpoint\[tiny/{variant}/0\] \.\.\. ok ", done.stdout), done.stdout
+    assert f"{len(failing)} model(s) failed and were left out of what followed" in done.stderr.splitlines()[-1]
+    assert sorted(store.read("student_checkpoint")["variant"]) == sorted(["base", *passing])
+    assert not (run["data_dir"] / "checkpoints" / "tiny" / "orion").exists()
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
