@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +55,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from orion_assets.llm.server import stop_process_group
 
 __all__ = ["ServedModel", "ServeStartupError", "free_port", "serve_model", "serve_fixture", "served_model"]
 
@@ -112,22 +113,6 @@ def _tail(path: Path, n_chars: int = 4000) -> str:
     except OSError:
         return ""
     return data[-n_chars:].decode("utf-8", "replace")
-
-
-def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM the server's process group (it was started in its own session), then SIGKILL if needed."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace_s)
 
 
 @contextlib.contextmanager
@@ -205,7 +190,7 @@ def serve_model(
             exc.add_note(f"--- transformers serve output tail ({base}) ---\n{_tail(log_path)}")
             raise
     finally:
-        _stop(proc)
+        stop_process_group(proc, grace_s=15.0)
         with contextlib.suppress(OSError):
             log_path.unlink()
             log_dir.rmdir()

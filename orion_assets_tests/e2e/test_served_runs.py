@@ -17,31 +17,14 @@ import duckdb
 import psutil
 import pytest
 
-from orion_assets_tests.conftest import REPO, _env
+from orion_assets_tests.conftest import REPO, SMALL, _env
 
 pytestmark = pytest.mark.slow
 
-BASE = """
-extends = "tiny"
-[data]
-train_limit = 6
-benchmark_limit = 2
-benchmarks = ["gsm8k"]
-[student_model.tiny]
-vocab_size = 512
-[exposure]
-n = 2
-max_tokens = 24
-[reflection]
-tries = 1
-max_tokens = 24
-[sft]
-max_steps = 2
-per_device_train_batch_size = 2
-save_steps = 2
-[eval]
-max_tokens = 24
-"""
+# The shared small profile, the student's table left to each test and one benchmark.
+BASE = ('extends = "tiny"\n'
+        + SMALL.replace("[endpoints.student]\nmax_tokens = 24\n", "").replace("[data]\n", '[data]\nbenchmarks = ["gsm8k"]\n')
+        + "[student_model.tiny]\nvocab_size = 512\n[eval]\nmax_tokens = 24\n")
 SIMULATED_VLLM = BASE + """
 [endpoints.student]
 backend = "openai"
