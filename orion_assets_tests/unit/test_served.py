@@ -163,8 +163,11 @@ def test_sleep_holds_requests_until_wake_up(vllm: Simulator) -> None:
         served.wake_up(vllm.base_url)
     assert answered[0][0] == 200 and answered[0][1]["model"] == "teacher_sft"
     assert served.is_sleeping(vllm.base_url) is False
-    assert vllm.requests()[-1].get("held_while_sleeping") is True
-    assert _chat(vllm, BASE)[0] == 200 and "held_while_sleeping" not in vllm.requests()[-1]
+    chats = lambda: [r for r in vllm.requests() if r.get("kind") != "runtime"]  # noqa: E731 - the log's chat entries
+    assert chats()[-1].get("held_while_sleeping") is True
+    assert _chat(vllm, BASE)[0] == 200 and "held_while_sleeping" not in chats()[-1]
+    runtime = [r["path"] for r in vllm.requests() if r.get("kind") == "runtime"]
+    assert runtime[-3:] == ["/wake_up", "/wake_up", "/is_sleeping"]  # the runtime routes are logged too
     with pytest.raises(ValueError, match="sleep level"):
         served.sleep(vllm.base_url, level=3)
 
