@@ -41,16 +41,15 @@ def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) 
     cfg = config.endpoints.student
     port = server.free_port()
     if cfg.serve_command:
-        command, env = server.fill_command(cfg.serve_command, port=str(port), model=model), {}
-        if kind == "vllm":
-            env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **({"VLLM_SERVER_DEV_MODE": "1"} if cfg.sleep_mode else {})}
+        command = server.fill_command(cfg.serve_command, port=str(port), model=model)
     else:
-        command, env = server.default_command(
+        command = server.default_command(
             kind, model, port, device=_device(cfg), lora_rank=config.sft.lora_r,
             gpu_memory_utilization=cfg.gpu_memory_utilization, sleep_mode=cfg.sleep_mode, extra=cfg.serve_args)
     return server.ServerPlan(kind=kind, model=model, port=port, command=tuple(command),
                              log_path=logs / f"serve-{student}-{kind}-{port}.log", timeout_s=cfg.serve_timeout_s,
-                             env=env, sleep_mode=kind == "vllm" and cfg.sleep_mode)
+                             env=server.server_env(kind, sleep_mode=cfg.sleep_mode),
+                             sleep_mode=kind == "vllm" and cfg.sleep_mode)
 
 
 def server_command(config: OrionConfig, student: str, model: str, logs: Path) -> str:

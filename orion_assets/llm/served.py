@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_TIMEOUT_S = 30.0
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the servers are ours, never proxied
 SLOW_TIMEOUT_S = 600.0  # loading an adapter, sleeping, waking: weights move between disk, CPU and GPU
 
 # What a 404 "Not Found" from FastAPI (no such route) means on a vLLM server, per route.
@@ -70,7 +71,7 @@ def _call(base_url: str, method: str, path: str, body: dict[str, Any] | None = N
         data = b""
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _NO_PROXY.open(request, timeout=timeout_s) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
         raise ServerError(url, exc.code, _message(exc.read(), path)) from None
@@ -99,6 +100,15 @@ def _message(raw: bytes, path: str) -> str:
         if detail is not None:
             return detail if isinstance(detail, str) else json.dumps(detail)
     return text
+
+
+def is_healthy(base_url: str, *, timeout_s: float = 2.0) -> bool:
+    """Whether ``GET /health`` answers 200 (vLLM and transformers serve both have it)."""
+    try:
+        _call(base_url, "GET", "/health", timeout_s=timeout_s)
+    except ServerError:
+        return False
+    return True
 
 
 def list_models(base_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[ServedModel]:

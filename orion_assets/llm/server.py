@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -20,8 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,24 +70,29 @@ def free_port() -> int:
 
 
 def default_command(kind: str, model: str, port: int, *, device: str, lora_rank: int, gpu_memory_utilization: float,
-                    sleep_mode: bool, extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that start ``kind`` for ``model`` on ``port``.
+                    sleep_mode: bool, extra: Sequence[str] = ()) -> list[str]:
+    """The command that starts ``kind`` for ``model`` on ``port`` (its environment: :func:`server_env`).
 
     ``transformers serve`` is started without a pinned model, so that it loads whatever a request names by
     path: the base weights, an adapter directory (through PEFT) or a full fine-tune. vLLM serves the base with
-    LoRA enabled, adapters loaded at run time (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) and, with ``sleep_mode``,
-    the dev endpoints that put it to sleep while SFT runs (``--enable-sleep-mode``, ``VLLM_SERVER_DEV_MODE``)."""
+    LoRA enabled, adapters loaded at run time and, with ``sleep_mode``, the dev endpoints that put it to sleep
+    while SFT runs (``--enable-sleep-mode``)."""
     if kind == "transformers":
-        command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", HOST, "--port",
-                   str(port), "--device", device, "--log-level", "warning", *extra]
-        return command, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+        return [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", HOST, "--port", str(port),
+                "--device", device, "--log-level", "warning", *extra]
     if kind == "vllm":
-        command = ["vllm", "serve", model, "--host", HOST, "--port", str(port), "--enable-lora",
-                   "--max-lora-rank", str(lora_rank), "--gpu-memory-utilization", str(gpu_memory_utilization),
-                   *(["--enable-sleep-mode"] if sleep_mode else []), *extra]
-        env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **({"VLLM_SERVER_DEV_MODE": "1"} if sleep_mode else {})}
-        return command, env
+        return ["vllm", "serve", model, "--host", HOST, "--port", str(port), "--enable-lora", "--max-lora-rank",
+                str(lora_rank), "--gpu-memory-utilization", str(gpu_memory_utilization),
+                *(["--enable-sleep-mode"] if sleep_mode else []), *extra]
     raise ValueError(f"[endpoints.student] serve = {kind!r}: expected 'transformers' or 'vllm'")
+
+
+def server_env(kind: str, *, sleep_mode: bool) -> dict[str, str]:
+    """What ``kind``'s environment needs beside ours, whatever command starts it: offline for transformers;
+    for vLLM, runtime LoRA updating and, with ``sleep_mode``, the dev endpoints (``VLLM_SERVER_DEV_MODE``)."""
+    if kind == "transformers":
+        return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+    return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **({"VLLM_SERVER_DEV_MODE": "1"} if sleep_mode else {})}
 
 
 def fill_command(template: Sequence[str], **values: str) -> list[str]:
@@ -118,15 +120,6 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=grace_s)
-
-
-def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
 
 
 class ManagedServer:
@@ -175,12 +168,9 @@ class ManagedServer:
                 raise ServerStartError(
                     f"the {plan.kind} server exited with code {self.process.returncode} before it was ready "
                     f"(command: {' '.join(plan.command)}; log {plan.log_path}):\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                status, _ = _get(f"{plan.root_url}/health")
-                if status == 200:
-                    status, body = _get(f"{plan.base_url}/models")
-                    if status == 200 and isinstance(json.loads(body).get("data"), list):
-                        return
+            with contextlib.suppress(served.ServerError, ValueError):
+                if served.is_healthy(plan.root_url) and served.list_models(plan.base_url) is not None:
+                    return
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerStartError(
