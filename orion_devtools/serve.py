@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orion_assets.llm.server import stop_process_group
+from orion_assets.llm.server import free_port, stop_process_group
 
 __all__ = ["ServedModel", "ServeStartupError", "free_port", "serve_model", "serve_fixture", "served_model"]
 
@@ -70,12 +69,6 @@ class ServedModel:
     base_url: str  # e.g. "http://127.0.0.1:41234/v1"
     model: str  # the value to send as the request's `model` field
     path: Path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -144,7 +137,7 @@ def serve_model(
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"{model_path} is not a model directory (no config.json)")
     host = "127.0.0.1"
-    port = port or free_port(host)
+    port = port or free_port()
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve"]
     if pin:
         cmd.append(str(model_path))

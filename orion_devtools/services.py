@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from orion_assets.llm.server import free_port
+
 PG_USER = "postgres"  # the superuser initdb creates, and the OS user that runs it when we are root
 # The one role that must give a password (scram-sha-256); every other connection is trusted.
 PASSWORD_ROLE = "orion_pw"
@@ -37,12 +39,6 @@ PASSWORD_ROLE = "orion_pw"
 
 class ServiceError(RuntimeError):
     """A service that is not installed or did not start (the message says which and why)."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from websockets.sync.client import connect
+
+from orion_assets.llm.server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +47,6 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars",
     "--mute-audio",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_chromium() -> str | None:
