@@ -63,10 +63,12 @@ def _variant_of(key) -> str | None:
     return part.split(SEPARATOR)[1] if part else None
 
 
-def _depends_on_refused(key, refused: set[str]) -> bool:
-    """Whether a step's ``student/variant/seed`` lies under a refused ``student/variant[/seed]``."""
+def _refused_above(key, refused: dict[str, str]) -> str | None:
+    """The failed step a step's ``student/variant/seed`` lies under (a refused ``student/variant[/seed]``), if any."""
     part = _model_part(key)
-    return part is not None and any(part == r or part.startswith(r + SEPARATOR) for r in refused)
+    if part is None:
+        return None
+    return next((step for model, step in refused.items() if part == model or part.startswith(model + SEPARATOR)), None)
 
 
 def _cpu_seconds() -> float:
@@ -162,10 +164,9 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
         for number, (key, pk) in enumerate(steps, start=1):
             label = key.to_user_string() + (f"[{pk}]" if pk is not None else "")
             prefix = f"[{number}/{len(steps)}] {label}"
-            if pk is not None and _depends_on_refused(pk, set(refused)):
+            if pk is not None and (failed := _refused_above(pk, refused)) is not None:
                 if not quiet:
-                    print(f"{prefix} skipped: {refused[next(r for r in refused if _depends_on_refused(pk, {r}))]} "
-                          "failed", file=out, flush=True)
+                    print(f"{prefix} skipped: {failed} failed", file=out, flush=True)
                 continue
             if not quiet:
                 print(f"{prefix} ...", end=" ", file=out, flush=True)

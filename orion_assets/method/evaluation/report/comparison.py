@@ -79,7 +79,7 @@ def leaderboard_frame(averaged: pl.DataFrame, deltas: pl.DataFrame, budgets: pl.
     benchmarks = _ordered(averaged["benchmark"].to_list(), BENCHMARKS)
     cells = {(r["student"], r["variant"], r["benchmark"]): r for r in averaged.iter_rows(named=True)}
     found = {(r["student"], r["variant"], r["benchmark"], r["against"]): r for r in deltas.iter_rows(named=True)}
-    budget = {k: v for k, v in _mean_budgets(budgets).items()}
+    budget = _mean_budgets(budgets)
     rows = []
     for student, variant in model_order(averaged):
         row: dict[str, object] = {"student": student, "variant": variant, **budget.get((student, variant), {})}
@@ -102,9 +102,9 @@ def leaderboard_frame(averaged: pl.DataFrame, deltas: pl.DataFrame, budgets: pl.
                     row[f"{b}_significant"] = False if same else bool(d["significant"]) if d else None
                     row[f"{b}_n_common"] = (cell["n_problems"] if same else d["n_problems"] if d else None)
         rows.append(row)
-    schema = LEADERBOARD_BUDGET | {c: t for b in benchmarks for c, t in benchmark_columns(b).items()}
-    return pl.DataFrame(rows, schema={"student": pl.Utf8, "variant": pl.Utf8} | schema) if rows else pl.DataFrame(
-        schema={"student": pl.Utf8, "variant": pl.Utf8} | schema)
+    schema = {"student": pl.Utf8, "variant": pl.Utf8, **LEADERBOARD_BUDGET,
+              **{c: t for b in benchmarks for c, t in benchmark_columns(b).items()}}
+    return pl.DataFrame(rows, schema=schema)
 
 
 LEADERBOARD_BUDGET: dict[str, type[pl.DataType]] = {"examples": pl.Float64, "train_tokens": pl.Float64,
