@@ -154,6 +154,22 @@ def _env(data_dir: Path, dagster_home: Path, profile: Path) -> dict[str, str]:
     return {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(dagster_home)}
 
 
+def profile_env(tmp_path: Path, profile_text: str, name: str = "profile.toml") -> tuple[dict[str, str], Path]:
+    """``profile_text`` written under ``tmp_path`` with a fresh data folder and Dagster home: the environment of a
+    run on it, and its data folder."""
+    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    profile = tmp_path / name
+    profile.write_text(profile_text)
+    return _env(data_dir, home, profile), data_dir
+
+
+def orion_run(env: dict[str, str], timeout: float = 3000) -> subprocess.CompletedProcess:
+    """``orion run`` (the whole graph) in a subprocess, as a user types it, in ``env``."""
+    return subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """The whole graph, once per session, through `orion run` on a small tiny profile."""

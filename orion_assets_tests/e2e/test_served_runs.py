@@ -17,7 +17,7 @@ import duckdb
 import psutil
 import pytest
 
-from orion_assets_tests.conftest import REPO, SMALL, _env
+from orion_assets_tests.conftest import REPO, SMALL, orion_run, profile_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,6 @@ serve = "transformers"
 """
 
 
-def _run(tmp_path: Path, body: str) -> tuple[dict, Path]:
-    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    profile = tmp_path / "served.toml"
-    profile.write_text(body)
-    return _env(data_dir, home, profile), data_dir
-
-
 def _server_processes(marker: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -72,9 +64,8 @@ def _entries(data_dir: Path) -> list[dict]:
 
 
 def test_orion_run_with_a_managed_vllm_loads_adapters_by_checkpoint_id_and_sleeps_through_sft(tmp_path) -> None:
-    env, data_dir = _run(tmp_path, SIMULATED_VLLM)
-    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=1800)
+    env, data_dir = profile_env(tmp_path, SIMULATED_VLLM)
+    run = orion_run(env, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (port,) = _ports(data_dir, "vllm")  # one server for exposure, reflection and evaluation
     entries = _entries(data_dir)
@@ -98,9 +89,8 @@ def test_orion_run_with_a_managed_vllm_loads_adapters_by_checkpoint_id_and_sleep
 
 
 def test_orion_run_with_a_managed_transformers_serve_from_problems_to_leaderboard(tmp_path) -> None:
-    env, data_dir = _run(tmp_path, TRANSFORMERS)
-    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=2400)
+    env, data_dir = profile_env(tmp_path, TRANSFORMERS)
+    run = orion_run(env, timeout=2400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = next((data_dir / "logs").glob("orion-run-*.log")).read_text()
     # one start for exposure and reflection; stopped for SFT; one start for evaluation
@@ -125,7 +115,7 @@ def test_orion_run_with_a_managed_transformers_serve_from_problems_to_leaderboar
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_leaves_no_server_behind(tmp_path, how) -> None:
     (tmp_path / "sim.json").write_text(json.dumps({"latency_s": 0.5}))  # exposure takes a few seconds
-    env, data_dir = _run(tmp_path, SIMULATED_VLLM.replace('"--print-log"]',
+    env, data_dir = profile_env(tmp_path, SIMULATED_VLLM.replace('"--print-log"]',
                                                           f'"--print-log", "--config", "{tmp_path / "sim.json"}"]'))
     run = subprocess.Popen([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -8,13 +8,11 @@ GSM8K test as the one benchmark.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import duckdb
 import pytest
 
-from orion_assets_tests.conftest import REPO, _env
+from orion_assets_tests.conftest import orion_run, profile_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +34,8 @@ max_tokens = 160
 
 
 def test_orion_run_on_smol_scores_the_real_student(tmp_path) -> None:
-    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
-    home.mkdir()
-    profile = tmp_path / "smol_small.toml"
-    profile.write_text(SMALL_SMOL)
-    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=_env(data_dir, home, profile),
-                         capture_output=True, text=True, timeout=3000)  # fmt: skip
+    env, data_dir = profile_env(tmp_path, SMALL_SMOL, "smol_small.toml")
+    run = orion_run(env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 
     model_dir = next((data_dir / "models").glob("gguf-smollm2-135m-instruct-q4_1-*"))

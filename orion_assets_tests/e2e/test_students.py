@@ -3,13 +3,10 @@ one leaderboard, with mean ± sd over seeds and paired intervals per student."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import duckdb
 import pytest
 
-from orion_assets_tests.conftest import REPO, _env
+from orion_assets_tests.conftest import orion_run, profile_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +44,8 @@ max_tokens = 48
 
 
 def test_two_students_two_seeds_share_the_teacher_and_one_leaderboard(tmp_path) -> None:
-    data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
-    home.mkdir()
-    profile = tmp_path / "two_students.toml"
-    profile.write_text(TWO_STUDENTS)
-    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run"], cwd=REPO, env=_env(data_dir, home, profile),
-                         capture_output=True, text=True, timeout=3000)  # fmt: skip
+    env, data_dir = profile_env(tmp_path, TWO_STUDENTS, "two_students.toml")
+    run = orion_run(env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-5000:]
     con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
 
