@@ -7,7 +7,7 @@ import importlib.util
 import re
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from orion_assets.profiles.section import Section
@@ -40,19 +40,24 @@ class TrackingSection(Section):
     # None: the metadata give the `mlflow ui` command that serves the store instead.
     ui_url: str | None = None
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"//[^/@\s]*:[^/@\s]*@", value):
+            # a custom error type: the profile loader names the key, and never echoes the value
+            raise PydanticCustomError(
+                "secret_in_setting",
+                "the tracking URI holds a password: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment instead",
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrackingSection:
         if self.backend != "mlflow":
             given = [key for key in ("tracking_uri", "ui_url") if getattr(self, key) is not None]
             if given:
                 raise ValueError(f'[tracking] {", ".join(given)} only apply to backend = "mlflow"')
-        if self.tracking_uri is not None and re.search(r"//[^/@\s]*:[^/@\s]*@", self.tracking_uri):
-            # never echoed: the profile loader names the key only
-            raise PydanticCustomError(
-                "secret_in_setting",
-                "the tracking URI holds a password: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                "(or MLFLOW_TRACKING_TOKEN) in the environment instead",
-            )
         if self.backend in BACKEND_PACKAGES:
             modules, install = BACKEND_PACKAGES[self.backend]
             if not any(importlib.util.find_spec(m) is not None for m in modules):
