@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def log_scores(tracker: Tracker, ident: CheckpointIdentity, benchmark: str,
             for key, value in metrics.items():
                 writer.add_scalar(key, value, 0)
     else:
-        import wandb  # deferred: optional
+        import wandb  # deferred: optional, and heavy
 
         with wandb.init(id=ident.key, resume="allow", project=run.env["WANDB_PROJECT"],
                         dir=run.env["WANDB_DIR"], mode=run.env["WANDB_MODE"]) as live:
@@ -154,15 +155,17 @@ def _store_lock(tracker: Tracker) -> Iterator[None]:
         yield
 
 
-def _mlflow_client(tracker: Tracker):
-    import mlflow  # deferred: heavy (~2.5 s)
+def _mlflow() -> Any:
+    import mlflow  # deferred: heavy (~2.5 s), and only a profile that tracks with it pays for it
 
-    return mlflow.MlflowClient(tracking_uri=tracker.tracking_uri)
+    return mlflow
+
+
+def _mlflow_client(tracker: Tracker) -> Any:
+    return _mlflow().MlflowClient(tracking_uri=tracker.tracking_uri)
 
 
 def _mlflow_experiment(client: Any, tracker: Tracker) -> str:
-    from mlflow.exceptions import MlflowException
-
     found = client.get_experiment_by_name(tracker.experiment)
     if found is not None:
         return found.experiment_id
@@ -170,13 +173,12 @@ def _mlflow_experiment(client: Any, tracker: Tracker) -> str:
     artifacts = (tracker.root / "mlflow" / "artifacts").resolve().as_uri() if local else None  # not ./mlruns
     try:
         return client.create_experiment(tracker.experiment, artifact_location=artifacts)
-    except MlflowException:  # a server's other client created it first
+    except _mlflow().exceptions.MlflowException:  # a server's other client created it first
         return client.get_experiment_by_name(tracker.experiment).experiment_id
 
 
 def _mlflow_run(tracker: Tracker, ident: CheckpointIdentity, extra_tags: Mapping[str, str]) -> TrackedRun:
-    from mlflow.entities import RunTag
-
+    RunTag = _mlflow().entities.RunTag
     tags = {**ident.tags(), **extra_tags}
     with _store_lock(tracker):
         client = _mlflow_client(tracker)
@@ -198,10 +200,7 @@ def _mlflow_run(tracker: Tracker, ident: CheckpointIdentity, extra_tags: Mapping
 
 
 def _mlflow_log(tracker: Tracker, run_id: str, metrics: Mapping[str, float]) -> None:
-    import time
-
-    from mlflow.entities import Metric
-
+    Metric = _mlflow().entities.Metric
     now = int(time.time() * 1000)
     with _store_lock(tracker):
         _mlflow_client(tracker).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
