@@ -4,6 +4,7 @@ the same rows, and its numbers add up against the tables they summarize."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orion_assets.assets.statistics import STATISTICS
 from orion_assets.vocabulary import ERROR_TYPES
 from orion_devtools.services import lake_store_section
 
@@ -91,6 +93,15 @@ def test_file_runs_the_same_through_orion_sql_and_a_plain_connection(data_dir, r
         raise
     assert plain.columns == via_cli.columns
     assert_frame_equal(plain, via_cli, check_dtypes=False)
+
+
+@pytest.mark.parametrize("name", STATISTICS)
+def test_orion_run_materializes_each_statistic_as_the_files_rows(tiny_run, data_dir, result, name):
+    assert re.search(rf"\] {name} \.\.\. ok \(\d+ rows", tiny_run["stdout"]), tiny_run["stdout"][-3000:]
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
+        stored = con.sql(f"SELECT * EXCLUDE (dagster_run_id) FROM orion.{name}").pl()
+    assert stored.height > 0
+    assert_frame_equal(stored, result(name), check_dtypes=False)
 
 
 def test_orion_sql_csv_and_table_formats(data_dir):
@@ -280,10 +291,10 @@ def test_orion_sql_lets_the_schema_be_chosen(data_dir):
 
 ASSET_TABLES = ["train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
                 "refined_cots", "cot_quality", "sft_dataset", "student_checkpoint", "benchmark_problems",
-                "benchmark_predictions", "benchmark_scores", "leaderboard"]
+                "benchmark_predictions", "benchmark_scores", "leaderboard", *STATISTICS]
 # Their row counts follow from the profile alone (the tiny student's sampling is not seeded, so which
-# attempts are wrong and which CoTs the gate drops can differ between two runs).
-FIXED_SIZE_TABLES = [t for t in ASSET_TABLES if t not in ("student_errors", "sft_dataset")]
+# attempts are wrong and which CoTs the gate drops can differ between two runs, and so do the statistics' groups).
+FIXED_SIZE_TABLES = [t for t in ASSET_TABLES if t not in ("student_errors", "sft_dataset", *STATISTICS)]
 
 
 def test_the_whole_graph_on_a_lake_makes_the_same_tables_and_sql_answers(tiny_run, result, postgres_service,
@@ -320,3 +331,7 @@ def test_the_whole_graph_on_a_lake_makes_the_same_tables_and_sql_answers(tiny_ru
         assert all(list(row) == result(name).columns for row in rows), name
         if name in ("cot_stats", "leaderboard", "lineage", "usage_cost"):  # never empty after a whole run
             assert rows, name
+        if name in STATISTICS:  # the asset ran the same file through the lake's connection
+            stored = orion("sql", "--format", "json", f"SELECT * EXCLUDE (dagster_run_id) FROM orion.{name}")
+            assert stored.returncode == 0, stored.stderr
+            assert [json.loads(line) for line in stored.stdout.splitlines()] == rows, name

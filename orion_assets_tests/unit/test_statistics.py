@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -123,15 +125,35 @@ def test_a_statistic_is_requested_again_when_a_table_it_reads_changes(exposure_s
     assert second.get_num_requested(dg.AssetKey("length_vs_accuracy")) == 0  # it reads no table that changed
 
 
-def test_a_users_asset_on_the_duckdb_resource_reads_waits_for_writers_and_cannot_write(exposure_store):
+# A pipeline write from another process (as `orion run`'s): ready once imported, it writes when told to.
+WRITER = """
+import sys
+import polars as pl
+from orion_assets.store import Store
+print("ready", flush=True)
+sys.stdin.readline()
+Store(sys.argv[1]).append("probe_log", pl.DataFrame({"x": [1]}))
+"""
+
+
+def test_a_users_asset_on_the_duckdb_resource_reads_takes_turns_with_writers_and_cannot_write(exposure_store):
     orion = exposure_store["orion"]
+    store = orion.store
+    assert isinstance(store, Store)
     seen: dict[str, object] = {}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
     @dg.asset
     def problems_per_source(duckdb: DuckDBResource) -> dg.MaterializeResult:
         started = time.monotonic()
         with duckdb.get_connection() as con:
             seen["waited_s"] = time.monotonic() - started
+            assert writer.stdout.readline().strip() == "ready"
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            time.sleep(0.5)  # the pipeline's write starts while this connection is open
+            seen["writer_waiting"] = writer.poll() is None
             rows = con.sql("SELECT source, count(*) AS n FROM orion.train_problems GROUP BY source").fetchall()
             try:
                 con.execute("DELETE FROM orion.train_problems")
@@ -139,27 +161,29 @@ def test_a_users_asset_on_the_duckdb_resource_reads_waits_for_writers_and_cannot
                 seen["write"] = str(exc)
         return dg.MaterializeResult(metadata={"problems": sum(n for _, n in rows)})
 
-    store = orion.store
-    assert isinstance(store, Store)
     held = threading.Event()
 
-    def writer() -> None:  # a pipeline write in progress: the store's exclusive lock, held for half a second
+    def pipeline_step() -> None:  # a write in progress when the asset starts: the store's exclusive lock
         with file_lock(store.lock_path, exclusive=True, timeout_s=10):
             held.set()
             time.sleep(0.5)
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=pipeline_step)
     thread.start()
     held.wait(5)
     result = dg.materialize([problems_per_source], resources={RESOURCE_KEY: resources_for(orion)[RESOURCE_KEY]},
                             instance=exposure_store["instance"])
     thread.join()
+    _, err = writer.communicate(timeout=60)
     assert result.success
+    # the write that came while it read waited for it, then committed (a bare DuckDBResource made it fail:
+    # "Could not set lock on file ... Conflicting lock is held")
+    assert seen["writer_waiting"] and writer.returncode == 0, err[-2000:]
+    assert seen["waited_s"] >= 0.3  # it queued behind the write in progress instead of failing to open the file
+    assert store.count("probe_log") == 1
     (materialization,) = result.asset_materializations_for_node("problems_per_source")
     assert materialization.metadata["problems"].value == store.count("train_problems") == 4
-    assert seen["waited_s"] >= 0.3  # it queued behind the write instead of failing to open the file
     assert "read-only" in str(seen["write"])
-    assert store.count("train_problems") == 4
 
 
 def test_on_a_lake_the_duckdb_resource_names_the_alternative(tmp_path):
