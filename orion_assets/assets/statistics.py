@@ -55,7 +55,7 @@ def statistics_asset(name: str) -> dg.AssetsDefinition:
         automation_condition=REFRESH,
         metadata={
             "dagster/column_schema": table_schema(spec.empty()),
-            "sql_file": dg.MetadataValue.path(f"sql/{name}.sql"),
+            "sql_file": dg.MetadataValue.path(str(query.path)),
             "sql": dg.MetadataValue.md(f"```sql\n{query.text}\n```"),
         },
     )
