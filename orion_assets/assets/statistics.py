@@ -12,7 +12,7 @@ from orion_assets.ids import content_id
 from orion_assets.io.metadata import table_schema
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
-from orion_assets.store.queries import load_query, run_query
+from orion_assets.store.queries import Query, load_queries, run_query
 
 STATISTICS = ("cot_stats", "refinement_yield", "error_taxonomy", "length_vs_accuracy")
 
@@ -33,9 +33,9 @@ REFRESH = (
 ).with_label("eager, once every table it reads has rows")
 
 
-def statistics_asset(name: str) -> dg.AssetsDefinition:
+def statistics_asset(query: Query) -> dg.AssetsDefinition:
     """The asset of ``sql/<name>.sql``: downstream of every table the file reads."""
-    query = load_query(name, {table: spec.empty() for table, spec in SPECS.items()})
+    name = query.name
     unknown = sorted(query.tables - SPECS.keys())
     if unknown:
         raise ValueError(f"{query.path} reads {unknown}, which no asset makes")
@@ -67,4 +67,5 @@ def statistics_asset(name: str) -> dg.AssetsDefinition:
     return statistic
 
 
-cot_stats, refinement_yield, error_taxonomy, length_vs_accuracy = (statistics_asset(name) for name in STATISTICS)
+QUERIES = load_queries(STATISTICS, {table: spec.empty() for table, spec in SPECS.items()})
+cot_stats, refinement_yield, error_taxonomy, length_vs_accuracy = (statistics_asset(QUERIES[name]) for name in STATISTICS)

@@ -8,7 +8,7 @@ they are, and the statistics assets (:mod:`orion_assets.assets.statistics`) run 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +38,11 @@ class Query:
         return first.split(":", 1)[1].strip() if ":" in first else first.lstrip("- ")
 
 
-def load_query(name: str, tables: Mapping[str, pl.DataFrame]) -> Query:
-    """``SQL_DIR/<name>.sql``, bound against empty ``tables`` (name -> a frame with the table's columns,
-    no rows) so that the tables it reads and its column types are known without a store. A query that
-    does not bind against them is an error naming the file."""
-    path = SQL_DIR / f"{name}.sql"
-    text = path.read_text(encoding="utf-8")
+def load_queries(names: Sequence[str], tables: Mapping[str, pl.DataFrame]) -> dict[str, Query]:
+    """``SQL_DIR/<name>.sql`` for each name, bound against empty ``tables`` (name -> a frame with the
+    table's columns, no rows) so that the tables each reads and its column types are known without a
+    store. A query that does not bind against them is an error naming the file. One in-memory
+    connection binds them all: the definitions load this in every step's process."""
     con = duckdb.connect()
     try:
         con.execute(f"CREATE SCHEMA {SCHEMA}")
@@ -51,16 +50,25 @@ def load_query(name: str, tables: Mapping[str, pl.DataFrame]) -> Query:
             con.register("_empty", frame.to_arrow())
             con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _empty")
             con.unregister("_empty")
-        try:
-            *setup, last = [s.query for s in duckdb.extract_statements(text)]
-            for statement in setup:
-                con.execute(statement)
-            read = tables_read(con, last)
-            columns = dict(con.sql(last).limit(0).pl().schema)
-        except (duckdb.Error, ValueError) as exc:
-            raise ValueError(f"{path}: the query does not run on the tables of schema {SCHEMA}: {exc}") from exc
+        return {name: _bind(con, name) for name in names}
     finally:
         con.close()
+
+
+def _bind(con: duckdb.DuckDBPyConnection, name: str) -> Query:
+    path = SQL_DIR / f"{name}.sql"
+    text = path.read_text(encoding="utf-8")
+    cursor = con.cursor()  # a file's USE or SET stays on its own cursor
+    try:
+        *setup, last = [s.query for s in duckdb.extract_statements(text)]
+        for statement in setup:
+            cursor.execute(statement)
+        read = tables_read(cursor, last)
+        columns = dict(cursor.sql(last).limit(0).pl().schema)
+    except (duckdb.Error, ValueError) as exc:
+        raise ValueError(f"{path}: the query does not run on the tables of schema {SCHEMA}: {exc}") from exc
+    finally:
+        cursor.close()
     return Query(name, path, text, frozenset(read), columns)
 
 
