@@ -144,9 +144,12 @@ def test_a_users_asset_on_the_duckdb_resource_reads_takes_turns_with_writers_and
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
+    entered = threading.Event()
+
     @dg.asset
     def problems_per_source(duckdb: DuckDBResource) -> dg.MaterializeResult:
         started = time.monotonic()
+        entered.set()
         with duckdb.get_connection() as con:
             seen["waited_s"] = time.monotonic() - started
             assert writer.stdout.readline().strip() == "ready"
@@ -166,6 +169,7 @@ def test_a_users_asset_on_the_duckdb_resource_reads_takes_turns_with_writers_and
     def pipeline_step() -> None:  # a write in progress when the asset starts: the store's exclusive lock
         with file_lock(store.lock_path, exclusive=True, timeout_s=10):
             held.set()
+            entered.wait(120)  # released only after the asset asked for its connection, however slow the start
             time.sleep(0.5)
 
     thread = threading.Thread(target=pipeline_step)
