@@ -1,17 +1,15 @@
 """The ``export`` job: ``orion export`` from the UI (Launchpad config: out, format, checkpoints, merged).
 Thin: :func:`orion_assets.export.export` does the work; what it wrote, refused and left out is the op's metadata."""
 
-from typing import Literal
-
 import dagster as dg
 
-from orion_assets.export import ExportRequest, export
+from orion_assets.export import ExportFormat, ExportRequest, export
 from orion_assets.io.resource import OrionResource
 
 
 class ExportConfig(dg.Config):
     out: str  # the export folder: empty, new, or an earlier export
-    format: Literal["hf", "llamafactory", "jsonl"] = "hf"
+    format: ExportFormat = "hf"
     checkpoints: bool = False
     merged: bool = False
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import duckdb
 
-from orion_assets.cli.common import open_store
+from orion_assets.cli.common import data_dir_of, open_store
 from orion_assets.export import FORMATS, ExportError, ExportRequest, export
 from orion_assets.profiles import ProfileError, load_profile
+from orion_assets.store import store_in
 from orion_assets.store.ducklake import StoreError
 
 
@@ -33,14 +34,16 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
-        print(f"orion export: {exc}; the cards will not describe the run's teacher, student and sources",
-              file=sys.stderr)
+        print(f"orion export: {exc}; reading the DuckDB file in {data_dir_of(args)}, and the cards will not "
+              "describe the run's teacher, student and sources", file=sys.stderr)
         profile = None
     try:
         request = ExportRequest(out=Path(args.out), format=args.format, students=tuple(args.student),
                                 variants=tuple(args.variants), checkpoints=args.checkpoints, merged=args.merged,
                                 push_to_hub=args.push_to_hub, command=shlex.join(["orion", *sys.argv[1:]]))
-        result = export(open_store(args, "export", profile), request, profile)
+        # a profile that does not load: the DuckDB file in the data folder (as orion report does)
+        store = open_store(args, "export", profile) if profile is not None else store_in(data_dir_of(args))
+        result = export(store, request, profile)
     except (ExportError, FileNotFoundError, LookupError, duckdb.Error, StoreError) as exc:
         print(f"orion export: {exc}", file=sys.stderr)
         return 1

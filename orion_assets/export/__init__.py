@@ -6,7 +6,7 @@ provenance that say what it was made from (docs/export.md). No Dagster here: ``o
 from __future__ import annotations
 
 from orion_assets.export.core import PROVENANCE_FILE, ExportRequest, ExportResult, export, hub_token
-from orion_assets.export.formats import FORMATS
+from orion_assets.export.formats import FORMATS, ExportFormat
 from orion_assets.export.read import ExportError
 
-__all__ = ["FORMATS", "PROVENANCE_FILE", "ExportError", "ExportRequest", "ExportResult", "export", "hub_token"]
+__all__ = ["FORMATS", "ExportFormat", "PROVENANCE_FILE", "ExportError", "ExportRequest", "ExportResult", "export", "hub_token"]

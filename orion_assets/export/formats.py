@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
 FORMATS: tuple[str, ...] = ("hf", "llamafactory", "jsonl")
+ExportFormat = Literal[FORMATS]  # type: ignore[valid-type]
 LLAMAFACTORY_INFO = "dataset_info.json"
 # LLaMA-Factory's sharegpt entry for OpenAI-style messages (its data/README.md, "OpenAI Format").
 LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
