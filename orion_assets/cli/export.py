@@ -30,6 +30,20 @@ def add_export_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=export_command)
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command as parsed, spelled out (every option that was given), for the provenance file."""
+    words = ["orion", *(["--data-dir", args.data_dir] if args.data_dir else []), "export", "--out", args.out,
+             "--format", args.format]
+    for option in ("profile", "push_to_hub"):
+        if getattr(args, option):
+            words += [f"--{option.replace('_', '-')}", getattr(args, option)]
+    for option in ("student", "variants"):
+        if getattr(args, option):
+            words += [f"--{option}", *getattr(args, option)]
+    words += [f"--{flag}" for flag in ("checkpoints", "merged") if getattr(args, flag)]
+    return shlex.join(words)
+
+
 def export_command(args: argparse.Namespace) -> int:
     try:
         profile = load_profile(args.profile)
@@ -40,7 +54,7 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         request = ExportRequest(out=Path(args.out), format=args.format, students=tuple(args.student),
                                 variants=tuple(args.variants), checkpoints=args.checkpoints, merged=args.merged,
-                                push_to_hub=args.push_to_hub, command=shlex.join(["orion", *sys.argv[1:]]))
+                                push_to_hub=args.push_to_hub, command=_command(args))
         # a profile that does not load: the DuckDB file in the data folder (as orion report does)
         store = open_store(args, "export", profile) if profile is not None else store_in(data_dir_of(args))
         result = export(store, request, profile)

@@ -243,7 +243,7 @@ def test_merged_weights_load_and_generate_as_base_plus_adapter(run) -> None:
         inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             assert torch.equal(merged.generate(**inputs, **kwargs), peft_model.generate(**inputs, **kwargs)), question
 
     card = ModelCard.load(merged_dir / "README.md")
@@ -285,7 +285,8 @@ def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, cap
     captured = capsys.readouterr()
     assert f"refused tiny/{FAILED}: " in captured.err and FAILED_MESSAGE in captured.err
     assert "exported tiny/orion: 7 examples" in captured.out
-    assert json.loads((tmp_path / "cli" / PROVENANCE_FILE).read_text())["command"].startswith("orion ")
+    command = json.loads((tmp_path / "cli" / PROVENANCE_FILE).read_text())["command"]
+    assert command == f"orion export --out {tmp_path / 'cli'} --format jsonl --profile tiny"
     assert main(["export", "--out", str(tmp_path / "hub"), "--push-to-hub", "me/data"]) == 1
     assert "needs a Hugging Face token" in capsys.readouterr().err
 
