@@ -13,6 +13,7 @@ from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.store import SCHEMA, BaseStore
 from orion_assets.store.base import has_table
+from orion_assets.vocabulary import VARIANT_MODE
 
 # cot_quality columns carried into every exported row (those the store has: older stores lack some).
 QUALITY_METRICS: tuple[str, ...] = (
@@ -63,7 +64,8 @@ def sft_partitions(store: BaseStore) -> list[tuple[str, str]]:
 
 def sft_rows(store: BaseStore, student: str, variant: str) -> pl.DataFrame:
     """One row per SFT example of ``student``'s ``variant``: the chat ``messages`` (prompt then completion),
-    the problem, its gold ``answer`` and train ``source``, the CoT's source and its quality metrics."""
+    the problem, its gold ``answer`` and train ``source``, the reflection ``mode``, the CoT's source and its
+    quality metrics."""
     with store.connect(read_only=True) as con:
         quality = set(_columns(con, "cot_quality"))
         metrics = ", ".join(f'q."{c}"' for c in QUALITY_METRICS if c in quality)
@@ -77,6 +79,8 @@ def sft_rows(store: BaseStore, student: str, variant: str) -> pl.DataFrame:
             LEFT JOIN {SCHEMA}.cot_quality q ON q.cot_quality_id = s.cot_quality_id
             WHERE s.student = ? AND s.variant = ?
             ORDER BY s.sft_example_id""", [student, variant]).pl()
+    # the reflection mode whose refinements the variant trains on (none: teacher_sft, the teacher's own CoTs)
+    frame = frame.with_columns(pl.lit(VARIANT_MODE.get(variant), dtype=pl.Utf8).alias("mode"))
     orphans = frame.filter(pl.col("problem").is_null())
     if orphans.height:
         row = orphans.row(0, named=True)

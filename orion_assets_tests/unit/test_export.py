@@ -20,6 +20,7 @@ from orion_assets.method.quality.verdicts import append_verdicts
 from orion_assets.profiles import load_profile
 from orion_assets.profiles.schema import DEFAULT_TRAIN_SOURCES
 from orion_assets.store import Store
+from orion_assets.vocabulary import VARIANT_MODE
 
 STUDENT = "tiny"
 VARIANTS = ("teacher_sft", "orion", "orion_no_error")
@@ -99,6 +100,11 @@ def _write_store(data_dir: Path, base) -> dict:
                                 "steps": trained.steps, "final_loss": trained.final_loss, "sft_examples": len(rows)}])
     store.replace_rows("student_checkpoint", checkpoint, replace_where={"student": STUDENT, "variant": "orion", "seed": 0},
                        materialization=_materialization(profile, "student_checkpoint", f"{STUDENT}/orion/0"))
+    # seed 1 as a full fine-tune: a directory of whole weights (the base's stand in for trained ones), copied as is
+    full = checkpoint.with_columns(pl.lit("ck-orion-1").alias("checkpoint_id"), pl.lit(1).alias("seed"),
+                                   pl.lit(str(base.path)).alias("path"), pl.lit("full").alias("kind"))
+    store.replace_rows("student_checkpoint", full, replace_where={"student": STUDENT, "variant": "orion", "seed": 1},
+                       materialization=_materialization(profile, "student_checkpoint", f"{STUDENT}/orion/1"))
     for benchmark, (pass_at_1, se) in SCORES.items():
         score = pl.DataFrame([{"score_id": f"s-{benchmark}", "benchmark": benchmark, "student": STUDENT, "variant": "orion",
                                "seed": 0, "n_problems": 8, "k": 4, "pass_at_1": pass_at_1, "pass_at_1_se": se,
@@ -144,6 +150,7 @@ def test_hf_dataset_round_trips_through_load_from_disk(run) -> None:
         assert split["messages"] == _expected_messages(run, variant)
         assert split["messages"][0][-1]["content"].startswith(f"[{variant}] ")
         assert set(split["variant"]) == {variant} and set(split["source"]) == {"gsm8k_train"}
+        assert set(split["mode"]) == {VARIANT_MODE[variant]}  # None for teacher_sft: the teacher's own CoTs
         assert all(answers[p] == a for p, a in zip(split["problem_id"], split["answer"], strict=True))
         assert all(m[0]["content"].find(p) >= 0 for m, p in zip(split["messages"], split["problem"], strict=True))
 
@@ -225,7 +232,11 @@ def test_merged_weights_load_and_generate_as_base_plus_adapter(run) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    (checkpoint,) = run["hf"].checkpoints
+    checkpoint, full = run["hf"].checkpoints
+    assert (full["seed"], full["kind"], full["written"]) == (1, "full", ["full"])  # a full fine-tune: as is, no merge
+    full_dir = run["hf"].out / full["path"] / "full"
+    assert all((full_dir / p.name).read_bytes() == p.read_bytes() for p in run["base"].path.iterdir() if p.is_file())
+    assert ModelCard.load(full_dir / "README.md").data.library_name == "transformers"
     folder = run["hf"].out / checkpoint["path"]
     assert checkpoint["written"] == ["adapter", "merged"]
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
