@@ -102,6 +102,17 @@ def _student(profile: Profile | None, student: str) -> str:
     return f"`{student}`: {origin}"
 
 
+def hub_base_model(profile: Profile | None, student: str) -> str | None:
+    """The Hub id a pretrained student came from (a model card's ``base_model``); None for a local or built one."""
+    try:
+        spec = profile.config.for_student(student).student_model if profile is not None else None
+    except KeyError:
+        return None
+    if spec is None or spec.source != "pretrained" or Path(spec.name_or_path).expanduser().exists():
+        return None
+    return spec.name_or_path
+
+
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
 

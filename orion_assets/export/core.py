@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from orion_assets.export import formats, read, weights
-from orion_assets.export.cards import dataset_card, model_card, source_licences
+from orion_assets.export.cards import dataset_card, hub_base_model, model_card, source_licences
 from orion_assets.export.read import ExportError
 from orion_assets.profiles import Profile
 from orion_assets.store import BaseStore
@@ -153,7 +155,7 @@ def export(store: BaseStore, request: ExportRequest, profile: Profile | None = N
     try:
         _write_datasets(store, request, profile, chosen, staging, result, sources)
         if request.checkpoints:
-            _write_checkpoints(store, request, chosen, staging, result, sources)
+            _write_checkpoints(store, request, profile, chosen, staging, result, sources)
         _write_provenance(staging, store, request, profile, result, sources)
         if out.exists():
             shutil.rmtree(out)
@@ -166,8 +168,10 @@ def export(store: BaseStore, request: ExportRequest, profile: Profile | None = N
     return result
 
 
-def _write_datasets(store, request, profile, chosen, staging, result, sources) -> None:
-    frames: dict[tuple[str, str], Any] = {}
+def _write_datasets(store: BaseStore, request: ExportRequest, profile: Profile | None, chosen: dict[str, list[str]],
+                    staging: Path, result: ExportResult, sources: list[dict[str, Any]]) -> None:
+    """The chosen variants' rows in ``request.format`` under ``staging``, and the cards (hf)."""
+    frames: dict[tuple[str, str], pl.DataFrame] = {}
     for student, variants in chosen.items():
         gate = read.gate_of(store, student, variants[0])
         sources += [gate.cot_quality] if gate.cot_quality else []
@@ -193,7 +197,8 @@ def _write_datasets(store, request, profile, chosen, staging, result, sources) -
         entry["path"] = files[(entry["student"], entry["variant"])].relative_to(staging).as_posix()
 
 
-def _write_card(folder, student, variants, frames, result, profile, sources) -> None:
+def _write_card(folder: Path, student: str, variants: list[str], frames: dict[tuple[str, str], pl.DataFrame],
+                result: ExportResult, profile: Profile | None, sources: list[dict[str, Any]]) -> None:
     splits = {e["variant"]: e for e in result.exported if e["student"] == student}
     names = sorted({s for v in variants for s in frames[(student, v)]["source"].drop_nulls().to_list()})
     hashes = sorted({m["profile_hash"] for m in sources if m.get("asset_key") == "sft_dataset"
@@ -204,7 +209,9 @@ def _write_card(folder, student, variants, frames, result, profile, sources) -> 
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
 
-def _write_checkpoints(store, request, chosen, staging, result, sources) -> None:
+def _write_checkpoints(store: BaseStore, request: ExportRequest, profile: Profile | None,
+                       chosen: dict[str, list[str]], staging: Path, result: ExportResult,
+                       sources: list[dict[str, Any]]) -> None:
     for student, variants in chosen.items():
         for variant in variants:
             rows = read.checkpoints(store, student, variant)
@@ -213,10 +220,12 @@ def _write_checkpoints(store, request, chosen, staging, result, sources) -> None
                                        "reason": "no student_checkpoint in the store (not trained yet)"})
                 continue
             for row in rows.iter_rows(named=True):
-                result.checkpoints.append(_export_checkpoint(store, request, row, staging, sources))
+                result.checkpoints.append(_export_checkpoint(store, request, profile, row, staging, sources))
 
 
-def _export_checkpoint(store, request, row, staging, sources) -> dict[str, Any]:
+def _export_checkpoint(store: BaseStore, request: ExportRequest, profile: Profile | None, row: dict[str, Any],
+                       staging: Path, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """One checkpoint's adapter (and merged weights) or full weights, each with its model card."""
     student, variant, seed = row["student"], row["variant"], int(row["seed"])
     key = PARTITION_SEPARATOR.join((student, variant, str(seed)))
     sources += [m for m in [read.latest_materialization(store, "student_checkpoint", key),
@@ -240,7 +249,7 @@ def _export_checkpoint(store, request, row, staging, sources) -> dict[str, Any]:
             written["merged"] = "merged"
     for name in written:
         card = model_card(student=student, variant=variant, seed=seed, kind=row["kind"], scores=scores,
-                          base_model=None, merged=name == "merged")
+                          base_model=hub_base_model(profile, student), merged=name == "merged")
         (folder / name / CARD_FILE).write_text(card, encoding="utf-8")
     return {"student": student, "variant": variant, "seed": seed, "checkpoint_id": row["checkpoint_id"],
             "kind": row["kind"], "path": folder.relative_to(staging).as_posix(), "written": list(written),
@@ -252,7 +261,8 @@ def _adapter_base(adapter: Path) -> str:
     return config["base_model_name_or_path"]
 
 
-def _write_provenance(staging, store, request, profile, result, sources) -> None:
+def _write_provenance(staging: Path, store: BaseStore, request: ExportRequest, profile: Profile | None,
+                      result: ExportResult, sources: list[dict[str, Any]]) -> None:
     unique = {m["materialization_id"]: m for m in sources}
     recorded = sorted({m["profile_hash"] for m in unique.values() if m.get("profile_hash")})
     document = {
