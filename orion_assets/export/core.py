@@ -139,6 +139,8 @@ def export(store: BaseStore, request: ExportRequest, profile: Profile | None = N
     token = hub_token() if request.push_to_hub else None
     read.require_tables(store, ("sft_dataset", "train_problems", "cot_quality", "materializations"))
     out = Path(request.out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file: --out names a folder")
     if out.exists() and any(out.iterdir()) and not (out / PROVENANCE_FILE).is_file():
         raise ExportError(f"{out} is not empty and holds no earlier export ({PROVENANCE_FILE}): choose an empty folder")
     result = ExportResult(out)

@@ -281,6 +281,8 @@ def test_refusals_are_clear(run, tmp_path, monkeypatch) -> None:
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not empty and holds no earlier export"):
         export(store, ExportRequest(out=tmp_path / "full"), profile)
+    with pytest.raises(ExportError, match="is a file: --out names a folder"):
+        export(store, ExportRequest(out=tmp_path / "full" / "notes.txt"), profile)
 
 
 def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, capsys) -> None:
