@@ -9,6 +9,7 @@ from orion_assets.assets import (
     problems,
     quality,
     reflection,
+    statistics,
     teacher,
     training,
     upkeep,
@@ -16,7 +17,8 @@ from orion_assets.assets import (
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation,
+                                              statistics])
 all_checks = dg.load_asset_checks_from_modules([quality])
 
 defs = dg.Definitions(
