@@ -4,6 +4,7 @@ import dagster as dg
 
 from orion_assets.assets import (
     evaluation,
+    export,
     exposure,
     problems,
     quality,
@@ -23,7 +24,7 @@ all_checks = dg.load_asset_checks_from_modules([quality])
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[upkeep.lake_upkeep],
+    jobs=[upkeep.lake_upkeep, export.export_job],
     schedules=[upkeep.lake_upkeep_schedule],
     resources=resources_for(OrionResource.from_env()),
 )
