@@ -209,6 +209,23 @@ GROUP BY benchmark, variant
 ]
 
 
+#: The partition columns' values of the synthetic rows: one student, one seed.
+PARTITION_VALUES = {"student": ("VARCHAR", "'synthetic'"), "seed": ("BIGINT", "0")}
+
+
+def _add_partition_columns(con, table: str) -> None:
+    """The partition columns the real table carries (its ``TableSpec.partition_by``) that the DDL above
+    leaves out, with one student and one seed, so ``sql/`` runs on the file as on a real store."""
+    from orion_assets.assets.statistics import SPECS
+
+    spec = SPECS.get(table)
+    have = {row[0] for row in con.execute(f"DESCRIBE orion.{table}").fetchall()}
+    for column in spec.partition_by if spec else ():
+        if column not in have and column in PARTITION_VALUES:
+            kind, value = PARTITION_VALUES[column]
+            con.execute(f"ALTER TABLE orion.{table} ADD COLUMN {column} {kind} DEFAULT {value}")
+
+
 def build(out_dir: Path, cots: int) -> Path:
     from orion_assets.definitions import all_assets
     from orion_assets.io.tables import lineage_links
@@ -227,6 +244,7 @@ def build(out_dir: Path, cots: int) -> Path:
         for table, ddl in TABLES:
             t0 = time.monotonic()
             con.execute(ddl.replace("{P}", str(problems)).replace("FROM refined_cots", "FROM orion.refined_cots"))
+            _add_partition_columns(con, table)
             n = con.execute(f"SELECT count(*) FROM orion.{table}").fetchone()[0]
             print(f"{table:22s} {n:>10,d} rows  {time.monotonic() - t0:6.1f}s", flush=True)
         refresh_lineage_view(con, lineage_links(all_assets))
