@@ -180,11 +180,13 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert report.deltas.height == 2 * 2 + 2 + 1  # orion, base against teacher_sft; orion, teacher_sft against base
 
     # plots exist, are PNGs, and are linked relatively
-    assert [p.name for p in report.pngs] == ["accuracy.png", "cot_lengths.png", "error_types.png"]
+    assert [p.name for p in report.pngs] == ["accuracy.png", "pass1_intervals.png", "cot_lengths.png", "error_types.png"]
     for png in report.pngs:
         assert png.parent == tmp_path / "out"
         assert_png(png)
         assert f"]({png.name})" in md
+    # no student_checkpoint table: no loss curves, and the page says why
+    assert report.loss_curves_png is None and "`loss_curves.png` skipped: `orion.student_checkpoint` does not exist." in md
     # 6 of 60 refined rows are teacher fallbacks and are left out of the length plot
     assert "leaves out 6 refined_cots row(s)" in md
     assert "## How this was made" in md
