@@ -153,6 +153,10 @@ def plot_pass1_intervals(board: pl.DataFrame, scores: pl.DataFrame, rule: str, p
         right.tick_params(labelleft=False)
         right.margins(x=0.2)  # room for the reference's label at 0
         right.grid(axis="x", alpha=0.3)
+        low, high = left.get_xlim()
+        left.set_xlim(max(low, -1.0), max(high, 5.0))  # pass@1 is at least 0; all zeros still show a scale
+        low, high = right.get_xlim()
+        right.set_xlim(min(low, -5.0), max(high, 5.0))
     figure.suptitle("Left: pass@1, mean over seeds (small dots: each seed), bar ± sd over seeds (one seed: ± 1 SE "
                     "over problems).\n"
                     f"Right: paired Δ over {REFERENCE_VARIANT}, bar = its 95% interval (filled dot: the interval "
