@@ -266,12 +266,14 @@ def student_checkpoint(
         trained_examples=result["trained_examples"],
         completion_tokens=result["completion_tokens"],
         epochs=result["epochs"],
-        loss_curve=result["loss_curve"],
+        loss_curve=result.get("loss_curve"),  # None from a trainer that predates it (a result.json left by one)
     )
-    plot = loss_curve_png(result["loss_curve"], f"{context.partition_key}: training loss per step")
+    metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"])}
+    if result.get("loss_curve"):
+        plot = loss_curve_png(result["loss_curve"], f"{context.partition_key}: training loss per step")
+        metadata["loss_curve_plot"] = dg.MetadataValue.md(png_markdown(plot, "loss curve"))
     # Wrapped in an Output: once Pipes reported events, Dagster takes the return value as one more yielded event.
-    return dg.Output(Rows(row, metadata={**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
-                                         "loss_curve_plot": dg.MetadataValue.md(png_markdown(plot, "loss curve"))}))
+    return dg.Output(Rows(row, metadata=metadata))
 
 
 def _base_checkpoint(model: dict, student: str, seed: int) -> Rows:
