@@ -4,10 +4,12 @@ import dagster as dg
 
 from orion_assets.assets import (
     evaluation,
+    export,
     exposure,
     problems,
     quality,
     reflection,
+    statistics,
     teacher,
     training,
     upkeep,
@@ -15,13 +17,14 @@ from orion_assets.assets import (
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation,
+                                              statistics])
 all_checks = dg.load_asset_checks_from_modules([quality])
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[upkeep.lake_upkeep],
+    jobs=[upkeep.lake_upkeep, export.export_job],
     schedules=[upkeep.lake_upkeep_schedule],
     resources=resources_for(OrionResource.from_env()),
 )

@@ -10,11 +10,13 @@ from orion_assets.io.metadata import markdown_table, progress_logger
 from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair, parse_model_key
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
 from orion_assets.method.sampling import sample_and_grade
 from orion_assets.tokens import batch_token_counter
+from orion_assets.training.tracking import log_scores
 from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
 
 BENCHMARK_PREDICTIONS = TableSpec(
@@ -222,9 +224,14 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
         "checkpoint_id": predictions["checkpoint_id"][0],
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),
     } for graded_by, graded in by_rule], schema=BENCHMARK_SCORES.columns)
+    # Into the checkpoint's tracker run ([tracking]), beside its SFT curves.
+    identity = checkpoint_identity(orion, student, variant, seed, rows["checkpoint_id"][0])
+    tracked = log_scores(tracker_of(orion), identity, benchmark,
+                         {graded_by or cfg.eval.compat: graded.to_row() for graded_by, graded in by_rule},
+                         context.run.run_id)
     return Rows(
         rows,
-        metadata={**{k: v for k, v in scores.to_row().items() if v is not None},
+        metadata={**tracking_metadata(tracked), **{k: v for k, v in scores.to_row().items() if v is not None},
                   **({"grading_rule": rule} if rule else {}),
                   **{f"{name}_{r}": value for r, graded in by_rule[1:]
                      for name, value in (("pass_at_1", graded.pass_at_1), ("pass_at_1_se", graded.pass_at_1_se))}},  # fmt: skip

@@ -22,6 +22,7 @@ from orion_assets.io.partitions import (
 )
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, prompts
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
 from orion_assets.method.quality.rules import reason_counts
@@ -33,6 +34,7 @@ from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS
 from orion_assets.training.pipes import run_sft_with_pipes
+from orion_assets.training.tracking import open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT
 
 STUDENT_BASE_MODEL = TableSpec(
@@ -219,7 +221,10 @@ def student_checkpoint(
     student, variant, seed = parse_model_key(context.partition_key)
     model = student_base_model.first()
     if variant == BASE_VARIANT:
-        return dg.Output(_base_checkpoint(model, student, seed))
+        checkpoint_id = content_id("checkpoint", student, BASE_VARIANT, model["model_id"])
+        tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
+            orion, student, variant, seed, checkpoint_id, model["config_hash"]), context.run.run_id)
+        return dg.Output(_base_checkpoint(model, student, seed, checkpoint_id, tracking_metadata(tracked)))
     _refuse_unless_gated(orion, cot_quality, student, variant, "train")
     cfg = orion.config_for(student)
     sft = cfg.sft.model_copy(update={"seed": seed})
@@ -232,18 +237,23 @@ def student_checkpoint(
     data_hash = content_id(example_ids)
     run_hash = content_id(config_hash(probe), data_hash)
     output_dir = orion.data_path / "checkpoints" / student / variant / run_hash
+    checkpoint_id = content_id("checkpoint", student, variant, run_hash)
+    # The checkpoint's tracker run ([tracking]): the SFT process logs its curves into it (TRL's report_to).
+    tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
+        orion, student, variant, seed, checkpoint_id, config_hash(probe)), context.run.run_id)
     params = TrainParams.from_sft_config(
         sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=output_dir,
-        base_model_hash=model["model_id"],
+        base_model_hash=model["model_id"], report_to=tracked.report_to if tracked else [],
     )
     # The accelerator goes to SFT: managed servers sleep or stop, local models and the CUDA cache are freed.
     released = serving.release_accelerator()
     if released:
         context.log.info(f"before SFT: student servers {released}")
-    outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher)
+    outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher,
+                                 env=tracked.env if tracked else None)
     result = outcome.result
     row = checkpoint_row(
-        checkpoint_id=content_id("checkpoint", student, variant, run_hash),
+        checkpoint_id=checkpoint_id,
         student=student,
         variant=variant,
         seed=seed,
@@ -268,7 +278,8 @@ def student_checkpoint(
         epochs=result["epochs"],
         loss_curve=result.get("loss_curve"),  # None from a trainer that predates it (a result.json left by one)
     )
-    metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"])}
+    metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
+                **tracking_metadata(tracked)}
     if result.get("loss_curve"):
         plot = loss_curve_png(result["loss_curve"], f"{context.partition_key}: training loss per step")
         metadata["loss_curve_plot"] = dg.MetadataValue.md(png_markdown(plot, "loss curve"))
@@ -276,14 +287,14 @@ def student_checkpoint(
     return dg.Output(Rows(row, metadata=metadata))
 
 
-def _base_checkpoint(model: dict, student: str, seed: int) -> Rows:
+def _base_checkpoint(model: dict, student: str, seed: int, checkpoint_id: str, metadata: dict) -> Rows:
     row = checkpoint_row(
-        checkpoint_id=content_id("checkpoint", student, BASE_VARIANT, model["model_id"]), student=student,
+        checkpoint_id=checkpoint_id, student=student,
         variant=BASE_VARIANT, seed=seed,
         base_model_id=model["model_id"], sft_examples=0, sft_example_ids=[], path=model["path"], kind="base", steps=0,
         config_hash=model["config_hash"],
     )
-    return Rows(row, metadata={"checkpoint_path": dg.MetadataValue.path(model["path"]), "kind": "base"})
+    return Rows(row, metadata={"checkpoint_path": dg.MetadataValue.path(model["path"]), "kind": "base", **metadata})
 
 
 def checkpoint_row(**values: object) -> pl.DataFrame:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from orion_assets.cli.check import check
+from orion_assets.cli.export import add_export_parser
 from orion_assets.cli.failures import user_error_message
 from orion_assets.cli.run import run
 from orion_assets.cli.sql import report, sql
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         help="write the leaderboard report (Markdown and plots)")
     report_parser.add_argument("--out", help="the report folder (default <data dir>/reports)")
     report_parser.set_defaults(handler=report)
+    add_export_parser(commands, [common])
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from orion_assets.io.duckdb_resource import RESOURCE_KEY, duckdb_resource
 from orion_assets.io.metadata import markdown_table, table_schema
 from orion_assets.io.partitions import SEPARATOR
 from orion_assets.io.resource import OrionResource
@@ -149,6 +150,7 @@ def _partition_where(spec: Mapping[str, Any], key_or_context: Any) -> dict[str, 
 
 
 def resources_for(orion: OrionResource) -> dict[str, object]:
-    """``orion``, the I/O manager over its store and the Pipes client: what the assets need to run."""
+    """``orion``, the I/O manager over its store and the Pipes client: what the assets need to run; and
+    ``duckdb``, a read-only ``DuckDBResource`` on the store's file, for users' own assets."""
     return {"orion": orion, IO_MANAGER_KEY: OrionIOManager(orion=orion),
-            "pipes_subprocess_client": dg.PipesSubprocessClient()}
+            "pipes_subprocess_client": dg.PipesSubprocessClient(), RESOURCE_KEY: duckdb_resource(orion.store)}

@@ -29,20 +29,24 @@ SPEC_METADATA_KEY = "orion/table"
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One table: ``columns`` in order, the row ``id`` column, ``parents`` (column -> parent table,
-    a column may hold one id or a list of ids), and ``partition_by`` (the columns whose values a
-    partition key fixes, in the partition dimensions' order)."""
+    """One table: ``columns`` in order, the row ``id`` column (None for a summary table, whose rows no
+    other table points at), ``parents`` (column -> parent table, a column may hold one id or a list of
+    ids), and ``partition_by`` (the columns whose values a partition key fixes, in the partition
+    dimensions' order)."""
 
     name: str
     columns: Mapping[str, pl.DataType]
-    id: str
+    id: str | None
     parents: Mapping[str, str] = field(default_factory=dict)
     partition_by: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        missing = [c for c in (self.id, *self.parents, *self.partition_by) if c not in self.columns]
+        keys = (*([self.id] if self.id is not None else []), *self.parents, *self.partition_by)
+        missing = [c for c in keys if c not in self.columns]
         if missing:
             raise ValueError(f"table spec {self.name}: columns {missing} are not among its columns")
+        if self.parents and self.id is None:
+            raise ValueError(f"table spec {self.name}: a table with parent columns needs an id column (lineage edges)")
 
     def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with exactly the spec's columns, in order and cast to their types; a missing or

@@ -38,9 +38,9 @@ class Profile:
 
     @property
     def hash(self) -> str:
-        """Content hash of the resolved configuration (not of the file text), less ``[store]``: where
-        the tables live changes no result, so moving them to a lake keeps the hash."""
-        canonical = json.dumps(self.config.model_dump(mode="json", exclude={"store"}), sort_keys=True)
+        """Content hash of the resolved configuration (not of the file text), less ``[store]`` and
+        ``[tracking]``: where the tables and the curves go changes no result, so moving them keeps the hash."""
+        canonical = json.dumps(self.config.model_dump(mode="json", exclude={"store", "tracking"}), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from orion_assets.profiles.section import Section
 from orion_assets.profiles.sft import SFTSection
+from orion_assets.profiles.tracking import TrackingSection
 from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.vocabulary import (
     DEFAULT_BENCHMARKS,
@@ -380,6 +381,7 @@ class OrionConfig(Section):
     sft: SFTSection = SFTSection()
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()
+    tracking: TrackingSection = TrackingSection()  # [tracking]: where SFT curves and scores are logged
 
     @property
     def all_students(self) -> list[StudentModelConfig]:

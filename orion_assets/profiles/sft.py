@@ -67,6 +67,7 @@ SFT_RESERVED_ARGS: dict[str, str] = {
     "logging_strategy": "every logging_steps steps is what train_log.jsonl records",
     "save_strategy": "checkpoints every save_steps steps are what a rerun resumes from",
     "restore_callback_states_from_checkpoint": "a resumed run restores its completion-token counts itself",
+    "report_to": "set [tracking] backend",
     **{name: f"set [sft] {name}" for name in SFT_TRAINER_FIELDS},
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from orion_assets.ids import file_sha256, model_fingerprint, sha256_json
 from orion_assets.profiles.sft import SFTSettings
@@ -39,6 +39,7 @@ _HASH_EXCLUDED = frozenset(
         "gradient_checkpointing",
         "base_model_hash",
         "on_world_size_change",  # what a resume under another world size does (it refuses, or keeps the batch)
+        "report_to",  # where the curves are logged ([tracking])
     }
 )
 
@@ -54,6 +55,8 @@ class TrainParams(SFTSettings):
     output_dir: str
     resume: bool = True  # continue from the latest complete checkpoint in output_dir
     base_model_hash: str | None = None  # e.g. BuiltModel.config_hash; None: fingerprint the files
+    # TRL's report_to: the trackers the curves go to ([tracking], training/tracking.py); empty: none
+    report_to: list[str] = Field(default_factory=list)
 
     @field_validator("base_model_path", "dataset_path", "output_dir", mode="before")
     @classmethod

@@ -128,7 +128,6 @@ def _resolve_bf16(bf16: bool | None, device: str, fp16: bool = False) -> bool:
 
 #: ``trl.SFTConfig`` values the project prefers to TRL's; [sft.training_args] may override them.
 _TRAINER_DEFAULTS: dict[str, Any] = {
-    "report_to": "none",
     "disable_tqdm": True,
     "dataloader_num_workers": 0,
     "shuffle_dataset": False,
@@ -160,6 +159,7 @@ def sft_trainer_config(
         "logging_strategy": "steps",
         "save_strategy": "steps",
         "include_num_input_tokens_seen": "non_padding",  # kept in trainer_state.json, so it survives a resume
+        "report_to": list(params.report_to) or "none",  # [tracking]; the tracker's env comes with the process's
     }
     fields = trl_sft_config_fields()
     assert set(SFT_TRAINER_FIELDS) <= fields, sorted(set(SFT_TRAINER_FIELDS) - fields)

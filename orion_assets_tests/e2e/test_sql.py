@@ -4,6 +4,7 @@ the same rows, and its numbers add up against the tables they summarize."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from orion_assets.assets.statistics import STATISTICS
 from orion_assets.vocabulary import ERROR_TYPES
 from orion_devtools.services import lake_store_section
 
@@ -93,6 +95,15 @@ def test_file_runs_the_same_through_orion_sql_and_a_plain_connection(data_dir, r
     assert_frame_equal(plain, via_cli, check_dtypes=False)
 
 
+@pytest.mark.parametrize("name", STATISTICS)
+def test_orion_run_materializes_each_statistic_as_the_files_rows(tiny_run, data_dir, result, name):
+    assert re.search(rf"\] {name} \.\.\. ok \(\d+ rows", tiny_run["stdout"]), tiny_run["stdout"][-3000:]
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
+        stored = con.sql(f"SELECT * EXCLUDE (dagster_run_id) FROM orion.{name}").pl()
+    assert stored.height > 0
+    assert_frame_equal(stored, result(name), check_dtypes=False)
+
+
 def test_orion_sql_csv_and_table_formats(data_dir):
     csv = orion_sql(data_dir, str(SQL_DIR / "leaderboard.sql"), fmt="csv")
     assert csv.returncode == 0, csv.stderr
@@ -108,11 +119,12 @@ def test_cot_stats(data_dir, result):
         for row in frame.select(cols).drop_nulls().iter_rows():
             assert all(a <= b + TOL for a, b in zip(row, row[1:])), (prefix, row)
     teacher = frame.filter(pl.col("cot_table") == "teacher_cots")
-    assert teacher["source"].to_list() == ["teacher"] and teacher["mode"].to_list() == [None]
+    assert teacher["source"].to_list() == ["teacher"] and teacher["mode"].to_list() == teacher["student"].to_list() == [None]
     assert teacher["cots"][0] == query(data_dir, "SELECT count(*) FROM teacher_cots")[0][0]
     refined = frame.filter(pl.col("cot_table") == "refined_cots")
-    expected = dict(((m, s), n) for m, s, n in query(data_dir, "SELECT mode, source, count(*) FROM refined_cots GROUP BY ALL"))
-    assert {(m, s): n for m, s, n in refined.select("mode", "source", "cots").iter_rows()} == expected
+    expected = {(st, m, s): n for st, m, s, n in query(data_dir, "SELECT student, mode, source, count(*) FROM refined_cots "
+                                                                   "GROUP BY ALL")}
+    assert {(st, m, s): n for st, m, s, n in refined.select("student", "mode", "source", "cots").iter_rows()} == expected
     assert set(refined["source"]) <= {"refined", "teacher_fallback"}
     assert set(refined["mode"]) == {"orion", "no_error"}  # the replay teacher cannot run no_reflection
     # every CoT of the tiny run has its cot_quality row, so every group has step counts
@@ -124,9 +136,10 @@ def test_error_taxonomy(data_dir, result):
     frame = result("error_taxonomy")
     total = query(data_dir, "SELECT count(*) FROM student_errors JOIN train_problems USING (problem_id)")[0][0]
     assert frame["errors"].sum() == total > 0
-    assert abs(frame["share_overall"].sum() - 1.0) < TOL
-    for (subject, level), group in frame.group_by(["subject", "level"]):
-        assert abs(group["share_in_group"].sum() - 1.0) < TOL, (subject, level)
+    for student, group in frame.group_by("student"):
+        assert abs(group["share_overall"].sum() - 1.0) < TOL, student
+    for key, group in frame.group_by(["student", "subject", "level"]):
+        assert abs(group["share_in_group"].sum() - 1.0) < TOL, key
         assert group["group_errors"].n_unique() == 1 and group["group_errors"][0] == group["errors"].sum()
         assert (group["group_attempts"] >= group["group_errors"]).all()
     assert set(frame["error_type"]) <= set(ERROR_TYPES)
@@ -144,23 +157,26 @@ def test_refinement_yield(data_dir, result):
     detail = frame.filter(pl.col("scope") == "subject_level").group_by("mode").agg(pl.col("problems", "refined").sum())
     assert dict(detail.select("mode", "problems").iter_rows()) == dict(overall.select("mode", "problems").iter_rows())
     assert dict(detail.select("mode", "refined").iter_rows()) == dict(overall.select("mode", "refined").iter_rows())
-    refined = dict(query(data_dir, "SELECT mode, count(DISTINCT problem_id) FILTER (WHERE source = 'refined') "
-                                   "FROM refined_cots GROUP BY mode"))
-    assert dict(overall.select("mode", "refined").iter_rows()) == refined
+    refined = {(st, m): n for st, m, n in query(data_dir, "SELECT student, mode, count(DISTINCT problem_id) FILTER "
+                                                        "(WHERE source = 'refined') FROM refined_cots GROUP BY ALL")}
+    assert {(st, m): n for st, m, n in overall.select("student", "mode", "refined").iter_rows()} == refined
 
 
 def test_length_vs_accuracy(data_dir, result):
     frame = result("length_vs_accuracy")
-    per_variant = dict(query(data_dir, "SELECT variant, count(*) FROM benchmark_predictions GROUP BY variant"))
-    sums = frame.group_by("variant").agg(pl.col("predictions").sum(), pl.col("share_of_variant").sum())
-    assert dict(sums.select("variant", "predictions").iter_rows()) == per_variant
-    assert all(abs(s - 1.0) < TOL for s in sums["share_of_variant"])
+    model = ["student", "variant", "seed"]
+    per_model = {tuple(r[:3]): r[3] for r in query(data_dir, "SELECT student, variant, seed, count(*) "
+                                                           "FROM benchmark_predictions GROUP BY ALL")}
+    sums = frame.group_by(model).agg(pl.col("predictions").sum(), pl.col("share_of_model").sum())
+    assert {tuple(r[:3]): r[3] for r in sums.select(*model, "predictions").iter_rows()} == per_model
+    assert all(abs(s - 1.0) < TOL for s in sums["share_of_model"])
     assert frame["accuracy"].is_between(0, 1).all() and frame["truncation_rate"].is_between(0, 1).all()
     assert (frame["correct"] <= frame["predictions"]).all()
     known = frame.filter(pl.col("bucket_lo").is_not_null())
     assert all(hi == max(1, 2 * lo) for lo, hi in known.select("bucket_lo", "bucket_hi").iter_rows())
-    correct = dict(query(data_dir, "SELECT variant, count(*) FILTER (WHERE correct) FROM benchmark_predictions GROUP BY variant"))
-    assert dict(frame.group_by("variant").agg(pl.col("correct").sum()).iter_rows()) == correct
+    correct = {tuple(r[:3]): r[3] for r in query(data_dir, "SELECT student, variant, seed, count(*) FILTER (WHERE correct) "
+                                                         "FROM benchmark_predictions GROUP BY ALL")}
+    assert {tuple(r[:3]): r[3] for r in frame.group_by(model).agg(pl.col("correct").sum()).iter_rows()} == correct
 
 
 def test_leaderboard(data_dir, result):
@@ -275,10 +291,10 @@ def test_orion_sql_lets_the_schema_be_chosen(data_dir):
 
 ASSET_TABLES = ["train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
                 "refined_cots", "cot_quality", "sft_dataset", "student_checkpoint", "benchmark_problems",
-                "benchmark_predictions", "benchmark_scores", "leaderboard"]
+                "benchmark_predictions", "benchmark_scores", "leaderboard", *STATISTICS]
 # Their row counts follow from the profile alone (the tiny student's sampling is not seeded, so which
-# attempts are wrong and which CoTs the gate drops can differ between two runs).
-FIXED_SIZE_TABLES = [t for t in ASSET_TABLES if t not in ("student_errors", "sft_dataset")]
+# attempts are wrong and which CoTs the gate drops can differ between two runs, and so do the statistics' groups).
+FIXED_SIZE_TABLES = [t for t in ASSET_TABLES if t not in ("student_errors", "sft_dataset", *STATISTICS)]
 
 
 def test_the_whole_graph_on_a_lake_makes_the_same_tables_and_sql_answers(tiny_run, result, postgres_service,
@@ -315,3 +331,7 @@ def test_the_whole_graph_on_a_lake_makes_the_same_tables_and_sql_answers(tiny_ru
         assert all(list(row) == result(name).columns for row in rows), name
         if name in ("cot_stats", "leaderboard", "lineage", "usage_cost"):  # never empty after a whole run
             assert rows, name
+        if name in STATISTICS:  # the asset ran the same file through the lake's connection
+            stored = orion("sql", "--format", "json", f"SELECT * EXCLUDE (dagster_run_id) FROM orion.{name}")
+            assert stored.returncode == 0, stored.stderr
+            assert [json.loads(line) for line in stored.stdout.splitlines()] == rows, name

@@ -25,6 +25,7 @@ DEFERRABLE = {
     "accelerate", "datasets", "great_expectations", "huggingface_hub", "math_verify", "matplotlib", "peft",
     "onnxruntime",  # onnxruntime.quantization imports onnx: only to build the int8 coherence embedder
     "sentence_transformers", "torch", "transformers", "trl", "dagster", "orion_assets.definitions",
+    "mlflow", "wandb",  # [tracking]: only a profile that tracks with one imports it
     "orion_assets.llm.openai_backend", "orion_assets.llm.hf_backend",
 }
 SAYS_SO_WITHIN = 8  # lines above an import where its "deferred" comment may stand

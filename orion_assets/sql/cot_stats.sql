@@ -1,12 +1,14 @@
 -- cot_stats.sql: how long are the CoTs, in tokens and in steps, by where they came from?
 --
--- One row per CoT population: the teacher's CoTs (orion.teacher_cots, mode NULL, source
--- 'teacher'), and the refined CoTs (orion.refined_cots) per mode ('orion', 'no_error',
--- 'no_reflection') and source ('refined' = a verified rewrite, 'teacher_fallback' = the
--- teacher's CoT kept when no rewrite verified).
+-- One row per CoT population: the teacher's CoTs (orion.teacher_cots, shared by every student:
+-- student and mode NULL, source 'teacher'), and each student's refined CoTs (orion.refined_cots)
+-- per mode ('orion', 'no_error', 'no_reflection') and source ('refined' = a verified rewrite,
+-- 'teacher_fallback' = the teacher's CoT kept when no rewrite verified).
 --
 -- Columns:
 --   cot_table      'teacher_cots' or 'refined_cots'
+--   student        the student whose refinement made the CoTs (NULL for teacher CoTs, which are
+--                  made once and counted with the first student's tokenizer)
 --   mode           refinement mode (NULL for teacher CoTs)
 --   source         'teacher', 'refined' or 'teacher_fallback'
 --   cots           number of CoTs
@@ -24,31 +26,33 @@
 USE orion;
 
 WITH steps_teacher AS (
-    -- one cot_quality row per teacher CoT (variant teacher_sft); max() guards against duplicates
+    -- one cot_quality row per teacher CoT and student (variant teacher_sft); the step count is the
+    -- CoT's own, the same for every student: max() keeps one
     SELECT teacher_cot_id, max(n_steps) AS n_steps
     FROM cot_quality
     WHERE cot_table = 'teacher_cots'
     GROUP BY teacher_cot_id
 ),
 steps_refined AS (
-    SELECT refined_cot_id, max(n_steps) AS n_steps
+    SELECT student, refined_cot_id, max(n_steps) AS n_steps
     FROM cot_quality
     WHERE cot_table = 'refined_cots'
-    GROUP BY refined_cot_id
+    GROUP BY student, refined_cot_id
 ),
 cots AS (
-    SELECT 'teacher_cots' AS cot_table, NULL::VARCHAR AS mode, 'teacher' AS source,
+    SELECT 'teacher_cots' AS cot_table, NULL::VARCHAR AS student, NULL::VARCHAR AS mode, 'teacher' AS source,
            t.n_tokens, s.n_steps, s.teacher_cot_id IS NOT NULL AS has_quality
     FROM teacher_cots t
     LEFT JOIN steps_teacher s USING (teacher_cot_id)
     UNION ALL
-    SELECT 'refined_cots', r.mode, r.source,
+    SELECT 'refined_cots', r.student, r.mode, r.source,
            r.n_tokens, s.n_steps, s.refined_cot_id IS NOT NULL
     FROM refined_cots r
-    LEFT JOIN steps_refined s USING (refined_cot_id)
+    LEFT JOIN steps_refined s USING (student, refined_cot_id)
 )
 SELECT
     cot_table,
+    student,
     mode,
     source,
     count(*) AS cots,
@@ -63,7 +67,8 @@ SELECT
     quantile_cont(n_steps, 0.9) AS steps_p90,
     max(n_steps) AS steps_max
 FROM cots
-GROUP BY cot_table, mode, source
+GROUP BY cot_table, student, mode, source
 ORDER BY cot_table DESC,  -- teacher_cots first
+         student NULLS FIRST,
          array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS FIRST, mode,
          source;

@@ -1,14 +1,16 @@
 -- refinement_yield.sql: how often does self-reflection produce a verified rewrite?
 --
 -- Yield = share of the problems whose refinement verified (a refined_cots row with
--- source = 'refined'), per mode, overall and by the problem's subject and level.
--- The problems refinement was tried on are those with a teacher CoT (orion.teacher_cots; each
--- mode refines every one of them), so a problem that ended as 'teacher_fallback', or that was
--- dropped ([reflection] on_failure = "drop": no refined_cots row), counts as not refined.
+-- source = 'refined'), per student and mode, overall and by the problem's subject and level.
+-- The problems refinement was tried on are those with a teacher CoT (orion.teacher_cots, shared
+-- by every student; each student's each mode refines every one of them), so a problem that ended
+-- as 'teacher_fallback', or that was dropped ([reflection] on_failure = "drop": no refined_cots
+-- row), counts as not refined.
 --
 -- Columns:
---   scope             'mode' (one row per mode over all problems, subject and level NULL)
---                     or 'subject_level' (one row per mode, subject and level)
+--   scope             'mode' (one row per student and mode over all problems, subject and level
+--                     NULL) or 'subject_level' (one row per student, mode, subject and level)
+--   student           the student the refinement was shown the errors of (refined_cots.student)
 --   mode              'orion', 'no_error', 'no_reflection': the modes in refined_cots
 --   subject, level    of orion.train_problems (NULL: the problem has none, or scope = 'mode')
 --   problems          problems refinement was tried on
@@ -24,32 +26,36 @@
 USE orion;
 
 WITH modes AS (
-    -- the modes that ran (a profile with a replay teacher skips no_reflection)
-    SELECT DISTINCT mode FROM refined_cots
+    -- the students and modes that ran (a profile with a replay teacher skips no_reflection)
+    SELECT DISTINCT student, mode FROM refined_cots
 ),
 tried AS (
-    SELECT DISTINCT x.problem_id, p.subject, p.level
-    FROM (SELECT problem_id FROM teacher_cots UNION SELECT problem_id FROM refined_cots) AS x
+    SELECT DISTINCT m.student, x.problem_id, p.subject, p.level
+    FROM (SELECT DISTINCT student FROM modes) AS m
+    JOIN (SELECT NULL::VARCHAR AS student, problem_id FROM teacher_cots
+          UNION SELECT student, problem_id FROM refined_cots) AS x
+      ON x.student IS NULL OR x.student = m.student
     LEFT JOIN train_problems p USING (problem_id)
 ),
 outcome AS (
-    SELECT mode, problem_id,
+    SELECT student, mode, problem_id,
            bool_or(source = 'refined') AS refined,
            bool_or(source = 'teacher_fallback') AS fallback
     FROM refined_cots
-    GROUP BY mode, problem_id
+    GROUP BY student, mode, problem_id
 ),
 per_problem AS (
-    SELECT m.mode, t.subject, t.level,
+    SELECT m.student, m.mode, t.subject, t.level,
            coalesce(o.refined, false) AS refined,
            coalesce(o.fallback AND NOT o.refined, false) AS fallback,
            o.problem_id IS NULL AS dropped
     FROM modes m
-    CROSS JOIN tried t
-    LEFT JOIN outcome o ON o.mode = m.mode AND o.problem_id = t.problem_id
+    JOIN tried t ON t.student = m.student
+    LEFT JOIN outcome o ON o.student = m.student AND o.mode = m.mode AND o.problem_id = t.problem_id
 )
 SELECT
     CASE WHEN grouping(subject, level) = 0 THEN 'subject_level' ELSE 'mode' END AS scope,
+    student,
     mode,
     subject,
     level,
@@ -59,7 +65,7 @@ SELECT
     count(*) FILTER (WHERE dropped) AS dropped,
     count(*) FILTER (WHERE refined) / count(*) AS yield
 FROM per_problem
-GROUP BY GROUPING SETS ((mode), (mode, subject, level))
-ORDER BY array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS LAST, mode,
+GROUP BY GROUPING SETS ((student, mode), (student, mode, subject, level))
+ORDER BY student, array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS LAST, mode,
          grouping(subject, level) DESC, subject NULLS LAST,
          try_cast(regexp_extract(level, '[0-9]+(\.[0-9]+)?') AS DOUBLE) NULLS LAST, level NULLS LAST;

@@ -1,19 +1,20 @@
--- length_vs_accuracy.sql: are long answers more often right or wrong, per model variant?
+-- length_vs_accuracy.sql: are long answers more often right or wrong, per model?
 --
--- orion.benchmark_predictions (every graded sample of every variant on every benchmark, pooled
+-- orion.benchmark_predictions (every graded sample of every model on every benchmark, pooled
 -- over the benchmarks) bucketed by the answer's length n_tokens in powers of two:
 -- [1, 2), [2, 4), ..., [1024, 2048), ...; n_tokens = 0 gets bucket [0, 1) and an unknown length
--- the NULL bucket, so that the buckets of a variant add up to all its predictions.
+-- the NULL bucket, so that the buckets of a model add up to all its predictions. A model is one
+-- checkpoint: a student, a variant and an SFT seed (students and seeds are not pooled).
 --
 -- Columns:
---   variant
+--   student, variant, seed  the model (the checkpoint of benchmark_predictions.checkpoint_id)
 --   bucket_lo, bucket_hi  the length bucket [bucket_lo, bucket_hi) in tokens (NULL: unknown)
 --   bucket                the same as text, e.g. '[256, 512)'
 --   predictions           graded samples in the bucket
 --   correct               of them, correct
 --   accuracy              correct / predictions (ungraded samples count as not correct)
 --   truncation_rate       share that stopped at the token limit (finish_reason = 'length')
---   share_of_variant      predictions / all predictions of the variant (sums to 1 per variant)
+--   share_of_model        predictions / all predictions of the model (sums to 1 per model)
 --
 -- Run (see sql/README.md):
 --   orion sql sql/length_vs_accuracy.sql
@@ -23,7 +24,9 @@ USE orion;
 
 WITH bucketed AS (
     SELECT
+        student,
         variant,
+        seed,
         correct,
         finish_reason,
         CASE
@@ -34,7 +37,9 @@ WITH bucketed AS (
     FROM benchmark_predictions
 )
 SELECT
+    student,
     variant,
+    seed,
     bucket_lo,
     CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END AS bucket_hi,
     CASE WHEN bucket_lo IS NULL THEN 'unknown'
@@ -44,8 +49,8 @@ SELECT
     count(*) FILTER (WHERE correct) AS correct,
     count(*) FILTER (WHERE correct) / count(*) AS accuracy,
     count(*) FILTER (WHERE finish_reason = 'length') / count(*) AS truncation_rate,
-    count(*) / sum(count(*)) OVER (PARTITION BY variant) AS share_of_variant
+    count(*) / sum(count(*)) OVER (PARTITION BY student, variant, seed) AS share_of_model
 FROM bucketed
-GROUP BY variant, bucket_lo
-ORDER BY array_position(['base', 'teacher_sft', 'orion', 'orion_no_error', 'orion_no_reflection'], variant) NULLS LAST,
-         variant, bucket_lo NULLS LAST;
+GROUP BY student, variant, seed, bucket_lo
+ORDER BY student, array_position(['base', 'teacher_sft', 'orion', 'orion_no_error', 'orion_no_reflection'], variant) NULLS LAST,
+         variant, seed, bucket_lo NULLS LAST;

@@ -1,0 +1,1 @@
+orion_assets/sql
