@@ -1,6 +1,5 @@
 """Evaluation: every model variant answers every benchmark; scores and the leaderboard report."""
 
-import base64
 import dataclasses
 
 import dagster as dg
@@ -247,7 +246,7 @@ REPORTED_TABLES = ("teacher_cots", "refined_cots", "student_errors", "cot_qualit
 REPORTED_TABLES = (*REPORTED_TABLES, "benchmark_predictions", "student_checkpoint")
 
 
-@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="4", deps=REPORTED_TABLES)
+@orion_asset(LEADERBOARD, group_name="evaluation", kinds={"markdown"}, code_version="5", deps=REPORTED_TABLES)
 def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_scores: Table) -> Rows:
     """Each student's variants x benchmarks: pass@1 as mean ± sd over seeds, paired deltas over ``teacher_sft``
     and ``base`` with their bootstrap intervals, and each variant's training budget, as a table here and a
@@ -262,13 +261,7 @@ def leaderboard(context: dg.AssetExecutionContext, orion: OrionResource, benchma
                       return_dtype=pl.Utf8)
         .alias("leaderboard_id")
     )
-    plots = {
-        f"plot_{path.stem}": dg.MetadataValue.md(
-            f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-        )
-        for path in (built.accuracy_png, built.cot_lengths_png, built.error_types_png)
-        if path is not None
-    }
+    plots = {f"plot_{path.stem}": dg.MetadataValue.md(report.png_markdown(path.read_bytes(), path.stem)) for path in built.pngs}
     # A benchmark no variant was scored on yet is a column of nulls.
     table = table.with_columns(
         [pl.lit(None, dtype=t).alias(c) for c, t in LEADERBOARD.columns.items() if c not in table.columns]

@@ -24,6 +24,7 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, prompts
+from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
 from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
@@ -31,6 +32,7 @@ from orion_assets.profiles import load_profile
 from orion_assets.profiles.k8s import sft_op_tags
 from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.chat_template import with_chat_template
+from orion_assets.training.checkpoints import CURVE_FIELDS
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT
@@ -106,6 +108,8 @@ STUDENT_CHECKPOINT = TableSpec(
         "resumed_from_step": pl.Int64, "params": pl.Utf8,
         # what the run's length was matched on ([sft] budget) and what it trained on (docs/sft.md, "Budgets")
         "budget": pl.Utf8, "trained_examples": pl.Int64, "completion_tokens": pl.Int64, "epochs": pl.Float64,
+        # every logged step of the whole run (the steps before a resume too): the Trainer's log_history (docs/sft.md)
+        "loss_curve": pl.List(pl.Struct({k: pl.Int64 if t is int else pl.Float64 for k, t in CURVE_FIELDS.items()})),
     },
     id="checkpoint_id",
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},
@@ -202,7 +206,7 @@ def sft_dataset(
              ins={"sft_dataset": dg.AssetIn(partition_mapping=sft_to_model),
                   "student_base_model": dg.AssetIn(partition_mapping=student_to_model),
                   "cot_quality": dg.AssetIn(partition_mapping=student_to_model)},
-             code_version="3", op_tags=SFT_OP_TAGS)
+             code_version="4", op_tags=SFT_OP_TAGS)
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -272,10 +276,15 @@ def student_checkpoint(
         trained_examples=result["trained_examples"],
         completion_tokens=result["completion_tokens"],
         epochs=result["epochs"],
+        loss_curve=result.get("loss_curve"),  # None from a trainer that predates it (a result.json left by one)
     )
+    metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
+                **tracking_metadata(tracked)}
+    if result.get("loss_curve"):
+        plot = loss_curve_png(result["loss_curve"], f"{context.partition_key}: training loss per step")
+        metadata["loss_curve_plot"] = dg.MetadataValue.md(png_markdown(plot, "loss curve"))
     # Wrapped in an Output: once Pipes reported events, Dagster takes the return value as one more yielded event.
-    return dg.Output(Rows(row, metadata={**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
-                                         **tracking_metadata(tracked)}))
+    return dg.Output(Rows(row, metadata=metadata))
 
 
 def _base_checkpoint(model: dict, student: str, seed: int, checkpoint_id: str, metadata: dict) -> Rows:

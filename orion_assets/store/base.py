@@ -236,7 +236,7 @@ class BaseStore:
                     con.execute(f"{verb} {SCHEMA}.{table} AS SELECT * FROM {source}")
                     row_count = con.execute(f"SELECT count(*) FROM {SCHEMA}.{table}").fetchone()[0]
                 else:
-                    _check_columns(con, table, con.execute(f"SELECT * FROM {source} LIMIT 0").pl())
+                    _conform_columns(con, table, source)
                     clause, params = _where(replace_where)
                     con.execute(f"DELETE FROM {SCHEMA}.{table}{clause}", params)
                     row_count = con.execute(f"INSERT INTO {SCHEMA}.{table} BY NAME SELECT * FROM {source}").fetchone()[0]
@@ -346,7 +346,9 @@ def _where(where: dict[str, object] | None) -> tuple[str, list[object]]:
     return " WHERE " + " AND ".join(parts), list(where.values())
 
 
-def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+def _conform_columns(con: duckdb.DuckDBPyConnection, table: str, source: str) -> None:
+    """Before a partition's rows are inserted: add the columns the asset gained since the table was made (its
+    older rows read null there, e.g. ``student_checkpoint.loss_curve``); refuse rows that lack a column."""
     existing = {
         row[0]
         for row in con.execute(
@@ -355,13 +357,16 @@ def _check_columns(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFra
             [SCHEMA, table],
         ).fetchall()
     }
-    if set(frame.columns) != existing:
-        added = sorted(set(frame.columns) - existing)
-        missing = sorted(existing - set(frame.columns))
+    incoming = {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    missing = sorted(existing - set(incoming))
+    if missing:
         raise ValueError(
-            f"{SCHEMA}.{table} has other columns than the new rows (new: {added}, gone: {missing}); "
-            f"the asset's schema changed: drop the table (or the partitions written before) and re-materialize"
+            f"{SCHEMA}.{table} has column(s) {missing} that the new rows lack; the asset's schema changed: drop the "
+            f"table (or the partitions written before) and re-materialize"
         )
+    for column, dtype in incoming.items():
+        if column not in existing:
+            con.execute(f'ALTER TABLE {SCHEMA}.{table} ADD COLUMN "{column}" {dtype}')
 
 
 def refresh_lineage_view(con: duckdb.DuckDBPyConnection, links: Sequence[Link] | None = None) -> None:

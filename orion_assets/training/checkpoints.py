@@ -99,6 +99,30 @@ def last_logged_loss(output_dir: Path) -> float | None:
     return losses[-1] if losses else None
 
 
+#: The fields of one loss-curve point (a ``student_checkpoint.loss_curve`` struct): the Trainer's own names for
+#: them in ``state.log_history`` but ``tokens_seen`` (its ``num_input_tokens_seen``).
+CURVE_FIELDS: dict[str, type] = {"step": int, "epoch": float, "loss": float, "learning_rate": float,
+                                 "grad_norm": float, "tokens_seen": int, "mean_token_accuracy": float}
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per logged training step of the Trainer's ``state.log_history``, oldest first.
+
+    The history is saved with every checkpoint and restored on resume, so a resumed run's curve holds the steps
+    before the resume too (the end-of-training summary, which has no ``loss``, is left out).
+    """
+    points: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue
+        values = {**entry, "tokens_seen": entry.get("num_input_tokens_seen")}
+        point = {name: finite(values.get(name)) for name in CURVE_FIELDS}
+        point["step"] = int(entry["step"])
+        point["tokens_seen"] = int(point["tokens_seen"]) if point["tokens_seen"] is not None else None
+        points[point["step"]] = point  # a step logged twice keeps its last entry
+    return [points[step] for step in sorted(points)]
+
+
 def finite(x: Any) -> float | None:
     try:
         v = float(x)

@@ -82,7 +82,7 @@ def result_metadata(result: TrainResult, log: list[dict[str, Any]]) -> dict[str,
     """Materialization metadata in the Pipes wire format (raw values, or ``{"raw_value", "type"}``)."""
     meta: dict[str, Any] = {}
     for key, value in result.to_json().items():
-        if value is None or key in ("final_path", "log_path"):
+        if value is None or key in ("final_path", "log_path", "loss_curve"):
             continue
         meta[key] = value
     for key, value in log_summary(log).items():
@@ -90,7 +90,7 @@ def result_metadata(result: TrainResult, log: list[dict[str, Any]]) -> dict[str,
             meta[key] = value
     meta["final_path"] = {"raw_value": result.final_path, "type": "path"}
     meta["log_path"] = {"raw_value": result.log_path, "type": "path"}
-    curve = _evenly([e for e in log if e.get("loss") is not None], LOSS_CURVE_POINTS)
+    curve = _evenly([e for e in result.loss_curve if e.get("loss") is not None], LOSS_CURVE_POINTS)
     meta["loss_curve"] = {
         "raw_value": {"step": [e["step"] for e in curve], "loss": [e["loss"] for e in curve]},
         "type": "json",

@@ -33,6 +33,7 @@ from orion_assets.training.checkpoints import (
     finished_checkpoint_state,
     finite,
     last_logged_loss,
+    loss_curve,
     make_log_callback,
     rewrite_train_log,
 )
@@ -100,6 +101,7 @@ class TrainResult:
     gradient_accumulation_steps: int = 1  # as this call trained (rescaled on resume under "rescale")
     effective_batch_size: int = 0  # per_device_train_batch_size x gradient_accumulation_steps x world_size
     resumed_world_size: int | None = None  # the world size of the checkpoint resumed from (None: fresh, unknown)
+    loss_curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # every logged step, whole run
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -416,6 +418,7 @@ def train(params: TrainParams, on_log: Callable[[dict], None] | None = None) -> 
         gradient_accumulation_steps=prepared.batch_shape.gradient_accumulation_steps,
         effective_batch_size=prepared.batch_shape.effective_batch_size,
         resumed_world_size=prepared.resumed_batch_shape.world_size if prepared.resumed_batch_shape else None,
+        loss_curve=loss_curve(trainer.state.log_history),
     )
     if params.budget == "tokens" and not prepared.budget_counter.budget_reached:
         logger.warning(

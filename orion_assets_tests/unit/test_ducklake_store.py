@@ -239,6 +239,17 @@ def test_store_api_on_a_lake(where, request, s3_service):
     with pytest.raises(LookupError, match="materialize asset 'missing' first"):
         store.count("missing")
 
+    # a partition that brings a column the table lacks (the asset gained one): added, older rows read null there;
+    # one that lacks a column of the table is refused, naming it
+    curve = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
+    gained = events("c", "v1", 2).with_columns(pl.lit(pl.Series([curve, curve])).alias("curve"))
+    store.replace_rows("events", gained, replace_where={"part": "c"}, materialization={"asset_key": "events"})
+    assert store.read("events", {"part": "c"})["curve"].to_list() == [curve, curve]
+    assert store.read("events", {"part": "b"})["curve"].null_count() == 30
+    with pytest.raises(ValueError, match=r"orion.events has column\(s\) \['curve'\] that the new rows lack"):
+        write_partition(store, "b", "v3", 1)
+    assert store.count("events", {"part": "b"}) == 30
+
     if where == "postgres_s3":  # the rows are Parquet objects under the lake's S3 prefix
         assert any(key.endswith(".parquet") for key in s3_service.keys(spec["data_path"]))
 

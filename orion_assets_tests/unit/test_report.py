@@ -180,11 +180,13 @@ def test_report_numbers_deltas_and_plots(tmp_path: Path) -> None:
     assert report.deltas.height == 2 * 2 + 2 + 1  # orion, base against teacher_sft; orion, teacher_sft against base
 
     # plots exist, are PNGs, and are linked relatively
-    assert [p.name for p in report.pngs] == ["accuracy.png", "cot_lengths.png", "error_types.png"]
+    assert [p.name for p in report.pngs] == ["accuracy.png", "pass1_intervals.png", "cot_lengths.png", "error_types.png"]
     for png in report.pngs:
         assert png.parent == tmp_path / "out"
         assert_png(png)
         assert f"]({png.name})" in md
+    # no student_checkpoint table: no loss curves, and the page says why
+    assert report.loss_curves_png is None and "`loss_curves.png` skipped: `orion.student_checkpoint` does not exist." in md
     # 6 of 60 refined rows are teacher fallbacks and are left out of the length plot
     assert "leaves out 6 refined_cots row(s)" in md
     assert "## How this was made" in md
@@ -265,8 +267,20 @@ def test_missing_tables_are_skipped_with_notes(tmp_path: Path) -> None:
     assert "`orion.benchmark_scores` does not exist yet" in report.markdown
     assert "`orion.refined_cots` does not exist" in report.markdown
     assert report.cot_lengths_png is not None and report.error_types_png is not None
+    assert report.loss_curves_png is None and "`loss_curves.png` skipped: `orion.student_checkpoint` does not" in report.markdown
     assert_png(report.cot_lengths_png)
     assert_png(report.error_types_png)
+
+    # checkpoints written before the loss_curve column: the page says how to get the curves
+    from orion_assets.assets.training import checkpoint_row
+
+    old = checkpoint_row(checkpoint_id="c", student="tiny", variant="orion", seed=0, sft_examples=4, steps=2,
+                         tokens_seen=100).drop("loss_curve")
+    store.replace_rows("student_checkpoint", old, replace_where=None, materialization=materialization("student_checkpoint"))
+    report = build_report(store, tmp_path / "old")
+    assert report.loss_curves_png is None and not (tmp_path / "old" / "loss_curves.png").exists()
+    assert ("`loss_curves.png` skipped: `orion.student_checkpoint` was written before checkpoints kept their loss "
+            "curve (column `loss_curve`); re-materialize `student_checkpoint`") in report.markdown
 
     # empty tables are handled like missing ones
     empty = Store(tmp_path / "empty.duckdb")

@@ -15,10 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import base64
 import json
 import math
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ from orion_assets.training import (
     train,
     write_sft_parquet,
 )
+from orion_assets.training.checkpoints import loss_curve
 from orion_assets.training.student import EOS_TOKEN, BuiltModel, build_tiny_student
 from orion_assets_tests.conftest import gsm8k_train_rows
 
@@ -114,6 +117,10 @@ def _generate(model, tokenizer, question: str) -> torch.Tensor:
         out = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > prompt["input_ids"].shape[1]
     return out
+
+
+def _log_history(checkpoint: Path) -> list[dict]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
 
 
 def _check_log(log: list[dict], steps: int) -> None:
@@ -338,6 +345,10 @@ def test_lora_training_logs_saves_and_generates(tmp_path, tiny_student, sft_parq
     log = read_train_log(out)
     _check_log(log, 3)
     assert streamed == log
+    # the curve is the Trainer's own log_history (what a checkpoint saves and a resume restores), step for step
+    assert result.loss_curve == loss_curve(_log_history(out / "checkpoint-3"))
+    assert [(p["step"], p["loss"], p["learning_rate"]) for p in result.loss_curve] == [
+        (e["step"], e["loss"], e["learning_rate"]) for e in log]
     assert log[-1]["num_tokens"] == result.tokens_seen
     # every save_steps, and at the last step
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -421,6 +432,53 @@ def test_profile_sft_section_reaches_trl_full_finetune_with_pass_through(
     assert lrs == pytest.approx([0.0, *cosine], abs=1e-12), lrs
 
 
+def test_checkpoint_rows_keep_the_trainer_curve_and_the_report_plots_it(tmp_path, tiny_student, sft_parquet):
+    """Real runs' curves in ``student_checkpoint`` rows of a real store, whose table predates the column; the
+    report's loss-curve plot and the metadata PNG drawn from them."""
+    from orion_assets.assets.training import checkpoint_row
+    from orion_assets.method.evaluation.report import build_report, loss_curve_png, png_markdown
+    from orion_assets.store import Store
+
+    store = Store(tmp_path / "orion_store.duckdb")
+    old = checkpoint_row(checkpoint_id="old", student="tiny", variant="base", seed=0, kind="base", steps=0).drop("loss_curve")
+    store.replace_rows("student_checkpoint", old, replace_where={"student": "tiny", "variant": "base", "seed": 0},
+                       materialization={"asset_key": "student_checkpoint"})
+    curves = {}
+    for variant, seed in (("teacher_sft", 0), ("orion", 0), ("orion", 1)):
+        out = tmp_path / f"{variant}-{seed}"
+        result = train(_params(tiny_student, sft_parquet, out, seed=seed, save_steps=10, lora_dropout=0.1))
+        assert result.loss_curve == loss_curve(_log_history(out / "checkpoint-3"))  # saved at the last step
+        curves[(variant, seed)] = result.loss_curve
+        row = checkpoint_row(checkpoint_id=f"{variant}-{seed}", student="tiny", variant=variant, seed=seed, kind="lora_adapter",
+                             steps=result.steps, loss_curve=result.loss_curve)
+        store.replace_rows("student_checkpoint", row, replace_where={"student": "tiny", "variant": variant, "seed": seed},
+                           materialization={"asset_key": "student_checkpoint"})
+    assert curves[("orion", 0)] != curves[("orion", 1)]
+
+    stored = {(r["variant"], r["seed"]): r["loss_curve"] for r in store.read("student_checkpoint").iter_rows(named=True)}
+    assert stored == {("base", 0): None, **curves}  # the row written before the column reads null
+    with pytest.raises(ValueError, match=r"orion.student_checkpoint has column\(s\) \['loss_curve'\] that the new rows lack"):
+        store.replace_rows("student_checkpoint", old, replace_where={"student": "tiny", "variant": "base", "seed": 0},
+                           materialization={"asset_key": "student_checkpoint"})
+
+    report = build_report(store, tmp_path / "report")
+    assert report.loss_curves_png == tmp_path / "report" / "loss_curves.png"
+    assert "](loss_curves.png)" in report.markdown and not any("loss_curves" in note for note in report.notes)
+    width, height = _png_size(report.loss_curves_png.read_bytes())
+    assert (width, height) == (770, 396) and report.loss_curves_png.stat().st_size > 10_000
+
+    png = loss_curve_png(curves[("orion", 1)], "tiny/orion/1")
+    assert _png_size(png) == (704, 374) and len(png) > 10_000
+    markdown = png_markdown(png, "loss curve")
+    assert markdown.startswith("![loss curve](data:image/png;base64,")
+    assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")")) == png
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # kill and resume (the process entry point)
 
@@ -465,11 +523,18 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_pa
     log = read_train_log(out)
     _check_log(log, 6)  # steps 1..6 once each: entries logged after the checkpoint by the killed run were dropped
     assert result.tokens_seen == log[-1]["num_tokens"] > result.train_tokens > 0  # tokens before the kill counted
+    # the curve is whole: the steps the killed run trained (restored from the checkpoint's log_history), then the rest
+    assert [p["step"] for p in result.loss_curve] == list(range(1, 7))
+    assert [p["loss"] for p in result.loss_curve] == [e["loss"] for e in log]
+    assert result.loss_curve == loss_curve(_log_history(out / "checkpoint-6"))
+    killed_run = loss_curve(_log_history(out / f"checkpoint-{result.resumed_from_step}"))  # written before the kill
+    assert result.loss_curve[: result.resumed_from_step] == killed_run
 
     # a rerun of the finished run resumes at its last step: no step is trained twice, the final model is rewritten
     again = train(params)
     assert again.steps == 6 and again.resumed_from_step == 6 and again.train_tokens == 0
     assert again.tokens_seen == result.tokens_seen and read_train_log(out) == log
+    assert again.loss_curve == result.loss_curve
     assert (Path(again.final_path) / "adapter_config.json").is_file()
 
 

@@ -1,7 +1,7 @@
 """The leaderboard report: a Markdown page with tables and plots, built from the store (``docs/report.md``).
 
 This package only re-exports: ``page`` assembles and writes the page from ``read`` (the store),
-``scores`` and ``sections`` (its tables) and ``plots`` (its PNGs).
+``scores`` and ``sections`` (its tables) and ``plots`` and ``curves`` (its PNGs).
 """
 
 from orion_assets.method.evaluation.report.comparison import (
@@ -9,6 +9,12 @@ from orion_assets.method.evaluation.report.comparison import (
     benchmark_columns,
     leaderboard_frame,
     paired_deltas,
+)
+from orion_assets.method.evaluation.report.curves import (
+    LOSS_CURVES_PNG,
+    PASS1_INTERVALS_PNG,
+    loss_curve_png,
+    png_markdown,
 )
 from orion_assets.method.evaluation.report.page import MARKDOWN_NAME, Report, build_report
 from orion_assets.method.evaluation.report.plots import ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG
@@ -21,12 +27,16 @@ __all__ = [
     "ACCURACY_PNG",
     "COT_LENGTHS_PNG",
     "ERROR_TYPES_PNG",
+    "LOSS_CURVES_PNG",
+    "PASS1_INTERVALS_PNG",
     "MARKDOWN_NAME",
     "Prices",
     "Report",
     "build_report",
     "leaderboard_frame",
+    "loss_curve_png",
     "paired_deltas",
+    "png_markdown",
     "prices_of",
     "quality_frame",
     "reflection_frame",

@@ -18,6 +18,13 @@ from orion_assets.method.evaluation.report.comparison import (
     leaderboard_frame,
     paired_deltas,
 )
+from orion_assets.method.evaluation.report.curves import (
+    LOSS_CURVES_PNG,
+    PASS1_INTERVALS_PNG,
+    loss_curve_rows,
+    plot_loss_curves,
+    plot_pass1_intervals,
+)
 from orion_assets.method.evaluation.report.plots import (
     ACCURACY_PNG,
     COT_LENGTHS_PNG,
@@ -67,10 +74,13 @@ class Report:
     cot_lengths_png: Path | None
     error_types_png: Path | None
     notes: list[str] = field(default_factory=list)
+    loss_curves_png: Path | None = None
+    pass1_intervals_png: Path | None = None
 
     @property
     def pngs(self) -> list[Path]:
-        return [p for p in (self.accuracy_png, self.cot_lengths_png, self.error_types_png) if p is not None]
+        return [p for p in (self.accuracy_png, self.pass1_intervals_png, self.loss_curves_png, self.cot_lengths_png,
+                            self.error_types_png) if p is not None]
 
 
 def build_report(
@@ -111,13 +121,18 @@ def build_report(
     board = leaderboard_frame(averaged, deltas, budgets)
 
     # plots, each skipped with a note when its data is missing
-    for stale in (ACCURACY_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG):
+    for stale in (ACCURACY_PNG, PASS1_INTERVALS_PNG, LOSS_CURVES_PNG, COT_LENGTHS_PNG, ERROR_TYPES_PNG):
         (out_dir / stale).unlink(missing_ok=True)  # a skipped plot must not leave an old file behind
-    accuracy_png = cot_png = errors_png = None
+    accuracy_png = intervals_png = curves_png = cot_png = errors_png = None
     if board.height and any(board[b].is_not_null().any() for b in averaged["benchmark"].unique()):
         accuracy_png = _plot_accuracy(board, out_dir / ACCURACY_PNG)
+        rule = deltas["rule"][0] if "rule" in deltas.columns and deltas.height else "no paired delta"
+        intervals_png = plot_pass1_intervals(board, scores, rule, out_dir / PASS1_INTERVALS_PNG)
     else:
-        notes.append(f"`{ACCURACY_PNG}` skipped: no benchmark scores.")
+        notes.append(f"`{ACCURACY_PNG}` and `{PASS1_INTERVALS_PNG}` skipped: no benchmark scores.")
+    curves = loss_curve_rows(checkpoints, notes)
+    if curves.height:
+        curves_png = plot_loss_curves(curves, out_dir / LOSS_CURVES_PNG)
     series = _cot_length_series(teacher, refined, notes)
     if series:
         cot_png = _plot_cot_lengths(series, out_dir / COT_LENGTHS_PNG)
@@ -159,6 +174,8 @@ def build_report(
     lines += _usage_section(usage, prices)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),
+        ("pass@1 and paired deltas with their intervals", intervals_png),
+        ("Training loss per step", curves_png),
         ("CoT lengths: teacher vs refined", cot_png),
         ("Student error types", errors_png),
     ]
@@ -200,4 +217,6 @@ def build_report(
         cot_lengths_png=cot_png,
         error_types_png=errors_png,
         notes=notes,
+        loss_curves_png=curves_png,
+        pass1_intervals_png=intervals_png,
     )
