@@ -7,8 +7,9 @@ ORION_DATA_DIR and the ``tiny`` profile. The tests check that
 - a materialization of one ``benchmark_problems`` partition launched through the webserver's
   GraphQL API (``launchRun`` on the implicit ``__ASSET_JOB`` with a ``dagster/partition`` tag, the
   way the UI launches one partition) succeeds and writes its rows to ``orion_store.duckdb``;
-- the global asset lineage graph renders every asset; its screenshot becomes
-  ``docs/ui-asset-graph.png`` (the README links it) when ``ORION_UPDATE_SCREENSHOT=1``.
+- the global asset lineage renders every asset: the pipeline (every group but ``statistics``) in one
+  view, the ``statistics`` group in another; their screenshots become ``docs/ui-asset-graph.png``
+  (the README links it) and ``docs/ui-statistics-lineage.png`` when ``ORION_UPDATE_SCREENSHOT=1``.
 
 Chromium is required, not optional: CI installs Debian's ``chromium`` (see ``.ci/run``); without it
 these tests fail with a message saying so.
@@ -22,6 +23,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import pytest
@@ -51,6 +53,7 @@ SCREENSHOT = REPO_ROOT / "docs" / "ui-asset-graph.png"
 MAX_SCREENSHOT_BYTES = 500_000
 RENDER_TIMEOUT = 60.0
 RUN_TIMEOUT = 150.0
+STATISTICS_GROUP = "statistics"
 
 # Exact texts of the page's leaf elements: an asset key counts as shown when some element's whole
 # text is that key (not when it merely occurs inside a description).
@@ -101,7 +104,7 @@ def _wait_until_rendered(browser: Chromium, keys: list[str], what: str) -> set[s
 
 
 # Cosmetics for the screenshot, each best effort: fold the app's navigation and the graph's
-# sidebar away, then double-click the canvas background, which zooms the graph to fit.
+# sidebar away.
 HIDE_NAVIGATION_JS = """
 (() => {
   const b = [...document.querySelectorAll('button, a')].find(x => x.innerText.trim() === 'Hide navigation');
@@ -119,14 +122,6 @@ HIDE_GRAPH_SIDEBAR_JS = """
   const b = e && e.querySelector('button');
   if (!b) return false;
   b.click();
-  return true;
-})()
-"""
-ZOOM_TO_FIT_JS = """
-(() => {
-  const v = document.querySelector('[data-svg-viewport]');
-  if (!v) return false;
-  v.dispatchEvent(new MouseEvent('dblclick', {bubbles: true, cancelable: true, clientX: 5, clientY: 5}));
   return true;
 })()
 """
@@ -346,26 +341,38 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_asset_graph_renders_every_design_asset(
-    browser: Chromium, dagster_dev: DagsterDev, served_assets: list[dict], tmp_path: Path
-) -> None:
-    served = sorted(a["key"] for a in served_assets)
-    # Expand every group: the global lineage collapses groups when there are several.
-    groups = sorted({a["group"] for a in served_assets})
+def _open_lineage(browser: Chromium, dagster_dev: DagsterDev, groups: list[str], selection: str) -> None:
+    """Open the global asset lineage on ``selection`` (Dagster's asset selection syntax), every group
+    expanded (the global lineage collapses groups when there are several), sidebar folded away."""
     expanded = ",".join(f"global@global:{g}" for g in groups)
-    browser.navigate(f"{dagster_dev.url}/asset-groups?expanded={expanded}")
-    shown = _wait_until_rendered(browser, served, "the global asset lineage (/asset-groups)")
+    browser.navigate(f"{dagster_dev.url}/asset-groups~{quote(selection)}/?expanded={expanded}")
     # The graph canvas: an SVG viewport with the edges drawn as paths.
     browser.wait_for(
         "!!document.querySelector('[data-svg-viewport]') && document.querySelectorAll('svg path').length > 0",
         timeout=RENDER_TIMEOUT,
     )
     tidied = [browser.evaluate(js) for js in (HIDE_NAVIGATION_JS, HIDE_GRAPH_SIDEBAR_JS)]
-    time.sleep(0.5)
-    tidied.append(browser.evaluate(ZOOM_TO_FIT_JS))
-    time.sleep(2.0)  # the zoom animates
-    print(f"screenshot cosmetics (nav hidden, sidebar hidden, zoomed to fit): {tidied}")
-    shown |= _leaf_texts(browser)
+    print(f"screenshot cosmetics (nav hidden, sidebar hidden): {tidied}")
+
+
+def test_asset_graph_renders_every_design_asset(
+    browser: Chromium, dagster_dev: DagsterDev, served_assets: list[dict], tmp_path: Path
+) -> None:
+    groups = sorted({a["group"] for a in served_assets})
+    # The statistics assets read nearly every table: drawn with the pipeline, their edges spread
+    # the layout past the graph's smallest zoom, and the graph draws only the nodes in view. So the
+    # pipeline is one view (the README's picture) and the statistics group another.
+    statistics = sorted(a["key"] for a in served_assets if a["group"] == STATISTICS_GROUP)
+    assert statistics, f"no asset in group {STATISTICS_GROUP!r}: {served_assets}"
+    _open_lineage(browser, dagster_dev, groups, f'group:"{STATISTICS_GROUP}"')
+    _wait_until_rendered(browser, statistics, f"the lineage of group {STATISTICS_GROUP}")
+    statistics_shot = tmp_path / "ui-statistics-lineage.png"
+    browser.screenshot(statistics_shot)
+
+    pipeline = sorted(a["key"] for a in served_assets if a["group"] != STATISTICS_GROUP)
+    _open_lineage(browser, dagster_dev, groups, f'not group:"{STATISTICS_GROUP}"')
+    shown = _wait_until_rendered(browser, pipeline, "the global asset lineage (/asset-groups)")
+    assert not [k for k in statistics if _shows(shown, k)], "the selection did not leave statistics out"
 
     shot = tmp_path / "ui-asset-graph.png"
     data = browser.screenshot(shot)
@@ -380,3 +387,4 @@ def test_asset_graph_renders_every_design_asset(
     if os.environ.get("ORION_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+        shutil.copyfile(statistics_shot, SCREENSHOT.with_name(statistics_shot.name))
