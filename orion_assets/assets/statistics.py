@@ -14,6 +14,7 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.store.queries import Query, load_queries, run_query
 
+GROUP = "statistics"
 STATISTICS = ("cot_stats", "refinement_yield", "error_taxonomy", "length_vs_accuracy")
 
 # Every asset's table, by name: what a query may read.
@@ -47,7 +48,7 @@ def statistics_asset(query: Query) -> dg.AssetsDefinition:
 
     @orion_asset(
         spec,
-        group_name="statistics",
+        group_name=GROUP,
         description=query.summary,
         ins=ins,
         kinds={"sql"},

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import duckdb
 import pytest
 
+from orion_assets.assets.statistics import GROUP as STATISTICS_GROUP
 from orion_devtools.ui_browser import REPO_ROOT, Chromium, DagsterDev, find_chromium
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -53,7 +54,6 @@ SCREENSHOT = REPO_ROOT / "docs" / "ui-asset-graph.png"
 MAX_SCREENSHOT_BYTES = 500_000
 RENDER_TIMEOUT = 60.0
 RUN_TIMEOUT = 150.0
-STATISTICS_GROUP = "statistics"
 
 # Exact texts of the page's leaf elements: an asset key counts as shown when some element's whole
 # text is that key (not when it merely occurs inside a description).
