@@ -15,6 +15,7 @@ PROGRESS_ATTR = "orion_progress"
 
 
 CALL_FAILED = "orion_call_failed"  # extra={CALL_FAILED: True} on a failed LLM call's warning
+TERMINAL = "orion_terminal"  # extra={TERMINAL: True}: orion run prints the record in the terminal too
 
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 

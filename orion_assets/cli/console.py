@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from orion_assets.progress import CALL_FAILED, PROGRESS_ATTR, progress_log
+from orion_assets.progress import CALL_FAILED, PROGRESS_ATTR, TERMINAL, progress_log
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -177,6 +177,17 @@ class ProgressBars(logging.Handler):
                 if self.live and self.current.tqdm is not None:
                     self._draw(self.current)
 
+    def notice(self, message: str) -> None:
+        """A line of its own in the terminal, above the bar being drawn."""
+        with self.lock:
+            first, *rest = message.splitlines() or [""]
+            text = "  " + first + ("\n" + "\n".join("    " + line for line in rest[-8:]) if rest else "")
+            if self.live and self.current is not None and self.current.tqdm is not None:
+                self.current.tqdm.write(text, file=self.stream)
+            else:
+                self.stream.write("\n" + text + "\n")
+                self.stream.flush()
+
     def _draw(self, bar: _Bar) -> None:
         if bar.tqdm is None:
             if not self.drew:
@@ -192,7 +203,8 @@ class ProgressBars(logging.Handler):
 
 
 class _FailedCalls(logging.Handler):
-    """Counts the failed-call warnings of the LLM backends against the bar being drawn."""
+    """Counts the failed-call warnings of the LLM backends against the bar being drawn, and prints the records
+    meant for the terminal (a student server that died and is started again)."""
 
     def __init__(self, bars: ProgressBars):
         super().__init__(logging.WARNING)
@@ -201,6 +213,8 @@ class _FailedCalls(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, CALL_FAILED, False):
             self.bars.failed_call()
+        if getattr(record, TERMINAL, False):
+            self.bars.notice(record.getMessage())
 
 
 def open_run_log(path: Path) -> logging.Handler:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from orion_assets.cli.check import check
 from orion_assets.cli.export import add_export_parser
 from orion_assets.cli.failures import user_error_message
 from orion_assets.cli.run import run
 from orion_assets.cli.sql import report, sql
+from orion_assets.llm import vllm_host
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--out", help="the report folder (default <data dir>/reports)")
     report_parser.set_defaults(handler=report)
     add_export_parser(commands, [common])
+
+    vllm_parser = commands.add_parser("install-vllm", parents=[common],
+                                      help="install vLLM's CPU build in an environment of its own, where serve = "
+                                           '"vllm" finds it')
+    vllm_parser.add_argument("--env", help=f"where (default {vllm_host.default_env()})")
+    vllm_parser.set_defaults(handler=install_vllm)
     return parser
+
+
+def install_vllm(args: argparse.Namespace) -> int:
+    """``orion install-vllm``: vLLM's CPU build (pins of its own) in an environment beside this one."""
+    vllm_host.install(Path(args.env) if args.env else None, say=lambda line: print(line, flush=True))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,12 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from orion_assets.llm import served, server
+from orion_assets.llm import served, server, vllm_host
+from orion_assets.llm.context import model_context_window
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
 
 logger = logging.getLogger(__name__)
 SERVED_LINKS = "served"  # $ORION_DATA_DIR/served/<student>/<name>: the paths transformers serve loads
 MARKER = "orion_checkpoint_id"  # in a served directory: the checkpoint it was made for
+DEFAULT_WINDOW = 8192  # vLLM's tokens per step on a CPU when neither the profile nor the model says
 
 
 class ServedModelError(RuntimeError):
@@ -37,24 +39,47 @@ def _device(cfg: EndpointConfig) -> str:
     return "cpu" if cfg.device == "cpu" else "cuda" if cfg.device.startswith("cuda") else "auto"
 
 
+def on_cpu(cfg: EndpointConfig) -> bool:
+    """Whether the student's server runs on the CPU: ``device = "cpu"``, or ``auto`` where torch sees no GPU."""
+    if cfg.device != "auto":
+        return cfg.device == "cpu"
+    import torch  # deferred: heavy
+
+    return not torch.cuda.is_available()
+
+
+def vllm_flags(config: OrionConfig, model: str) -> vllm_host.HostFlags:
+    """vLLM's flags for this host, from the profile and the served model's context window."""
+    cfg = config.endpoints.student
+    window = model_context_window(model) if Path(model).is_dir() else None
+    return vllm_host.host_flags(on_cpu=on_cpu(cfg), sleep_mode=cfg.sleep_mode,
+                                gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
+                                max_model_len=cfg.context_window, batched_tokens=window or DEFAULT_WINDOW)
+
+
 def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) -> server.ServerPlan:
     cfg = config.endpoints.student
     port = server.free_port()
-    if cfg.serve_command:
+    if cfg.serve_command:  # the user's command: its flags are theirs; sleep only where they asked or on a GPU
+        sleeps = kind == "vllm" and (cfg.sleep_mode if cfg.sleep_mode is not None else not on_cpu(cfg))
+        flags = vllm_host.HostFlags(False, (), sleep_mode=sleeps)
         command = server.fill_command(cfg.serve_command, port=str(port), model=model)
     else:
-        command = server.default_command(
-            kind, model, port, device=_device(cfg), lora_rank=config.sft.lora_r,
-            gpu_memory_utilization=cfg.gpu_memory_utilization, sleep_mode=cfg.sleep_mode, extra=cfg.serve_args)
+        flags = vllm_flags(config, model) if kind == "vllm" else vllm_host.HostFlags(False, ())
+        found = vllm_host.find_vllm() if kind == "vllm" else None
+        command = server.default_command(kind, model, port, device=_device(cfg), lora_rank=config.sft.lora_r,
+                                         vllm_python=found.python if found else None, host_args=flags.args,
+                                         extra=cfg.serve_args)
     return server.ServerPlan(kind=kind, model=model, port=port, command=tuple(command),
                              log_path=logs / f"serve-{student}-{kind}-{port}.log", timeout_s=cfg.serve_timeout_s,
-                             env=server.server_env(kind, sleep_mode=cfg.sleep_mode),
-                             sleep_mode=kind == "vllm" and cfg.sleep_mode)
+                             env=server.server_env(kind, sleep_mode=flags.sleep_mode, host_env=flags.env),
+                             sleep_mode=flags.sleep_mode, max_restarts=cfg.serve_restarts)
 
 
 def server_command(config: OrionConfig, student: str, model: str, logs: Path) -> str:
-    """The command the run will start for ``student`` (what ``orion check`` prints)."""
-    return " ".join(_plan(config, student, config.endpoints.student.serve, model, logs).command)
+    """The command the run will start for ``student``, after the environment it adds (what ``orion check`` prints)."""
+    plan = _plan(config, student, config.endpoints.student.serve, model, logs)
+    return " ".join([*(f"{k}={v}" for k, v in plan.env.items()), *plan.command])
 
 
 def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_path: Path,

@@ -26,6 +26,7 @@ if importlib.util.find_spec("openai._httpx2") is not None:  # openai 3 talks thr
 else:  # pragma: no cover - openai 1.x and 2.x: httpx
     import httpx as _http  # type: ignore[no-redef]
 
+from orion_assets.llm import server
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
 from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
 from orion_assets.llm.types import TIMED_OUT, GenerationRequest, GenerationResult
@@ -231,16 +232,22 @@ class OpenAIEndpoint(BaseEndpoint):
         # False once a call refused with response_format succeeded without it: not sent again.
         self._json_mode_accepted = True
         self.backoff_max_s = backoff_max_s
+        # A server the pipeline runs (``serve``): waited for while its watchdog restarts it, and named by its
+        # kind rather than its port in the cache key, so that a re-run on another port finds its calls.
+        self.server = server.managed_at(self.base_url)
 
     @property
     def identity(self) -> CallIdentity:
-        return CallIdentity(self.role, self.backend, self.base_url, self.model)
+        where = f"managed:{self.server.plan.kind}" if self.server is not None else self.base_url
+        return CallIdentity(self.role, self.backend, where, self.model)
 
     # -- running the calls -----------------------------------------------------------------------
 
     def _run(self, todo: Sequence[tuple[str, GenerationRequest]], emit: Emit) -> None:
         key = resolve_api_key(self.api_key_env, self.base_url, self.role)
         run_coroutine_sync(self._run_async(todo, emit, key))
+        if self.server is not None and self.server.failure is not None:
+            raise self.server.failure  # the step fails; the calls answered before are in the cache
 
     async def _run_async(self, todo: Sequence[tuple[str, GenerationRequest]], emit: Emit, key: _Secret) -> None:
         n_workers = min(self.cfg.concurrency, len(todo))
@@ -328,6 +335,12 @@ class OpenAIEndpoint(BaseEndpoint):
             except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a recorded error
                 outcome = self._classify(exc)
             retryable = isinstance(outcome, _Retryable)
+            if retryable and not outcome.timed_out and self.server is not None:
+                try:  # a managed server that died: wait while its watchdog starts it again, then ask again
+                    if await asyncio.to_thread(self.server.wait_serving):
+                        continue
+                except server.ServerDiedError as exc:
+                    outcome, retryable = _Fatal(f"{outcome.cause}; {str(exc).splitlines()[0]}"), False
             retry_after = outcome.retry_after if isinstance(outcome, _Retryable) else None
             if retryable and outcome.timed_out:
                 # A reply that ran past timeout_s (a 16k-token reasoning reply) will likely do so

@@ -23,17 +23,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orion_assets.llm import served
+from orion_assets.llm import served, vllm_host
+from orion_assets.progress import TERMINAL
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 LOG_TAIL_CHARS = 3000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_INTERVAL_S = 0.5
 
 
 class ServerStartError(RuntimeError):
     """The managed server exited or did not get ready in time; the message ends with its log's last lines."""
+
+
+class ServerDiedError(RuntimeError):
+    """The managed server died mid-step more often than it may be restarted; the message ends with its log's
+    last lines."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class ServerPlan:
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
     sleep_mode: bool = False  # vLLM: release the GPU with POST /sleep rather than a stop
+    max_restarts: int = 0  # started again at most this many times when it dies unbidden
 
     @property
     def root_url(self) -> str:
@@ -69,30 +77,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def default_command(kind: str, model: str, port: int, *, device: str, lora_rank: int, gpu_memory_utilization: float,
-                    sleep_mode: bool, extra: Sequence[str] = ()) -> list[str]:
+def default_command(kind: str, model: str, port: int, *, device: str, lora_rank: int, vllm_python: str | None = None,
+                    host_args: Sequence[str] = (), extra: Sequence[str] = ()) -> list[str]:
     """The command that starts ``kind`` for ``model`` on ``port`` (its environment: :func:`server_env`).
 
     ``transformers serve`` is started without a pinned model, so that it loads whatever a request names by
     path: the base weights, an adapter directory (through PEFT) or a full fine-tune. vLLM serves the base with
-    LoRA enabled, adapters loaded at run time and, with ``sleep_mode``, the dev endpoints that put it to sleep
-    while SFT runs (``--enable-sleep-mode``)."""
+    LoRA enabled and adapters loaded at run time, from ``vllm_python``'s environment through its OpenAI server
+    module (the CPU build has no working ``vllm`` script), with ``host_args`` for the host it runs on
+    (:func:`orion_assets.llm.vllm_host.host_flags`)."""
     if kind == "transformers":
         return [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", HOST, "--port", str(port),
                 "--device", device, "--log-level", "warning", *extra]
     if kind == "vllm":
-        return ["vllm", "serve", model, "--host", HOST, "--port", str(port), "--enable-lora", "--max-lora-rank",
-                str(lora_rank), "--gpu-memory-utilization", str(gpu_memory_utilization),
-                *(["--enable-sleep-mode"] if sleep_mode else []), *extra]
+        return [vllm_python or sys.executable, "-m", vllm_host.ENTRY_POINT, "--model", model, "--host", HOST,
+                "--port", str(port), "--enable-lora", "--max-lora-rank", str(lora_rank), *host_args, *extra]
     raise ValueError(f"[endpoints.student] serve = {kind!r}: expected 'transformers' or 'vllm'")
 
 
-def server_env(kind: str, *, sleep_mode: bool) -> dict[str, str]:
+def server_env(kind: str, *, sleep_mode: bool, host_env: Mapping[str, str] | None = None) -> dict[str, str]:
     """What ``kind``'s environment needs beside ours, whatever command starts it: offline for transformers;
-    for vLLM, runtime LoRA updating and, with ``sleep_mode``, the dev endpoints (``VLLM_SERVER_DEV_MODE``)."""
+    for vLLM, runtime LoRA updating, with ``sleep_mode`` the dev endpoints (``VLLM_SERVER_DEV_MODE``), and
+    the host's own settings."""
     if kind == "transformers":
         return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
-    return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **({"VLLM_SERVER_DEV_MODE": "1"} if sleep_mode else {})}
+    return {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "HF_HUB_OFFLINE": "1",
+            **({"VLLM_SERVER_DEV_MODE": "1"} if sleep_mode else {}), **(host_env or {})}
 
 
 def fill_command(template: Sequence[str], **values: str) -> list[str]:
@@ -107,8 +117,10 @@ def _die_with_parent() -> None:
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group of a server started in its own session, then SIGKILL after ``grace_s``."""
+    """SIGTERM the process group of a server started in its own session, then SIGKILL after ``grace_s``; a
+    leader that already exited still has its group's leftovers (vLLM's engine and workers) killed."""
     if process.poll() is not None:
+        kill_group(process.pid)
         return
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -117,20 +129,32 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_group(process.pid)
         process.wait(timeout=grace_s)
+    kill_group(process.pid)
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class ManagedServer:
     """One running server: :meth:`start` waits for ``/health`` and ``/v1/models``, :meth:`stop` ends its whole
-    process group (SIGTERM, then SIGKILL after a grace period)."""
+    process group (SIGTERM, then SIGKILL after a grace period). A watchdog thread starts it again on its port
+    when it dies unbidden, at most ``plan.max_restarts`` times; :meth:`wait_serving` is how a client that lost
+    its connection waits for that, and learns when the watchdog gave up (:class:`ServerDiedError`)."""
 
     def __init__(self, plan: ServerPlan) -> None:
         self.plan = plan
         self.process: subprocess.Popen | None = None
         self.asleep = False
         self.starts = 0
+        self.restarts = 0
+        self.failure: ServerDiedError | None = None
+        self._lock = threading.RLock()
+        self._serving = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
@@ -142,7 +166,7 @@ class ManagedServer:
         except OSError:
             return ""
 
-    def start(self) -> ManagedServer:
+    def _spawn(self) -> subprocess.Popen:
         plan = self.plan
         plan.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1",
@@ -151,38 +175,110 @@ class ManagedServer:
                     " ".join(plan.command))
         with open(plan.log_path, "ab") as log:
             log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(plan.command)}\n".encode())
-            self.process = subprocess.Popen(list(plan.command), stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
+            process = subprocess.Popen(list(plan.command), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                       preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
         self.starts += 1
-        self.asleep = False
-        self._wait_ready()
+        return process
+
+    def start(self) -> ManagedServer:
+        with self._lock:
+            self.failure = None
+            self.process = process = self._spawn()
+            self.asleep = False
+        self._wait_ready(process)
+        self._serving.set()
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._watchdog = threading.Thread(target=self._watch, name=f"orion-serve-{self.plan.port}", daemon=True)
+            self._watchdog.start()
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, process: subprocess.Popen) -> None:
         plan = self.plan
         deadline = time.monotonic() + plan.timeout_s
         while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise ServerStartError(
-                    f"the {plan.kind} server exited with code {self.process.returncode} before it was ready "
+                    f"the {plan.kind} server exited with code {process.returncode} before it was ready "
                     f"(command: {' '.join(plan.command)}; log {plan.log_path}):\n{self.log_tail()}")
             with contextlib.suppress(served.ServerError, ValueError):
                 if served.is_healthy(plan.root_url) and served.list_models(plan.base_url) is not None:
                     return
             if time.monotonic() > deadline:
-                self.stop()
+                with self._lock:
+                    if self.process is process:
+                        self.process = None
+                stop_process_group(process)
                 raise ServerStartError(
                     f"the {plan.kind} server was not ready after {plan.timeout_s:.0f} s on {plan.root_url} "
                     f"([endpoints.student] serve_timeout_s; command: {' '.join(plan.command)}; log "
                     f"{plan.log_path}):\n{self.log_tail()}")
             time.sleep(0.25)
 
+    def _watch(self) -> None:
+        """Start the server again when its process exits while it is meant to run (not stopped by us)."""
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            with self._lock:
+                process = self.process
+                if process is None:  # stopped on purpose
+                    return
+                if process.poll() is None:
+                    continue
+                self._serving.clear()
+                code = process.returncode
+                kill_group(process.pid)  # vLLM's engine and workers, if the API server alone went
+                if self.restarts >= self.plan.max_restarts:
+                    self.process = None
+                    self.failure = ServerDiedError(
+                        f"the {self.plan.kind} server on port {self.plan.port} died (exit code {code}) and was "
+                        f"restarted {self.restarts} time(s), the most [endpoints.student] serve_restarts allows "
+                        f"(log {self.plan.log_path}):\n{self.log_tail()}")
+                    logger.error("%s", self.failure, extra={TERMINAL: True})
+                    self._serving.set()
+                    return
+                self.restarts += 1
+                logger.warning("the %s server on port %d died (exit code %s): starting it again (restart %d of %d); "
+                               "the calls it had not answered are sent again", self.plan.kind, self.plan.port, code,
+                               self.restarts, self.plan.max_restarts, extra={TERMINAL: True})
+                self.process = process = self._spawn()
+                self.asleep = False
+            try:
+                self._wait_ready(process)
+            except ServerStartError as exc:
+                with self._lock:
+                    if self.process is process or self.process is None:
+                        self.process = None
+                        self.failure = ServerDiedError(f"the {self.plan.kind} server could not be started again: {exc}")
+                        self._serving.set()
+                return
+            self._serving.set()
+
+    def wait_serving(self) -> bool:
+        """For a client whose call failed: wait while the server is being started again. True when it waited
+        (the call is worth sending again at once); raises :class:`ServerDiedError` once the watchdog gave up."""
+        waited = False
+        deadline = time.monotonic() + self.plan.timeout_s * (self.plan.max_restarts + 1)
+        while time.monotonic() < deadline:
+            if self.failure is not None:
+                raise self.failure
+            process = self.process
+            if process is None:  # stopped or released on purpose: nothing to wait for
+                return waited
+            if self._serving.is_set() and process.poll() is None:
+                return waited
+            waited = True
+            self._serving.wait(WATCH_INTERVAL_S)
+            if self._serving.is_set():
+                time.sleep(WATCH_INTERVAL_S)  # dead but not yet seen by the watchdog
+        return waited
+
     def stop(self, grace_s: float = 20.0) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            logger.info("stopping the %s server on port %d", self.plan.kind, self.plan.port)
+        with self._lock:
+            process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                logger.info("stopping the %s server on port %d", self.plan.kind, self.plan.port)
             stop_process_group(process, grace_s)
 
     def release(self) -> str:
@@ -229,6 +325,12 @@ def server_for(key: str, make_plan) -> ManagedServer:
                 other.release()
             server = _SERVERS[key] = ManagedServer(make_plan())
         return server.ensure()
+
+
+def managed_at(base_url: str) -> ManagedServer | None:
+    """The process's managed server that answers at ``base_url`` (None: a server of the user's own)."""
+    with _LOCK:
+        return next((s for s in _SERVERS.values() if s.plan.base_url == base_url.rstrip("/")), None)
 
 
 def release_all() -> dict[str, str]:

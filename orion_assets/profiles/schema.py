@@ -106,13 +106,19 @@ class EndpointConfig(Section):
     replay_file: str | None = None  # replay backend: JSONL keyed by problem
     # [endpoints.student] only: the server the pipeline starts and stops itself ("none": the user's own at
     # base_url). serve_command replaces its command ({python} {host} {port} {model} filled in), serve_args
-    # adds to it (vLLM: "--tensor-parallel-size", "2"); sleep_mode: vLLM sleeps while SFT holds the GPU.
+    # adds to it (vLLM: "--tensor-parallel-size", "2"). vLLM's flags for the host: llm/vllm_host.py.
     serve: Literal["none", "transformers", "vllm"] = "none"
     serve_command: list[str] | None = None
     serve_args: list[str] = Field(default_factory=list)
     serve_timeout_s: float = Field(900.0, gt=0)
+    # A managed server that dies mid-step (an engine crash, the OOM killer) is started again on its port at most
+    # this many times per run; then the step fails with the server's last log lines.
+    serve_restarts: int = Field(3, ge=0)
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    sleep_mode: bool = True
+    # vLLM's KV cache in GiB (--kv-cache-memory-bytes); None: the memory share on a GPU, 2 GiB on a CPU host.
+    kv_cache_gib: float | None = Field(None, gt=0)
+    # None: chosen from the host (a GPU: sleep while SFT holds it; a CPU, where vLLM has no sleep mode: stop).
+    sleep_mode: bool | None = None
     # A variant answered by another server (a full fine-tune served on its own): {base_url, model}.
     variants: dict[str, dict[str, str]] = Field(default_factory=dict)
     # US dollars per million prompt / completion tokens (reasoning tokens bill as completion), for

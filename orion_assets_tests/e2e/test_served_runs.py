@@ -31,6 +31,7 @@ backend = "openai"
 concurrency = 4
 max_tokens = 24
 serve = "vllm"
+sleep_mode = true
 serve_command = ["{python}", "-m", "orion_devtools.llm_simulator", "{model}", "--port", "{port}",
                  "--enable-sleep-mode", "--print-log"]
 """

@@ -4,12 +4,15 @@ server the run will start."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from orion_assets.cli.check import run_preflight
 from orion_assets.io import serving
+from orion_assets.llm import vllm_host
 from orion_assets.profiles import ProfileError, load_profile
 
 SERVED_VLLM = """
@@ -74,14 +77,42 @@ def test_a_server_setting_where_it_cannot_apply_is_refused(write_profile, body, 
         load_profile(str(write_profile(body)))
 
 
-def test_orion_check_of_a_managed_vllm_names_what_this_host_lacks_and_the_command(write_profile, tmp_path) -> None:
+def test_orion_check_of_a_managed_vllm_on_this_cpu_host_names_its_python_and_the_cpu_flags(
+        write_profile, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(vllm_host.PYTHON_VAR, sys.executable)  # this environment has no vLLM
     profile = load_profile(str(write_profile(SERVED_VLLM)))
     report = run_preflight(profile, tmp_path / "data", selection=["student_attempts"])
     text = report.render()
     assert "student: a vllm server the run starts, sleeps or stops, and stops at the end" in text
-    assert any("vllm is not installed" in p for p in report.problems)  # this CPU host has neither
-    assert any("vLLM needs a CUDA GPU" in p for p in report.problems)
-    (command,) = [line for line in text.splitlines() if line.strip().startswith("ok    tiny: vllm serve")]
-    for part in ("<the student_base_model path>", "--enable-lora", "--max-lora-rank 16",
-                 "--gpu-memory-utilization 0.85", "--enable-sleep-mode", "--tensor-parallel-size 2"):
+    assert any(f"{sys.executable} (${vllm_host.PYTHON_VAR}) has no vLLM" in p for p in report.problems), report.problems
+    (command,) = [line for line in text.splitlines() if line.strip().startswith("ok    tiny: ")]
+    parts = [f"{sys.executable} -m vllm.entrypoints.openai.api_server --model <the student_base_model path>",
+             "--enable-lora", "--max-lora-rank 16", "--kv-cache-memory-bytes 2147483648", "--no-enable-chunked-prefill",
+             "--max-num-batched-tokens 8192", "--tensor-parallel-size 2", "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1"]
+    parts += ["VLLM_CPU_NUM_OF_RESERVED_CPU=0"] if (os.cpu_count() or 1) <= vllm_host.FEW_CORES else []
+    parts += [] if vllm_host.cpu_has_native_bf16() else ["--dtype float32"]
+    for part in parts:
         assert part in command, (part, command)
+    for absent in ("--enable-sleep-mode", "--gpu-memory-utilization", "VLLM_SERVER_DEV_MODE"):
+        assert absent not in command, (absent, command)
+    assert "no sleep mode" in text and "at most 3 time(s)" in text
+
+
+def test_sleep_mode_on_a_cpu_host_is_refused_by_orion_check(write_profile, tmp_path) -> None:
+    profile = load_profile(str(write_profile(SERVED_VLLM + "sleep_mode = true\n")))
+    report = run_preflight(profile, tmp_path / "data", selection=["student_attempts"])
+    assert any("vLLM has no sleep mode on a CPU host" in p for p in report.problems), report.problems
+
+
+def test_on_a_gpu_host_vllm_keeps_the_memory_share_and_sleeps() -> None:
+    flags = vllm_host.host_flags(on_cpu=False, sleep_mode=None, gpu_memory_utilization=0.85, kv_cache_gib=None,
+                                 max_model_len=None, batched_tokens=8192)
+    assert flags.args == ("--gpu-memory-utilization", "0.85", "--enable-sleep-mode") and flags.sleep_mode
+    assert not flags.env
+    awake = vllm_host.host_flags(on_cpu=False, sleep_mode=False, gpu_memory_utilization=0.5, kv_cache_gib=None,
+                                 max_model_len=4096, batched_tokens=8192)
+    assert awake.args == ("--gpu-memory-utilization", "0.5", "--max-model-len", "4096") and not awake.sleep_mode
+    cpu = vllm_host.host_flags(on_cpu=True, sleep_mode=None, gpu_memory_utilization=0.85, kv_cache_gib=0.5,
+                               max_model_len=2048, batched_tokens=8192)
+    assert cpu.args[:5] == ("--kv-cache-memory-bytes", str(2**29), "--no-enable-chunked-prefill",
+                            "--max-num-batched-tokens", "2048")

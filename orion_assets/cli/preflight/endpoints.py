@@ -3,7 +3,6 @@ served model and variants, and whether the planned prompts and answers fit the c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -11,7 +10,8 @@ from orion_assets.cli.preflight.context import Context
 from orion_assets.cli.preflight.net import http_get, is_loopback, why_unreachable
 from orion_assets.cli.preflight.plan import Stage
 from orion_assets.cli.preflight.report import Section
-from orion_assets.io.serving import checkpoint_name, server_command
+from orion_assets.io.serving import checkpoint_name, on_cpu, server_command
+from orion_assets.llm import vllm_host
 from orion_assets.profiles.schema import EndpointConfig
 
 
@@ -133,28 +133,55 @@ def _check_window(section: Section, role: str, cfg: EndpointConfig, served_len: 
 
 
 def _check_managed_server(ctx: Context, cfg: EndpointConfig) -> None:
-    """A server the run starts itself: what it needs here, and the command it will run (per student)."""
+    """A server the run starts itself: which vLLM and Python, what the host allows, and the command it will run
+    (per student)."""
     section = ctx.report.section(f"student: a {cfg.serve} server the run starts, sleeps or stops, and stops at the end")
+    cpu = on_cpu(cfg)
     if cfg.serve == "vllm" and not cfg.serve_command:
-        if importlib.util.find_spec("vllm") is None:
-            section.add("problem", "vllm is not installed in this environment (pip install vllm), or set "
-                                   '[endpoints.student] serve = "transformers"')
-        try:
-            import torch  # deferred: heavy, and only for a vLLM check
-
-            cuda = torch.cuda.is_available()
-        except ImportError:
-            cuda = False
-        if not cuda:
-            section.add("problem", "vLLM needs a CUDA GPU and torch sees none")
+        found = vllm_host.find_vllm()
+        if found is None:
+            section.add("problem", f"no vLLM found: run `orion install-vllm` (vLLM's CPU build, in an environment of "
+                                   f"its own at {vllm_host.default_env()}), `pip install vllm` here on a GPU host, or "
+                                   f"set ${vllm_host.PYTHON_VAR} to a Python that has it")
+        elif found.version is None:
+            section.add("problem", f"{found.python} ({found.found_by}) has no vLLM: run `orion install-vllm` and unset "
+                                   f"${vllm_host.PYTHON_VAR}, or point it at a Python that has vLLM")
         else:
-            free, total = torch.cuda.mem_get_info()
-            wanted = cfg.gpu_memory_utilization * total
-            level = "ok" if free >= wanted else "problem"
-            section.add(level, f"GPU memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; "
-                               f"--gpu-memory-utilization {cfg.gpu_memory_utilization} asks for {wanted / 2**30:.1f} GiB")
+            section.add("ok", f"vLLM: {found}")
+        if cpu and cfg.sleep_mode:
+            section.add("problem", "sleep_mode = true, but vLLM has no sleep mode on a CPU host: leave it unset")
+        elif cpu:
+            section.add("ok", "CPU host: the server stops before SFT and starts again for evaluation (no sleep mode); "
+                              "KV cache as bytes, no chunked prefill (seeded requests crash it on a CPU), float32 "
+                              "unless the CPU has bfloat16 (docs/serving.md)")
+        else:
+            _check_gpu_memory(section, cfg)
     for student in ctx.cfg.all_students:
         config = ctx.cfg.for_student(student.name)
         model = student.name_or_path if student.source == "pretrained" else "<the student_base_model path>"
-        command = server_command(config, student.name, model or "<model>", ctx.data_dir / "logs")
+        try:
+            command = server_command(config, student.name, model or "<model>", ctx.data_dir / "logs")
+        except ValueError as exc:
+            section.add("problem", f"{student.name}: {exc}")
+            continue
         section.add("ok", f"{student.name}: {command}")
+    if cfg.serve_restarts:
+        section.add("ok", f"restarted on its port at most {cfg.serve_restarts} time(s) if it dies mid-step "
+                          "([endpoints.student] serve_restarts)")
+
+
+def _check_gpu_memory(section: Section, cfg: EndpointConfig) -> None:
+    try:
+        import torch  # deferred: heavy, and only for a vLLM check
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        section.add("problem", f"device = {cfg.device!r}, but torch sees no CUDA GPU")
+        return
+    free, total = torch.cuda.mem_get_info()
+    wanted = cfg.gpu_memory_utilization * total
+    level = "ok" if free >= wanted else "problem"
+    section.add(level, f"GPU memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; "
+                       f"--gpu-memory-utilization {cfg.gpu_memory_utilization} asks for {wanted / 2**30:.1f} GiB")
