@@ -181,7 +181,7 @@ class ProgressBars(logging.Handler):
         """A line of its own in the terminal, above the bar being drawn."""
         with self.lock:
             first, *rest = message.splitlines() or [""]
-            text = "  " + first + ("\n" + "\n".join("    " + line for line in rest[-8:]) if rest else "")
+            text = "  " + first + ("\n" + "\n".join("    " + line for line in rest[-20:]) if rest else "")
             if self.live and self.current is not None and self.current.tqdm is not None:
                 self.current.tqdm.write(text, file=self.stream)
             else:

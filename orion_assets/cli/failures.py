@@ -21,6 +21,12 @@ def _error_chain(error) -> list:
     return chain
 
 
+# A managed student server that would not start or died once too often (llm/server.py): the step's error
+# ends with the server's log, whose last lines are printed with it.
+SERVER_ERRORS = frozenset({"ServerStartError", "ServerDiedError"})
+SERVER_LOG_LINES = 20
+
+
 def _first_line(message: str, cls_name: str) -> str:
     """The message's first line without Dagster's ``module.ClsName: `` prefix."""
     text = re.sub(rf"^(?:[\w.]+\.)?{re.escape(cls_name)}: ", "", message.strip())
@@ -113,6 +119,9 @@ def report_failure(result, asset: str, label: str, log_path: Path, debug: bool, 
         else:
             inner = chain[-1] if chain else None
             reason = f"{inner.cls_name}: {_first_line(inner.message, inner.cls_name)}" if inner else "unknown error"
+            if inner is not None and inner.cls_name in SERVER_ERRORS:  # their message ends with the server's log
+                tail = inner.message.strip().splitlines()[1:][-SERVER_LOG_LINES:]
+                reason += "".join(f"\n    {line}" for line in tail)
         print(f"orion run: {label}: {reason}", file=err)
         code = 2 if user is not None else 1
     else:

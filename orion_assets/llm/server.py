@@ -32,6 +32,7 @@ HOST = "127.0.0.1"
 LOG_TAIL_CHARS = 3000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCH_INTERVAL_S = 0.5
+UNHEALTHY_GRACE_S = 60.0  # a live server that stops answering /health this long is killed (and restarted)
 
 
 class ServerStartError(RuntimeError):
@@ -257,7 +258,7 @@ class ManagedServer:
     def wait_serving(self) -> bool:
         """For a client whose call failed: wait while the server is being started again. True when it waited
         (the call is worth sending again at once); raises :class:`ServerDiedError` once the watchdog gave up."""
-        waited = False
+        waited, unhealthy_since = False, None
         deadline = time.monotonic() + self.plan.timeout_s * (self.plan.max_restarts + 1)
         while time.monotonic() < deadline:
             if self.failure is not None:
@@ -266,11 +267,18 @@ class ManagedServer:
             if process is None:  # stopped or released on purpose: nothing to wait for
                 return waited
             if self._serving.is_set() and process.poll() is None:
-                return waited
+                if served.is_healthy(self.plan.root_url):
+                    return waited
+                # Alive but not answering: vLLM's API server shutting down after its engine died, or hung.
+                unhealthy_since = unhealthy_since or time.monotonic()
+                if time.monotonic() - unhealthy_since > UNHEALTHY_GRACE_S:
+                    logger.warning("the %s server on port %d has not answered /health for %.0f s: killing it",
+                                   self.plan.kind, self.plan.port, UNHEALTHY_GRACE_S, extra={TERMINAL: True})
+                    kill_group(process.pid)
             waited = True
             self._serving.wait(WATCH_INTERVAL_S)
             if self._serving.is_set():
-                time.sleep(WATCH_INTERVAL_S)  # dead but not yet seen by the watchdog
+                time.sleep(WATCH_INTERVAL_S)  # dead or dying but not yet seen by the watchdog
         return waited
 
     def stop(self, grace_s: float = 20.0) -> None:

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,45 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path, how) -> None:
     while time.monotonic() < deadline and _server_processes(f"--port {port}"):
         time.sleep(0.2)
     assert not _server_processes(f"--port {port}"), f"the server outlived a {how.name} of the run"
+
+
+def _kill_server_when_answering(data_dir: Path, answered: int) -> threading.Thread:
+    """SIGKILL the simulated vLLM's process group once it has answered ``answered`` requests (the OOM killer's way)."""
+    def kill() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if len(_entries(data_dir)) >= answered:
+                (port,) = _ports(data_dir, "vllm")
+                (process,) = _server_processes(f"--port {port}")
+                os.killpg(process.pid, signal.SIGKILL)
+                return
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("restarts", [1, 0])
+def test_a_server_killed_mid_exposure_is_restarted_or_fails_the_step_with_its_log(tmp_path, restarts) -> None:
+    (tmp_path / "sim.json").write_text(json.dumps({"latency_s": 0.2}))
+    env, data_dir = profile_env(tmp_path, SIMULATED_VLLM.replace('"--print-log"]', f'"--print-log", "--config", '
+                                                                 f'"{tmp_path / "sim.json"}"]\nserve_restarts = {restarts}'))
+    killer = _kill_server_when_answering(data_dir, answered=3)
+    run = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run", "--select", "benchmark_problems",
+                          "train_problems", "student_base_model", "student_attempts"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=900)
+    killer.join(timeout=5)
+    died = re.compile(r"the vllm server on port \d+ died \(exit code -9\)")
+    if restarts:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert died.search(run.stdout) and "starting it again (restart 1 of 1)" in run.stdout, run.stdout
+        con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
+        total, distinct, errors = con.execute("SELECT count(*), count(DISTINCT call_id), count(*) FILTER "
+                                              "(status <> 'ok') FROM orion.llm_calls").fetchone()
+        assert total == distinct and errors == 0  # every call answered once
+    else:
+        assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+        assert died.search(run.stderr) and "restarted 0 time(s)" in run.stderr, run.stderr
+        assert re.search(r"\n    (PORT \d+|\{)", run.stderr), run.stderr  # the server's own log lines under it
+    assert not [p for port in _ports(data_dir, "vllm") for p in _server_processes(f"--port {port}")]
