@@ -44,52 +44,38 @@ so raising a rate only turns wrong replies right.
 
 What is reproduced, and where it was checked
 --------------------------------------------
-vLLM (personas ``student``, ``teacher_think``, ``judge``), checked against vLLM's source:
+vLLM (personas ``student``, ``teacher_think``, ``judge``): vLLM 0.32.0, checked against its source and
+against the real server (``orion_assets_tests/e2e/test_vllm_parity.py``); the refusals, request checks and
+the chat budget are in :mod:`orion_devtools.vllm_runtime`, with the source file of each.
 
 * Error envelope: ``{"error": {"message", "type", "param", "code"}}``, HTTP status = ``code``
-  (``ErrorResponse``/``ErrorInfo`` in ``vllm/entrypoints/openai/engine/protocol.py``; vLLM
-  v0.10.1 and later -- v0.10.0 and older sent the flat ``{"object": "error", "message": ...,
-  "type": "BadRequestError", "param": null, "code": 400}``). Validation errors end with
-  ``" (parameter=<p>, value=<v>)"`` and set ``param`` (``VLLMValidationError.__str__`` in
-  ``vllm/exceptions.py``).
-* Context overflow, the current wording (vLLM v0.18 and later, ``TokenizeParams._token_len_check``
-  in ``vllm/renderers/params.py``; reworded by vllm-project/vllm PR #36197, closing issue #33418):
-  HTTP 400, ``type`` ``BadRequestError``, ``param`` ``input_tokens``, message ::
-
-      This model's maximum context length is 4096 tokens. However, you requested 512 output
-      tokens and your prompt contains at least 3585 input tokens, for a total of at least 4097
-      tokens. Please reduce the length of the input prompt or the number of requested output
-      tokens. (parameter=input_tokens, value=3585)
-
-  vLLM tokenizes a chat prompt truncated to ``max_model_len - max_tokens + 1`` tokens, so it
-  never learns the true length: the numbers are "at least" the limit plus one, not the prompt's
-  size (the log has the true ``prompt_tokens``). A prompt alone over the limit without
-  ``max_tokens`` reads "you requested 0 output tokens" (v0.18+ counts an absent max_tokens as 0
-  in this check). ``max_tokens`` alone above ``max_model_len`` is refused first, as
-  ``max_tokens=M cannot be greater than max_model_len=max_total_tokens=L. Please request fewer
-  output tokens. (parameter=max_tokens, value=M)`` (the parameter named as sent). Older wordings,
-  not reproduced: v0.10.2-v0.17 ``'max_tokens' or 'max_completion_tokens' is too large: M. This
-  model's maximum context length is L tokens and your request has N input tokens (M > L - N).``;
-  v0.10.1 and older ``This model's maximum context length is L tokens. However, you requested
-  N+M tokens (N in the messages, M in the completion). Please reduce the length of the messages
-  or completion.`` (that classic wording is what the DeepSeek persona sends, below). All share
-  the prefix ``This model's maximum context length is L tokens``. The pre-tokenization
-  *character* check of v0.18+ (very long text vs. the longest vocabulary entry) is not modelled.
-* Unknown model: HTTP 404, ``The model `x` does not exist.``, ``NotFoundError``, ``param``
-  ``model`` (``check_model`` in ``vllm/entrypoints/openai/models/serving.py``); no ``model``
+  (``ErrorResponse``/``ErrorInfo``, ``vllm/entrypoints/serve/engine/protocol.py``; v0.10.0 and older
+  sent a flat ``{"object": "error", ...}``). Validation errors end with ``" (parameter=<p>, value=<v>)"``
+  and set ``param`` (``VLLMValidationError``, ``vllm/exceptions.py``).
+* Context window (``max_model_len``): a prompt over it is a 400 ``This model's maximum context length
+  is L tokens. However, your prompt contains at least L+1 input tokens, which exceeds this limit even
+  without any output tokens. ...``; otherwise ``max_tokens`` is clamped to what is left (earlier releases,
+  from v0.18's source, refused prompt + max_tokens > L instead; all their wordings share the prefix ``This
+  model's maximum context length is L tokens``). The pre-tokenization *character* check is not modelled.
+* Unknown model: HTTP 404, ``The model `x` does not exist.``, ``NotFoundError``, ``param`` ``model``
+  (vLLM 0.32 appends ``Valid aliases: ...``; see :mod:`orion_devtools.vllm_runtime`); no ``model``
   field means the base model.
-* ``/v1/models`` (``show_available_models``, same file; ``ModelCard``): the base model with
-  ``root`` = its path, ``parent`` null, ``max_model_len``; then one card per LoRA adapter with
-  ``root`` = the adapter's path (here: its revision string), ``parent`` = the base model name and
-  ``max_model_len`` null (vLLM leaves it unset on adapter cards); ``object`` "model",
-  ``owned_by`` "vllm", ``permission`` a one-item list.
-* Replies: ``message.reasoning`` null (vLLM's current field name), ``finish_reason``
-  "stop"/"length", ``stop_reason`` null, ``usage`` {prompt_tokens, total_tokens,
-  completion_tokens, prompt_tokens_details: null}. A reply cut at ``max_tokens`` has
-  ``completion_tokens == max_tokens`` and ``finish_reason`` "length". Without ``max_tokens`` the
-  budget is ``max_model_len - prompt_tokens`` (or 4096 with no limit). ``max_completion_tokens``
-  wins over ``max_tokens``; ``seed``, ``temperature``, ``top_p`` are accepted and only ``seed``
-  matters (it selects the sample, as on a real server).
+* ``/v1/models`` (``show_available_models``, ``vllm/entrypoints/openai/models/serving.py``): the base
+  model with ``root`` = its path, ``parent`` null, ``max_model_len``; then one card per LoRA adapter
+  with ``root`` = the adapter's path (here: its revision string for ``adapters``), ``parent`` = the base
+  model and ``max_model_len`` null; ``object`` "model", ``owned_by`` "vllm", ``permission`` one item.
+* Replies: the keys of 0.32's ``ChatCompletionResponse`` (``message.reasoning`` null, no ``tool_calls``
+  when there are none, ``routed_experts``, ``system_fingerprint`` ``vllm-0.32.0-<hash>``), ``finish_reason``
+  "stop"/"length", ``stop_reason`` null, ``usage`` {prompt_tokens, total_tokens, completion_tokens,
+  prompt_tokens_details: null, completion_tokens_details: null}. A reply cut at ``max_tokens`` has
+  ``completion_tokens == max_tokens`` and ``finish_reason`` "length". Without ``max_tokens`` the budget is
+  ``max_model_len - prompt_tokens`` (or 4096 with no limit). ``max_completion_tokens`` wins over
+  ``max_tokens``; ``seed``, ``temperature``, ``top_p`` are accepted and only ``seed`` matters (it selects
+  the sample, as on a real server).
+* Its command line: ``--model``/the positional model, ``--max-model-len``, ``--max-lora-rank``,
+  ``--tokenizer`` and ``--enable-sleep-mode`` as vLLM reads them (its other flags are accepted and
+  ignored; without ``--tokenizer`` tokens are estimated); ``--device cpu`` (the simulator's own: vLLM
+  finds its platform) makes ``--enable-sleep-mode`` stop start-up as vLLM's CPU build does.
 
 DeepSeek API (persona ``teacher_reasoning_content``), checked against api-docs.deepseek.com
 (guides/reasoning_model, the current Chinese page) and bodies quoted in public issues:
@@ -116,7 +102,7 @@ directory (``tokenizer.json`` loaded as ``PreTrainedTokenizerFast``, else ``Auto
 prompt is its chat template with the generation prompt, as vLLM renders it); else
 ``ceil(1.3 * words)`` per text, +4 per message, +3 (the generation prompt).
 
-Not modelled: streaming (``stream: true`` is refused with 400), ``n > 1``, logprobs, tools,
+Not modelled: streaming (``stream: true`` is refused with 400; vLLM streams), ``n > 1``, logprobs, tools,
 the EOS token in ``completion_tokens``, vLLM's generation-config defaults.
 """
 
@@ -145,8 +131,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orion_devtools.vllm_runtime import ROUTES as RUNTIME_ROUTES
-from orion_devtools.vllm_runtime import VllmRuntime
+from orion_devtools import vllm_runtime
+from orion_devtools.vllm_runtime import HttpError, VllmRuntime
 
 PERSONAS = ("student", "teacher_reasoning_content", "teacher_think", "judge")
 KINDS = ("solve", "reflect_with_error", "reflect_without_error", "judge")
@@ -194,6 +180,8 @@ class SimConfig:
     # vLLM's runtime endpoints (orion_devtools/vllm_runtime.py), off as on a default vLLM server:
     runtime_lora_updating: bool = False  # VLLM_ALLOW_RUNTIME_LORA_UPDATING: /v1/load_lora_adapter, /v1/unload_...
     sleep_mode: bool = False  # --enable-sleep-mode with VLLM_SERVER_DEV_MODE: /sleep, /wake_up, /is_sleeping
+    max_lora_rank: int | None = None  # --max-lora-rank: a larger adapter is refused (None: any rank)
+    device: str = "cuda"  # the platform vLLM would find: "cpu" refuses sleep mode, as vLLM's CPU build does
     print_log: bool = False  # each request's log entry also as a JSON line on stdout (a managed server's log file)
 
     def __post_init__(self) -> None:
@@ -211,6 +199,10 @@ class SimConfig:
             raise ValueError(f"max_model_len must be >= 1 or None, got {self.max_model_len}")
         if self.model in self.adapters:
             raise ValueError(f"adapter name {self.model!r} is the base model's name")
+        if self.device not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device!r}")
+        if self.sleep_mode and self.device == "cpu":
+            raise ValueError(vllm_runtime.SLEEP_REFUSAL)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -738,15 +730,9 @@ def judge_reply(rng: random.Random) -> Reply:
 
 # -- the server ----------------------------------------------------------------------------------
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+VLLM_GET, VLLM_POST = ("/v1/models", "/models", "/health"), ("/v1/chat/completions", "/chat/completions")
 
 
 class SimServer:
@@ -757,21 +743,18 @@ class SimServer:
         self.counter = TokenCounter(cfg.tokenizer)
         self.bank = ProblemBank(_file_problems(cfg.problems_file) if cfg.problems_file else _shipped_problems())
         self.log: list[dict[str, Any]] = []
-        self.runtime = VllmRuntime(cfg.adapters, cfg.runtime_lora_updating, cfg.sleep_mode)
+        self.runtime = VllmRuntime(cfg.adapters, cfg.runtime_lora_updating, cfg.sleep_mode, cfg.model, cfg.max_lora_rank)
         self.arrivals: dict[str, int] = defaultdict(int)
         self.connections = 0
         self.created = int(time.time())
+        self.fingerprint = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode()).hexdigest()[:8]
 
     @property
     def deepseek(self) -> bool:
         return self.cfg.persona == "teacher_reasoning_content"
 
     # errors in each server's own shape
-    def _vllm_error(self, status: int, message: str, err_type: str, param: str | None = None, value: Any = None) -> HttpError:
-        extras = [f"{k}={v}" for k, v in (("parameter", param), ("value", value)) if v is not None]
-        if extras and err_type == "BadRequestError":
-            message = f"{message} ({', '.join(extras)})"
-        return HttpError(status, {"error": {"message": message, "type": err_type, "param": param, "code": status}})
+    _vllm_error = staticmethod(vllm_runtime.error)
 
     @staticmethod
     def _deepseek_error(status: int, message: str) -> HttpError:
@@ -785,7 +768,7 @@ class SimServer:
 
         def card(model_id: str, root: str, parent: str | None, max_len: int | None) -> dict[str, Any]:
             perm = {
-                "id": f"modelperm-{hashlib.sha1(model_id.encode()).hexdigest()[:32]}", "object": "model_permission",
+                "id": f"modelperm-{hashlib.sha1(model_id.encode()).hexdigest()[:16]}", "object": "model_permission",
                 "created": self.created, "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                 "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
                 "group": None, "is_blocking": False,
@@ -801,53 +784,26 @@ class SimServer:
         digest = hashlib.sha256("\x1f".join(str(p) for p in (self.cfg.seed, *parts)).encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "big"))
 
-    def _max_tokens(self, request: dict[str, Any], prompt_tokens: int) -> tuple[int, str | None]:
-        """(budget, the field it came from); validates it the way the server does."""
-        param = "max_completion_tokens" if request.get("max_completion_tokens") is not None else (
-            "max_tokens" if request.get("max_tokens") is not None else None)  # fmt: skip
+    def _max_tokens(self, request: dict[str, Any], prompt_tokens: int) -> int:
+        """The generation budget, or the server's refusal (vLLM's: :func:`vllm_runtime.chat_max_tokens`)."""
         limit = self.cfg.max_model_len
-        if param is None:
-            if self.deepseek:  # the documented default, within the context window
-                room = limit - prompt_tokens if limit else DEEPSEEK_DEFAULT_MAX_TOKENS
-                return max(min(DEEPSEEK_DEFAULT_MAX_TOKENS, room), 0), None
-            return (max(limit - prompt_tokens, 0) if limit else VLLM_DEFAULT_MAX_TOKENS), None
-        value = request[param]
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise (self._deepseek_error(400, f"Invalid {param} type") if self.deepseek
-                   else self._vllm_error(400, f"{param} must be an integer, got {value!r}", "BadRequestError"))  # fmt: skip
-        if self.deepseek:
-            if not 1 <= value <= DEEPSEEK_MAX_TOKENS:
-                raise self._deepseek_error(
-                    400, f"Invalid max_tokens value, the valid range of max_tokens is [1, {DEEPSEEK_MAX_TOKENS}]")
-            return value, param
-        if value < 1:
-            raise self._vllm_error(400, f"{param} must be at least 1, got {value}.", "BadRequestError", param, value)
-        if limit and value > limit:
-            raise self._vllm_error(
-                400, f"{param}={value} cannot be greater than max_model_len=max_total_tokens={limit}. "
-                "Please request fewer output tokens.", "BadRequestError", param, value)  # fmt: skip
-        return value, param
-
-    def _check_context(self, prompt_tokens: int, max_tokens: int, explicit: bool) -> None:
-        limit = self.cfg.max_model_len
-        if not limit:
-            return
-        if self.deepseek:
-            if prompt_tokens + max_tokens > limit or prompt_tokens >= limit:
-                raise self._deepseek_error(
-                    400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-                    "completion). Please reduce the length of the messages or completion.")  # fmt: skip
-            return
-        requested = max_tokens if explicit else 0
-        max_input = limit - requested
-        if prompt_tokens > max_input or (not explicit and prompt_tokens >= limit):
-            seen = min(prompt_tokens, max_input + 1)  # tokenized with truncation at max_input + 1
-            raise self._vllm_error(
-                400, f"This model's maximum context length is {limit} tokens. However, you requested {requested} "
-                f"output tokens and your prompt contains at least {seen} input tokens, for a total of at least "
-                f"{seen + requested} tokens. Please reduce the length of the input prompt or the number of "
-                "requested output tokens.", "BadRequestError", "input_tokens", seen)  # fmt: skip
+        if not self.deepseek:
+            return vllm_runtime.chat_max_tokens(request, prompt_tokens, limit, VLLM_DEFAULT_MAX_TOKENS)
+        param = "max_completion_tokens" if request.get("max_completion_tokens") is not None else "max_tokens"
+        value = request.get(param)
+        if value is None:  # the documented default, within the context window
+            value = max(min(DEEPSEEK_DEFAULT_MAX_TOKENS, limit - prompt_tokens if limit else DEEPSEEK_DEFAULT_MAX_TOKENS), 0)
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise self._deepseek_error(400, f"Invalid {param} type")
+        elif not 1 <= value <= DEEPSEEK_MAX_TOKENS:
+            raise self._deepseek_error(
+                400, f"Invalid max_tokens value, the valid range of max_tokens is [1, {DEEPSEEK_MAX_TOKENS}]")
+        if limit and (prompt_tokens + value > limit or prompt_tokens >= limit):
+            raise self._deepseek_error(
+                400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + value} tokens ({prompt_tokens} in the messages, {value} in the "
+                "completion). Please reduce the length of the messages or completion.")  # fmt: skip
+        return value
 
     def fault(self, body: bytes) -> str | None:
         """Which fault (if any) this arrival of this request body gets: deterministic per
@@ -868,10 +824,10 @@ class SimServer:
         model = request.get("model") or cfg.model
         entry["model"] = model
         messages = request.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages) or (self.deepseek and not messages):
             raise (self._deepseek_error(400, "messages must be a non-empty list") if self.deepseek
-                   else self._vllm_error(400, "messages: a non-empty list of messages is required", "BadRequestError"))  # fmt: skip
-        prompt = _content_text(messages[-1].get("content"))
+                   else self._vllm_error(400, "messages: a list of messages is required", "BadRequestError"))  # fmt: skip
+        prompt = _content_text(messages[-1].get("content")) if messages else ""
         kind = detect_kind(prompt)
         entry["kind"] = kind
         if cfg.log_prompts:
@@ -880,6 +836,9 @@ class SimServer:
             if self.deepseek:
                 raise self._deepseek_error(400, "Model Not Exist")
             raise self._vllm_error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if not messages:  # transformers' apply_chat_template raises a ValueError; vLLM makes that a 400
+            raise self._vllm_error(400, "Cannot apply chat template to an empty conversation. Provide at least one "
+                                   "message.", "BadRequestError")  # fmt: skip
         if request.get("stream"):
             raise self._vllm_error(400, "stream is not supported by this simulator", "BadRequestError")
         if self.deepseek and any("reasoning_content" in m for m in messages):
@@ -889,9 +848,7 @@ class SimServer:
                 "reduce network traffic.")  # fmt: skip
         prompt_tokens = self.counter.prompt(messages)
         entry["prompt_tokens"] = prompt_tokens
-        max_tokens, param = self._max_tokens(request, prompt_tokens)
-        entry["max_tokens"] = max_tokens
-        self._check_context(prompt_tokens, max_tokens, explicit=param is not None)
+        max_tokens = entry["max_tokens"] = self._max_tokens(request, prompt_tokens)
 
         revision = self.runtime.loras.get(model, "")  # a runtime-loaded adapter's path is its revision
         sample = request.get("seed")
@@ -971,16 +928,20 @@ class SimServer:
                           "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": prompt_tokens},
                 "system_fingerprint": "fp_sim_0001",
             }  # fmt: skip
+        # vLLM 0.32's ChatCompletionResponse (vllm/entrypoints/openai/chat_completion/protocol.py; an empty
+        # tool_calls is dropped); system_fingerprint as vllm/entrypoints/serve/utils/fingerprint.py builds it.
         message = {"role": "assistant", "content": content, "refusal": None, "annotations": None, "audio": None,
-                   "function_call": None, "tool_calls": [], "reasoning": None}  # fmt: skip
+                   "function_call": None, "reasoning": None}  # fmt: skip
         return {
-            "id": f"chatcmpl-{rid[:32]}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "id": f"chatcmpl-{rid[:16]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
-                         "stop_reason": None, "token_ids": None}],
-            "service_tier": None, "system_fingerprint": None,
+                         "stop_reason": None, "token_ids": None, "routed_experts": None}],
+            "service_tier": None, "system_fingerprint": f"vllm-{vllm_runtime.VLLM_VERSION}-{self.fingerprint}",
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-                      "completion_tokens": completion_tokens, "prompt_tokens_details": None},
-            "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None,
+                      "completion_tokens": completion_tokens, "prompt_tokens_details": None,
+                      "completion_tokens_details": None},
+            "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
+            "ec_transfer_params": None, "metrics": None,
         }  # fmt: skip
 
 
@@ -1042,8 +1003,8 @@ async def _handle(server: SimServer, reader: asyncio.StreamReader, writer: async
             method, target, headers, body = parsed
             path, _, query = target.partition("?")
             close = headers.get("connection", "").lower() == "close"
-            if (method, path) in RUNTIME_ROUTES and not server.deepseek:
-                status, payload, content_type = server.runtime.route(path, query, body)
+            if (method, path) in vllm_runtime.ROUTES and not server.deepseek:
+                status, payload, content_type = server.runtime.route(path, query, body, headers)
                 server.log.append({"kind": "runtime", "path": path, "query": query, "status": status,
                                    "body": body.decode("utf-8", "replace")[:500], "t_done": time.time()})
                 if server.cfg.print_log:  # a managed server's stdout is the pipeline's log file
@@ -1052,15 +1013,18 @@ async def _handle(server: SimServer, reader: asyncio.StreamReader, writer: async
             elif method == "GET" and path in ("/v1/models", "/models"):
                 writer.write(_response(200, json.dumps(server.models()).encode(), close=close))
             elif method == "GET" and path == "/health":
-                writer.write(_response(200, b"", close=close))
+                writer.write(_response(200, b"", close=close, content_type=None))
             elif method == "GET" and path == "/log":
                 writer.write(_response(200, json.dumps(server.log).encode(), close=close))
             elif method == "POST" and path == "/log/reset":
                 server.log.clear()
                 writer.write(_response(200, b"{}", close=close))
             elif method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
-                if not await _chat(server, body, writer, conn, close):
+                if not await _chat(server, headers, body, writer, conn, close):
                     return
+            elif not server.deepseek and (allow := _vllm_allows(server, path)):  # a route, another method
+                status, payload, content_type = vllm_runtime.METHOD_NOT_ALLOWED
+                writer.write(_response(status, payload, {"allow": allow}, close, content_type))
             else:
                 payload = {"detail": "Not Found"}
                 writer.write(_response(404, json.dumps(payload).encode(), close=close))
@@ -1074,7 +1038,13 @@ async def _handle(server: SimServer, reader: asyncio.StreamReader, writer: async
             writer.close()
 
 
-async def _chat(server: SimServer, body: bytes, writer: asyncio.StreamWriter, conn: int, close: bool) -> bool:
+def _vllm_allows(server: SimServer, path: str) -> str | None:
+    """The method vLLM serves ``path`` with (FastAPI answers 405 to another), None for no such route."""
+    return "GET" if path in VLLM_GET else "POST" if path in VLLM_POST else server.runtime.allowed(path)
+
+
+async def _chat(server: SimServer, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter, conn: int,
+                close: bool) -> bool:  # fmt: skip
     cfg = server.cfg
     arrived = time.time()
     entry: dict[str, Any] = {
@@ -1083,12 +1053,14 @@ async def _chat(server: SimServer, body: bytes, writer: asyncio.StreamWriter, co
     }  # fmt: skip
     fault = server.fault(body)
     try:
-        request = json.loads(body)
-        if not isinstance(request, dict):
+        if not server.deepseek:  # vLLM's content-type and pydantic checks (orion_devtools/vllm_runtime.py)
+            request: dict[str, Any] | None = vllm_runtime.json_body(headers, body, required=("messages",))
+        elif not isinstance(request := json.loads(body), dict):
             raise ValueError("not an object")
+    except HttpError as exc:
+        request, error = None, exc
     except ValueError as exc:
-        request = None
-        error = server._vllm_error(400, f"Invalid JSON body: {exc}", "BadRequestError")
+        request, error = None, server._vllm_error(400, f"Invalid JSON body: {exc}", "BadRequestError")
     if request is not None:
         entry["seed"] = request.get("seed")
         entry["model"] = request.get("model")
@@ -1156,6 +1128,12 @@ def _env_flag(name: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("model", nargs="?", help="vLLM's positional model: the base model's name (SimConfig.model)")
+    parser.add_argument("--model", dest="model_flag", help="vLLM's --model: the same")
+    parser.add_argument("--max-model-len", type=int, help="vLLM's flag (SimConfig.max_model_len)")
+    parser.add_argument("--max-lora-rank", type=int, help="vLLM's flag: larger adapters are refused (SimConfig.max_lora_rank)")
+    parser.add_argument("--tokenizer", help="vLLM's flag: count tokens with this tokenizer (SimConfig.tokenizer)")
+    parser.add_argument("--device", choices=("cuda", "cpu"),
+                        help="not vLLM's: the platform vLLM would find there (SimConfig.device); cpu refuses sleep mode")
     parser.add_argument("--config", help="JSON file whose keys are SimConfig fields")
     parser.add_argument("--host", default="127.0.0.1", help="accepted as vLLM's; the simulator listens on loopback")
     parser.add_argument("--print-log", action="store_true", help="each request's log entry as a JSON line on stdout")
@@ -1164,8 +1142,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="vLLM's flag: with VLLM_SERVER_DEV_MODE=1, serve /sleep, /wake_up, /is_sleeping")  # fmt: skip
     args, _ = parser.parse_known_args(argv)  # vLLM's other flags (--enable-lora, ...) are accepted, unused
     data = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
-    cfg = SimConfig.from_json({**data, **({"model": args.model} if args.model else {}),
-                               **({"print_log": True} if args.print_log else {})})
+    flags = {"model": args.model_flag or args.model, "max_model_len": args.max_model_len, "device": args.device,
+             "max_lora_rank": args.max_lora_rank, "tokenizer": args.tokenizer, "print_log": args.print_log or None}
+    cfg = SimConfig.from_json({**data, **{k: v for k, v in flags.items() if v is not None}})
+    if args.enable_sleep_mode and cfg.device == "cpu":  # vLLM's CPU build stops here (vllm_runtime.SLEEP_REFUSAL)
+        print(vllm_runtime.SLEEP_REFUSAL, file=sys.stderr, flush=True)
+        raise SystemExit(1)
     if _env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
         cfg.runtime_lora_updating = True
     if args.enable_sleep_mode and _env_flag("VLLM_SERVER_DEV_MODE"):

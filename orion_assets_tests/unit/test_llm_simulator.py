@@ -123,25 +123,26 @@ def test_unknown_model_is_vllms_404(student: Simulator) -> None:
 def test_context_overflow_is_vllms_400_and_the_endpoint_does_not_retry_it(student: Simulator, tmp_path: Path) -> None:
     _as(student)
     messages = _solve(PROBLEMS[1])
-    status, body = _post(student, {"model": "orion", "messages": messages, "max_tokens": 4090})
+    too_long = [{"role": "user", "content": "lorem " * 3200}]
+    status, body = _post(student, {"model": "orion", "messages": too_long, "max_tokens": 16})
     assert status == 400
-    # vLLM (v0.18+) tokenizes with truncation at max_model_len - max_tokens + 1: "at least 7".
-    message = ("This model's maximum context length is 4096 tokens. However, you requested 4090 output tokens and "
-               "your prompt contains at least 7 input tokens, for a total of at least 4097 tokens. Please reduce the "
-               "length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=7)")  # fmt: skip
+    # vLLM 0.32 tokenizes with truncation at max_model_len + 1: "at least 4097", whatever the prompt's length.
+    message = ("This model's maximum context length is 4096 tokens. However, your prompt contains at least 4097 input "
+               "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "
+               "prompt. (parameter=input_tokens, value=4097)")  # fmt: skip
     assert body == {"error": {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}}
-    # The prompt alone over the limit, no max_tokens: "0 output tokens".
-    status, body = _post(student, {"model": "orion", "messages": [{"role": "user", "content": "lorem " * 3200}]})
-    assert status == 400 and "you requested 0 output tokens and your prompt contains at least 4097 input" in body["error"]["message"]
+    # A prompt that fits with max_tokens that do not: vLLM 0.32 clamps max_tokens to what is left.
+    status, body = _post(student, {"model": "orion", "messages": messages, "max_tokens": 4090})
+    assert status == 200 and student.requests()[-1]["max_tokens"] == 4096 - body["usage"]["prompt_tokens"]
     status, body = _post(student, {"model": "orion", "messages": messages, "max_completion_tokens": 5000})
     assert status == 400 and body["error"]["param"] == "max_completion_tokens"
-    assert body["error"]["message"].startswith("max_completion_tokens=5000 cannot be greater than max_model_len=")
-    assert [e["status"] for e in student.requests()] == [400, 400, 400]
+    assert body["error"]["message"].startswith("max_completion_tokens=5000 cannot be greater than max_model_len=4096.")
+    assert [e["status"] for e in student.requests()] == [400, 200, 400]
 
     student.reset_log()
     endpoint = _endpoint(student, tmp_path, "orion", max_retries=5)
-    params = SamplingParams(max_tokens=4090, temperature=0.6, seed=0)
-    result = endpoint.generate([GenerationRequest(tuple(messages), params)])[0]
+    params = SamplingParams(max_tokens=16, temperature=0.6, seed=0)
+    result = endpoint.generate([GenerationRequest(tuple(too_long), params)])[0]
     assert result.finish_reason == "error" and result.retries == 0 and result.text is None
     assert "HTTP 400" in result.error and "maximum context length is 4096 tokens" in result.error
     assert len(student.requests()) == 1  # a 400 is final: sent once whatever max_retries says
