@@ -114,7 +114,7 @@ def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_
         if name not in listed:
             logger.info("loading adapter %s from %s into the vllm server on port %d", name, checkpoint["path"],
                         running.plan.port)
-            served.load_adapter(running.plan.base_url, name, checkpoint["path"])
+            running.load_adapter(name, checkpoint["path"])
         return endpoint, name
     # transformers serve loads a model by its path: a directory named after the checkpoint
     return endpoint, str(served_directory(data_path / SERVED_LINKS / student / name, checkpoint, base_model))

@@ -153,6 +153,7 @@ class ManagedServer:
         self.starts = 0
         self.restarts = 0
         self.failure: ServerDiedError | None = None
+        self.adapters: dict[str, str] = {}  # loaded at run time (vLLM): name -> path, loaded again after a restart
         self._lock = threading.RLock()
         self._serving = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -246,7 +247,11 @@ class ManagedServer:
                 self.asleep = False
             try:
                 self._wait_ready(process)
-            except ServerStartError as exc:
+                for name, path in dict(self.adapters).items():  # a new engine has none of them
+                    logger.info("loading adapter %s from %s again into the %s server on port %d", name, path,
+                                self.plan.kind, self.plan.port)
+                    served.load_adapter(self.plan.base_url, name, path)
+            except (ServerStartError, served.ServerError) as exc:
                 with self._lock:
                     if self.process is process or self.process is None:
                         self.process = None
@@ -281,9 +286,15 @@ class ManagedServer:
                 time.sleep(WATCH_INTERVAL_S)  # dead or dying but not yet seen by the watchdog
         return waited
 
+    def load_adapter(self, name: str, path: str) -> None:
+        """Serve the LoRA adapter at ``path`` as ``name`` (vLLM's runtime loading), again after any restart."""
+        served.load_adapter(self.plan.base_url, name, path)
+        self.adapters[name] = path
+
     def stop(self, grace_s: float = 20.0) -> None:
         with self._lock:
             process, self.process = self.process, None
+            self.adapters.clear()
         if process is not None:
             if process.poll() is None:
                 logger.info("stopping the %s server on port %d", self.plan.kind, self.plan.port)

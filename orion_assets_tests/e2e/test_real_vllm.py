@@ -37,6 +37,9 @@ serve = "vllm"
 device = "cpu"
 concurrency = 16
 kv_cache_gib = 1.0
+[quality]
+max_drop_rate = 1.0       # 8 problems: the gate is not under test here, every variant is evaluated
+coherence_mostly = 0.01
 """
 
 
@@ -135,6 +138,7 @@ def test_orion_run_through_the_real_vllm_survives_its_engine_killed_mid_evaluati
     assert seen.get("killed"), f"the engine was never killed mid-evaluation: {seen}"
     assert re.search(r"the vllm server on port \d+ died \(exit code -?\d+\): starting it again \(restart 1 of 3\)",
                      run.stdout), run.stdout[-3000:]
+    assert "again into the vllm server" in next((data_dir / "logs").glob("orion-run-*.log")).read_text()
 
     con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
     base_model = con.execute("SELECT path FROM orion.student_base_model").fetchone()[0]

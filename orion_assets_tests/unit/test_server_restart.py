@@ -18,7 +18,7 @@ import duckdb
 import psutil
 import pytest
 
-from orion_assets.llm import GenerationRequest, SamplingParams, server
+from orion_assets.llm import GenerationRequest, SamplingParams, served, server
 from orion_assets.llm.openai_backend import OpenAIEndpoint
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.progress import TERMINAL
@@ -39,7 +39,7 @@ def _managed(tmp_path: Path, restarts: int) -> server.ManagedServer:
     command = (sys.executable, "-m", "orion_devtools.llm_simulator", MODEL, "--port", str(port), "--config",
                str(tmp_path / "sim.json"), "--print-log")
     plan = server.ServerPlan(kind="vllm", model=MODEL, port=port, command=command, log_path=tmp_path / "serve.log",
-                             timeout_s=120, max_restarts=restarts)
+                             timeout_s=120, max_restarts=restarts, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
     return server.server_for(f"test/{port}", lambda: plan)
 
 
@@ -81,6 +81,10 @@ def test_a_killed_server_is_started_again_and_every_call_is_answered_once(tmp_pa
     store = Store(tmp_path / "orion_store.duckdb")
     endpoint = _endpoint(running, store)
     assert endpoint.identity.base_url == "managed:vllm"  # the port is not part of the cache key
+    adapter = tmp_path / "ckpt"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    running.load_adapter("orion-0123456789ab", str(adapter))
     killer = _kill_when_answered(running, answered=4)
     with caplog.at_level(logging.WARNING, logger="orion_assets"):
         results = endpoint.generate(_requests(40))
@@ -88,6 +92,8 @@ def test_a_killed_server_is_started_again_and_every_call_is_answered_once(tmp_pa
     assert [r.error for r in results if r.error] == []
     assert running.restarts == 1 and running.process.pid != first_pid and running.running
     assert running.plan.log_path.read_text().count("== ") == 2  # two starts in one log, on the same port
+    # the adapter loaded at run time is served again by the new process
+    assert served.ServedModel("orion-0123456789ab", str(adapter), MODEL) in served.list_models(running.plan.base_url)
     said = [r for r in caplog.records if getattr(r, TERMINAL, False)]
     assert len(said) == 1 and "died (exit code -9): starting it again (restart 1 of 2)" in said[0].getMessage()
     assert _rows(tmp_path / "orion_store.duckdb") == (40, 40, 40)  # nothing lost, nothing twice
