@@ -835,7 +835,8 @@ class SimServer:
         if model != cfg.model and model not in self.runtime.loras:
             if self.deepseek:
                 raise self._deepseek_error(400, "Model Not Exist")
-            raise self._vllm_error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+            raise self._vllm_error(404, f"The model `{model}` does not exist. Valid aliases: {self.cfg.model}.",
+                                   "NotFoundError", "model")
         if not messages:  # transformers' apply_chat_template raises a ValueError; vLLM makes that a 400
             raise self._vllm_error(400, "Cannot apply chat template to an empty conversation. Provide at least one "
                                    "message.", "BadRequestError")  # fmt: skip

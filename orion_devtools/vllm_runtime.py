@@ -64,14 +64,12 @@ exist only with ``VLLM_SERVER_DEV_MODE`` (``register_vllm_dev_api_routers``); ot
 ``ModelConfig.__post_init__`` in ``vllm/config/model.py``): :data:`SLEEP_REFUSAL`. A request that arrives
 while asleep is held until ``/wake_up`` (``EngineCore.sleep`` pauses the scheduler).
 
-Differences kept on purpose (``orion_assets_tests/unit/test_served.py`` asserts the simulator's form):
-vLLM 0.32 rewrites paths under /tmp, /home, ... in every error message to ``<path>``
-(``sanitize_message``, ``vllm/entrypoints/serve/exception_handling/utils.py``; recorded) where the simulator
-keeps the path; it appends `` Valid aliases: <base model names>.`` to ``The model `x` does not exist.``
-(``OpenAIServing._check_model``, ``vllm/entrypoints/serve/engine/serving.py``; recorded); a load body
-without ``lora_name``/``lora_path`` is pydantic's missing-field 400 there, the "must be provided" 400 here;
-its ``/sleep`` and ``/wake_up`` answer ``{"status": "sleeping", "level": N}`` / ``{"status": "awake",
-"tags": null}`` (source only: no sleep mode on a CPU) where the simulator answers an empty 200.
+Error messages are sanitized as vLLM 0.32 does (``sanitize_message``, recorded: a path under /tmp is
+``<path>``), and an unknown model's 404 names the base models (``Valid aliases: ...``, ``OpenAIServing._check_model``,
+``vllm/entrypoints/serve/engine/serving.py``; recorded). Differences kept: a load body without
+``lora_name``/``lora_path`` is pydantic's missing-field 400 there, the "must be provided" 400 here; its ``/sleep``
+and ``/wake_up`` answer ``{"status": "sleeping", "level": N}`` / ``{"status": "awake", "tags": null}`` (source only:
+no sleep mode on a CPU) where the simulator answers an empty 200.
 Not modelled: LoRA resolvers, an adapter whose weights fail to load (500), sleep's ``mode``, wake's ``tags`` and
 0.32's check of ``level`` (``Query(ge=0, le=2)``: pydantic's 400), pydantic's type errors (a missing field only).
 """
@@ -80,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -108,12 +107,24 @@ class HttpError(Exception):
         return self.status, json.dumps(self.body).encode(), "application/json"
 
 
+def sanitize(message: str) -> str:
+    """vLLM's ``sanitize_message`` (``vllm/entrypoints/serve/exception_handling/utils.py``), applied to every error
+    message: memory addresses, traceback lines and file paths go (a path under /tmp, /home, ... is ``<path>``)."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
 def error(status: int, message: str, err_type: str, param: str | None = None, value: Any = None) -> HttpError:
-    """vLLM's envelope; a ``VLLMValidationError`` (``vllm/exceptions.py``) adds ``(parameter=p, value=v)``."""
+    """vLLM's envelope, its message sanitized; a ``VLLMValidationError`` (``vllm/exceptions.py``) adds
+    ``(parameter=p, value=v)``."""
     extras = [f"{k}={v}" for k, v in (("parameter", param), ("value", value)) if v is not None]
     if extras and err_type == "BadRequestError":
         message = f"{message} ({', '.join(extras)})"
-    return HttpError(status, {"error": {"message": message, "type": err_type, "param": param, "code": status}})
+    return HttpError(status, {"error": {"message": sanitize(message), "type": err_type, "param": param,
+                                        "code": status}})
 
 
 def _summary(value: Any) -> str:

@@ -85,14 +85,6 @@ def same(real: Reply, sim: Reply) -> None:
         assert sim.body == real.body
 
 
-def same_error(real: Reply, sim: Reply, prefix: str) -> None:
-    """The same refusal whose text differs on purpose after ``prefix`` (orion_devtools/vllm_runtime.py says why)."""
-    same_shape(real, sim)
-    r, s = real.json()["error"], sim.json()["error"]
-    assert (s["type"], s["param"], s["code"]) == (r["type"], r["param"], r["code"])
-    assert r["message"].startswith(prefix) and s["message"].startswith(prefix), (r["message"], s["message"])
-
-
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
     found = vllm_host.find_vllm()
@@ -199,8 +191,7 @@ def test_an_adapter_is_loaded_listed_asked_and_unloaded_alike(pair: Pair) -> Non
     unloaded = pair.ask("POST", "/v1/unload_lora_adapter", {"lora_name": "parity"})
     same(*unloaded)
     assert unloaded[0].body == b"Success: LoRA adapter 'parity' removed successfully."
-    same_error(*pair.chat(model="parity", messages=[{"role": "user", "content": "hi"}]),
-               "The model `parity` does not exist.")  # fmt: skip
+    same(*pair.chat(model="parity", messages=[{"role": "user", "content": "hi"}]))
     assert [len(r.json()["data"]) for r in pair.ask("GET", "/v1/models")] == [1, 1]
 
 
@@ -215,10 +206,8 @@ def test_lora_refusals_alike(pair: Pair) -> None:
                                                            "to load the adapter in place, set 'load_inplace' to True.")
     finally:
         same(*pair.ask("POST", "/v1/unload_lora_adapter", {"lora_name": "dup"}))
-    # vLLM writes <path> for a path under /tmp (sanitize_message); the simulator keeps it
-    same_error(*load({"lora_name": "gone", "lora_path": str(pair.adapters / "nowhere")}),
-               "Loading lora gone failed: No adapter found for ")  # fmt: skip
-    same_error(*load({"lora_name": pair.model, "lora_path": path}), "The lora adapter '")
+    same(*load({"lora_name": "gone", "lora_path": str(pair.adapters / "nowhere")}))  # "... for <path>": sanitized
+    same(*load({"lora_name": pair.model, "lora_path": path}))
     rank = load({"lora_name": "wide", "lora_path": str(pair.adapters / "r32")})
     same(*rank)
     assert rank[0].status == 500 and "'LoRA rank 32 is greater than max_lora_rank 16.'" in rank[0].json()["error"]["message"]
@@ -256,7 +245,7 @@ def test_chat_replies_and_the_context_window_alike(pair: Pair) -> None:
     same(*pair.chat(messages=short, max_completion_tokens=MAX_LEN + 10))
     same(*pair.chat(messages=short, max_tokens=0))
 
-    same_error(*pair.chat(model="nope", messages=short), "The model `nope` does not exist.")
+    same(*pair.chat(model="nope", messages=short))  # "... Valid aliases: <path>."
     same(*pair.chat(messages=[]))
     same(*pair.ask("POST", "/v1/chat/completions", {"model": pair.model}))
     same(*pair.ask("POST", "/v1/chat/completions", raw=b"{not json"))

@@ -114,7 +114,8 @@ def test_models_lists_the_base_model_and_every_adapter_as_vllm_does(student: Sim
 def test_unknown_model_is_vllms_404(student: Simulator) -> None:
     status, body = _post(student, {"model": "orion-typo", "messages": _solve(PROBLEMS[0]), "max_tokens": 16})
     assert status == 404
-    assert body == {"error": {"message": "The model `orion-typo` does not exist.", "type": "NotFoundError",
+    assert body == {"error": {"message": f"The model `orion-typo` does not exist. Valid aliases: {student.cfg.model}.",
+                              "type": "NotFoundError",
                               "param": "model", "code": 404}}  # fmt: skip
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         _client(student).chat.completions.create(model="nope", messages=_solve(PROBLEMS[0]), max_tokens=8)
