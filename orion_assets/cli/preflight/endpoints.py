@@ -128,6 +128,9 @@ def _check_window(section: Section, role: str, cfg: EndpointConfig, served_len: 
             section.add("warn", text + "; max_tokens is cut to fit each prompt")
         elif stage.asset.startswith("refined_cots"):
             section.add("warn", text + f"; set [endpoints.{role}] context_window so that prompts are fitted")
+        elif stage.max_tokens <= window:  # vLLM 0.32 cuts max_tokens to the room left; older vLLM refused with a 400
+            section.add("warn", text + f"; vLLM cuts such replies short (finish_reason length), other servers may "
+                                       f"refuse them: set [endpoints.{role}] context_window so that prompts are fitted")
         else:
             section.add("problem", text + "; the server refuses such requests: lower that max_tokens")
 
