@@ -253,7 +253,7 @@ class ManagedServer:
                     served.load_adapter(self.plan.base_url, name, path)
             except (ServerStartError, served.ServerError) as exc:
                 with self._lock:
-                    if self.process is process or self.process is None:
+                    if self.process is process:  # not stopped meanwhile on purpose
                         self.process = None
                         self.failure = ServerDiedError(f"the {self.plan.kind} server could not be started again: {exc}")
                         self._serving.set()
