@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from orion_assets.devices import resolve_device
 from orion_assets.llm import served, server, vllm_host
 from orion_assets.llm.context import model_context_window
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
@@ -41,11 +42,7 @@ def _device(cfg: EndpointConfig) -> str:
 
 def on_cpu(cfg: EndpointConfig) -> bool:
     """Whether the student's server runs on the CPU: ``device = "cpu"``, or ``auto`` where torch sees no GPU."""
-    if cfg.device != "auto":
-        return cfg.device == "cpu"
-    import torch  # deferred: heavy
-
-    return not torch.cuda.is_available()
+    return cfg.device == "cpu" or (cfg.device == "auto" and resolve_device("auto") == "cpu")
 
 
 def vllm_flags(config: OrionConfig, model: str) -> vllm_host.HostFlags:

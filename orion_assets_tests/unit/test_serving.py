@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from orion_assets.cli.check import run_preflight
+from orion_assets.cli.preflight.endpoints import _check_window
+from orion_assets.cli.preflight.plan import Stage
+from orion_assets.cli.preflight.report import Section
 from orion_assets.io import serving
 from orion_assets.llm import vllm_host
 from orion_assets.profiles import ProfileError, load_profile
+from orion_assets.profiles.schema import EndpointConfig
 
 SERVED_VLLM = """
 [endpoints.student]
@@ -121,11 +125,6 @@ def test_on_a_gpu_host_vllm_keeps_the_memory_share_and_sleeps() -> None:
 def test_orion_check_refuses_max_tokens_over_the_window_and_warns_when_only_the_prompt_tips_it_over() -> None:
     """vLLM 0.32 refuses max_tokens > max_model_len (400) and cuts a reply whose prompt leaves less room (recorded:
     orion_devtools/vllm_runtime.py)."""
-    from orion_assets.cli.preflight.endpoints import _check_window
-    from orion_assets.cli.preflight.plan import Stage
-    from orion_assets.cli.preflight.report import Section
-    from orion_assets.profiles.schema import EndpointConfig
-
     cfg = EndpointConfig(backend="openai", base_url="http://127.0.0.1:1/v1", model="m")
     for max_tokens, level in ((8192, "problem"), (4000, "warn"), (3000, "ok")):
         section = Section("student")

@@ -139,8 +139,8 @@ def _check_managed_server(ctx: Context, cfg: EndpointConfig) -> None:
     """A server the run starts itself: which vLLM and Python, what the host allows, and the command it will run
     (per student)."""
     section = ctx.report.section(f"student: a {cfg.serve} server the run starts, sleeps or stops, and stops at the end")
-    cpu = on_cpu(cfg)
     if cfg.serve == "vllm" and not cfg.serve_command:
+        cpu = on_cpu(cfg)
         found = vllm_host.find_vllm()
         if found is None:
             section.add("problem", f"no vLLM found: run `orion install-vllm` (vLLM's CPU build, in an environment of "
