@@ -71,9 +71,15 @@ def _refused_above(key, refused: dict[str, str]) -> str | None:
     return next((step for model, step in refused.items() if part == model or part.startswith(model + SEPARATOR)), None)
 
 
+_cpu_seen = [0.0]
+
+
 def _cpu_seconds() -> float:
     """User + system CPU of this process (all threads), of its child processes that have ended (an
-    SFT run) and of those still running (the grading workers); deltas of this sum are a step's CPU."""
+    SFT run) and of those still running (the grading workers); deltas of this sum are a step's CPU.
+
+    Never less than it said before: a server's engine process, counted while it ran, leaves no trace once
+    it is stopped and reaped by its own parent, and a step's CPU must not come out negative."""
     own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
     for child in psutil.Process().children(recursive=True):
@@ -82,7 +88,8 @@ def _cpu_seconds() -> float:
         except psutil.Error:  # it ended meanwhile: counted in RUSAGE_CHILDREN once reaped
             continue
         total += times.user + times.system
-    return total
+    _cpu_seen[0] = max(_cpu_seen[0], total)
+    return _cpu_seen[0]
 
 
 def run(args: argparse.Namespace) -> int:
