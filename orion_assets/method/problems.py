@@ -60,6 +60,7 @@ BENCHMARK_SPECS: dict[str, BenchmarkSpec] = {
     "aime24": BenchmarkSpec("aime24.jsonl", "problem", "answer", "id", "solution"),
     "amc23": BenchmarkSpec("amc23.jsonl", "problem", "answer", "id"),
     "gsm8k": BenchmarkSpec("gsm8k_test.jsonl", "question", "answer", None, "answer", answer_format="gsm8k"),
+    "arithmetic": BenchmarkSpec("arithmetic_test.jsonl", "question", "answer", "id", "solution", level_field="level"),
 }
 
 
