@@ -71,25 +71,30 @@ def _refused_above(key, refused: dict[str, str]) -> str | None:
     return next((step for model, step in refused.items() if part == model or part.startswith(model + SEPARATOR)), None)
 
 
-_cpu_seen = [0.0]
+_last_cpu: dict[int, tuple[bool, float]] = {}  # descendant pid -> (a direct child?, CPU seconds when last seen)
 
 
 def _cpu_seconds() -> float:
     """User + system CPU of this process (all threads), of its child processes that have ended (an
-    SFT run) and of those still running (the grading workers); deltas of this sum are a step's CPU.
+    SFT run) and of its descendants still running (the grading workers, a server and its engine); deltas
+    of this sum are a step's CPU.
 
-    Never less than it said before: a server's engine process, counted while it ran, leaves no trace once
-    it is stopped and reaped by its own parent, and a step's CPU must not come out negative."""
+    A descendant that is not a direct child (a server's engine) is reaped by someone else when it stops,
+    so its CPU never reaches this process's counters: it keeps counting at what it was last seen using."""
     own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    me, live = os.getpid(), {}
     for child in psutil.Process().children(recursive=True):
         try:
-            times = child.cpu_times()
-        except psutil.Error:  # it ended meanwhile: counted in RUSAGE_CHILDREN once reaped
+            times, direct = child.cpu_times(), child.ppid() == me
+        except psutil.Error:  # it ended meanwhile
             continue
-        total += times.user + times.system
-    _cpu_seen[0] = max(_cpu_seen[0], total)
-    return _cpu_seen[0]
+        live[child.pid] = (direct, times.user + times.system)
+    for pid, (direct, _) in list(_last_cpu.items()):
+        if pid not in live and direct:  # a direct child ends in RUSAGE_CHILDREN once reaped
+            del _last_cpu[pid]
+    _last_cpu.update(live)
+    return total + sum(cpu for _, cpu in _last_cpu.values())
 
 
 def run(args: argparse.Namespace) -> int:

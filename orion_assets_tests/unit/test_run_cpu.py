@@ -34,6 +34,9 @@ def test_an_engine_that_vanishes_does_not_take_its_cpu_back():
         psutil.wait_procs(engines, timeout=10)
         after = orion_run_cli._cpu_seconds()
         assert after >= during, (during, after)
+        # and what runs next is counted from there, not swallowed by the engine's lost CPU
+        burn = subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass"])
+        assert burn.returncode == 0 and orion_run_cli._cpu_seconds() - after >= 0.9
     finally:
         try:
             os.killpg(parent.pid, signal.SIGKILL)
