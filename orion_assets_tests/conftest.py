@@ -15,6 +15,8 @@ from orion_devtools.fault_server import FaultServer
 from orion_devtools.services import postgres_service, s3_service  # noqa: F401  (session fixtures)
 
 # Nothing in the suite may reach the Hugging Face Hub.
+# The tests run on `tiny`, the fast profile, unless one names another; the default profile is the real run's.
+os.environ.setdefault("ORION_PROFILE", "tiny")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

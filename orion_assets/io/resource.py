@@ -14,7 +14,7 @@ import dagster as dg
 from orion_assets.io import serving
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
-from orion_assets.profiles import Profile, load_profile
+from orion_assets.profiles import DEFAULT_PROFILE, Profile, load_profile
 from orion_assets.store import BaseStore, store_for
 
 PREVIEW_ROWS = 10
@@ -34,13 +34,13 @@ def _mtime(ref: str) -> float:
 class OrionResource(dg.ConfigurableResource):
     """Which profile is active and where its data lives (``$ORION_DATA_DIR``, default ``data/``)."""
 
-    profile: str = "tiny"
+    profile: str = DEFAULT_PROFILE
     data_dir: str = "data"
 
     @classmethod
     def from_env(cls) -> OrionResource:
         return cls(
-            profile=os.environ.get("ORION_PROFILE", "tiny"),
+            profile=os.environ.get("ORION_PROFILE", DEFAULT_PROFILE),
             data_dir=os.environ.get("ORION_DATA_DIR", "data"),
         )
 

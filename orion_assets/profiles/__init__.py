@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from orion_assets.profiles.schema import OrionConfig
 
 SHIPPED_DIR = Path(__file__).resolve().parent
-DEFAULT_PROFILE = "tiny"
+DEFAULT_PROFILE = "arithmetic"  # a real model learns a real task; `tiny` is the fast profile of the tests
 
 
 class ProfileError(ValueError):

@@ -18,7 +18,9 @@ def test_shipped_profiles_load_and_differ():
 
 def test_default_comes_from_environment(monkeypatch, write_profile):
     monkeypatch.delenv("ORION_PROFILE", raising=False)
-    assert load_profile().name == "tiny"
+    default = load_profile()
+    assert default.name == "arithmetic" and default.config.data.benchmarks == ["arithmetic"]
+    assert default.config.student_model.source == "gguf"  # a real model learns: SmolLM2, not the random tiny one
     path = write_profile("[data]\ntrain_limit = 5\n")
     monkeypatch.setenv("ORION_PROFILE", str(path))
     assert load_profile().config.data.train_limit == 5
