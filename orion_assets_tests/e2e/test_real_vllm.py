@@ -26,10 +26,25 @@ from orion_assets.method import prompts
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
 from orion_assets_tests.conftest import REPO, gsm8k_train_rows, orion_run, profile_env
-from orion_assets_tests.e2e.test_smol_run import SMALL_SMOL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
+# The smol profile made small: the same model, backends and data (GSM8K), 8 problems a side.
+SMALL_SMOL = """
+extends = "smol"
+[data]
+train_limit = 8
+benchmark_limit = 8
+[exposure]
+max_tokens = 128
+[reflection]
+max_tokens = 192
+[sft]
+max_steps = 6
+save_steps = 6
+[eval]
+max_tokens = 160
+"""
 SERVED_SMOL = SMALL_SMOL + """
 [endpoints.student]
 backend = "openai"
