@@ -35,7 +35,7 @@ def assert_teacher_sft_beats_base(board: dict[str, dict]) -> None:
     """`teacher_sft` answers more problems than `base`, and the paired 95% interval of base - teacher_sft (every
     delta is taken against teacher_sft) lies below 0."""
     base, taught = board["base"], board["teacher_sft"]
-    assert taught["arithmetic"] > 0, board
+    assert taught["arithmetic"] > 0, {variant: row["arithmetic"] for variant, row in board.items()}
     assert taught["arithmetic"] > base["arithmetic"], (base["arithmetic"], taught["arithmetic"])
     assert base["arithmetic_delta_high"] < 0, (base["arithmetic_delta"], base["arithmetic_delta_low"], base["arithmetic_delta_high"])
 
