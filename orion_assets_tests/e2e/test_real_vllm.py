@@ -27,7 +27,7 @@ from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.store import Store
 from orion_assets_tests.conftest import REPO, gsm8k_train_rows, orion_run, profile_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(1500)]  # alone, the killed run took 12 min
 
 # The smol profile made small: the same model, backends and data (GSM8K), 8 problems a side.
 SMALL_SMOL = """
