@@ -22,13 +22,8 @@ TRAINED = ("teacher_sft", "orion", "orion_no_error")
 
 
 def leaderboard(data_dir: Path) -> dict[str, dict]:
-    con = duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True)
-    try:
-        cursor = con.execute("SELECT * FROM orion.leaderboard")
-        names = [d[0] for d in cursor.description]
-        return {row["variant"]: row for row in (dict(zip(names, r, strict=True)) for r in cursor.fetchall())}
-    finally:
-        con.close()
+    with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
+        return {row["variant"]: row for row in con.execute("SELECT * FROM orion.leaderboard").pl().to_dicts()}
 
 
 def assert_teacher_sft_beats_base(board: dict[str, dict]) -> None:
