@@ -34,7 +34,10 @@ _NUM_RE = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?"
 _PLAIN_NUM_RE = re.compile(r"^[+-]?" + _NUM_RE + r"$")
 _FRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?" + _NUM_RE + r")\}\{([+-]?" + _NUM_RE + r")\}$")
 _SLASH_RE = re.compile(r"^([+-]?" + _NUM_RE + r")/([+-]?" + _NUM_RE + r")$")
-_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# A thousands separator: groups of three after a first group that is not 0 ("0,111" is a list), no space after it.
+_THOUSANDS_RE = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+# Digits joined by commas (a number with thousands separators, or a list such as "0,111" or "1,5").
+_DIGIT_COMMAS_RE = re.compile(r"(?<![\d.,])\d+(?:,\d+)+(?:\.\d+)?(?![\d,])")
 _ASSIGN_RE = re.compile(r"^\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[\w]+\}?)?\s*(?:=|\\approx)\s*(.+)$", re.S)
 _NUM_THEN_WORDS_RE = re.compile(
     r"^([+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s+([A-Za-z]{2,}(?:[ \-][A-Za-z]{2,})*)(?:\^\{?\d\}?)?$"
@@ -159,6 +162,7 @@ def _normalize(s: str) -> tuple[str, bool]:
         if m.group(2).lower() == "percent":
             pct = True
         s = m.group(1)
+    spaced_comma = bool(re.search(r",\s", s))  # "12, 345" is a list of two numbers, not 12345
     s = re.sub(r"\s+", "", s)
     s = re.sub(r"[.]+$", "", s)
     # \frac shorthands: \frac12, \frac1{2}, \frac{1}2 ; \sqrt2
@@ -166,7 +170,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
-    if _THOUSANDS_RE.match(s):
+    if not spaced_comma and _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     m = re.fullmatch(r"\(([+-]?" + _NUM_RE + r")\)", s)
     if m:  # "(113)" (AMC/AIME-style answer label) -> 113
@@ -321,6 +325,15 @@ def _wrap_for_mv(s: str) -> str:
     return "$" + s + "$"
 
 
+def _list_commas(s: str) -> str:
+    """``"0,111"`` -> ``"0, 111"``: digits joined by commas that are no thousands separators are a list, so
+    math_verify must not read them as a decimal comma (0.111); ``"12,345"`` is left as it is."""
+    def space(m: re.Match) -> str:
+        return m.group(0) if _THOUSANDS_RE.match(m.group(0)) else m.group(0).replace(",", ", ")
+
+    return _DIGIT_COMMAS_RE.sub(space, s)
+
+
 def compare_answer(extracted: str | None, method: str | None, gold, benchmark: str | None,
                    numbers: str = "precision") -> Verdict | _Pending:
     """The verdict on an extracted answer, or the item math_verify must decide; ``numbers``: NUMBER_RULES."""
@@ -336,7 +349,7 @@ def compare_answer(extracted: str | None, method: str | None, gold, benchmark: s
         ok = _numeric_equal(p_val, p_pct, g_val, g_pct, benchmark,
                             _shown_decimals(p_norm), _shown_decimals(g_norm), numbers)
         return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
-    return _Pending(extracted, method, _wrap_for_mv(gold_s), _wrap_for_mv(extracted))
+    return _Pending(extracted, method, _wrap_for_mv(_list_commas(gold_s)), _wrap_for_mv(_list_commas(extracted)))
 
 
 def _verdict(pending: _Pending, status: str, value: object) -> Verdict:

@@ -1,0 +1,47 @@
+"""Six answer-grading defects a reviewer found, one test each, under every grading rule they concern.
+
+Each reply is graded as a person reads it; the deliberate rules stay (the last box wins for a single answer,
+a cut reply is never right, GSM-Hard's precision rule). Rules: docs/grading.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from orion_assets.method.grading import answer_key, grade
+
+# the two rules that read the reply with this project's extractor; lighteval reads it with math_verify's own
+EXTRACTOR_RULES = ("strict", "qwen_math")
+ALL_RULES = ("strict", "qwen_math", "lighteval")
+
+FINAL_ANSWER_SENTENCE = (
+    "Tom has 3 bags of 15 marbles each.\n3 * 15 = 45\n\nFinal Answer: The total number of marbles is 45."
+)
+ROOT_IN_LATEX = "x^2 - x - 1 = 0 has roots (1 +- sqrt 5)/2.\nThe positive root is $\\frac{1+\\sqrt{5}}{2}$."
+BOX_THEN_FINAL_LINE = (
+    "First I thought the sum was $\\boxed{255}$, but I forgot the other terms.\n"
+    "Adding them all: 255 + 10,200 = 10,455.\n\nFinal Answer: The final answer is $10,455$."
+)
+TWO_BOXES = "Checking each case, the solutions are $\\boxed{(2, 2)}$ and $\\boxed{(6, 2)}$."
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_a_comma_and_a_space_separate_two_numbers_not_thousands(rule):
+    v = grade("\\boxed{12, 345}", "12345", rule=rule)
+    assert not v.correct, v
+    assert grade("\\boxed{12,345}", "12345", rule=rule).correct  # a thousands separator: no space after it
+    assert grade("\\boxed{12, 345}", "12, 345", rule=rule).correct
+    if rule == "strict":
+        assert answer_key("12, 345") != answer_key("12345") == answer_key("12,345")
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_a_leading_zero_group_is_not_a_thousands_group(rule):
+    """Gold ``0,111`` is a list of two numbers (0 and 111), never 111."""
+    v = grade("\\boxed{111}", "0,111", rule=rule)
+    assert not v.correct, v
+    if rule in EXTRACTOR_RULES:
+        assert grade("\\boxed{0, 111}", "0,111", rule=rule).correct
+        assert grade("\\boxed{111, 0}", "0,111", rule=rule).correct  # a list of numbers, order-free
+        assert not grade("\\boxed{0.111}", "0,111", rule=rule).correct  # not a decimal comma
+        assert answer_key("0,111") != answer_key("111")
