@@ -26,6 +26,15 @@ TWO_BOXES = "Checking each case, the solutions are $\\boxed{(2, 2)}$ and $\\boxe
 
 
 @pytest.mark.parametrize("rule", ALL_RULES)
+def test_a_final_answer_sentence_is_read_for_its_number(rule):
+    v = grade(FINAL_ANSWER_SENTENCE, "45", rule=rule)
+    assert v.correct, v
+    assert not grade(FINAL_ANSWER_SENTENCE, "46", rule=rule).correct
+    if rule in EXTRACTOR_RULES:
+        assert v.extracted == "45", v
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
 def test_a_comma_and_a_space_separate_two_numbers_not_thousands(rule):
     v = grade("\\boxed{12, 345}", "12345", rule=rule)
     assert not v.correct, v

@@ -25,6 +25,12 @@ _RESULT_RE = re.compile(
     r"(?:\\?\$\s*)?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?:\s*\\?%|\s+[A-Za-z][A-Za-z \-]*)?"
     r"|\\[dt]?frac\{\d+\}\{\d+\}"
 )
+# A final answer given as a sentence ("Final Answer: The total number of marbles is 45"): words, then a verb
+# such as "is"; what follows the last such verb (words only before it) is the answer.
+_SENTENCE_RE = re.compile(
+    r"(?:[A-Za-z][A-Za-z'\u2019\-]*,?\s+)+(?:is|are|was|were|equals|comes\s+to|will\s+be|would\s+be)\s+(\S.*)",
+    re.S,
+)
 _NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
 )
@@ -158,6 +164,14 @@ def _answer_is_tail(rest: str) -> str:
     return line
 
 
+def _sentence_answer(ans: str) -> str:
+    """What a final-answer sentence states: ``"The total number of marbles is 45"`` -> ``"45"``; else ``ans``."""
+    m = _SENTENCE_RE.fullmatch(ans)
+    if m is None:
+        return ans
+    return _strip_answer_text(_answer_is_tail(m.group(1))) or ans
+
+
 def extract_answer(output: str) -> tuple[str | None, str | None]:
     """Pull the final answer out of a model output: ``(answer, method)``, ``(None, None)`` if none.
 
@@ -210,7 +224,7 @@ def _extract(output: str, last_number: bool = True, as_qwen: bool = False) -> tu
             if ans:
                 return _equation_result(ans), "answer_is"
     for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
-        ans = _strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400]))
+        ans = _sentence_answer(_strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400])))
         if ans:
             return _equation_result(ans), "answer_is"
     if not last_number:
