@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from orion_assets.devices import resolve_device
+from orion_assets.export.weights import merge_adapter
 from orion_assets.llm import served, server, vllm_host
 from orion_assets.llm.context import model_context_window
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
 
 logger = logging.getLogger(__name__)
 SERVED_LINKS = "served"  # $ORION_DATA_DIR/served/<student>/<name>: the paths transformers serve loads
+MERGED = "merged"  # $ORION_DATA_DIR/merged/<student>/<name>: base + adapter, for lora_serving = "merged"
 MARKER = "orion_checkpoint_id"  # in a served directory: the checkpoint it was made for
 DEFAULT_WINDOW = 8192  # vLLM's tokens per step on a CPU when neither the profile nor the model says
 
@@ -99,13 +101,17 @@ def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_
         return cfg, name
     logs = data_path / "logs"
     full = trained and checkpoint["kind"] == "full"
-    weights = checkpoint["path"] if full and cfg.serve == "vllm" else base_model
+    name = checkpoint_name(checkpoint["variant"], checkpoint["checkpoint_id"]) if trained else None
+    weights = base_model
+    if trained and cfg.serve == "vllm" and full:
+        weights = checkpoint["path"]
+    elif trained and cfg.serve == "vllm" and cfg.lora_serving == "merged":
+        weights = str(merged_directory(data_path / MERGED / student / name, checkpoint, base_model))
     running = server.server_for(f"{student}/{cfg.serve}/{weights}",
                                 lambda: _plan(config, student, cfg.serve, weights, logs))
     endpoint = cfg.model_copy(update={"base_url": running.plan.base_url})
-    if not trained or (full and cfg.serve == "vllm"):
+    if not trained or weights != base_model:
         return endpoint, running.plan.model_name
-    name = checkpoint_name(checkpoint["variant"], checkpoint["checkpoint_id"])
     if cfg.serve == "vllm":
         listed = {m.id: m for m in served.list_models(running.plan.base_url)}
         if name not in listed:
@@ -115,6 +121,21 @@ def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_
         return endpoint, name
     # transformers serve loads a model by its path: a directory named after the checkpoint
     return endpoint, str(served_directory(data_path / SERVED_LINKS / student / name, checkpoint, base_model))
+
+
+def merged_directory(target: Path, checkpoint: dict[str, Any], base_model: str) -> Path:
+    """``target``: the base weights merged with the checkpoint's LoRA adapter (``lora_serving = "merged"``), made
+    once and atomically, with the checkpoint id it was made for beside the weights."""
+    if (target / MARKER).is_file() and (target / MARKER).read_text() == checkpoint["checkpoint_id"]:
+        return target
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("merging adapter %s into %s for serving", checkpoint["path"], base_model)
+    merge_adapter(base_model, Path(checkpoint["path"]), tmp)
+    (tmp / MARKER).write_text(checkpoint["checkpoint_id"])
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
 
 
 def served_directory(target: Path, checkpoint: dict[str, Any], base_model: str) -> Path:

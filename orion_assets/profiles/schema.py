@@ -119,6 +119,10 @@ class EndpointConfig(Section):
     kv_cache_gib: float | None = Field(None, gt=0)
     # None: chosen from the host (a GPU: sleep while SFT holds it; a CPU, where vLLM has no sleep mode: stop).
     sleep_mode: bool | None = None
+    # How a managed vLLM answers for a LoRA checkpoint: "runtime" loads the adapter into the running server by
+    # its checkpoint name; "merged" merges it into the base weights once and serves those (a restart per
+    # checkpoint). vLLM's CPU build applies an adapter by copying its weights per token (docs/serving.md).
+    lora_serving: Literal["runtime", "merged"] = "runtime"
     # A variant answered by another server (a full fine-tune served on its own): {base_url, model}.
     variants: dict[str, dict[str, str]] = Field(default_factory=dict)
     # US dollars per million prompt / completion tokens (reasoning tokens bill as completion), for

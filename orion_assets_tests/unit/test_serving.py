@@ -53,6 +53,33 @@ def test_a_served_directory_holds_the_base_weights_under_the_adapter_and_a_full_
     assert not (alone / "adapter_config.json").exists() and (alone / "model.safetensors").is_symlink()
 
 
+def test_a_merged_directory_answers_as_the_base_under_its_adapter_and_is_made_once(tiny_student_model, tmp_path) -> None:
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_student_model.path
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear"))
+    for name, weight in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.5)  # a fresh adapter's B is zero: it would change nothing
+    peft_model.save_pretrained(tmp_path / "ckpt")
+    lora = {"checkpoint_id": "d" * 16, "kind": "lora_adapter", "path": str(tmp_path / "ckpt")}
+
+    made = serving.merged_directory(tmp_path / "merged" / "orion-dddd", lora, str(base))
+    assert (made / serving.MARKER).read_text() == "d" * 16 and not (made / "adapter_config.json").exists()
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(made)(ids).logits
+        applied = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(tmp_path / "ckpt"))(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+    assert torch.allclose(merged, applied, atol=1e-4) and not torch.allclose(merged, plain, atol=1e-2)
+    stamp = (made / "model.safetensors").stat().st_mtime_ns
+    assert serving.merged_directory(made, lora, str(base)) == made
+    assert (made / "model.safetensors").stat().st_mtime_ns == stamp  # made once
+
+
 def test_a_variant_served_elsewhere_is_asked_there(write_profile) -> None:
     profile = load_profile(str(write_profile("""
         [endpoints.student]
