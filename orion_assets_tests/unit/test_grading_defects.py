@@ -54,3 +54,13 @@ def test_a_leading_zero_group_is_not_a_thousands_group(rule):
         assert grade("\\boxed{111, 0}", "0,111", rule=rule).correct  # a list of numbers, order-free
         assert not grade("\\boxed{0.111}", "0,111", rule=rule).correct  # not a decimal comma
         assert answer_key("0,111") != answer_key("111")
+
+
+@pytest.mark.parametrize("rule", EXTRACTOR_RULES)
+def test_a_final_answer_line_after_the_last_box_wins(rule):
+    v = grade(BOX_THEN_FINAL_LINE, "10455", rule=rule)
+    assert v.correct and v.method == "answer_is", v
+    assert not grade(BOX_THEN_FINAL_LINE, "255", rule=rule).correct
+    # only a final answer after the last box counts; other prose after it does not displace the box
+    assert grade("So the answer is $\\boxed{5}$. Therefore the answer is correct.", "5", rule=rule).correct
+    assert grade("Final Answer: 3. Hmm, no: \\boxed{5}", "5", rule=rule).correct

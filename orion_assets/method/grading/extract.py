@@ -59,46 +59,54 @@ def _match_brace(s: str, i: int) -> int:
     return -1
 
 
-def _boxed(text: str) -> tuple[str | None, str | None, bool]:
-    """``(content, method, cut)`` of the last usable box.
+Box = tuple[str, str, int, int]  # content, "boxed" or "fbox", where the box starts, where it ends
 
-    ``cut``: the text ends inside a box (a ``\\boxed{`` never closed, however
-    deep, or the text ends right after ``\\boxed``): the output was cut inside
-    its final answer, so there is no answer, neither an earlier box nor a
-    closed box inside the cut one.
+
+def _boxes(text: str) -> list[Box] | None:
+    """Every box of the text in order, ``None`` when the text ends inside one.
+
+    The text ends inside a box when a ``\\boxed{`` never closes, however deep, or the text ends right after
+    ``\\boxed``: the output was cut inside its final answer, so there is no answer, neither an earlier box nor
+    a closed box inside the cut one. Every box is checked for closure, as an unclosed earlier box would hold
+    all later ones; a closed box costs a scan of its own content only.
     """
     matches = list(_BOX_RE.finditer(text))
-    if not matches:
-        return None, None, False
-    if not text[matches[-1].end():].strip():
-        return None, None, True
+    if matches and not text[matches[-1].end():].strip():
+        return None
     n = len(text)
-    found: tuple[str, str] | None = None
-    # From the last box back: the answer is the last box that yields something
-    # (a later ``\\boxed{}`` or ``$\\boxed$`` in prose leaves it to an earlier
-    # one; only the last 8 are looked at). Every box is checked for closure, as
-    # an unclosed earlier box would hold all later ones; a closed box costs a
-    # scan of its own content only, an unclosed one ends the search.
-    for idx in range(len(matches) - 1, -1, -1):
-        m = matches[idx]
+    out: list[Box] = []
+    for m in matches:
         j = m.end()
         while j < n and text[j] in " \t":
             j += 1
         if j < n and text[j] == "{":
             k = _match_brace(text, j)
             if k < 0:
-                return None, None, True
-            content = text[j + 1 : k].strip()
+                return None
+            out.append((text[j + 1 : k].strip(), m.group(1), m.start(), k + 1))
         else:
             # ``\boxed 5`` / ``\boxed5``: one token, up to whitespace or ``$``.
             tok = re.match(r"[^\s$]+", text[j:])
             content = tok.group(0) if tok else ""
-            content = content.rstrip(".,;")
-        if found is None and content and idx >= len(matches) - 8:
-            found = (content, m.group(1))
-    if found is None:
-        return None, None, False
-    return found[0], found[1], False
+            out.append((content.rstrip(".,;"), m.group(1), m.start(), j + len(content)))
+    return out
+
+
+def _last_box(boxes: list[Box]) -> tuple[str | None, str | None]:
+    """``(content, method)`` of the last usable box: the last that yields something (a later ``\\boxed{}`` or
+    ``$\\boxed$`` in prose leaves it to an earlier one); only the last 8 are looked at."""
+    for content, method, _start, _end in reversed(boxes[-8:]):
+        if content:
+            return content, method
+    return None, None
+
+
+def _boxed(text: str) -> tuple[str | None, str | None, bool]:
+    """``(content, method, cut)`` of the last usable box; ``cut``: the text ends inside a box (``_boxes``)."""
+    boxes = _boxes(text)
+    if boxes is None:
+        return None, None, True
+    return (*_last_box(boxes), False)
 
 
 def _last_box_to_the_cut(text: str) -> tuple[str | None, str | None]:
@@ -172,11 +180,24 @@ def _sentence_answer(ans: str) -> str:
     return _strip_answer_text(_answer_is_tail(m.group(1))) or ans
 
 
+def _answer_is(text: str, start: int = 0, final_only: bool = False) -> str | None:
+    """The answer of the last "the answer is x" / "final answer: x" from ``start`` on; ``final_only``: only a
+    "final answer" counts (one after the last box overrides it, a mere "the answer is correct" does not)."""
+    for m in reversed(list(_ANSWER_IS_RE.finditer(text, start))):
+        if final_only and "final" not in m.group(0).lower():
+            continue
+        ans = _sentence_answer(_strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400])))
+        if ans:
+            return ans
+    return None
+
+
 def extract_answer(output: str) -> tuple[str | None, str | None]:
     """Pull the final answer out of a model output: ``(answer, method)``, ``(None, None)`` if none.
 
     Order: last ``\\boxed{}``/``\\fbox{}`` -> last ``#### x`` -> ``<answer>x</answer>`` or "the answer is x"
-    (method ``"answer_is"``) -> the last number. Only the text after the last ``</think>`` counts; a
+    (method ``"answer_is"``) -> the last number; a "final answer" after the last box wins over it. Only the
+    text after the last ``</think>`` counts; a
     text cut inside a box or a think block has no answer (docs/grading.md).
     """
     return _extract(output)
@@ -203,13 +224,17 @@ def _extract(output: str, last_number: bool = True, as_qwen: bool = False) -> tu
     if not text:
         return None, None
     if "\\boxed" in text or "\\fbox" in text:
-        ans, method, cut = _boxed(text)
-        if cut and as_qwen:
+        boxes = _boxes(text)
+        if boxes is None and as_qwen:
             ans, method = _last_box_to_the_cut(text)
             return (_equation_result(ans), method) if ans else (None, None)
-        if cut:
+        if boxes is None:
             return None, None
+        ans, method = _last_box(boxes)
         if ans is not None:
+            later = _answer_is(text, max(end for *_, end in boxes), final_only=True)
+            if later:  # "... \\boxed{255} ... Final Answer: The final answer is $10,455$.": a person reads 10,455
+                return _equation_result(later), "answer_is"
             return _equation_result(ans), method
     if "####" in text:
         for m in reversed(list(_HASH_RE.finditer(text))):
@@ -223,10 +248,9 @@ def _extract(output: str, last_number: bool = True, as_qwen: bool = False) -> tu
             ans = _strip_answer_text(text[start + len("<answer>") : end])
             if ans:
                 return _equation_result(ans), "answer_is"
-    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
-        ans = _sentence_answer(_strip_answer_text(_answer_is_tail(text[m.end() : m.end() + 400])))
-        if ans:
-            return _equation_result(ans), "answer_is"
+    ans = _answer_is(text)
+    if ans:
+        return _equation_result(ans), "answer_is"
     if not last_number:
         return None, None
     last = None
