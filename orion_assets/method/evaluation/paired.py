@@ -1,5 +1,6 @@
 """Paired comparison of two model variants on one benchmark: the difference in pass@1 over the
-problems both answered, a problem-level bootstrap interval and an exact sign test.
+problems both answered, a bootstrap interval (over seeds then problems when both variants have
+several SFT seeds, else over problems only) and an exact sign test.
 
 Plain functions (no Dagster), numpy and scipy underneath; the statistics are specified in
 ``docs/scoring.md`` ("Paired comparisons").
@@ -19,6 +20,10 @@ from orion_assets.method.evaluation.scoring import ERROR_FINISH_REASON
 
 PAIRED_COLUMNS: tuple[str, ...] = ("problem_id", "sample_index", "correct")
 SINGLE_SEED = 0  # the seed of a frame without a ``seed`` column
+METHOD_SEEDS = "two-level bootstrap over seeds then problems"
+METHOD_ONE_RUN = "problems only, conditional on this training run"
+METHOD_FIXED_RUNS = "problems only, conditional on these training runs"
+BLOCK_CELLS = 100_000  # resamples x problems per block of the two-level bootstrap (cache-sized: faster than one big block)
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,9 @@ class PairedDelta:
 
     ``n_problems`` problems had at least one matched pair; ``n_left_out_a`` / ``n_left_out_b``
     count each variant's answered problems without one. ``n_positive`` / ``n_negative`` /
-    ``n_ties`` count problems where a did better / worse / the same. ``rule`` names the method.
+    ``n_ties`` count problems where a did better / worse / the same. ``method`` says what the
+    interval resampled (``METHOD_SEEDS``, ``METHOD_ONE_RUN`` or ``METHOD_FIXED_RUNS``); ``rule``
+    names the method with its settings.
     """
 
     delta: float
@@ -48,6 +55,7 @@ class PairedDelta:
     n_negative: int
     n_ties: int
     pairing: str
+    method: str
     resamples: int
     seed: int
     rule: str
@@ -89,14 +97,14 @@ def _graded(frame: pl.DataFrame, name: str) -> pl.DataFrame:
 
 
 def _pairs(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, str]:
-    """Matched rows (``problem_id``, ``correct_a``, ``correct_b``) and the pairing rule used."""
+    """Matched rows (``seed``, ``problem_id``, ``correct_a``, ``correct_b``) and the pairing rule used;
+    ``seed`` is the common seed when both variants have several, else a's."""
     seeds_a, seeds_b = a["seed"].n_unique(), b["seed"].n_unique()
     keys = ["problem_id", "sample_index"]
     if seeds_a == 1 and seeds_b == 1:
         rule = "one seed each: paired on (problem_id, sample_index)"
     elif seeds_a == 1:
         rule = f"a's one seed against each of b's {seeds_b} seeds, on (problem_id, sample_index)"
-        a = a.drop("seed")
     elif seeds_b == 1:
         rule = f"each of a's {seeds_a} seeds against b's one seed, on (problem_id, sample_index)"
         b = b.drop("seed")
@@ -104,7 +112,7 @@ def _pairs(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, str]:
         rule = "paired on (seed, problem_id, sample_index)"
         keys = ["seed", *keys]
     joined = a.join(b, on=keys, how="inner", suffix="_b")
-    pairs = joined.select("problem_id", pl.col("correct").alias("correct_a"), pl.col("correct_b"))
+    pairs = joined.select("seed", "problem_id", pl.col("correct").alias("correct_a"), pl.col("correct_b"))
     return pairs, rule
 
 
@@ -123,6 +131,41 @@ def bootstrap_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """``rows`` resamples of ``n`` items with replacement, as how often each item was drawn (rows x n)."""
+    draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+    return np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def two_level_interval(
+    wins_a: np.ndarray, wins_b: np.ndarray, pairs: np.ndarray, *, resamples: int, seed: int, confidence: float
+) -> tuple[float, float]:
+    """Percentile interval of the mean per-problem difference by a two-level bootstrap: each resample
+    draws a's seeds and b's seeds with replacement (independently: they are different training runs),
+    then the problems with replacement (the same problems for both, keeping the pairing). ``wins_*`` and
+    ``pairs`` are seeds x problems: correct answers and matched pairs per (seed, problem). Davison &
+    Hinkley (1997) §3.8; for seeds crossed with problems, Owen (2007), "The pigeonhole bootstrap"."""
+    n_seeds, n_problems = pairs.shape
+    rng = np.random.default_rng(seed)
+    block = max(1, BLOCK_CELLS // n_problems)
+    means = np.empty(resamples)
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        seeds_a, seeds_b = _counts(rng, rows, n_seeds), _counts(rng, rows, n_seeds)
+        problems = _counts(rng, rows, n_problems)
+        n_a, n_b = seeds_a @ pairs, seeds_b @ pairs  # matched pairs per (resample, problem) on each side
+        answered = (n_a > 0) & (n_b > 0)  # a problem only some seeds answered may drop out of a resample
+        with np.errstate(invalid="ignore", divide="ignore"):
+            differences = np.where(answered, (seeds_a @ wins_a) / n_a - (seeds_b @ wins_b) / n_b, 0.0)
+            weights = problems * answered
+            means[start : start + rows] = (weights * differences).sum(axis=1) / weights.sum(axis=1)
+    means = means[np.isfinite(means)]  # a resample of problems none of its seeds answered: no mean
+    if not means.size:
+        raise ValueError("paired_delta: no resample of seeds and problems left a problem both variants answered")
+    low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    return float(low), float(high)
+
+
 def sign_test(n_positive: int, n_negative: int) -> float:
     """Two-sided exact binomial (sign) test of ``n_positive`` against ``n_negative`` (ties dropped
     by the caller), p = 1/2; 1.0 when nothing is left to test."""
@@ -132,11 +175,32 @@ def sign_test(n_positive: int, n_negative: int) -> float:
     return float(stats.binomtest(n_positive, n, 0.5, alternative="two-sided").pvalue)
 
 
+def _seed_matrices(pairs: pl.DataFrame, problems: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a's and b's correct answers and the matched pairs per (seed, problem), seeds x problems, the
+    problems in the order of ``problems``; a cell no seed answered holds 0 pairs."""
+    cells = pairs.group_by("seed", "problem_id").agg(
+        pl.len().alias("n"), pl.col("correct_a").sum().alias("c_a"), pl.col("correct_b").sum().alias("c_b")
+    )
+    seeds = sorted(cells["seed"].unique().to_list())
+    row = cells["seed"].replace_strict(seeds, list(range(len(seeds))), return_dtype=pl.Int64).to_numpy()
+    column = cells["problem_id"].replace_strict(problems, pl.int_range(problems.len(), eager=True), return_dtype=pl.Int64)
+    shape = (len(seeds), problems.len())
+    matrices = []
+    for name in ("c_a", "c_b", "n"):
+        matrix = np.zeros(shape)
+        matrix[row, column.to_numpy()] = cells[name].to_numpy()
+        matrices.append(matrix)
+    return matrices[0], matrices[1], matrices[2]
+
+
 def paired_delta(
-    a: pl.DataFrame, b: pl.DataFrame, *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+    a: pl.DataFrame, b: pl.DataFrame, *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95,
+    over_seeds: bool = True,
 ) -> PairedDelta:
     """pass@1 of ``a`` minus that of ``b`` on one benchmark, paired by problem, with a bootstrap
-    interval over problems and a sign test; the pairing rules are in ``docs/scoring.md``."""
+    interval and a sign test. Both variants with two or more (common) seeds and ``over_seeds``: the
+    two-level bootstrap over seeds then problems (:func:`two_level_interval`); else over problems only,
+    conditional on the training runs. The rules are in ``docs/scoring.md``."""
     if resamples < 1:
         raise ValueError(f"paired_delta needs resamples >= 1, got {resamples}")
     if not 0.0 < confidence < 1.0:
@@ -154,14 +218,24 @@ def paired_delta(
     n = per_problem["n"].to_numpy().astype(np.float64)
     wins_a, wins_b = per_problem["c_a"].to_numpy(), per_problem["c_b"].to_numpy()
     differences = (wins_a - wins_b) / n  # exactly 0.0 where the counts agree: a tie
-    low, high = bootstrap_interval(differences, resamples=resamples, seed=seed, confidence=confidence)
+    several = min(graded_a["seed"].n_unique(), graded_b["seed"].n_unique(), pairs["seed"].n_unique()) > 1
+    settings = f"percentile, B={resamples}, seed={seed}, confidence={confidence:g}"
+    if several and over_seeds:
+        seed_wins_a, seed_wins_b, seed_pairs = _seed_matrices(pairs, per_problem["problem_id"])
+        low, high = two_level_interval(seed_wins_a, seed_wins_b, seed_pairs, resamples=resamples, seed=seed,
+                                       confidence=confidence)
+        method = METHOD_SEEDS
+        rule = (f"paired {METHOD_SEEDS} (a's and b's {seed_pairs.shape[0]} seeds resampled independently, then the "
+                f"common problems, the same ones for both), {settings}")
+    else:
+        low, high = bootstrap_interval(differences, resamples=resamples, seed=seed, confidence=confidence)
+        method = METHOD_FIXED_RUNS if several else METHOD_ONE_RUN
+        why = "seeds not resampled" if several else "one seed on a side cannot show retraining noise"
+        rule = (f"paired bootstrap over {method} ({why}; seeds and samples of a problem resampled together), "
+                f"{settings}")
+    rule += "; p: two-sided exact sign test over per-problem differences, ties dropped"
     n_positive, n_negative = int((differences > 0).sum()), int((differences < 0).sum())
     common = set(per_problem["problem_id"].to_list())
-    rule = (
-        f"paired bootstrap over problems (seeds and samples of a problem resampled together), percentile, "
-        f"B={resamples}, seed={seed}, confidence={confidence:g}; p: two-sided exact sign test over per-problem "
-        f"differences, ties dropped"
-    )
     return PairedDelta(
         delta=float(differences.mean()),
         ci_low=low,
@@ -181,6 +255,7 @@ def paired_delta(
         n_negative=n_negative,
         n_ties=len(common) - n_positive - n_negative,
         pairing=pairing,
+        method=method,
         resamples=resamples,
         seed=seed,
         rule=rule,
