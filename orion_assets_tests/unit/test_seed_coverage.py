@@ -138,3 +138,30 @@ def test_identical_variants_still_give_a_zero_interval(over_seeds: bool) -> None
         assert (result.ci_low, result.ci_high) == (0.0, 0.0)
     else:
         assert result.ci_low <= 0.0 <= result.ci_high
+
+
+def test_the_report_names_the_method_of_each_delta() -> None:
+    """Three seeds of `teacher_sft` and `orion`, one of `base`: the delta over `teacher_sft` is two-level, every
+    delta over `base` conditional on its training run, and the report's rule says which is which."""
+    from orion_assets.method.evaluation.report.comparison import interval_rule, paired_deltas
+    from orion_assets.method.evaluation.report.curves import _short_rule
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for variant, seeds in (("base", 1), ("teacher_sft", 3), ("orion", 3)):
+        frames.append(frame(rng.random((seeds, 30, 2)) < 0.5).with_columns(
+            benchmark=pl.lit("gsm8k"), student=pl.lit("tiny"), variant=pl.lit(variant), finish_reason=pl.lit("stop")))
+    deltas = paired_deltas(pl.concat(frames, how="diagonal"), resamples=300)
+    methods = {(r["variant"], r["against"]): r["method"] for r in deltas.iter_rows(named=True)}
+    assert methods == {("orion", "teacher_sft"): METHOD_SEEDS, ("orion", "base"): METHOD_ONE_RUN,
+                       ("base", "teacher_sft"): METHOD_ONE_RUN, ("teacher_sft", "base"): METHOD_ONE_RUN}
+    text = interval_rule(deltas)
+    assert text.startswith("paired bootstrap, percentile, B=300, seed=0: ") and "; p: two-sided exact sign test" in text
+    assert f"{METHOD_ONE_RUN} for Δ `teacher_sft` (`base`) and Δ `base`" in text
+    assert f"{METHOD_SEEDS} for Δ `teacher_sft` (`orion`)" in text
+    # the plot of the deltas over teacher_sft: its caption, without the p-value's half
+    caption = _short_rule(interval_rule(deltas, "teacher_sft"))
+    assert METHOD_SEEDS in caption and METHOD_ONE_RUN in caption and "sign test" not in caption
+    only_orion = deltas.filter(pl.col("variant") == "orion", pl.col("against") == "teacher_sft")
+    assert interval_rule(only_orion) == only_orion["rule"][0]  # one method: its full rule
+    assert _short_rule(only_orion["rule"][0]) == f"paired {METHOD_SEEDS}, percentile, B=300, seed=0, confidence=0.95"

@@ -225,13 +225,13 @@ def paired_delta(
         low, high = two_level_interval(seed_wins_a, seed_wins_b, seed_pairs, resamples=resamples, seed=seed,
                                        confidence=confidence)
         method = METHOD_SEEDS
-        rule = (f"paired {METHOD_SEEDS} (a's and b's {seed_pairs.shape[0]} seeds resampled independently, then the "
-                f"common problems, the same ones for both), {settings}")
+        rule = (f"paired {METHOD_SEEDS} (a's and b's seeds resampled independently, then the common problems, "
+                f"the same ones for both), {settings}")
     else:
         low, high = bootstrap_interval(differences, resamples=resamples, seed=seed, confidence=confidence)
         method = METHOD_FIXED_RUNS if several else METHOD_ONE_RUN
         why = "seeds not resampled" if several else "one seed on a side cannot show retraining noise"
-        rule = (f"paired bootstrap over {method} ({why}; seeds and samples of a problem resampled together), "
+        rule = (f"paired bootstrap over {method} (seeds and samples of a problem resampled together, {why}), "
                 f"{settings}")
     rule += "; p: two-sided exact sign test over per-problem differences, ties dropped"
     n_positive, n_negative = int((differences > 0).sum()), int((differences < 0).sum())

@@ -182,12 +182,38 @@ def _rule_text(board: pl.DataFrame, deltas: pl.DataFrame, grading: str | None) -
         if f"{b}_n_common" in board.columns and board[f"{b}_n_common"].drop_nulls().len():
             values = board[f"{b}_n_common"].drop_nulls()
             common.append(f"{b} {values.min()}" + (f"–{values.max()}" if values.max() != values.min() else ""))
-    rule = deltas["rule"][0] if "rule" in deltas.columns and deltas.height else f"paired bootstrap, B={RESAMPLES}"
     text = (f"pass@1: {spread}. Δ: the variant minus `{REFERENCE_VARIANT}` (or `{BASE_VARIANT}`) in points, over the "
-            f"problems both answered ({', '.join(common) or MISSING} problems), with its 95% interval by {rule}. "
+            f"problems both answered ({', '.join(common) or MISSING} problems), with its 95% interval by "
+            f"{interval_rule(deltas)}. "
             "`*`: the interval excludes 0 (distinguishable from no difference at 95%); a failed call is no answer, "
             "a timeout or a cut-off reply a wrong one.")
     return text + (f" {grading}" if grading else "")
+
+
+def interval_rule(deltas: pl.DataFrame, against: str | None = None) -> str:
+    """The rule that made the intervals of ``deltas`` (those over ``against`` if given): the one rule, or, where
+    the methods differ (a side with one seed, e.g. ``base``, is conditional on its training run), each method with
+    the deltas it made."""
+    if against is not None and "against" in deltas.columns:
+        deltas = deltas.filter(pl.col("against") == against)
+    if "rule" not in deltas.columns or not deltas.height:
+        return f"paired bootstrap, B={RESAMPLES}"
+    rules = list(dict.fromkeys(deltas["rule"].to_list()))
+    if len(rules) == 1 or "method" not in deltas.columns:
+        return rules[0]
+    parts = []
+    for method in dict.fromkeys(deltas["method"].to_list()):
+        which = []
+        for other in AGAINST:
+            every = deltas.filter(pl.col("against") == other)
+            made = every.filter(pl.col("method") == method)
+            if made.height:
+                variants = ", ".join(f"`{v}`" for v in dict.fromkeys(made["variant"].to_list()))
+                which.append(f"Δ `{other}`" + ("" if made.height == every.height else f" ({variants})"))
+        parts.append(f"{method} for {' and '.join(which)}")
+    first = deltas.row(0, named=True)
+    return (f"paired bootstrap, percentile, B={first['resamples']}, seed={first['seed']}: {'; '.join(parts)}; p:"
+            + rules[0].split("; p:", 1)[-1])
 
 
 def _backbone_section(board: pl.DataFrame, students: list[str], benchmarks: list[str]) -> list[str]:

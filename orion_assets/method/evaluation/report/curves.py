@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import polars as pl
@@ -166,5 +167,6 @@ def plot_pass1_intervals(board: pl.DataFrame, scores: pl.DataFrame, rule: str, p
 
 
 def _short_rule(rule: str) -> str:
-    """The interval half of a :class:`~orion_assets.method.evaluation.paired.PairedDelta` rule (not the p-value's)."""
-    return rule.split(";")[0].replace("(seeds and samples of a problem resampled together), ", "")
+    """The interval half of a :class:`~orion_assets.method.evaluation.paired.PairedDelta` rule (not the p-value's),
+    without its parenthesised detail."""
+    return re.sub(r" \([^()]*\)", "", rule.split("; p:")[0])

@@ -15,6 +15,7 @@ from orion_assets.method.evaluation.report.comparison import (
     budget_frame,
     budget_section,
     comparison_sections,
+    interval_rule,
     leaderboard_frame,
     paired_deltas,
 )
@@ -51,6 +52,7 @@ from orion_assets.method.evaluation.report.sections import (
     reflection_frame,
 )
 from orion_assets.store import SCHEMA, BaseStore
+from orion_assets.vocabulary import REFERENCE_VARIANT
 
 MARKDOWN_NAME = "leaderboard.md"
 
@@ -126,7 +128,7 @@ def build_report(
     accuracy_png = intervals_png = curves_png = cot_png = errors_png = None
     if board.height and any(board[b].is_not_null().any() for b in averaged["benchmark"].unique()):
         accuracy_png = _plot_accuracy(board, out_dir / ACCURACY_PNG)
-        rule = deltas["rule"][0] if "rule" in deltas.columns and deltas.height else "no paired delta"
+        rule = interval_rule(deltas, REFERENCE_VARIANT) if deltas.height else "no paired delta"  # the plot's Δ
         intervals_png = plot_pass1_intervals(board, scores, rule, out_dir / PASS1_INTERVALS_PNG)
     else:
         notes.append(f"`{ACCURACY_PNG}` and `{PASS1_INTERVALS_PNG}` skipped: no benchmark scores.")
