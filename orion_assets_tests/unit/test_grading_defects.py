@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from orion_assets.method.grading import answer_key, grade
+from orion_assets.method.grading import answer_key, extract_answer, grade
 
 # the two rules that read the reply with this project's extractor; lighteval reads it with math_verify's own
 EXTRACTOR_RULES = ("strict", "qwen_math")
@@ -54,6 +54,24 @@ def test_a_leading_zero_group_is_not_a_thousands_group(rule):
         assert grade("\\boxed{111, 0}", "0,111", rule=rule).correct  # a list of numbers, order-free
         assert not grade("\\boxed{0.111}", "0,111", rule=rule).correct  # not a decimal comma
         assert answer_key("0,111") != answer_key("111")
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_the_last_number_fallback_reads_a_latex_expression_whole_not_a_digit_inside_it(rule):
+    v = grade(ROOT_IN_LATEX, "2", rule=rule)
+    assert not v.correct, v
+    assert not grade(ROOT_IN_LATEX, "5", rule=rule).correct
+    assert grade(ROOT_IN_LATEX, "\\frac{1+\\sqrt{5}}{2}", rule=rule).correct
+    if rule in EXTRACTOR_RULES:
+        assert v.extracted == "\\frac{1+\\sqrt{5}}{2}", v
+        # the same without $: a digit inside a bare LaTeX command is no answer either
+        bare = "The positive root is \\frac{1+\\sqrt{5}}{2}."
+        assert extract_answer(bare) == ("\\frac{1+\\sqrt{5}}{2}", "last_number")
+        assert not grade(bare, "2", rule=rule).correct
+        # a number after the LaTeX is still the last number; plain numbers in $...$ are numbers
+        assert extract_answer("Since $\\sqrt{4} = 2$, we get 7 apples.") == ("7", "last_number")
+        assert extract_answer("So she pays $5 \\times 3 = 15$ dollars.") == ("15", "last_number")
+        assert extract_answer("Thus $a+b = 121+909 = 1030$.") == ("1030", "last_number")  # an equation's result
 
 
 @pytest.mark.parametrize("rule", EXTRACTOR_RULES)

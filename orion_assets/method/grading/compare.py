@@ -27,7 +27,7 @@ class Verdict:
 
 _AIME_PREFIX = "aime"
 _TEXT_MACROS = ("text", "textbf", "textit", "textrm", "textnormal", "mathrm", "mathbf",
-                "mathit", "mbox", "hbox", "operatorname", "mathsf", "bf", "rm")
+                "mathit", "mbox", "hbox", "operatorname", "mathsf", "bf", "rm", "boldsymbol")
 _TEXT_MACRO_RE = re.compile(r"\\(" + "|".join(_TEXT_MACROS) + r")(?![A-Za-z])\s*")
 _UNIT_WORD_RE = re.compile(r"^[A-Za-z][A-Za-z .\-/]*(?:\^\{?\d\}?)?$")
 _NUM_RE = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?"

@@ -31,6 +31,23 @@ _SENTENCE_RE = re.compile(
     r"(?:[A-Za-z][A-Za-z'\u2019\-]*,?\s+)+(?:is|are|was|were|equals|comes\s+to|will\s+be|would\s+be)\s+(\S.*)",
     re.S,
 )
+# Math delimited as LaTeX; an inline ``$...$`` stays on one line (a currency ``$`` is not paired across lines);
+# at most 1000 characters each, so that a reply full of unclosed delimiters costs little.
+_SPAN_MAX = 1000
+_MATH_SPAN_RE = re.compile(
+    rf"\$\$(.{{1,{_SPAN_MAX}}}?)\$\$|\\\[(.{{1,{_SPAN_MAX}}}?)\\\]|\\\((.{{1,{_SPAN_MAX}}}?)\\\)"
+    rf"|(?<!\\)\$((?:\\.|[^$\\\n]){{1,{_SPAN_MAX}}})\$",
+    re.S,
+)
+# What makes an expression LaTeX rather than a plain number: a command, a brace, a super- or subscript.
+_LATEX_MARK_RE = re.compile(r"\\[A-Za-z]+|[{}^_]")
+_OPERATOR_END_RE = re.compile(r"(?:[+\-*/=^_]|\\(?:times|cdot|div|pm|mp))$")
+_OPERATOR_START_RE = re.compile(r"(?:[+\-*/=^_]|\\(?:times|cdot|div|pm|mp))(?![A-Za-z])")
+# What ends a displayed expression without being part of it: "\\end{align*}", "\\qquad\\Box", a final "\\\\".
+_LATEX_END_RE = re.compile(
+    r"(?:\s|\.|\\\\|\\end\{(?:align|aligned|equation|eqnarray|gather|gathered|multline|split)\*?\}"
+    r"|\\q?quad|\\(?:Box|square|blacksquare|qed)(?![A-Za-z]))+$"
+)
 _NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|(?<![\w.])-?\.\d+"
 )
@@ -172,6 +189,70 @@ def _answer_is_tail(rest: str) -> str:
     return line
 
 
+def _math_span_around(text: str, a: int, b: int) -> str | None:
+    """The content of the ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` that holds ``text[a:b]``."""
+    start = max(0, a - 2 * _SPAN_MAX)  # a span holding the number starts after this; from a line start if
+    newline = text.find("\n", start, a)  # one is near (an inline ``$`` pairs within its line)
+    for m in _MATH_SPAN_RE.finditer(text, newline + 1 if newline >= 0 else start):
+        if m.start() >= b:
+            return None
+        if m.start() < a and b <= m.end():
+            return next(g for g in m.groups() if g is not None)
+    return None
+
+
+def _chunk_around(text: str, a: int, b: int) -> str:
+    """The run of text around ``text[a:b]`` up to spaces or ``$`` outside braces (``\\frac{1 + 2}{3}`` is one),
+    runs joined by operators (``1.5 \\times 10^6``) taken together; within its line."""
+    lo, hi = text.rfind("\n", 0, a) + 1, text.find("\n", b)
+    line = text[lo : hi if hi >= 0 else len(text)]
+    chunks: list[list[int]] = []  # [start, end] of each run, in line coordinates
+    depth, start = 0, None
+    for i, c in enumerate(line + " "):
+        if depth == 0 and (c.isspace() or c == "$"):
+            if start is not None:
+                chunks.append([start, i])
+                start = None
+            if c == "$":  # a math span's edge: nothing joins across it
+                chunks.append([i, i])
+            continue
+        if start is None:
+            start = i
+        if c in "{}" and (i == 0 or line[i - 1] != "\\"):
+            depth = max(0, depth + (1 if c == "{" else -1))
+    merged: list[list[int]] = []
+    for ch in chunks:
+        if merged and (_OPERATOR_END_RE.search(line[merged[-1][0] : merged[-1][1]])
+                       or _OPERATOR_START_RE.match(line[ch[0] : ch[1]])):
+            merged[-1][1] = ch[1]
+        else:
+            merged.append(ch)
+    for c0, c1 in merged:
+        if c0 <= a - lo and b - lo <= c1:
+            return line[c0:c1].rstrip(".,;:")
+    return text[a:b]
+
+
+def _latex_around(text: str, a: int, b: int) -> str | None:
+    """The LaTeX expression the number ``text[a:b]`` is part of (the last number of ``$\\frac{1+\\sqrt{5}}{2}$``
+    is no 2 but the fraction), ``None`` when the number stands alone or in plain arithmetic."""
+    expr = _math_span_around(text, a, b)
+    if expr is None or not _LATEX_MARK_RE.search(expr):
+        expr = _chunk_around(text, a, b)
+        if not _LATEX_MARK_RE.search(expr):
+            return None
+    expr = _LATEX_END_RE.sub("", expr)
+    # an equation states its result last ("$a+b = 121+909 = 1030$" gives 1030), as the plain last number did
+    depth, cut = 0, -1
+    for i, c in enumerate(expr):
+        depth += (c == "{") - (c == "}")
+        if depth == 0 and c == "=" and expr[i - 1 : i] not in ("<", ">", "!", "="):
+            cut = i
+        elif depth == 0 and expr.startswith("\\approx", i):
+            cut = i + len("\\approx") - 1
+    return _strip_answer_text(expr[cut + 1 :].lstrip("&")) or _strip_answer_text(expr) or None
+
+
 def _sentence_answer(ans: str) -> str:
     """What a final-answer sentence states: ``"The total number of marbles is 45"`` -> ``"45"``; else ``ans``."""
     m = _SENTENCE_RE.fullmatch(ans)
@@ -196,9 +277,9 @@ def extract_answer(output: str) -> tuple[str | None, str | None]:
     """Pull the final answer out of a model output: ``(answer, method)``, ``(None, None)`` if none.
 
     Order: last ``\\boxed{}``/``\\fbox{}`` -> last ``#### x`` -> ``<answer>x</answer>`` or "the answer is x"
-    (method ``"answer_is"``) -> the last number; a "final answer" after the last box wins over it. Only the
-    text after the last ``</think>`` counts; a
-    text cut inside a box or a think block has no answer (docs/grading.md).
+    (method ``"answer_is"``) -> the last number (a LaTeX expression it is part of, whole); a "final answer"
+    after the last box wins over it. Only the text after the last ``</think>`` counts; a text cut inside a
+    box or a think block has no answer (docs/grading.md).
     """
     return _extract(output)
 
@@ -257,6 +338,6 @@ def _extract(output: str, last_number: bool = True, as_qwen: bool = False) -> tu
     for last in _NUMBER_RE.finditer(text):
         pass
     if last is not None:
-        return last.group(0), "last_number"
+        return _latex_around(text, last.start(), last.end()) or last.group(0), "last_number"
     return None, None
 
