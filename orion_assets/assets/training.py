@@ -25,6 +25,7 @@ from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, prompts
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
+from orion_assets.method.quality import common
 from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
@@ -122,7 +123,7 @@ SFT_OP_TAGS = sft_op_tags(load_profile().config.sft.k8s)
 @orion_asset(SFT_DATASET, group_name="training", partitions_def=sft_partitions, kinds={"parquet"},
              ins={"cot_quality": dg.AssetIn(partition_mapping=student_to_sft),
                   "refined_cots": dg.AssetIn(partition_mapping=student_to_sft)},
-             code_version="4")
+             code_version="5")
 def sft_dataset(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -132,7 +133,8 @@ def sft_dataset(
     refined_cots: Table,
 ) -> Rows:
     """Chat prompt/completion examples of one student's variant: its ``cot_quality`` rows that broke no
-    per-row rule (``kept``), once the quality gate passed for this variant.
+    per-row rule (``kept``), once the quality gate passed for this variant; with [sft] ``common_problems``,
+    only those of the problems every trained variant of the student kept (a fair comparison).
 
     Also written as Parquet (``$ORION_DATA_DIR/sft/<student>/<variant>.parquet``, chunk by chunk) for the
     trainer and external ones.
@@ -146,7 +148,8 @@ def sft_dataset(
     cfg = orion.config_for(student)
     overrides = cfg.prompts.model_dump()
     candidates = cot_quality.filter(variant=variant)
-    counts = {"candidates": 0, "examples": 0}
+    shared = _common_problems(orion, cot_quality) if cfg.sft.common_problems else None
+    counts = {"candidates": 0, "examples": 0, "not_common": 0}
     dropped: list[pl.DataFrame] = []
     by_source: collections.Counter[str] = collections.Counter()
     tokens: list[int] = []
@@ -160,6 +163,13 @@ def sft_dataset(
             for chunk in candidates.chunks("problem_id", cfg.data.chunk_size, columns=columns):
                 counts["candidates"] += chunk.height
                 dropped.append(chunk.filter(~pl.col("kept")).select("drop_reasons"))
+                if shared is not None:  # a kept row of a problem another variant did not keep is left out too
+                    in_common = pl.col("problem_id").is_in(sorted(shared.problems))
+                    left_out = chunk.filter(pl.col("kept") & ~in_common).height
+                    counts["not_common"] += left_out
+                    dropped.append(pl.DataFrame({"drop_reasons": [[common.NOT_COMMON]] * left_out},
+                                                schema={"drop_reasons": pl.List(pl.Utf8)}))
+                    chunk = chunk.filter(in_common)
                 cots = chunk.filter(pl.col("kept")).sort("cot_quality_id")
                 problem_text = train_problems.column_map("problem_id", "problem", cots["problem_id"].unique().to_list())
                 texts = _cot_texts(cots, teacher_cots, refined_cots)
@@ -182,18 +192,28 @@ def sft_dataset(
                 yield frame
         if counts["examples"] == 0:
             partial.unlink()
-            raise dg.Failure(f"no SFT examples for {student}/{variant}: nothing to train on")
+            why = ""
+            if shared is not None and counts["not_common"]:
+                why = (f" ([sft] common_problems: it kept {len(shared.kept.get(variant, ()))} problems, none of them "
+                       f"kept by every variant of {', '.join(shared.variants)})")
+            raise dg.Failure(f"no SFT examples for {student}/{variant}: nothing to train on{why}")
         partial.replace(parquet)
 
     def metadata() -> dict:
         drops = pl.concat(dropped) if dropped else pl.DataFrame({"drop_reasons": []}, schema={"drop_reasons": pl.List(pl.Utf8)})
+        rule = {} if shared is None else {
+            "common_problems": {"variants": list(shared.variants), "kept": len(shared.problems),
+                                "dropped": len(shared.dropped_of(variant))},
+            "dropped_by_common_problems": counts["not_common"],
+        }
         return {
             "student": student,
             "variant": variant,
             "parquet": dg.MetadataValue.path(str(parquet)),
             "examples": counts["examples"],
             "candidates": counts["candidates"],
-            "dropped_by_quality": drops.height,
+            "dropped_by_quality": drops.height - counts["not_common"],
+            **rule,
             "dropped_by_reason": reason_counts(drops),
             "by_source": dict(by_source),
             "n_tokens_percentiles": percentiles(pl.Series(tokens, dtype=pl.Int64)),
@@ -300,6 +320,15 @@ def _base_checkpoint(model: dict, student: str, seed: int, checkpoint_id: str, m
 def checkpoint_row(**values: object) -> pl.DataFrame:
     """One ``student_checkpoint`` row; columns a variant has no value for (``base``) are null."""
     return pl.DataFrame([values], schema=STUDENT_CHECKPOINT.columns)
+
+
+def _common_problems(orion: OrionResource, cot_quality: Table) -> common.CommonProblems:
+    """[sft] ``common_problems``: the problems every variant in the student's ``cot_quality`` kept, the variants
+    this profile leaves out aside."""
+    rows = cot_quality.frame(columns=list(common.COLUMNS))
+    skipped = skipped_variants(orion.active.config)
+    ran = [v for v in rows["variant"].drop_nulls().unique().to_list() if v not in skipped and v != BASE_VARIANT]
+    return common.common_problems(rows, ran)
 
 
 def _cot_texts(cots: pl.DataFrame, teacher_cots: Table, refined_cots: Table) -> dict[str, str]:

@@ -141,6 +141,9 @@ class SFTSettings(Section):
     # (per_device_train_batch_size x gradient_accumulation_steps x world size): refuse it, or rescale
     # gradient_accumulation_steps to keep it when it divides evenly. Not in the config hash.
     on_world_size_change: WorldSizeChange = "refuse"
+    # Train every variant of a student only on the problems all its trained variants kept (sft_dataset; docs/quality.md,
+    # "Common problems"), so that they are compared on the same problems. Not in the config hash: the data is.
+    common_problems: bool = False
     # SFT_RENAMED_KEYS: never set (refused with the new name), never dumped
     epochs: None = Field(None, exclude=True, repr=False)
     batch_size: None = Field(None, exclude=True, repr=False)

@@ -40,6 +40,7 @@ _HASH_EXCLUDED = frozenset(
         "base_model_hash",
         "on_world_size_change",  # what a resume under another world size does (it refuses, or keeps the batch)
         "report_to",  # where the curves are logged ([tracking])
+        "common_problems",  # which rows sft_dataset writes: the dataset file's bytes carry it
     }
 )
 
