@@ -82,3 +82,21 @@ def test_a_final_answer_line_after_the_last_box_wins(rule):
     # only a final answer after the last box counts; other prose after it does not displace the box
     assert grade("So the answer is $\\boxed{5}$. Therefore the answer is correct.", "5", rule=rule).correct
     assert grade("Final Answer: 3. Hmm, no: \\boxed{5}", "5", rule=rule).correct
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_several_boxes_are_read_together_against_a_gold_of_several_items(rule):
+    v = grade(TWO_BOXES, "(2, 2), (6, 2)", rule=rule)
+    assert v.correct, v
+    assert grade(TWO_BOXES, "(6, 2), (2, 2)", rule=rule).correct  # as a set: order-free
+    assert not grade(TWO_BOXES, "(2, 2), (6, 2), (1, 1)", rule=rule).correct
+    if rule in EXTRACTOR_RULES:
+        # a single-item gold: the last box wins, as always
+        assert grade(TWO_BOXES, "(6, 2)", rule=rule).correct
+        assert not grade(TWO_BOXES, "(2, 2)", rule=rule).correct
+        # boxes of plain numbers, and one last box that holds the whole list
+        assert grade("$\\boxed{3}$ or $\\boxed{-1}$", "-1, 3", rule=rule).correct
+        assert not grade("$\\boxed{3}$ or $\\boxed{-2}$", "-1, 3", rule=rule).correct
+        assert grade("\\boxed{3}, and so both: \\boxed{-1, 3}", "-1, 3", rule=rule).correct
+    if rule == "strict":  # a cut reply is never right
+        assert not grade(TWO_BOXES, "(2, 2), (6, 2)", rule=rule, truncated=True).correct

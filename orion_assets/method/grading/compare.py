@@ -352,6 +352,48 @@ def compare_answer(extracted: str | None, method: str | None, gold, benchmark: s
     return _Pending(extracted, method, _wrap_for_mv(_list_commas(gold_s)), _wrap_for_mv(_list_commas(extracted)))
 
 
+def _items(s: str) -> list[str]:
+    """A normalized answer cut at its top-level commas: ``"(2,2),(6,2)"`` -> ``["(2,2)", "(6,2)"]``; an interval
+    ``"[1,2)"`` or a tuple ``"(1,2)"`` is one item."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            items.append(s[start:i])
+            start = i + 1
+    return [*items, s[start:]]
+
+
+def several_items(answer: str, benchmark: str | None = None) -> bool:
+    """Whether a gold (or an answer) is a list of several items, such as ``"(2, 2), (6, 2)"`` or ``"-1, 3"``."""
+    return len(_items(_normalize(normalize_gold(answer, benchmark))[0])) > 1
+
+
+def compare_items(answers: list[str], method: str, gold, benchmark: str | None,
+                  numbers: str = "precision") -> Verdict | _Pending:
+    """Several answers (boxes) against a gold of several items, as sets: order-free, repeats ignored."""
+    gold_s = normalize_gold(gold, benchmark)
+    extracted = ", ".join(answers)
+    preds = {_normalize(a) for a in answers}
+    golds = {_normalize(g) for g in _items(_normalize(gold_s)[0])}
+    if {p for p, _ in preds} == {g for g, _ in golds}:
+        return Verdict(True, extracted, method, "match:string")
+    p_vals = [(_to_number(p), pct, _shown_decimals(p)) for p, pct in preds]
+    g_vals = [(_to_number(g), pct, _shown_decimals(g)) for g, pct in golds]
+    if all(v is not None for v, _, _ in p_vals + g_vals):
+        def equal(p: tuple, g: tuple) -> bool:
+            return _numeric_equal(p[0], p[1], g[0], g[1], benchmark, p[2], g[2], numbers)
+
+        ok = all(any(equal(p, g) for g in g_vals) for p in p_vals) and all(any(equal(p, g) for p in p_vals)
+                                                                           for g in g_vals)
+        return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
+    # math_verify reads a comma list as a set (order-free), tuples and intervals inside it as themselves
+    return _Pending(extracted, method, _wrap_for_mv(_list_commas(gold_s)), _wrap_for_mv(_list_commas(extracted)))
+
+
 def _verdict(pending: _Pending, status: str, value: object) -> Verdict:
     if status == "ok":  # value: the verdict, or (verdict, the answer math_verify read) for a lighteval item
         ok, extracted = value if isinstance(value, tuple) else (value, pending.extracted)

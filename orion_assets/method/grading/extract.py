@@ -126,6 +126,19 @@ def _boxed(text: str) -> tuple[str | None, str | None, bool]:
     return (*_last_box(boxes), False)
 
 
+def _all_boxes(output: str, as_qwen: bool = False) -> list[str]:
+    """The answers of every non-empty box where the final answer is read, outermost only, in order; none when
+    the text ends inside a box. For a gold of several items, which several boxes may give together."""
+    text = str(output or "") if as_qwen else _final_part(str(output or ""))
+    out: list[str] = []
+    last_end = -1
+    for content, _method, start, end in _boxes(text or "") or []:
+        if start >= last_end and content:  # a box inside an earlier one is part of it
+            out.append(_equation_result(content))
+        last_end = max(last_end, end)
+    return out
+
+
 def _last_box_to_the_cut(text: str) -> tuple[str | None, str | None]:
     """Qwen2.5-Math's reading of the last box: its content, up to the end of the text if it never closes."""
     m = list(_BOX_RE.finditer(text))[-1]

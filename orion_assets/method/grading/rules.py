@@ -17,9 +17,11 @@ from orion_assets.method.grading.compare import (
     _Pending,
     _wrap_for_mv,
     compare_answer,
+    compare_items,
     normalize_gold,
+    several_items,
 )
-from orion_assets.method.grading.extract import _extract, _final_part
+from orion_assets.method.grading.extract import _all_boxes, _extract, _final_part
 from orion_assets.vocabulary import GRADING_RULES
 
 log = logging.getLogger(__name__)
@@ -30,20 +32,31 @@ LIGHTEVAL_FLOAT_ROUNDING = 5
 Prepared = Verdict | _Pending
 
 
+def _compare(output: str, gold, benchmark: str | None, numbers: str, as_qwen: bool) -> Prepared:
+    """The extractor's answer compared with the gold; for a gold of several items, several boxes (the last
+    holding one item) are compared together with its items, as a set (docs/grading.md)."""
+    extracted, method = _extract(output, as_qwen=as_qwen)
+    if method in ("boxed", "fbox") and several_items(gold, benchmark):
+        boxes = _all_boxes(output, as_qwen)
+        if len(boxes) > 1 and not several_items(boxes[-1]):
+            return compare_items(boxes, "boxes", gold, benchmark, numbers)
+    return compare_answer(extracted, method, gold, benchmark, numbers=numbers)
+
+
 def strict_rule(output: str, gold, benchmark: str | None, truncated: bool) -> Prepared:
     """This project's rule: a reply cut at the length limit is never correct; GSM-Hard's numbers at the
     precision the answer shows, other numbers at 1e-9, AIME integers exactly."""
     if truncated:  # never correct; a closed final answer is still shown
         extracted, method = _extract(output, last_number=False)
         return Verdict(False, extracted, method, "truncated")
-    return compare_answer(*_extract(output), gold, benchmark, numbers="precision")
+    return _compare(output, gold, benchmark, "precision", as_qwen=False)
 
 
 def qwen_math_rule(output: str, gold, benchmark: str | None, truncated: bool) -> Prepared:
     """Qwen2.5-Math's evaluation: the answer is read whatever the finish reason (a box cut open up to the
     cut), numbers by its ``math_equal`` (relative 1e-4, the gold x100 and /100 too) on every benchmark."""
     del truncated  # its evaluation never looks at the finish reason
-    return compare_answer(*_extract(output, as_qwen=True), gold, benchmark, numbers="math_equal")
+    return _compare(output, gold, benchmark, "math_equal", as_qwen=True)
 
 
 def lighteval_rule(output: str, gold, benchmark: str | None, truncated: bool) -> Prepared:
