@@ -35,7 +35,14 @@ from orion_assets.method.evaluation.report.plots import (
     _plot_cot_lengths,
     _plot_error_types,
 )
-from orion_assets.method.evaluation.report.read import _connection, _profiles, _read, _read_quality, usage_frame
+from orion_assets.method.evaluation.report.read import (
+    _connection,
+    _profiles,
+    _read,
+    _read_quality,
+    _read_sft_problems,
+    usage_frame,
+)
 from orion_assets.method.evaluation.report.scores import (
     _clean_scores,
     _grading_rule_sentence,
@@ -110,6 +117,7 @@ def build_report(
         errors = _read(con, "student_errors")
         profiles = _profiles(con)
         cot_quality = _read_quality(con)
+        sft_problems = _read_sft_problems(con)
         usage = usage_frame(con)
     location = source.location if isinstance(source, BaseStore) else (Path(source) if isinstance(source, str | Path) else None)
 
@@ -172,7 +180,7 @@ def build_report(
         lines += budget_section(budgets)
         lines += _score_tables(averaged)
     lines += _reflection_section(reflection_frame(teacher, refined))
-    lines += _quality_section(cot_quality)
+    lines += _quality_section(cot_quality, sft_problems)
     lines += _usage_section(usage, prices)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),

@@ -70,7 +70,8 @@ def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     )
 
 
-QUALITY_COLUMNS: tuple[str, ...] = ("student", "variant", "source", "kept", "drop_reasons", "teacher_similarity")
+QUALITY_COLUMNS: tuple[str, ...] = ("student", "variant", "problem_id", "source", "kept", "drop_reasons",
+                                     "teacher_similarity")
 
 
 def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
@@ -85,6 +86,20 @@ def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     if "variant" not in columns or "kept" not in columns:
         return None
     return con.execute(f"SELECT {', '.join(columns)} FROM {SCHEMA}.cot_quality").pl()
+
+
+def _read_sft_problems(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
+    """The distinct (student, variant, problem_id) of ``orion.sft_dataset`` (what each variant trains on, not
+    its texts), or None when the table does not exist or lacks those columns."""
+    present = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+        [SCHEMA, "sft_dataset"],
+    ).fetchall()}
+    if not {"variant", "problem_id"} <= present:
+        return None
+    columns = [c for c in ("student", "variant", "problem_id") if c in present]
+    return con.execute(f"SELECT DISTINCT {', '.join(columns)} FROM {SCHEMA}.sft_dataset").pl()
 
 
 def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:

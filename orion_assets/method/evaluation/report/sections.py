@@ -1,4 +1,5 @@
-"""The report's per-mode and per-variant sections: reflection yield, SFT data quality, LLM usage and cost.
+"""The report's per-mode and per-variant sections: reflection yield, SFT data quality (and the problems the
+variants share under [sft] common_problems), LLM usage and cost.
 
 Each has a frame (one row per mode, variant or stage) and a function turning it into Markdown lines.
 Mode and variant names come from :mod:`orion_assets.vocabulary`.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import polars as pl
 
 from orion_assets.method.evaluation.report.format import MISSING, _md_table, _money, _ordered, _pct
+from orion_assets.method.evaluation.report.scores import with_model_keys
+from orion_assets.method.quality.common import common_problems
 from orion_assets.method.quality.rules import reason_counts
-from orion_assets.vocabulary import MODE_BY_NAME, MODES, REFERENCE_VARIANT, ROLES, VARIANT_MODE, VARIANTS
+from orion_assets.vocabulary import BASE_VARIANT, MODE_BY_NAME, MODES, REFERENCE_VARIANT, ROLES, VARIANT_MODE, VARIANTS
 
 # -- reflection yield ----------------------------------------------------------------------------
 
@@ -106,7 +109,34 @@ def quality_frame(cot_quality: pl.DataFrame) -> pl.DataFrame:
     })
 
 
-def _quality_section(cot_quality: pl.DataFrame | None) -> list[str]:
+def common_problems_frame(cot_quality: pl.DataFrame | None, sft: pl.DataFrame | None) -> pl.DataFrame:
+    """Per student whose trained variants ([sft] common_problems) all train on exactly the problems every variant
+    in its ``cot_quality`` kept (``sft``: ``sft_dataset``'s student, variant, problem_id): the variants, the
+    problems they share and those the rule dropped (kept by some variants only)."""
+    schema = {"student": pl.Utf8, "variants": pl.Int64, "shared": pl.Int64, "dropped": pl.Int64}
+    if cot_quality is None or sft is None or "problem_id" not in cot_quality.columns or sft.is_empty():
+        return pl.DataFrame(schema=schema)
+    quality, sft = with_model_keys(cot_quality), with_model_keys(sft).filter(pl.col("variant") != BASE_VARIANT)
+    rows = []
+    for student in sorted(sft["student"].drop_nulls().unique().to_list()):
+        trained = {v: set(g["problem_id"]) for (v,), g in sft.filter(pl.col("student") == student).group_by("variant")}
+        common = common_problems(quality.filter(pl.col("student") == student))
+        if len(trained) > 1 and all(problems == common.problems for problems in trained.values()):
+            rows.append({"student": student, "variants": len(trained), "shared": len(common.problems),
+                         "dropped": len(common.dropped)})
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _common_problems_line(cot_quality: pl.DataFrame | None, sft: pl.DataFrame | None) -> list[str]:
+    frame = common_problems_frame(cot_quality, sft)
+    if frame.is_empty():
+        return []
+    counts = "; ".join(f"`{r['student']}`: {r['shared']:,} shared, {r['dropped']:,} dropped" for r in frame.iter_rows(named=True))
+    return [f"Common problems (`[sft] common_problems`): each student's trained variants train on the same problems "
+            f"(dropped: kept by some variants only); {counts}.\n"]
+
+
+def _quality_section(cot_quality: pl.DataFrame | None, sft: pl.DataFrame | None = None) -> list[str]:
     if cot_quality is None or cot_quality.is_empty():
         return []
     frame = quality_frame(cot_quality)
@@ -123,6 +153,7 @@ def _quality_section(cot_quality: pl.DataFrame | None) -> list[str]:
         _md_table(["variant", "candidates", "kept", "dropped", "dropped by reason", "similarity to teacher (median)"],
                   rows),
         "",
+        *_common_problems_line(cot_quality, sft),
     ]
 
 
