@@ -387,8 +387,8 @@ def compare_items(answers: list[str], method: str, gold, benchmark: str | None,
         def equal(p: tuple, g: tuple) -> bool:
             return _numeric_equal(p[0], p[1], g[0], g[1], benchmark, p[2], g[2], numbers)
 
-        ok = all(any(equal(p, g) for g in g_vals) for p in p_vals) and all(any(equal(p, g) for p in p_vals)
-                                                                           for g in g_vals)
+        every_pred_in_gold = all(any(equal(p, g) for g in g_vals) for p in p_vals)
+        ok = every_pred_in_gold and all(any(equal(p, g) for p in p_vals) for g in g_vals)
         return Verdict(ok, extracted, method, "match:numeric" if ok else "mismatch:numeric")
     # math_verify reads a comma list as a set (order-free), tuples and intervals inside it as themselves
     return _Pending(extracted, method, _wrap_for_mv(_list_commas(gold_s)), _wrap_for_mv(_list_commas(extracted)))
