@@ -149,6 +149,7 @@ def sft_dataset(
     overrides = cfg.prompts.model_dump()
     candidates = cot_quality.filter(variant=variant)
     shared = _common_problems(orion, cot_quality) if cfg.sft.common_problems else None
+    in_common = pl.col("problem_id").is_in(sorted(shared.problems)) if shared is not None else None
     counts = {"candidates": 0, "examples": 0, "not_common": 0}
     dropped: list[pl.DataFrame] = []
     by_source: collections.Counter[str] = collections.Counter()
@@ -163,8 +164,7 @@ def sft_dataset(
             for chunk in candidates.chunks("problem_id", cfg.data.chunk_size, columns=columns):
                 counts["candidates"] += chunk.height
                 dropped.append(chunk.filter(~pl.col("kept")).select("drop_reasons"))
-                if shared is not None:  # a kept row of a problem another variant did not keep is left out too
-                    in_common = pl.col("problem_id").is_in(sorted(shared.problems))
+                if in_common is not None:  # a kept row of a problem another variant did not keep is left out too
                     left_out = chunk.filter(pl.col("kept") & ~in_common).height
                     counts["not_common"] += left_out
                     dropped.append(pl.DataFrame({"drop_reasons": [[common.NOT_COMMON]] * left_out},
