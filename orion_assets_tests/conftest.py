@@ -30,7 +30,7 @@ GSM8K_TRAIN = REPO_ROOT / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl
 
 
 # Tests that share the session's whole-graph run (tiny_run) go to one xdist worker together.
-SHARED_RUN_MODULES = {"test_pipeline", "test_sql", "test_tracking", "test_export_run"}
+SHARED_RUN_MODULES = {"test_pipeline", "test_sql", "test_tracking", "test_export_run", "test_ui_plots"}
 
 
 def pytest_collection_modifyitems(config, items):
