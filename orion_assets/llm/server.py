@@ -315,13 +315,16 @@ class ManagedServer:
         return "stopped"
 
     def ensure(self) -> ManagedServer:
-        """Running and awake: started (again) or woken as needed."""
-        if not self.running:
+        """Running, awake and answering: started, woken, or waited for while its watchdog starts it again (it may
+        have died after the last step's calls were answered, with no call in flight to notice)."""
+        if self.process is None:  # never started, stopped or released on purpose, or given up on
             return self.start()
         if self.asleep:
             logger.info("waking the %s server on port %d", self.plan.kind, self.plan.port)
             served.wake_up(self.plan.base_url)
             self.asleep = False
+            return self
+        self.wait_serving()
         return self
 
 

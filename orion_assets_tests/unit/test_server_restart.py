@@ -116,3 +116,15 @@ def test_a_server_that_may_not_be_restarted_fails_the_step_with_its_log_and_keep
     assert ok >= 4 and total == distinct  # what was answered stays; the rest is error rows, sent again next time
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not running.running
+
+
+def test_a_server_killed_between_steps_is_waited_for_by_the_next_step(tmp_path) -> None:
+    """The engine dies after one step's calls were all answered (the real vLLM, killed between two variants'
+    evaluations): the next step asks for the server and gets it answering again, not a refused connection."""
+    running = _managed(tmp_path, restarts=2)
+    plan = running.plan
+    os.killpg(running.process.pid, signal.SIGKILL)
+    again = server.server_for(f"test/{plan.port}", lambda: plan)
+    assert again is running
+    assert [m.id for m in served.list_models(plan.base_url)] == [MODEL]
+    assert running.restarts == 1 and running.starts == 2  # started again once, by its watchdog
