@@ -1,7 +1,7 @@
 """The leaderboard report: a Markdown page with tables and plots, built from the store (``docs/report.md``).
 
 This package only re-exports: ``page`` assembles and writes the page from ``read`` (the store),
-``scores`` and ``sections`` (its tables) and ``plots`` and ``curves`` (its PNGs).
+``scores``, ``sections`` and ``cot_quality`` (its tables) and ``plots`` and ``curves`` (its PNGs).
 """
 
 from orion_assets.method.evaluation.report.comparison import (
@@ -10,6 +10,7 @@ from orion_assets.method.evaluation.report.comparison import (
     leaderboard_frame,
     paired_deltas,
 )
+from orion_assets.method.evaluation.report.cot_quality import cot_variant_frame, judge_delta_frame
 from orion_assets.method.evaluation.report.curves import (
     LOSS_CURVES_PNG,
     PASS1_INTERVALS_PNG,
@@ -33,6 +34,8 @@ __all__ = [
     "Prices",
     "Report",
     "build_report",
+    "cot_variant_frame",
+    "judge_delta_frame",
     "leaderboard_frame",
     "loss_curve_png",
     "paired_deltas",

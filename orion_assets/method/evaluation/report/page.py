@@ -19,6 +19,7 @@ from orion_assets.method.evaluation.report.comparison import (
     leaderboard_frame,
     paired_deltas,
 )
+from orion_assets.method.evaluation.report.cot_quality import cot_quality_section
 from orion_assets.method.evaluation.report.curves import (
     LOSS_CURVES_PNG,
     PASS1_INTERVALS_PNG,
@@ -181,6 +182,7 @@ def build_report(
         lines += _score_tables(averaged)
     lines += _reflection_section(reflection_frame(teacher, refined))
     lines += _quality_section(cot_quality, sft_problems)
+    lines += cot_quality_section(cot_quality)
     lines += _usage_section(usage, prices)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),

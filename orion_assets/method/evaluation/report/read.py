@@ -71,11 +71,12 @@ def _profiles(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
 
 
 QUALITY_COLUMNS: tuple[str, ...] = ("student", "variant", "problem_id", "source", "kept", "drop_reasons",
-                                     "teacher_similarity")
+                                     "teacher_similarity", "n_tokens", "coherence", "reflection_markers",
+                                     "reflection_density", "judge_coherence", "judge_consistency")
 
 
 def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
-    """The few columns of ``orion.cot_quality`` the quality table needs (not the CoT texts), or None
+    """The few columns of ``orion.cot_quality`` the quality sections need (not the CoT texts), or None
     when the table does not exist or has no per-row drops (no ``kept`` column)."""
     present = con.execute(
         "SELECT column_name FROM information_schema.columns "
