@@ -39,13 +39,24 @@ def pytest_collection_modifyitems(config, items):
     share a worker, so the whole graph is run once. (xdist groups by a ``@<group>`` suffix of the
     node id; its own hook adds it only for ``xdist_group`` marks present before it runs, which a
     conftest hook cannot count on, so the suffix is added here.)"""
-    if config.getoption("dist", "no") != "loadgroup":
+    if not getattr(config.option, "loadgroup", False):  # on a worker "dist" reads "no"; xdist sets loadgroup
         return
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
         group = "tiny_run" if module in SHARED_RUN_MODULES else module
         if "@" not in item.nodeid:
-            item._nodeid = f"{item.nodeid}@{group}"
+            _set_nodeid(item, f"{item.nodeid}@{group}")
+
+
+def _set_nodeid(item, nodeid: str) -> None:
+    """pytest 9.2 keeps a node's id as ``_id`` (a ``NodeId``), and a ``_nodeid`` set as before is ignored:
+    every module's fixtures were built on both workers (seen: the dry run twice, 241 s each)."""
+    try:
+        from _pytest.nodes import NodeId
+    except ImportError:  # pytest before 9.2: the id is the string itself
+        item._nodeid = nodeid
+    else:
+        item._id = NodeId.parse(nodeid)
 
 
 class StepResults:
