@@ -16,7 +16,7 @@ import pytest
 
 from orion_assets_tests.conftest import orion_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.result, pytest.mark.timeout(2400)]
 
 TRAINED = ("teacher_sft", "orion", "orion_no_error")
 
