@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from orion_assets.assets.training import sft_dataset, sft_parquet
 from orion_assets.definitions import all_assets
+from orion_assets.io.io_manager import resources_for
+from orion_assets.io.resource import OrionResource
+from orion_assets.method.evaluation.report import build_report
+from orion_assets.method.evaluation.report.sections import common_problems_frame
 from orion_assets.method.quality.common import NOT_COMMON, common_problems
 from orion_assets.method.quality.gate import run_gate
 from orion_assets.method.quality.rules import row_drop_reasons
@@ -18,6 +24,7 @@ from orion_assets.method.quality.verdicts import GATE_SCHEMA, append_verdicts, v
 from orion_assets.profiles import load_profile
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.profiles.sft import SFTSection
+from orion_assets.store import Store
 from orion_assets.training import TrainParams, config_hash
 
 
@@ -73,8 +80,6 @@ def test_the_setting_is_off_by_default_on_in_paper_and_no_trainer_key() -> None:
 
 
 def test_the_report_shows_common_problems_only_where_the_variants_train_on_them() -> None:
-    from orion_assets.method.evaluation.report.sections import common_problems_frame
-
     quality = _rows({"teacher_sft": ["p1", "p2", "p3"], "orion": ["p2", "p3", "p4"]}).with_columns(student=pl.lit("s"))
     both = pl.DataFrame({"student": "s", "variant": ["teacher_sft", "teacher_sft", "orion", "orion"],
                          "problem_id": ["p2", "p3", "p2", "p3"]})
@@ -123,13 +128,6 @@ def _write_cot_quality(store, table: pl.DataFrame) -> None:
 
 
 def test_sft_dataset_trains_every_variant_on_the_common_problems(tmp_path, write_profile) -> None:
-    import dagster as dg
-
-    from orion_assets.assets.training import sft_dataset, sft_parquet
-    from orion_assets.io.io_manager import resources_for
-    from orion_assets.io.resource import OrionResource
-    from orion_assets.method.evaluation.report import build_report
-    from orion_assets.store import Store
 
     profile = write_profile("[quality]\nmax_drop_rate = 0.9\n[sft]\ncommon_problems = true\n")
     data_dir = tmp_path / "data"

@@ -19,6 +19,8 @@ from orion_assets.method.evaluation.paired import (
     paired_delta,
     two_level_interval,
 )
+from orion_assets.method.evaluation.report.comparison import interval_rule, paired_deltas
+from orion_assets.method.evaluation.report.curves import _short_rule
 
 
 def frame(correct: np.ndarray) -> pl.DataFrame:
@@ -143,9 +145,6 @@ def test_identical_variants_still_give_a_zero_interval(over_seeds: bool) -> None
 def test_the_report_names_the_method_of_each_delta() -> None:
     """Three seeds of `teacher_sft` and `orion`, one of `base`: the delta over `teacher_sft` is two-level, every
     delta over `base` conditional on its training run, and the report's rule says which is which."""
-    from orion_assets.method.evaluation.report.comparison import interval_rule, paired_deltas
-    from orion_assets.method.evaluation.report.curves import _short_rule
-
     rng = np.random.default_rng(0)
     frames = []
     for variant, seeds in (("base", 1), ("teacher_sft", 3), ("orion", 3)):

@@ -36,13 +36,18 @@ def _connection(source: BaseStore | duckdb.DuckDBPyConnection | str | Path) -> I
 _TEXT_COLUMNS = ("cot", "rewrite_thinking", "reflection_notes", "text")
 
 
-def _read(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
-    """``orion.<table>`` without its long text columns, or None when the table does not exist."""
-    columns = [r[0] for r in con.execute(
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The column names of ``orion.<table>`` in order (empty when the table does not exist)."""
+    return [r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns "
         "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
         [SCHEMA, table],
     ).fetchall()]
+
+
+def _read(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame | None:
+    """``orion.<table>`` without its long text columns, or None when the table does not exist."""
+    columns = _columns(con, table)
     if not columns:
         return None
     kept = ", ".join(f'"{c}"' for c in columns if c not in _TEXT_COLUMNS)
@@ -78,12 +83,8 @@ QUALITY_COLUMNS: tuple[str, ...] = ("student", "variant", "problem_id", "source"
 def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     """The few columns of ``orion.cot_quality`` the quality sections need (not the CoT texts), or None
     when the table does not exist or has no per-row drops (no ``kept`` column)."""
-    present = con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-        [SCHEMA, "cot_quality"],
-    ).fetchall()
-    columns = [c for c in QUALITY_COLUMNS if c in {row[0] for row in present}]
+    present = set(_columns(con, "cot_quality"))
+    columns = [c for c in QUALITY_COLUMNS if c in present]
     if "variant" not in columns or "kept" not in columns:
         return None
     return con.execute(f"SELECT {', '.join(columns)} FROM {SCHEMA}.cot_quality").pl()
@@ -92,11 +93,7 @@ def _read_quality(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
 def _read_sft_problems(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     """The distinct (student, variant, problem_id) of ``orion.sft_dataset`` (what each variant trains on, not
     its texts), or None when the table does not exist or lacks those columns."""
-    present = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-        [SCHEMA, "sft_dataset"],
-    ).fetchall()}
+    present = set(_columns(con, "sft_dataset"))
     if not {"variant", "problem_id"} <= present:
         return None
     columns = [c for c in ("student", "variant", "problem_id") if c in present]
