@@ -128,7 +128,6 @@ def _write_cot_quality(store, table: pl.DataFrame) -> None:
 
 
 def test_sft_dataset_trains_every_variant_on_the_common_problems(tmp_path, write_profile) -> None:
-
     profile = write_profile("[quality]\nmax_drop_rate = 0.9\n[sft]\ncommon_problems = true\n")
     data_dir = tmp_path / "data"
     orion = OrionResource(profile=str(profile), data_dir=str(data_dir))
