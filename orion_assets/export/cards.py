@@ -121,6 +121,14 @@ def hub_base_model(profile: Profile | None, student: str) -> str | None:
     return spec.name_or_path
 
 
+def _refined(variant: str, split: dict[str, Any]) -> str:
+    """The split's refined and teacher-fallback counts as two cells; none for the teacher's own CoTs."""
+    if not VARIANT_MODE.get(variant):
+        return "— | —"
+    sources = split.get("cot_sources") or {}
+    return f"{sources.get('refined', 0)} | {sources.get('teacher_fallback', 0)}"
+
+
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
 
@@ -129,7 +137,8 @@ def dataset_card(*, student: str, splits: dict[str, dict[str, Any]], columns: li
                  profile_hashes: list[str], licences: list[SourceLicence]) -> str:
     """README.md of one student's exported dataset: YAML header (``DatasetCardData``) and the run's account.
 
-    ``splits``: per variant its ``rows`` and the ``quality`` summary (candidates, kept, drops per reason)."""
+    ``splits``: per variant its ``rows``, ``cot_sources`` (rows per CoT source) and the ``quality`` summary
+    (candidates, kept, drops per reason)."""
     from huggingface_hub import DatasetCard, DatasetCardData  # deferred: heavy
 
     total = sum(s["rows"] for s in splits.values())
@@ -152,14 +161,21 @@ def dataset_card(*, student: str, splits: dict[str, dict[str, Any]], columns: li
         f"- Student: {_student(profile, student)}",
         f"- Profile: `{name}`, hash {hashes} (the hash recorded with the exported SFT data)", "",
         "## Splits", "",
-        "| split (variant) | reflection mode | examples | candidates | kept | dropped by reason |",
-        "|---|---|---|---|---|---|",
+        "| split (variant) | reflection mode | examples | refined | teacher fallback | candidates | kept | "
+        "dropped by reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, split in splits.items():
         quality = split.get("quality") or {}
         lines.append(f"| `{variant}` | {VARIANT_MODE.get(variant) or 'teacher CoT'} | {split['rows']} | "
-                     f"{quality.get('candidates', '—')} | {quality.get('kept', '—')} | "
+                     f"{_refined(variant, split)} | {quality.get('candidates', '—')} | {quality.get('kept', '—')} | "
                      f"{_reasons(quality.get('dropped_by_reason', {}))} |")
+    lines += ["", "`refined`: CoTs the reflection rewrote; `teacher fallback`: the teacher's own CoT, kept where no "
+              "refinement passed (`teacher_sft` is all teacher CoTs)."]
+    for variant, split in splits.items():
+        if VARIANT_MODE.get(variant) and split["rows"] and not (split.get("cot_sources") or {}).get("refined"):
+            lines += ["", f"`{variant}` holds no refined CoT: each of its {split['rows']} CoTs is the teacher's own "
+                          "(teacher fallback), as in `teacher_sft`."]
     ngram = profile.config.data.decontamination_ngram if profile is not None else None
     lines += [
         "", "## Columns", "", ", ".join(f"`{c}`" for c in columns), "",

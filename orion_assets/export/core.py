@@ -183,6 +183,7 @@ def _write_datasets(store: BaseStore, request: ExportRequest, profile: Profile |
             mat = read.latest_materialization(store, "sft_dataset", f"{student}{PARTITION_SEPARATOR}{variant}")
             sources += [mat] if mat else []
             result.exported.append({"student": student, "variant": variant, "rows": frame.height,
+                                    "cot_sources": dict(frame["cot_source"].value_counts(sort=True).iter_rows()),
                                     "sft_materialization_id": mat and mat["materialization_id"],
                                     "quality": read.quality_summary(store, student, variant)})
     if request.format == "llamafactory":

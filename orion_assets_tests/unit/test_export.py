@@ -42,6 +42,11 @@ def _cot(variant: str, solution: str) -> str:
     return f"[{variant}] {solution}"
 
 
+def _cot_source(variant: str, i: int) -> str:
+    """The teacher's own CoTs for teacher_sft; otherwise odd rows refined, even ones the teacher's as fallback."""
+    return "teacher" if variant == "teacher_sft" else "refined" if i % 2 else "teacher_fallback"
+
+
 def _write_store(data_dir: Path, base) -> dict:
     """train_problems, cot_quality, sft_dataset, quality_gate_results, student_base_model, student_checkpoint
     (a LoRA adapter trained here) and benchmark_scores, each written with its materialization record."""
@@ -68,7 +73,7 @@ def _write_store(data_dir: Path, base) -> dict:
                 completion = [{"role": "assistant", "content": _cot(variant, row["solution"])}]
                 sft.append({"sft_example_id": content_id("sft", STUDENT, variant, prompt, completion),
                             "student": STUDENT, "variant": variant, "cot_quality_id": quality_id,
-                            "problem_id": row["problem_id"], "source": "teacher", "prompt": prompt,
+                            "problem_id": row["problem_id"], "source": _cot_source(variant, i), "prompt": prompt,
                             "completion": completion, "n_tokens": 40 + i})
     quality_mid = store.replace_rows("cot_quality", pl.DataFrame(quality), replace_where={"student": STUDENT},
                                      materialization=_materialization(profile, "cot_quality", STUDENT))
@@ -158,7 +163,8 @@ def test_hf_dataset_round_trips_through_load_from_disk(run) -> None:
     assert card.data.license == "mit" and card.data.task_categories == ["text-generation"]
     text = card.text
     assert f"`{run['profile'].hash}`" in text and "replayed from the training problems' `solution`" in text
-    assert "| `orion` | orion | 7 | 8 | 7 | too_short 1 |" in text
+    assert "| `orion` | orion | 7 | 4 | 3 | 8 | 7 | too_short 1 |" in text  # rows 1..7 kept: 4 odd (refined)
+    assert "| `teacher_sft` | teacher CoT | 7 | — | — | 8 | 7 | too_short 1 |" in text
     assert "| `gsm8k_train` | `gsm8k_train.jsonl` | MIT |" in text
     assert "13-gram" in text
 
@@ -325,6 +331,18 @@ def test_card_licences_come_from_the_data_readme() -> None:
     card = dataset_card(student=STUDENT, splits={"orion": {"rows": 2, "quality": {}}}, columns=["messages"],
                         profile=None, profile_hashes=[], licences=tiny)
     assert "license: mit\n" in card and "not listed" not in card
+
+
+def test_card_says_when_a_split_holds_no_refined_cot() -> None:
+    """A refined variant whose every CoT fell back to the teacher's repeats teacher_sft: the card says so."""
+    from orion_assets.export.cards import dataset_card
+
+    splits = {"teacher_sft": {"rows": 32, "cot_sources": {"teacher": 32}},
+              "orion": {"rows": 32, "cot_sources": {"teacher_fallback": 32}}}
+    card = dataset_card(student=STUDENT, splits=splits, columns=["messages"], profile=None, profile_hashes=[],
+                        licences=[])
+    assert "| `orion` | orion | 32 | 0 | 32 | — | — | none |" in card
+    assert "`orion` holds no refined CoT" in card
 
 
 @pytest.mark.slow
