@@ -179,7 +179,8 @@ def dataset_card(*, student: str, splits: dict[str, dict[str, Any]], columns: li
     ngram = profile.config.data.decontamination_ngram if profile is not None else None
     lines += [
         "", "## Columns", "", ", ".join(f"`{c}`" for c in columns), "",
-        "`messages` is the chat prompt followed by the completion (the CoT) as one list of `{role, content}`; "
+        "`messages` is the chat prompt followed by the completion (the CoT) as one list of `{role, content}`, "
+        "and `prompt` and `completion` are the two apart (TRL trains on the completion only); "
         "`answer` the problem's gold answer, `source` its training source, `cot_source` where the CoT came from "
         "(`teacher`, `refined`, `teacher_fallback`); the numbers after it are the CoT's quality metrics.", "",
         "## Decontamination", "",

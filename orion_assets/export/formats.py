@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow as pa
 
 FORMATS: tuple[str, ...] = ("hf", "llamafactory", "jsonl")
 ExportFormat = Literal[FORMATS]  # type: ignore[valid-type]
@@ -27,11 +28,30 @@ def _messages(frame: pl.DataFrame) -> list[list[dict[str, str]]]:
     return [[{"role": m["role"], "content": m["content"]} for m in messages] for messages in frame["messages"]]
 
 
-def write_hf(splits: dict[str, pl.DataFrame], folder: Path) -> Path:
-    """One student's variants as a ``DatasetDict`` saved to ``folder`` (``datasets.load_from_disk`` reads it)."""
-    from datasets import Dataset, DatasetDict  # deferred: heavy
+def _small(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with Arrow's 64-bit-offset types (polars' strings and lists) as ``string`` and ``list``, which
+    every ``datasets`` version prints as features (4.0, LLaMA-Factory's pin, does not print the large ones)."""
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+        return pa.binary()
+    if pa.types.is_large_list(kind) or pa.types.is_list(kind) or pa.types.is_list_view(kind):
+        return pa.list_(kind.value_field.with_type(_small(kind.value_type)))
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_small(field.type)) for field in kind])
+    return kind
 
-    DatasetDict({variant: Dataset.from_polars(frame) for variant, frame in splits.items()}).save_to_disk(str(folder))
+
+def write_hf(splits: dict[str, pl.DataFrame], folder: Path) -> Path:
+    """One student's variants as a ``DatasetDict`` saved to ``folder`` (``datasets.load_from_disk`` reads it),
+    its columns cast to the small Arrow types (:func:`_small`)."""
+    from datasets import Dataset, DatasetDict, Features  # deferred: heavy
+
+    def dataset(frame: pl.DataFrame) -> Dataset:
+        schema = pa.schema([field.with_type(_small(field.type)) for field in frame.to_arrow().schema])
+        return Dataset.from_polars(frame, features=Features.from_arrow_schema(schema))
+
+    DatasetDict({variant: dataset(frame) for variant, frame in splits.items()}).save_to_disk(str(folder))
     return folder
 
 

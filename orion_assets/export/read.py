@@ -63,15 +63,15 @@ def sft_partitions(store: BaseStore) -> list[tuple[str, str]]:
 
 
 def sft_rows(store: BaseStore, student: str, variant: str) -> pl.DataFrame:
-    """One row per SFT example of ``student``'s ``variant``: the chat ``messages`` (prompt then completion),
-    the problem, its gold ``answer`` and train ``source``, the reflection ``mode``, the CoT's source and its
-    quality metrics."""
+    """One row per SFT example of ``student``'s ``variant``: the chat ``messages`` (prompt then completion) and
+    its ``prompt`` and ``completion`` apart, the problem, its gold ``answer`` and train ``source``, the
+    reflection ``mode``, the CoT's source and its quality metrics."""
     with store.connect(read_only=True) as con:
         quality = set(_columns(con, "cot_quality"))
         metrics = ", ".join(f'q."{c}"' for c in QUALITY_METRICS if c in quality)
         frame = con.execute(f"""
             SELECT s.sft_example_id, s.student, s.variant, s.problem_id, s.cot_quality_id,
-                   list_concat(s.prompt, s.completion) AS messages,
+                   list_concat(s.prompt, s.completion) AS messages, s.prompt, s.completion,
                    p.problem, p.gold_answer AS answer, p.source, s.source AS cot_source, s.n_tokens
                    {", " + metrics if metrics else ""}
             FROM {SCHEMA}.sft_dataset s

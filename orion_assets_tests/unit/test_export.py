@@ -169,6 +169,52 @@ def test_hf_dataset_round_trips_through_load_from_disk(run) -> None:
     assert "13-gram" in text
 
 
+def test_trl_defaults_on_the_hf_export_train_on_the_completion_only(run, tiny_student_model, tmp_path) -> None:
+    """SFTTrainer's defaults on the exported split: the collated batch's labels mask the prompt (-100), as ORION's
+    own SFT does, and keep every completion token; the split's prompt and completion are the store's."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    split = load_from_disk(str(run["hf"].out / STUDENT), keep_in_memory=True)["orion"]  # TRL's maps: no cache files
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_student_model.path))
+    trainer = SFTTrainer(model=str(tiny_student_model.path), processing_class=tokenizer, train_dataset=split,
+                         args=SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(split.num_rows)])
+    for row, messages in enumerate(split["messages"]):
+        prompt_ids = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        labels = batch["labels"][row].tolist()
+        assert labels[:len(prompt_ids)] == [-100] * len(prompt_ids), f"row {row}: the loss covers the prompt"
+        assert labels[len(prompt_ids):len(ids)] == ids[len(prompt_ids):], f"row {row}: a completion token is masked"
+        assert batch["input_ids"][row].tolist()[:len(ids)] == ids
+    rows = run["sft"].filter(pl.col("variant") == "orion").sort("sft_example_id")
+    assert split["prompt"] == rows["prompt"].to_list() and split["completion"] == rows["completion"].to_list()
+
+
+def test_hf_export_has_no_large_arrow_types(run) -> None:
+    """``string`` and ``list``, not ``large_string``/``large_list`` (polars' types), which ``features`` in
+    datasets 4.0 (LLaMA-Factory's pin) cannot print: the schema of the Arrow files on disk."""
+    import pyarrow as pa
+    from datasets import load_from_disk
+
+    def large(kind: pa.DataType) -> list[str]:
+        found = [str(kind)] if pa.types.is_large_string(kind) or pa.types.is_large_list(kind) \
+            or pa.types.is_large_binary(kind) else []
+        children = [kind.field(i).type for i in range(kind.num_fields)] if kind.num_fields else []
+        return found + [t for child in children for t in large(child)]
+
+    files = sorted((run["hf"].out / STUDENT).rglob("data-*.arrow"))  # save_to_disk's shards
+    assert len(files) == 2
+    for path in files:
+        with pa.memory_map(str(path)) as source:
+            schema = pa.ipc.open_stream(source).schema
+        assert [t for f in schema for t in large(f.type)] == [], path
+    features = load_from_disk(str(run["hf"].out / STUDENT))["orion"].features
+    assert "large" not in repr(features).lower()
+
+
 def test_provenance_names_materializations_that_exist_and_the_refusal(run) -> None:
     result = run["hf"]
     document = json.loads((result.out / PROVENANCE_FILE).read_text())
