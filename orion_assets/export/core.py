@@ -250,6 +250,7 @@ def _export_checkpoint(store: BaseStore, request: ExportRequest, profile: Profil
         if request.merged:
             weights.merge_adapter(row["base_path"] or _adapter_base(path), path, folder / "merged")
             written["merged"] = "merged"
+    weights.readable_by_all(folder)
     for name in written:
         card = model_card(student=student, variant=variant, seed=seed, kind=row["kind"], scores=scores,
                           base_model=hub_base_model(profile, student), merged=name == "merged")

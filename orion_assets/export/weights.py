@@ -14,6 +14,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json")
 
 
+SHARED_MODE = 0o644
+
+
+def readable_by_all(folder: Path) -> None:
+    """Every ``.safetensors`` under ``folder`` made 0644, like the export's other files: transformers saves
+    them 0600, and ``copy2`` keeps a checkpoint's mode."""
+    for path in folder.rglob("*.safetensors"):
+        path.chmod(SHARED_MODE)
+
+
 def copy_adapter(checkpoint: Path, target: Path) -> list[Path]:
     """The adapter's config and weights and the tokenizer files of ``checkpoint`` copied into ``target``."""
     missing = [name for name in ADAPTER_FILES if not (checkpoint / name).is_file()]

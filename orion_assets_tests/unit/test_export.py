@@ -215,6 +215,14 @@ def test_hf_export_has_no_large_arrow_types(run) -> None:
     assert "large" not in repr(features).lower()
 
 
+def test_exported_safetensors_are_readable_by_all(run) -> None:
+    """transformers saves safetensors as 0600; an export is shared, so its weights are 0644 like its other files."""
+    files = sorted(run["hf"].out.rglob("*.safetensors"))
+    assert {p.parent.name for p in files} == {"adapter", "merged", "full"}
+    modes = {p.relative_to(run["hf"].out).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == dict.fromkeys(modes, "0o644")
+
+
 def test_provenance_names_materializations_that_exist_and_the_refusal(run) -> None:
     result = run["hf"]
     document = json.loads((result.out / PROVENANCE_FILE).read_text())
