@@ -12,6 +12,15 @@ from pathlib import Path
 from orion_assets.profiles import Profile, ProfileError, load_profile
 from orion_assets.store import BaseStore, store_for
 
+# The exit status of a user error (a wrong option, a bad profile or input file), as the README promises.
+USAGE_EXIT = 2
+
+
+def usage_error(command: str, message: object) -> int:
+    """Say a user error in one line on stderr, ``orion <command>: <message>``; the exit status to return."""
+    print(f"orion {command}: {message}", file=sys.stderr)
+    return USAGE_EXIT
+
 
 def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("ORION_DATA_DIR", "data")).expanduser().resolve()

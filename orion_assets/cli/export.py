@@ -9,15 +9,22 @@ from pathlib import Path
 
 import duckdb
 
-from orion_assets.cli.common import data_dir_of, open_store
-from orion_assets.export import FORMATS, ExportError, ExportRequest, export
+from orion_assets.cli.common import data_dir_of, open_store, usage_error
+from orion_assets.export import FORMATS, ExportError, ExportRequest, ExportUsageError, export
 from orion_assets.profiles import ProfileError, load_profile
 from orion_assets.store import store_in
 from orion_assets.store.ducklake import StoreError
 
+# orion export --help (plain text: argparse prints it as is)
+DESCRIPTION = ("Export what a run made, read-only from its store: the SFT data of each student and variant whose "
+               "quality gate passed, as a Hugging Face dataset with its card (hf), LLaMA-Factory files "
+               "(llamafactory) or OpenAI chat JSONL (jsonl), and with --checkpoints its LoRA adapters or merged "
+               "weights with model cards. orion_export.json records what it was made from. Exits 1 when a "
+               "variant was refused or nothing could be exported, 2 on a usage error. See docs/export.md.")
+
 
 def add_export_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("export", parents=parents,
+    parser = commands.add_parser("export", parents=parents, description=DESCRIPTION,
                                  help="export the SFT data (hf, llamafactory, jsonl) and checkpoints")
     parser.add_argument("--out", required=True, help="the export folder (empty, new, or an earlier export)")
     parser.add_argument("--format", choices=FORMATS, default="hf", help="dataset format (default hf)")
@@ -58,6 +65,8 @@ def export_command(args: argparse.Namespace) -> int:
         # a profile that does not load: the DuckDB file in the data folder (as orion report does)
         store = open_store(args, "export", profile) if profile is not None else store_in(data_dir_of(args))
         result = export(store, request, profile)
+    except ExportUsageError as exc:
+        return usage_error("export", exc)
     except (ExportError, FileNotFoundError, LookupError, duckdb.Error, StoreError) as exc:
         print(f"orion export: {exc}", file=sys.stderr)
         return 1

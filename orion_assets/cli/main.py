@@ -1,13 +1,14 @@
-"""The ``orion`` command: check a profile before a run, run the whole graph, query the DuckDB file."""
+"""The orion command: check a profile before a run, run the whole graph, query the DuckDB file, export what a
+run made."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from orion_assets.cli.check import check
+from orion_assets.cli.common import usage_error
 from orion_assets.cli.export import add_export_parser
 from orion_assets.cli.failures import user_error_message
 from orion_assets.cli.run import run
@@ -16,7 +17,7 @@ from orion_assets.llm import vllm_host
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orion", description=__doc__)
+    parser = argparse.ArgumentParser(prog="orion", description=__doc__)  # plain text: --help prints it as is
     parser.add_argument("--data-dir", help="the data folder (default $ORION_DATA_DIR or data/)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors and failed steps")
     common = argparse.ArgumentParser(add_help=False)
@@ -76,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = None if args.debug else user_error_message(type(exc).__name__, str(exc))
         if message is None:
             raise
-        print(f"orion {args.command}: {message}", file=sys.stderr)
-        return 2
+        return usage_error(args.command, message)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from orion_assets.export.core import PROVENANCE_FILE, ExportRequest, ExportResult, export, hub_token
 from orion_assets.export.formats import FORMATS, ExportFormat
-from orion_assets.export.read import ExportError
+from orion_assets.export.read import ExportError, ExportUsageError
 
-__all__ = ["FORMATS", "ExportFormat", "PROVENANCE_FILE", "ExportError", "ExportRequest", "ExportResult", "export", "hub_token"]
+__all__ = ["FORMATS", "ExportFormat", "PROVENANCE_FILE", "ExportError", "ExportUsageError", "ExportRequest",
+           "ExportResult", "export", "hub_token"]

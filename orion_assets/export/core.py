@@ -22,7 +22,7 @@ import polars as pl
 
 from orion_assets.export import formats, read, weights
 from orion_assets.export.cards import dataset_card, hub_base_model, model_card, source_licences
-from orion_assets.export.read import ExportError
+from orion_assets.export.read import ExportError, ExportUsageError
 from orion_assets.profiles import Profile
 from orion_assets.store import BaseStore
 from orion_assets.vocabulary import BASE_VARIANT, PARTITION_SEPARATOR, VARIANTS
@@ -46,15 +46,27 @@ class ExportRequest:
     command: str = "orion export"
 
     def __post_init__(self) -> None:
+        """Refuse a request that cannot be right whatever the store holds (:class:`ExportUsageError`)."""
         if self.format not in formats.FORMATS:
-            raise ExportError(f"unknown export format {self.format!r} (known: {', '.join(formats.FORMATS)})")
+            raise ExportUsageError(f"unknown export format {self.format!r} (known: {', '.join(formats.FORMATS)})")
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
-            raise ExportError(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+            raise ExportUsageError(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
         if self.merged and not self.checkpoints:
-            raise ExportError("--merged merges the exported checkpoints: add --checkpoints")
+            raise ExportUsageError("--merged merges the exported checkpoints: add --checkpoints")
         if self.push_to_hub and self.format != "hf":
-            raise ExportError(f"--push-to-hub pushes the hf format, not {self.format}: add --format hf")
+            raise ExportUsageError(f"--push-to-hub pushes the hf format, not {self.format}: add --format hf")
+        self.target()
+
+    def target(self) -> Path:
+        """``out`` resolved: a new or empty folder, or an earlier export (which is replaced)."""
+        out = Path(self.out).expanduser().resolve()
+        if out.exists() and not out.is_dir():
+            raise ExportUsageError(f"{out} is a file: --out names a folder")
+        if out.exists() and any(out.iterdir()) and not (out / PROVENANCE_FILE).is_file():
+            raise ExportUsageError(f"{out} is not empty and holds no earlier export ({PROVENANCE_FILE}): "
+                                   "choose an empty folder")
+        return out
 
 
 @dataclass
@@ -87,7 +99,7 @@ def hub_token() -> str:
     """The Hub token from ``HF_TOKEN``; refused clearly without one (never read from a file, never logged)."""
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
-        raise ExportError(f"--push-to-hub needs a Hugging Face token with write access in ${TOKEN_ENV}; it is not set")
+        raise ExportUsageError(f"--push-to-hub needs a Hugging Face token with write access in ${TOKEN_ENV}; it is not set")
     return token
 
 
@@ -113,7 +125,7 @@ def _choose(store: BaseStore, request: ExportRequest, result: ExportResult) -> d
     students = list(request.students) or have
     unknown = [s for s in students if s not in have]
     if unknown:
-        raise ExportError(f"no SFT data for student(s) {', '.join(unknown)} in {store.location} "
+        raise ExportUsageError(f"no SFT data for student(s) {', '.join(unknown)} in {store.location} "
                           f"(students with SFT data: {', '.join(have) or 'none'})")
     chosen: dict[str, list[str]] = {}
     for student in students:
@@ -137,19 +149,15 @@ def _choose(store: BaseStore, request: ExportRequest, result: ExportResult) -> d
 def export(store: BaseStore, request: ExportRequest, profile: Profile | None = None) -> ExportResult:
     """Write ``request``'s export of ``store`` (docs/export.md); ``profile`` describes the run in the cards."""
     token = hub_token() if request.push_to_hub else None
+    out = request.target()  # again: the folder may have changed since the request was made
     read.require_tables(store, ("sft_dataset", "train_problems", "cot_quality", "materializations"))
-    out = Path(request.out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file: --out names a folder")
-    if out.exists() and any(out.iterdir()) and not (out / PROVENANCE_FILE).is_file():
-        raise ExportError(f"{out} is not empty and holds no earlier export ({PROVENANCE_FILE}): choose an empty folder")
     result = ExportResult(out)
     chosen = _choose(store, request, result)
     if not chosen:
         why = "; ".join(f"{r['student']}/{r['variant']}: {r['reason']}" for r in result.refused + result.skipped)
         raise ExportError(f"nothing to export from {store.location}: {why or 'no SFT data'}")
     if request.push_to_hub and len(chosen) > 1:
-        raise ExportError(f"--push-to-hub pushes one student's dataset; choose one of {', '.join(chosen)} with --student")
+        raise ExportUsageError(f"--push-to-hub pushes one student's dataset; choose one of {', '.join(chosen)} with --student")
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -28,6 +28,10 @@ class ExportError(ValueError):
     """An export that cannot be made as asked; the message says what is missing and where."""
 
 
+class ExportUsageError(ExportError):
+    """The request itself is wrong (its options, ``--out``, a student the store lacks): ``orion export`` exits 2."""
+
+
 @dataclass(frozen=True)
 class Gate:
     """The quality gate's latest verdict on one student's variant, and the ``cot_quality`` it judged."""

@@ -360,8 +360,11 @@ def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, cap
     assert "exported tiny/orion: 7 examples" in captured.out
     command = json.loads((tmp_path / "cli" / PROVENANCE_FILE).read_text())["command"]
     assert command == f"orion export --out {tmp_path / 'cli'} --format jsonl --profile tiny"
-    assert main(["export", "--out", str(tmp_path / "hub"), "--push-to-hub", "me/data"]) == 1
+    # usage errors exit 2 (the README's promise for user errors), each one line naming the option
+    assert main(["export", "--out", str(tmp_path / "hub"), "--push-to-hub", "me/data"]) == 2
     assert "needs a Hugging Face token" in capsys.readouterr().err
+    assert main(["export", "--out", str(tmp_path / "who"), "--student", "nobody"]) == 2
+    assert capsys.readouterr().err.startswith("orion export: no SFT data for student(s) nobody")
 
     result = export_job.execute_in_process(
         run_config={"ops": {"export_op": {"config": {"out": str(tmp_path / "ui"), "format": "jsonl"}}}},
