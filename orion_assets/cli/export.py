@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -51,6 +54,23 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+@contextmanager
+def _quiet(request: ExportRequest) -> Iterator[None]:
+    """The summary is the command's output: no progress bars from datasets (saving the hf dataset) or transformers
+    (saving merged weights), and not the libraries' deprecation notices (FutureWarning), meant for their callers."""
+    if request.format == "hf":
+        import datasets  # deferred: heavy, and only the hf format uses it
+
+        datasets.disable_progress_bars()
+    if request.checkpoints:
+        from transformers.utils import logging as transformers_logging  # deferred: heavy
+
+        transformers_logging.disable_progress_bar()  # also huggingface_hub's
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|datasets)(\.|$)")
+        yield
+
+
 def export_command(args: argparse.Namespace) -> int:
     try:
         profile = load_profile(args.profile)
@@ -64,7 +84,8 @@ def export_command(args: argparse.Namespace) -> int:
                                 push_to_hub=args.push_to_hub, command=_command(args))
         # a profile that does not load: the DuckDB file in the data folder (as orion report does)
         store = open_store(args, "export", profile) if profile is not None else store_in(data_dir_of(args))
-        result = export(store, request, profile)
+        with _quiet(request):
+            result = export(store, request, profile)
     except ExportUsageError as exc:
         return usage_error("export", exc)
     except (ExportError, FileNotFoundError, LookupError, duckdb.Error, StoreError) as exc:

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,7 @@ FAILED_MESSAGE = "variant orion_no_error failed drop_rate: 3 of 8 rows dropped (
 N_PROBLEMS = 8
 MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SCORES = {"gsm_hard": (0.25, 0.1), "math500": (0.125, 0.05)}
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["Tom has 3 apples and buys 4 more. How many apples does he have?", "What is 12 times 3?",
            "A train travels 60 miles in 2 hours. What is its speed?"]
 
@@ -373,6 +376,22 @@ def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, cap
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert FAILED_MESSAGE in str(failure.event_specific_data.error)
     assert (tmp_path / "ui" / STUDENT / "orion.jsonl").is_file()  # what passed was still exported
+
+
+def test_orion_export_prints_its_summary_and_nothing_else(run, tmp_path) -> None:
+    """The real command, merging a checkpoint: no datasets/transformers progress bar, no library warning."""
+    env = {**os.environ, "ORION_DATA_DIR": str(run["store"].path.parent), "ORION_PROFILE": "tiny"}
+    out = tmp_path / "quiet"
+    made = subprocess.run([sys.executable, "-m", "orion_assets.cli", "export", "--out", str(out), "--checkpoints",
+                           "--merged"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert made.returncode == 1, made.stderr  # the refused variant
+    assert made.stdout.splitlines() == ["exported tiny/teacher_sft: 7 examples", "exported tiny/orion: 7 examples",
+                                        "exported checkpoint tiny/orion/0 (adapter, merged)",
+                                        "exported checkpoint tiny/orion/1 (full)",
+                                        "left out tiny/teacher_sft: no student_checkpoint in the store (not trained yet)",
+                                        str(out)]
+    (refused,) = made.stderr.splitlines()
+    assert refused.startswith(f"refused tiny/{FAILED}: the quality gate failed") and refused.endswith(FAILED_MESSAGE)
 
 
 def test_card_licences_come_from_the_data_readme() -> None:
