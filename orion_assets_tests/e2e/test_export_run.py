@@ -13,6 +13,7 @@ import pytest
 
 from orion_assets.export import PROVENANCE_FILE
 from orion_assets.store import Store
+from orion_assets.vocabulary import VARIANT_MODE
 
 # Reads the whole tiny graph, run once per session (minutes).
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ def orion_export(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_every_format_and_merged_checkpoints_after_orion_run(tiny_run, tmp_path) -> None:
     import torch
     from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,12 +41,25 @@ def test_every_format_and_merged_checkpoints_after_orion_run(tiny_run, tmp_path)
 
     made = orion_export(env, "--out", str(tmp_path / "hf"), "--checkpoints", "--merged")
     assert made.returncode == 0, made.stdout + made.stderr
+    # the summary and nothing else: no progress bar, no library warning
+    assert made.stderr == "" and made.stdout.splitlines()[-1] == str(tmp_path / "hf")
+    assert all(line.startswith(("exported ", "left out ")) for line in made.stdout.splitlines()[:-1]), made.stdout
     dataset = load_from_disk(str(tmp_path / "hf" / "tiny"))
     assert sorted(dataset) == variants
+    card = DatasetCard.load(tmp_path / "hf" / "tiny" / "README.md")
+    assert card.data.license == "mit" and "not listed" not in card.text  # gsm8k_train and aime_1983_2023: MIT
     for variant in variants:
         rows = sft.filter(pl.col("variant") == variant)
-        assert dataset[variant]["messages"] == [p + c for p, c in zip(rows["prompt"].to_list(),
-                                                                       rows["completion"].to_list(), strict=True)]
+        prompts, completions = rows["prompt"].to_list(), rows["completion"].to_list()
+        assert dataset[variant]["messages"] == [p + c for p, c in zip(prompts, completions, strict=True)]
+        assert dataset[variant]["prompt"] == prompts and dataset[variant]["completion"] == completions
+        if VARIANT_MODE.get(variant):  # the splits table: refined against teacher fallback, as the store has them
+            counts = rows["source"].value_counts()
+            refined, fallback = (int(counts.filter(pl.col("source") == s)["count"].sum()) for s in
+                                 ("refined", "teacher_fallback"))
+            assert f"| `{variant}` | {VARIANT_MODE[variant]} | {rows.height} | {refined} | {fallback} |" in card.text
+    weights = sorted((tmp_path / "hf" / "checkpoints").rglob("*.safetensors"))
+    assert weights and {oct(p.stat().st_mode & 0o777) for p in weights} == {"0o644"}
     provenance = json.loads((tmp_path / "hf" / PROVENANCE_FILE).read_text())
     with store.connect(read_only=True) as con:
         stored = {r[0] for r in con.execute("SELECT materialization_id FROM orion.materializations").fetchall()}
