@@ -45,12 +45,40 @@ MODE_VARIANT: dict[str, str] = {m.name: m.variant for m in MODE_TABLE}
 # Joins student, variant and seed in one partition key: ``tiny/orion/0`` (orion_assets.io.partitions).
 PARTITION_SEPARATOR = "/"
 
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline from the distillation literature, built from artefacts the graph already makes
+    (``baseline_cots``; docs/baselines.md)."""
+
+    variant: str  # the SFT variant, and baseline_cots.variant
+    trains_on: str  # what its SFT data is
+    needs_thinking: bool  # made from the teacher's thinking and solution apart: a teacher without thinking
+    # (dataset solutions) would make it equal teacher_sft byte for byte
+    own_problems: bool  # trains on the problems the student already solves: outside [sft] common_problems, which
+    # would otherwise hold every variant to those (docs/baselines.md)
+    reference: str  # where the method comes from
+
+
+BASELINE_TABLE: tuple[Baseline, ...] = (
+    Baseline("rft", "the student's own verified exposure solutions", False, True,
+             "rejection-sampling fine-tuning, Yuan et al. 2023, arXiv:2308.01825"),
+    Baseline("short_cot", "the teacher's solution without its thinking", True, False,
+             "short CoT, Li et al. 2025, arXiv:2502.12143"),
+    Baseline("mix_long", "long (teacher_sft's) and short CoTs mixed, 1:4 by default", True, False,
+             "Mix-Long, Mix Distillation of Li et al. 2025, arXiv:2502.12143"),
+)
+BASELINES: tuple[str, ...] = tuple(b.variant for b in BASELINE_TABLE)
+BASELINE_BY_VARIANT: dict[str, Baseline] = {b.variant: b for b in BASELINE_TABLE}
+OWN_PROBLEMS_VARIANTS: tuple[str, ...] = tuple(b.variant for b in BASELINE_TABLE if b.own_problems)
+
 BASE_VARIANT = "base"  # the untrained student
 REFERENCE_VARIANT = "teacher_sft"  # plain distillation: every delta is taken against it
-VARIANTS: tuple[str, ...] = (BASE_VARIANT, REFERENCE_VARIANT, *(m.variant for m in MODE_TABLE))
+VARIANTS: tuple[str, ...] = (BASE_VARIANT, REFERENCE_VARIANT, *(m.variant for m in MODE_TABLE), *BASELINES)
 TRAINING_VARIANTS: tuple[str, ...] = VARIANTS[1:]
-# The refined_cots mode each trained variant's data comes from (None: the teacher's own CoTs).
-VARIANT_MODE: dict[str, str | None] = {REFERENCE_VARIANT: None, **{m.variant: m.name for m in MODE_TABLE}}
+# The refined_cots mode each trained variant's data comes from (None: the teacher's own CoTs or a baseline's).
+VARIANT_MODE: dict[str, str | None] = {REFERENCE_VARIANT: None, **{m.variant: m.name for m in MODE_TABLE},
+                                       **dict.fromkeys(BASELINES)}
 
 Benchmark = Literal[BENCHMARKS]  # type: ignore[valid-type]
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]

@@ -243,6 +243,17 @@ DEFAULT_REWRITE_CONTEXT_PATTERNS: tuple[str, ...] = (
 )
 
 
+class BaselinesConfig(Section):
+    """How the field's baselines are made from the graph's own artefacts (docs/baselines.md)."""
+
+    # mix_long: the share of teacher CoTs kept long (thinking and solution); the rest train short (the solution
+    # alone). 0.2 is Mix-Long's 1:4 (Li et al. 2025, arXiv:2502.12143; their dataset UWNSL/Mix-Long_long_0.2_short_0.8).
+    long_share: float = Field(0.2, ge=0.0, le=1.0)
+    # rft: each problem's distinct verified exposure solutions (Yuan et al. 2023 keep every distinct correct
+    # reasoning path), or the first one alone (the lowest sample_index, as [reflection] teacher_samples = "first").
+    rft_solutions: Literal["first", "all"] = "all"
+
+
 class QualityConfig(Section):
     min_tokens: int = Field(8, ge=0)
     max_tokens: int = Field(4032, ge=1)  # < [sft] max_length by PROMPT_TOKEN_MARGIN (OrionConfig checks)
@@ -388,6 +399,7 @@ class OrionConfig(Section):
     exposure: ExposureConfig = ExposureConfig()
     reflection: ReflectionConfig = ReflectionConfig()
     quality: QualityConfig = QualityConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     sft: SFTSection = SFTSection()
     eval: EvalConfig = EvalConfig()
     store: StoreConfig = StoreConfig()

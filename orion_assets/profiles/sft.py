@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from orion_assets.profiles.k8s import K8sConfig
 from orion_assets.profiles.section import Section
+from orion_assets.vocabulary import REFERENCE_VARIANT, TRAINING_VARIANTS
 
 #: What one SFT run's length is matched on across variants (docs/sft.md, "Budgets").
 SFTBudget = Literal["epochs", "steps", "tokens"]
@@ -196,10 +197,23 @@ class SFTSettings(Section):
 
 
 class SFTSection(SFTSettings):
-    """The profile's [sft] table: the run's settings and the command that launches the SFT process."""
+    """The profile's [sft] table: the run's settings, the variants it trains and the command that launches the
+    SFT process."""
 
     launcher: list[str] = Field(default_factory=lambda: ["{python}", "-m", "orion_assets.training.main"])
     # The dagster-k8s/config tag of the student_checkpoint asset (its pod on Kubernetes); None: no tag.
     k8s: K8sConfig | None = None
+    # The trained variants this profile makes (teacher_sft always: every delta is taken over it); the others are
+    # skipped, with their reflection modes and baselines. Not in the config hash: which runs, not how.
+    variants: list[str] = Field(default_factory=lambda: list(TRAINING_VARIANTS))
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in TRAINING_VARIANTS]
+        if unknown or REFERENCE_VARIANT not in value or len(set(value)) < len(value):
+            raise ValueError(f"[sft] variants = {value}: name each at most once, among {', '.join(TRAINING_VARIANTS)}, "
+                             f"and include {REFERENCE_VARIANT} (every delta is taken over it)")
+        return value
 
 

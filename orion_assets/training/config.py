@@ -86,11 +86,11 @@ class TrainParams(SFTSettings):
         output_dir: str | os.PathLike,
         **overrides: Any,
     ) -> TrainParams:
-        """Build from a profile's [sft] section (pydantic model or mapping); ``launcher`` and ``k8s`` (where the
-        process runs, not what it trains) are left out."""
+        """Build from a profile's [sft] section (pydantic model or mapping); ``launcher``, ``k8s`` and ``variants``
+        (where the process runs and which variants run, not what one trains) are left out."""
         values = sft.model_dump() if hasattr(sft, "model_dump") else dict(sft)
-        values.pop("launcher", None)
-        values.pop("k8s", None)
+        for not_training in ("launcher", "k8s", "variants"):
+            values.pop(not_training, None)
         values.update(overrides)
         return cls(base_model_path=base_model_path, dataset_path=dataset_path, output_dir=output_dir, **values)
 
