@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orion_assets.assets import (
+    baselines,
     evaluation,
     export,
     exposure,
@@ -17,8 +18,8 @@ from orion_assets.assets import (
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 
-all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, quality, training, evaluation,
-                                              statistics])
+all_assets = dg.load_assets_from_modules([problems, teacher, exposure, reflection, baselines, quality, training,
+                                              evaluation, statistics])
 all_checks = dg.load_asset_checks_from_modules([quality])
 
 defs = dg.Definitions(

@@ -80,13 +80,12 @@ def refined_cots(
 
     def chunks():
         for teacher_chunk in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
-            chosen = reflection.teacher_cots_to_refine(teacher_chunk, cfg.reflection.teacher_samples)
-            chunk_ids = chosen["problem_id"].unique(maintain_order=True).to_list()
-            failed = reflection.exposure_failed_problems(
-                chunk_ids, student_attempts.rows_for("problem_id", chunk_ids, ["problem_id", "finish_reason"]))
-            exposure_failed.extend(failed)
-            chosen = chosen.filter(~pl.col("problem_id").is_in(failed))
+            chunk_ids = teacher_chunk["problem_id"].unique(maintain_order=True).to_list()
+            chosen = reflection.drawn_teacher_cots(
+                teacher_chunk, student_attempts.rows_for("problem_id", chunk_ids, ["problem_id", "finish_reason"]),
+                cfg.reflection.teacher_samples)
             ids = chosen["problem_id"].unique(maintain_order=True).to_list()
+            exposure_failed.extend(sorted(set(chunk_ids) - set(ids)))
             problems_by_id = {row["problem_id"]: row for row in train_problems.rows_for("problem_id", ids).iter_rows(named=True)}
             errors = student_errors.rows_for("problem_id", ids)
             texts = student_attempts.rows_for("attempt_id", errors["attempt_id"].to_list(),

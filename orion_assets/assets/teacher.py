@@ -16,7 +16,7 @@ TEACHER_COTS = TableSpec(
     "teacher_cots",
     {
         "teacher_cot_id": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64, "cot": pl.Utf8,
-        "has_thinking": pl.Boolean, "final_answer": pl.Utf8, "answer_method": pl.Utf8, "n_tokens": pl.Int64,
+        "solution": pl.Utf8, "has_thinking": pl.Boolean, "final_answer": pl.Utf8, "answer_method": pl.Utf8, "n_tokens": pl.Int64,
         "completion_tokens": pl.Int64, "prompt_tokens": pl.Int64, "finish_reason": pl.Utf8, "llm_call_id": pl.Utf8,
     },
     id="teacher_cot_id",
@@ -24,7 +24,8 @@ TEACHER_COTS = TableSpec(
 )
 
 
-@orion_asset(TEACHER_COTS, group_name="teacher", kinds={"polars"}, code_version="1")
+# 2: solution
+@orion_asset(TEACHER_COTS, group_name="teacher", kinds={"polars"}, code_version="2")
 def teacher_cots(
     context: dg.AssetExecutionContext, orion: OrionResource, train_problems: Table, student_base_model: Table
 ) -> Rows:
@@ -86,7 +87,8 @@ def _cot_row(sample: Sample) -> dict:
         "teacher_cot_id": _cot_id(sample.row["problem_id"], result.call_id),
         "problem_id": sample.row["problem_id"],
         "sample_index": sample.sample_index,
-        "cot": result.cot,
+        "cot": result.cot,  # the thinking, then the solution
+        "solution": result.answer,  # the solution alone: the reply after the thinking (short_cot's CoT)
         "has_thinking": result.thinking is not None,
         "final_answer": sample.verdict.extracted,
         "answer_method": sample.verdict.method,

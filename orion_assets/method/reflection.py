@@ -255,7 +255,7 @@ def refined_row(outcome: Outcome, on_failure: str, *, student: str, keep_student
 
 
 def teacher_cots_to_refine(teacher_cots: pl.DataFrame, teacher_samples: str) -> pl.DataFrame:
-    """The teacher CoTs the refined modes rewrite and ``teacher_sft`` trains on (``[reflection]
+    """The teacher CoTs the refined modes rewrite and the other variants train on (``[reflection]
     teacher_samples``): each problem's first verified sample (lowest ``sample_index``), or all of them."""
     if teacher_samples == "all":
         return teacher_cots.sort("problem_id", "sample_index")
@@ -272,17 +272,13 @@ def exposure_failed_problems(problem_ids: Sequence[str], attempts: pl.DataFrame)
     return [pid for pid in problem_ids if pid not in answered]
 
 
-def sft_teacher_cots(teacher_cots: pl.DataFrame, refined_cots: pl.DataFrame, teacher_samples: str) -> pl.DataFrame:
-    """The teacher CoTs ``teacher_sft`` trains on: those :func:`teacher_cots_to_refine` chooses that
-    refinement drew on (a ``refined_cots`` row of any mode names them), so that every variant is made
-    from the same (problem, teacher sample) pairs and exposure-failed problems leave every variant."""
-    drawn = set(refined_cots["teacher_cot_id"].to_list()) if "teacher_cot_id" in refined_cots.columns else set()
+def drawn_teacher_cots(teacher_cots: pl.DataFrame, attempts: pl.DataFrame, teacher_samples: str) -> pl.DataFrame:
+    """The teacher CoTs every variant is made from: those ``[reflection] teacher_samples`` chooses, less the
+    problems whose every exposure call failed (``attempts``: their ``problem_id`` and ``finish_reason``), as
+    refinement leaves them out (docs/reflection.md)."""
     chosen = teacher_cots_to_refine(teacher_cots, teacher_samples)
-    return chosen.filter(pl.col("teacher_cot_id").is_in(list(drawn)))
-
-
-
-
+    failed = exposure_failed_problems(chosen["problem_id"].unique(maintain_order=True).to_list(), attempts)
+    return chosen.filter(~pl.col("problem_id").is_in(failed))
 
 
 def yield_counts(tasks: Sequence[Task], outcomes: Sequence[Outcome], rows: Sequence[dict | None]) -> dict[str, int]:
