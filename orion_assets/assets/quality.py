@@ -16,66 +16,70 @@ from orion_assets.method import problems, prompts, reflection
 from orion_assets.method.quality import embedding, gate, lexical, metrics, rules, verdicts
 from orion_assets.method.quality.judge import parse_judge_reply
 from orion_assets.method.sampling import ChunkProgress
+from orion_assets.method.variants import skipped_variants
 from orion_assets.vocabulary import MODE_VARIANT, REFERENCE_VARIANT
 
 COT_QUALITY = TableSpec(
     "cot_quality",
     {
         "student": pl.Utf8, "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
-        "refined_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
+        "refined_cot_id": pl.Utf8, "baseline_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
         "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **metrics.COT_METRICS_SCHEMA,
         "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
         "judge_consistency": pl.Int64, "teacher_similarity": pl.Float64, "drop_reasons": pl.List(pl.Utf8),
         "kept": pl.Boolean,
     },
     id="cot_quality_id",
-    parents={"teacher_cot_id": "teacher_cots", "refined_cot_id": "refined_cots", "problem_id": "train_problems"},
+    parents={"teacher_cot_id": "teacher_cots", "refined_cot_id": "refined_cots", "baseline_cot_id": "baseline_cots",
+             "problem_id": "train_problems"},
     partition_by=("student",),
 )
 
 
-def candidates(teacher: pl.DataFrame, refined: pl.DataFrame, student: str) -> pl.DataFrame:
-    """One row per (variant, CoT) of one student that could become SFT data."""
+def candidates(teacher: pl.DataFrame, refined: pl.DataFrame, baseline: pl.DataFrame, student: str) -> pl.DataFrame:
+    """One row per (variant, CoT) of one student that could become SFT data: ``teacher_sft``'s teacher CoTs, the
+    refined modes' rows and the baselines' (``cot_table`` names the table that holds each text)."""
+    none = pl.lit(None, dtype=pl.Utf8)
+    truncated = (pl.col("finish_reason") == "length").alias("truncated")
     teacher_rows = teacher.select(
-        pl.lit(student).alias("student"),
-        pl.lit(REFERENCE_VARIANT).alias("variant"),
-        pl.lit("teacher_cots").alias("cot_table"),
-        "problem_id",
-        "teacher_cot_id",
-        pl.lit(None, dtype=pl.Utf8).alias("refined_cot_id"),
-        pl.lit("teacher").alias("source"),
-        "cot",
-        pl.lit(True).alias("verified"),
-        (pl.col("finish_reason") == "length").alias("truncated"),
+        pl.lit(student).alias("student"), pl.lit(REFERENCE_VARIANT).alias("variant"),
+        pl.lit("teacher_cots").alias("cot_table"), "problem_id", "teacher_cot_id", none.alias("refined_cot_id"),
+        none.alias("baseline_cot_id"), pl.lit("teacher").alias("source"), "cot", pl.lit(True).alias("verified"),
+        truncated,
     )
     refined_rows = refined.select(
-        pl.lit(student).alias("student"),
-        pl.col("mode").replace_strict(MODE_VARIANT, return_dtype=pl.Utf8).alias("variant"),
-        pl.lit("refined_cots").alias("cot_table"),
-        "problem_id",
-        "teacher_cot_id",
-        "refined_cot_id",
-        "source",
-        "cot",
-        "verified",
-        (pl.col("finish_reason") == "length").alias("truncated"),
+        pl.lit(student).alias("student"), pl.col("mode").replace_strict(MODE_VARIANT, return_dtype=pl.Utf8).alias("variant"),
+        pl.lit("refined_cots").alias("cot_table"), "problem_id", "teacher_cot_id", "refined_cot_id",
+        none.alias("baseline_cot_id"), "source", "cot", "verified", truncated,
     )
-    frame = pl.concat([teacher_rows, refined_rows])
+    baseline_rows = baseline.select(
+        pl.lit(student).alias("student"), "variant", pl.lit("baseline_cots").alias("cot_table"), "problem_id",
+        "teacher_cot_id", none.alias("refined_cot_id"), "baseline_cot_id", "source", "cot", "verified", truncated,
+    )
+    frame = pl.concat([teacher_rows, refined_rows, baseline_rows])
     return frame.with_columns(
-        pl.struct("student", "variant", "cot_table", "teacher_cot_id", "refined_cot_id")
-        .map_elements(lambda r: content_id("cot_quality", *r.values()), return_dtype=pl.Utf8)
+        pl.struct("student", "variant", "cot_table", "teacher_cot_id", "refined_cot_id", "baseline_cot_id")
+        .map_elements(lambda r: _quality_id(**r), return_dtype=pl.Utf8)
         .alias("cot_quality_id"),
         pl.col("cot").map_elements(lambda c: content_id("cot", c), return_dtype=pl.Utf8).alias("cot_hash"),
     )
 
 
-# 6: per student; teacher_samples, rewrite_context
-@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="6")
+def _quality_id(student, variant, cot_table, teacher_cot_id, refined_cot_id, baseline_cot_id) -> str:
+    """A candidate's id: a teacher or refined row's as before baselines existed, a baseline row's with its id."""
+    parts = (student, variant, cot_table, teacher_cot_id, refined_cot_id)
+    return content_id("cot_quality", *parts, *((baseline_cot_id,) if baseline_cot_id is not None else ()))
+
+
+# 7: baselines; teacher_sft draws on the teacher CoTs of every problem exposure reached (refined or not)
+@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="7")
 def cot_quality(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
     teacher_cots: Table,
     refined_cots: Table,
+    baseline_cots: Table,
+    student_attempts: Table,
     train_problems: Table,
     student_base_model: Table,
 ) -> Rows:
@@ -98,15 +102,18 @@ def cot_quality(
     judge = Metered(orion.endpoint("judge")) if cfg.endpoints.judge is not None else None
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
     seen: set[tuple[str, str]] = set()  # (variant, cot_hash) of every CoT kept so far
+    skipped = skipped_variants(cfg)  # rows an earlier profile's refinement left for variants this one skips
     summary_rows: list[pl.DataFrame] = []
 
     def chunks():
         for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
             ids = teacher["problem_id"].unique(maintain_order=True).to_list()
             refined = refined_cots.rows_for("problem_id", ids)
-            # teacher_sft draws on the teacher CoTs refinement drew on ([reflection] teacher_samples)
-            frame = candidates(reflection.sft_teacher_cots(teacher, refined, cfg.reflection.teacher_samples), refined,
-                               student)
+            # teacher_sft draws on the teacher CoTs refinement and the baselines drew on ([reflection] teacher_samples)
+            attempts = student_attempts.rows_for("problem_id", ids, ["problem_id", "finish_reason"])
+            drawn = reflection.drawn_teacher_cots(teacher, attempts, cfg.reflection.teacher_samples)
+            frame = candidates(drawn, refined, baseline_cots.rows_for("problem_id", ids), student)
+            frame = frame.filter(~pl.col("variant").is_in(sorted(skipped)))
             measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
                                            max_pairs=cfg.quality.coherence_max_pairs or None)
             hits = [index.match(cot) for cot in frame["cot"]]

@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
+from orion_assets.assets.quality import COT_QUALITY
 from orion_assets.ids import content_id
 from orion_assets.io import serving
 from orion_assets.io.metadata import percentiles
@@ -36,7 +37,7 @@ from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
-from orion_assets.vocabulary import BASE_VARIANT
+from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 
 STUDENT_BASE_MODEL = TableSpec(
     "student_base_model",
@@ -91,7 +92,7 @@ SFT_DATASET = TableSpec(
     "sft_dataset",
     {
         "sft_example_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
-        "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "source": pl.Utf8,
+        "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "baseline_cot_id": pl.Utf8, "source": pl.Utf8,
         "prompt": MESSAGES, "completion": MESSAGES, "n_tokens": pl.Int64,
     },
     id="sft_example_id",
@@ -122,8 +123,9 @@ SFT_OP_TAGS = sft_op_tags(load_profile().config.sft.k8s)
 
 @orion_asset(SFT_DATASET, group_name="training", partitions_def=sft_partitions, kinds={"parquet"},
              ins={"cot_quality": dg.AssetIn(partition_mapping=student_to_sft),
-                  "refined_cots": dg.AssetIn(partition_mapping=student_to_sft)},
-             code_version="5")
+                  "refined_cots": dg.AssetIn(partition_mapping=student_to_sft),
+                  "baseline_cots": dg.AssetIn(partition_mapping=student_to_sft)},
+             code_version="6")
 def sft_dataset(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -131,6 +133,7 @@ def sft_dataset(
     train_problems: Table,
     teacher_cots: Table,
     refined_cots: Table,
+    baseline_cots: Table,
 ) -> Rows:
     """Chat prompt/completion examples of one student's variant: its ``cot_quality`` rows that broke no
     per-row rule (``kept``), once the quality gate passed for this variant; with [sft] ``common_problems``,
@@ -149,13 +152,14 @@ def sft_dataset(
     overrides = cfg.prompts.model_dump()
     candidates = cot_quality.filter(variant=variant)
     shared = _common_problems(orion, cot_quality) if cfg.sft.common_problems else None
-    in_common = pl.col("problem_id").is_in(sorted(shared.problems)) if shared is not None else None
+    in_common = (pl.col("problem_id").is_in(sorted(shared.problems))
+                 if shared is not None and variant not in OWN_PROBLEMS_VARIANTS else None)
     counts = {"candidates": 0, "examples": 0, "not_common": 0}
     dropped: list[pl.DataFrame] = []
     by_source: collections.Counter[str] = collections.Counter()
     tokens: list[int] = []
-    columns = ["cot_quality_id", "cot_table", "problem_id", "teacher_cot_id", "refined_cot_id", "source", "n_tokens",
-               "kept", "drop_reasons"]
+    columns = ["cot_quality_id", "cot_table", "problem_id", "teacher_cot_id", "refined_cot_id", "baseline_cot_id",
+               "source", "n_tokens", "kept", "drop_reasons"]
 
     def chunks():
         parquet.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +176,8 @@ def sft_dataset(
                     chunk = chunk.filter(in_common)
                 cots = chunk.filter(pl.col("kept")).sort("cot_quality_id")
                 problem_text = train_problems.column_map("problem_id", "problem", cots["problem_id"].unique().to_list())
-                texts = _cot_texts(cots, teacher_cots, refined_cots)
+                texts = _cot_texts(cots, {"teacher_cots": teacher_cots, "refined_cots": refined_cots,
+                                          "baseline_cots": baseline_cots})
                 rows = []
                 for cot in cots.iter_rows(named=True):
                     prompt = list(prompts.messages("solve", overrides, problem=problem_text[cot["problem_id"]]))
@@ -182,7 +187,8 @@ def sft_dataset(
                         "student": student, "variant": variant,
                         "cot_quality_id": cot["cot_quality_id"], "problem_id": cot["problem_id"],
                         "teacher_cot_id": cot["teacher_cot_id"], "refined_cot_id": cot["refined_cot_id"],
-                        "source": cot["source"], "prompt": prompt, "completion": completion, "n_tokens": cot["n_tokens"],
+                        "baseline_cot_id": cot["baseline_cot_id"], "source": cot["source"],
+                        "prompt": prompt, "completion": completion, "n_tokens": cot["n_tokens"],
                     })  # fmt: skip
                 frame = pl.DataFrame(rows, schema=SFT_DATASET.columns)
                 counts["examples"] += frame.height
@@ -324,18 +330,18 @@ def checkpoint_row(**values: object) -> pl.DataFrame:
 
 def _common_problems(orion: OrionResource, cot_quality: Table) -> common.CommonProblems:
     """[sft] ``common_problems``: the problems every variant in the student's ``cot_quality`` kept, the variants
-    this profile leaves out aside."""
+    this profile leaves out aside, and those that train on their own problems (``rft``: docs/baselines.md)."""
     rows = cot_quality.frame(columns=list(common.COLUMNS))
-    skipped = skipped_variants(orion.active.config)
-    ran = [v for v in rows["variant"].drop_nulls().unique().to_list() if v not in skipped and v != BASE_VARIANT]
+    aside = {*skipped_variants(orion.active.config), BASE_VARIANT, *OWN_PROBLEMS_VARIANTS}
+    ran = [v for v in rows["variant"].drop_nulls().unique().to_list() if v not in aside]
     return common.common_problems(rows, ran)
 
 
-def _cot_texts(cots: pl.DataFrame, teacher_cots: Table, refined_cots: Table) -> dict[str, str]:
-    """``{cot_quality_id: CoT text}``, each read from the table that holds it (``cot_table``)."""
+def _cot_texts(cots: pl.DataFrame, tables: dict[str, Table]) -> dict[str, str]:
+    """``{cot_quality_id: CoT text}``, each read from the table that holds it (``cot_table``: a key of ``tables``)."""
     texts: dict[str, str] = {}
-    for table, handle, id_column in (("teacher_cots", teacher_cots, "teacher_cot_id"),
-                                     ("refined_cots", refined_cots, "refined_cot_id")):
+    for table, handle in tables.items():
+        id_column = {parent: column for column, parent in COT_QUALITY.parents.items()}[table]
         rows = cots.filter(pl.col("cot_table") == table)
         if rows.height == 0:
             continue
