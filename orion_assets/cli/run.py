@@ -160,9 +160,13 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
         )
     if not args.no_check and (code := _preflight(args, profile, data_dir, out, err)) is not None:
         return code
+    by_reason: dict[str, list[str]] = {}
     for variant, why in skipped.items():
+        by_reason.setdefault(why, []).append(variant)
+    for why, variants in by_reason.items():
         if not quiet:
-            print(f"orion run: leaving out variant {variant}: {why}", file=out, flush=True)
+            print(f"orion run: leaving out variant{'s' * (len(variants) > 1)} {', '.join(variants)}: {why}",
+                  file=out, flush=True)
 
     previous_log_env = os.environ.get("ORION_LOG_FILE")
     os.environ["ORION_LOG_FILE"] = str(log_path)  # the SFT process appends its own output there

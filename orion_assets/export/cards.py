@@ -14,7 +14,7 @@ import polars as pl
 
 from orion_assets.profiles import Profile
 from orion_assets.records import PACKAGE_DATA, resolve_data_path
-from orion_assets.vocabulary import BENCHMARKS, VARIANT_MODE
+from orion_assets.vocabulary import BASELINE_BY_VARIANT, BENCHMARKS, VARIANT_MODE
 
 DATA_README = Path(__file__).resolve().parents[1] / "data" / "README.md"
 PACKAGE_PREFIX = "package:"
@@ -129,6 +129,13 @@ def _refined(variant: str, split: dict[str, Any]) -> str:
     return f"{sources.get('refined', 0)} | {sources.get('teacher_fallback', 0)}"
 
 
+def _made_from(variant: str) -> str:
+    """The reflection mode of a variant's CoTs, what a baseline's are (docs/baselines.md), or the teacher's CoT."""
+    if variant in BASELINE_BY_VARIANT:
+        return f"baseline: {BASELINE_BY_VARIANT[variant].trains_on}"
+    return VARIANT_MODE.get(variant) or "teacher CoT"
+
+
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
 
@@ -161,13 +168,13 @@ def dataset_card(*, student: str, splits: dict[str, dict[str, Any]], columns: li
         f"- Student: {_student(profile, student)}",
         f"- Profile: `{name}`, hash {hashes} (the hash recorded with the exported SFT data)", "",
         "## Splits", "",
-        "| split (variant) | reflection mode | examples | refined | teacher fallback | candidates | kept | "
+        "| split (variant) | reflection mode or baseline | examples | refined | teacher fallback | candidates | kept | "
         "dropped by reason |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, split in splits.items():
         quality = split.get("quality") or {}
-        lines.append(f"| `{variant}` | {VARIANT_MODE.get(variant) or 'teacher CoT'} | {split['rows']} | "
+        lines.append(f"| `{variant}` | {_made_from(variant)} | {split['rows']} | "
                      f"{_refined(variant, split)} | {quality.get('candidates', '—')} | {quality.get('kept', '—')} | "
                      f"{_reasons(quality.get('dropped_by_reason', {}))} |")
     lines += ["", "`refined`: CoTs the reflection rewrote; `teacher fallback`: the teacher's own CoT, kept where no "

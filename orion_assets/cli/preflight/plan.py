@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 from orion_assets.cli.preflight.context import Context
 from orion_assets.llm.usage import cost_usd
 from orion_assets.method.problems import BENCHMARK_SPECS
-from orion_assets.method.variants import skipped_modes, skipped_variants
+from orion_assets.method.variants import skipped_baselines, skipped_modes, skipped_variants
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.records import PACKAGE_DATA, resolve_data_path
-from orion_assets.vocabulary import MODE_ROLE, MODES, ROLES, TRAINING_VARIANTS
+from orion_assets.vocabulary import BASELINE_TABLE, MODE_ROLE, MODES, ROLES, TRAINING_VARIANTS
 
 # A solve prompt (instruction, problem, chat template) in tokens: GSM8K and MATH problems run
 # 50-300 tokens, AIME statements up to ~400. Used where the cache has no average yet.
@@ -114,7 +114,11 @@ def stages(ctx: Context, problems: Problems) -> list[Stage]:
                                  f"{per_student}",
                                  max_tokens, reflect_prompt, upto=True))
     if ctx.selected("cot_quality") and cfg.endpoints.judge is not None:
-        candidates = train * drawn * (1 + len([m for m in MODES if m not in skipped_modes(cfg)]))
+        baselines = skipped_baselines(cfg)
+        from_teacher = 1 + len([m for m in MODES if m not in skipped_modes(cfg)]) + len(
+            [b for b in BASELINE_TABLE if b.variant not in baselines and not b.own_problems])
+        own = sum(cfg.exposure.n for b in BASELINE_TABLE if b.variant not in baselines and b.own_problems)
+        candidates = train * (drawn * from_teacher + own) * students  # own: up to one per exposure sample
         planned.append(Stage("cot_quality (judge)", "judge", candidates, f"up to {candidates} candidate CoTs",
                              cfg.endpoints.judge.max_tokens, SOLVE_PROMPT_TOKENS + JUDGE_PROMPT_EXTRA_TOKENS + teacher_out,
                              upto=True, budgeted=False))

@@ -60,7 +60,7 @@ from orion_assets.method.evaluation.report.sections import (
     reflection_frame,
 )
 from orion_assets.store import SCHEMA, BaseStore
-from orion_assets.vocabulary import REFERENCE_VARIANT
+from orion_assets.vocabulary import BASELINE_TABLE, REFERENCE_VARIANT
 
 MARKDOWN_NAME = "leaderboard.md"
 
@@ -183,7 +183,8 @@ def build_report(
     lines += _reflection_section(reflection_frame(teacher, refined))
     lines += _quality_section(cot_quality, sft_problems)
     lines += cot_quality_section(cot_quality)
-    lines += _usage_section(usage, prices)
+    made = set(sft_problems["variant"].drop_nulls().to_list()) if sft_problems is not None and sft_problems.height else None
+    lines += _usage_section(usage, prices, made)
     plots = [
         ("pass@1 per benchmark and variant", accuracy_png),
         ("pass@1 and paired deltas with their intervals", intervals_png),
@@ -204,7 +205,9 @@ def build_report(
         "## How this was made\n",
         "Each model variant (`base`: the student as it is; `teacher_sft`: fine-tuned on verified teacher CoTs; "
         "`orion`: on CoTs the student refined after seeing its own errors; `orion_no_error` and "
-        "`orion_no_reflection`: the two ablations) answered every problem of each benchmark with k samples, "
+        "`orion_no_reflection`: the two ablations; the field's baselines, "
+        + "; ".join(f"`{b.variant}`: {b.trains_on} ({b.reference})" for b in BASELINE_TABLE)
+        + ", docs/baselines.md) answered every problem of each benchmark with k samples, "
         "and math-verify graded each sample against the gold answer (GSM-Hard by the rule named under the "
         "pass@1 table, integers for AIME); a sample whose endpoint call failed is not graded and counts in no "
         "score. pass@1 is the mean over problems of each problem's share of correct samples, with the "

@@ -13,7 +13,17 @@ from orion_assets.method.evaluation.report.format import MISSING, _md_table, _mo
 from orion_assets.method.evaluation.report.scores import with_model_keys
 from orion_assets.method.quality.common import common_problems
 from orion_assets.method.quality.rules import reason_counts
-from orion_assets.vocabulary import BASE_VARIANT, MODE_BY_NAME, MODES, REFERENCE_VARIANT, ROLES, VARIANT_MODE, VARIANTS
+from orion_assets.vocabulary import (
+    BASE_VARIANT,
+    BASELINE_BY_VARIANT,
+    MODE_BY_NAME,
+    MODES,
+    OWN_PROBLEMS_VARIANTS,
+    REFERENCE_VARIANT,
+    ROLES,
+    VARIANT_MODE,
+    VARIANTS,
+)
 
 # -- reflection yield ----------------------------------------------------------------------------
 
@@ -113,17 +123,20 @@ def common_problems_frame(cot_quality: pl.DataFrame | None, sft: pl.DataFrame | 
     """Per student whose trained variants ([sft] common_problems) all train on exactly the problems every variant
     in its ``cot_quality`` kept (``sft``: ``sft_dataset``'s student, variant, problem_id): the variants, the
     problems they share and those the rule dropped (kept by some variants only)."""
-    schema = {"student": pl.Utf8, "variants": pl.Int64, "shared": pl.Int64, "dropped": pl.Int64}
+    schema = {"student": pl.Utf8, "variants": pl.Int64, "shared": pl.Int64, "dropped": pl.Int64, "own": pl.Object}
     if cot_quality is None or sft is None or "problem_id" not in cot_quality.columns or sft.is_empty():
         return pl.DataFrame(schema=schema)
     quality, sft = with_model_keys(cot_quality), with_model_keys(sft).filter(pl.col("variant") != BASE_VARIANT)
     rows = []
     for student in sorted(sft["student"].drop_nulls().unique().to_list()):
         trained = {v: set(g["problem_id"]) for (v,), g in sft.filter(pl.col("student") == student).group_by("variant")}
-        common = common_problems(quality.filter(pl.col("student") == student))
+        own = {v: len(trained.pop(v)) for v in OWN_PROBLEMS_VARIANTS if v in trained}  # outside the rule
+        mine = quality.filter(pl.col("student") == student)
+        common = common_problems(mine, [v for v in mine["variant"].drop_nulls().unique().to_list()
+                                        if v not in OWN_PROBLEMS_VARIANTS])
         if len(trained) > 1 and all(problems == common.problems for problems in trained.values()):
             rows.append({"student": student, "variants": len(trained), "shared": len(common.problems),
-                         "dropped": len(common.dropped)})
+                         "dropped": len(common.dropped), "own": own})
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -131,7 +144,11 @@ def _common_problems_line(cot_quality: pl.DataFrame | None, sft: pl.DataFrame | 
     frame = common_problems_frame(cot_quality, sft)
     if frame.is_empty():
         return []
-    counts = "; ".join(f"`{r['student']}`: {r['shared']:,} shared, {r['dropped']:,} dropped" for r in frame.iter_rows(named=True))
+    def own(counts: dict[str, int]) -> str:
+        return "".join(f" (`{v}`: {n:,} problems the student solved, outside the rule)" for v, n in counts.items())
+
+    counts = "; ".join(f"`{r['student']}`: {r['shared']:,} shared, {r['dropped']:,} dropped{own(r['own'])}"
+                       for r in frame.iter_rows(named=True))
     return [f"Common problems (`[sft] common_problems`): each student's trained variants train on the same problems "
             f"(dropped: kept by some variants only); {counts}.\n"]
 
@@ -171,9 +188,12 @@ def _sft_data_stages(mode: str | None) -> tuple[tuple[str, str | None], ...]:
     return (("teacher_cots", None), *attempts, ("refined_cots", mode))
 
 
-# The LLM stages behind each trained variant's SFT data (refined_cots: its mode's calls only).
+# The LLM stages behind each trained variant's SFT data (refined_cots: its mode's calls only); a baseline makes no
+# call of its own: the stage it is made from comes last.
 SFT_DATA_STAGES: dict[str, tuple[tuple[str, str | None], ...]] = {
-    variant: _sft_data_stages(mode) for variant, mode in VARIANT_MODE.items()
+    variant: (_sft_data_stages(mode) if variant not in BASELINE_BY_VARIANT else
+              (("student_attempts", None),) if BASELINE_BY_VARIANT[variant].own_problems else (("teacher_cots", None),))
+    for variant, mode in VARIANT_MODE.items()
 }
 Prices = dict[str, tuple[float | None, float | None]]
 
@@ -191,7 +211,8 @@ def _usd(prices: Prices | None, role: str, prompt: int, completion: int) -> floa
     return (prompt * (price_in or 0.0) + completion * (price_out or 0.0)) / 1e6
 
 
-def _usage_section(usage: pl.DataFrame | None, prices: Prices | None) -> list[str]:
+def _usage_section(usage: pl.DataFrame | None, prices: Prices | None, made: set[str] | None = None) -> list[str]:
+    """The LLM usage tables; per variant, only those in ``made`` (the variants with SFT data) when given."""
     if usage is None or usage.is_empty():
         return []
     usage = usage.with_columns(
@@ -215,6 +236,8 @@ def _usage_section(usage: pl.DataFrame | None, prices: Prices | None) -> list[st
                  _money(float(total_cost.sum())) if total_cost.len() else MISSING])
     variant_rows = []
     for variant, stages in SFT_DATA_STAGES.items():
+        if made is not None and variant not in made:
+            continue
         mine = usage.filter(pl.any_horizontal([
             (pl.col("stage") == stage) & (pl.col("detail") == detail if detail else pl.lit(True)) for stage, detail in stages
         ]))
