@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from orion_assets.io.serving import checkpoint_name
+from orion_assets.vocabulary import TRAINING_VARIANTS
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINED_VARIANTS = ("teacher_sft", "orion", "orion_no_error", "orion_no_reflection")
+TRAINED_VARIANTS = TRAINING_VARIANTS  # the paper profile trains every one: the method, its ablations, the baselines
 STUDENT_CONTEXT = 4096
 KEY_ENV = "ORION_DRY_RUN_TEACHER_KEY"
 
@@ -179,7 +180,7 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
             write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url)
             # 2. Teacher CoTs, error exposure, reflection, the gate, SFT data and checkpoints.
             dry.orion("run", "--select", "teacher_cots", "student_attempts", "student_errors", "refined_cots",
-                      "cot_quality", "sft_dataset", "student_checkpoint")
+                      "baseline_cots", "cot_quality", "sft_dataset", "student_checkpoint")
             checkpoints = dry.checkpoints()
             # 3. vLLM restarted with the adapters: --lora-modules <variant>-<checkpoint id[:12]>=<checkpoint> ...
             student.restart(**served_adapters(checkpoints))

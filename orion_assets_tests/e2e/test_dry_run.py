@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from orion_assets.vocabulary import BASELINES
 from orion_devtools.dry_run import TRAINED_VARIANTS, run
 
 pytestmark = pytest.mark.slow
@@ -16,7 +17,7 @@ def summary(tmp_path_factory) -> dict:
     return run(tmp_path_factory.mktemp("dry_run"))
 
 
-def test_the_four_sft_variants_differ(summary):
+def test_the_sft_variants_and_baselines_differ(summary):
     assert set(summary["sft_rows"]) == set(TRAINED_VARIANTS)
     assert all(n > 0 for n in summary["sft_rows"].values())
     assert summary["sft_identical_pairs"] == []
@@ -50,9 +51,24 @@ def test_the_report_shows_yields_and_failed_calls(summary):
 
 def test_a_retrained_variant_is_evaluated_again(summary):
     assert summary["retrained"]["orion"] != summary["checkpoints"]["orion"]
-    for variant in ("teacher_sft", "orion_no_error", "orion_no_reflection"):
+    for variant in (v for v in TRAINED_VARIANTS if v != "orion"):
         assert summary["retrained"][variant] == summary["checkpoints"][variant]
     # the new adapter is served under its checkpoint's name; every math500 sample was asked again
     assert summary["second_eval_models"] == [f"orion-{summary['retrained']['orion'][:12]}"]
     assert summary["second_eval_requests"] == 5 * 2
     assert summary["predictions_checkpoint_orion_math500"] == [summary["retrained"]["orion"]]
+
+
+def test_the_report_compares_the_baselines_and_the_cot_quality_of_every_variant(summary):
+    from pathlib import Path
+
+    report = Path(summary["report"]).read_text()
+    board = report.split("## CoT quality by variant", 1)[0]
+    for baseline in BASELINES:  # each has its paired delta over teacher_sft, on the same problems
+        (line,) = [row for row in board.splitlines() if row.startswith(f"| `{baseline}` |") and "[" in row]
+        assert line.count("[") >= 1
+    quality = report.split("## CoT quality by variant", 1)[1].split("\n## ", 1)[0]
+    for variant in TRAINED_VARIANTS:
+        assert f"| `{variant}` |" in quality
+    assert "### Judge scores: paired Δ over `teacher_sft`" in quality  # the dry run sets a judge
+    assert "Common problems (`[sft] common_problems`)" in report and "`rft`:" in report

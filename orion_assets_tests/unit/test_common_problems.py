@@ -83,7 +83,13 @@ def test_the_report_shows_common_problems_only_where_the_variants_train_on_them(
     quality = _rows({"teacher_sft": ["p1", "p2", "p3"], "orion": ["p2", "p3", "p4"]}).with_columns(student=pl.lit("s"))
     both = pl.DataFrame({"student": "s", "variant": ["teacher_sft", "teacher_sft", "orion", "orion"],
                          "problem_id": ["p2", "p3", "p2", "p3"]})
-    assert common_problems_frame(quality, both).to_dicts() == [{"student": "s", "variants": 2, "shared": 2, "dropped": 2}]
+    assert common_problems_frame(quality, both).to_dicts() == [
+        {"student": "s", "variants": 2, "shared": 2, "dropped": 2, "own": {}}]
+    # rft trains on the problems the student solved, outside the rule: counted apart, the others still share theirs
+    with_rft = pl.concat([quality, _rows({"rft": ["p1"]}).with_columns(student=pl.lit("s"))])
+    rft = pl.concat([both, pl.DataFrame({"student": "s", "variant": ["rft"], "problem_id": ["p1"]})])
+    assert common_problems_frame(with_rft, rft).to_dicts() == [
+        {"student": "s", "variants": 2, "shared": 2, "dropped": 2, "own": {"rft": 1}}]
     # without the rule each variant trains on what it kept: nothing to say
     own = pl.DataFrame({"student": "s", "variant": ["teacher_sft"] * 3 + ["orion"] * 3,
                         "problem_id": ["p1", "p2", "p3", "p2", "p3", "p4"]})
@@ -107,7 +113,7 @@ def _cot_quality(too_long: dict[str, set[str]], unverified: dict[str, set[str]])
             rows.append({
                 "cot_quality_id": quality_id, "student": "tiny", "variant": variant, "problem_id": problem,
                 "cot_table": "refined_cots" if refined else "teacher_cots", "teacher_cot_id": f"t-{problem}",
-                "refined_cot_id": f"r-{variant}-{problem}" if refined else None,
+                "refined_cot_id": f"r-{variant}-{problem}" if refined else None, "baseline_cot_id": None,
                 "source": "refined" if refined else "teacher", "cot_hash": f"h-{quality_id}",
                 "verified": problem not in unverified[variant], "truncated": False,
                 "n_tokens": 5000 if problem in too_long[variant] else 100, "coherence": 0.5,

@@ -479,6 +479,7 @@ def _cot_quality_table(poisoned: str, variants: list[str]) -> pl.DataFrame:
         pl.lit("teacher_cots").alias("cot_table"),
         pl.format("t-{}", pl.col("cot_quality_id")).alias("teacher_cot_id"),
         pl.lit(None, dtype=pl.Utf8).alias("refined_cot_id"),
+        pl.lit(None, dtype=pl.Utf8).alias("baseline_cot_id"),
         pl.lit("teacher").alias("source"),
         pl.lit("run-0").alias("dagster_run_id"),
     )
@@ -596,6 +597,7 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     similarity to the teacher land in the table and its metadata, and the report's quality section reads them."""
     import dagster as dg
 
+    from orion_assets.assets.baselines import BASELINE_COTS
     from orion_assets.assets.quality import cot_quality
     from orion_assets.io.io_manager import resources_for
     from orion_assets.io.resource import OrionResource
@@ -625,6 +627,10 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
                                         "problem": [r["question"] for r in records]}),
         "student_base_model": pl.DataFrame({"path": [str(embedding.resolve_embedding_model(CFG.embedding_model))],
                                             "model_id": ["minilm"], "student": ["tiny"]}),
+        # exposure reached every problem; the tiny profile makes no baseline (a replay teacher, a random student)
+        "student_attempts": pl.DataFrame({"attempt_id": [f"a{i}" for i in range(6)], "student": "tiny",
+                                          "problem_id": [f"p{i}" for i in range(6)], "finish_reason": "stop"}),
+        "baseline_cots": BASELINE_COTS.empty().with_columns(pl.lit("tiny").alias("student")),
     }
     for name, frame in tables.items():
         partition = "tiny" if "student" in frame.columns else None

@@ -151,15 +151,6 @@ def test_a_problem_whose_every_exposure_call_failed_is_not_never_wrong():
     assert reflection.exposure_failed_problems(["a", "b", "c", "d"], attempts) == ["b", "d"]
 
 
-def test_teacher_sft_trains_on_the_teacher_cots_refinement_drew_on():
-    refined = pl.DataFrame({"teacher_cot_id": ["a0", "a0", "b1", "d1"], "mode": ["orion", "no_error", "orion", "orion"]})
-    # c was left out of refinement (its exposure failed): it leaves teacher_sft too
-    assert reflection.sft_teacher_cots(TEACHER_COTS, refined, "first")["teacher_cot_id"].to_list() == ["a0", "b1", "d1"]
-    refined_all = pl.DataFrame({"teacher_cot_id": ["a0", "a1", "b1", "d1"]})
-    assert reflection.sft_teacher_cots(TEACHER_COTS, refined_all, "all")["teacher_cot_id"].to_list() == [
-        "a0", "a1", "b1", "d1"]
-
-
 def test_the_most_useful_error_is_shown():
     errors = [
         {"attempt_id": "a0", "error_type": "truncated", "sample_index": 0},

@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from orion_assets.assets.baselines import baseline_cots
 from orion_assets.assets.quality import cot_quality
 from orion_assets.assets.reflection import refined_cots
 from orion_assets.definitions import all_assets
@@ -89,7 +90,7 @@ def test_every_variant_draws_on_the_same_teacher_samples(tmp_path, write_profile
             frame = frame.with_columns(pl.lit("tiny").alias("student"))
         store.replace_rows(name, frame, replace_where={"student": "tiny"} if per_student else None,
                            materialization={"asset_key": name, "partition_key": "tiny" if per_student else None})
-    result = dg.materialize(all_assets, selection=[refined_cots.key, cot_quality.key], partition_key="tiny",
+    result = dg.materialize(all_assets, selection=[refined_cots.key, baseline_cots.key, cot_quality.key], partition_key="tiny",
                             resources=resources_for(OrionResource(profile=str(profile), data_dir=str(data_dir))))
     assert result.success
 
