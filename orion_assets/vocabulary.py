@@ -38,6 +38,8 @@ MODE_TABLE: tuple[Mode, ...] = (
     Mode("no_reflection", "orion_no_reflection", "teacher", True, "reflect_no_reflection"),
 )
 MODES: tuple[str, ...] = tuple(m.name for m in MODE_TABLE)
+# The named prompt templates (orion_assets.method.prompts.TEMPLATES), each replaceable under a profile's [prompts].
+PROMPTS: tuple[str, ...] = ("solve", *(m.template for m in MODE_TABLE), "judge")
 MODE_BY_NAME: dict[str, Mode] = {m.name: m for m in MODE_TABLE}
 MODE_ROLE: dict[str, str] = {m.name: m.rewriter for m in MODE_TABLE}
 MODE_VARIANT: dict[str, str] = {m.name: m.variant for m in MODE_TABLE}

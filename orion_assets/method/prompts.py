@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 
 from orion_assets.llm.types import split_thinking
+from orion_assets.vocabulary import PROMPTS
 
 SYSTEM = None  # no system prompt by default: small chat models follow the user turn best
 
@@ -61,6 +62,8 @@ TEMPLATES: dict[str, str] = {
     "reflect_no_reflection": REFLECT_NO_REFLECTION,
     "judge": JUDGE,
 }
+if tuple(TEMPLATES) != PROMPTS:  # the names [prompts] accepts are the vocabulary's: one list, checked here
+    raise ImportError(f"prompts.TEMPLATES names {tuple(TEMPLATES)}, the vocabulary's PROMPTS {PROMPTS}")
 
 _FIELD = re.compile(r"\{([a-z_]+)\}")
 

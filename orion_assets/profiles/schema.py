@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from orion_assets.profiles.section import Section
@@ -17,6 +17,7 @@ from orion_assets.profiles.tracking import TrackingSection
 from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.vocabulary import (
     DEFAULT_BENCHMARKS,
+    PROMPTS,
     VARIANTS,
     Benchmark,
     GradingRule,
@@ -190,14 +191,12 @@ class TeacherConfig(Section):
     prompt: str = "solve"
 
 
-class PromptsConfig(Section):
-    """Replacements for the templates in ``orion_assets.method.prompts`` (None = the shipped wording)."""
-
-    solve: str | None = None
-    reflect_orion: str | None = None
-    reflect_no_error: str | None = None
-    reflect_no_reflection: str | None = None
-    judge: str | None = None
+# [prompts]: a replacement for each template in ``orion_assets.method.prompts`` (None = the shipped wording), one key
+# per name the vocabulary declares.
+PromptsConfig = create_model(
+    "PromptsConfig", __base__=Section, __doc__="Replacements for the prompt templates (None = the shipped wording).",
+    **{name: (str | None, None) for name in PROMPTS},
+)
 
 
 class ExposureConfig(Section):

@@ -18,9 +18,11 @@ from orion_assets.llm.cache import (
     write_rows,
 )
 from orion_assets.llm.types import GenerationResult
+from orion_assets.method import prompts
 from orion_assets.method.evaluation.report import usage_frame
-from orion_assets.profiles.schema import EndpointConfig
+from orion_assets.profiles.schema import EndpointConfig, PromptsConfig
 from orion_assets.store import Store
+from orion_assets.vocabulary import MODE_TABLE, PROMPTS
 from orion_devtools.fault_server import FaultServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -209,3 +211,12 @@ def test_usage_queries_give_every_try_of_a_reflection_prompt_its_mode(tmp_path: 
             frame = con.sql((REPO_ROOT / "sql" / "usage_cost.sql").read_text()).pl()
         key = ["stage", "detail", "role", "model"]
         assert frame.sort(key, nulls_last=True).equals(report.sort(key, nulls_last=True))
+
+
+def test_the_profile_replaces_exactly_the_shipped_templates():
+    """[prompts] keys come from the vocabulary's PROMPTS, which TEMPLATES must match: one list of names."""
+    assert tuple(PromptsConfig.model_fields) == PROMPTS == tuple(prompts.TEMPLATES)
+    assert {m.template for m in MODE_TABLE} <= set(PROMPTS)
+    assert PromptsConfig(judge="{problem} {cot}").judge == "{problem} {cot}"
+    with pytest.raises(ValueError, match="extra"):
+        PromptsConfig(reflect_bogus="x")
