@@ -85,6 +85,7 @@ max_drop_rate = 0.5
 [sft]
 max_length = 4096
 max_steps = {max_steps}
+{seeds}
 per_device_train_batch_size = 2
 gradient_accumulation_steps = 1
 save_steps = 1
@@ -97,9 +98,11 @@ max_error_rate = 0.2
 """
 
 
-def write_profile(path: Path, teacher: str, student: str, judge: str, max_steps: int = 2) -> Path:
+def write_profile(path: Path, teacher: str, student: str, judge: str, max_steps: int = 2,
+                  seeds: list[int] | None = None) -> Path:
     path.write_text(PROFILE.format(teacher=teacher, student=student, judge=judge, key_env=KEY_ENV,
-                                   context=STUDENT_CONTEXT, max_steps=max_steps), encoding="utf-8")
+                                   context=STUDENT_CONTEXT, max_steps=max_steps,
+                                   seeds=f"seeds = {list(seeds)}" if seeds else ""), encoding="utf-8")
     return path
 
 
@@ -146,21 +149,29 @@ class DryRun:
             return con.sql(f"USE orion; {sql}").fetchall()
 
     def checkpoints(self) -> dict[str, str]:
-        return dict(self.query("SELECT variant, checkpoint_id FROM student_checkpoint WHERE variant <> 'base'"))
+        """``{variant: checkpoint id}`` of the first seed."""
+        return dict(self.query("SELECT variant, checkpoint_id FROM student_checkpoint WHERE variant <> 'base' "
+                               "AND seed = (SELECT min(seed) FROM student_checkpoint)"))
+
+    def every_checkpoint(self) -> list[tuple[str, str]]:
+        """``(variant, checkpoint id)`` of every trained checkpoint, every seed."""
+        return self.query("SELECT variant, checkpoint_id FROM student_checkpoint WHERE variant <> 'base' ORDER BY ALL")
 
 
 CORRECT_RATE_BY_VARIANT = {"orion": 0.5, "teacher_sft": 0.45}
 
 
-def served_adapters(checkpoints: dict[str, str]) -> dict[str, Any]:
-    """The simulated vLLM's adapters for ``{variant: checkpoint id}``: each under the name evaluation asks for."""
-    names = {variant: checkpoint_name(variant, checkpoint) for variant, checkpoint in checkpoints.items()}
-    return {"adapters": {names[v]: c for v, c in checkpoints.items()},
-            "correct_rate_by_model": {names[v]: rate for v, rate in CORRECT_RATE_BY_VARIANT.items() if v in names}}
+def served_adapters(checkpoints: list[tuple[str, str]]) -> dict[str, Any]:
+    """The simulated vLLM's adapters for ``(variant, checkpoint id)`` pairs: each under the name evaluation asks for."""
+    names = {checkpoint_name(variant, checkpoint): (variant, checkpoint) for variant, checkpoint in checkpoints}
+    return {"adapters": {name: c for name, (_, c) in names.items()},
+            "correct_rate_by_model": {name: CORRECT_RATE_BY_VARIANT[v] for name, (v, _) in names.items()
+                                      if v in CORRECT_RATE_BY_VARIANT}}
 
 
-def run(out: Path, echo: bool = False) -> dict[str, Any]:
-    """The whole dry run; returns the summary (also written to ``out/summary.json``)."""
+def run(out: Path, echo: bool = False, seeds: list[int] | None = None) -> dict[str, Any]:
+    """The whole dry run (each variant trained with ``seeds``, default the profile's one); returns the summary (also
+    written to ``out/summary.json``)."""
     dry = DryRun(out, echo=echo)
     started = time.monotonic()
     teacher_cfg = SimConfig(persona="teacher_reasoning_content", model="deepseek-reasoner", max_model_len=None,
@@ -177,22 +188,22 @@ def run(out: Path, echo: bool = False) -> dict[str, Any]:
             refine_correct_rate=0.6, loop_rate=0.2, copy_rate=0.1, unsplittable_rate=0.1, seed=3,
         )  # fmt: skip
         with Simulator(student_cfg) as student:
-            write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url)
+            write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, seeds=seeds)
             # 2. Teacher CoTs, error exposure, reflection, the gate, SFT data and checkpoints.
             dry.orion("run", "--select", "teacher_cots", "student_attempts", "student_errors", "refined_cots",
                       "baseline_cots", "cot_quality", "sft_dataset", "student_checkpoint")
             checkpoints = dry.checkpoints()
             # 3. vLLM restarted with the adapters: --lora-modules <variant>-<checkpoint id[:12]>=<checkpoint> ...
-            student.restart(**served_adapters(checkpoints))
+            student.restart(**served_adapters(dry.every_checkpoint()))
             dry.orion("run", "--select", "benchmark_problems", "benchmark_predictions", "benchmark_scores", "leaderboard")
             orion_name = checkpoint_name("orion", checkpoints["orion"])
             first_eval = [r for r in student.requests() if r.get("kind") == "solve" and r.get("model") == orion_name]
             # 4. Retrain `orion` (more steps), serve the new adapter under its new name, evaluate again.
-            write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, max_steps=3)
+            write_profile(dry.profile, teacher.base_url, student.base_url, judge.base_url, max_steps=3, seeds=seeds)
             dry.dagster("student_checkpoint", "dry/orion/0")
             retrained = dry.checkpoints()
             student_log = student.requests()  # everything up to here, kept across restarts
-            student.restart(**served_adapters(retrained))
+            student.restart(**served_adapters(dry.every_checkpoint()))
             student.reset_log()
             dry.dagster("benchmark_predictions", "math500|dry/orion/0")
             second_eval = [r for r in student.requests() if r.get("kind") == "solve"]
@@ -259,8 +270,9 @@ def _count(log: list[dict[str, Any]], key: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a folder for the run's data, profile and summary")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train every variant with these seeds ([sft] seeds)")
     args = parser.parse_args(argv)
-    summary = run(args.out, echo=True)
+    summary = run(args.out, echo=True, seeds=args.seeds)
     print(json.dumps(summary, indent=2, default=str))
 
 
