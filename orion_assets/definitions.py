@@ -1,4 +1,8 @@
-"""The code location: ``dagster dev`` and ``dagster asset materialize -m orion_assets.definitions``."""
+"""The code location: ``dagster dev`` and ``dagster asset materialize -m orion_assets.definitions``.
+
+Its partitions are those of the profile in ``ORION_PROFILE`` when it loads (``orion_assets/io/partitions.py``):
+only what that profile makes, so a key it does not make is refused by Dagster before any run starts (reload the
+code location after changing the profile)."""
 
 import dagster as dg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orion_assets.vocabulary import BASELINE_TABLE, MODE_TABLE
+from orion_assets.vocabulary import BASE_VARIANT, BASELINE_TABLE, MODE_TABLE, VARIANTS
 
 NOT_CHOSEN = "not in [sft] variants"
 
@@ -44,3 +44,10 @@ def skipped_variants(config: Any) -> dict[str, str]:
     the reason."""
     by_mode = {m.variant: skipped_modes(config)[m.name] for m in MODE_TABLE if m.name in skipped_modes(config)}
     return by_mode | skipped_baselines(config)
+
+
+def made_variants(config: Any) -> list[str]:
+    """The variants this profile makes, in the vocabulary's order: ``base`` (the untrained student, always) and
+    each trained variant :func:`skipped_variants` does not leave out. Its partitions are these (io/partitions.py)."""
+    skipped = skipped_variants(config)
+    return [v for v in VARIANTS if v == BASE_VARIANT or v not in skipped]

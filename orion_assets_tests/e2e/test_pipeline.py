@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from orion_assets.definitions import all_assets, defs
+from orion_assets.definitions import defs
 from orion_assets.ids import content_id
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
@@ -263,20 +263,3 @@ def test_backfilling_one_partition_leaves_every_other_partition_untouched(tiny_r
     assert score["k"] == 3
     log = store.read("materializations").sort("materialized_at").tail(2)
     assert log["partition_key"].to_list() == ["aime24|tiny/orion/0", "aime24|tiny/orion/0"]
-
-
-def test_a_variant_the_profile_cannot_make_is_refused_with_its_reason(tiny_run, tmp_path):
-    """With a replay teacher, orion_no_reflection would be teacher_sft under another name: launching
-    it from the UI or the CLI fails with the reason instead of training a duplicate."""
-    from orion_assets.assets.training import sft_dataset, student_checkpoint
-
-    run = _copy_run(tiny_run, tmp_path, "")
-    resources = {**resources_for(OrionResource(profile=str(run["profile"]), data_dir=str(run["data_dir"]))),
-                 "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    for asset, partition in ((sft_dataset, "tiny/orion_no_reflection"), (student_checkpoint, "tiny/orion_no_reflection/0")):
-        result = dg.materialize(all_assets, selection=[asset.key], partition_key=partition,
-                                resources=resources, raise_on_error=False)
-        assert not result.success
-        (failure,) = [e for e in result.all_events if e.is_step_failure]
-        message = failure.step_failure_data.error.message
-        assert "refusing orion_no_reflection" in message and "replay teacher" in message, message
