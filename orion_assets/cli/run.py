@@ -17,12 +17,9 @@ from orion_assets.cli import console
 from orion_assets.cli.check import run_preflight
 from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
 from orion_assets.cli.failures import gate_query, report_checks, report_failure
-from orion_assets.method.variants import skipped_variants
+from orion_assets.method.variants import skipped_variants, unused_endpoint_variants
 from orion_assets.profiles import Profile, load_profile
-from orion_assets.vocabulary import BENCHMARKS
 from orion_assets.vocabulary import PARTITION_SEPARATOR as SEPARATOR
-
-BENCHMARK_NAMES = frozenset(BENCHMARKS)
 
 
 def _instance():
@@ -34,20 +31,44 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _partition_keys(partitions_def, benchmarks: set[str], skipped_variants: set[str] = frozenset()) -> list[str | None]:
-    """Every partition key, leaving out benchmarks that the profile does not evaluate and
-    variants it cannot train honestly."""
-    if partitions_def is None:
-        return [None]
-    keys = []
-    for key in partitions_def.get_partition_keys():
-        values = set(getattr(key, "keys_by_dimension", {"_": key}).values())
-        if any(v in BENCHMARK_NAMES and v not in benchmarks for v in values):
+def _partition_keys(partitions_def) -> list[str | None]:
+    """Every partition key: the definitions hold only those the profile makes (io/partitions.py)."""
+    return [None] if partitions_def is None else list(partitions_def.get_partition_keys())
+
+
+def _left_out(config) -> list[str]:
+    """What the run leaves out, and why: the variants the profile does not make, one line per reason, and the
+    ``[endpoints.student.variants]`` it never asks."""
+    by_reason: dict[str, list[str]] = {}
+    for variant, why in skipped_variants(config).items():
+        by_reason.setdefault(why, []).append(variant)
+    lines = [f"leaving out variant{'s' * (len(variants) > 1)} {', '.join(variants)}: {why}"
+             for why, variants in by_reason.items()]
+    return lines + [f"warning: [endpoints.student.variants.{variant}] is never asked: {why}"
+                    for variant, why in unused_endpoint_variants(config).items()]
+
+
+def _partition_selected(wanted: list[str], profile: Profile, graph, keys) -> list[str]:
+    """What to say of ``--select`` names that are ``asset[partition]``: it takes asset keys, and runs every
+    partition the profile makes; a partition it does not make is named with the reason."""
+    from orion_assets.io.partitions import why_not_made  # with the definitions: it loads the profile
+
+    by_name = {k.to_user_string(): k for k in keys}
+    said = []
+    for name in wanted:
+        asset, bracket, rest = name.partition("[")
+        if not bracket or asset not in by_name or not rest.endswith("]"):
             continue
-        if _variant_of(key) in skipped_variants:
-            continue
-        keys.append(key)
-    return keys
+        partitions_def, key = graph.get(by_name[asset]).partitions_def, rest[:-1]
+        if partitions_def is None:
+            why = f"{asset} is not partitioned"
+        elif partitions_def.has_partition_key(key):
+            why = f"profile {profile.name} makes it: --select {asset} runs it with every other partition of {asset}"
+        else:
+            why = (f"profile {profile.name} does not make it, so its definitions have no such partition: "
+                   f"{why_not_made(profile.config, key) or f'{asset} has no partition {key}'}")
+        said.append(f"--select takes asset keys, not partitions: {name}: {why}")
+    return said
 
 
 def _model_part(key) -> str | None:
@@ -56,11 +77,6 @@ def _model_part(key) -> str | None:
         if SEPARATOR in str(value):
             return str(value)
     return None
-
-
-def _variant_of(key) -> str | None:
-    part = _model_part(key)
-    return part.split(SEPARATOR)[1] if part else None
 
 
 def _refused_above(key, refused: dict[str, str]) -> str | None:
@@ -142,16 +158,13 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
     keys = selectable_keys(graph)
     unknown = unknown_assets(args.select, keys)
     if unknown:
+        for line in _partition_selected(unknown, profile, graph, keys):
+            print(f"orion run: {line}", file=err)
         print(f"orion run: unknown asset(s): {', '.join(unknown)}", file=err)
         return 2
     if args.select:
         keys = [k for k in keys if k.to_user_string() in set(args.select)]
-    skipped = skipped_variants(profile.config)
-    steps = [
-        (key, pk)
-        for key in keys
-        for pk in _partition_keys(graph.get(key).partitions_def, set(profile.config.data.benchmarks), set(skipped))
-    ]
+    steps = [(key, pk) for key in keys for pk in _partition_keys(graph.get(key).partitions_def)]
     if not quiet:
         print(
             f"orion run: profile {profile.name} ({profile.hash}), data {data_dir}, "
@@ -160,13 +173,8 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
         )
     if not args.no_check and (code := _preflight(args, profile, data_dir, out, err)) is not None:
         return code
-    by_reason: dict[str, list[str]] = {}
-    for variant, why in skipped.items():
-        by_reason.setdefault(why, []).append(variant)
-    for why, variants in by_reason.items():
-        if not quiet:
-            print(f"orion run: leaving out variant{'s' * (len(variants) > 1)} {', '.join(variants)}: {why}",
-                  file=out, flush=True)
+    for line in [] if quiet else _left_out(profile.config):
+        print(f"orion run: {line}", file=out, flush=True)
 
     previous_log_env = os.environ.get("ORION_LOG_FILE")
     os.environ["ORION_LOG_FILE"] = str(log_path)  # the SFT process appends its own output there

@@ -51,3 +51,16 @@ def made_variants(config: Any) -> list[str]:
     each trained variant :func:`skipped_variants` does not leave out. Its partitions are these (io/partitions.py)."""
     skipped = skipped_variants(config)
     return [v for v in VARIANTS if v == BASE_VARIANT or v not in skipped]
+
+
+def unused_endpoint_variants(config: Any) -> dict[str, str]:
+    """The ``[endpoints.student.variants]`` entries this profile never asks, with the reason: ``base`` (the base
+    weights are asked of ``[endpoints.student]`` itself) and a variant it does not make."""
+    skipped = skipped_variants(config)
+    unused = {}
+    for variant in config.endpoints.student.variants:
+        if variant == BASE_VARIANT:
+            unused[variant] = "the untrained student is asked of [endpoints.student] itself"
+        elif variant in skipped:
+            unused[variant] = f"the profile does not make {variant} ({skipped[variant]})"
+    return unused

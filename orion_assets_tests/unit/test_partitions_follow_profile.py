@@ -134,3 +134,41 @@ def test_a_variant_the_profile_cannot_make_has_no_partition_and_the_asset_still_
                            raise_on_error=False)
     with pytest.raises(dg.Failure, match=r"refusing orion_no_reflection in profile tiny: the replay teacher"):
         _refuse_unless_gated(orion, None, "tiny", "orion_no_reflection", "build SFT data for")
+
+
+def test_orion_run_says_what_it_leaves_out_once_per_reason_and_an_endpoint_it_never_asks(write_profile) -> None:
+    from orion_assets.cli.run import _left_out
+
+    config = load_profile(str(write_profile("""
+        [endpoints.student.variants.orion_no_reflection]
+        base_url = "http://127.0.0.1:8001/v1"
+        [endpoints.student.variants.orion]
+        base_url = "http://127.0.0.1:8002/v1"
+        """))).config
+    lines = _left_out(config)
+    assert [line.split(":")[0] for line in lines] == [
+        "leaving out variant orion_no_reflection", "leaving out variant rft", "leaving out variant short_cot",
+        "leaving out variant mix_long", "warning"]
+    assert lines[0].startswith("leaving out variant orion_no_reflection: the replay teacher answers every prompt")
+    assert lines[-1].startswith("warning: [endpoints.student.variants.orion_no_reflection] is never asked: the profile "
+                                "does not make orion_no_reflection (the replay teacher")
+
+
+def test_orion_run_select_of_a_partition_says_why(orion_env) -> None:
+    """``--select`` takes asset keys (orion run makes every partition the profile makes); a partition named there
+    is explained, with the profile's reason when it does not make it, before anything runs."""
+    selected = ["benchmark_predictions[gsm8k|tiny/orion/0]", "sft_dataset[tiny/orion_no_reflection]",
+                "benchmark_problems[aime24]"]
+    done = subprocess.run([sys.executable, "-m", "orion_assets.cli", "run", "--no-check", "--select", *selected],
+                          cwd=REPO, env={**os.environ, "ORION_PROFILE": "tiny"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    err = done.stderr.splitlines()
+    prefix = "orion run: --select takes asset keys, not partitions: "
+    assert err[0] == (f"{prefix}{selected[0]}: profile tiny does not make it, so its definitions have no such "
+                      "partition: gsm8k is not among its [data] benchmarks (gsm_hard, math500, aime24, amc23)")
+    assert err[1] == (f"{prefix}{selected[2]}: profile tiny makes it: --select benchmark_problems runs it with every "
+                      "other partition of benchmark_problems")
+    assert err[2].startswith(f"{prefix}{selected[1]}: profile tiny does not make it, so its definitions have no such "
+                             "partition: it leaves out orion_no_reflection: the replay teacher")
+    assert err[3] == f"orion run: unknown asset(s): {', '.join(sorted(selected))}"
