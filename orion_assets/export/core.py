@@ -23,6 +23,7 @@ import polars as pl
 from orion_assets.export import formats, read, weights
 from orion_assets.export.cards import dataset_card, hub_base_model, model_card, source_licences
 from orion_assets.export.read import ExportError, ExportUsageError
+from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import Profile
 from orion_assets.store import BaseStore
 from orion_assets.vocabulary import BASE_VARIANT, PARTITION_SEPARATOR, VARIANTS
@@ -117,9 +118,12 @@ def _code_version() -> dict[str, str | None]:
     return {"orion_assets": version, "git_commit": commit}
 
 
-def _choose(store: BaseStore, request: ExportRequest, result: ExportResult) -> dict[str, list[str]]:
+def _choose(store: BaseStore, request: ExportRequest, result: ExportResult,
+            profile: Profile | None = None) -> dict[str, list[str]]:
     """``{student: [variant, ...]}`` to export: what the store has, narrowed by the request, less the variants
-    whose gate failed (in ``result.refused``) and those with no SFT data (``result.skipped``)."""
+    whose gate failed (in ``result.refused``) and those with no SFT data (``result.skipped``: with ``profile``'s
+    reason when it does not make the variant)."""
+    left_out = skipped_variants(profile.config) if profile is not None else {}
     pairs = read.sft_partitions(store)
     have = sorted({s for s, _ in pairs})
     students = list(request.students) or have
@@ -135,8 +139,9 @@ def _choose(store: BaseStore, request: ExportRequest, result: ExportResult) -> d
                 result.skipped.append({"student": student, "variant": variant,
                                        "reason": "base is the untrained student: it has no SFT data or checkpoint"})
             elif variant not in stored:
-                result.skipped.append({"student": student, "variant": variant,
-                                       "reason": "no SFT examples in the store (sft_dataset not materialized)"})
+                why = (f"profile {profile.name} does not make it ({left_out[variant]})" if variant in left_out
+                       else "no SFT examples in the store (sft_dataset not materialized)")
+                result.skipped.append({"student": student, "variant": variant, "reason": why})
             else:
                 gate = read.gate_of(store, student, variant)
                 if gate.passed:
@@ -152,7 +157,7 @@ def export(store: BaseStore, request: ExportRequest, profile: Profile | None = N
     out = request.target()  # again: the folder may have changed since the request was made
     read.require_tables(store, ("sft_dataset", "train_problems", "cot_quality", "materializations"))
     result = ExportResult(out)
-    chosen = _choose(store, request, result)
+    chosen = _choose(store, request, result, profile)
     if not chosen:
         why = "; ".join(f"{r['student']}/{r['variant']}: {r['reason']}" for r in result.refused + result.skipped)
         raise ExportError(f"nothing to export from {store.location}: {why or 'no SFT data'}")

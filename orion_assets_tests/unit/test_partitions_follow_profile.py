@@ -172,3 +172,20 @@ def test_orion_run_select_of_a_partition_says_why(orion_env) -> None:
     assert err[2].startswith(f"{prefix}{selected[1]}: profile tiny does not make it, so its definitions have no such "
                              "partition: it leaves out orion_no_reflection: the replay teacher")
     assert err[3] == f"orion run: unknown asset(s): {', '.join(sorted(selected))}"
+
+
+def test_export_of_a_variant_the_profile_does_not_make_says_why(tmp_path) -> None:
+    from orion_assets.export.core import ExportRequest, ExportResult, _choose
+    from orion_assets.store import Store
+
+    store = Store(tmp_path / "orion_store.duckdb")
+    with store.connect() as con:
+        con.execute("CREATE SCHEMA IF NOT EXISTS orion; CREATE TABLE orion.sft_dataset (student VARCHAR, variant VARCHAR);"
+                    "INSERT INTO orion.sft_dataset VALUES ('tiny', 'teacher_sft')")
+    request = ExportRequest(out=tmp_path / "out", variants=("orion_no_reflection",))
+    result = ExportResult(request.out)
+    assert _choose(store, request, result, load_profile("tiny")) == {}
+    (skipped,) = result.skipped
+    assert skipped["reason"].startswith("profile tiny does not make it (the replay teacher answers every prompt")
+    _choose(store, request, bare := ExportResult(request.out))  # no profile: what the store lacks
+    assert bare.skipped[0]["reason"] == "no SFT examples in the store (sft_dataset not materialized)"
