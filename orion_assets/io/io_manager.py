@@ -22,7 +22,7 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.duckdb_resource import RESOURCE_KEY, duckdb_resource
-from orion_assets.io.metadata import markdown_table, table_schema
+from orion_assets.io.metadata import column_descriptions, markdown_table, table_schema
 from orion_assets.io.partitions import SEPARATOR
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import (
@@ -94,7 +94,8 @@ class OrionIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(
             {
                 "dagster/row_count": rows,
-                "dagster/column_schema": table_schema(preview) if preview is not None else None,
+                "dagster/column_schema": (table_schema(preview, column_descriptions(context.definition_metadata))
+                                          if preview is not None else None),
                 "duckdb_table": f"{SCHEMA}.{table}",
                 "materialization_id": materialization_id,
                 "profile": self.orion.active.name,

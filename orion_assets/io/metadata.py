@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -13,8 +14,21 @@ PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
 
 
-def table_schema(frame: pl.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+def table_schema(frame: pl.DataFrame, descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
+    """The columns of ``frame`` as the UI shows them, each with its description from ``descriptions``."""
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name))
+                                   for name, dtype in frame.schema.items()])
+
+
+def column_descriptions(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The column descriptions in an asset's definition metadata (its spec's ``dagster/column_schema``),
+    so that a materialization's column schema shows them too."""
+    schema = metadata.get("dagster/column_schema")
+    schema = getattr(schema, "schema", schema)  # a TableSchemaMetadataValue, or the TableSchema itself
+    if not isinstance(schema, dg.TableSchema):
+        return {}
+    return {column.name: column.description for column in schema.columns if column.description}
 
 
 def markdown_table(frame: pl.DataFrame, rows: int = PREVIEW_ROWS, total: int | None = None) -> str:

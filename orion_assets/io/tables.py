@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
+from orion_assets.store.columns import Column, col, described, dtypes
+
 if TYPE_CHECKING:
     from orion_assets.store import Store, Upstream
 
 IO_MANAGER_KEY = "orion_io"
 SPEC_METADATA_KEY = "orion/table"
+COLUMN_SCHEMA_KEY = "dagster/column_schema"
+
+__all__ = [
+    "COLUMN_SCHEMA_KEY", "IO_MANAGER_KEY", "SPEC_METADATA_KEY", "Column", "Rows", "Table", "TableSpec", "col", "described",
+    "dtypes", "lineage_links", "links_of", "orion_asset",
+]
 
 
 @dataclass(frozen=True)
@@ -32,16 +40,27 @@ class TableSpec:
     """One table: ``columns`` in order, the row ``id`` column (None for a summary table, whose rows no
     other table points at), ``parents`` (column -> parent table, a column may hold one id or a list of
     ids), and ``partition_by`` (the columns whose values a partition key fixes, in the partition
-    dimensions' order)."""
+    dimensions' order).
+
+    Each column is declared with what it holds beside its type, ``{"problem_id": col(pl.Utf8, "...")}``
+    (:func:`col`), or given one in ``descriptions``; the spec keeps ``columns`` as name -> type and the
+    descriptions apart (``descriptions``), shown in the Dagster UI (:meth:`column_schema`) and in
+    ``docs/tables.md``. A bare type is accepted (a test's toy table), and a test holds every asset's
+    table to describe every column (``orion_assets_tests/unit/test_column_descriptions.py``)."""
 
     name: str
     columns: Mapping[str, pl.DataType]
     id: str | None
     parents: Mapping[str, str] = field(default_factory=dict)
     partition_by: tuple[str, ...] = ()
+    descriptions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        keys = (*([self.id] if self.id is not None else []), *self.parents, *self.partition_by)
+        declared = dict(self.columns)
+        object.__setattr__(self, "columns", {c: v.dtype if isinstance(v, Column) else v for c, v in declared.items()})
+        object.__setattr__(self, "descriptions", {
+            **{c: v.description for c, v in declared.items() if isinstance(v, Column)}, **self.descriptions})
+        keys = (*([self.id] if self.id is not None else []), *self.parents, *self.partition_by, *self.descriptions)
         missing = [c for c in keys if c not in self.columns]
         if missing:
             raise ValueError(f"table spec {self.name}: columns {missing} are not among its columns")
@@ -69,6 +88,15 @@ class TableSpec:
             "columns": {c: str(t) for c, t in self.columns.items()},
         }
 
+    @property
+    def undescribed(self) -> list[str]:
+        """The columns without a description."""
+        return [c for c in self.columns if not self.descriptions.get(c, "").strip()]
+
+    def column_schema(self) -> dg.TableSchema:
+        """The columns as the Dagster UI shows them (``dagster/column_schema``): name, type, description."""
+        return dg.TableSchema(columns=[dg.TableColumn(c, str(t), description=self.descriptions.get(c))
+                                       for c, t in self.columns.items()])
 
 
 def links_of(spec: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -95,6 +123,7 @@ def orion_asset(spec: TableSpec, **asset_kwargs: Any) -> Callable[[Callable[...,
     metadata = {
         SPEC_METADATA_KEY: spec.to_metadata(),
         "dagster/table_name": f"orion.{spec.name}",
+        COLUMN_SCHEMA_KEY: spec.column_schema(),
         **asset_kwargs.pop("metadata", {}),
     }
 
