@@ -21,6 +21,7 @@ import pyarrow as pa
 from orion_assets.ids import content_id
 from orion_assets.llm.types import GenerationResult, SamplingParams
 from orion_assets.store import SCHEMA, BaseStore
+from orion_assets.store.columns import StoreTable, col
 
 log = logging.getLogger(__name__)
 
@@ -28,36 +29,42 @@ TABLE = "llm_calls"
 PROMPTS_TABLE = "llm_prompts"
 KEY_LENGTH = 32
 
-LLM_PROMPTS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.{PROMPTS_TABLE} (
-    prompt_hash VARCHAR NOT NULL,
-    messages JSON
-)"""
+LLM_PROMPTS = StoreTable(PROMPTS_TABLE, "each distinct prompt once, named by its hash", {
+    "prompt_hash": col("VARCHAR NOT NULL", "the prompt's key: the sha256 of its JSON text, hex, cut to 32 characters"),
+    "messages": col("JSON", "the prompt: its chat messages as JSON ([{role, content}, ...])"),
+})
+LLM_PROMPTS_DDL = LLM_PROMPTS.ddl(SCHEMA)
 
-LLM_CALLS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
-    call_id VARCHAR NOT NULL,
-    role VARCHAR,
-    backend VARCHAR,
-    base_url VARCHAR,
-    model VARCHAR,
-    prompt_hash VARCHAR,
-    params JSON,
-    sample_index INTEGER,
-    text VARCHAR,
-    reasoning VARCHAR,
-    finish_reason VARCHAR,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_s DOUBLE,
-    retries INTEGER,
-    error VARCHAR,
-    status VARCHAR,
-    dagster_run_id VARCHAR,
-    created_at TIMESTAMPTZ,
-    model_revision VARCHAR,
-    reasoning_tokens INTEGER
-)"""
+LLM_CALLS = StoreTable(TABLE, "one row per LLM call (the latest outcome of each call id), written while a batch runs", {
+    "call_id": col("VARCHAR NOT NULL", "the call's key: a content hash of what determines the reply (backend, base URL, "
+                                       "model, its revision, messages, sampling parameters, sample index)"),
+    "role": col("VARCHAR", "who answered: teacher, student or judge"),
+    "backend": col("VARCHAR", "the endpoint's backend: openai, hf or replay"),
+    "base_url": col("VARCHAR", "the OpenAI-compatible server's URL, or managed:<kind> for a server ORION started "
+                               "(NULL: hf and replay)"),
+    "model": col("VARCHAR", "the model named (openai), <folder>@<fingerprint> of the local model (hf), or the replayed file or field "
+                         "(replay)"),
+    "prompt_hash": col("VARCHAR", "the prompt's key in llm_prompts"),
+    "params": col("JSON", "the sampling parameters: max_tokens, temperature, top_p, seed (the base seed: the "
+                           "sample index is added), and json_mode when set"),
+    "sample_index": col("INTEGER", "which of the samples drawn for this prompt (0, 1, ...)"),
+    "text": col("VARCHAR", "the reply's text"),
+    "reasoning": col("VARCHAR", "a reasoning model's separate thinking, when the server returns it"),
+    "finish_reason": col("VARCHAR", "stop, length (the token limit) or error"),
+    "prompt_tokens": col("INTEGER", "the prompt's length in tokens, as the backend counted it"),
+    "completion_tokens": col("INTEGER", "the reply's length in tokens (a reasoning model's thinking included)"),
+    "latency_s": col("DOUBLE", "seconds the call took with its retries (hf: the batch it ran in)"),
+    "retries": col("INTEGER", "attempts after the first"),
+    "error": col("VARCHAR", "why the call failed (NULL: it did not)"),
+    "status": col("VARCHAR", "ok, or error (asked again by the next run)"),
+    "dagster_run_id": col("VARCHAR", "the Dagster run that made the call"),
+    "created_at": col("TIMESTAMPTZ", "when the row was made (UTC)"),
+    "model_revision": col("VARCHAR", "which weights answered under the model's name (an evaluated checkpoint's id; "
+                                     "NULL: none named)"),
+    "reasoning_tokens": col("INTEGER", "the part of completion_tokens spent thinking, when the server says (NULL: "
+                                       "it did not)"),
+})
+LLM_CALLS_DDL = LLM_CALLS.ddl(SCHEMA)
 # Files written before ``model_revision`` existed gain the column (null: no revision was named);
 # likewise ``reasoning_tokens`` (null: the server did not say, or the row predates the column).
 LLM_CALLS_MIGRATIONS: tuple[str, ...] = (
@@ -65,11 +72,7 @@ LLM_CALLS_MIGRATIONS: tuple[str, ...] = (
     f"ALTER TABLE {SCHEMA}.{TABLE} ADD COLUMN IF NOT EXISTS reasoning_tokens INTEGER",
 )
 
-COLUMNS: tuple[str, ...] = (
-    "call_id", "role", "backend", "base_url", "model", "prompt_hash", "params", "sample_index",
-    "text", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s",
-    "retries", "error", "status", "dagster_run_id", "created_at", "model_revision", "reasoning_tokens",
-)  # fmt: skip
+COLUMNS: tuple[str, ...] = tuple(LLM_CALLS.columns)
 
 ARROW_SCHEMA = pa.schema(
     [

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from orion_assets.ids import content_id
+from orion_assets.store.columns import StoreTable, col
 
 SCHEMA = "orion"
 CATALOG = "orion_db"
@@ -27,29 +28,37 @@ CATALOG = "orion_db"
 # No table has a PRIMARY KEY (DuckLake has none either): DuckDB loads and rewrites a table's whole
 # key index whenever a connection writes it, so each short write cost time in proportion to the rows
 # stored (benchmarks/bench_cache_flush.py). Writers keep one row per key themselves (upsert_sql).
-MATERIALIZATIONS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.materializations (
-    materialization_id VARCHAR NOT NULL,
-    asset_key VARCHAR NOT NULL,
-    partition_key VARCHAR,
-    dagster_run_id VARCHAR,
-    profile_name VARCHAR,
-    profile_hash VARCHAR,
-    code_version VARCHAR,
-    row_count BIGINT,
-    upstream JSON,
-    materialized_at TIMESTAMPTZ
-)"""
+MATERIALIZATIONS = StoreTable("materializations", "one row per write of an asset's table or partition (BaseStore.replace_rows)", {
+    "materialization_id": col("VARCHAR NOT NULL", "the write's id (a random uuid, hex)"),
+    "asset_key": col("VARCHAR NOT NULL", "the asset written, which is also its table's name"),
+    "partition_key": col("VARCHAR", "the partition written (NULL: the whole table)"),
+    "dagster_run_id": col("VARCHAR", "the Dagster run that wrote it"),
+    "profile_name": col("VARCHAR", "the name of the profile the run used"),
+    "profile_hash": col("VARCHAR", "the hash of that profile's settings"),
+    "code_version": col("VARCHAR", "the asset's code version when it was written"),
+    "row_count": col("BIGINT", "rows written (the partition's, or the whole table's)"),
+    "upstream": col("JSON", "the parent materializations the asset read: a list of {asset_key, partition_key, "
+                            "materialization_id, dagster_run_id}"),
+    "materialized_at": col("TIMESTAMPTZ", "when the write's transaction ran (UTC)"),
+})
+MATERIALIZATIONS_DDL = MATERIALIZATIONS.ddl(SCHEMA)
 
 # The lineage edges each table declares (its spec's parent columns), written with its rows, so
 # the ``lineage_edges`` view covers exactly the tables that exist, at every stage of a run.
-TABLE_PARENTS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.table_parents (
-    child_table VARCHAR NOT NULL,
-    child_id VARCHAR NOT NULL,
-    parent_column VARCHAR NOT NULL,
-    parent_table VARCHAR NOT NULL
-)"""
+TABLE_PARENTS = StoreTable("table_parents", "one row per parent-id column a table's spec declares (its lineage links)", {
+    "child_table": col("VARCHAR NOT NULL", "the table whose rows point at parent rows"),
+    "child_id": col("VARCHAR NOT NULL", "its row id column"),
+    "parent_column": col("VARCHAR NOT NULL", "its column holding the parent row's id, or a list of ids"),
+    "parent_table": col("VARCHAR NOT NULL", "the table those ids are row ids of"),
+})
+TABLE_PARENTS_DDL = TABLE_PARENTS.ddl(SCHEMA)
+# The view refresh_lineage_view makes over the links in table_parents: one row per (child row, parent row).
+LINEAGE_EDGES = StoreTable("lineage_edges", "a view: one row per edge from a row to a parent row it was made from", {
+    "child_table": col("VARCHAR", "the table of the row"),
+    "child_id": col("VARCHAR", "the row's id"),
+    "parent_table": col("VARCHAR", "the table of the parent row"),
+    "parent_id": col("VARCHAR", "the parent row's id (a list of parent ids gives one edge each)"),
+}, kind="view")
 
 Link = tuple[str, str, str, str]  # (child table, child id column, parent-id column, parent table)
 T = TypeVar("T")

@@ -10,15 +10,26 @@ import polars as pl
 
 from orion_assets.method.quality.results import GateResult
 from orion_assets.store import SCHEMA, Store, Upstream
+from orion_assets.store.columns import StoreTable, col, dtypes
 
 GATE_TABLE = "quality_gate_results"
 
-GATE_SCHEMA = {
-    "checked_materialization_id": pl.Utf8, "dagster_run_id": pl.Utf8, "variant": pl.Utf8, "passed": pl.Boolean,
-    "row_count": pl.Int64, "kept_count": pl.Int64, "dropped_count": pl.Int64, "dropped_by_reason": pl.Utf8,
-    "failed_expectations": pl.Utf8, "failing_ids": pl.Utf8, "message": pl.Utf8,
-    "checked_at": pl.Datetime("us", "UTC"),
-}
+GATE = StoreTable(GATE_TABLE, "one row per variant each time the quality_gate check runs on a cot_quality partition", {
+    "checked_materialization_id": col(pl.Utf8, "the cot_quality materialization checked (orion.materializations)"),
+    "dagster_run_id": col(pl.Utf8, "the Dagster run of the check"),
+    "variant": col(pl.Utf8, "the training variant judged (NULL in rows written before verdicts were per variant: "
+                            "they stand for every variant)"),
+    "passed": col(pl.Boolean, "whether the variant passed every expectation (its SFT data may then be built)"),
+    "row_count": col(pl.Int64, "the variant's candidate rows in cot_quality"),
+    "kept_count": col(pl.Int64, "of them, kept by the quality rules"),
+    "dropped_count": col(pl.Int64, "of them, dropped"),
+    "dropped_by_reason": col(pl.Utf8, "JSON: {drop reason: rows dropped for it}"),
+    "failed_expectations": col(pl.Utf8, "JSON: the names of the expectations that failed"),
+    "failing_ids": col(pl.Utf8, "JSON: the cot_quality_ids behind the failed expectations (the first 200)"),
+    "message": col(pl.Utf8, "one line: passed with its counts, or what failed, with counts and a few ids"),
+    "checked_at": col(pl.Datetime("us", "UTC"), "when the check ran (UTC; the same for every variant of a run)"),
+})
+GATE_SCHEMA = dtypes(GATE.columns)
 # Per-variant columns, added to an existing quality_gate_results table that lacks them.
 _ADDED_GATE_COLUMNS = {"variant": "VARCHAR", "kept_count": "BIGINT", "dropped_count": "BIGINT",
                        "dropped_by_reason": "VARCHAR", "message": "VARCHAR"}
