@@ -9,14 +9,14 @@ import polars as pl
 from orion_assets.io.metadata import percentiles
 from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.method import baselines, reflection, variants
 from orion_assets.tokens import batch_token_counter
 from orion_assets.vocabulary import BASELINES
 
 BASELINE_COTS = TableSpec(
     "baseline_cots",
-    {**baselines.COLUMNS, "n_tokens": pl.Int64},
+    {**baselines.DESCRIBED_COLUMNS, "n_tokens": col(pl.Int64, "the text's length in the student's tokens")},
     id="baseline_cot_id",
     parents={"problem_id": "train_problems", "teacher_cot_id": "teacher_cots", "attempt_id": "student_attempts"},
     partition_by=("student",),

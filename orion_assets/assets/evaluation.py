@@ -9,7 +9,7 @@ from orion_assets.ids import content_id
 from orion_assets.io.metadata import markdown_table, progress_logger
 from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair, parse_model_key
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
@@ -22,12 +22,27 @@ from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
 BENCHMARK_PREDICTIONS = TableSpec(
     "benchmark_predictions",
     {
-        "prediction_id": pl.Utf8, "benchmark": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64,
-        "problem_id": pl.Utf8,
-        "checkpoint_id": pl.Utf8, "sample_index": pl.Int64, "text": pl.Utf8, "extracted_answer": pl.Utf8,
-        "correct": pl.Boolean, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
-        "llm_call_id": pl.Utf8, "error": pl.Utf8, "grading_rule": pl.Utf8,
-        **{f"correct_{rule}": pl.Boolean for rule in GRADING_RULES},  # null: the rule was not asked for
+        "prediction_id": col(pl.Utf8, "the prediction's id: a content hash of benchmark, model, problem and LLM call"),
+        "benchmark": col(pl.Utf8, "the benchmark (the partition's first dimension)"),
+        "student": col(pl.Utf8, "the student (with variant and seed: the model, the partition's second dimension)"),
+        "variant": col(pl.Utf8, "the variant the checkpoint was trained on (base: untrained)"),
+        "seed": col(pl.Int64, "the checkpoint's SFT seed"),
+        "problem_id": col(pl.Utf8, "the benchmark problem"),
+        "checkpoint_id": col(pl.Utf8, "the student_checkpoint that answered"),
+        "sample_index": col(pl.Int64, "which of the k samples of the problem ([eval] k)"),
+        "text": col(pl.Utf8, "the model's reply"),
+        "extracted_answer": col(pl.Utf8, "the final answer the grader read from it (NULL: none, or the call failed)"),
+        "correct": col(pl.Boolean, "the verdict of the primary rule (grading_rule); NULL: the call failed"),
+        "grade_reason": col(pl.Utf8, "why the grader decided so (e.g. match:numeric, no_answer, timeout)"),
+        "finish_reason": col(pl.Utf8, "how the reply ended: stop, length (the token limit), timeout (wrong) or error "
+                                      "(a failed call, left out of the scores)"),
+        "n_tokens": col(pl.Int64, "the reply's length in the checkpoint's tokens"),
+        "llm_call_id": col(pl.Utf8, "the call in orion.llm_calls"),
+        "error": col(pl.Utf8, "a failed or timed-out call's error (NULL otherwise)"),
+        "grading_rule": col(pl.Utf8, "the primary grading rule ([eval] compat) that made correct"),
+        **{f"correct_{rule}": col(pl.Boolean, f"the verdict of the {rule} rule (NULL: not asked for in [eval] compat "
+                                              "or also_grade, or the call failed)")
+           for rule in GRADING_RULES},
     },
     id="prediction_id",
     parents={"problem_id": "benchmark_problems", "checkpoint_id": "student_checkpoint", "llm_call_id": "llm_calls"},
@@ -35,23 +50,76 @@ BENCHMARK_PREDICTIONS = TableSpec(
 )
 BENCHMARK_SCORES = TableSpec(
     "benchmark_scores",
-    {"score_id": pl.Utf8, "benchmark": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64,
-     **{f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)},
-     "grading_rule": pl.Utf8, "primary": pl.Boolean, "checkpoint_id": pl.Utf8, "prediction_ids": pl.List(pl.Utf8)},
+    {
+        "score_id": col(pl.Utf8, "the row's id: a content hash of benchmark, model, the predictions' materialization "
+                                 "and the grading rule"),
+        "benchmark": col(pl.Utf8, "the benchmark"),
+        "student": col(pl.Utf8, "the student"),
+        "variant": col(pl.Utf8, "the variant its checkpoint was trained on"),
+        "seed": col(pl.Int64, "the checkpoint's SFT seed"),
+        # scoring.Scores' fields, described (fractions in [0, 1]; a field added there without a description fails here)
+        **described({f.name: pl.Int64 if f.type in (int, "int") else pl.Float64 for f in dataclasses.fields(scoring.Scores)}, {
+            "n_problems": "problems scored (with at least one answered sample)",
+            "k": "samples per problem ([eval] k)",
+            "pass_at_1": "the mean over problems of the share of correct samples",
+            "pass_at_1_se": "pass@1's standard error over problems",
+            "maj_at_k": "the share of problems whose most frequent answer among k is correct",
+            "pass_at_k": "unbiased pass@k (Chen et al. 2021), the mean over problems",
+            "mean_tokens": "the answered samples' mean length in tokens",
+            "truncation_rate": "the share of answered samples cut at the token limit",
+            "boxed_rate": "the share of answered samples whose final answer is a non-empty \\boxed{}",
+            "n_answered": "answered samples (a timed-out one among them, as wrong)",
+            "n_errors": "samples whose call failed, left out of every score",
+            "n_unanswered_problems": "problems left out because every call of theirs failed",
+            "timeout_rate": "the share of answered samples that timed out",
+        }, table="benchmark_scores"),
+        "grading_rule": col(pl.Utf8, "the grading rule the numbers were made with"),
+        "primary": col(pl.Boolean, "whether that is the primary rule ([eval] compat), the one the leaderboard shows"),
+        "checkpoint_id": col(pl.Utf8, "the checkpoint scored"),
+        "prediction_ids": col(pl.List(pl.Utf8), "the benchmark_predictions rows scored"),
+    },
     id="score_id",
     parents={"prediction_ids": "benchmark_predictions"},
     partition_by=("benchmark", "student", "variant", "seed"),
 )
 
+def _benchmark_descriptions(b: str) -> dict[str, str]:
+    """What the leaderboard's columns of benchmark ``b`` hold (report.benchmark_columns)."""
+    against = {"delta": "teacher_sft", "delta_base": "base"}
+    return {
+        b: f"pass@1 on {b} under the primary rule, the mean over seeds (a fraction)",
+        f"{b}_sd": "its standard deviation over seeds (NULL: one seed)",
+        f"{b}_se": "the mean over seeds of pass@1's standard error over problems",
+        f"{b}_seeds": "seeds scored",
+        **{column: text for suffix, other in against.items() for column, text in {
+            f"{b}_{suffix}": f"pass@1 minus {other}'s, paired by problem, in points",
+            f"{b}_{suffix}_low": f"the low end of the 95% bootstrap interval of the difference with {other}, in points",
+            f"{b}_{suffix}_high": f"the high end of that interval with {other}, in points",
+            f"{b}_{suffix}_p": f"the sign test's p-value of the difference with {other}",
+        }.items()},
+        f"{b}_significant": "whether the interval of the difference with teacher_sft leaves out 0",
+        f"{b}_n_common": "the problems the difference with teacher_sft was taken on",
+        f"{b}_n_errors": "failed calls, summed over seeds",
+        f"{b}_boxed": "the share of answered samples with a \\boxed{} final answer, the mean over seeds",
+    }
+
+
 LEADERBOARD = TableSpec(
     "leaderboard",
     {
-        "student": pl.Utf8,
-        "variant": pl.Utf8,
-        **report.LEADERBOARD_BUDGET,
-        **{column: dtype for b in BENCHMARKS for column, dtype in report.benchmark_columns(b).items()},
-        "score_ids": pl.List(pl.Utf8),
-        "leaderboard_id": pl.Utf8,
+        "student": col(pl.Utf8, "the student"),
+        "variant": col(pl.Utf8, "the variant"),
+        # report.LEADERBOARD_BUDGET and report.benchmark_columns, described
+        **described(report.LEADERBOARD_BUDGET, {
+            "examples": "SFT examples trained on, the mean over seeds",
+            "train_tokens": "completion tokens trained on (tokens_seen where not recorded), the mean over seeds",
+            "steps": "optimizer steps, the mean over seeds",
+            "dropped": "the variant's cot_quality rows the quality rules dropped",
+        }, table="leaderboard"),
+        **described({column: dtype for b in BENCHMARKS for column, dtype in report.benchmark_columns(b).items()},
+                    {c: d for b in BENCHMARKS for c, d in _benchmark_descriptions(b).items()}, table="leaderboard"),
+        "score_ids": col(pl.List(pl.Utf8), "the benchmark_scores rows it summarizes"),
+        "leaderboard_id": col(pl.Utf8, "the row's id: a content hash of student, variant and score_ids"),
     },
     id="leaderboard_id",
     parents={"score_ids": "benchmark_scores"},

@@ -9,7 +9,7 @@ from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
 from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import exposure
@@ -20,10 +20,21 @@ from orion_assets.vocabulary import ERROR_TYPES
 STUDENT_ATTEMPTS = TableSpec(
     "student_attempts",
     {
-        "attempt_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "model_id": pl.Utf8, "sample_index": pl.Int64,
-        "text": pl.Utf8, "extracted_answer": pl.Utf8, "answer_method": pl.Utf8, "correct": pl.Boolean,
-        "error_type": pl.Utf8, "grade_reason": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
-        "llm_call_id": pl.Utf8,
+        "attempt_id": col(pl.Utf8, "the attempt's id: a content hash of its problem and its LLM call"),
+        "student": col(pl.Utf8, "the student that tried (the partition)"),
+        "problem_id": col(pl.Utf8, "the training problem tried"),
+        "model_id": col(pl.Utf8, "the base model that answered (student_base_model)"),
+        "sample_index": col(pl.Int64, "which of the student's samples of the problem ([exposure] n)"),
+        "text": col(pl.Utf8, "the student's reply"),
+        "extracted_answer": col(pl.Utf8, "the final answer read from the reply (NULL: none found)"),
+        "answer_method": col(pl.Utf8, "how it was read: boxed, fbox, hash (####), answer_is or last_number"),
+        "correct": col(pl.Boolean, "whether the answer matches the gold answer (the strict rule)"),
+        "error_type": col(pl.Utf8, "the student's error: wrong_answer, no_answer, truncated or repetition_loop; "
+                                   "endpoint_error for a failed call; NULL when it solved the problem"),
+        "grade_reason": col(pl.Utf8, "why the grader decided so (e.g. match:numeric, mismatch:math_verify, no_answer)"),
+        "finish_reason": col(pl.Utf8, "how the reply ended: stop, length (the token limit) or error"),
+        "n_tokens": col(pl.Int64, "the reply's length in the student's tokens"),
+        "llm_call_id": col(pl.Utf8, "the call in orion.llm_calls"),
     },
     id="attempt_id",
     parents={"problem_id": "train_problems", "model_id": "student_base_model", "llm_call_id": "llm_calls"},
@@ -31,8 +42,15 @@ STUDENT_ATTEMPTS = TableSpec(
 )
 STUDENT_ERRORS = TableSpec(
     "student_errors",
-    {"error_id": pl.Utf8, "attempt_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "error_type": pl.Utf8,
-     "extracted_answer": pl.Utf8, "finish_reason": pl.Utf8},
+    {
+        "error_id": col(pl.Utf8, "the error's id: a content hash of its attempt"),
+        "attempt_id": col(pl.Utf8, "the wrong attempt (student_attempts)"),
+        "student": col(pl.Utf8, "the student (the partition)"),
+        "problem_id": col(pl.Utf8, "the training problem"),
+        "error_type": col(pl.Utf8, "wrong_answer, no_answer, truncated or repetition_loop"),
+        "extracted_answer": col(pl.Utf8, "the wrong answer the attempt gave (NULL: none found)"),
+        "finish_reason": col(pl.Utf8, "how the attempt's reply ended: stop or length"),
+    },
     id="error_id",
     parents={"attempt_id": "student_attempts"},
     partition_by=("student",),

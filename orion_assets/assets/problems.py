@@ -7,20 +7,41 @@ import polars as pl
 from orion_assets.io.metadata import markdown_table
 from orion_assets.io.partitions import benchmark_partitions
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, TableSpec, described, orion_asset
 from orion_assets.method import problems
 
 SAMPLE_SHOWN = 10
 
 
+# The columns of problems.PROBLEM_SCHEMA, described (a column added there without a description fails here).
+_PROBLEM_TEXT = {
+    "problem": "the problem's text",
+    "gold_answer": "the reference final answer, normalized for grading",
+}
 BENCHMARK_PROBLEMS = TableSpec(
     "benchmark_problems",
-    {("benchmark" if c == "source" else "reference_solution" if c == "solution" else c): t
-     for c, t in problems.PROBLEM_SCHEMA.items()},
+    described({("benchmark" if c == "source" else "reference_solution" if c == "solution" else c): t
+               for c, t in problems.PROBLEM_SCHEMA.items()}, {
+        "problem_id": "the problem's id: a content hash of benchmark, source_id and text",
+        "benchmark": "the benchmark it belongs to (the partition)",
+        "source_id": "its id in the benchmark's file (its row number there, from 1, where the file has none)",
+        "reference_solution": "the benchmark's worked solution, where it has one (gsm_hard: a Python program)",
+        "subject": "the problem's subject (MATH-500; NULL in the other benchmarks)",
+        "level": "its difficulty level (MATH-500, arithmetic; NULL in the others)",
+        **_PROBLEM_TEXT,
+    }, table="benchmark_problems"),
     id="problem_id",
     partition_by=("benchmark",),
 )
-TRAIN_PROBLEMS = TableSpec("train_problems", dict(problems.PROBLEM_SCHEMA), id="problem_id")
+TRAIN_PROBLEMS = TableSpec("train_problems", described(problems.PROBLEM_SCHEMA, {
+    "problem_id": "the problem's id: a content hash of its normalized text (one problem, whatever its sources)",
+    "source": "the training source it was first loaded from ([data] train_sources' name)",
+    "source_id": "its id in that source (its row number there, from 1, where the source has none)",
+    "solution": "the source's worked solution, where it has one (its solution_field)",
+    "subject": "the problem's subject, where the source names a subject_field (NULL otherwise)",
+    "level": "its difficulty level, where the source names a level_field (NULL otherwise)",
+    **_PROBLEM_TEXT,
+}, table="train_problems"), id="problem_id")
 
 
 @orion_asset(BENCHMARK_PROBLEMS, group_name="problems", partitions_def=benchmark_partitions, kinds={"polars"},

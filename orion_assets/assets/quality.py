@@ -9,7 +9,7 @@ from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
 from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import problems, prompts, reflection
@@ -22,12 +22,39 @@ from orion_assets.vocabulary import MODE_VARIANT, REFERENCE_VARIANT
 COT_QUALITY = TableSpec(
     "cot_quality",
     {
-        "student": pl.Utf8, "variant": pl.Utf8, "cot_table": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
-        "refined_cot_id": pl.Utf8, "baseline_cot_id": pl.Utf8, "source": pl.Utf8, "verified": pl.Boolean,
-        "truncated": pl.Boolean, "cot_quality_id": pl.Utf8, "cot_hash": pl.Utf8, **metrics.COT_METRICS_SCHEMA,
-        "contaminated": pl.Boolean, "contaminated_with": pl.Utf8, "judge_coherence": pl.Int64,
-        "judge_consistency": pl.Int64, "teacher_similarity": pl.Float64, "drop_reasons": pl.List(pl.Utf8),
-        "kept": pl.Boolean,
+        "student": col(pl.Utf8, "the student the SFT data is for (the partition)"),
+        "variant": col(pl.Utf8, "the training variant the CoT is a candidate for (teacher_sft, orion, ..., a baseline)"),
+        "cot_table": col(pl.Utf8, "the table that holds the CoT's text: teacher_cots, refined_cots or baseline_cots"),
+        "problem_id": col(pl.Utf8, "the training problem"),
+        "teacher_cot_id": col(pl.Utf8, "the teacher CoT (teacher_sft's own, the one a rewrite or a baseline came "
+                                       "from; NULL for rft)"),
+        "refined_cot_id": col(pl.Utf8, "the refined_cots row (refined variants only)"),
+        "baseline_cot_id": col(pl.Utf8, "the baseline_cots row (baselines only)"),
+        "source": col(pl.Utf8, "where the text comes from: teacher, refined, teacher_fallback, or a baseline's "
+                               "teacher_solution, teacher_cot or student_solution"),
+        "verified": col(pl.Boolean, "whether the CoT's answer verified against the gold answer"),
+        "truncated": col(pl.Boolean, "whether its generation stopped at the token limit (finish_reason length)"),
+        "cot_quality_id": col(pl.Utf8, "the row's id: a content hash of student, variant, cot_table and the CoT's ids"),
+        "cot_hash": col(pl.Utf8, "a content hash of the CoT's text (duplicates share it)"),
+        **described(metrics.COT_METRICS_SCHEMA, {
+            "n_tokens": "the CoT's length in the student's tokens (no special tokens)",
+            "n_words": "its words (runs of word characters, lowercased)",
+            "n_steps": "its reasoning steps: lines, then sentences within a line (docs/quality.md)",
+            "reflection_markers": "reflection markers in it (\"wait\", \"let me check\", ...)",
+            "reflection_density": "reflection markers per 100 words",
+            "repeated_4gram_ratio": "(total - distinct) / total over its word 4-grams: near 1.0 for a loop",
+            "coherence": "the mean cosine similarity of adjacent steps' sentence embeddings (NULL: fewer than 2 steps)",
+        }, table="cot_quality"),
+        "contaminated": col(pl.Boolean, "whether the CoT shares an n-gram with a benchmark problem ([data] "
+                                        "decontamination_ngram words)"),
+        "contaminated_with": col(pl.Utf8, "the benchmark problem it overlaps (its problem_id; NULL: none)"),
+        "judge_coherence": col(pl.Int64, "the LLM judge's coherence score, 1-5 (NULL: no judge, or no score read)"),
+        "judge_consistency": col(pl.Int64, "the LLM judge's logical-consistency score, 1-5 (NULL likewise)"),
+        "teacher_similarity": col(pl.Float64, "the share of a refined CoT's word 4-grams found in the teacher CoT it "
+                                              "rewrites: 1.0 for a copy (NULL: not a refined_cots row, or under 4 words)"),
+        "drop_reasons": col(pl.List(pl.Utf8), "every rule the row breaks (unverified, too_short, truncated, "
+                                              "contaminated, incoherent, duplicate, ...; docs/quality.md)"),
+        "kept": col(pl.Boolean, "no drop reason: sft_dataset takes the row"),
     },
     id="cot_quality_id",
     parents={"teacher_cot_id": "teacher_cots", "refined_cot_id": "refined_cots", "baseline_cot_id": "baseline_cots",

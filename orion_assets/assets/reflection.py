@@ -8,7 +8,7 @@ import polars as pl
 from orion_assets.io.metadata import percentiles, progress_logger
 from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import reflection, variants
@@ -19,12 +19,31 @@ from orion_assets.vocabulary import MODE_ROLE, MODES
 REFINED_COTS = TableSpec(
     "refined_cots",
     {
-        "refined_cot_id": pl.Utf8, "student": pl.Utf8, "problem_id": pl.Utf8, "teacher_cot_id": pl.Utf8,
-        "error_attempt_ids": pl.List(pl.Utf8), "mode": pl.Utf8, "source": pl.Utf8, "error_context": pl.Boolean,
-        "student_ever_wrong": pl.Boolean, "cot": pl.Utf8, "rewrite_thinking": pl.Utf8, "reflection_notes": pl.Utf8,
-        "final_answer": pl.Utf8,
-        "verified": pl.Boolean, "tries_used": pl.Int64, "failure_reasons": pl.List(pl.Utf8),
-        "finish_reason": pl.Utf8, "n_tokens": pl.Int64, "length_ratio": pl.Float64, "llm_call_id": pl.Utf8,
+        "refined_cot_id": col(pl.Utf8, "the row's id: a content hash of student, mode, problem, teacher CoT, source and text"),
+        "student": col(pl.Utf8, "the student whose errors were shown (the partition)"),
+        "problem_id": col(pl.Utf8, "the training problem"),
+        "teacher_cot_id": col(pl.Utf8, "the teacher CoT rewritten"),
+        "error_attempt_ids": col(pl.List(pl.Utf8), "the student's wrong attempt the prompt showed (empty: none shown)"),
+        "mode": col(pl.Utf8, "orion (the student reflects on its error), no_error (the student rewrites, no error "
+                             "shown) or no_reflection (the teacher rewrites, shown the error)"),
+        "source": col(pl.Utf8, "refined (a rewrite that verified) or teacher_fallback (the teacher's CoT, kept when "
+                               "no try verified: [reflection] on_failure = \"teacher\")"),
+        "error_context": col(pl.Boolean, "whether the prompt showed a wrong attempt"),
+        "student_ever_wrong": col(pl.Boolean, "whether the student made an error on the problem during exposure"),
+        "cot": col(pl.Utf8, "the CoT trained on: the rewrite's solution (a reasoning student's thinking first, with "
+                            "[reflection] keep_student_thinking), or the teacher's CoT"),
+        "rewrite_thinking": col(pl.Utf8, "the rewrite's thinking, whatever cot keeps (NULL: none, or a fallback)"),
+        "reflection_notes": col(pl.Utf8, "the reply's reflection part, before its solution (NULL: none, or a fallback)"),
+        "final_answer": col(pl.Utf8, "the answer of the cot, which verified against the gold answer"),
+        "verified": col(pl.Boolean, "whether the cot's answer verified (always true: a rewrite is kept only then, and "
+                                    "teacher CoTs verified)"),
+        "tries_used": col(pl.Int64, "how many tries were sent ([reflection] tries at most)"),
+        "failure_reasons": col(pl.List(pl.Utf8), "why each failed try failed (e.g. mismatch:numeric, truncated, "
+                                                 "unsplittable, context_overflow)"),
+        "finish_reason": col(pl.Utf8, "how the verified rewrite's reply ended, or the teacher CoT's (a fallback)"),
+        "n_tokens": col(pl.Int64, "the cot's length in the student's tokens"),
+        "length_ratio": col(pl.Float64, "n_tokens over the teacher CoT's n_tokens"),
+        "llm_call_id": col(pl.Utf8, "the verified try's call in orion.llm_calls (a fallback: its last failed try's)"),
     },
     id="refined_cot_id",
     parents={"problem_id": "train_problems", "teacher_cot_id": "teacher_cots",

@@ -9,7 +9,6 @@ import dagster as dg
 
 from orion_assets.assets import evaluation, exposure, problems, quality, reflection, teacher, training
 from orion_assets.ids import content_id
-from orion_assets.io.metadata import table_schema
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.store.queries import Query, load_queries, run_query
@@ -40,7 +39,8 @@ def statistics_asset(query: Query) -> dg.AssetsDefinition:
     unknown = sorted(query.tables - SPECS.keys())
     if unknown:
         raise ValueError(f"{query.path} reads {unknown}, which no asset makes")
-    spec = TableSpec(name, query.columns, id=None)
+    # Each column is described in the file's `-- Columns:` block.
+    spec = TableSpec(name, query.columns, id=None, descriptions=query.column_descriptions)
     ins = {
         table: dg.AssetIn(partition_mapping=dg.AllPartitionMapping() if SPECS[table].partition_by else None)
         for table in sorted(query.tables)
@@ -55,7 +55,6 @@ def statistics_asset(query: Query) -> dg.AssetsDefinition:
         code_version=content_id("sql", query.text, length=12),
         automation_condition=REFRESH,
         metadata={
-            "dagster/column_schema": table_schema(spec.empty()),
             "sql_file": dg.MetadataValue.path(str(query.path)),
             "sql": dg.MetadataValue.md(f"```sql\n{query.text}\n```"),
         },

@@ -6,7 +6,7 @@ import polars as pl
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method.sampling import ChunkProgress, Sample, sample_and_grade
@@ -15,9 +15,19 @@ from orion_assets.tokens import batch_token_counter
 TEACHER_COTS = TableSpec(
     "teacher_cots",
     {
-        "teacher_cot_id": pl.Utf8, "problem_id": pl.Utf8, "sample_index": pl.Int64, "cot": pl.Utf8,
-        "solution": pl.Utf8, "has_thinking": pl.Boolean, "final_answer": pl.Utf8, "answer_method": pl.Utf8, "n_tokens": pl.Int64,
-        "completion_tokens": pl.Int64, "prompt_tokens": pl.Int64, "finish_reason": pl.Utf8, "llm_call_id": pl.Utf8,
+        "teacher_cot_id": col(pl.Utf8, "the CoT's id: a content hash of its problem and its LLM call"),
+        "problem_id": col(pl.Utf8, "the training problem it solves"),
+        "sample_index": col(pl.Int64, "which of the teacher's samples of the problem ([teacher] samples)"),
+        "cot": col(pl.Utf8, "the whole chain of thought: the teacher's thinking (if any), then its solution"),
+        "solution": col(pl.Utf8, "the solution alone: the reply after the thinking (short_cot's CoT)"),
+        "has_thinking": col(pl.Boolean, "whether the reply had separate thinking (a reasoning model's)"),
+        "final_answer": col(pl.Utf8, "the answer extracted from the solution, which verified against the gold answer"),
+        "answer_method": col(pl.Utf8, "how it was extracted: boxed, fbox, hash (####), answer_is or last_number"),
+        "n_tokens": col(pl.Int64, "the CoT's length in tokens of the first student's tokenizer"),
+        "completion_tokens": col(pl.Int64, "the reply's tokens as the teacher's endpoint counted them"),
+        "prompt_tokens": col(pl.Int64, "the prompt's tokens as the teacher's endpoint counted them"),
+        "finish_reason": col(pl.Utf8, "how the reply ended: stop (a reply cut at the token limit, or failed, is not kept)"),
+        "llm_call_id": col(pl.Utf8, "the call in orion.llm_calls"),
     },
     id="teacher_cot_id",
     parents={"problem_id": "train_problems", "llm_call_id": "llm_calls"},

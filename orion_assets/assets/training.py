@@ -22,7 +22,7 @@ from orion_assets.io.partitions import (
     student_to_sft,
 )
 from orion_assets.io.resource import OrionResource
-from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
+from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, prompts
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
@@ -41,8 +41,17 @@ from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 
 STUDENT_BASE_MODEL = TableSpec(
     "student_base_model",
-    {"model_id": pl.Utf8, "student": pl.Utf8, "path": pl.Utf8, "config_hash": pl.Utf8, "parameters": pl.Int64, "vocab_size": pl.Int64,
-     "eos_token": pl.Utf8, "source": pl.Utf8},
+    {
+        "model_id": col(pl.Utf8, "the base model's id: its config_hash"),
+        "student": col(pl.Utf8, "the student's name in the profile (the partition)"),
+        "path": col(pl.Utf8, "the model's directory (a Hub model's local snapshot)"),
+        "config_hash": col(pl.Utf8, "a hash of what built it (the tiny build and its tokenizer texts, the GGUF file, or a "
+                                    "pretrained model's config.json and revision)"),
+        "parameters": col(pl.Int64, "its number of (unique) parameters"),
+        "vocab_size": col(pl.Int64, "its vocabulary size (embedding rows)"),
+        "eos_token": col(pl.Utf8, "the end-of-turn token it stops at and SFT teaches, e.g. <|im_end|>"),
+        "source": col(pl.Utf8, "how it was made: build_tiny, gguf (converted) or pretrained"),
+    },
     id="model_id",
     partition_by=("student",),
 )
@@ -91,9 +100,18 @@ MESSAGES = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
 SFT_DATASET = TableSpec(
     "sft_dataset",
     {
-        "sft_example_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "cot_quality_id": pl.Utf8, "problem_id": pl.Utf8,
-        "teacher_cot_id": pl.Utf8, "refined_cot_id": pl.Utf8, "baseline_cot_id": pl.Utf8, "source": pl.Utf8,
-        "prompt": MESSAGES, "completion": MESSAGES, "n_tokens": pl.Int64,
+        "sft_example_id": col(pl.Utf8, "the example's id: a content hash of student, variant, prompt and completion"),
+        "student": col(pl.Utf8, "the student trained on it (the partition's first part)"),
+        "variant": col(pl.Utf8, "the training variant (the partition's second part)"),
+        "cot_quality_id": col(pl.Utf8, "the kept cot_quality row it was made from"),
+        "problem_id": col(pl.Utf8, "the training problem"),
+        "teacher_cot_id": col(pl.Utf8, "the teacher CoT behind it (NULL for rft)"),
+        "refined_cot_id": col(pl.Utf8, "the refined_cots row whose CoT it is (refined variants only)"),
+        "baseline_cot_id": col(pl.Utf8, "the baseline_cots row whose CoT it is (baselines only)"),
+        "source": col(pl.Utf8, "where the CoT comes from (cot_quality.source)"),
+        "prompt": col(MESSAGES, "the chat prompt: the solve template's messages with the problem"),
+        "completion": col(MESSAGES, "one assistant message: the CoT (the loss is taken over it alone)"),
+        "n_tokens": col(pl.Int64, "the CoT's length in the student's tokens (cot_quality.n_tokens)"),
     },
     id="sft_example_id",
     parents={"cot_quality_id": "cot_quality"},
@@ -102,16 +120,36 @@ SFT_DATASET = TableSpec(
 STUDENT_CHECKPOINT = TableSpec(
     "student_checkpoint",
     {
-        "checkpoint_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "seed": pl.Int64, "base_model_id": pl.Utf8,
-        "sft_examples": pl.Int64,
-        "sft_example_ids": pl.List(pl.Utf8), "sft_data_hash": pl.Utf8, "config_hash": pl.Utf8, "path": pl.Utf8,
-        "kind": pl.Utf8, "steps": pl.Int64, "train_loss": pl.Float64, "final_loss": pl.Float64,
-        "tokens_seen": pl.Int64, "train_tokens_per_second": pl.Float64, "truncated_examples": pl.Int64,
-        "resumed_from_step": pl.Int64, "params": pl.Utf8,
+        "checkpoint_id": col(pl.Utf8, "the checkpoint's id: a content hash of student, variant and the run's hash "
+                                      "(its settings and data); base: of the base model"),
+        "student": col(pl.Utf8, "the student trained"),
+        "variant": col(pl.Utf8, "the variant it was trained on (base: untrained)"),
+        "seed": col(pl.Int64, "the SFT seed"),
+        "base_model_id": col(pl.Utf8, "the student_base_model it started from"),
+        "sft_examples": col(pl.Int64, "how many sft_dataset examples the variant has (0 for base)"),
+        "sft_example_ids": col(pl.List(pl.Utf8), "their ids, sorted"),
+        "sft_data_hash": col(pl.Utf8, "a content hash of those ids (NULL for base)"),
+        "config_hash": col(pl.Utf8, "a hash of what determines the weights: hyperparameters, data file and base model "
+                                    "(docs/sft.md); base: the base model's"),
+        "path": col(pl.Utf8, "the trained weights' directory (base: the base model's)"),
+        "kind": col(pl.Utf8, "lora_adapter, full, or base"),
+        "steps": col(pl.Int64, "optimizer steps reached over the whole run (steps before a resume too)"),
+        "train_loss": col(pl.Float64, "the mean loss over the steps run in the call that finished"),
+        "final_loss": col(pl.Float64, "the last logged step's loss"),
+        "tokens_seen": col(pl.Int64, "input tokens trained on over the whole run (prompt and completion, no padding)"),
+        "train_tokens_per_second": col(pl.Float64, "the last call's tokens per second of its training loop"),
+        "truncated_examples": col(pl.Int64, "always 0: no example is cut"),
+        "resumed_from_step": col(pl.Int64, "the step the last call resumed from (0: a fresh run)"),
+        "params": col(pl.Utf8, "JSON: the training parameters the run was launched with"),
         # what the run's length was matched on ([sft] budget) and what it trained on (docs/sft.md, "Budgets")
-        "budget": pl.Utf8, "trained_examples": pl.Int64, "completion_tokens": pl.Int64, "epochs": pl.Float64,
+        "budget": col(pl.Utf8, "what the run's length was set by ([sft] budget): epochs, steps or tokens"),
+        "trained_examples": col(pl.Int64, "examples trained on over the whole run (one trained twice counts twice)"),
+        "completion_tokens": col(pl.Int64, "completion tokens trained on (the loss's), over the whole run"),
+        "epochs": col(pl.Float64, "passes over the examples (the Trainer's state.epoch)"),
         # every logged step of the whole run (the steps before a resume too): the Trainer's log_history (docs/sft.md)
-        "loss_curve": pl.List(pl.Struct({k: pl.Int64 if t is int else pl.Float64 for k, t in CURVE_FIELDS.items()})),
+        "loss_curve": col(pl.List(pl.Struct({k: pl.Int64 if t is int else pl.Float64 for k, t in CURVE_FIELDS.items()})),
+                          "one point per logged step of the whole run: step, epoch, loss, learning_rate, grad_norm, "
+                          "tokens_seen, mean_token_accuracy"),
     },
     id="checkpoint_id",
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},

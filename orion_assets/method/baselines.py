@@ -16,14 +16,26 @@ from dataclasses import dataclass
 import polars as pl
 
 from orion_assets.ids import content_id
+from orion_assets.store.columns import Column, col, dtypes
 
-__all__ = ["COLUMNS", "SOURCES", "MixTally", "mix_long_rows", "rft_rows", "short_cot_rows"]
+__all__ = ["COLUMNS", "DESCRIBED_COLUMNS", "SOURCES", "MixTally", "mix_long_rows", "rft_rows", "short_cot_rows"]
 
-COLUMNS: dict[str, type[pl.DataType]] = {
-    "baseline_cot_id": pl.Utf8, "student": pl.Utf8, "variant": pl.Utf8, "problem_id": pl.Utf8,
-    "teacher_cot_id": pl.Utf8, "attempt_id": pl.Utf8, "source": pl.Utf8, "cot": pl.Utf8, "verified": pl.Boolean,
-    "finish_reason": pl.Utf8,
-}  # fmt: skip
+DESCRIBED_COLUMNS: dict[str, Column] = {
+    "baseline_cot_id": col(pl.Utf8, "the row's id: a content hash of student, variant, problem, teacher CoT, attempt and text"),
+    "student": col(pl.Utf8, "the student the SFT data is for"),
+    "variant": col(pl.Utf8, "the baseline: rft, short_cot or mix_long"),
+    "problem_id": col(pl.Utf8, "the training problem"),
+    "teacher_cot_id": col(pl.Utf8, "the teacher CoT the text comes from (NULL for rft)"),
+    "attempt_id": col(pl.Utf8, "the student's exposure attempt the text comes from (rft only)"),
+    "source": col(pl.Utf8, "what the text is: teacher_solution (the teacher's reply after its thinking), teacher_cot "
+                           "(its whole CoT) or student_solution"),
+    "cot": col(pl.Utf8, "the text the student is trained on"),
+    "verified": col(pl.Boolean, "the text's final answer verified (always true: only verified CoTs and correct "
+                                "attempts are drawn on)"),
+    "finish_reason": col(pl.Utf8, "how the teacher's or the student's reply ended (rft leaves out replies cut off at "
+                                     "the token limit)"),
+}
+COLUMNS: dict[str, type[pl.DataType]] = dtypes(DESCRIBED_COLUMNS)
 # What a row's text is: the teacher's solution alone, its whole CoT, or one of the student's own solutions.
 SOURCES: tuple[str, ...] = ("teacher_solution", "teacher_cot", "student_solution")
 

@@ -7,7 +7,8 @@
 --
 -- Columns:
 --   student           the student whose attempts these are (each student's rows stand alone)
---   subject, level, error_type
+--   subject, level    the problems' subject and level (orion.train_problems; NULL: the problem has none)
+--   error_type        the attempts' error type (orion.student_errors.error_type)
 --   errors            wrong attempts of this type in the group
 --   group_errors      wrong attempts of any type in the (student, subject, level) group
 --   share_in_group    errors / group_errors: sums to 1 over the error types of each (student, subject, level)

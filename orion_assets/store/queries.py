@@ -37,6 +37,39 @@ class Query:
         first = self.text.splitlines()[0] if self.text else ""
         return first.split(":", 1)[1].strip() if ":" in first else first.lstrip("- ")
 
+    @property
+    def column_descriptions(self) -> dict[str, str]:
+        """What each output column holds: the file's ``-- Columns:`` block (:func:`column_descriptions`)."""
+        return column_descriptions(self.text)
+
+
+def column_descriptions(text: str) -> dict[str, str]:
+    """``{column: description}`` from the ``-- Columns:`` block of a file's header comment, which runs to
+    the next empty comment line. An entry names one column or several (``a, b``), then its description
+    after two spaces or on the lines below, indented deeper; several columns share theirs."""
+    found: dict[str, str] = {}
+    entries: list[tuple[list[str], list[str]]] = []
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.strip() == "-- Columns:":
+            break
+    indent = None
+    for line in lines:
+        body = line[2:] if line.startswith("--") else None
+        if body is None or not body.strip():
+            break
+        depth = len(body) - len(body.lstrip())
+        indent = depth if indent is None else indent
+        if depth > indent and entries:  # the description goes on
+            entries[-1][1].append(body.strip())
+            continue
+        names, _, description = body.strip().partition("  ")
+        entries.append(([n.strip() for n in names.split(",")], [description.strip()] if description.strip() else []))
+    for names, words in entries:
+        for name in names:
+            found[name] = " ".join(words)
+    return found
+
 
 def load_queries(names: Sequence[str], tables: Mapping[str, pl.DataFrame]) -> dict[str, Query]:
     """``SQL_DIR/<name>.sql`` for each name, bound against empty ``tables`` (name -> a frame with the
