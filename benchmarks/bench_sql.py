@@ -51,7 +51,9 @@ DEFAULT_DB = REPO / "benchmarks" / "out" / "synthetic" / "orion_store.duckdb"
 
 def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
     from orion_assets.cli.sql import check_read_only
+    from orion_assets.store.vocabulary import provide_vocabulary
 
+    provide_vocabulary(con)  # as orion sql: a file built before the vocabulary views gets them for the read
     frame = None
     for statement in check_read_only(path.read_text(encoding="utf-8")):
         relation = con.sql(statement)

@@ -1,8 +1,9 @@
 """The CoT statistics of ``sql/`` as assets: each file's rows as the table ``orion.<name>``.
 
 An asset's inputs are the tables its query reads (found by binding the file against the table specs,
-so the lineage graph follows the SQL), all partitions of each; it runs the file through the store's
-connection, as ``orion sql`` does, on the DuckDB file and on a DuckLake alike. sql/README.md says more.
+so the lineage graph follows the SQL), all partitions of each; the vocabulary views it reads are the
+store's, not an asset's, so no input. It runs the file through the store's connection, as ``orion sql``
+does, on the DuckDB file and on a DuckLake alike. sql/README.md says more.
 """
 
 import dagster as dg

@@ -15,6 +15,7 @@ from orion_assets.method.evaluation.report import build_report, prices_of
 from orion_assets.profiles import ProfileError, load_profile
 from orion_assets.store import store_in
 from orion_assets.store.ducklake import StoreError
+from orion_assets.store.vocabulary import provide_vocabulary
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 _IDENT = r'(?:[A-Za-z_][\w$]*|"[^"]+")'
@@ -69,6 +70,7 @@ def sql(args: argparse.Namespace) -> int:
     try:
         store = open_store(args, "sql")
         with store.connect(read_only=True) as con:
+            provide_vocabulary(con)  # a store written before the vocabulary views: the sql/ files need them
             for statement in statements:
                 relation = con.sql(statement)
                 if relation is None:

@@ -22,6 +22,7 @@ from orion_assets.profiles.schema import StoreConfig
 from orion_assets.store.base import CATALOG, MATERIALIZATIONS_DDL, SCHEMA, TABLE_PARENTS_DDL, BaseStore, T, has_table, sql_quote
 from orion_assets.store.ducklake_catalog import EXTENSION_WHEELS, S3Settings, StoreError, create_secrets, extension_path, parse_catalog
 from orion_assets.store.lock import LOCK_TIMEOUT_S, file_lock
+from orion_assets.store.vocabulary import vocabulary_statements
 
 __all__ = [
     "DEFAULT_RETRIES", "EXTENSION_WHEELS", "GUARD_SCHEMA", "DuckLakeStore", "S3Settings", "StoreConflict", "StoreError",
@@ -383,16 +384,17 @@ def _schema_exists(con: duckdb.DuckDBPyConnection, schema: str) -> bool:
 
 
 def _create_bookkeeping(con: duckdb.DuckDBPyConnection) -> None:
-    """Schema ``orion`` with the materialization log and the lineage links, and the guards' schema:
-    what is missing, created in one transaction that looks and creates on one snapshot (a no-op takes
-    no snapshot; two processes creating them at once conflict, and the retry finds them made)."""
+    """Schema ``orion`` with the materialization log, the lineage links and the vocabulary views, and the
+    guards' schema: what is missing (or, for a view, changed), created in one transaction that looks and
+    creates on one snapshot (a no-op takes no snapshot; two processes creating them at once conflict, and
+    the retry finds them made)."""
 
     def missing() -> list[str]:
         statements = [f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in (SCHEMA, GUARD_SCHEMA)
                       if not _schema_exists(con, schema)]
         return statements + [ddl for table, ddl in (("materializations", MATERIALIZATIONS_DDL),
                                                     ("table_parents", TABLE_PARENTS_DDL))
-                             if not has_table(con, table)]
+                             if not has_table(con, table)] + vocabulary_statements(con)
 
     if not missing():
         return

@@ -13,6 +13,7 @@ import duckdb
 
 from orion_assets.store.base import CATALOG, MATERIALIZATIONS_DDL, SCHEMA, TABLE_PARENTS_DDL, BaseStore, T, sql_quote
 from orion_assets.store.lock import LOCK_TIMEOUT_S, file_lock
+from orion_assets.store.vocabulary import write_vocabulary
 
 STORE_FILE = "orion_store.duckdb"
 # A file of this name is renamed to STORE_FILE on first use: a catalog "orion" holding the schema
@@ -58,6 +59,7 @@ class Store(BaseStore):
                     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
                     con.execute(MATERIALIZATIONS_DDL)
                     con.execute(TABLE_PARENTS_DDL)
+                    write_vocabulary(con)  # the views the sql/ files take names from, when they changed
                 yield con
             finally:
                 con.close()

@@ -2,7 +2,9 @@
 file's text, the tables it reads and its output columns, and its rows on a store connection.
 
 The files are the one copy of each query: ``orion sql`` and the plain ``duckdb`` client run them as
-they are, and the statistics assets (:mod:`orion_assets.assets.statistics`) run them the same way.
+they are, and the statistics assets (:mod:`orion_assets.assets.statistics`) run them the same way. They
+name no benchmark, variant or mode: those come from the rows or from the store's vocabulary views
+(:mod:`orion_assets.store.vocabulary`).
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ import duckdb
 import polars as pl
 
 from orion_assets.store.base import SCHEMA
+from orion_assets.store.vocabulary import VIEW_NAMES, provide_vocabulary, write_vocabulary
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 @dataclass(frozen=True)
 class Query:
-    """One file of ``SQL_DIR``: its ``text``, the ``tables`` of schema ``orion`` it reads and the
-    ``columns`` (name -> polars type) of its rows."""
+    """One file of ``SQL_DIR``: its ``text``, the ``tables`` of schema ``orion`` it reads (the assets'
+    tables), the ``vocabulary`` views it reads and the ``columns`` (name -> polars type) of its rows."""
 
     name: str
     path: Path
     text: str
     tables: frozenset[str]
     columns: dict[str, pl.DataType]
+    vocabulary: frozenset[str] = frozenset()
 
     @property
     def summary(self) -> str:
@@ -73,12 +77,13 @@ def column_descriptions(text: str) -> dict[str, str]:
 
 def load_queries(names: Sequence[str], tables: Mapping[str, pl.DataFrame]) -> dict[str, Query]:
     """``SQL_DIR/<name>.sql`` for each name, bound against empty ``tables`` (name -> a frame with the
-    table's columns, no rows) so that the tables each reads and its column types are known without a
-    store. A query that does not bind against them is an error naming the file. One in-memory
-    connection binds them all: the definitions load this in every step's process."""
+    table's columns, no rows) and the vocabulary views, so that the tables each reads and its column types
+    are known without a store. A query that does not bind against them is an error naming the file. One
+    in-memory connection binds them all: the definitions load this in every step's process."""
     con = duckdb.connect()
     try:
         con.execute(f"CREATE SCHEMA {SCHEMA}")
+        write_vocabulary(con)
         for table, frame in tables.items():
             con.register("_empty", frame.to_arrow())
             con.execute(f"CREATE TABLE {SCHEMA}.{table} AS SELECT * FROM _empty")
@@ -102,7 +107,7 @@ def _bind(con: duckdb.DuckDBPyConnection, name: str) -> Query:
         raise ValueError(f"{path}: the query does not run on the tables of schema {SCHEMA}: {exc}") from exc
     finally:
         cursor.close()
-    return Query(name, path, text, frozenset(read), columns)
+    return Query(name, path, text, frozenset(read - set(VIEW_NAMES)), columns, frozenset(read & set(VIEW_NAMES)))
 
 
 def tables_read(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
@@ -129,7 +134,9 @@ def tables_read(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
 
 def run_query(con: duckdb.DuckDBPyConnection, text: str) -> pl.DataFrame:
     """The rows of the last statement of ``text``, every statement run in order on ``con`` (a store's
-    connection: the files start with ``USE orion;``), as ``orion sql`` runs them."""
+    connection: the files start with ``USE orion;``), as ``orion sql`` runs them, with the vocabulary
+    views the store lacks provided (:func:`~orion_assets.store.vocabulary.provide_vocabulary`)."""
+    provide_vocabulary(con)
     frame = None
     for statement in duckdb.extract_statements(text):
         relation = con.sql(statement.query)

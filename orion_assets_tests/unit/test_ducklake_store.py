@@ -28,6 +28,7 @@ from orion_assets.store.ducklake import (
     StoreError,
     close_all,
 )
+from orion_assets.store.vocabulary import VIEW_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ENV, SECRET_ENV = "ORION_TEST_S3_KEY_ID", "ORION_TEST_S3_SECRET"
@@ -219,10 +220,11 @@ def test_store_api_on_a_lake(where, request, s3_service):
         assert con.execute("SELECT count(*) FROM orion.table_parents").fetchone()[0] == 1
         runs = con.execute("SELECT count(*) FROM orion.materializations").fetchone()[0]
         assert runs == 4
-        # the guards live outside schema orion: `orion sql` users see only the pipeline's tables
+        # the guards live outside schema orion: `orion sql` users see only the pipeline's tables (and the
+        # vocabulary views the sql/ files read)
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_catalog = current_database() AND table_schema = 'orion'").fetchall()}
-        assert names == {"events", "parents", "materializations", "table_parents", "lineage_edges"}
+        assert names == {"events", "parents", "materializations", "table_parents", "lineage_edges", *VIEW_NAMES}
         # one guard per partition written (writers of different partitions do not wait for each
         # other), per whole table, and the lineage links'
         guards = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
