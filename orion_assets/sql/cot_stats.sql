@@ -2,8 +2,8 @@
 --
 -- One row per CoT population: the teacher's CoTs (orion.teacher_cots, shared by every student:
 -- student and mode NULL, source 'teacher'), and each student's refined CoTs (orion.refined_cots)
--- per mode ('orion', 'no_error', 'no_reflection') and source ('refined' = a verified rewrite,
--- 'teacher_fallback' = the teacher's CoT kept when no rewrite verified).
+-- per mode (the modes in the rows, in the order of orion.vocabulary_modes) and source ('refined' =
+-- a verified rewrite, 'teacher_fallback' = the teacher's CoT kept when no rewrite verified).
 --
 -- Columns:
 --   cot_table      'teacher_cots' or 'refined_cots'
@@ -26,8 +26,8 @@
 USE orion;
 
 WITH steps_teacher AS (
-    -- one cot_quality row per teacher CoT and student (variant teacher_sft); the step count is the
-    -- CoT's own, the same for every student: max() keeps one
+    -- one cot_quality row per teacher CoT and student (the reference variant's); the step count is
+    -- the CoT's own, the same for every student: max() keeps one
     SELECT teacher_cot_id, max(n_steps) AS n_steps
     FROM cot_quality
     WHERE cot_table = 'teacher_cots'
@@ -49,26 +49,31 @@ cots AS (
            r.n_tokens, s.n_steps, s.refined_cot_id IS NOT NULL
     FROM refined_cots r
     LEFT JOIN steps_refined s USING (student, refined_cot_id)
+),
+stats AS (
+    SELECT
+        cot_table,
+        student,
+        mode,
+        source,
+        count(*) AS cots,
+        quantile_cont(n_tokens, 0.1) AS tokens_p10,
+        quantile_cont(n_tokens, 0.5) AS tokens_p50,
+        quantile_cont(n_tokens, 0.9) AS tokens_p90,
+        max(n_tokens) AS tokens_max,
+        avg(n_tokens) AS tokens_mean,
+        count(*) FILTER (WHERE has_quality) AS with_steps,
+        quantile_cont(n_steps, 0.1) AS steps_p10,
+        quantile_cont(n_steps, 0.5) AS steps_p50,
+        quantile_cont(n_steps, 0.9) AS steps_p90,
+        max(n_steps) AS steps_max
+    FROM cots
+    GROUP BY cot_table, student, mode, source
 )
-SELECT
-    cot_table,
-    student,
-    mode,
-    source,
-    count(*) AS cots,
-    quantile_cont(n_tokens, 0.1) AS tokens_p10,
-    quantile_cont(n_tokens, 0.5) AS tokens_p50,
-    quantile_cont(n_tokens, 0.9) AS tokens_p90,
-    max(n_tokens) AS tokens_max,
-    avg(n_tokens) AS tokens_mean,
-    count(*) FILTER (WHERE has_quality) AS with_steps,
-    quantile_cont(n_steps, 0.1) AS steps_p10,
-    quantile_cont(n_steps, 0.5) AS steps_p50,
-    quantile_cont(n_steps, 0.9) AS steps_p90,
-    max(n_steps) AS steps_max
-FROM cots
-GROUP BY cot_table, student, mode, source
-ORDER BY cot_table DESC,  -- teacher_cots first
-         student NULLS FIRST,
-         array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS FIRST, mode,
-         source;
+SELECT s.*
+FROM stats s
+LEFT JOIN vocabulary_modes m ON m.mode = s.mode
+ORDER BY s.cot_table DESC,  -- teacher_cots first
+         s.student NULLS FIRST,
+         m.position NULLS LAST, s.mode NULLS FIRST,  -- the vocabulary's order, a mode it lacks after
+         s.source;

@@ -3,7 +3,7 @@
 -- orion.student_errors joined to orion.train_problems (on problem_id), counted per student by the
 -- problem's subject and level and the error type (vocabulary.ERROR_TYPES: 'wrong_answer', 'no_answer',
 -- 'truncated', 'repetition_loop'; docs/exposure.md).
--- A problem without a subject or level (GSM8K has neither) falls in the NULL group.
+-- A problem without a subject or level (a grade-school word problem has neither) falls in the NULL group.
 --
 -- Columns:
 --   student           the student whose attempts these are (each student's rows stand alone)

@@ -1,19 +1,29 @@
--- leaderboard.sql: pass@1 of every model variant on every benchmark, with the delta over
--- teacher_sft (the student fine-tuned on the plain teacher CoTs, the paper's baseline).
+-- leaderboard.sql: pass@1 of every model variant on every benchmark, per student and grading rule,
+-- over seeds, with the delta over the reference variant (plain distillation) and the untrained student.
 --
--- One row per variant that has scores (orion.benchmark_scores), in the order base, teacher_sft,
--- orion, orion_no_error, orion_no_reflection. The same numbers as `orion report`'s table:
--- pass@1 as a fraction, delta in percentage points (100 * (pass@1 - teacher_sft's pass@1)).
+-- A tidy table (no column per benchmark): one row per student, variant, benchmark and grading rule
+-- with scores in orion.benchmark_scores, which holds one row per seed (an SFT seed's checkpoint).
+-- Variants come in the order of orion.vocabulary_variants, benchmarks in that of
+-- orion.vocabulary_benchmarks, the primary grading rule first (a name the vocabulary lacks comes
+-- after the ones it has). The reference variant and the untrained student's are those of kind
+-- 'reference' and 'untrained' in orion.vocabulary_variants. Fractions, as in benchmark_scores; deltas in percentage points.
 --
 -- Columns:
---   variant
---   <b>, <b>_se, <b>_delta   for each benchmark b in gsm_hard, math500, aime24, amc23:
---                            pass@1, its standard error, and the delta over teacher_sft
---                            (NULL where the variant or teacher_sft has no score on b;
---                            teacher_sft's own delta is 0)
---   benchmarks               benchmarks the variant has a score on
---   mean_pass_at_1           mean pass@1 over those benchmarks
---   mean_delta               mean delta over the benchmarks both it and teacher_sft have
+--   student, variant, benchmark  the model's student and variant, and the benchmark scored
+--   grading_rule     the rule that graded the predictions (NULL in tables older than the column)
+--   primary          whether it is the profile's [eval] compat rule, the one the report compares by
+--   seeds            seeds scored (the rows averaged)
+--   pass_at_1        mean pass@1 over the seeds
+--   pass_at_1_sd     its standard deviation over the seeds (NULL with one seed)
+--   pass_at_1_se     the mean over the seeds of each seed's standard error over problems
+--   n_problems       problems scored (the most of any seed)
+--   n_errors         failed calls, left out of the scores, summed over the seeds
+--   delta            100 * (pass_at_1 - the reference variant's pass_at_1) of the same student,
+--                    benchmark and grading rule (NULL where either has no score; its own: 0)
+--   delta_base       the same over the untrained student's variant
+--
+-- The paired deltas over the problems both answered, with their bootstrap intervals, are the
+-- leaderboard asset's and `orion report`'s (orion.leaderboard, docs/report.md).
 --
 -- Run (see sql/README.md):
 --   orion sql sql/leaderboard.sql
@@ -21,36 +31,46 @@
 
 USE orion;
 
-WITH scores AS (
-    -- one score per (benchmark, variant): a partition is replaced, never appended to
-    SELECT benchmark, variant, any_value(pass_at_1) AS pass_at_1, any_value(pass_at_1_se) AS pass_at_1_se
+WITH cells AS (
+    -- a partition (benchmark, student, variant, seed) is replaced, never appended to: one row per seed
+    -- and rule; a NaN pass@1 (no answered sample) counts as no score, as in the report
+    SELECT
+        student,
+        variant,
+        benchmark,
+        grading_rule,
+        bool_or("primary") AS "primary",
+        count(DISTINCT seed) AS seeds,
+        avg(CASE WHEN isnan(pass_at_1) THEN NULL ELSE pass_at_1 END) AS pass_at_1,
+        stddev_samp(CASE WHEN isnan(pass_at_1) THEN NULL ELSE pass_at_1 END) AS pass_at_1_sd,
+        avg(CASE WHEN isnan(pass_at_1_se) THEN NULL ELSE pass_at_1_se END) AS pass_at_1_se,
+        max(n_problems) AS n_problems,
+        CAST(sum(n_errors) AS BIGINT) AS n_errors
     FROM benchmark_scores
-    GROUP BY benchmark, variant
+    GROUP BY student, variant, benchmark, grading_rule
 ),
-cells AS (
-    SELECT s.benchmark, s.variant, s.pass_at_1, s.pass_at_1_se,
-           100 * (s.pass_at_1 - ref.pass_at_1) AS delta
-    FROM scores s
-    LEFT JOIN scores ref ON ref.benchmark = s.benchmark AND ref.variant = 'teacher_sft'
+against AS (
+    SELECT c.*, v.kind
+    FROM cells c
+    JOIN vocabulary_variants v ON v.variant = c.variant AND v.kind IN ('reference', 'untrained')
+),
+board AS (
+    SELECT
+        c.*,
+        100 * (c.pass_at_1 - ref.pass_at_1) AS delta,
+        100 * (c.pass_at_1 - untrained.pass_at_1) AS delta_base
+    FROM cells c
+    LEFT JOIN against ref
+        ON ref.kind = 'reference' AND ref.student = c.student AND ref.benchmark = c.benchmark
+       AND ref.grading_rule IS NOT DISTINCT FROM c.grading_rule
+    LEFT JOIN against untrained
+        ON untrained.kind = 'untrained' AND untrained.student = c.student AND untrained.benchmark = c.benchmark
+       AND untrained.grading_rule IS NOT DISTINCT FROM c.grading_rule
 )
-SELECT
-    variant,
-    any_value(pass_at_1) FILTER (WHERE benchmark = 'gsm_hard') AS gsm_hard,
-    any_value(pass_at_1_se) FILTER (WHERE benchmark = 'gsm_hard') AS gsm_hard_se,
-    any_value(delta) FILTER (WHERE benchmark = 'gsm_hard') AS gsm_hard_delta,
-    any_value(pass_at_1) FILTER (WHERE benchmark = 'math500') AS math500,
-    any_value(pass_at_1_se) FILTER (WHERE benchmark = 'math500') AS math500_se,
-    any_value(delta) FILTER (WHERE benchmark = 'math500') AS math500_delta,
-    any_value(pass_at_1) FILTER (WHERE benchmark = 'aime24') AS aime24,
-    any_value(pass_at_1_se) FILTER (WHERE benchmark = 'aime24') AS aime24_se,
-    any_value(delta) FILTER (WHERE benchmark = 'aime24') AS aime24_delta,
-    any_value(pass_at_1) FILTER (WHERE benchmark = 'amc23') AS amc23,
-    any_value(pass_at_1_se) FILTER (WHERE benchmark = 'amc23') AS amc23_se,
-    any_value(delta) FILTER (WHERE benchmark = 'amc23') AS amc23_delta,
-    count(*) AS benchmarks,
-    avg(pass_at_1) AS mean_pass_at_1,
-    avg(delta) AS mean_delta
-FROM cells
-GROUP BY variant
-ORDER BY array_position(['base', 'teacher_sft', 'orion', 'orion_no_error', 'orion_no_reflection'], variant) NULLS LAST,
-         variant;
+SELECT b.*
+FROM board b
+LEFT JOIN vocabulary_variants v ON v.variant = b.variant
+LEFT JOIN vocabulary_benchmarks bm ON bm.benchmark = b.benchmark
+LEFT JOIN vocabulary_grading_rules r ON r.grading_rule = b.grading_rule
+ORDER BY b.student, v.position NULLS LAST, b.variant, bm.position NULLS LAST, b.benchmark,
+         b."primary" DESC NULLS LAST, r.position NULLS LAST, b.grading_rule;

@@ -4,7 +4,8 @@
 -- over the benchmarks) bucketed by the answer's length n_tokens in powers of two:
 -- [1, 2), [2, 4), ..., [1024, 2048), ...; n_tokens = 0 gets bucket [0, 1) and an unknown length
 -- the NULL bucket, so that the buckets of a model add up to all its predictions. A model is one
--- checkpoint: a student, a variant and an SFT seed (students and seeds are not pooled).
+-- checkpoint: a student, a variant and an SFT seed (students and seeds are not pooled); the
+-- variants come in the order of orion.vocabulary_variants (one it lacks after).
 --
 -- Columns:
 --   student, variant, seed  the model (the checkpoint of benchmark_predictions.checkpoint_id)
@@ -35,22 +36,26 @@ WITH bucketed AS (
             ELSE (2 ** floor(log2(n_tokens)))::BIGINT
         END AS bucket_lo
     FROM benchmark_predictions
+),
+buckets AS (
+    SELECT
+        student,
+        variant,
+        seed,
+        bucket_lo,
+        CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END AS bucket_hi,
+        CASE WHEN bucket_lo IS NULL THEN 'unknown'
+             ELSE printf('[%d, %d)', bucket_lo, CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END)
+        END AS bucket,
+        count(*) AS predictions,
+        count(*) FILTER (WHERE correct) AS correct,
+        count(*) FILTER (WHERE correct) / count(*) AS accuracy,
+        count(*) FILTER (WHERE finish_reason = 'length') / count(*) AS truncation_rate,
+        count(*) / sum(count(*)) OVER (PARTITION BY student, variant, seed) AS share_of_model
+    FROM bucketed
+    GROUP BY student, variant, seed, bucket_lo
 )
-SELECT
-    student,
-    variant,
-    seed,
-    bucket_lo,
-    CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END AS bucket_hi,
-    CASE WHEN bucket_lo IS NULL THEN 'unknown'
-         ELSE printf('[%d, %d)', bucket_lo, CASE WHEN bucket_lo = 0 THEN 1 ELSE 2 * bucket_lo END)
-    END AS bucket,
-    count(*) AS predictions,
-    count(*) FILTER (WHERE correct) AS correct,
-    count(*) FILTER (WHERE correct) / count(*) AS accuracy,
-    count(*) FILTER (WHERE finish_reason = 'length') / count(*) AS truncation_rate,
-    count(*) / sum(count(*)) OVER (PARTITION BY student, variant, seed) AS share_of_model
-FROM bucketed
-GROUP BY student, variant, seed, bucket_lo
-ORDER BY student, array_position(['base', 'teacher_sft', 'orion', 'orion_no_error', 'orion_no_reflection'], variant) NULLS LAST,
-         variant, seed, bucket_lo NULLS LAST;
+SELECT b.*
+FROM buckets b
+LEFT JOIN vocabulary_variants v ON v.variant = b.variant
+ORDER BY b.student, v.position NULLS LAST, b.variant, b.seed, b.bucket_lo NULLS LAST;

@@ -2,14 +2,15 @@
 --
 -- Starts from one row of orion.benchmark_scores and walks orion.lineage_edges
 -- (child_table, child_id, parent_table, parent_id) down with WITH RECURSIVE: the score's
--- predictions, their benchmark problems and checkpoint, the checkpoint's SFT examples and base
--- model, the cot_quality rows, teacher and refined CoTs, the wrong student attempts the
+-- predictions, their benchmark problems and checkpoint, the checkpoint's SFT examples and
+-- student_base_model row, the cot_quality rows, teacher and refined CoTs, the wrong student attempts the
 -- refinements were shown (and their orion.student_errors rows), the training problems, and the
 -- LLM calls of every generated row.
 --
 -- Which score: edit the `params` CTE below. score_id wins when set; otherwise the first score
 -- by (benchmark, variant) among those matching benchmark and variant (NULL matches any). The
--- default is variant 'orion' (the method itself; 'base' has no SFT data behind it).
+-- default variant is the method's own: that of the first mode in orion.vocabulary_modes (the
+-- untrained student has no SFT data behind it).
 --
 -- Columns:
 --   score_id, benchmark, variant  the score walked from (the same on every row)
@@ -27,8 +28,9 @@ WITH RECURSIVE
 params AS (
     SELECT
         NULL::VARCHAR  AS score_id,    -- e.g. '3f1c...': this score (the two below are ignored)
-        NULL::VARCHAR  AS benchmark,   -- e.g. 'math500'; NULL: any benchmark
-        'orion'::VARCHAR AS variant    -- e.g. 'teacher_sft'; NULL: any variant
+        NULL::VARCHAR  AS benchmark,   -- a name of vocabulary_benchmarks; NULL: any benchmark
+        (SELECT variant FROM vocabulary_modes ORDER BY position LIMIT 1) AS variant
+                                       -- a name of vocabulary_variants; NULL: any variant
 ),
 start AS (
     SELECT s.score_id, s.benchmark, s.variant

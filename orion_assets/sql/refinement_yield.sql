@@ -11,7 +11,7 @@
 --   scope             'mode' (one row per student and mode over all problems, subject and level
 --                     NULL) or 'subject_level' (one row per student, mode, subject and level)
 --   student           the student the refinement was shown the errors of (refined_cots.student)
---   mode              'orion', 'no_error', 'no_reflection': the modes in refined_cots
+--   mode              a mode in refined_cots (in the order of orion.vocabulary_modes; one it lacks after)
 --   subject, level    of orion.train_problems (NULL: the problem has none, or scope = 'mode')
 --   problems          problems refinement was tried on
 --   refined           of them, with a verified rewrite
@@ -26,7 +26,7 @@
 USE orion;
 
 WITH modes AS (
-    -- the students and modes that ran (a profile with a replay teacher skips no_reflection)
+    -- the students and modes that ran (a profile with a replay teacher skips the teacher's own rewrite)
     SELECT DISTINCT student, mode FROM refined_cots
 ),
 tried AS (
@@ -52,20 +52,26 @@ per_problem AS (
     FROM modes m
     JOIN tried t ON t.student = m.student
     LEFT JOIN outcome o ON o.student = m.student AND o.mode = m.mode AND o.problem_id = t.problem_id
+),
+yields AS (
+    SELECT
+        CASE WHEN grouping(subject, level) = 0 THEN 'subject_level' ELSE 'mode' END AS scope,
+        student,
+        mode,
+        subject,
+        level,
+        count(*) AS problems,
+        count(*) FILTER (WHERE refined) AS refined,
+        count(*) FILTER (WHERE fallback) AS teacher_fallback,
+        count(*) FILTER (WHERE dropped) AS dropped,
+        count(*) FILTER (WHERE refined) / count(*) AS yield
+    FROM per_problem
+    GROUP BY GROUPING SETS ((student, mode), (student, mode, subject, level))
 )
-SELECT
-    CASE WHEN grouping(subject, level) = 0 THEN 'subject_level' ELSE 'mode' END AS scope,
-    student,
-    mode,
-    subject,
-    level,
-    count(*) AS problems,
-    count(*) FILTER (WHERE refined) AS refined,
-    count(*) FILTER (WHERE fallback) AS teacher_fallback,
-    count(*) FILTER (WHERE dropped) AS dropped,
-    count(*) FILTER (WHERE refined) / count(*) AS yield
-FROM per_problem
-GROUP BY GROUPING SETS ((student, mode), (student, mode, subject, level))
-ORDER BY student, array_position(['orion', 'no_error', 'no_reflection'], mode) NULLS LAST, mode,
-         grouping(subject, level) DESC, subject NULLS LAST,
-         try_cast(regexp_extract(level, '[0-9]+(\.[0-9]+)?') AS DOUBLE) NULLS LAST, level NULLS LAST;
+SELECT y.*
+FROM yields y
+LEFT JOIN vocabulary_modes v ON v.mode = y.mode
+ORDER BY y.student, v.position NULLS LAST, y.mode,
+         y.scope <> 'mode',  -- the mode's overall row first
+         y.subject NULLS LAST,
+         try_cast(regexp_extract(y.level, '[0-9]+(\.[0-9]+)?') AS DOUBLE) NULLS LAST, y.level NULLS LAST;

@@ -6,10 +6,13 @@
 -- refined_cots, benchmark_predictions: the llm_call_id columns), else to the one LLM asset of its
 -- role that its Dagster run materialized (orion.materializations: a rejected teacher CoT, an
 -- earlier reflection try), judge calls to cot_quality; what neither decides is 'unattributed'.
--- A reflection call is attributed to its mode through the refined_cots row with the same prompt;
--- a prompt two modes share (a problem the student never got wrong is refined alike in 'orion'
--- and 'no_error') is one call, listed once, under 'no_error'. Cost is tokens times the prices in
--- the profile ([endpoints.<role>] price_per_mtok_in / price_per_mtok_out); `orion report` shows it.
+-- A reflection call is attributed to its mode: the one mode whose rewriter is the call's role
+-- (orion.vocabulary_modes), else through the refined_cots row with the same prompt; a prompt two
+-- modes share (a problem the student never got wrong is refined alike whether or not the prompt
+-- would show the error) is one call, listed once, under the first of them by name. Cost is tokens
+-- times the prices in the profile ([endpoints.<role>] price_per_mtok_in / price_per_mtok_out);
+-- `orion report` shows it. Details come in the vocabulary's order (orion.vocabulary_modes and
+-- orion.vocabulary_variants; a name they lack after).
 --
 -- Columns:
 --   stage               teacher_cots | student_attempts | refined_cots | cot_quality |
@@ -29,8 +32,13 @@
 USE orion;
 
 WITH llm_assets(role, asset_key) AS (
-    VALUES ('teacher', 'teacher_cots'), ('teacher', 'refined_cots'), ('student', 'student_attempts'),
-           ('student', 'refined_cots'), ('student', 'benchmark_predictions'), ('judge', 'cot_quality')
+    VALUES ('teacher', 'teacher_cots'), ('student', 'student_attempts'), ('student', 'benchmark_predictions'),
+           ('judge', 'cot_quality')
+    UNION SELECT rewriter, 'refined_cots' FROM vocabulary_modes  -- the roles that rewrite in a mode
+),
+sole_mode AS (
+    -- the mode a role's reflection call belongs to when that role rewrites in one mode only
+    SELECT rewriter AS role, min(mode) AS mode FROM vocabulary_modes GROUP BY rewriter HAVING count(*) = 1
 ),
 by_run AS (
     -- the one LLM asset of a role that a Dagster run materialized (orion run: one asset per run)
@@ -70,8 +78,7 @@ usage AS (
     SELECT
         a.stage,
         CASE
-            WHEN a.stage = 'refined_cots' AND a.role = 'teacher' THEN 'no_reflection'
-            WHEN a.stage = 'refined_cots' THEN coalesce(a.ref_detail, m.mode)
+            WHEN a.stage = 'refined_cots' THEN coalesce(sole.mode, a.ref_detail, m.mode)
             WHEN a.stage = 'benchmark_predictions' THEN coalesce(a.ref_detail, split_part(a.partition_key, '|', 2))
         END AS detail,
         a.role,
@@ -84,11 +91,14 @@ usage AS (
         CAST(sum(a.reasoning_tokens) AS BIGINT) AS reasoning_tokens
     FROM attributed a
     LEFT JOIN reflect_modes m ON m.prompt_hash = a.prompt_hash
+    LEFT JOIN sole_mode sole ON sole.role = a.role
     GROUP BY ALL
 )
-SELECT *
-FROM usage
+SELECT u.*
+FROM usage u
+LEFT JOIN vocabulary_modes vm ON u.stage = 'refined_cots' AND vm.mode = u.detail
+LEFT JOIN vocabulary_variants vv ON u.stage = 'benchmark_predictions' AND vv.variant = u.detail
 ORDER BY
-    CASE stage WHEN 'teacher_cots' THEN 1 WHEN 'student_attempts' THEN 2 WHEN 'refined_cots' THEN 3
-               WHEN 'cot_quality' THEN 4 WHEN 'benchmark_predictions' THEN 5 ELSE 6 END,
-    detail NULLS FIRST, role, model;
+    CASE u.stage WHEN 'teacher_cots' THEN 1 WHEN 'student_attempts' THEN 2 WHEN 'refined_cots' THEN 3
+                 WHEN 'cot_quality' THEN 4 WHEN 'benchmark_predictions' THEN 5 ELSE 6 END,
+    u.detail IS NOT NULL, coalesce(vm.position, vv.position) NULLS LAST, u.detail, u.role, u.model;

@@ -15,7 +15,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from orion_assets.assets.statistics import STATISTICS
-from orion_assets.vocabulary import ERROR_TYPES
+from orion_assets.vocabulary import BASE_VARIANT, ERROR_TYPES, REFERENCE_VARIANT
 from orion_devtools.services import lake_store_section
 
 # Every test here reads the whole tiny graph, run once per session (minutes).
@@ -107,7 +107,7 @@ def test_orion_run_materializes_each_statistic_as_the_files_rows(tiny_run, data_
 def test_orion_sql_csv_and_table_formats(data_dir):
     csv = orion_sql(data_dir, str(SQL_DIR / "leaderboard.sql"), fmt="csv")
     assert csv.returncode == 0, csv.stderr
-    assert csv.stdout.splitlines()[0].startswith("variant,gsm_hard,gsm_hard_se,gsm_hard_delta,")
+    assert csv.stdout.splitlines()[0].startswith("student,variant,benchmark,grading_rule,primary,seeds,pass_at_1,")
     table = orion_sql(data_dir, str(SQL_DIR / "cot_stats.sql"), fmt="table")
     assert table.returncode == 0 and "tokens_p50" in table.stdout, table.stderr
 
@@ -180,29 +180,36 @@ def test_length_vs_accuracy(data_dir, result):
 
 
 def test_leaderboard(data_dir, result):
+    """Tidy: a row per student, variant, benchmark and grading rule, in the vocabulary's order; the same numbers
+    as the leaderboard asset's wide table (a column per benchmark) for the primary rule."""
     frame = result("leaderboard")
-    variants = {v for (v,) in query(data_dir, "SELECT DISTINCT variant FROM benchmark_scores")}
-    assert frame.height == len(variants) and set(frame["variant"]) == variants
-    assert frame["variant"].to_list()[:2] == ["base", "teacher_sft"]
-    benchmarks = [b for (b,) in query(data_dir, "SELECT DISTINCT benchmark FROM benchmark_scores ORDER BY 1")]
-    teacher = frame.filter(pl.col("variant") == "teacher_sft").row(0, named=True)
-    for benchmark in benchmarks:
-        assert teacher[f"{benchmark}_delta"] == 0.0
-    scores = {(b, v): p for b, v, p in query(data_dir, "SELECT benchmark, variant, pass_at_1 FROM benchmark_scores")}
+    key = ["student", "variant", "benchmark", "grading_rule"]
+    stored = query(data_dir, "SELECT student, variant, benchmark, grading_rule, count(DISTINCT seed), avg(pass_at_1) "
+                             "FROM benchmark_scores GROUP BY ALL")
+    assert frame.height == len(stored) > 0 and frame.select(key).n_unique() == frame.height
+    expected = {tuple(r[:4]): r[4:] for r in stored}
     for row in frame.iter_rows(named=True):
-        assert row["benchmarks"] == sum(1 for (_, v) in scores if v == row["variant"])
-        for benchmark in benchmarks:
-            assert row[benchmark] == pytest.approx(scores[(benchmark, row["variant"])])
-            expected = 100 * (scores[(benchmark, row["variant"])] - scores[(benchmark, "teacher_sft")])
-            assert row[f"{benchmark}_delta"] == pytest.approx(expected, abs=1e-9)
-    # the same numbers as the leaderboard asset (orion report's table)
+        seeds, mean = expected[tuple(row[k] for k in key)]
+        assert row["seeds"] == seeds and row["pass_at_1"] == pytest.approx(mean), row
+    order = [v for (v,) in query(data_dir, "SELECT variant FROM vocabulary_variants ORDER BY position")]
+    for student in frame["student"].unique(maintain_order=True):
+        variants = frame.filter(pl.col("student") == student)["variant"].unique(maintain_order=True).to_list()
+        assert variants == [v for v in order if v in variants] and variants[:2] == [BASE_VARIANT, REFERENCE_VARIANT]
+    assert frame.filter(pl.col("variant") == REFERENCE_VARIANT)["delta"].to_list() == [0.0] * frame.filter(
+        pl.col("variant") == REFERENCE_VARIANT).height
     with duckdb.connect(str(data_dir / "orion_store.duckdb"), read_only=True) as con:
         asset = con.sql("SELECT * FROM orion.leaderboard").pl()
+    primary = frame.filter(pl.col("primary"))
+    compared = 0
     for row in asset.iter_rows(named=True):
-        mine = frame.filter(pl.col("variant") == row["variant"]).row(0, named=True)
-        for benchmark in benchmarks:
-            for col in (benchmark, f"{benchmark}_se", f"{benchmark}_delta"):
-                assert mine[col] == pytest.approx(row[col], abs=1e-9), (row["variant"], col)
+        mine = primary.filter((pl.col("student") == row["student"]) & (pl.col("variant") == row["variant"]))
+        for cell in mine.iter_rows(named=True):
+            b = cell["benchmark"]
+            for column, wide in (("pass_at_1", b), ("pass_at_1_se", f"{b}_se"), ("delta", f"{b}_delta"),
+                                 ("seeds", f"{b}_seeds")):
+                assert cell[column] == pytest.approx(row[wide], abs=1e-9), (row["variant"], b, column)
+            compared += 1
+    assert compared == primary.height
 
 
 def test_usage_cost(data_dir, result):

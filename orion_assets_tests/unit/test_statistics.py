@@ -37,6 +37,13 @@ READS = {
     "error_taxonomy": {"student_errors", "student_attempts", "train_problems"},
     "length_vs_accuracy": {"benchmark_predictions"},
 }
+# The vocabulary views each reads (the store's, not an asset's: no input).
+VOCABULARY_READS = {
+    "cot_stats": {"vocabulary_modes"},
+    "refinement_yield": {"vocabulary_modes"},
+    "error_taxonomy": set(),
+    "length_vs_accuracy": {"vocabulary_variants"},
+}
 SMALL_EXPOSURE = """
 [data]
 train_limit = 4
@@ -57,7 +64,9 @@ def test_each_statistic_is_downstream_of_exactly_the_tables_its_file_reads():
         node = graph.get(dg.AssetKey(name))
         assert {k.to_user_string() for k in node.parent_keys} == tables, name
         with duckdb.connect() as con:
-            assert tables_read(con, duckdb.extract_statements((SQL_DIR / f"{name}.sql").read_text())[-1].query) == tables
+            read = tables_read(con, duckdb.extract_statements((SQL_DIR / f"{name}.sql").read_text())[-1].query)
+        assert read == tables | VOCABULARY_READS[name], name
+        assert statistics.QUERIES[name].tables == tables and statistics.QUERIES[name].vocabulary == VOCABULARY_READS[name]
         for table in tables:  # in the graph below each table, and after all its partitions in `orion run`'s order
             assert dg.AssetKey(name) in graph.get(dg.AssetKey(table)).child_keys
             assert order.index(table) < order.index(name)
