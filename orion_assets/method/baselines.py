@@ -11,14 +11,17 @@ Each draws on the teacher CoTs every other variant draws on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from orion_assets.ids import content_id
+from orion_assets.method.reflection import drawn_teacher_cots
 from orion_assets.store.columns import Column, col, dtypes
 
-__all__ = ["COLUMNS", "DESCRIBED_COLUMNS", "SOURCES", "MixTally", "mix_long_rows", "rft_rows", "short_cot_rows"]
+__all__ = ["COLUMNS", "DESCRIBED_COLUMNS", "SOURCES", "BaselineStats", "MixTally", "baseline_chunks", "mix_long_rows",
+           "rft_rows", "short_cot_rows"]
 
 DESCRIBED_COLUMNS: dict[str, Column] = {
     "baseline_cot_id": col(pl.Utf8, "the row's id: a content hash of student, variant, problem, teacher CoT, attempt and text"),
@@ -118,3 +121,40 @@ def _with_ids(frame: pl.DataFrame) -> pl.DataFrame:
            frame.select("student", "variant", "problem_id", "teacher_cot_id", "attempt_id", "cot").iter_rows()]
     return frame.with_columns(pl.Series("baseline_cot_id", ids, dtype=pl.Utf8)).select(
         [pl.col(c).cast(t) for c, t in COLUMNS.items()])
+
+
+@dataclass
+class BaselineStats:
+    """What :func:`baseline_chunks` made so far: rows and problems per baseline, text lengths, the Mix-Long draw."""
+
+    tally: MixTally
+    rows: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, set[str]] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        for (variant,), group in frame.group_by("variant"):
+            self.rows[variant] = self.rows.get(variant, 0) + group.height
+            self.problems.setdefault(variant, set()).update(group["problem_id"].to_list())
+        self.tokens.extend(frame["n_tokens"].to_list())
+
+
+def baseline_chunks(
+    teacher_chunks: Iterable[pl.DataFrame], attempts_of: Callable[[list[str]], pl.DataFrame], *, student: str,
+    made: Sequence[str], teacher_samples: str, rft_solutions: str, count_tokens: Callable[[list[str]], list[int]],
+    stats: BaselineStats,
+) -> Iterator[pl.DataFrame]:
+    """Per chunk of teacher CoTs, the rows of the baselines ``made`` (with ``n_tokens``), over the CoTs every variant
+    draws on; ``attempts_of(problem_ids)`` gives those problems' exposure attempts. ``stats`` follows along."""
+    for teacher in teacher_chunks:
+        attempts = attempts_of(teacher["problem_id"].unique(maintain_order=True).to_list())
+        drawn = drawn_teacher_cots(teacher, attempts, teacher_samples)
+        makers = {
+            "rft": lambda: rft_rows(attempts, drawn["problem_id"].unique().to_list(), student, rft_solutions),
+            "short_cot": lambda: short_cot_rows(drawn, student),
+            "mix_long": lambda: mix_long_rows(drawn, student, stats.tally),
+        }
+        frame = pl.concat([makers[v]() for v in made]) if made else pl.DataFrame(schema=COLUMNS)
+        frame = frame.with_columns(pl.Series("n_tokens", count_tokens(frame["cot"].to_list()), dtype=pl.Int64))
+        stats.add(frame)
+        yield frame

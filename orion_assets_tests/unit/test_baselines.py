@@ -180,3 +180,18 @@ def test_baseline_cots_materializes_each_baseline_with_its_lineage(tmp_path, wri
         edges = con.execute("SELECT parent_table, count(*) FROM orion.lineage_edges WHERE child_table = 'baseline_cots' "
                             "GROUP BY ALL ORDER BY 1").fetchall()
     assert dict(edges) == {"student_attempts": 2, "teacher_cots": 4, "train_problems": 6}
+
+
+def test_baseline_chunks_make_each_chosen_baseline_per_chunk_without_dagster():
+    teacher = _teacher(10)
+    attempts = pl.DataFrame({"attempt_id": [f"x{i}" for i in range(10)], "problem_id": teacher["problem_id"],
+                             "sample_index": [0] * 10, "text": [f"\\boxed{{{i}}}" for i in range(10)],
+                             "correct": [i % 2 == 0 for i in range(10)], "finish_reason": ["stop"] * 10})
+    stats = baselines.BaselineStats(baselines.MixTally(0.2))
+    chunks = list(baselines.baseline_chunks(
+        [teacher.head(5), teacher.tail(5)], lambda ids: attempts.filter(pl.col("problem_id").is_in(ids)), student="s",
+        made=["rft", "mix_long"], teacher_samples="first", rft_solutions="all",
+        count_tokens=lambda texts: [len(t.split()) for t in texts], stats=stats))
+    assert len(chunks) == 2 and set(pl.concat(chunks)["variant"]) == {"rft", "mix_long"}
+    assert stats.rows == {"rft": 5, "mix_long": 10} and (stats.tally.seen, stats.tally.long) == (10, 2)
+    assert len(stats.tokens) == 15 and all(n > 0 for n in stats.tokens)
