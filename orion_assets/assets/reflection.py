@@ -1,7 +1,5 @@
 """Self-reflection: CoTs rewritten in light of the student's own errors, in three modes."""
 
-import collections
-
 import dagster as dg
 import polars as pl
 
@@ -11,10 +9,10 @@ from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
-from orion_assets.method import reflection, variants
+from orion_assets.method import refinement, variants
 from orion_assets.method.sampling import ChunkProgress
 from orion_assets.tokens import batch_token_counter, load_tokenizer
-from orion_assets.vocabulary import MODE_ROLE, MODES
+from orion_assets.vocabulary import MODES
 
 REFINED_COTS = TableSpec(
     "refined_cots",
@@ -74,7 +72,6 @@ def refined_cots(
     student = context.partition_key
     cfg = orion.config_for(student)
     model_path = student_base_model.first()["path"]
-    overrides = cfg.prompts.model_dump()
     # The student writes within [reflection] max_tokens; a teacher rewriting (no_reflection) gets
     # its own max_tokens, so a reasoning teacher has room to think as it did for teacher_cots.
     params_for = {
@@ -85,77 +82,44 @@ def refined_cots(
     endpoints = {"student": Metered(orion.endpoint("student", local_model=model_path, tokenizer=model_path,
                                                    student=student)),
                  "teacher": Metered(orion.endpoint("teacher", tokenizer=model_path))}
-    tokenizer = load_tokenizer(model_path)
-    count_tokens = batch_token_counter(model_path)
     skipped = variants.skipped_modes(cfg)
     for mode, why in skipped.items():
         context.log.warning(f"reflection[{mode}]: skipped: {why}")
     modes = [m for m in MODES if m not in skipped]
-    problem_ids = teacher_cots.keys("problem_id")
-    progress = {m: ChunkProgress(progress_logger(context, f"reflection[{m}]"), len(problem_ids)) for m in modes}
-    yields: dict[str, collections.Counter] = {m: collections.Counter() for m in modes}
-    length_ratios: list[float] = []
-    exposure_failed: list[str] = []
+    problems = len(teacher_cots.keys("problem_id"))
+    progress = {m: ChunkProgress(progress_logger(context, f"reflection[{m}]"), problems).chunk for m in modes}
+    read = refinement.ChunkInputs(
+        attempts=lambda ids: student_attempts.rows_for("problem_id", ids, ["problem_id", "finish_reason"]),
+        problems=lambda ids: train_problems.rows_for("problem_id", ids),
+        errors=lambda ids: student_errors.rows_for("problem_id", ids),
+        texts=lambda ids: student_attempts.rows_for("attempt_id", ids, ["attempt_id", "sample_index", "text"]))
+    stats = refinement.RefineStats()
+    chunks = refinement.refine_chunks(
+        teacher_cots.chunks("problem_id", cfg.data.chunk_size), read, modes=modes, student=student, cfg=cfg.reflection,
+        overrides=cfg.prompts.model_dump(), endpoints=endpoints, params_for=params_for,
+        tokenizer=load_tokenizer(model_path), count_tokens=batch_token_counter(model_path), progress_for=progress,
+        stats=stats, run_id=context.run.run_id)
+    return Rows((pl.DataFrame(records, schema=REFINED_COTS.columns) for records in chunks),
+                lambda: _metadata(context, cfg, stats, skipped, endpoints))
 
-    def chunks():
-        for teacher_chunk in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
-            chunk_ids = teacher_chunk["problem_id"].unique(maintain_order=True).to_list()
-            chosen = reflection.drawn_teacher_cots(
-                teacher_chunk, student_attempts.rows_for("problem_id", chunk_ids, ["problem_id", "finish_reason"]),
-                cfg.reflection.teacher_samples)
-            ids = chosen["problem_id"].unique(maintain_order=True).to_list()
-            exposure_failed.extend(sorted(set(chunk_ids) - set(ids)))
-            problems_by_id = {row["problem_id"]: row for row in train_problems.rows_for("problem_id", ids).iter_rows(named=True)}
-            errors = student_errors.rows_for("problem_id", ids)
-            texts = student_attempts.rows_for("attempt_id", errors["attempt_id"].to_list(),
-                                              ["attempt_id", "sample_index", "text"])
-            errors_by_problem: dict[str, list[dict]] = collections.defaultdict(list)
-            for row in errors.join(texts, on="attempt_id").sort("problem_id", "sample_index").iter_rows(named=True):
-                errors_by_problem[row["problem_id"]].append({**row, "text": row["text"] or ""})
-            records: list[dict] = []
-            for mode in modes:
-                role = MODE_ROLE[mode]
-                tasks = reflection.make_tasks(
-                    mode, problems_by_id, list(chosen.iter_rows(named=True)), errors_by_problem,
-                    attempt_max_tokens=cfg.reflection.attempt_max_tokens, tokenizer=tokenizer,
-                )
-                outcomes = reflection.refine(
-                    tasks, endpoints[role], params_for[role], tries=cfg.reflection.tries, overrides=overrides,
-                    run_id=context.run.run_id, progress=progress[mode].chunk(),
-                    min_reply_tokens=cfg.reflection.min_reply_tokens,
-                    unmarked_is_solution=cfg.reflection.unmarked_reply == "solution",
-                )
-                rows = [reflection.refined_row(o, cfg.reflection.on_failure, student=student,
-                                               keep_student_thinking=cfg.reflection.keep_student_thinking)
-                        for o in outcomes]
-                kept = [(row, task) for row, task in zip(rows, tasks, strict=True) if row is not None]
-                for (row, task), n_tokens in zip(kept, count_tokens([row["cot"] for row, _ in kept]), strict=True):
-                    row["n_tokens"] = n_tokens
-                    row["length_ratio"] = n_tokens / (task.teacher_cot["n_tokens"] or 1)
-                    if row["source"] == "refined":
-                        length_ratios.append(row["length_ratio"])
-                records += [row for row, _ in kept]
-                yields[mode].update(reflection.yield_counts(tasks, outcomes, rows))
-            yield pl.DataFrame(records, schema=REFINED_COTS.columns)
 
-    def metadata() -> dict:
-        counts = {m: dict(y) for m, y in yields.items()}
-        for mode, counted in counts.items():
-            context.log.info(f"reflection[{mode}]: {counted}")
-        return {
-            "yield_by_mode": {m: (y["refined"] / y["problems"] if y.get("problems") else 0.0) for m, y in counts.items()},
-            "fallback_rate_by_mode": {
-                m: (y["teacher_fallback"] / y["problems"] if y.get("problems") else 0.0) for m, y in counts.items()
-            },
-            "counts_by_mode": counts,
-            "skipped_modes": skipped,
-            "length_ratio_refined_over_teacher": percentiles(pl.Series(length_ratios, dtype=pl.Float64)),
-            "on_failure": cfg.reflection.on_failure,
-            "teacher_samples": cfg.reflection.teacher_samples,
-            "keep_student_thinking": cfg.reflection.keep_student_thinking,
-            # problems whose every exposure call failed: left out of every refined mode and teacher_sft
-            "exposure_failed": len(exposure_failed),
-            **{k: v for role, e in endpoints.items() for k, v in usage_metadata(e.results, e.cfg, role).items()},
-        }
-
-    return Rows(chunks(), metadata)
+def _metadata(context: dg.AssetExecutionContext, cfg, stats: refinement.RefineStats, skipped: dict[str, str],
+              endpoints: dict) -> dict:
+    counts = {m: dict(y) for m, y in stats.yields.items()}
+    for mode, counted in counts.items():
+        context.log.info(f"reflection[{mode}]: {counted}")
+    return {
+        "yield_by_mode": {m: (y["refined"] / y["problems"] if y.get("problems") else 0.0) for m, y in counts.items()},
+        "fallback_rate_by_mode": {
+            m: (y["teacher_fallback"] / y["problems"] if y.get("problems") else 0.0) for m, y in counts.items()
+        },
+        "counts_by_mode": counts,
+        "skipped_modes": skipped,
+        "length_ratio_refined_over_teacher": percentiles(pl.Series(stats.length_ratios, dtype=pl.Float64)),
+        "on_failure": cfg.reflection.on_failure,
+        "teacher_samples": cfg.reflection.teacher_samples,
+        "keep_student_thinking": cfg.reflection.keep_student_thinking,
+        # problems whose every exposure call failed: left out of every refined mode and teacher_sft
+        "exposure_failed": len(stats.exposure_failed),
+        **{k: v for role, e in endpoints.items() for k, v in usage_metadata(e.results, e.cfg, role).items()},
+    }
