@@ -14,7 +14,7 @@ from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_m
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
-from orion_assets.method.sampling import sample_and_grade
+from orion_assets.method.evaluation.predictions import error_share, predict
 from orion_assets.tokens import batch_token_counter
 from orion_assets.training.tracking import log_scores
 from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
@@ -137,10 +137,6 @@ def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
     return [(primary, "correct"), *others]
 
 
-def error_share(n_errors: int, n_calls: int) -> float:
-    return n_errors / n_calls if n_calls else 0.0
-
-
 @orion_asset(
     BENCHMARK_PREDICTIONS,
     group_name="evaluation",
@@ -185,74 +181,37 @@ def benchmark_predictions(
         raise dg.Failure(f"no student_checkpoint for {model}: materialize it first")
     checkpoint = checkpoints.row(0, named=True)
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
-    params = sampling_params(
-        cfg.endpoints.student, max_tokens=cfg.eval.max_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p
-    )
     endpoint = orion.endpoint(
         "student", local_model=checkpoint["path"], model_revision=checkpoint["checkpoint_id"],
         tokenizer=checkpoint["path"], student=student, checkpoint=checkpoint,
     )
     rows = benchmark_problems.frame().sort("problem_id").to_dicts()
-    context.log.info(
-        f"{benchmark} x {model}: {len(rows) * k} samples (k={k}) of checkpoint {checkpoint['checkpoint_id']} "
-        f"through {endpoint!r}"
-    )
-    samples = sample_and_grade(
-        endpoint, rows, n=k, prompt="solve", overrides=cfg.prompts.model_dump(), params=params,
-        count_tokens=batch_token_counter(checkpoint["path"]), benchmark=benchmark,
-        rule=cfg.eval.compat, also_grade=cfg.eval.also_grade, grade_failed=False, run_id=context.run.run_id,
+    context.log.info(f"{benchmark} x {model}: {len(rows) * k} samples (k={k}) of checkpoint "
+                     f"{checkpoint['checkpoint_id']} through {endpoint!r}")
+    made = predict(
+        endpoint, rows, benchmark=benchmark, model_key=model, identity={"student": student, "variant": variant,
+        "seed": seed}, checkpoint_id=checkpoint["checkpoint_id"], k=k, params=sampling_params(
+            cfg.endpoints.student, max_tokens=cfg.eval.max_tokens, temperature=cfg.eval.temperature,
+            top_p=cfg.eval.top_p),
+        overrides=cfg.prompts.model_dump(), rule=cfg.eval.compat, also_grade=cfg.eval.also_grade,
+        count_tokens=batch_token_counter(checkpoint["path"]), run_id=context.run.run_id,
         progress=progress_logger(context, "eval"),
-    )
-    rule = cfg.eval.compat
-    graded_rules_asked = {rule, *cfg.eval.also_grade}
-    results = [s.result for s in samples]
-    frame = pl.DataFrame(
-        [
-            {
-                "prediction_id": content_id("prediction", benchmark, model, s.row["problem_id"], s.result.call_id),
-                "benchmark": benchmark, "student": student, "variant": variant, "seed": seed,
-                "problem_id": s.row["problem_id"],
-                "checkpoint_id": checkpoint["checkpoint_id"], "sample_index": s.sample_index,
-                "text": s.result.text, "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id, "grading_rule": rule,
-                **scoring.prediction_outcome(s.result, s.verdict),
-                # a timed-out reply is wrong under every rule graded (docs/scoring.md)
-                **{f"correct_{r}": s.by_rule[r].correct if r in s.by_rule
-                   else False if s.result.timed_out and r in graded_rules_asked else None for r in GRADING_RULES},
-            }
-            for s in samples
-        ],
-        schema=BENCHMARK_PREDICTIONS.columns,
-    )
-    n_errors = int((frame["finish_reason"] == scoring.ERROR_FINISH_REASON).sum())
-    n_timeouts = int((frame["finish_reason"] == scoring.TIMEOUT_FINISH_REASON).sum())
-    share = error_share(n_errors, len(results))
-    graded_correct = frame["correct"].drop_nulls()
-    published = Rows(
-        frame,
-        metadata={"benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k,
-                  "samples": frame.height,
-                  "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": rule,
-                  "also_grade": list(cfg.eval.also_grade),
-                  "n_errors": n_errors, "error_rate": share, "n_timeouts": n_timeouts,
-                  **usage_metadata(results, cfg.endpoints.student, "student"),
-                  "accuracy": float(graded_correct.mean()) if graded_correct.len() else 0.0},  # fmt: skip
-    )
-    if share > cfg.eval.max_error_rate:
-        first = next(r.error for r in results if not r.ok and not r.timed_out)
-        published.fail_after_write = dg.Failure(
-            description=(
-                f"{benchmark} x {model}: {n_errors} of {len(results)} calls failed ({share:.1%}, more than "
-                f"[eval] max_error_rate = {cfg.eval.max_error_rate:.1%}); first error: {first}. The predictions are "
-                f"written (failed calls with finish_reason 'error'), but not scored. Re-materializing this partition "
-                f"sends only the {n_errors} failed calls again: the call cache keeps every answer and retries errors."
-            ),
-            metadata={"n_errors": n_errors, "n_calls": len(results), "error_rate": share, "first_error": str(first)},
-        )
-    if n_errors:
+    )  # fmt: skip
+    frame = pl.DataFrame(made.records, schema=BENCHMARK_PREDICTIONS.columns)
+    published = Rows(frame, metadata={
+        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k, "samples": frame.height,
+        "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": cfg.eval.compat,
+        "also_grade": list(cfg.eval.also_grade), "n_errors": made.n_errors, "error_rate": made.error_share,
+        "n_timeouts": made.n_timeouts, **usage_metadata(made.results, cfg.endpoints.student, "student"),
+        "accuracy": made.accuracy})
+    if (why := made.too_many_errors(f"{benchmark} x {model}", cfg.eval.max_error_rate)) is not None:
+        published.fail_after_write = dg.Failure(description=why, metadata={
+            "n_errors": made.n_errors, "n_calls": len(made.results), "error_rate": made.error_share,
+            "first_error": str(made.first_error())})
+    if made.n_errors:
         context.log.warning(
-            f"{benchmark} x {model}: {n_errors} of {len(results)} calls failed ({share:.1%}); they are left out "
-            f"of the scores (at most [eval] max_error_rate = {cfg.eval.max_error_rate:.1%} may fail)"
-        )
+            f"{benchmark} x {model}: {made.n_errors} of {len(made.results)} calls failed ({made.error_share:.1%}); they "
+            f"are left out of the scores (at most [eval] max_error_rate = {cfg.eval.max_error_rate:.1%} may fail)")
     return published
 
 
