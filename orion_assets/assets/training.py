@@ -1,7 +1,8 @@
 """The student: its base weights, the SFT data per variant, and the checkpoint trained on it (TRL, in its own process)."""
 
-import collections
 import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -24,10 +25,9 @@ from orion_assets.io.partitions import (
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
-from orion_assets.method import problems, prompts
+from orion_assets.method import problems, sft_data
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
 from orion_assets.method.quality import common
-from orion_assets.method.quality.rules import reason_counts
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import load_profile
@@ -187,83 +187,37 @@ def sft_dataset(
         return Rows(SFT_DATASET.empty(), metadata={"student": student, "variant": variant, "examples": 0})
     _refuse_unless_gated(orion, cot_quality, student, variant, "build SFT data for")
     cfg = orion.config_for(student)
-    overrides = cfg.prompts.model_dump()
-    candidates = cot_quality.filter(variant=variant)
     shared = _common_problems(orion, cot_quality) if cfg.sft.common_problems else None
-    in_common = (pl.col("problem_id").is_in(sorted(shared.problems))
-                 if shared is not None and variant not in OWN_PROBLEMS_VARIANTS else None)
-    counts = {"candidates": 0, "examples": 0, "not_common": 0}
-    dropped: list[pl.DataFrame] = []
-    by_source: collections.Counter[str] = collections.Counter()
-    tokens: list[int] = []
-    columns = ["cot_quality_id", "cot_table", "problem_id", "teacher_cot_id", "refined_cot_id", "baseline_cot_id",
-               "source", "n_tokens", "kept", "drop_reasons"]
+    tables = {"teacher_cots": teacher_cots, "refined_cots": refined_cots, "baseline_cots": baseline_cots}
+    stats = sft_data.SftStats()
+    records = sft_data.sft_records(
+        cot_quality.filter(variant=variant).chunks("problem_id", cfg.data.chunk_size,
+                                                   columns=list(sft_data.CANDIDATE_COLUMNS)),
+        student=student, variant=variant, overrides=cfg.prompts.model_dump(),
+        problems_of=lambda ids: train_problems.column_map("problem_id", "problem", ids),
+        texts_of=lambda cots: _cot_texts(cots, tables), stats=stats,
+        common=shared.problems if shared is not None and variant not in OWN_PROBLEMS_VARIANTS else None)
+    frames = (pl.DataFrame(chunk, schema=SFT_DATASET.columns) for chunk in records)
+    written = _written_to(parquet, frames, lambda: stats.nothing_to_train_on(student, variant, shared))
+    return Rows(written, lambda: {
+        "student": student, "variant": variant, "parquet": dg.MetadataValue.path(str(parquet)),
+        **stats.metadata(variant, shared), "n_tokens_percentiles": percentiles(pl.Series(stats.tokens, dtype=pl.Int64))})
 
-    def chunks():
-        parquet.parent.mkdir(parents=True, exist_ok=True)
-        partial = parquet.with_suffix(".parquet.partial")
-        with pq.ParquetWriter(partial, SFT_DATASET.empty().to_arrow().schema) as writer:
-            for chunk in candidates.chunks("problem_id", cfg.data.chunk_size, columns=columns):
-                counts["candidates"] += chunk.height
-                dropped.append(chunk.filter(~pl.col("kept")).select("drop_reasons"))
-                if in_common is not None:  # a kept row of a problem another variant did not keep is left out too
-                    left_out = chunk.filter(pl.col("kept") & ~in_common).height
-                    counts["not_common"] += left_out
-                    dropped.append(pl.DataFrame({"drop_reasons": [[common.NOT_COMMON]] * left_out},
-                                                schema={"drop_reasons": pl.List(pl.Utf8)}))
-                    chunk = chunk.filter(in_common)
-                cots = chunk.filter(pl.col("kept")).sort("cot_quality_id")
-                problem_text = train_problems.column_map("problem_id", "problem", cots["problem_id"].unique().to_list())
-                texts = _cot_texts(cots, {"teacher_cots": teacher_cots, "refined_cots": refined_cots,
-                                          "baseline_cots": baseline_cots})
-                rows = []
-                for cot in cots.iter_rows(named=True):
-                    prompt = list(prompts.messages("solve", overrides, problem=problem_text[cot["problem_id"]]))
-                    completion = [{"role": "assistant", "content": texts[cot["cot_quality_id"]]}]
-                    rows.append({
-                        "sft_example_id": content_id("sft", student, variant, prompt, completion),
-                        "student": student, "variant": variant,
-                        "cot_quality_id": cot["cot_quality_id"], "problem_id": cot["problem_id"],
-                        "teacher_cot_id": cot["teacher_cot_id"], "refined_cot_id": cot["refined_cot_id"],
-                        "baseline_cot_id": cot["baseline_cot_id"], "source": cot["source"],
-                        "prompt": prompt, "completion": completion, "n_tokens": cot["n_tokens"],
-                    })  # fmt: skip
-                frame = pl.DataFrame(rows, schema=SFT_DATASET.columns)
-                counts["examples"] += frame.height
-                by_source.update(frame["source"].to_list())
-                tokens.extend(frame["n_tokens"].to_list())
-                writer.write_table(frame.to_arrow())
-                yield frame
-        if counts["examples"] == 0:
-            partial.unlink()
-            why = ""
-            if shared is not None and counts["not_common"]:
-                why = (f" ([sft] common_problems: it kept {len(shared.kept.get(variant, ()))} problems, none of them "
-                       f"kept by every variant of {', '.join(shared.variants)})")
-            raise dg.Failure(f"no SFT examples for {student}/{variant}: nothing to train on{why}")
-        partial.replace(parquet)
 
-    def metadata() -> dict:
-        drops = pl.concat(dropped) if dropped else pl.DataFrame({"drop_reasons": []}, schema={"drop_reasons": pl.List(pl.Utf8)})
-        rule = {} if shared is None else {
-            "common_problems": {"variants": list(shared.variants), "kept": len(shared.problems),
-                                "dropped": len(shared.dropped_of(variant))},
-            "dropped_by_common_problems": counts["not_common"],
-        }
-        return {
-            "student": student,
-            "variant": variant,
-            "parquet": dg.MetadataValue.path(str(parquet)),
-            "examples": counts["examples"],
-            "candidates": counts["candidates"],
-            "dropped_by_quality": drops.height - counts["not_common"],
-            **rule,
-            "dropped_by_reason": reason_counts(drops),
-            "by_source": dict(by_source),
-            "n_tokens_percentiles": percentiles(pl.Series(tokens, dtype=pl.Int64)),
-        }
-
-    return Rows(chunks(), metadata)
+def _written_to(parquet: Path, frames: Iterable[pl.DataFrame], nothing: Callable[[], str]) -> Iterator[pl.DataFrame]:
+    """``frames`` passed on, each also written to ``parquet`` (in place once all are, so a trainer never reads half
+    a file); none with a row fails with ``nothing()``, and no file is left."""
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    partial, rows = parquet.with_suffix(".parquet.partial"), 0
+    with pq.ParquetWriter(partial, SFT_DATASET.empty().to_arrow().schema) as writer:
+        for frame in frames:
+            rows += frame.height
+            writer.write_table(frame.to_arrow())
+            yield frame
+    if rows == 0:
+        partial.unlink()
+        raise dg.Failure(nothing())
+    partial.replace(parquet)
 
 
 @orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions_def=model_partitions, kinds={"transformers"},
