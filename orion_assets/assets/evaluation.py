@@ -151,27 +151,10 @@ def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
 def benchmark_predictions(
     context: dg.AssetExecutionContext, orion: OrionResource, benchmark_problems: Table, student_checkpoint: Table
 ) -> Rows:
-    """``[eval] k`` graded answers of one variant's checkpoint to every problem of one benchmark.
-
-    With the ``hf`` backend the checkpoint (base weights plus LoRA adapter) is loaded locally;
-    with ``openai`` the request names the checkpoint (``<variant>-<checkpoint id[:12]>``), on a server the
-    pipeline starts and loads it into (``[endpoints.student] serve``) or one that must list it
-    (``--lora-modules <name>=<checkpoint path>``; refused otherwise, with that command). The checkpoint's
-    id is also the calls' ``model_revision``: a retrained variant is asked again, never answered from the
-    cache of the weights before.
-
-    ``correct`` is the verdict of the ``[eval] compat`` rule (``grading_rule``); ``correct_<rule>``
-    that of each rule graded (the primary one and ``[eval] also_grade``), null for the others.
-
-    A call that failed at the endpoint is not a wrong answer: its row is kept with
-    ``finish_reason`` "error", ``correct`` null and the error text in ``error``, and scores leave it
-    out. A reply that ran past the endpoint's ``timeout_s`` is the model's (too long) answer: its
-    row has ``finish_reason`` "timeout" and ``correct`` false, and it counts as wrong. When
-    the share of failed calls exceeds ``[eval] max_error_rate`` (default 0) the partition fails,
-    *after* its rows are written (nothing computed is lost, and the failed rows say what went
-    wrong); re-materializing it sends only the failed calls again, since the call cache keeps
-    every answer and retries errors.
-    """
+    """``[eval] k`` graded answers of one variant's checkpoint to every problem of one benchmark, asked by a name
+    that carries the checkpoint's id (docs/serving.md), graded by ``[eval] compat`` and ``also_grade``. A failed
+    call is no answer, a timed-out reply a wrong one; past ``[eval] max_error_rate`` failed calls the partition
+    fails after its rows are written, and a re-run sends only those calls (docs/scoring.md)."""
     keys = context.partition_key.keys_by_dimension
     benchmark, model = keys["benchmark"], keys["model"]
     student, variant, seed = parse_model_key(model)
