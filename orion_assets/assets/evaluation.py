@@ -7,7 +7,7 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import markdown_table, progress_logger
-from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair, parse_model_key
+from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
@@ -15,6 +15,7 @@ from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
 from orion_assets.method.evaluation.predictions import error_share, predict
+from orion_assets.method.partition_keys import parse_model_key
 from orion_assets.tokens import batch_token_counter
 from orion_assets.training.tracking import log_scores
 from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES

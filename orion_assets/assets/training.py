@@ -13,9 +13,7 @@ from orion_assets.ids import content_id
 from orion_assets.io import serving
 from orion_assets.io.metadata import percentiles
 from orion_assets.io.partitions import (
-    SEPARATOR,
     model_partitions,
-    parse_model_key,
     sft_partitions,
     sft_to_model,
     student_partitions,
@@ -27,6 +25,7 @@ from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, sft_data
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
+from orion_assets.method.partition_keys import SEPARATOR, parse_model_key
 from orion_assets.method.quality import common
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants

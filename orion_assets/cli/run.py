@@ -17,6 +17,7 @@ from orion_assets.cli import console
 from orion_assets.cli.check import run_preflight
 from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
 from orion_assets.cli.failures import gate_query, report_checks, report_failure
+from orion_assets.method.partition_keys import why_not_made
 from orion_assets.method.variants import skipped_variants, unused_endpoint_variants
 from orion_assets.profiles import Profile, load_profile
 from orion_assets.vocabulary import PARTITION_SEPARATOR as SEPARATOR
@@ -51,8 +52,6 @@ def _left_out(config) -> list[str]:
 def _partition_selected(wanted: list[str], profile: Profile, graph, keys) -> list[str]:
     """What to say of ``--select`` names that are ``asset[partition]``: it takes asset keys, and runs every
     partition the profile makes; a partition it does not make is named with the reason."""
-    from orion_assets.io.partitions import why_not_made  # with the definitions: it loads the profile
-
     by_name = {k.to_user_string(): k for k in keys}
     said = []
     for name in wanted:

@@ -23,7 +23,6 @@ import polars as pl
 
 from orion_assets.io.duckdb_resource import RESOURCE_KEY, duckdb_resource
 from orion_assets.io.metadata import column_descriptions, markdown_table, table_schema
-from orion_assets.io.partitions import SEPARATOR
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import (
     IO_MANAGER_KEY,
@@ -32,6 +31,7 @@ from orion_assets.io.tables import (
     Table,
     links_of,
 )
+from orion_assets.method.partition_keys import SEPARATOR
 from orion_assets.store import SCHEMA, Upstream
 
 PREVIEW_ROWS = 10

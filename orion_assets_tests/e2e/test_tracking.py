@@ -11,8 +11,8 @@ import dagster as dg
 import mlflow
 import pytest
 
-from orion_assets.io.partitions import model_key
 from orion_assets.method.evaluation.scoring import Scores
+from orion_assets.method.partition_keys import model_key
 from orion_assets.profiles import load_profile
 from orion_assets.store import Store
 from orion_assets.training.config import TRAIN_LOG_FILE

@@ -27,9 +27,9 @@ from orion_assets.assets.problems import benchmark_problems
 from orion_assets.assets.training import checkpoint_row, student_base_model
 from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
-from orion_assets.io.partitions import model_key
 from orion_assets.io.resource import OrionResource
 from orion_assets.method.evaluation.scoring import score_predictions
+from orion_assets.method.partition_keys import model_key
 from orion_assets.store import Store
 from orion_devtools.llm_simulator import SimConfig, Simulator
 

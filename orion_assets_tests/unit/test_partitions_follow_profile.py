@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orion_assets.io import partitions
+from orion_assets.method import partition_keys
 from orion_assets.method.variants import made_variants, skipped_variants
 from orion_assets.profiles import load_profile
 
@@ -59,7 +60,7 @@ def test_seeds_variants_and_benchmarks_chosen_by_a_profile(write_profile) -> Non
         seeds = [3, 4]
         """))).config
     parts = partitions.partitions_of(config)
-    assert partitions.benchmarks_of(config) == _keys(parts.benchmark) == ["gsm8k", "arithmetic"]  # vocabulary order
+    assert partition_keys.benchmarks_of(config) == _keys(parts.benchmark) == ["gsm8k", "arithmetic"]  # vocabulary order
     assert _keys(parts.sft) == ["tiny/base", "tiny/teacher_sft", "tiny/orion"]
     assert _keys(parts.model) == ["tiny/base/3", "tiny/teacher_sft/3", "tiny/teacher_sft/4", "tiny/orion/3", "tiny/orion/4"]
     assert len(_keys(parts.benchmark_model)) == 2 * 5
@@ -109,7 +110,7 @@ def test_the_code_location_loaded_with_tiny_shows_only_what_tiny_makes() -> None
     ("aime24|tiny/base/0", None),
 ])
 def test_why_a_key_is_not_made_names_the_profile_setting(key, reason) -> None:
-    why = partitions.why_not_made(load_profile("tiny").config, key)
+    why = partition_keys.why_not_made(load_profile("tiny").config, key)
     assert why == reason if reason is None else why is not None and why.startswith(reason), why
 
 
