@@ -13,7 +13,7 @@ from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import Metered, usage_metadata
 from orion_assets.method import exposure
-from orion_assets.method.sampling import ChunkProgress, sample_and_grade
+from orion_assets.method.sampling import ChunkProgress
 from orion_assets.tokens import batch_token_counter
 from orion_assets.vocabulary import ERROR_TYPES
 
@@ -66,59 +66,30 @@ def student_attempts(
     student = context.partition_key
     cfg = orion.config_for(student)
     model = student_base_model.first()
-    n = cfg.exposure.n
     endpoint = Metered(orion.endpoint("student", local_model=model["path"], tokenizer=model["path"], student=student))
-    total = train_problems.count() * n
+    total = train_problems.count() * cfg.exposure.n
     context.log.info(f"exposure: {total} student samples through {endpoint.inner!r}")
-    progress = ChunkProgress(progress_logger(context, "exposure"), total)
-    params = sampling_params(cfg.endpoints.student, max_tokens=cfg.exposure.max_tokens,
-                             temperature=cfg.exposure.temperature)
-    correct, tokens, error_types = [], [], collections.Counter()
-    wrong_by_problem: dict[str, float] = {}
-
-    def chunks():
-        for problems_chunk in train_problems.chunks("problem_id", cfg.data.chunk_size):
-            drawn = sample_and_grade(
-                endpoint, problems_chunk.to_dicts(), n=n, prompt=cfg.exposure.prompt,
-                overrides=cfg.prompts.model_dump(), params=params, count_tokens=batch_token_counter(model["path"]),
-                run_id=context.run.run_id, progress=progress.chunk(),
-            )
-            frame = pl.DataFrame(
-                [
-                    {
-                        "attempt_id": exposure.attempt_id(s.row["problem_id"], s.result.call_id),
-                        "student": student, "problem_id": s.row["problem_id"], "model_id": model["model_id"],
-                        "sample_index": s.sample_index, "text": s.result.text,
-                        "extracted_answer": s.verdict.extracted, "answer_method": s.verdict.method,
-                        "correct": s.verdict.correct, "error_type": exposure.error_type(s.result, s.verdict),
-                        "grade_reason": s.verdict.reason, "finish_reason": s.result.finish_reason,
-                        "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id,
-                    }
-                    for s in drawn
-                ],
-                schema=STUDENT_ATTEMPTS.columns,
-            )
-            correct.extend(frame["correct"].to_list())
-            tokens.extend(frame["n_tokens"].to_list())
-            error_types.update(t for t in frame["error_type"].to_list() if t)
-            per_problem = frame.group_by("problem_id").agg((~pl.col("correct")).mean().alias("error_rate"))
-            wrong_by_problem.update(per_problem.iter_rows())
-            yield frame
+    stats = exposure.ExposureStats()
+    records = exposure.attempt_chunks(
+        train_problems.chunks("problem_id", cfg.data.chunk_size), endpoint, student=student,
+        model_id=model["model_id"], n=cfg.exposure.n, prompt=cfg.exposure.prompt, overrides=cfg.prompts.model_dump(),
+        params=sampling_params(cfg.endpoints.student, max_tokens=cfg.exposure.max_tokens,
+                               temperature=cfg.exposure.temperature),
+        count_tokens=batch_token_counter(model["path"]), stats=stats, run_id=context.run.run_id,
+        progress_for=ChunkProgress(progress_logger(context, "exposure"), total).chunk)
 
     def metadata() -> dict:
-        rates = pl.Series(list(wrong_by_problem.values()), dtype=pl.Float64)
+        rates = pl.Series(list(stats.wrong_share.values()), dtype=pl.Float64)
         return {
-            "attempts": len(correct),
-            "accuracy": sum(correct) / len(correct) if correct else 0.0,
-            "error_types": dict(error_types),
-            "context_overflow": sum(r.overflow for r in endpoint.results),
+            "attempts": len(stats.correct), "accuracy": sum(stats.correct) / len(stats.correct) if stats.correct else 0.0,
+            "error_types": dict(stats.error_types), "context_overflow": sum(r.overflow for r in endpoint.results),
             "per_problem_error_rate": percentiles(rates, (0.1, 0.25, 0.5, 0.75, 0.9)),
             "problems_never_wrong": int((rates == 0).sum()),
-            "n_tokens_percentiles": percentiles(pl.Series(tokens, dtype=pl.Int64)),
+            "n_tokens_percentiles": percentiles(pl.Series(stats.tokens, dtype=pl.Int64)),
             **usage_metadata(endpoint.results, cfg.endpoints.student, "student"),
         }
 
-    return Rows(chunks(), metadata)
+    return Rows((pl.DataFrame(chunk, schema=STUDENT_ATTEMPTS.columns) for chunk in records), metadata)
 
 
 @orion_asset(STUDENT_ERRORS, group_name="exposure", partitions_def=student_partitions, code_version="2")

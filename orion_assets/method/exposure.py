@@ -5,13 +5,19 @@ Error types (:data:`orion_assets.vocabulary.ERROR_TYPES`) and the loop rule: doc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import collections
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from orion_assets.ids import content_id
-from orion_assets.llm import GenerationResult
+from orion_assets.llm import Endpoint, GenerationResult, SamplingParams
+from orion_assets.llm.types import ProgressFn
 from orion_assets.method.grading import Verdict
 from orion_assets.method.quality.lexical import repeated_ngram_ratio
+from orion_assets.method.sampling import sample_and_grade
 from orion_assets.vocabulary import ERROR_TYPES
 
 # The loop rule: a reply of at least LOOP_MIN_WORDS words is a repetition loop when over LOOP_RATIO of the word
@@ -74,3 +80,41 @@ def most_useful_error(errors: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] 
 
 def attempt_id(problem_id: str, call_id: str) -> str:
     return content_id("attempt", problem_id, call_id)
+
+
+@dataclass
+class ExposureStats:
+    """Each attempt's verdict and length, the errors by type, and each problem's share of wrong attempts."""
+
+    correct: list[bool] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    error_types: collections.Counter = field(default_factory=collections.Counter)
+    wrong_share: dict[str, float] = field(default_factory=dict)
+
+
+def attempt_chunks(
+    problem_chunks: Iterable[pl.DataFrame], endpoint: Endpoint, *, student: str, model_id: str, n: int, prompt: str,
+    overrides: Mapping[str, str | None], params: SamplingParams, count_tokens: Callable[[list[str]], list[int]],
+    progress_for: Callable[[], ProgressFn], stats: ExposureStats, run_id: str | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Per chunk of problems, ``n`` graded attempts of the student at each: the ``student_attempts`` records, each
+    typed by :func:`error_type`."""
+    for problems in problem_chunks:
+        drawn = sample_and_grade(endpoint, problems.to_dicts(), n=n, prompt=prompt, overrides=overrides, params=params,
+                                 count_tokens=count_tokens, run_id=run_id, progress=progress_for())
+        records = [{
+            "attempt_id": attempt_id(s.row["problem_id"], s.result.call_id), "student": student,
+            "problem_id": s.row["problem_id"], "model_id": model_id, "sample_index": s.sample_index,
+            "text": s.result.text, "extracted_answer": s.verdict.extracted, "answer_method": s.verdict.method,
+            "correct": s.verdict.correct, "error_type": error_type(s.result, s.verdict), "grade_reason": s.verdict.reason,
+            "finish_reason": s.result.finish_reason, "n_tokens": s.n_tokens, "llm_call_id": s.result.call_id,
+        } for s in drawn]  # fmt: skip
+        wrong: dict[str, list[bool]] = collections.defaultdict(list)
+        for record in records:
+            stats.correct.append(record["correct"])
+            stats.tokens.append(record["n_tokens"])
+            wrong[record["problem_id"]].append(not record["correct"])
+            if record["error_type"]:
+                stats.error_types[record["error_type"]] += 1
+        stats.wrong_share.update({problem: sum(w) / len(w) for problem, w in wrong.items()})
+        yield records
