@@ -33,7 +33,7 @@ from orion_assets.profiles import load_profile
 from orion_assets.profiles.k8s import sft_op_tags
 from orion_assets.training import TrainParams, config_hash, gguf, student
 from orion_assets.training.chat_template import with_chat_template
-from orion_assets.training.checkpoints import CURVE_FIELDS
+from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
@@ -268,33 +268,12 @@ def student_checkpoint(
         context.log.info(f"before SFT: student servers {released}")
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher,
                                  env=tracked.env if tracked else None)
-    result = outcome.result
     row = checkpoint_row(
-        checkpoint_id=checkpoint_id,
-        student=student,
-        variant=variant,
-        seed=seed,
-        base_model_id=model["model_id"],
-        sft_examples=len(example_ids),
-        sft_example_ids=example_ids,
-        sft_data_hash=data_hash,
-        config_hash=result["config_hash"],
-        path=result["final_path"],
-        kind=result["final_kind"],
-        steps=result["steps"],
-        train_loss=result["train_loss"],
-        final_loss=result["final_loss"],
-        tokens_seen=result["tokens_seen"],
-        train_tokens_per_second=result["train_tokens_per_second"],
-        truncated_examples=result["truncated_examples"],
-        resumed_from_step=result["resumed_from_step"],
-        params=json.dumps(params.to_json()),
-        budget=result["budget"],
-        trained_examples=result["trained_examples"],
-        completion_tokens=result["completion_tokens"],
-        epochs=result["epochs"],
-        loss_curve=result.get("loss_curve"),  # None from a trainer that predates it (a result.json left by one)
+        checkpoint_id=checkpoint_id, student=student, variant=variant, seed=seed, base_model_id=model["model_id"],
+        sft_examples=len(example_ids), sft_example_ids=example_ids, sft_data_hash=data_hash,
+        params=json.dumps(params.to_json()), **result_columns(outcome.result),
     )
+    result = outcome.result
     metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
                 **tracking_metadata(tracked)}
     if result.get("loss_curve"):

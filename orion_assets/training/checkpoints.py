@@ -105,6 +105,23 @@ CURVE_FIELDS: dict[str, type] = {"step": int, "epoch": float, "loss": float, "le
                                  "grad_norm": float, "tokens_seen": int, "mean_token_accuracy": float}
 
 
+#: The ``student_checkpoint`` columns one SFT run's result (``TrainResult``, its ``result.json``) fills, each with
+#: the result field it takes: declared once, so the checkpoint row is read off the result, never copied by hand.
+RESULT_COLUMNS: dict[str, str] = {
+    "config_hash": "config_hash", "path": "final_path", "kind": "final_kind", "steps": "steps",
+    "train_loss": "train_loss", "final_loss": "final_loss", "tokens_seen": "tokens_seen",
+    "train_tokens_per_second": "train_tokens_per_second", "truncated_examples": "truncated_examples",
+    "resumed_from_step": "resumed_from_step", "budget": "budget", "trained_examples": "trained_examples",
+    "completion_tokens": "completion_tokens", "epochs": "epochs", "loss_curve": "loss_curve",
+}  # fmt: skip
+
+
+def result_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``student_checkpoint`` values of one run's result (:data:`RESULT_COLUMNS`); a field a trainer older
+    than it did not write is null."""
+    return {column: result.get(field) for column, field in RESULT_COLUMNS.items()}
+
+
 def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per logged training step of the Trainer's ``state.log_history``, oldest first.
 
