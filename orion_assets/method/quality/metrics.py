@@ -26,15 +26,24 @@ COT_METRICS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _token_counts(cots: list[str], tokenizer: Any) -> list[int]:
-    if not cots:
-        return []
-    try:
-        # verbose=False: no "sequence longer than the model maximum" warning for long CoTs.
-        encoded = tokenizer(cots, add_special_tokens=False, verbose=False)["input_ids"]
-    except TypeError:  # a tokenizer without the keyword arguments
-        encoded = [tokenizer.encode(text, add_special_tokens=False) for text in cots]
-    return [len(ids) for ids in encoded]
+#: CoTs per call of the student's tokenizer when counting tokens. A call's output is Python lists of every
+#: token id (and the tokenizer's own encodings): ~120 bytes per token, 1 GB for a chunk of 3,600 CoTs of
+#: 1,000 words at once; 64 at a time keep it to a few MB (benchmarks/README.md, "Memory of cot_quality").
+TOKEN_COUNT_BATCH = 64
+
+
+def _token_counts(cots: list[str], tokenizer: Any, batch: int = TOKEN_COUNT_BATCH) -> list[int]:
+    counts: list[int] = []
+    for start in range(0, len(cots), batch):
+        texts = cots[start : start + batch]
+        try:
+            # verbose=False: no "sequence longer than the model maximum" warning for long CoTs; only the ids.
+            encoded = tokenizer(texts, add_special_tokens=False, verbose=False, return_attention_mask=False,
+                                return_token_type_ids=False)["input_ids"]
+        except TypeError:  # a tokenizer without the keyword arguments
+            encoded = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        counts += [len(ids) for ids in encoded]
+    return counts
 
 
 def cot_metrics(
