@@ -130,57 +130,71 @@ def cot_quality(
     progress = ChunkProgress(progress_logger(context, "judge"), 0) if judge else None
     seen: set[tuple[str, str]] = set()  # (variant, cot_hash) of every CoT kept so far
     skipped = skipped_variants(cfg)  # rows an earlier profile's refinement left for variants this one skips
-    summary_rows: list[pl.DataFrame] = []
+    summary_rows: list[pl.DataFrame] = []  # the columns the metadata reads, of every chunk
+
+    def chunk_rows(teacher: pl.DataFrame) -> pl.DataFrame:
+        """One chunk's rows; its texts and intermediate frames are freed when it returns, before the next chunk."""
+        ids = teacher["problem_id"].unique(maintain_order=True).to_list()
+        refined = refined_cots.rows_for("problem_id", ids)
+        # teacher_sft draws on the teacher CoTs refinement and the baselines drew on ([reflection] teacher_samples)
+        attempts = student_attempts.rows_for("problem_id", ids, ["problem_id", "finish_reason"])
+        drawn = reflection.drawn_teacher_cots(teacher, attempts, cfg.reflection.teacher_samples)
+        frame = candidates(drawn, refined, baseline_cots.rows_for("problem_id", ids), student)
+        frame = frame.filter(~pl.col("variant").is_in(sorted(skipped)))
+        measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
+                                       max_pairs=cfg.quality.coherence_max_pairs or None)
+        hits = [index.match(cot) for cot in frame["cot"]]
+        frame = pl.concat([frame, measured], how="horizontal").with_columns(
+            pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),
+            pl.Series("contaminated_with", [h[1] if h else None for h in hits], dtype=pl.Utf8),
+        )
+        frame = frame.with_columns(_judge_scores(context, cfg, judge, frame, train_problems, ids, progress))
+        teacher_text = dict(teacher.select("teacher_cot_id", "cot").iter_rows())
+        frame = frame.with_columns(
+            pl.Series(
+                "teacher_similarity",
+                [
+                    lexical.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
+                    for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
+                ],
+                dtype=pl.Float64,
+            )
+        )
+        frame = _drop_earlier_duplicates(rules.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
+        return frame.select(list(COT_QUALITY.columns))  # the text stays in its own table (cot_table)
 
     def chunks():
-        for teacher in teacher_cots.chunks("problem_id", cfg.data.chunk_size):
-            ids = teacher["problem_id"].unique(maintain_order=True).to_list()
-            refined = refined_cots.rows_for("problem_id", ids)
-            # teacher_sft draws on the teacher CoTs refinement and the baselines drew on ([reflection] teacher_samples)
-            attempts = student_attempts.rows_for("problem_id", ids, ["problem_id", "finish_reason"])
-            drawn = reflection.drawn_teacher_cots(teacher, attempts, cfg.reflection.teacher_samples)
-            frame = candidates(drawn, refined, baseline_cots.rows_for("problem_id", ids), student)
-            frame = frame.filter(~pl.col("variant").is_in(sorted(skipped)))
-            measured = metrics.cot_metrics(frame["cot"].to_list(), tokenizer=tokenizer, embedder=embedder,
-                                           max_pairs=cfg.quality.coherence_max_pairs or None)
-            hits = [index.match(cot) for cot in frame["cot"]]
-            frame = pl.concat([frame, measured], how="horizontal").with_columns(
-                pl.Series("contaminated", [h is not None for h in hits], dtype=pl.Boolean),
-                pl.Series("contaminated_with", [h[1] if h else None for h in hits], dtype=pl.Utf8),
-            )
-            frame = frame.with_columns(_judge_scores(context, cfg, judge, frame, train_problems, ids, progress))
-            teacher_text = dict(teacher.select("teacher_cot_id", "cot").iter_rows())
-            frame = frame.with_columns(
-                pl.Series(
-                    "teacher_similarity",
-                    [
-                        lexical.teacher_similarity(cot, teacher_text.get(tid)) if table == "refined_cots" else None
-                        for cot, tid, table in frame.select("cot", "teacher_cot_id", "cot_table").iter_rows()
-                    ],
-                    dtype=pl.Float64,
-                )
-            )
-            frame = _drop_earlier_duplicates(rules.row_drop_reasons(frame, cfg.quality, id_column="cot_quality_id"), seen)
-            frame = frame.select(list(COT_QUALITY.columns))  # the text stays in its own table (cot_table)
-            summary_rows.append(frame)
+        # map: no local of this generator holds a chunk's texts while the I/O manager writes its rows
+        for frame in map(chunk_rows, teacher_cots.chunks("problem_id", cfg.data.chunk_size)):
+            summary_rows.append(frame.select(list(SUMMARY_COLUMNS)))
             yield frame
 
     def metadata() -> dict:
-        frame = pl.concat(summary_rows) if summary_rows else COT_QUALITY.empty()
-        by_variant = {v: _variant_summary(g) for (v,), g in sorted(frame.group_by("variant"), key=lambda item: item[0])}
-        return {
-            "by_variant": by_variant,
-            "n_tokens_percentiles": percentiles(frame["n_tokens"]),
-            "coherence_percentiles": percentiles(frame["coherence"].drop_nulls()),
-            "contaminated": int(frame["contaminated"].sum()),
-            "kept": int(frame["kept"].sum()),
-            "dropped": int((~frame["kept"]).sum()),
-            "dropped_by_reason": rules.reason_counts(frame.filter(~pl.col("kept"))),
-            "judge": judge is not None,
-            **(usage_metadata(judge.results, cfg.endpoints.judge, "judge") if judge else {}),
-        }
+        frame = pl.concat(summary_rows) if summary_rows else COT_QUALITY.empty().select(list(SUMMARY_COLUMNS))
+        return {**_summary(frame), "judge": judge is not None,
+                **(usage_metadata(judge.results, cfg.endpoints.judge, "judge") if judge else {})}
 
     return Rows(chunks(), metadata)
+
+
+#: The columns of cot_quality's rows that its metadata reads (:func:`_summary`): what the step keeps of every chunk
+#: until the last one is written, rather than every column.
+SUMMARY_COLUMNS = ("variant", "source", "n_tokens", "coherence", "contaminated", "kept", "drop_reasons",
+                   "teacher_similarity")
+
+
+def _summary(frame: pl.DataFrame) -> dict:
+    """cot_quality's metadata from its rows' :data:`SUMMARY_COLUMNS`."""
+    by_variant = {v: _variant_summary(g) for (v,), g in sorted(frame.group_by("variant"), key=lambda item: item[0])}
+    return {
+        "by_variant": by_variant,
+        "n_tokens_percentiles": percentiles(frame["n_tokens"]),
+        "coherence_percentiles": percentiles(frame["coherence"].drop_nulls()),
+        "contaminated": int(frame["contaminated"].sum()),
+        "kept": int(frame["kept"].sum()),
+        "dropped": int((~frame["kept"]).sum()),
+        "dropped_by_reason": rules.reason_counts(frame.filter(~pl.col("kept"))),
+    }
 
 
 def _drop_earlier_duplicates(frame: pl.DataFrame, seen: set[tuple[str, str]]) -> pl.DataFrame:
