@@ -127,17 +127,6 @@ LEADERBOARD = TableSpec(
 )
 
 
-def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
-    """``(rule, correctness column)`` of each rule the predictions were graded by, the primary one first
-    (``correct``, named by the ``grading_rule`` column; None in tables older than that column)."""
-    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
-    primary = rules[0] if len(rules) == 1 else None
-    answered = predictions.filter(pl.col("correct").is_not_null())
-    others = [(rule, f"correct_{rule}") for rule in GRADING_RULES if rule != primary
-              and f"correct_{rule}" in answered.columns and answered[f"correct_{rule}"].null_count() < answered.height]
-    return [(primary, "correct"), *others]
-
-
 @orion_asset(
     BENCHMARK_PREDICTIONS,
     group_name="evaluation",
@@ -181,13 +170,10 @@ def benchmark_predictions(
         count_tokens=batch_token_counter(checkpoint["path"]), run_id=context.run.run_id,
         progress=progress_logger(context, "eval"),
     )  # fmt: skip
-    frame = pl.DataFrame(made.records, schema=BENCHMARK_PREDICTIONS.columns)
-    published = Rows(frame, metadata={
-        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k, "samples": frame.height,
+    published = Rows(pl.DataFrame(made.records, schema=BENCHMARK_PREDICTIONS.columns), metadata={
+        "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, "k": k, **made.metadata(),
         "checkpoint_id": checkpoint["checkpoint_id"], "grading_rule": cfg.eval.compat,
-        "also_grade": list(cfg.eval.also_grade), "n_errors": made.n_errors, "error_rate": made.error_share,
-        "n_timeouts": made.n_timeouts, **usage_metadata(made.results, cfg.endpoints.student, "student"),
-        "accuracy": made.accuracy})
+        "also_grade": list(cfg.eval.also_grade), **usage_metadata(made.results, cfg.endpoints.student, "student")})
     if (why := made.too_many_errors(f"{benchmark} x {model}", cfg.eval.max_error_rate)) is not None:
         published.fail_after_write = dg.Failure(description=why, metadata={
             "n_errors": made.n_errors, "n_calls": len(made.results), "error_rate": made.error_share,
@@ -211,23 +197,18 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
     benchmark, model = keys["benchmark"], keys["model"]
     student, variant, seed = parse_model_key(model)
     cfg = orion.config_for(student)
-    predictions = benchmark_predictions.frame()
-    up = benchmark_predictions.upstream
+    predictions, up = benchmark_predictions.frame(), benchmark_predictions.upstream
     k = cfg.eval.k_overrides.get(benchmark, cfg.eval.k)
     if predictions.height == 0:
         raise dg.Failure(f"no benchmark_predictions for {benchmark} x {model}: materialize them first")
-    scores = scoring.score_predictions(predictions, k, benchmark=benchmark)
+    by_rule = scoring.scores_by_rule(predictions, k, benchmark=benchmark)
+    (rule, scores) = by_rule[0]
     share = error_share(scores.n_errors, predictions.height)
     if share > cfg.eval.max_error_rate:
         raise dg.Failure(
             f"{benchmark} x {model}: {scores.n_errors} of {predictions.height} predictions are failed calls "
             f"({share:.1%}, more than [eval] max_error_rate = {cfg.eval.max_error_rate:.1%}); re-materialize "
-            "benchmark_predictions for this partition (it sends only the failed calls again)"
-        )
-    # Written by benchmark_predictions from the profile it graded with (absent in older tables).
-    (rule, _), *others = graded_rules(predictions)
-    by_rule = [(rule, scores), *((r, scoring.score_predictions(predictions.with_columns(pl.col(column).alias("correct")),
-                                                               k, benchmark=benchmark)) for r, column in others)]
+            "benchmark_predictions for this partition (it sends only the failed calls again)")
     rows = pl.DataFrame([{
         "score_id": content_id("score", benchmark, model, [u.materialization_id for u in up], graded_by),
         "benchmark": benchmark, "student": student, "variant": variant, "seed": seed, **graded.to_row(),

@@ -55,6 +55,11 @@ class Predictions:
                 f"sends only the {self.n_errors} failed calls again: the call cache keeps every answer and retries "
                 "errors.")
 
+    def metadata(self) -> dict[str, Any]:
+        """The counts a materialization shows: samples, failed and timed-out calls, the graded accuracy."""
+        return {"samples": len(self.records), "n_errors": self.n_errors, "error_rate": self.error_share,
+                "n_timeouts": self.n_timeouts, "accuracy": self.accuracy}
+
     def first_error(self) -> str | None:
         return next((r.error for r in self.results if not r.ok and not r.timed_out), None)
 

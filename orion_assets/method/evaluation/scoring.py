@@ -16,6 +16,7 @@ import polars as pl
 from orion_assets.llm import GenerationResult
 from orion_assets.method.grading import Verdict, answer_key
 from orion_assets.method.grading.extract import extract_answer
+from orion_assets.vocabulary import GRADING_RULES
 
 ERROR_FINISH_REASON = "error"
 # A reply that ran past the endpoint's timeout_s: the model's answer (too long), graded as wrong.
@@ -217,3 +218,20 @@ def score_predictions(predictions: pl.DataFrame, k: int, benchmark: str | None =
         n_unanswered_problems=all_problems - n_problems,
         timeout_rate=int((frame["finish_reason"] == TIMEOUT_FINISH_REASON).sum()) / frame.height,
     )
+
+
+def graded_rules(predictions: pl.DataFrame) -> list[tuple[str | None, str]]:
+    """``(rule, correctness column)`` of each rule the predictions were graded by, the primary one first
+    (``correct``, named by the ``grading_rule`` column; None in tables older than that column)."""
+    rules = predictions["grading_rule"].drop_nulls().unique().to_list() if "grading_rule" in predictions.columns else []
+    primary = rules[0] if len(rules) == 1 else None
+    answered = predictions.filter(pl.col("correct").is_not_null())
+    others = [(rule, f"correct_{rule}") for rule in GRADING_RULES if rule != primary
+              and f"correct_{rule}" in answered.columns and answered[f"correct_{rule}"].null_count() < answered.height]
+    return [(primary, "correct"), *others]
+
+
+def scores_by_rule(predictions: pl.DataFrame, k: int, benchmark: str | None = None) -> list[tuple[str | None, Scores]]:
+    """The scores of ``predictions`` under each rule they were graded by (:func:`graded_rules`), the primary first."""
+    return [(rule, score_predictions(predictions.with_columns(pl.col(column).alias("correct")), k, benchmark=benchmark))
+            for rule, column in graded_rules(predictions)]
