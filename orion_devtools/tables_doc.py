@@ -22,10 +22,12 @@ from orion_assets.llm.cache import LLM_CALLS, LLM_PROMPTS
 from orion_assets.method.quality.verdicts import GATE
 from orion_assets.store.base import LINEAGE_EDGES, MATERIALIZATIONS, TABLE_PARENTS
 from orion_assets.store.columns import StoreTable
+from orion_assets.store.vocabulary import VOCABULARY_TABLES
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 # The tables the store writes that no asset makes, in the order the page lists them.
-STORE_TABLES: tuple[StoreTable, ...] = (LLM_CALLS, LLM_PROMPTS, GATE, MATERIALIZATIONS, TABLE_PARENTS, LINEAGE_EDGES)
+STORE_TABLES: tuple[StoreTable, ...] = (LLM_CALLS, LLM_PROMPTS, GATE, MATERIALIZATIONS, TABLE_PARENTS, LINEAGE_EDGES,
+                                       *VOCABULARY_TABLES)
 
 HEADER = """\
 # Tables
