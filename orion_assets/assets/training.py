@@ -31,9 +31,10 @@ from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import load_profile
 from orion_assets.profiles.k8s import sft_op_tags
-from orion_assets.training import TrainParams, config_hash, gguf, student
+from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
+from orion_assets.training.config import plan_run
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
@@ -247,40 +248,41 @@ def student_checkpoint(
     sft = cfg.sft.model_copy(update={"seed": seed})
     example_ids = sorted(sft_dataset.keys("sft_example_id"))
     dataset_path = sft_parquet(orion, student, variant)
-    probe = TrainParams.from_sft_config(
-        sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir="-", base_model_hash=model["model_id"]
-    )
-    # Same base, data and settings -> same directory, so a killed run resumes from its checkpoint.
-    data_hash = content_id(example_ids)
-    run_hash = content_id(config_hash(probe), data_hash)
-    output_dir = orion.data_path / "checkpoints" / student / variant / run_hash
-    checkpoint_id = content_id("checkpoint", student, variant, run_hash)
+    run = plan_run(sft, base_model_path=model["path"], base_model_hash=model["model_id"], dataset_path=dataset_path,
+                   example_ids=example_ids, checkpoints_dir=orion.data_path / "checkpoints", student=student,
+                   variant=variant)
     # The checkpoint's tracker run ([tracking]): the SFT process logs its curves into it (TRL's report_to).
     tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
-        orion, student, variant, seed, checkpoint_id, config_hash(probe)), context.run.run_id)
+        orion, student, variant, seed, run.checkpoint_id, run.config_hash), context.run.run_id)
     params = TrainParams.from_sft_config(
-        sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=output_dir,
+        sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=run.output_dir,
         base_model_hash=model["model_id"], report_to=tracked.report_to if tracked else [],
     )
     # The accelerator goes to SFT: managed servers sleep or stop, local models and the CUDA cache are freed.
-    released = serving.release_accelerator()
-    if released:
+    if released := serving.release_accelerator():
         context.log.info(f"before SFT: student servers {released}")
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher,
                                  env=tracked.env if tracked else None)
     row = checkpoint_row(
-        checkpoint_id=checkpoint_id, student=student, variant=variant, seed=seed, base_model_id=model["model_id"],
-        sft_examples=len(example_ids), sft_example_ids=example_ids, sft_data_hash=data_hash,
+        checkpoint_id=run.checkpoint_id, student=student, variant=variant, seed=seed, base_model_id=model["model_id"],
+        sft_examples=len(example_ids), sft_example_ids=example_ids, sft_data_hash=run.data_hash,
         params=json.dumps(params.to_json()), **result_columns(outcome.result),
     )
+    metadata = _checkpoint_metadata(context.partition_key, outcome, tracked)
+    # Wrapped in an Output: once Pipes reported events, Dagster takes the return value as one more yielded event.
+    return dg.Output(Rows(row, metadata=metadata))
+
+
+def _checkpoint_metadata(key: str, outcome, tracked) -> dict:
+    """What a trained checkpoint's materialization shows: the SFT process's report, where the weights are, its
+    tracker run, and its loss curve as a plot."""
     result = outcome.result
     metadata = {**outcome.metadata, "checkpoint_path": dg.MetadataValue.path(result["final_path"]),
                 **tracking_metadata(tracked)}
     if result.get("loss_curve"):
-        plot = loss_curve_png(result["loss_curve"], f"{context.partition_key}: training loss per step")
+        plot = loss_curve_png(result["loss_curve"], f"{key}: training loss per step")
         metadata["loss_curve_plot"] = dg.MetadataValue.md(png_markdown(plot, "loss curve"))
-    # Wrapped in an Output: once Pipes reported events, Dagster takes the return value as one more yielded event.
-    return dg.Output(Rows(row, metadata=metadata))
+    return metadata
 
 
 def _base_checkpoint(model: dict, student: str, seed: int, checkpoint_id: str, metadata: dict) -> Rows:

@@ -10,12 +10,13 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from orion_assets.ids import file_sha256, model_fingerprint, sha256_json
+from orion_assets.ids import content_id, file_sha256, model_fingerprint, sha256_json
 from orion_assets.profiles.sft import SFTSettings
 
 TRAIN_LOG_FILE = "train_log.jsonl"
@@ -130,3 +131,26 @@ def config_hash(params: TrainParams) -> str:
         for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             values.pop(k)
     return sha256_json(values)[:16]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """Where and as what one SFT run of a variant lands: the same base, data and settings give the same directory
+    (so a killed run resumes from its checkpoint) and the same checkpoint id."""
+
+    data_hash: str
+    run_hash: str
+    config_hash: str
+    checkpoint_id: str
+    output_dir: Path
+
+
+def plan_run(sft: SFTSettings, *, base_model_path: str, base_model_hash: str, dataset_path: str | os.PathLike,
+             example_ids: Sequence[str], checkpoints_dir: Path, student: str, variant: str) -> PlannedRun:
+    """The :class:`PlannedRun` of training ``variant`` of ``student`` on ``example_ids`` with ``sft``."""
+    probe = TrainParams.from_sft_config(sft, base_model_path=base_model_path, dataset_path=dataset_path,
+                                        output_dir="-", base_model_hash=base_model_hash)
+    data_hash, weights = content_id(sorted(example_ids)), config_hash(probe)
+    run_hash = content_id(weights, data_hash)
+    return PlannedRun(data_hash, run_hash, weights, content_id("checkpoint", student, variant, run_hash),
+                      checkpoints_dir / student / variant / run_hash)

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 
 import polars as pl
 
 from orion_assets.assets.training import STUDENT_CHECKPOINT, checkpoint_row
+from orion_assets.ids import content_id
+from orion_assets.profiles.sft import SFTSettings
 from orion_assets.training.checkpoints import RESULT_COLUMNS, result_columns
+from orion_assets.training.config import plan_run
 from orion_assets.training.trainer import TrainResult
 
 SCALAR = {str: pl.Utf8, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
@@ -42,3 +46,14 @@ def test_a_checkpoint_row_is_read_off_a_result():
     assert got["loss_curve"][0]["tokens_seen"] == 33 and got["config_hash"] == "h"
     # a result.json written before a field existed leaves its column null
     assert checkpoint_row(**result_columns({"final_path": "/p"})).row(0, named=True)["epochs"] is None
+
+
+def test_a_planned_run_lands_where_the_same_base_data_and_settings_landed(tmp_path):
+    plan = functools.partial(plan_run, base_model_path="b", base_model_hash="h", dataset_path=tmp_path / "d.parquet",
+                             checkpoints_dir=tmp_path, student="s", variant="orion")
+    run = plan(SFTSettings(), example_ids=["e2", "e1"])
+    assert run == plan(SFTSettings(), example_ids=["e1", "e2"])  # the examples' order does not matter
+    assert run.output_dir == tmp_path / "s" / "orion" / run.run_hash
+    assert run.checkpoint_id == content_id("checkpoint", "s", "orion", content_id(run.config_hash, run.data_hash))
+    assert plan(SFTSettings(learning_rate=1e-3), example_ids=["e1", "e2"]).checkpoint_id != run.checkpoint_id
+    assert plan(SFTSettings(), example_ids=["e1"]).output_dir != run.output_dir
