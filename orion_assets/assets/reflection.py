@@ -63,12 +63,8 @@ def refined_cots(
     student_errors: Table,
     student_base_model: Table,
 ) -> Rows:
-    """For each problem and mode (`orion`, `no_error`, `no_reflection`), a verified rewrite of the
-    teacher's CoT, or the teacher's CoT itself when no rewrite verifies (``on_failure``).
-
-    Works through the problems that have a teacher CoT in chunks of ``[data] chunk_size``: each
-    chunk reads its problems, their teacher CoTs (``[reflection] teacher_samples``) and their errors'
-    attempt texts. A problem whose every exposure call failed is left out (``exposure_failed``)."""
+    """For each drawn teacher CoT and mode, a verified rewrite, or the teacher's CoT itself when none verifies
+    (``on_failure``), chunk by chunk (:func:`refinement.refine_chunks`; docs/reflection.md)."""
     student = context.partition_key
     cfg = orion.config_for(student)
     model_path = student_base_model.first()["path"]

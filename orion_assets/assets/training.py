@@ -233,9 +233,8 @@ def student_checkpoint(
     student_base_model: Table,
     cot_quality: Table,
 ) -> dg.Output:
-    """One student fine-tuned on one variant's SFT data with one seed, by TRL in its own process (Dagster
-    Pipes), so the launcher can be ``python -m`` here or ``accelerate launch`` on a GPU node. The ``base``
-    partition is the untrained student, so that every variant is evaluated the same way."""
+    """One student fine-tuned on one variant's SFT data with one seed, by TRL in its own process (Dagster Pipes:
+    ``python -m`` here, ``accelerate launch`` on a GPU node); ``base`` is the untrained student."""
     student, variant, seed = parse_model_key(context.partition_key)
     model = student_base_model.first()
     if variant == BASE_VARIANT:
