@@ -190,7 +190,8 @@ def markdown(probes: dict[str, dict[str, Any]]) -> str:
     sizes = list(probes)
     lines = ["| part | " + " | ".join(f"{int(n):,}: RSS begin -> peak (max over calls) | end" for n in sizes)
              + " | calls |", "|---|" + "---:|---:|" * len(sizes) + "---:|"]
-    names = list(dict.fromkeys(name for p in probes.values() for name in p["parts"]))
+    # (the bottom label only collects the samples taken outside every part: it is not a part)
+    names = list(dict.fromkeys(name for p in probes.values() for name, part in p["parts"].items() if part["calls"]))
     for name in names:
         cells, calls = [], 0
         for n in sizes:
