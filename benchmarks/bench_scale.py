@@ -11,7 +11,7 @@ For each size N (``--sizes 1000 10000 50000``):
 * a profile ``extends = "tiny"`` with openai backends at the simulators, exposure n = 4, all three
   reflection modes (an openai teacher skips none), no judge, decontamination on (13-grams);
 * one child process per size, ``python -m orion_assets.cli run --select train_problems
-  student_base_model teacher_cots student_attempts student_errors refined_cots cot_quality
+  student_base_model teacher_cots student_attempts student_errors refined_cots baseline_cots cot_quality
   sft_dataset`` (``orion run`` materializes every partition of ``sft_dataset``: the four trained
   variants; ``quality_gate`` runs as ``cot_quality``'s blocking check), with its own DAGSTER_HOME,
   ORION_DATA_DIR and ORION_PROFILE. Only the public CLI is used, so the benchmark does not depend
@@ -54,7 +54,7 @@ from orion_devtools.llm_simulator import SimConfig, Simulator  # noqa: E402
 
 GSM8K = REPO / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
 CHAIN = ("train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
-         "refined_cots", "cot_quality", "sft_dataset")  # fmt: skip
+         "refined_cots", "baseline_cots", "cot_quality", "sft_dataset")  # fmt: skip
 KEY_ENV = "ORION_BENCH_SCALE_KEY"
 TEACHER_MODEL = "deepseek-reasoner"
 STUDENT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
