@@ -378,6 +378,7 @@ def test_cli_and_dagster_job_explain_the_refusal(run, tmp_path, monkeypatch, cap
     assert (tmp_path / "ui" / STUDENT / "orion.jsonl").is_file()  # what passed was still exported
 
 
+@pytest.mark.slow  # the real command in a subprocess, 10-25 s
 def test_orion_export_prints_its_summary_and_nothing_else(run, tmp_path) -> None:
     """The real command, merging a checkpoint: no datasets/transformers progress bar, no library warning."""
     env = {**os.environ, "ORION_DATA_DIR": str(run["store"].path.parent), "ORION_PROFILE": "tiny"}

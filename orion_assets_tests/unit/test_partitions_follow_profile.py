@@ -155,6 +155,7 @@ def test_orion_run_says_what_it_leaves_out_once_per_reason_and_an_endpoint_it_ne
                                 "does not make orion_no_reflection (the replay teacher")
 
 
+@pytest.mark.slow  # the real command in a subprocess, 10-25 s
 def test_orion_run_select_of_a_partition_says_why(orion_env) -> None:
     """``--select`` takes asset keys (orion run makes every partition the profile makes); a partition named there
     is explained, with the profile's reason when it does not make it, before anything runs."""
