@@ -241,7 +241,7 @@ vocab_size = 512
 min_tokens = 1900
 """
 UP_TO_GATE = ["train_problems", "student_base_model", "teacher_cots", "student_attempts", "student_errors",
-              "refined_cots", "cot_quality"]
+              "refined_cots", "baseline_cots", "cot_quality"]
 
 
 @pytest.mark.slow
@@ -252,15 +252,15 @@ def test_failed_gate_prints_its_reason_progress_summaries_and_quiet(orion_env, w
     done = orion("run", "--profile", str(profile), "--select", *UP_TO_GATE, "sft_dataset")
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout.splitlines()
-    assert re.search(r"^\[\d/11\] student_attempts\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 "
+    assert re.search(r"^\[\d/12\] student_attempts\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); exposure: 12 "
                      r"calls, 0 cached, 0 errors, [\d.]+ calls/s$", done.stdout, re.M), out
-    assert re.search(r"^\[6/11\] refined_cots\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); reflection\[orion\]: 6 "
+    assert re.search(r"^\[[67]/12\] refined_cots\[tiny\] \.\.\. ok \(12 rows, [\d.]+s, [\d.]+s CPU\); reflection\[orion\]: 6 "
                      r"calls, 0 cached, 0 errors, [\d.]+ calls/s; reflection\[no_error\]: 6 calls, 0 cached, 0 errors, "
                      r"[\d.]+ calls/s$", done.stdout, re.M), out
-    assert re.search(r"^\[7/11\] cot_quality\[tiny\] \.\.\. ok ", done.stdout, re.M), out
-    assert re.search(r"^\[8/11\] sft_dataset\[tiny/base\] \.\.\. ok \(0 rows", done.stdout, re.M), out
-    for number, variant in ((9, "teacher_sft"), (10, "orion"), (11, "orion_no_error")):
-        assert re.search(rf"^\[{number}/11\] sft_dataset\[tiny/{variant}\] \.\.\. FAILED after ", done.stdout, re.M), out
+    assert re.search(r"^\[8/12\] cot_quality\[tiny\] \.\.\. ok ", done.stdout, re.M), out
+    assert re.search(r"^\[9/12\] sft_dataset\[tiny/base\] \.\.\. ok \(0 rows", done.stdout, re.M), out
+    for number, variant in ((10, "teacher_sft"), (11, "orion"), (12, "orion_no_error")):
+        assert re.search(rf"^\[{number}/12\] sft_dataset\[tiny/{variant}\] \.\.\. FAILED after ", done.stdout, re.M), out
     err = done.stderr.splitlines()
     assert err[0] == ("orion run: warning: cot_quality[tiny]: the check quality_gate failed for variant(s) orion, "
                       "orion_no_error, teacher_sft")
