@@ -48,9 +48,8 @@ class Predictions:
         """Why the partition fails (more failed calls than ``[eval] max_error_rate``), or None."""
         if self.error_share <= max_error_rate:
             return None
-        first = next(r.error for r in self.results if not r.ok and not r.timed_out)
         return (f"{where}: {self.n_errors} of {len(self.results)} calls failed ({self.error_share:.1%}, more than "
-                f"[eval] max_error_rate = {max_error_rate:.1%}); first error: {first}. The predictions are "
+                f"[eval] max_error_rate = {max_error_rate:.1%}); first error: {self.first_error()}. The predictions are "
                 f"written (failed calls with finish_reason 'error'), but not scored. Re-materializing this partition "
                 f"sends only the {self.n_errors} failed calls again: the call cache keeps every answer and retries "
                 "errors.")
