@@ -67,10 +67,11 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, path: Path) -> pl.DataFrame:
 
 def lineage_links() -> list[tuple[str, str, str, str]]:
     """The parent-id columns the assets' table specs declare."""
-    from orion_assets.definitions import all_assets
+    from orion_assets.definitions import build_definitions
     from orion_assets.io.tables import lineage_links as declared
+    from orion_assets.profiles import load_profile
 
-    return declared(all_assets)
+    return declared(build_definitions(load_profile()).assets or ())
 
 
 def load_frames(con: duckdb.DuckDBPyConnection, columns: dict[str, set[str]]) -> dict[str, pl.DataFrame]:

@@ -227,8 +227,9 @@ def _add_partition_columns(con, table: str) -> None:
 
 
 def build(out_dir: Path, cots: int) -> Path:
-    from orion_assets.definitions import all_assets
+    from orion_assets.definitions import build_definitions
     from orion_assets.io.tables import lineage_links
+    from orion_assets.profiles import load_profile
     from orion_assets.store import Store, refresh_lineage_view
 
     if cots % 4:
@@ -247,7 +248,7 @@ def build(out_dir: Path, cots: int) -> Path:
             _add_partition_columns(con, table)
             n = con.execute(f"SELECT count(*) FROM orion.{table}").fetchone()[0]
             print(f"{table:22s} {n:>10,d} rows  {time.monotonic() - t0:6.1f}s", flush=True)
-        refresh_lineage_view(con, lineage_links(all_assets))
+        refresh_lineage_view(con, lineage_links(build_definitions(load_profile()).assets or ()))
         con.execute("CHECKPOINT")
     size = path.stat().st_size / 2**20
     print(f"{path}: {size:,.0f} MiB in {time.monotonic() - started:.1f}s", flush=True)

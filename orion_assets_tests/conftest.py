@@ -82,12 +82,11 @@ def materialize_each(assets, resources, selection=None, *, student: str = "tiny"
     one ``dg.materialize`` cannot mix partitioned and unpartitioned assets. Stops at the first failure."""
     import dagster as dg
 
-    from orion_assets.io.partitions import student_partitions
-
     chosen = [a for a in assets if selection is None or a.key.to_user_string() in set(selection)]
     results = []
     for asset in chosen:
-        partition = student if asset.partitions_def == student_partitions else None
+        per_student = asset.partitions_def is not None and asset.partitions_def.has_partition_key(student)
+        partition = student if per_student else None
         result = dg.materialize(assets, selection=[asset.key], resources=resources, partition_key=partition,
                                 **{"raise_on_error": False, **kwargs})
         results.append(result)

@@ -89,8 +89,10 @@ def markdown(assets: Sequence[dg.AssetSpec], store_tables: Sequence[StoreTable] 
 
 def asset_tables() -> list[dg.AssetSpec]:
     """The asset specs of the definitions that are ORION tables, in the definitions' order."""
-    from orion_assets.definitions import all_assets  # deferred: loads every asset
+    from orion_assets.definitions import build_definitions  # deferred: loads every asset
+    from orion_assets.profiles import load_profile
 
+    all_assets = build_definitions(load_profile()).assets or ()  # the tables are the same in every profile
     return [asset.specs_by_key[key] for asset in all_assets for key in asset.keys
             if SPEC_METADATA_KEY in asset.specs_by_key[key].metadata]
 

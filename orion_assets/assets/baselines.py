@@ -5,7 +5,6 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.metadata import percentiles
-from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.method import baselines, variants
@@ -21,7 +20,7 @@ BASELINE_COTS = TableSpec(
 )
 
 
-@orion_asset(BASELINE_COTS, group_name="baselines", partitions_def=student_partitions, kinds={"polars"},
+@orion_asset(BASELINE_COTS, group_name="baselines", partitions="student", kinds={"polars"},
              code_version="1")
 def baseline_cots(
     context: dg.AssetExecutionContext,

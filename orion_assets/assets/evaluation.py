@@ -7,7 +7,6 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import markdown_table, progress_logger
-from orion_assets.io.partitions import benchmark_model_partitions, benchmark_of_pair, model_of_pair
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
@@ -130,11 +129,8 @@ LEADERBOARD = TableSpec(
 @orion_asset(
     BENCHMARK_PREDICTIONS,
     group_name="evaluation",
-    partitions_def=benchmark_model_partitions,
-    ins={
-        "benchmark_problems": dg.AssetIn(partition_mapping=benchmark_of_pair),
-        "student_checkpoint": dg.AssetIn(partition_mapping=model_of_pair),
-    },
+    partitions="benchmark_model",
+    ins={"benchmark_problems": "benchmark_of_pair", "student_checkpoint": "model_of_pair"},
     kinds={"transformers"},
     code_version="3",
 )
@@ -185,7 +181,7 @@ def benchmark_predictions(
     return published
 
 
-@orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions_def=benchmark_model_partitions,
+@orion_asset(BENCHMARK_SCORES, group_name="evaluation", partitions="benchmark_model",
              kinds={"polars"}, code_version="4")
 def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, benchmark_predictions: Table) -> Rows:
     """pass@1 (mean over k, with standard error), maj@k, unbiased pass@k, mean tokens and

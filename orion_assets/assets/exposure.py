@@ -7,7 +7,6 @@ import polars as pl
 
 from orion_assets.ids import content_id
 from orion_assets.io.metadata import percentiles, progress_logger
-from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
@@ -57,7 +56,7 @@ STUDENT_ERRORS = TableSpec(
 )
 
 
-@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", partitions_def=student_partitions, kinds={"transformers"},
+@orion_asset(STUDENT_ATTEMPTS, group_name="exposure", partitions="student", kinds={"transformers"},
              code_version="3")
 def student_attempts(
     context: dg.AssetExecutionContext, orion: OrionResource, train_problems: Table, student_base_model: Table
@@ -92,7 +91,7 @@ def student_attempts(
     return Rows((pl.DataFrame(chunk, schema=STUDENT_ATTEMPTS.columns) for chunk in records), metadata)
 
 
-@orion_asset(STUDENT_ERRORS, group_name="exposure", partitions_def=student_partitions, code_version="2")
+@orion_asset(STUDENT_ERRORS, group_name="exposure", partitions="student", code_version="2")
 def student_errors(context: dg.AssetExecutionContext, orion: OrionResource, student_attempts: Table) -> Rows:
     """The student's wrong, unanswered, truncated and looping attempts (``ERROR_TYPES``): what self-reflection will
     look at."""

@@ -5,7 +5,6 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.metadata import markdown_table
-from orion_assets.io.partitions import benchmark_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, TableSpec, described, orion_asset
 from orion_assets.method import problems
@@ -44,7 +43,7 @@ TRAIN_PROBLEMS = TableSpec("train_problems", described(problems.PROBLEM_SCHEMA, 
 }, table="train_problems"), id="problem_id")
 
 
-@orion_asset(BENCHMARK_PROBLEMS, group_name="problems", partitions_def=benchmark_partitions, kinds={"polars"},
+@orion_asset(BENCHMARK_PROBLEMS, group_name="problems", partitions="benchmark", kinds={"polars"},
              code_version="1", tags={"layer": "source"})
 def benchmark_problems(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
     """One benchmark's problems with normalized gold answers (a deterministic sample in small profiles)."""

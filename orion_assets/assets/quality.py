@@ -6,8 +6,8 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.ids import content_id
+from orion_assets.io.blueprint import blueprint
 from orion_assets.io.metadata import percentiles, progress_logger
-from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
 from orion_assets.llm import GenerationRequest, sampling_params
@@ -99,7 +99,7 @@ def _quality_id(student, variant, cot_table, teacher_cot_id, refined_cot_id, bas
 
 
 # 7: baselines; teacher_sft draws on the teacher CoTs of every problem exposure reached (refined or not)
-@orion_asset(COT_QUALITY, group_name="quality", partitions_def=student_partitions, kinds={"polars"}, code_version="7")
+@orion_asset(COT_QUALITY, group_name="quality", partitions="student", kinds={"polars"}, code_version="7")
 def cot_quality(
     context: dg.AssetExecutionContext,
     orion: OrionResource,
@@ -245,8 +245,8 @@ def _judge_scores(context, cfg, judge, frame: pl.DataFrame, train_problems: Tabl
     ]
 
 
-@dg.asset_check(asset=cot_quality, partitions_def=student_partitions,
-                description="Great Expectations suite per variant on the candidate SFT CoTs")
+@blueprint(dg.asset_check, asset=COT_QUALITY.name, partitions="student",
+           description="Great Expectations suite per variant on the candidate SFT CoTs")
 def quality_gate(context: dg.AssetCheckExecutionContext, orion: OrionResource, cot_quality: Table) -> dg.AssetCheckResult:
     """Gate each training variant of one student's ``cot_quality`` on dataset-level expectations (GX 1.x); the
     rules are in the README ("The quality gate"). The check fails when any variant fails, but does not block:

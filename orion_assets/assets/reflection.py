@@ -4,7 +4,6 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.io.metadata import percentiles, progress_logger
-from orion_assets.io.partitions import student_partitions
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.llm import sampling_params
@@ -52,7 +51,7 @@ REFINED_COTS = TableSpec(
 
 # 3: per student; rewrite_thinking; a teacher rewrite trains on its solution; teacher_samples; exposure-failed
 # problems left out
-@orion_asset(REFINED_COTS, group_name="reflection", partitions_def=student_partitions, kinds={"transformers"},
+@orion_asset(REFINED_COTS, group_name="reflection", partitions="student", kinds={"transformers"},
              code_version="3")
 def refined_cots(
     context: dg.AssetExecutionContext,

@@ -10,6 +10,7 @@ import dagster as dg
 
 from orion_assets.assets import evaluation, exposure, problems, quality, reflection, teacher, training
 from orion_assets.ids import content_id
+from orion_assets.io.blueprint import Blueprint
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, orion_asset
 from orion_assets.store.queries import Query, load_queries, run_query
@@ -34,7 +35,7 @@ REFRESH = (
 ).with_label("eager, once every table it reads has rows")
 
 
-def statistics_asset(query: Query) -> dg.AssetsDefinition:
+def statistics_asset(query: Query) -> Blueprint:
     """The asset of ``sql/<name>.sql``: downstream of every table the file reads."""
     name = query.name
     unknown = sorted(query.tables - SPECS.keys())

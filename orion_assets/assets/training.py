@@ -12,14 +12,6 @@ from orion_assets.assets.quality import COT_QUALITY
 from orion_assets.ids import content_id
 from orion_assets.io import serving
 from orion_assets.io.metadata import percentiles
-from orion_assets.io.partitions import (
-    model_partitions,
-    sft_partitions,
-    sft_to_model,
-    student_partitions,
-    student_to_model,
-    student_to_sft,
-)
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
@@ -29,8 +21,8 @@ from orion_assets.method.partition_keys import SEPARATOR, parse_model_key
 from orion_assets.method.quality import common
 from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
-from orion_assets.profiles import load_profile
 from orion_assets.profiles.k8s import sft_op_tags
+from orion_assets.profiles.schema import OrionConfig
 from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
@@ -57,7 +49,7 @@ STUDENT_BASE_MODEL = TableSpec(
 )
 
 
-@orion_asset(STUDENT_BASE_MODEL, group_name="training", partitions_def=student_partitions, kinds={"transformers"},
+@orion_asset(STUDENT_BASE_MODEL, group_name="training", partitions="student", kinds={"transformers"},
              code_version="3")
 def student_base_model(context: dg.AssetExecutionContext, orion: OrionResource) -> Rows:
     """One student before any SFT: built tiny and random (tiny profile), converted from a GGUF file, or
@@ -155,14 +147,15 @@ STUDENT_CHECKPOINT = TableSpec(
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},
     partition_by=("student", "variant", "seed"),
 )
-# [sft.k8s] of the profile in ORION_PROFILE when the definitions load: the SFT step's pod on Kubernetes.
-SFT_OP_TAGS = sft_op_tags(load_profile().config.sft.k8s)
 
 
-@orion_asset(SFT_DATASET, group_name="training", partitions_def=sft_partitions, kinds={"parquet"},
-             ins={"cot_quality": dg.AssetIn(partition_mapping=student_to_sft),
-                  "refined_cots": dg.AssetIn(partition_mapping=student_to_sft),
-                  "baseline_cots": dg.AssetIn(partition_mapping=student_to_sft)},
+def sft_step_tags(config: OrionConfig) -> dict:
+    """The SFT step's op tags: its pod on Kubernetes, from the profile's ``[sft.k8s]``."""
+    return sft_op_tags(config.sft.k8s)
+
+
+@orion_asset(SFT_DATASET, group_name="training", partitions="sft", kinds={"parquet"},
+             ins={"cot_quality": "student_to_sft", "refined_cots": "student_to_sft", "baseline_cots": "student_to_sft"},
              code_version="6")
 def sft_dataset(
     context: dg.AssetExecutionContext,
@@ -220,11 +213,10 @@ def _written_to(parquet: Path, frames: Iterable[pl.DataFrame], nothing: Callable
     partial.replace(parquet)
 
 
-@orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions_def=model_partitions, kinds={"transformers"},
-             ins={"sft_dataset": dg.AssetIn(partition_mapping=sft_to_model),
-                  "student_base_model": dg.AssetIn(partition_mapping=student_to_model),
-                  "cot_quality": dg.AssetIn(partition_mapping=student_to_model)},
-             code_version="4", op_tags=SFT_OP_TAGS)
+@orion_asset(STUDENT_CHECKPOINT, group_name="training", partitions="model", kinds={"transformers"},
+             ins={"sft_dataset": "sft_to_model", "student_base_model": "student_to_model",
+                  "cot_quality": "student_to_model"},
+             code_version="4", op_tags=sft_step_tags)
 def student_checkpoint(
     context: dg.AssetExecutionContext,
     orion: OrionResource,

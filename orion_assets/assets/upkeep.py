@@ -4,7 +4,6 @@ with its ``[store.upkeep]`` ages) and its schedule, running only when ``[store.u
 import dagster as dg
 
 from orion_assets.io.resource import OrionResource
-from orion_assets.profiles import load_profile
 from orion_assets.profiles.upkeep import UpkeepSection
 from orion_assets.store.upkeep import maintain
 
@@ -37,5 +36,3 @@ def upkeep_schedule(settings: UpkeepSection) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(name="lake_upkeep_schedule", job=lake_upkeep, cron_schedule=settings.schedule,
                                  execution_timezone="UTC", default_status=status)
 
-
-lake_upkeep_schedule = upkeep_schedule(load_profile().config.store.upkeep)

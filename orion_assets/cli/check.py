@@ -11,14 +11,14 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
+from orion_assets.cli.common import data_dir_of, definitions, profile_of, selectable_keys, unknown_assets
 from orion_assets.cli.preflight.context import HTTP_TIMEOUT_S, Context
 from orion_assets.cli.preflight.endpoints import check_endpoint
 from orion_assets.cli.preflight.inputs import check_profile, check_store, check_student_model, check_train_sources
 from orion_assets.cli.preflight.machine import check_cuda, check_disk
 from orion_assets.cli.preflight.plan import plan_lines, problems_planned, stages
 from orion_assets.cli.preflight.report import Report
-from orion_assets.profiles import Profile, load_profile
+from orion_assets.profiles import Profile
 from orion_assets.vocabulary import ROLES
 
 
@@ -44,10 +44,10 @@ def run_preflight(profile: Profile, data_dir: Path, selection: Iterable[str] | N
 
 
 def check(args: argparse.Namespace) -> int:
-    apply_env(args)
-    profile = load_profile()
+    profile = profile_of(args)
     if args.select:
-        unknown = unknown_assets(args.select, selectable_keys(definitions().resolve_asset_graph()))
+        graph = definitions(profile, data_dir_of(args)).resolve_asset_graph()
+        unknown = unknown_assets(args.select, selectable_keys(graph))
         if unknown:
             print(f"orion check: unknown asset(s): {', '.join(unknown)}", file=sys.stderr)
             return 2

@@ -26,12 +26,9 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("ORION_DATA_DIR", "data")).expanduser().resolve()
 
 
-def apply_env(args: argparse.Namespace) -> None:
-    """``--profile`` and ``--data-dir`` as the environment variables the assets read."""
-    if getattr(args, "profile", None):
-        os.environ["ORION_PROFILE"] = args.profile
-    if args.data_dir:
-        os.environ["ORION_DATA_DIR"] = str(data_dir_of(args))
+def profile_of(args: argparse.Namespace) -> Profile:
+    """The profile ``--profile`` names (where the command has it), else ``$ORION_PROFILE``, else the default."""
+    return load_profile(getattr(args, "profile", None))
 
 
 def open_store(args: argparse.Namespace, command: str, profile: Profile | None = None) -> BaseStore:
@@ -40,22 +37,24 @@ def open_store(args: argparse.Namespace, command: str, profile: Profile | None =
     data_dir = data_dir_of(args)
     if profile is None:
         try:
-            profile = load_profile()
+            profile = profile_of(args)
         except ProfileError as exc:
             print(f"orion {command}: {exc}; reading the DuckDB file in {data_dir}", file=sys.stderr)
     return store_for(profile.config.store if profile is not None else None, data_dir)
 
 
-def definitions():
-    """``orion_assets.definitions.defs``, without Dagster's beta-API warnings (for developers, not users)."""
+def definitions(profile: Profile, data_dir: Path):
+    """The definitions built for ``profile`` (``build_definitions``), without Dagster's beta-API warnings (for
+    developers, not users)."""
     # Deferred: dagster and every asset take seconds to import; orion sql/report and a plain orion check skip them.
     import dagster as dg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        from orion_assets.definitions import defs
-    return defs
+        from orion_assets.definitions import build_definitions
+
+        return build_definitions(profile, data_dir)
 
 
 def selectable_keys(graph) -> list:

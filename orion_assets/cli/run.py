@@ -15,11 +15,11 @@ import psutil
 
 from orion_assets.cli import console
 from orion_assets.cli.check import run_preflight
-from orion_assets.cli.common import apply_env, data_dir_of, definitions, selectable_keys, unknown_assets
+from orion_assets.cli.common import data_dir_of, definitions, profile_of, selectable_keys, unknown_assets
 from orion_assets.cli.failures import gate_query, report_checks, report_failure
 from orion_assets.method.partition_keys import why_not_made
 from orion_assets.method.variants import skipped_variants, unused_endpoint_variants
-from orion_assets.profiles import Profile, load_profile
+from orion_assets.profiles import Profile
 from orion_assets.vocabulary import PARTITION_SEPARATOR as SEPARATOR
 
 
@@ -113,9 +113,8 @@ def _cpu_seconds() -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_env(args)
     out, err = sys.stdout, sys.stderr
-    profile = load_profile()
+    profile = profile_of(args)
     data_dir = data_dir_of(args)
     # From here on library warnings and log records go to the run's log file, not the terminal.
     log_path = data_dir / "logs" / f"orion-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -149,7 +148,7 @@ def _run(args: argparse.Namespace, profile: Profile, data_dir: Path, log_path: P
     import dagster as dg
     from transformers.utils import logging as hf_logging
 
-    defs = definitions()
+    defs = definitions(profile, data_dir)
 
     hf_logging.disable_progress_bar()
     instance = _instance()

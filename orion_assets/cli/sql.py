@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from orion_assets.cli.common import data_dir_of, open_store
+from orion_assets.cli.common import data_dir_of, open_store, profile_of
 from orion_assets.method.evaluation.report import build_report, prices_of
-from orion_assets.profiles import ProfileError, load_profile
+from orion_assets.profiles import ProfileError
 from orion_assets.store import store_in
 from orion_assets.store.ducklake import StoreError
 from orion_assets.store.vocabulary import provide_vocabulary
@@ -93,7 +93,7 @@ def report(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
     out_dir = Path(args.out).expanduser().resolve() if args.out else data_dir / "reports"
     try:  # the active profile's prices turn tokens into dollars, its [store] says where the tables are
-        profile = load_profile()
+        profile = profile_of(args)
     except ProfileError:
         profile = None
     prices = prices_of(profile.config) if profile is not None else None

@@ -1,10 +1,10 @@
-"""Partition definitions shared by the assets, built from what the active profile makes.
+"""Partition definitions shared by the assets, built from what a profile makes.
 
 Dagster's multi-partitions have two dimensions, and a comparison has four axes (benchmark, student, variant,
 seed). The benchmark stays a dimension of its own, so per-benchmark backfills work from the UI; the other three
 are joined with ``/`` into one key: ``student`` (``tiny``), ``student/variant`` (``tiny/orion``, the SFT data)
-and ``student/variant/seed`` (``tiny/orion/0``, a checkpoint). The keys come from the profile in
-``ORION_PROFILE`` when the definitions load (README, "Partitions"), and hold only what it makes: its
+and ``student/variant/seed`` (``tiny/orion/0``, a checkpoint). The keys come from the profile the definitions
+are built for (``orion_assets.definitions.build_definitions``), and hold only what it makes: its
 ``[data] benchmarks``, its students, ``base`` and the trained variants it makes (``made_variants``), each
 with its seeds (``orion_assets.method.partition_keys``). :func:`partitions_of` builds them from any profile's
 config.
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import dagster as dg
 
 from orion_assets.method.partition_keys import SEPARATOR, benchmarks_of, model_keys, sft_keys, students_of
-from orion_assets.profiles import load_profile
 from orion_assets.profiles.schema import OrionConfig
 
 
@@ -42,6 +41,9 @@ class Partitions:
     student_to_sft: dg.StaticPartitionMapping
     student_to_model: dg.StaticPartitionMapping
     sft_to_model: dg.StaticPartitionMapping
+    # A (benchmark, model) pair reads its benchmark's problems and its model's checkpoint.
+    benchmark_of_pair: dg.PartitionMapping = dg.MultiToSingleDimensionPartitionMapping("benchmark")
+    model_of_pair: dg.PartitionMapping = dg.MultiToSingleDimensionPartitionMapping("model")
 
 
 def partitions_of(config: OrionConfig) -> Partitions:
@@ -60,17 +62,3 @@ def partitions_of(config: OrionConfig) -> Partitions:
         student_to_model=_by_upstream((key.split(SEPARATOR)[0], key) for key in models),
         sft_to_model=_by_upstream((SEPARATOR.join(key.split(SEPARATOR)[:2]), key) for key in models),
     )
-
-
-# The active profile's, which the assets are declared with.
-ACTIVE = partitions_of(load_profile().config)
-benchmark_partitions = ACTIVE.benchmark
-student_partitions = ACTIVE.student
-sft_partitions = ACTIVE.sft
-model_partitions = ACTIVE.model
-benchmark_model_partitions = ACTIVE.benchmark_model
-student_to_sft = ACTIVE.student_to_sft
-student_to_model = ACTIVE.student_to_model
-sft_to_model = ACTIVE.sft_to_model
-benchmark_of_pair = dg.MultiToSingleDimensionPartitionMapping("benchmark")
-model_of_pair = dg.MultiToSingleDimensionPartitionMapping("model")

@@ -5,7 +5,6 @@ Rows reach the store through the I/O manager (:mod:`orion_assets.io.io_manager`)
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import dagster as dg
 from orion_assets.io import serving
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
-from orion_assets.profiles import DEFAULT_PROFILE, Profile, load_profile
+from orion_assets.profiles import Profile, load_profile
 from orion_assets.store import BaseStore, store_for
 
 PREVIEW_ROWS = 10
@@ -32,17 +31,14 @@ def _mtime(ref: str) -> float:
 
 
 class OrionResource(dg.ConfigurableResource):
-    """Which profile is active and where its data lives (``$ORION_DATA_DIR``, default ``data/``)."""
+    """Which profile is active and where its data lives (``data_dir``, default ``data/``)."""
 
-    profile: str = DEFAULT_PROFILE
+    profile: str  # the profile's file: a step in another process loads it again from there
     data_dir: str = "data"
 
     @classmethod
-    def from_env(cls) -> OrionResource:
-        return cls(
-            profile=os.environ.get("ORION_PROFILE", DEFAULT_PROFILE),
-            data_dir=os.environ.get("ORION_DATA_DIR", "data"),
-        )
+    def of(cls, profile: Profile, data_dir: str | Path = "data") -> OrionResource:
+        return cls(profile=str(profile.path), data_dir=str(data_dir))
 
     @property
     def active(self) -> Profile:

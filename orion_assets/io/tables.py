@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import polars as pl
 
+from orion_assets.io.blueprint import Blueprint, blueprint
 from orion_assets.store.columns import Column, col, described, dtypes
 
 if TYPE_CHECKING:
@@ -116,9 +117,10 @@ def lineage_links(assets: Iterable[dg.AssetsDefinition]) -> list[tuple[str, str,
     return links
 
 
-def orion_asset(spec: TableSpec, **asset_kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+def orion_asset(spec: TableSpec, **asset_kwargs: Any) -> Callable[[Callable[..., Any]], Blueprint]:
     """``@dg.asset`` for an asset whose rows are ``spec``'s table: its inputs are its parameters
-    (upstream tables, loaded as :class:`Table` by the I/O manager), its output is :class:`Rows`."""
+    (upstream tables, loaded as :class:`Table` by the I/O manager), its output is :class:`Rows`. What depends
+    on the profile is named, not given (``partitions``, ``ins``, ``op_tags``: :func:`blueprint`)."""
     kinds = {"duckdb", *asset_kwargs.pop("kinds", ())}
     metadata = {
         SPEC_METADATA_KEY: spec.to_metadata(),
@@ -126,12 +128,8 @@ def orion_asset(spec: TableSpec, **asset_kwargs: Any) -> Callable[[Callable[...,
         COLUMN_SCHEMA_KEY: spec.column_schema(),
         **asset_kwargs.pop("metadata", {}),
     }
-
-    def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
-        return dg.asset(name=spec.name, io_manager_key=IO_MANAGER_KEY, kinds=kinds, metadata=metadata,
-                        **asset_kwargs)(fn)
-
-    return decorate
+    return blueprint(dg.asset, name=spec.name, io_manager_key=IO_MANAGER_KEY, kinds=kinds, metadata=metadata,
+                     **asset_kwargs)
 
 
 @dataclass

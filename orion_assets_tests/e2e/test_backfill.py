@@ -19,10 +19,10 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 
-from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets_tests.conftest import REPO, lineage_walk
+from orion_assets_tests.graph import all_assets
 from orion_devtools.services import PG_USER, free_port, lake_store_section
 
 pytestmark = pytest.mark.slow

@@ -16,13 +16,13 @@ import duckdb
 import polars as pl
 import pytest
 
-from orion_assets.definitions import defs
 from orion_assets.ids import content_id
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method.problems import load_benchmark
 from orion_assets.store import Store
 from orion_assets_tests.conftest import lineage_walk
+from orion_assets_tests.graph import defs
 
 # Every test here reads the whole tiny graph, run once per session (minutes).
 pytestmark = pytest.mark.slow

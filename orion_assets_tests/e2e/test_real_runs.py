@@ -29,17 +29,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.assets.exposure import student_attempts, student_errors
-from orion_assets.assets.problems import train_problems
-from orion_assets.assets.reflection import refined_cots
-from orion_assets.assets.teacher import teacher_cots
-from orion_assets.assets.training import student_base_model
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method import prompts
 from orion_assets.method.exposure import ERROR_PRIORITY
 from orion_assets.store import Store
 from orion_assets_tests.conftest import gsm8k_train_rows, materialize_each
+from orion_assets_tests.graph import refined_cots, student_attempts, student_base_model, student_errors, teacher_cots, train_problems
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
 ASSETS = [train_problems, student_base_model, teacher_cots, student_attempts, student_errors, refined_cots]

@@ -8,9 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.assets.baselines import baseline_cots
 from orion_assets.assets.quality import candidates
-from orion_assets.definitions import all_assets
 from orion_assets.ids import content_id
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
@@ -22,6 +20,7 @@ from orion_assets.profiles.sft import SFTSection
 from orion_assets.store import Store
 from orion_assets.training import TrainParams, config_hash
 from orion_assets.vocabulary import BASELINES, TRAINING_VARIANTS, VARIANTS
+from orion_assets_tests.graph import all_assets, baseline_cots
 
 TEACHER_COTS = pl.DataFrame({
     "teacher_cot_id": ["b1", "a1", "a0", "c0", "d1"],

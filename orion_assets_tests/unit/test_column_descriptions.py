@@ -9,7 +9,6 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.definitions import defs
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import SPEC_METADATA_KEY, Rows, TableSpec, col, described, orion_asset
@@ -17,6 +16,7 @@ from orion_assets.llm import cache
 from orion_assets.method.quality.verdicts import GATE_SCHEMA, append_verdicts
 from orion_assets.store import SCHEMA, store_in
 from orion_assets_tests.conftest import REPO_ROOT
+from orion_assets_tests.graph import defs
 from orion_devtools import tables_doc
 
 
@@ -92,7 +92,7 @@ def toy_described() -> Rows:
 
 def test_a_materialization_shows_the_descriptions_too(orion):
     """The I/O manager's column schema (which the UI shows once an asset has run) keeps the spec's descriptions."""
-    result = dg.materialize([toy_described], resources=resources_for(orion))
+    result = dg.materialize([toy_described.build()], resources=resources_for(orion))
     (materialization,) = result.asset_materializations_for_node("toy_described")
     columns = materialization.metadata["dagster/column_schema"].schema.columns
     assert [(c.name, c.type, c.description) for c in columns] == [("toy_id", "String", "the toy's id"),

@@ -11,8 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from orion_assets.assets.training import sft_dataset, sft_parquet
-from orion_assets.definitions import all_assets
+from orion_assets.assets.training import sft_parquet
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method.evaluation.report import build_report
@@ -26,6 +25,7 @@ from orion_assets.profiles.schema import QualityConfig
 from orion_assets.profiles.sft import SFTSection
 from orion_assets.store import Store
 from orion_assets.training import TrainParams, config_hash
+from orion_assets_tests.graph import all_assets, sft_dataset
 
 
 def _rows(kept: dict[str, list[str]], dropped: dict[str, list[str]] | None = None) -> pl.DataFrame:

@@ -22,15 +22,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.assets.evaluation import benchmark_predictions, benchmark_scores
-from orion_assets.assets.problems import benchmark_problems
-from orion_assets.assets.training import checkpoint_row, student_base_model
-from orion_assets.definitions import all_assets
+from orion_assets.assets.training import checkpoint_row
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method.evaluation.scoring import score_predictions
 from orion_assets.method.partition_keys import model_key
 from orion_assets.store import Store
+from orion_assets_tests.graph import all_assets, benchmark_predictions, benchmark_problems, benchmark_scores, student_base_model
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
 BASE_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"

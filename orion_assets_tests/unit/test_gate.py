@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from orion_assets.definitions import all_assets
 from orion_assets.method.problems import ContaminationIndex, all_benchmarks
 from orion_assets.method.quality import embedding, lexical
 from orion_assets.method.quality.gate import EXPECTATION_NAMES, run_gate
@@ -21,6 +20,7 @@ from orion_assets.method.quality.results import GateResult
 from orion_assets.method.quality.rules import DROP_REASONS, row_drop_reasons
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
+from orion_assets_tests.graph import all_assets
 
 TRAIN = PACKAGE_DATA_DIR / "train"
 # The clean rows (real GSM8K and short AIME solutions) stay under max_tokens; the long one not.
@@ -496,12 +496,11 @@ def _teacher_cots_of(table: pl.DataFrame) -> pl.DataFrame:
 def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path, write_profile) -> None:
     import dagster as dg
 
-    from orion_assets.assets.quality import quality_gate
-    from orion_assets.assets.training import sft_dataset
     from orion_assets.io.io_manager import resources_for
     from orion_assets.io.resource import OrionResource
     from orion_assets.method.quality.verdicts import GATE_TABLE, latest_gate_verdict
     from orion_assets.store import Store
+    from orion_assets_tests.graph import quality_gate, sft_dataset
 
     profile = write_profile("[quality]\nmin_tokens = 8\nmax_tokens = 768\n")
     data_dir = tmp_path / "data"
@@ -529,10 +528,8 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
         "failed_expectations": "[]", "failing_ids": "[]", "checked_at": datetime(2025, 1, 1, tzinfo=UTC)}]))
     assert verdict("teacher_sft")[0] is False  # the gate has not run on this materialization
 
-    from orion_assets.io.partitions import student_partitions
-
     job = dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks_for_assets("cot_quality"),
-                              partitions_def=student_partitions)
+                              partitions_def=quality_gate.partitions_def)
     defs = dg.Definitions(assets=all_assets, asset_checks=[quality_gate], jobs=[job],
                           resources=resources_for(orion))
     with dg.instance_for_test() as instance:
@@ -598,11 +595,11 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     import dagster as dg
 
     from orion_assets.assets.baselines import BASELINE_COTS
-    from orion_assets.assets.quality import cot_quality
     from orion_assets.io.io_manager import resources_for
     from orion_assets.io.resource import OrionResource
     from orion_assets.method.evaluation.report import build_report, quality_frame
     from orion_assets.store import Store
+    from orion_assets_tests.graph import cot_quality
 
     with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
         records = [json.loads(line) for _, line in zip(range(6), handle)]

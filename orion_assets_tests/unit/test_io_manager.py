@@ -5,12 +5,12 @@ import duckdb
 import polars as pl
 import pytest
 
-from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, lineage_links, orion_asset
 from orion_assets.store import OLD_STORE_FILE, STORE_FILE, store_in
 from orion_assets_tests.conftest import gsm8k_train_rows
+from orion_assets_tests.graph import all_assets
 
 PARENT = TableSpec("toy_parent", {"parent_id": pl.Utf8, "group": pl.Utf8, "n": pl.Int64}, id="parent_id")
 CHILD = TableSpec("toy_child", {"child_id": pl.Utf8, "parent_id": pl.Utf8, "part": pl.Utf8, "n": pl.Int64},
@@ -55,7 +55,7 @@ def orion(orion_env) -> OrionResource:
 
 def run(orion: OrionResource, selection: str, partition: str | None = None, **config) -> dg.ExecuteInProcessResult:
     run_config = {"ops": {"toy_parent": {"config": config}}} if config else None
-    return dg.materialize([toy_parent, toy_child], selection=[selection], partition_key=partition,
+    return dg.materialize([toy_parent.build(), toy_child.build()], selection=[selection], partition_key=partition,
                           resources=resources_for(orion), run_config=run_config, raise_on_error=False)
 
 
@@ -110,7 +110,7 @@ def test_rows_that_break_the_spec_are_refused_naming_the_columns(orion):
     def toy_bad() -> Rows:
         return Rows(pl.DataFrame({"a": [1], "c": ["x"]}))
 
-    result = dg.materialize([toy_bad], resources=resources_for(orion), raise_on_error=False)
+    result = dg.materialize([toy_bad.build()], resources=resources_for(orion), raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     cause = failure.step_failure_data.error.cause.message

@@ -143,7 +143,7 @@ def test_the_schedule_is_stopped_unless_enabled(write_profile, monkeypatch):
     on = upkeep_schedule(load_profile(str(profile)).config.store.upkeep)
     assert on.default_status == dg.DefaultScheduleStatus.RUNNING and on.cron_schedule == "30 4 * * 0"
 
-    from orion_assets.definitions import defs
+    from orion_assets_tests.graph import defs
 
     assert defs.resolve_job_def("lake_upkeep").name == "lake_upkeep"
     assert defs.resolve_schedule_def("lake_upkeep_schedule").default_status == dg.DefaultScheduleStatus.STOPPED

@@ -70,19 +70,49 @@ def test_seeds_variants_and_benchmarks_chosen_by_a_profile(write_profile) -> Non
         "tiny/orion": ["tiny/orion/3", "tiny/orion/4"]}
 
 
-def test_the_loaded_definitions_follow_orion_profile() -> None:
-    """What the module builds at import from ``ORION_PROFILE`` (tiny in the tests) is tiny's."""
-    tiny = partitions.partitions_of(load_profile("tiny").config)
-    assert os.environ["ORION_PROFILE"] == "tiny"
-    for name in ("benchmark", "student", "sft", "model", "benchmark_model"):
-        assert _keys(getattr(partitions.ACTIVE, name)) == _keys(getattr(tiny, name)), name
-    assert partitions.benchmark_model_partitions is partitions.ACTIVE.benchmark_model
+def test_two_profiles_build_their_own_definitions_in_one_process(write_profile) -> None:
+    """The profile is a value (issue 29): tiny's and a paper-like profile's definitions, built side by side in one
+    process, each hold what their own profile makes (partitions, SFT pod tags, schedule) and a resource naming
+    their own profile and data folder; building one changes nothing of the other."""
+    import dagster as dg
+
+    from orion_assets.definitions import build_definitions
+
+    paper = load_profile(str(write_profile("""
+        [sft.k8s.container_config.resources]
+        limits = { "nvidia.com/gpu" = 2 }
+        [store.upkeep]
+        enabled = true
+        """, name="paper_k8s.toml", extends="paper")))
+    tiny_defs = build_definitions(load_profile("tiny"), "/data/tiny")
+    paper_defs = build_definitions(paper, "/data/paper")
+
+    def keys(defs: dg.Definitions, asset: str) -> list[str]:
+        return _keys(defs.resolve_asset_graph().get(dg.AssetKey(asset)).partitions_def)
+
+    student = "qwen2.5-1.5b-instruct"
+    assert keys(paper_defs, "sft_dataset") == [f"{student}/{v}" for v in (
+        "base", "teacher_sft", "orion", "orion_no_error", "orion_no_reflection", "rft", "short_cot", "mix_long")]
+    assert len(keys(paper_defs, "benchmark_predictions")) == 4 * 8
+    assert keys(tiny_defs, "sft_dataset") == [f"tiny/{v}" for v in TINY_MADE]
+    assert len(keys(tiny_defs, "benchmark_predictions")) == 16
+    assert "nvidia.com/gpu" in json.dumps(paper_defs.resolve_assets_def("student_checkpoint").op.tags)
+    assert "nvidia.com/gpu" not in json.dumps(tiny_defs.resolve_assets_def("student_checkpoint").op.tags)
+    status = {name: defs.resolve_schedule_def("lake_upkeep_schedule").default_status
+              for name, defs in (("tiny", tiny_defs), ("paper", paper_defs))}
+    assert status == {"tiny": dg.DefaultScheduleStatus.STOPPED, "paper": dg.DefaultScheduleStatus.RUNNING}
+    assert (tiny_defs.resources["orion"].profile, tiny_defs.resources["orion"].data_dir) == (
+        str(load_profile("tiny").path), "/data/tiny")
+    assert (paper_defs.resources["orion"].active.name, paper_defs.resources["orion"].data_dir) == (
+        paper.name, "/data/paper")
+    assert keys(build_definitions(load_profile("tiny")), "benchmark_predictions") == keys(
+        tiny_defs, "benchmark_predictions")
 
 
 def test_the_code_location_loaded_with_tiny_shows_only_what_tiny_makes() -> None:
     code = ("import json, warnings; warnings.simplefilter('ignore')\n"
             "from orion_assets.definitions import defs\n"
-            "graph = defs.resolve_asset_graph()\n"
+            "graph = defs().resolve_asset_graph()  # what dagster loads: the profile in ORION_PROFILE\n"
             "print(json.dumps({k.to_user_string(): [str(p) for p in graph.get(k).partitions_def.get_partition_keys()]"
             " for k in graph.toposorted_asset_keys if graph.get(k).partitions_def is not None}))")
     env = {**os.environ, "ORION_PROFILE": "tiny"}
@@ -121,10 +151,10 @@ def test_a_variant_the_profile_cannot_make_has_no_partition_and_the_asset_still_
     ``test_a_variant_the_profile_cannot_make_is_refused_with_its_reason``, which launched the partition.)"""
     import dagster as dg
 
-    from orion_assets.assets.training import _refuse_unless_gated, sft_dataset, student_checkpoint
-    from orion_assets.definitions import all_assets
+    from orion_assets.assets.training import _refuse_unless_gated
     from orion_assets.io.io_manager import resources_for
     from orion_assets.io.resource import OrionResource
+    from orion_assets_tests.graph import all_assets, sft_dataset, student_checkpoint
 
     orion = OrionResource(profile="tiny", data_dir=str(orion_env["data_dir"]))
     resources = {**resources_for(orion), "pipes_subprocess_client": dg.PipesSubprocessClient()}

@@ -10,10 +10,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from orion_assets.assets.problems import benchmark_problems, train_problems
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.store import Store
+from orion_assets_tests.graph import benchmark_problems, train_problems
 
 REPO = Path(__file__).resolve().parents[2]
 FULL_SIZES = {"gsm_hard": 1319, "math500": 500, "aime24": 30, "amc23": 40}

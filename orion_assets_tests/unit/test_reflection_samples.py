@@ -10,16 +10,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.assets.baselines import baseline_cots
-from orion_assets.assets.quality import cot_quality
-from orion_assets.assets.reflection import refined_cots
-from orion_assets.definitions import all_assets
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.llm.replay_backend import gsm8k_to_cot
 from orion_assets.method.quality import embedding
 from orion_assets.records import PACKAGE_DATA
 from orion_assets.store import Store
+from orion_assets_tests.graph import all_assets, baseline_cots, cot_quality, refined_cots
 
 # What the student did when exposed to each problem: (finish_reason, correct) per attempt.
 EXPOSURE = {

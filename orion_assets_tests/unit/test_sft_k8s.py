@@ -1,5 +1,6 @@
-"""[sft.k8s]: the student_checkpoint asset's ``dagster-k8s/config`` op tag comes from the profile in
-ORION_PROFILE when the definitions load; a value dagster-k8s could not take is refused naming the key."""
+"""[sft.k8s]: the student_checkpoint asset's ``dagster-k8s/config`` op tag comes from the profile the definitions
+are built for (``ORION_PROFILE`` when dagster loads them); a value dagster-k8s could not take is refused naming
+the key."""
 
 import json
 import os
@@ -42,7 +43,7 @@ def test_the_profile_tags_reach_the_student_checkpoint_asset_when_the_definition
     code = (
         "import json\n"
         "from orion_assets.definitions import defs\n"
-        "tags = {key: defs.resolve_assets_def(key).op.tags for key in ('student_checkpoint', 'sft_dataset')}\n"
+        "tags = {key: defs().resolve_assets_def(key).op.tags for key in ('student_checkpoint', 'sft_dataset')}\n"
         "print(json.dumps(tags))\n"
     )
     env = {**os.environ, "ORION_PROFILE": str(profile), "ORION_DATA_DIR": str(tmp_path / "data"),

@@ -20,7 +20,6 @@ from polars.testing import assert_frame_equal
 
 from orion_assets.assets import statistics
 from orion_assets.cli.main import main
-from orion_assets.definitions import all_assets, defs
 from orion_assets.io.duckdb_resource import RESOURCE_KEY, duckdb_resource
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
@@ -28,6 +27,7 @@ from orion_assets.store import DuckLakeStore, Store
 from orion_assets.store.lock import file_lock
 from orion_assets.store.queries import SQL_DIR, tables_read
 from orion_assets_tests.conftest import materialize_each
+from orion_assets_tests.graph import all_assets, defs
 
 REPO = Path(__file__).resolve().parents[2]
 # What each file reads, by reading it.

@@ -10,14 +10,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from orion_assets.assets.problems import train_problems
-from orion_assets.assets.teacher import teacher_cots
-from orion_assets.assets.training import student_base_model
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.store import Store
 from orion_assets.training.student import build_tiny_student
 from orion_assets_tests.conftest import gsm8k_train_rows
+from orion_assets_tests.graph import student_base_model, teacher_cots, train_problems
 from orion_devtools.fault_server import FaultServer
 from orion_devtools.serve import served_model
 
