@@ -124,17 +124,16 @@ class Recorder:
 def _install(recorder: Recorder) -> None:
     import transformers
 
-    from orion_assets.assets import quality
     from orion_assets.io import tables
     from orion_assets.method import problems
-    from orion_assets.method.quality import embedding, gate, metrics, rules
+    from orion_assets.method.quality import candidates, embedding, gate, metrics, rules
     from orion_assets.store import base, file
 
     recorder.wrap(transformers.AutoTokenizer, "from_pretrained", "load the student's tokenizer")
     recorder.wrap(embedding, "load_embedder", "load the coherence embedder")
     recorder.wrap(problems.ContaminationIndex, "build", "build the contamination index")
     recorder.wrap(tables.Table, "rows_for", "read rows from the store (Table.rows_for)")
-    recorder.wrap(quality, "candidates", "candidates (concat, ids, hashes)")
+    recorder.wrap(candidates, "candidates", "candidates (concat, ids, hashes)")
     recorder.wrap(metrics, "cot_metrics", "cot_metrics (all but the two below)")
     recorder.wrap(metrics, "_token_counts", "cot_metrics: token counts (student tokenizer)")
     recorder.wrap_generator(metrics, "iter_coherence", "cot_metrics: coherence (encoder)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @lru_cache(maxsize=4)
@@ -37,3 +41,9 @@ def token_counter(tokenizer_path: str) -> Callable[[str], int]:
     return lambda text: count([text])[0]
 
 
+def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:
+    """``{"p10": ..., "p50": ..., "max": ...}`` of a numeric column (None when empty)."""
+    if column.len() == 0 or column.null_count() == column.len():
+        return {f"p{int(q * 100)}": None for q in qs} | {"max": None}
+    out = {f"p{int(q * 100)}": float(column.quantile(q, interpolation="nearest")) for q in qs}
+    return out | {"max": float(column.max())}

@@ -1,7 +1,9 @@
 """The student: its base weights, the SFT data per variant, and the checkpoint trained on it (TRL, in its own process)."""
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -23,12 +25,14 @@ from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles.k8s import sft_op_tags
 from orion_assets.profiles.schema import OrionConfig
+from orion_assets.store.columns import Column
 from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
-from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
+from orion_assets.training.checkpoints import RUN_COLUMNS, TRAINED_COLUMNS, ResultColumn, result_columns
 from orion_assets.training.config import plan_run
 from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
+from orion_assets.training.trainer import TrainResult
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 
 STUDENT_BASE_MODEL = TableSpec(
@@ -109,6 +113,28 @@ SFT_DATASET = TableSpec(
     parents={"cot_quality_id": "cot_quality"},
     partition_by=("student", "variant"),
 )
+#: A TrainResult field's type -> its student_checkpoint column's (:func:`result_spec`).
+RESULT_TYPES: dict[type, type[pl.DataType]] = {str: pl.Utf8, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
+
+
+def result_spec(columns: Mapping[str, ResultColumn]) -> dict[str, Column]:
+    """``columns`` as the table declares them, each with its description and the type of the ``TrainResult``
+    field it takes (``X | None``: a nullable X; a list field: a list of structs of its ``points``' fields)."""
+    hints = typing.get_type_hints(TrainResult)
+
+    def dtype(column: ResultColumn) -> pl.DataType | type[pl.DataType]:
+        annotation = hints[column.field]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: a nullable X
+            (annotation,) = (t for t in typing.get_args(annotation) if t is not type(None))
+        if annotation in RESULT_TYPES:
+            return RESULT_TYPES[annotation]
+        if typing.get_origin(annotation) is list and column.points is not None:
+            return pl.List(pl.Struct({k: RESULT_TYPES[t] for k, t in column.points.items()}))
+        raise TypeError(f"TrainResult.{column.field}: no student_checkpoint type for {hints[column.field]}")
+
+    return {name: col(dtype(column), column.description) for name, column in columns.items()}
+
+
 STUDENT_CHECKPOINT = TableSpec(
     "student_checkpoint",
     {
@@ -121,27 +147,10 @@ STUDENT_CHECKPOINT = TableSpec(
         "sft_examples": col(pl.Int64, "how many sft_dataset examples the variant has (0 for base)"),
         "sft_example_ids": col(pl.List(pl.Utf8), "their ids, sorted"),
         "sft_data_hash": col(pl.Utf8, "a content hash of those ids (NULL for base)"),
-        "config_hash": col(pl.Utf8, "a hash of what determines the weights: hyperparameters, data file and base model "
-                                    "(docs/sft.md); base: the base model's"),
-        "path": col(pl.Utf8, "the trained weights' directory (base: the base model's)"),
-        "kind": col(pl.Utf8, "lora_adapter, full, or base"),
-        "steps": col(pl.Int64, "optimizer steps reached over the whole run (steps before a resume too)"),
-        "train_loss": col(pl.Float64, "the mean loss over the steps run in the call that finished"),
-        "final_loss": col(pl.Float64, "the last logged step's loss"),
-        "tokens_seen": col(pl.Int64, "input tokens trained on over the whole run (prompt and completion, no padding)"),
-        "train_tokens_per_second": col(pl.Float64, "the last call's tokens per second of its training loop"),
-        "truncated_examples": col(pl.Int64, "always 0: no example is cut"),
-        "resumed_from_step": col(pl.Int64, "the step the last call resumed from (0: a fresh run)"),
+        # read off the run's result (training/checkpoints.py), each of the type of its TrainResult field
+        **result_spec(RUN_COLUMNS),
         "params": col(pl.Utf8, "JSON: the training parameters the run was launched with"),
-        # what the run's length was matched on ([sft] budget) and what it trained on (docs/sft.md, "Budgets")
-        "budget": col(pl.Utf8, "what the run's length was set by ([sft] budget): epochs, steps or tokens"),
-        "trained_examples": col(pl.Int64, "examples trained on over the whole run (one trained twice counts twice)"),
-        "completion_tokens": col(pl.Int64, "completion tokens trained on (the loss's), over the whole run"),
-        "epochs": col(pl.Float64, "passes over the examples (the Trainer's state.epoch)"),
-        # every logged step of the whole run (the steps before a resume too): the Trainer's log_history (docs/sft.md)
-        "loss_curve": col(pl.List(pl.Struct({k: pl.Int64 if t is int else pl.Float64 for k, t in CURVE_FIELDS.items()})),
-                          "one point per logged step of the whole run: step, epoch, loss, learning_rate, grad_norm, "
-                          "tokens_seen, mean_token_accuracy"),
+        **result_spec(TRAINED_COLUMNS),
     },
     id="checkpoint_id",
     parents={"base_model_id": "student_base_model", "sft_example_ids": "sft_dataset"},

@@ -9,6 +9,9 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.progress import report_progress
+from orion_assets.tokens import percentiles  # plain polars, so that the method layer shares it
+
+__all__ = ["column_descriptions", "markdown_table", "percentiles", "progress_logger", "table_schema"]
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -60,10 +63,3 @@ def progress_logger(context: dg.AssetExecutionContext, label: str):
 
     return report
 
-
-def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[str, float | None]:
-    """``{"p10": ..., "p50": ..., "max": ...}`` of a numeric column (None when empty)."""
-    if column.len() == 0 or column.null_count() == column.len():
-        return {f"p{int(q * 100)}": None for q in qs} | {"max": None}
-    out = {f"p{int(q * 100)}": float(column.quantile(q, interpolation="nearest")) for q in qs}
-    return out | {"max": float(column.max())}

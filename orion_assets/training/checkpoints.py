@@ -12,7 +12,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,21 +106,55 @@ CURVE_FIELDS: dict[str, type] = {"step": int, "epoch": float, "loss": float, "le
                                  "grad_norm": float, "tokens_seen": int, "mean_token_accuracy": float}
 
 
-#: The ``student_checkpoint`` columns one SFT run's result (``TrainResult``, its ``result.json``) fills, each with
-#: the result field it takes: declared once, so the checkpoint row is read off the result, never copied by hand.
-RESULT_COLUMNS: dict[str, str] = {
-    "config_hash": "config_hash", "path": "final_path", "kind": "final_kind", "steps": "steps",
-    "train_loss": "train_loss", "final_loss": "final_loss", "tokens_seen": "tokens_seen",
-    "train_tokens_per_second": "train_tokens_per_second", "truncated_examples": "truncated_examples",
-    "resumed_from_step": "resumed_from_step", "budget": "budget", "trained_examples": "trained_examples",
-    "completion_tokens": "completion_tokens", "epochs": "epochs", "loss_curve": "loss_curve",
-}  # fmt: skip
+@dataclass(frozen=True)
+class ResultColumn:
+    """A ``student_checkpoint`` column one SFT run's result fills: the ``TrainResult`` field it takes, whose type is
+    the column's (``points``: the fields of each point of a list field), and what the column holds."""
+
+    field: str
+    description: str
+    points: Mapping[str, type] | None = None
+
+
+#: The ``student_checkpoint`` columns one SFT run's result (``TrainResult``, its ``result.json``) fills, declared
+#: once: the checkpoint row is read off the result (:func:`result_columns`), never copied by hand, and the table
+#: spec takes each column's type (its field's) and description from here. In the table's order, in two groups
+#: (``params``, which the result does not hold, stands between): what the run is and reached, then what its length
+#: was matched on ([sft] budget), what it trained on (docs/sft.md, "Budgets") and its loss curve.
+RUN_COLUMNS: dict[str, ResultColumn] = {
+    "config_hash": ResultColumn("config_hash", "a hash of what determines the weights: hyperparameters, data file "
+                                               "and base model (docs/sft.md); base: the base model's"),
+    "path": ResultColumn("final_path", "the trained weights' directory (base: the base model's)"),
+    "kind": ResultColumn("final_kind", "lora_adapter, full, or base"),
+    "steps": ResultColumn("steps", "optimizer steps reached over the whole run (steps before a resume too)"),
+    "train_loss": ResultColumn("train_loss", "the mean loss over the steps run in the call that finished"),
+    "final_loss": ResultColumn("final_loss", "the last logged step's loss"),
+    "tokens_seen": ResultColumn("tokens_seen", "input tokens trained on over the whole run (prompt and completion, "
+                                               "no padding)"),
+    "train_tokens_per_second": ResultColumn("train_tokens_per_second",
+                                            "the last call's tokens per second of its training loop"),
+    "truncated_examples": ResultColumn("truncated_examples", "always 0: no example is cut"),
+    "resumed_from_step": ResultColumn("resumed_from_step", "the step the last call resumed from (0: a fresh run)"),
+}
+TRAINED_COLUMNS: dict[str, ResultColumn] = {
+    "budget": ResultColumn("budget", "what the run's length was set by ([sft] budget): epochs, steps or tokens"),
+    "trained_examples": ResultColumn("trained_examples", "examples trained on over the whole run (one trained twice "
+                                                         "counts twice)"),
+    "completion_tokens": ResultColumn("completion_tokens", "completion tokens trained on (the loss's), over the "
+                                                           "whole run"),
+    "epochs": ResultColumn("epochs", "passes over the examples (the Trainer's state.epoch)"),
+    # every logged step of the whole run (the steps before a resume too): the Trainer's log_history (docs/sft.md)
+    "loss_curve": ResultColumn("loss_curve", "one point per logged step of the whole run: step, epoch, loss, "
+                                             "learning_rate, grad_norm, tokens_seen, mean_token_accuracy",
+                               points=CURVE_FIELDS),
+}
+RESULT_COLUMNS: dict[str, ResultColumn] = {**RUN_COLUMNS, **TRAINED_COLUMNS}
 
 
 def result_columns(result: dict[str, Any]) -> dict[str, Any]:
     """The ``student_checkpoint`` values of one run's result (:data:`RESULT_COLUMNS`); a field a trainer older
     than it did not write is null."""
-    return {column: result.get(field) for column, field in RESULT_COLUMNS.items()}
+    return {column: result.get(spec.field) for column, spec in RESULT_COLUMNS.items()}
 
 
 def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

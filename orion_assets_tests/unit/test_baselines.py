@@ -8,11 +8,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orion_assets.assets.quality import candidates
 from orion_assets.ids import content_id
 from orion_assets.io.io_manager import resources_for
 from orion_assets.io.resource import OrionResource
 from orion_assets.method import baselines
+from orion_assets.method.quality.candidates import candidates
 from orion_assets.method.reflection import drawn_teacher_cots
 from orion_assets.method.variants import NOT_CHOSEN, skipped_modes, skipped_variants
 from orion_assets.profiles import load_profile

@@ -1,5 +1,6 @@
-"""One declaration per record: the ``student_checkpoint`` columns a run's result fills are read off ``TrainResult``
-(and its ``result.json``) by ``RESULT_COLUMNS``, whose fields and types agree with the table spec."""
+"""One declaration per record: the ``student_checkpoint`` columns a run's result fills are declared once, in
+``RESULT_COLUMNS``: the checkpoint row is read off ``TrainResult`` (and its ``result.json``) by it, and the table
+spec takes each column's type (its ``TrainResult`` field's) and description from it."""
 
 from __future__ import annotations
 
@@ -8,26 +9,47 @@ import functools
 import typing
 
 import polars as pl
+import pytest
 
-from orion_assets.assets.training import STUDENT_CHECKPOINT, checkpoint_row
+from orion_assets.assets.training import STUDENT_CHECKPOINT, checkpoint_row, result_spec
 from orion_assets.ids import content_id
 from orion_assets.profiles.sft import SFTSettings
-from orion_assets.training.checkpoints import RESULT_COLUMNS, result_columns
+from orion_assets.training.checkpoints import (
+    RESULT_COLUMNS,
+    RUN_COLUMNS,
+    TRAINED_COLUMNS,
+    ResultColumn,
+    result_columns,
+)
 from orion_assets.training.config import plan_run
 from orion_assets.training.trainer import TrainResult
 
 SCALAR = {str: pl.Utf8, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
+CURVE_POINT = pl.Struct({"step": pl.Int64, "epoch": pl.Float64, "loss": pl.Float64, "learning_rate": pl.Float64,
+                         "grad_norm": pl.Float64, "tokens_seen": pl.Int64, "mean_token_accuracy": pl.Float64})
 
 
-def test_every_result_column_names_a_train_result_field_of_its_type():
-    fields = {f.name: f for f in dataclasses.fields(TrainResult)}
+def test_every_result_column_names_a_train_result_field_and_the_spec_takes_its_type_and_description():
+    """RESULT_COLUMNS is the one declaration: each column names a TrainResult field (what result.json holds), and
+    the table spec declares the column with that field's type and the declared description, in the table's order
+    (params, which no result holds, between the two groups)."""
+    fields = {f.name for f in dataclasses.fields(TrainResult)}
     hints = typing.get_type_hints(TrainResult)
-    for column, name in RESULT_COLUMNS.items():
-        assert name in fields, f"{column}: TrainResult has no field {name}"
-        assert column in STUDENT_CHECKPOINT.columns, f"student_checkpoint has no column {column}"
-        kinds = [t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)]
-        if kinds[0] in SCALAR:
-            assert STUDENT_CHECKPOINT.columns[column] == SCALAR[kinds[0]], column
+    assert RESULT_COLUMNS == {**RUN_COLUMNS, **TRAINED_COLUMNS}
+    names = list(STUDENT_CHECKPOINT.columns)
+    at = names.index("params")
+    assert names[at - len(RUN_COLUMNS):at] == list(RUN_COLUMNS)
+    assert names[at + 1:at + 1 + len(TRAINED_COLUMNS)] == list(TRAINED_COLUMNS)
+    for column, declared in RESULT_COLUMNS.items():
+        assert declared.field in fields, f"{column}: TrainResult has no field {declared.field}"
+        assert STUDENT_CHECKPOINT.descriptions[column] == declared.description, column
+        kinds = [t for t in typing.get_args(hints[declared.field]) or (hints[declared.field],) if t is not type(None)]
+        expected = SCALAR.get(kinds[0], pl.List(CURVE_POINT))
+        assert STUDENT_CHECKPOINT.columns[column] == expected, column
+    assert STUDENT_CHECKPOINT.columns["loss_curve"] == pl.List(CURVE_POINT)
+    # a field of no column type is refused, not declared as something else
+    with pytest.raises(TypeError, match="TrainResult.loss_curve"):
+        result_spec({"loss_curve": ResultColumn("loss_curve", "points of no declared fields")})
 
 
 def test_a_checkpoint_row_is_read_off_a_result():

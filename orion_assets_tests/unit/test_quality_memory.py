@@ -96,7 +96,8 @@ def test_metadata_from_the_kept_columns_equals_metadata_from_every_column() -> N
     """cot_quality keeps only SUMMARY_COLUMNS of each chunk for its metadata: the same metadata as every column."""
     import polars as pl
 
-    from orion_assets.assets import quality
+    from orion_assets.assets.quality import COT_QUALITY
+    from orion_assets.method.quality import candidates
 
     rows = [
         {"variant": "teacher_sft", "source": "teacher", "n_tokens": 900, "coherence": 0.61, "contaminated": False,
@@ -108,10 +109,10 @@ def test_metadata_from_the_kept_columns_equals_metadata_from_every_column() -> N
         {"variant": "orion", "source": "refined", "n_tokens": 500, "coherence": 0.7, "contaminated": False,
          "kept": True, "drop_reasons": [], "teacher_similarity": 0.2},
     ]
-    full = pl.DataFrame([{c: r.get(c, f"x{i}" if t == pl.Utf8 else None) for c, t in quality.COT_QUALITY.columns.items()}
-                         for i, r in enumerate(rows)], schema=dict(quality.COT_QUALITY.columns))
-    narrow = full.select(list(quality.SUMMARY_COLUMNS))
+    full = pl.DataFrame([{c: r.get(c, f"x{i}" if t == pl.Utf8 else None) for c, t in COT_QUALITY.columns.items()}
+                         for i, r in enumerate(rows)], schema=dict(COT_QUALITY.columns))
+    narrow = full.select(list(candidates.SUMMARY_COLUMNS))
     assert narrow.width < full.width
-    summary = quality._summary(narrow)
-    assert summary == quality._summary(full)
+    summary = candidates.summary(narrow)
+    assert summary == candidates.summary(full)
     assert summary["kept"] == 2 and summary["dropped_by_reason"] == {"too_long": 1, "contaminated": 1, "incoherent": 1}
