@@ -21,6 +21,7 @@ from orion_assets.io.partitions import (
     student_to_sft,
 )
 from orion_assets.io.resource import OrionResource
+from orion_assets.io.sft_pipes import run_sft_with_pipes
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
 from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, sft_data
@@ -35,7 +36,6 @@ from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
 from orion_assets.training.config import plan_run
-from orion_assets.training.pipes import run_sft_with_pipes
 from orion_assets.training.tracking import open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 

@@ -38,7 +38,7 @@ def graph() -> grimp.ImportGraph:
 
 def test_the_layer_contracts_hold() -> None:
     """pyproject.toml's [tool.importlinter] contracts: each layer imports only the layers below it, and
-    only the Dagster layer (assets, io, definitions, cli, training.pipes) imports dagster."""
+    only the Dagster layer (assets, io, definitions, cli) imports dagster."""
     # In its own process: import-linter's CLI reconfigures logging, which would silence the loggers of later tests.
     code = f"from importlinter.cli import lint_imports; raise SystemExit(lint_imports({str(PYPROJECT)!r}, no_cache=True))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
