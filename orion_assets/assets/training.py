@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from orion_assets.assets.quality import COT_QUALITY
 from orion_assets.ids import content_id
 from orion_assets.io import serving
-from orion_assets.io.metadata import percentiles
+from orion_assets.io.metadata import percentiles, tracking_metadata
 from orion_assets.io.partitions import (
     model_partitions,
     sft_partitions,
@@ -23,7 +23,6 @@ from orion_assets.io.partitions import (
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.sft_pipes import run_sft_with_pipes
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
-from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, sft_data
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
 from orion_assets.method.partition_keys import SEPARATOR, parse_model_key
@@ -36,7 +35,7 @@ from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
 from orion_assets.training.config import plan_run
-from orion_assets.training.tracking import open_checkpoint_run
+from orion_assets.training.tracking import CheckpointIdentity, open_checkpoint_run
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 
 STUDENT_BASE_MODEL = TableSpec(
@@ -239,8 +238,8 @@ def student_checkpoint(
     model = student_base_model.first()
     if variant == BASE_VARIANT:
         checkpoint_id = content_id("checkpoint", student, BASE_VARIANT, model["model_id"])
-        tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
-            orion, student, variant, seed, checkpoint_id, model["config_hash"]), context.run.run_id)
+        tracked = open_checkpoint_run(orion.tracker, CheckpointIdentity.of(
+            orion.active, student, variant, seed, checkpoint_id, model["config_hash"]), context.run.run_id)
         return dg.Output(_base_checkpoint(model, student, seed, checkpoint_id, tracking_metadata(tracked)))
     _refuse_unless_gated(orion, cot_quality, student, variant, "train")
     cfg = orion.config_for(student)
@@ -251,8 +250,8 @@ def student_checkpoint(
                    example_ids=example_ids, checkpoints_dir=orion.data_path / "checkpoints", student=student,
                    variant=variant)
     # The checkpoint's tracker run ([tracking]): the SFT process logs its curves into it (TRL's report_to).
-    tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
-        orion, student, variant, seed, run.checkpoint_id, run.config_hash), context.run.run_id)
+    tracked = open_checkpoint_run(orion.tracker, CheckpointIdentity.of(
+        orion.active, student, variant, seed, run.checkpoint_id, run.config_hash), context.run.run_id)
     params = TrainParams.from_sft_config(
         sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=run.output_dir,
         base_model_hash=model["model_id"], report_to=tracked.report_to if tracked else [],

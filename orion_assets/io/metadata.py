@@ -1,14 +1,17 @@
-"""What an asset shows in the Dagster UI: table previews, column schemas, percentiles, progress."""
+"""What an asset shows in the Dagster UI: table previews, column schemas, percentiles, progress, tracker runs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
 
 from orion_assets.progress import report_progress
+
+if TYPE_CHECKING:
+    from orion_assets.training.tracking import TrackedRun
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -67,3 +70,13 @@ def percentiles(column: pl.Series, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)
         return {f"p{int(q * 100)}": None for q in qs} | {"max": None}
     out = {f"p{int(q * 100)}": float(column.quantile(q, interpolation="nearest")) for q in qs}
     return out | {"max": float(column.max())}
+
+
+def tracking_metadata(run: TrackedRun | None) -> dict[str, dg.MetadataValue]:
+    """A checkpoint's tracker run ([tracking]) in its materialization: ``tracking_backend``, ``tracking_run_id`` and
+    ``tracking_link`` (the run in the tracker's UI, or the command that serves it); nothing without a run."""
+    if run is None:
+        return {}
+    link = dg.MetadataValue.url(run.link) if run.link_is_url else dg.MetadataValue.text(run.link)
+    return {"tracking_backend": dg.MetadataValue.text(run.backend), "tracking_run_id": dg.MetadataValue.text(run.run_id),
+            "tracking_link": link}

@@ -16,6 +16,7 @@ from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import DEFAULT_PROFILE, Profile, load_profile
 from orion_assets.store import BaseStore, store_for
+from orion_assets.training.tracking import Tracker
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -67,6 +68,11 @@ class OrionResource(dg.ConfigurableResource):
     def store(self) -> BaseStore:
         """The store the active profile's ``[store]`` names (default: the DuckDB file in ``data_dir``)."""
         return store_for(self.active.config.store, self.data_path)
+
+    @property
+    def tracker(self) -> Tracker:
+        """Where the active profile's ``[tracking]`` sends each checkpoint's run (``orion_assets.training.tracking``)."""
+        return Tracker.of(self.active.config.tracking, self.data_path, self.active.name)
 
     def endpoint(
         self,
