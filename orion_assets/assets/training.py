@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 
 from orion_assets.assets.quality import COT_QUALITY
 from orion_assets.ids import content_id
-from orion_assets.io import serving
 from orion_assets.io.metadata import percentiles, tracking_metadata
 from orion_assets.io.partitions import (
     model_partitions,
@@ -31,6 +30,7 @@ from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles import load_profile
 from orion_assets.profiles.k8s import sft_op_tags
+from orion_assets.serving.handover import release_accelerator
 from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import CURVE_FIELDS, result_columns
@@ -257,7 +257,7 @@ def student_checkpoint(
         base_model_hash=model["model_id"], report_to=tracked.report_to if tracked else [],
     )
     # The accelerator goes to SFT: managed servers sleep or stop, local models and the CUDA cache are freed.
-    if released := serving.release_accelerator():
+    if released := release_accelerator():
         context.log.info(f"before SFT: student servers {released}")
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher,
                                  env=tracked.env if tracked else None)

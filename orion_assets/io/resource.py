@@ -11,10 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from orion_assets.io import serving
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import DEFAULT_PROFILE, Profile, load_profile
+from orion_assets.serving import handover
 from orion_assets.store import BaseStore, store_for
 from orion_assets.training.tracking import Tracker
 
@@ -91,7 +91,7 @@ class OrionResource(dg.ConfigurableResource):
         ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``; ``student``
         picks that student's [endpoints.student] overrides. ``checkpoint`` (a ``student_checkpoint`` row) is the
         model evaluation asks an openai student server for: by a name that carries its id, from a server the
-        pipeline manages (``serve``) or one that must list it (:mod:`orion_assets.io.serving`)."""
+        pipeline manages (``serve``) or one that must list it (:mod:`orion_assets.serving.handover`)."""
         config = self.config_for(student)
         cfg = getattr(config.endpoints, role)
         if cfg is None:
@@ -99,8 +99,8 @@ class OrionResource(dg.ConfigurableResource):
         if role == "student" and cfg.backend == "openai" and (cfg.serve != "none" or checkpoint is not None):
             name = student or config.all_students[0].name
             base = local_model if checkpoint is None else self._base_model_path(name)
-            cfg, served_model = serving.served_endpoint(config, name, base_model=base, data_path=self.data_path,
-                                                        checkpoint=checkpoint)
+            cfg, served_model = handover.served_endpoint(config, name, base_model=base, data_path=self.data_path,
+                                                         checkpoint=checkpoint)
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
         endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
         window = cfg.context_window

@@ -58,10 +58,13 @@ def test_no_module_imports_itself_back_through_any_chain(graph: grimp.ImportGrap
 
 
 def test_the_method_and_the_layers_under_it_import_without_dagster() -> None:
-    """Importing every module under orion_assets.method (and the layers it stands on) loads no dagster."""
-    names = [info.name for package in ("orion_assets.method", "orion_assets.llm", "orion_assets.store")
+    """Importing every module under orion_assets.method (and the layers it stands on), and under
+    orion_assets.serving, loads no dagster."""
+    names = [info.name for package in ("orion_assets.serving", "orion_assets.method", "orion_assets.llm",
+                                       "orion_assets.store")
              for info in pkgutil.walk_packages(__import__(package, fromlist=["_"]).__path__, package + ".")]
     assert any(name.startswith("orion_assets.method.grading") for name in names)
+    assert "orion_assets.serving.handover" in names
     script = ("import importlib, sys\n"
               f"for name in {names!r}:\n"
               "    importlib.import_module(name)\n"

@@ -18,9 +18,9 @@ from typing import Any
 
 from orion_assets.devices import resolve_device
 from orion_assets.export.weights import merge_adapter
-from orion_assets.llm import served, server, vllm_host
 from orion_assets.llm.context import model_context_window
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
+from orion_assets.serving import managed_server, vllm_client, vllm_host
 
 logger = logging.getLogger(__name__)
 SERVED_LINKS = "served"  # $ORION_DATA_DIR/served/<student>/<name>: the paths transformers serve loads
@@ -56,23 +56,23 @@ def vllm_flags(config: OrionConfig, model: str) -> vllm_host.HostFlags:
                                 max_model_len=cfg.context_window, batched_tokens=window or DEFAULT_WINDOW)
 
 
-def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) -> server.ServerPlan:
+def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) -> managed_server.ServerPlan:
     cfg = config.endpoints.student
-    port = server.free_port()
+    port = managed_server.free_port()
     if cfg.serve_command:  # the user's command: its flags are theirs; sleep only where they asked or on a GPU
         sleeps = kind == "vllm" and (cfg.sleep_mode if cfg.sleep_mode is not None else not on_cpu(cfg))
         flags = vllm_host.HostFlags(False, (), sleep_mode=sleeps)
-        command = server.fill_command(cfg.serve_command, port=str(port), model=model)
+        command = managed_server.fill_command(cfg.serve_command, port=str(port), model=model)
     else:
         flags = vllm_flags(config, model) if kind == "vllm" else vllm_host.HostFlags(False, ())
         found = vllm_host.find_vllm() if kind == "vllm" else None
-        command = server.default_command(kind, model, port, device=_device(cfg), lora_rank=config.sft.lora_r,
-                                         vllm_python=found.python if found else None, host_args=flags.args,
-                                         extra=cfg.serve_args)
-    return server.ServerPlan(kind=kind, model=model, port=port, command=tuple(command),
-                             log_path=logs / f"serve-{student}-{kind}-{port}.log", timeout_s=cfg.serve_timeout_s,
-                             env=server.server_env(kind, sleep_mode=flags.sleep_mode, host_env=flags.env),
-                             sleep_mode=flags.sleep_mode, max_restarts=cfg.serve_restarts)
+        command = managed_server.default_command(kind, model, port, device=_device(cfg), lora_rank=config.sft.lora_r,
+                                                 vllm_python=found.python if found else None, host_args=flags.args,
+                                                 extra=cfg.serve_args)
+    return managed_server.ServerPlan(kind=kind, model=model, port=port, command=tuple(command),
+                                     log_path=logs / f"serve-{student}-{kind}-{port}.log", timeout_s=cfg.serve_timeout_s,
+                                     env=managed_server.server_env(kind, sleep_mode=flags.sleep_mode, host_env=flags.env),
+                                     sleep_mode=flags.sleep_mode, max_restarts=cfg.serve_restarts)
 
 
 def server_command(config: OrionConfig, student: str, model: str, logs: Path) -> str:
@@ -107,13 +107,13 @@ def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_
         weights = checkpoint["path"]
     elif trained and cfg.serve == "vllm" and cfg.lora_serving == "merged":
         weights = str(merged_directory(data_path / MERGED / student / name, checkpoint, base_model))
-    running = server.server_for(f"{student}/{cfg.serve}/{weights}",
-                                lambda: _plan(config, student, cfg.serve, weights, logs))
+    running = managed_server.server_for(f"{student}/{cfg.serve}/{weights}",
+                                        lambda: _plan(config, student, cfg.serve, weights, logs))
     endpoint = cfg.model_copy(update={"base_url": running.plan.base_url})
     if not trained or weights != base_model:
         return endpoint, running.plan.model_name
     if cfg.serve == "vllm":
-        listed = {m.id: m for m in served.list_models(running.plan.base_url)}
+        listed = {m.id: m for m in vllm_client.list_models(running.plan.base_url)}
         if name not in listed:
             logger.info("loading adapter %s from %s into the vllm server on port %d", name, checkpoint["path"],
                         running.plan.port)
@@ -164,8 +164,8 @@ def served_directory(target: Path, checkpoint: dict[str, Any], base_model: str) 
 def _check_listed(cfg: EndpointConfig, name: str, checkpoint: dict[str, Any], base_model: str) -> None:
     """Refuse a server that does not list ``name``, or lists it from another directory, with the fix."""
     try:
-        models = {m.id: m for m in served.list_models(cfg.base_url or "")}
-    except served.ServerError as exc:
+        models = {m.id: m for m in vllm_client.list_models(cfg.base_url or "")}
+    except vllm_client.ServerError as exc:
         raise ServedModelError(f"the student server at {cfg.base_url} cannot list its models: {exc}") from exc
     path = str(Path(checkpoint["path"]).resolve())
     listed = models.get(name)
@@ -188,6 +188,6 @@ def release_accelerator() -> dict[str, str]:
     free every local (hf backend) model and the CUDA cache. What each server did."""
     from orion_assets.llm.hf_backend import release_models  # deferred: imports torch
 
-    released = server.release_all()
+    released = managed_server.release_all()
     release_models()
     return released
