@@ -14,7 +14,8 @@ import dagster as dg
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import DEFAULT_PROFILE, Profile, load_profile
-from orion_assets.serving import handover
+from orion_assets.serving.handover import served_endpoint
+from orion_assets.serving.served_weights import AskedWeights
 from orion_assets.store import BaseStore, store_for
 from orion_assets.training.tracking import Tracker
 
@@ -99,8 +100,7 @@ class OrionResource(dg.ConfigurableResource):
         if role == "student" and cfg.backend == "openai" and (cfg.serve != "none" or checkpoint is not None):
             name = student or config.all_students[0].name
             base = local_model if checkpoint is None else self._base_model_path(name)
-            cfg, served_model = handover.served_endpoint(config, name, base_model=base, data_path=self.data_path,
-                                                         checkpoint=checkpoint)
+            cfg, served_model = served_endpoint(config, name, AskedWeights.of(checkpoint, base), self.data_path)
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
         endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
         window = cfg.context_window

@@ -1,41 +1,26 @@
 """Which server answers for which weights, and under which name: the student's endpoint pointed at a
-managed server (``[endpoints.student] serve``), or checked against the user's own.
+managed server (``[endpoints.student] serve``), or at the user's own, and the accelerator handed over to SFT.
 
-Evaluation asks for a trained checkpoint by a name that carries its id (``orion-1a2b3c4d5e6f``), so an
-adapter left from an earlier training can never answer for a new one: a managed vLLM loads the adapter
-under that name at run time, a managed ``transformers serve`` loads it by a path of that name, and a
-server the user runs must list it (with ``root`` the checkpoint's directory) or evaluation refuses with the
-command that would serve it.
+Evaluation asks for a trained checkpoint by a name that carries its id
+(:func:`orion_assets.serving.served_weights.checkpoint_name`): a managed vLLM loads the adapter under that name
+at run time, a managed ``transformers serve`` loads it by a path of that name, and a server the user runs must
+list it (:mod:`orion_assets.serving.user_server`) or evaluation refuses with the command that would serve it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 from orion_assets.devices import resolve_device
-from orion_assets.export.weights import merge_adapter
 from orion_assets.llm.context import model_context_window
 from orion_assets.profiles.schema import EndpointConfig, OrionConfig
 from orion_assets.serving import managed_server, vllm_client, vllm_host
+from orion_assets.serving.served_weights import MERGED, SERVED_LINKS, AskedWeights, merged_directory, served_directory
+from orion_assets.serving.user_server import check_listed
 
 logger = logging.getLogger(__name__)
-SERVED_LINKS = "served"  # $ORION_DATA_DIR/served/<student>/<name>: the paths transformers serve loads
-MERGED = "merged"  # $ORION_DATA_DIR/merged/<student>/<name>: base + adapter, for lora_serving = "merged"
-MARKER = "orion_checkpoint_id"  # in a served directory: the checkpoint it was made for
 DEFAULT_WINDOW = 8192  # vLLM's tokens per step on a CPU when neither the profile nor the model says
-
-
-class ServedModelError(RuntimeError):
-    """The student's server does not serve the checkpoint being scored; the message says how to fix it."""
-
-
-def checkpoint_name(variant: str, checkpoint_id: str) -> str:
-    """The served name of a trained checkpoint: its variant and the first 12 characters of its id."""
-    return f"{variant}-{checkpoint_id[:12]}"
 
 
 def _device(cfg: EndpointConfig) -> str:
@@ -56,8 +41,10 @@ def vllm_flags(config: OrionConfig, model: str) -> vllm_host.HostFlags:
                                 max_model_len=cfg.context_window, batched_tokens=window or DEFAULT_WINDOW)
 
 
-def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) -> managed_server.ServerPlan:
+def _plan(config: OrionConfig, student: str, model: str, logs: Path) -> managed_server.ServerPlan:
+    """How ``[endpoints.student] serve`` (its kind) is started for ``student`` on the weights at ``model``."""
     cfg = config.endpoints.student
+    kind = cfg.serve
     port = managed_server.free_port()
     if cfg.serve_command:  # the user's command: its flags are theirs; sleep only where they asked or on a GPU
         sleeps = kind == "vllm" and (cfg.sleep_mode if cfg.sleep_mode is not None else not on_cpu(cfg))
@@ -77,110 +64,46 @@ def _plan(config: OrionConfig, student: str, kind: str, model: str, logs: Path) 
 
 def server_command(config: OrionConfig, student: str, model: str, logs: Path) -> str:
     """The command the run will start for ``student``, after the environment it adds (what ``orion check`` prints)."""
-    plan = _plan(config, student, config.endpoints.student.serve, model, logs)
+    plan = _plan(config, student, model, logs)
     return " ".join([*(f"{k}={v}" for k, v in plan.env.items()), *plan.command])
 
 
-def served_endpoint(config: OrionConfig, student: str, *, base_model: str, data_path: Path,
-                    checkpoint: dict[str, Any] | None = None) -> tuple[EndpointConfig, str]:
-    """``(endpoint settings, model name)`` to ask for ``checkpoint`` (None or ``base``: the base weights).
+def served_endpoint(config: OrionConfig, student: str, asked: AskedWeights,
+                    data_path: Path) -> tuple[EndpointConfig, str]:
+    """``(endpoint settings, model name)`` to ask for the weights ``asked`` (:meth:`AskedWeights.of` a
+    ``student_checkpoint`` row, or of None for the base weights).
 
-    ``serve = "none"``: the profile's server; a trained checkpoint must be listed under
-    :func:`checkpoint_name` (or come from ``[endpoints.student.variants.<variant>]``). Managed: the server is
-    started (or woken) here and kept for the next asset of the process."""
+    ``serve = "none"``: the profile's server; a trained checkpoint must be listed under its name (or come from
+    ``[endpoints.student.variants.<variant>]``). Managed: the server is started (or woken) here and kept for the
+    next asset of the process."""
     cfg = config.endpoints.student
-    trained = checkpoint is not None and checkpoint["variant"] != "base" and checkpoint["kind"] != "base"
-    if trained and checkpoint["variant"] in cfg.variants:
-        where = cfg.variants[checkpoint["variant"]]
+    if asked.trained and asked.variant in cfg.variants:
+        where = cfg.variants[asked.variant]
         return cfg.model_copy(update={"base_url": where["base_url"], "serve": "none"}), where.get("model", cfg.model)
     if cfg.serve == "none":
-        if not trained:
+        if not asked.trained:
             return cfg, cfg.model
-        name = checkpoint_name(checkpoint["variant"], checkpoint["checkpoint_id"])
-        _check_listed(cfg, name, checkpoint, base_model)
-        return cfg, name
-    logs = data_path / "logs"
-    full = trained and checkpoint["kind"] == "full"
-    name = checkpoint_name(checkpoint["variant"], checkpoint["checkpoint_id"]) if trained else None
-    weights = base_model
-    if trained and cfg.serve == "vllm" and full:
-        weights = checkpoint["path"]
-    elif trained and cfg.serve == "vllm" and cfg.lora_serving == "merged":
-        weights = str(merged_directory(data_path / MERGED / student / name, checkpoint, base_model))
+        check_listed(cfg, asked)
+        return cfg, asked.name
+    weights = asked.base_model
+    if asked.trained and cfg.serve == "vllm" and asked.full:
+        weights = asked.path
+    elif asked.trained and cfg.serve == "vllm" and cfg.lora_serving == "merged":
+        weights = str(merged_directory(data_path / MERGED / student / asked.name, asked))
     running = managed_server.server_for(f"{student}/{cfg.serve}/{weights}",
-                                        lambda: _plan(config, student, cfg.serve, weights, logs))
+                                        lambda: _plan(config, student, weights, data_path / "logs"))
     endpoint = cfg.model_copy(update={"base_url": running.plan.base_url})
-    if not trained or weights != base_model:
+    if not asked.trained or weights != asked.base_model:
         return endpoint, running.plan.model_name
     if cfg.serve == "vllm":
-        listed = {m.id: m for m in vllm_client.list_models(running.plan.base_url)}
-        if name not in listed:
-            logger.info("loading adapter %s from %s into the vllm server on port %d", name, checkpoint["path"],
+        listed = {m.id for m in vllm_client.list_models(running.plan.base_url)}
+        if asked.name not in listed:
+            logger.info("loading adapter %s from %s into the vllm server on port %d", asked.name, asked.path,
                         running.plan.port)
-            running.load_adapter(name, checkpoint["path"])
-        return endpoint, name
+            running.load_adapter(asked.name, asked.path)
+        return endpoint, asked.name
     # transformers serve loads a model by its path: a directory named after the checkpoint
-    return endpoint, str(served_directory(data_path / SERVED_LINKS / student / name, checkpoint, base_model))
-
-
-def merged_directory(target: Path, checkpoint: dict[str, Any], base_model: str) -> Path:
-    """``target``: the base weights merged with the checkpoint's LoRA adapter (``lora_serving = "merged"``), made
-    once and atomically, with the checkpoint id it was made for beside the weights."""
-    if (target / MARKER).is_file() and (target / MARKER).read_text() == checkpoint["checkpoint_id"]:
-        return target
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("merging adapter %s into %s for serving", checkpoint["path"], base_model)
-    merge_adapter(base_model, Path(checkpoint["path"]), tmp)
-    (tmp / MARKER).write_text(checkpoint["checkpoint_id"])
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
-
-
-def served_directory(target: Path, checkpoint: dict[str, Any], base_model: str) -> Path:
-    """``target``: links to the base model's files and, over them, the checkpoint's (a LoRA adapter: its
-    ``adapter_config.json``, which transformers applies on load; a full fine-tune: all of its own), so that a
-    server that loads a model by path (``transformers serve``) finds config, weights and adapter in one place.
-    Made once, atomically; the links name where the files are, so two checkpoints never share a directory."""
-    if (target / MARKER).is_file() and (target / MARKER).read_text() == checkpoint["checkpoint_id"]:
-        return target
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    sources = ([] if checkpoint["kind"] == "full" else [Path(base_model)]) + [Path(checkpoint["path"])]
-    for source in sources:
-        for item in source.resolve().iterdir():
-            if item.name in {"build_info.json", MARKER} or item.name.startswith("."):
-                continue
-            (tmp / item.name).unlink(missing_ok=True)
-            (tmp / item.name).symlink_to(item.resolve())
-    (tmp / MARKER).write_text(checkpoint["checkpoint_id"])
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
-
-
-def _check_listed(cfg: EndpointConfig, name: str, checkpoint: dict[str, Any], base_model: str) -> None:
-    """Refuse a server that does not list ``name``, or lists it from another directory, with the fix."""
-    try:
-        models = {m.id: m for m in vllm_client.list_models(cfg.base_url or "")}
-    except vllm_client.ServerError as exc:
-        raise ServedModelError(f"the student server at {cfg.base_url} cannot list its models: {exc}") from exc
-    path = str(Path(checkpoint["path"]).resolve())
-    listed = models.get(name)
-    fix = (f"serve it under that name, e.g. `vllm serve {cfg.model or base_model} --enable-lora --lora-modules "
-           f"{name}={path}` (or, with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, POST /v1/load_lora_adapter "
-           f'{{"lora_name": "{name}", "lora_path": "{path}"}}), or set [endpoints.student] serve = "vllm" and let '
-           "the pipeline do it")
-    if listed is None:
-        others = ", ".join(sorted(models)) or "nothing"
-        raise ServedModelError(f"the student server at {cfg.base_url} does not serve checkpoint "
-                               f"{checkpoint['checkpoint_id']} ({checkpoint['variant']}) as `{name}` (it serves: "
-                               f"{others}): {fix}")
-    if listed.root and Path(listed.root).is_absolute() and str(Path(listed.root).resolve()) != path:
-        raise ServedModelError(f"the student server at {cfg.base_url} serves `{name}` from {listed.root}, not from "
-                               f"checkpoint {checkpoint['checkpoint_id']}'s {path}: {fix}")
+    return endpoint, str(served_directory(data_path / SERVED_LINKS / student / asked.name, asked))
 
 
 def release_accelerator() -> dict[str, str]:

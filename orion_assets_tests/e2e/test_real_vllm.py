@@ -24,7 +24,7 @@ from orion_assets.llm.openai_backend import OpenAIEndpoint
 from orion_assets.method import prompts
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.serving import managed_server, vllm_client, vllm_host
-from orion_assets.serving.handover import checkpoint_name
+from orion_assets.serving.served_weights import checkpoint_name
 from orion_assets.store import Store
 from orion_assets_tests.conftest import REPO, gsm8k_train_rows, orion_run, profile_env
 
