@@ -5,7 +5,7 @@ The same GSM8K train problems with the project's solve prompt, sampled at T = 0.
 * **hf**: ``HFEndpoint.generate`` (float32, cpu, ``batch_size`` = the cell's concurrency, the
   backend's own torch thread choice unless ``--hf-threads``), in-process;
 * **vllm**: the real vLLM server the product starts on this host (``vllm_host.host_flags`` for a
-  CPU, ``server.default_command``, ``server.server_env``, ``server.ManagedServer``), reached through
+  CPU, ``managed_server.default_command``, ``managed_server.server_env``, ``managed_server.ManagedServer``), reached through
   ``OpenAIEndpoint`` with ``concurrency`` = the cell's concurrency;
 * with ``--flag-arms``, two more vLLM servers that each undo one of the product's CPU flags:
   **vllm-bf16** (``--dtype bfloat16`` instead of float32) and **vllm-reserved** (without
@@ -53,11 +53,12 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from orion_assets.llm import GenerationRequest, SamplingParams, hf_backend, server, vllm_host  # noqa: E402
+from orion_assets.llm import GenerationRequest, SamplingParams, hf_backend  # noqa: E402
 from orion_assets.llm.hf_backend import HFEndpoint  # noqa: E402
 from orion_assets.llm.openai_backend import OpenAIEndpoint  # noqa: E402
 from orion_assets.method import prompts  # noqa: E402
 from orion_assets.profiles.schema import EndpointConfig  # noqa: E402
+from orion_assets.serving import managed_server, vllm_host  # noqa: E402
 from orion_assets.store import Store  # noqa: E402
 
 TRAIN_FILE = REPO_ROOT / "orion_assets" / "data" / "train" / "gsm8k_train.jsonl"
@@ -147,7 +148,7 @@ def ceilings(limit: dict[str, float], shape: dict[str, Any], dtype: str, batch: 
 # -- the arms ------------------------------------------------------------------------------------
 
 
-def start_vllm(arm: str, model_dir: Path, python: str, tmp: Path) -> tuple[server.ManagedServer, float, dict]:
+def start_vllm(arm: str, model_dir: Path, python: str, tmp: Path) -> tuple[managed_server.ManagedServer, float, dict]:
     """The product's vLLM for this CPU host, with one flag undone for the flag arms; (server, start-up s, plan)."""
     flags = vllm_host.host_flags(on_cpu=True, sleep_mode=None, gpu_memory_utilization=0.85, kv_cache_gib=None,
                                  max_model_len=None, batched_tokens=8192)  # fmt: skip
@@ -159,13 +160,13 @@ def start_vllm(arm: str, model_dir: Path, python: str, tmp: Path) -> tuple[serve
             args += ["--dtype", "bfloat16"]
     elif arm == "vllm-reserved":
         env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)
-    port = server.free_port()
-    cmd = server.default_command("vllm", str(model_dir), port, device="cpu", lora_rank=16, vllm_python=python,
-                                 host_args=args)  # fmt: skip
-    plan = server.ServerPlan(kind="vllm", model=str(model_dir), port=port, command=tuple(cmd),
-                             log_path=tmp / f"{arm}.log", timeout_s=900,
-                             env=server.server_env("vllm", sleep_mode=False, host_env=env))  # fmt: skip
-    managed = server.ManagedServer(plan)
+    port = managed_server.free_port()
+    cmd = managed_server.default_command("vllm", str(model_dir), port, device="cpu", lora_rank=16, vllm_python=python,
+                                         host_args=args)  # fmt: skip
+    plan = managed_server.ServerPlan(kind="vllm", model=str(model_dir), port=port, command=tuple(cmd),
+                                     log_path=tmp / f"{arm}.log", timeout_s=900,
+                                     env=managed_server.server_env("vllm", sleep_mode=False, host_env=env))  # fmt: skip
+    managed = managed_server.ManagedServer(plan)
     started = time.perf_counter()
     try:
         managed.start()
@@ -177,7 +178,7 @@ def start_vllm(arm: str, model_dir: Path, python: str, tmp: Path) -> tuple[serve
     return managed, seconds, {"command": cmd, "env": plan.env, "dtype": dtype}
 
 
-def server_cpu_s(managed: server.ManagedServer) -> float:
+def server_cpu_s(managed: managed_server.ManagedServer) -> float:
     """CPU seconds used so far by the server's processes (API server, engine core, worker)."""
     try:
         root = psutil.Process(managed.process.pid)
@@ -193,7 +194,7 @@ def server_cpu_s(managed: server.ManagedServer) -> float:
         return float("nan")
 
 
-def openai_endpoint(managed: server.ManagedServer, model_dir: Path, concurrency: int, store: Store) -> OpenAIEndpoint:
+def openai_endpoint(managed: managed_server.ManagedServer, model_dir: Path, concurrency: int, store: Store) -> OpenAIEndpoint:
     cfg = EndpointConfig(backend="openai", base_url=managed.plan.base_url, model=str(model_dir),
                          concurrency=concurrency, timeout_s=1800, max_retries=0)  # fmt: skip
     return OpenAIEndpoint(cfg, store, role="student")
@@ -238,7 +239,7 @@ def bench(args: argparse.Namespace, tmp: Path, limit: dict[str, dict[str, float]
         raise SystemExit("no vLLM found: run `orion install-vllm`, or pass --vllm-python")
     print(f"vLLM: {vllm_host.installed_version(python)} in {python}", flush=True)
     vllm_arms = ["vllm", *(["vllm-bf16", "vllm-reserved"] if args.flag_arms else [])]
-    servers: dict[str, server.ManagedServer] = {}
+    servers: dict[str, managed_server.ManagedServer] = {}
     starts: list[dict] = []
     rows: list[dict] = []
     try:

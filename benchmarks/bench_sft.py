@@ -6,7 +6,7 @@ Both sides train the tiny student (random Qwen2 + BPE tokenizer built from GSM8K
 GSM8K-solution SFT examples (question as prompt, the solution ending in \\boxed{} as completion), same max_length,
 batch size, learning rate, seed, steps, fp32 on CPU, no gradient checkpointing, logging every step:
 
-* ``pipes``: ``dg.materialize`` of an asset that calls ``orion_assets.training.pipes.run_sft_with_pipes`` (a
+* ``pipes``: ``dg.materialize`` of an asset that calls ``orion_assets.io.sft_pipes.run_sft_with_pipes`` (a
   ``PipesSubprocessClient`` launching ``python -m orion_assets.training.main``; the per-step log streamed
   to Dagster, a sqlite Dagster instance in a temporary DAGSTER_HOME, as under ``dagster dev``);
 * ``plain``: this file run as ``--plain-worker``: a plain TRL script (``SFTTrainer`` on the conversational
@@ -192,8 +192,8 @@ def _cpu() -> float:
 def run_pipes(cfg: dict, workdir: Path, i: int, instance) -> dict:
     import dagster as dg
 
+    from orion_assets.io.sft_pipes import run_sft_with_pipes
     from orion_assets.training import TrainParams
-    from orion_assets.training.pipes import run_sft_with_pipes
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"],

@@ -12,7 +12,7 @@ Four parts (``--parts sft gen graph handover``, all by default; ``handover`` is 
   solution ending in ``\\boxed{}`` as completion) by
 
   - ``pipes``: ORION's path, what ``student_checkpoint`` runs: ``dg.materialize`` of an asset calling
-    ``orion_assets.training.pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
+    ``orion_assets.io.sft_pipes.run_sft_with_pipes`` (``PipesSubprocessClient`` ->
     ``python -m orion_assets.training.main``), ``device="cuda"``, bf16 mixed precision (ORION's default on
     CUDA: a LoRA base is loaded in bf16, a full fine-tune keeps fp32 master weights), gradient checkpointing on
     (ORION's default on CUDA);
@@ -200,8 +200,8 @@ def run_plain(cfg: dict[str, Any], work: Path, tag: str) -> dict[str, Any]:
 def run_pipes(cfg: dict[str, Any], work: Path, tag: str, instance: Any) -> dict[str, Any]:
     import dagster as dg
 
+    from orion_assets.io.sft_pipes import run_sft_with_pipes
     from orion_assets.training import TrainParams
-    from orion_assets.training.pipes import run_sft_with_pipes
 
     params = TrainParams(
         base_model_path=cfg["base_model_path"], dataset_path=cfg["dataset_path"], output_dir=str(work / f"pipes-{tag}"),

@@ -2,8 +2,8 @@
 the device memory in use measured at each hand-over (imported by ``gpu_check.py``).
 
 1. ``transformers serve`` started the way ``[endpoints.student] serve = "transformers"`` starts it
-   (``orion_assets.llm.server``), on the device; chat completions through it, timed (generated tokens/s);
-2. the server released as before SFT (``io.serving.release_accelerator``: stopped), then a LoRA SFT run of
+   (``orion_assets.serving.managed_server``), on the device; chat completions through it, timed (generated tokens/s);
+2. the server released as before SFT (``serving.handover.release_accelerator``: stopped), then a LoRA SFT run of
    ``--sft-steps`` steps, timed, in this process;
 3. hf-backend generation on the device (``make_endpoint(backend="hf")``), timed, then ``release_models()``.
 
@@ -35,25 +35,26 @@ def _used_gib(cuda: bool) -> float | None:
 def part_handover(args: Any, work: Path, model: tuple[str, str, int], cuda: bool, sft_data: str) -> dict[str, Any]:
     from openai import OpenAI
 
-    from orion_assets.io import serving
-    from orion_assets.llm import make_endpoint, server
+    from orion_assets.llm import make_endpoint
     from orion_assets.llm.hf_backend import release_models
     from orion_assets.llm.types import GenerationRequest, SamplingParams
     from orion_assets.profiles.schema import EndpointConfig
+    from orion_assets.serving import managed_server
+    from orion_assets.serving.handover import release_accelerator
     from orion_assets.store import Store
     from orion_assets.training import TrainParams, train
 
     path, _, _ = model
     device = "cuda" if cuda else "cpu"
     memory: dict[str, float | None] = {"baseline": _used_gib(cuda)}
-    port = server.free_port()
-    command = server.default_command("transformers", path, port, device=device, lora_rank=16,
-                                     gpu_memory_utilization=0.85, sleep_mode=False)
-    env = server.server_env("transformers", sleep_mode=False)
-    plan = server.ServerPlan(kind="transformers", model=path, port=port, command=tuple(command),
-                             log_path=work / "logs" / f"serve-handover-{port}.log", timeout_s=600, env=env)
+    port = managed_server.free_port()
+    command = managed_server.default_command("transformers", path, port, device=device, lora_rank=16,
+                                             gpu_memory_utilization=0.85, sleep_mode=False)
+    env = managed_server.server_env("transformers", sleep_mode=False)
+    plan = managed_server.ServerPlan(kind="transformers", model=path, port=port, command=tuple(command),
+                                     log_path=work / "logs" / f"serve-handover-{port}.log", timeout_s=600, env=env)
     t = time.perf_counter()
-    running = server.server_for("handover", lambda: plan)
+    running = managed_server.server_for("handover", lambda: plan)
     started_s = time.perf_counter() - t
     client = OpenAI(base_url=running.plan.base_url, api_key="EMPTY")
     prompts = [f"What is {i} + {i + 2}? Reason step by step." for i in range(args.gen_prompts[0])]
@@ -64,7 +65,7 @@ def part_handover(args: Any, work: Path, model: tuple[str, str, int], cuda: bool
         tokens += reply.usage.completion_tokens
     served_s = time.perf_counter() - t
     memory["server_up"] = _used_gib(cuda)
-    released = serving.release_accelerator()
+    released = release_accelerator()
     memory["server_released"] = _used_gib(cuda)
 
     t = time.perf_counter()
@@ -89,7 +90,7 @@ def part_handover(args: Any, work: Path, model: tuple[str, str, int], cuda: bool
     memory["hf_loaded"] = _used_gib(cuda)
     freed = release_models()
     memory["hf_released"] = _used_gib(cuda)
-    server.stop_all()
+    managed_server.stop_all()
 
     def back(stage: str) -> bool | None:
         if memory[stage] is None or memory["baseline"] is None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orion_assets.io.serving import checkpoint_name
+from orion_assets.serving.served_weights import checkpoint_name
 from orion_assets.vocabulary import TRAINING_VARIANTS
 from orion_devtools.llm_simulator import SimConfig, Simulator
 

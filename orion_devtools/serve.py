@@ -55,7 +55,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orion_assets.llm.server import free_port, stop_process_group
+from orion_assets.serving.managed_server import free_port, stop_process_group
 
 __all__ = ["ServedModel", "ServeStartupError", "free_port", "serve_model", "serve_fixture", "served_model"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from orion_assets.llm.server import free_port
+from orion_assets.serving.managed_server import free_port
 
 PG_USER = "postgres"  # the superuser initdb creates, and the OS user that runs it when we are root
 # The one role that must give a password (scram-sha-256); every other connection is trusted.

@@ -27,7 +27,7 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from orion_assets.llm.server import free_port
+from orion_assets.serving.managed_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

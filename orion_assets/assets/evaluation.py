@@ -6,17 +6,16 @@ import dagster as dg
 import polars as pl
 
 from orion_assets.ids import content_id
-from orion_assets.io.metadata import markdown_table, progress_logger
+from orion_assets.io.metadata import markdown_table, progress_logger, tracking_metadata
 from orion_assets.io.resource import OrionResource
 from orion_assets.io.tables import Rows, Table, TableSpec, col, described, orion_asset
-from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.llm import sampling_params
 from orion_assets.llm.usage import usage_metadata
 from orion_assets.method.evaluation import report, scoring
 from orion_assets.method.evaluation.predictions import error_share, predict
 from orion_assets.method.partition_keys import parse_model_key
 from orion_assets.tokens import batch_token_counter
-from orion_assets.training.tracking import log_scores
+from orion_assets.training.tracking import CheckpointIdentity, log_scores
 from orion_assets.vocabulary import BENCHMARKS, GRADING_RULES
 
 BENCHMARK_PREDICTIONS = TableSpec(
@@ -213,8 +212,8 @@ def benchmark_scores(context: dg.AssetExecutionContext, orion: OrionResource, be
         "prediction_ids": sorted(predictions["prediction_id"].to_list()),
     } for graded_by, graded in by_rule], schema=BENCHMARK_SCORES.columns)
     # Into the checkpoint's tracker run ([tracking]), beside its SFT curves.
-    identity = checkpoint_identity(orion, student, variant, seed, rows["checkpoint_id"][0])
-    tracked = log_scores(tracker_of(orion), identity, benchmark,
+    identity = CheckpointIdentity.of(orion.active, student, variant, seed, rows["checkpoint_id"][0])
+    tracked = log_scores(orion.tracker, identity, benchmark,
                          {graded_by or cfg.eval.compat: graded.to_row() for graded_by, graded in by_rule},
                          context.run.run_id)
     return Rows(

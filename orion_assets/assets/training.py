@@ -12,11 +12,10 @@ import pyarrow.parquet as pq
 
 from orion_assets.assets.quality import COT_QUALITY
 from orion_assets.ids import content_id
-from orion_assets.io import serving
-from orion_assets.io.metadata import percentiles
+from orion_assets.io.metadata import percentiles, tracking_metadata
 from orion_assets.io.resource import OrionResource
+from orion_assets.io.sft_pipes import run_sft_with_pipes
 from orion_assets.io.tables import Rows, Table, TableSpec, col, orion_asset
-from orion_assets.io.tracking import checkpoint_identity, tracker_of, tracking_metadata
 from orion_assets.method import problems, sft_data
 from orion_assets.method.evaluation.report import loss_curve_png, png_markdown
 from orion_assets.method.partition_keys import SEPARATOR, parse_model_key
@@ -25,13 +24,13 @@ from orion_assets.method.quality.verdicts import latest_gate_verdict
 from orion_assets.method.variants import skipped_variants
 from orion_assets.profiles.k8s import sft_op_tags
 from orion_assets.profiles.schema import OrionConfig
+from orion_assets.serving.handover import release_accelerator
 from orion_assets.store.columns import Column
 from orion_assets.training import TrainParams, gguf, student
 from orion_assets.training.chat_template import with_chat_template
 from orion_assets.training.checkpoints import RUN_COLUMNS, TRAINED_COLUMNS, ResultColumn, result_columns
 from orion_assets.training.config import plan_run
-from orion_assets.training.pipes import run_sft_with_pipes
-from orion_assets.training.tracking import open_checkpoint_run
+from orion_assets.training.tracking import CheckpointIdentity, open_checkpoint_run
 from orion_assets.training.trainer import TrainResult
 from orion_assets.vocabulary import BASE_VARIANT, OWN_PROBLEMS_VARIANTS
 
@@ -240,8 +239,8 @@ def student_checkpoint(
     model = student_base_model.first()
     if variant == BASE_VARIANT:
         checkpoint_id = content_id("checkpoint", student, BASE_VARIANT, model["model_id"])
-        tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
-            orion, student, variant, seed, checkpoint_id, model["config_hash"]), context.run.run_id)
+        tracked = open_checkpoint_run(orion.tracker, CheckpointIdentity.of(
+            orion.active, student, variant, seed, checkpoint_id, model["config_hash"]), context.run.run_id)
         return dg.Output(_base_checkpoint(model, student, seed, checkpoint_id, tracking_metadata(tracked)))
     _refuse_unless_gated(orion, cot_quality, student, variant, "train")
     cfg = orion.config_for(student)
@@ -252,14 +251,14 @@ def student_checkpoint(
                    example_ids=example_ids, checkpoints_dir=orion.data_path / "checkpoints", student=student,
                    variant=variant)
     # The checkpoint's tracker run ([tracking]): the SFT process logs its curves into it (TRL's report_to).
-    tracked = open_checkpoint_run(tracker_of(orion), checkpoint_identity(
-        orion, student, variant, seed, run.checkpoint_id, run.config_hash), context.run.run_id)
+    tracked = open_checkpoint_run(orion.tracker, CheckpointIdentity.of(
+        orion.active, student, variant, seed, run.checkpoint_id, run.config_hash), context.run.run_id)
     params = TrainParams.from_sft_config(
         sft, base_model_path=model["path"], dataset_path=dataset_path, output_dir=run.output_dir,
         base_model_hash=model["model_id"], report_to=tracked.report_to if tracked else [],
     )
     # The accelerator goes to SFT: managed servers sleep or stop, local models and the CUDA cache are freed.
-    if released := serving.release_accelerator():
+    if released := release_accelerator():
         context.log.info(f"before SFT: student servers {released}")
     outcome = run_sft_with_pipes(context, pipes_subprocess_client, params, cfg.sft.launcher,
                                  env=tracked.env if tracked else None)

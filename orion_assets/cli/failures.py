@@ -21,7 +21,7 @@ def _error_chain(error) -> list:
     return chain
 
 
-# A managed student server that would not start or died once too often (llm/server.py): the step's error
+# A managed student server that would not start or died once too often (serving/managed_server.py): the step's error
 # ends with the server's log, whose last lines are printed with it.
 SERVER_ERRORS = frozenset({"ServerStartError", "ServerDiedError"})
 SERVER_LOG_LINES = 20

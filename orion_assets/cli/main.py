@@ -13,7 +13,7 @@ from orion_assets.cli.export import add_export_parser
 from orion_assets.cli.failures import user_error_message
 from orion_assets.cli.run import run
 from orion_assets.cli.sql import report, sql
-from orion_assets.llm import vllm_host
+from orion_assets.serving import vllm_host
 
 
 def build_parser() -> argparse.ArgumentParser:

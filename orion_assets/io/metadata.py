@@ -1,9 +1,9 @@
-"""What an asset shows in the Dagster UI: table previews, column schemas, percentiles, progress."""
+"""What an asset shows in the Dagster UI: table previews, column schemas, percentiles, progress, tracker runs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
@@ -11,7 +11,10 @@ import polars as pl
 from orion_assets.progress import report_progress
 from orion_assets.tokens import percentiles  # plain polars, so that the method layer shares it
 
-__all__ = ["column_descriptions", "markdown_table", "percentiles", "progress_logger", "table_schema"]
+__all__ = ["column_descriptions", "markdown_table", "percentiles", "progress_logger", "table_schema", "tracking_metadata"]
+
+if TYPE_CHECKING:
+    from orion_assets.training.tracking import TrackedRun
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -63,3 +66,12 @@ def progress_logger(context: dg.AssetExecutionContext, label: str):
 
     return report
 
+
+def tracking_metadata(run: TrackedRun | None) -> dict[str, dg.MetadataValue]:
+    """A checkpoint's tracker run ([tracking]) in its materialization: ``tracking_backend``, ``tracking_run_id`` and
+    ``tracking_link`` (the run in the tracker's UI, or the command that serves it); nothing without a run."""
+    if run is None:
+        return {}
+    link = dg.MetadataValue.url(run.link) if run.link_is_url else dg.MetadataValue.text(run.link)
+    return {"tracking_backend": dg.MetadataValue.text(run.backend), "tracking_run_id": dg.MetadataValue.text(run.run_id),
+            "tracking_link": link}

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from orion_assets.io import serving
 from orion_assets.llm import make_endpoint
 from orion_assets.llm.context import ContextBudget, model_context_window
 from orion_assets.profiles import Profile, load_profile
+from orion_assets.serving.handover import served_endpoint
+from orion_assets.serving.served_weights import AskedWeights
 from orion_assets.store import BaseStore, store_for
+from orion_assets.training.tracking import Tracker
 
 PREVIEW_ROWS = 10
 PREVIEW_CELL_CHARS = 80
@@ -64,6 +66,11 @@ class OrionResource(dg.ConfigurableResource):
         """The store the active profile's ``[store]`` names (default: the DuckDB file in ``data_dir``)."""
         return store_for(self.active.config.store, self.data_path)
 
+    @property
+    def tracker(self) -> Tracker:
+        """Where the active profile's ``[tracking]`` sends each checkpoint's run (``orion_assets.training.tracking``)."""
+        return Tracker.of(self.active.config.tracking, self.data_path, self.active.name)
+
     def endpoint(
         self,
         role: str,
@@ -81,7 +88,7 @@ class OrionResource(dg.ConfigurableResource):
         ``tokenizer`` (the student's) counts prompt tokens against the endpoint's ``context_window``; ``student``
         picks that student's [endpoints.student] overrides. ``checkpoint`` (a ``student_checkpoint`` row) is the
         model evaluation asks an openai student server for: by a name that carries its id, from a server the
-        pipeline manages (``serve``) or one that must list it (:mod:`orion_assets.io.serving`)."""
+        pipeline manages (``serve``) or one that must list it (:mod:`orion_assets.serving.handover`)."""
         config = self.config_for(student)
         cfg = getattr(config.endpoints, role)
         if cfg is None:
@@ -89,8 +96,7 @@ class OrionResource(dg.ConfigurableResource):
         if role == "student" and cfg.backend == "openai" and (cfg.serve != "none" or checkpoint is not None):
             name = student or config.all_students[0].name
             base = local_model if checkpoint is None else self._base_model_path(name)
-            cfg, served_model = serving.served_endpoint(config, name, base_model=base, data_path=self.data_path,
-                                                        checkpoint=checkpoint)
+            cfg, served_model = served_endpoint(config, name, AskedWeights.of(checkpoint, base), self.data_path)
         model = local_model if cfg.backend == "hf" else served_model if cfg.backend == "openai" else None
         endpoint = make_endpoint(cfg, self.store, role=role, model_path=model, model_revision=model_revision)
         window = cfg.context_window

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orion_assets.llm.cache import (
     FLUSH_EVERY,
@@ -42,6 +42,29 @@ Emit = Callable[[str, GenerationResult], None]
 
 class EndpointError(ValueError):
     """An endpoint that cannot be built or used as configured; the message names the setting."""
+
+
+class ServerDiedError(RuntimeError):
+    """The managed server died mid-step more often than it may be restarted; the message ends with its log's
+    last lines. Its watchdog (:mod:`orion_assets.serving.managed_server`) raises it, an endpoint fails its step
+    with it."""
+
+
+# How an endpoint finds the server the pipeline manages at its base URL (a ManagedServer of
+# orion_assets.serving.managed_server: ``plan.kind``, ``failure``, ``wait_serving()``), or None for a server of
+# the user's own. That layer sits above this one and registers its lookup when it starts its first server;
+# before that, no server is managed.
+_MANAGED_SERVERS: list[Callable[[str], Any]] = []
+
+
+def register_managed_servers(lookup: Callable[[str], Any]) -> None:
+    """Where :func:`managed_server_at` looks from now on (the serving layer's ``managed_at``)."""
+    _MANAGED_SERVERS[:] = [lookup]
+
+
+def managed_server_at(base_url: str) -> Any | None:
+    """The process's managed server that answers at ``base_url`` (None: a server of the user's own)."""
+    return _MANAGED_SERVERS[0](base_url) if _MANAGED_SERVERS else None
 
 
 class BaseEndpoint(abc.ABC):

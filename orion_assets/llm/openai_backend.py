@@ -26,9 +26,8 @@ if importlib.util.find_spec("openai._httpx2") is not None:  # openai 3 talks thr
 else:  # pragma: no cover - openai 1.x and 2.x: httpx
     import httpx as _http  # type: ignore[no-redef]
 
-from orion_assets.llm import server
 from orion_assets.llm.cache import FLUSH_EVERY, FLUSH_INTERVAL_S, CallIdentity
-from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError
+from orion_assets.llm.endpoint import BaseEndpoint, Emit, EndpointError, ServerDiedError, managed_server_at
 from orion_assets.llm.types import TIMED_OUT, GenerationRequest, GenerationResult
 from orion_assets.progress import CALL_FAILED
 from orion_assets.store import Store
@@ -234,7 +233,7 @@ class OpenAIEndpoint(BaseEndpoint):
         self.backoff_max_s = backoff_max_s
         # A server the pipeline runs (``serve``): waited for while its watchdog restarts it, and named by its
         # kind rather than its port in the cache key, so that a re-run on another port finds its calls.
-        self.server = server.managed_at(self.base_url)
+        self.server = managed_server_at(self.base_url)
 
     @property
     def identity(self) -> CallIdentity:
@@ -339,7 +338,7 @@ class OpenAIEndpoint(BaseEndpoint):
                 try:  # a managed server that died: wait while its watchdog starts it again, then ask again
                     if await asyncio.to_thread(self.server.wait_serving):
                         continue
-                except server.ServerDiedError as exc:
+                except ServerDiedError as exc:
                     outcome, retryable = _Fatal(f"{outcome.cause}; {str(exc).splitlines()[0]}"), False
             retry_after = outcome.retry_after if isinstance(outcome, _Retryable) else None
             if retryable and outcome.timed_out:

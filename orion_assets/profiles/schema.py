@@ -107,7 +107,7 @@ class EndpointConfig(Section):
     replay_file: str | None = None  # replay backend: JSONL keyed by problem
     # [endpoints.student] only: the server the pipeline starts and stops itself ("none": the user's own at
     # base_url). serve_command replaces its command ({python} {host} {port} {model} filled in), serve_args
-    # adds to it (vLLM: "--tensor-parallel-size", "2"). vLLM's flags for the host: llm/vllm_host.py.
+    # adds to it (vLLM: "--tensor-parallel-size", "2"). vLLM's flags for the host: serving/vllm_host.py.
     serve: Literal["none", "transformers", "vllm"] = "none"
     serve_command: list[str] | None = None
     serve_args: list[str] = Field(default_factory=list)

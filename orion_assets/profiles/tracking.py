@@ -1,5 +1,7 @@
-"""The profile's ``[tracking]`` section: which experiment tracker SFT curves and evaluation scores reach
-(``orion_assets/training/tracking.py`` does the work; docs/tracking.md)."""
+"""The profile's ``[tracking]`` section: which experiment tracker SFT curves and evaluation scores reach.
+
+Only the settings, kept here beside the profile's other sections (``sft.py``, ``k8s.py``, ``upkeep.py``); the
+tracking itself is done in one module, ``orion_assets/training/tracking.py`` (docs/tracking.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SFT of the student (DESIGN.md section 2 step 6), run as its own process through Dagster Pipes.
 
-Plain functions here (docs/sft.md); the Dagster side is :mod:`orion_assets.training.pipes`, imported directly
-by its callers so that importing this package never imports Dagster.
+Plain functions here (docs/sft.md), none of which imports Dagster; the Dagster side is
+:mod:`orion_assets.io.sft_pipes`, in the Dagster layer.
 """
 
 from __future__ import annotations

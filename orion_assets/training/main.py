@@ -1,6 +1,6 @@
 """The SFT process: ``python -m orion_assets.training.main [--params PARAMS.json]``.
 
-Launched through Dagster Pipes by :func:`orion_assets.training.pipes.run_sft_with_pipes` with the profile's
+Launched through Dagster Pipes by :func:`orion_assets.io.sft_pipes.run_sft_with_pipes` with the profile's
 launcher (``{python} -m ...`` or ``accelerate launch -m ...``), or by hand; docs/sft.md has the protocol.
 """
 

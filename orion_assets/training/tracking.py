@@ -3,7 +3,9 @@
 The SFT process logs its curves into that run through TRL's ``report_to`` (:func:`open_checkpoint_run` gives
 the list and the environment the tracker's callback reads), and each evaluation logs its scores into the same
 run. The run is tagged with the profile, the checkpoint and the Dagster run ids, so the two point at each
-other. No Dagster here: the assets pass the ids in.
+other. No Dagster here: the assets pass the ids in (``orion.tracker``, :meth:`CheckpointIdentity.of`), and
+``orion_assets.io.metadata.tracking_metadata`` turns a :class:`TrackedRun` into materialization metadata. The
+profile's ``[tracking]`` section itself stays with the other sections, in ``orion_assets/profiles/tracking.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orion_assets.profiles import Profile
 from orion_assets.profiles.tracking import TrackingSection
 from orion_assets.store.lock import LOCK_TIMEOUT_S, file_lock
 
@@ -60,6 +63,13 @@ class CheckpointIdentity:
     seed: int
     checkpoint_id: str
     config_hash: str | None = None
+
+    @classmethod
+    def of(cls, profile: Profile, student: str, variant: str, seed: int, checkpoint_id: str,
+           config_hash: str | None = None) -> CheckpointIdentity:
+        """The identity of one checkpoint of ``profile`` (its name and hash)."""
+        return cls(profile=profile.name, profile_hash=profile.hash, student=student, variant=variant, seed=seed,
+                   checkpoint_id=checkpoint_id, config_hash=config_hash)
 
     @property
     def run_name(self) -> str:

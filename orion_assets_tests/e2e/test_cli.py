@@ -394,8 +394,8 @@ with open_dagster_pipes() as pipes:
 
 def test_sft_process_output_goes_to_the_log_file_and_steps_to_progress(tmp_path, monkeypatch, capfd):
     from orion_assets.cli.console import ProgressBars
+    from orion_assets.io.sft_pipes import run_sft_with_pipes
     from orion_assets.training import TrainParams
-    from orion_assets.training.pipes import run_sft_with_pipes
 
     script = tmp_path / "fake_sft.py"
     script.write_text(FAKE_SFT)

@@ -19,11 +19,12 @@ import duckdb
 import psutil
 import pytest
 
-from orion_assets.io.serving import checkpoint_name
-from orion_assets.llm import GenerationRequest, SamplingParams, served, server, vllm_host
+from orion_assets.llm import GenerationRequest, SamplingParams
 from orion_assets.llm.openai_backend import OpenAIEndpoint
 from orion_assets.method import prompts
 from orion_assets.profiles.schema import EndpointConfig
+from orion_assets.serving import managed_server, vllm_client, vllm_host
+from orion_assets.serving.served_weights import checkpoint_name
 from orion_assets.store import Store
 from orion_assets_tests.conftest import REPO, gsm8k_train_rows, orion_run, profile_env
 
@@ -65,14 +66,14 @@ def _group(pgid: int) -> list[psutil.Process]:
 
 
 def _start(model: str, tmp_path: Path, python: str, host_args: tuple[str, ...], env: dict[str, str],
-           restarts: int = 0) -> server.ManagedServer:
-    port = server.free_port()
-    command = server.default_command("vllm", model, port, device="cpu", lora_rank=16, vllm_python=python,
-                                     host_args=host_args)
-    plan = server.ServerPlan(kind="vllm", model=model, port=port, command=tuple(command),
-                             log_path=tmp_path / f"vllm-{port}.log", timeout_s=600,
-                             env=server.server_env("vllm", sleep_mode=False, host_env=env), max_restarts=restarts)
-    return server.server_for(f"test/{port}", lambda: plan)
+           restarts: int = 0) -> managed_server.ManagedServer:
+    port = managed_server.free_port()
+    command = managed_server.default_command("vllm", model, port, device="cpu", lora_rank=16, vllm_python=python,
+                                             host_args=host_args)
+    plan = managed_server.ServerPlan(kind="vllm", model=model, port=port, command=tuple(command),
+                                     log_path=tmp_path / f"vllm-{port}.log", timeout_s=600,
+                                     env=managed_server.server_env("vllm", sleep_mode=False, host_env=env), max_restarts=restarts)
+    return managed_server.server_for(f"test/{port}", lambda: plan)
 
 
 def _seeded(n: int) -> list[GenerationRequest]:
@@ -96,7 +97,7 @@ def test_64_seeded_requests_at_once_crash_vllm_with_chunked_prefill_and_run_clea
         pgid = crashing.process.pid
         cfg = EndpointConfig(backend="openai", base_url=crashing.plan.base_url, model=model, concurrency=64,
                              max_retries=1, timeout_s=300)
-        with pytest.raises(server.ServerDiedError):
+        with pytest.raises(managed_server.ServerDiedError):
             OpenAIEndpoint(cfg, Store(tmp_path / "crash.duckdb"), role="student").generate(_seeded(64))
         assert "CPU Generator does not use offset" in crashing.plan.log_path.read_text()
         assert not _group(pgid), "the dead engine left processes behind"
@@ -107,7 +108,7 @@ def test_64_seeded_requests_at_once_crash_vllm_with_chunked_prefill_and_run_clea
         assert [r.error for r in results if r.error] == [] and fixed.restarts == 0
         assert all(r.text for r in results)
     finally:
-        server.stop_all()
+        managed_server.stop_all()
 
 
 def _watch_and_kill_engine(data_dir: Path, seen: dict) -> None:
@@ -122,7 +123,7 @@ def _watch_and_kill_engine(data_dir: Path, seen: dict) -> None:
             if loaded < 0 or text.count("POST /v1/chat/completions", loaded) < 2:
                 continue
             port = int(log.stem.rsplit("-", 1)[1])
-            seen["models"] = [m.__dict__ for m in served.list_models(f"http://127.0.0.1:{port}/v1")]
+            seen["models"] = [m.__dict__ for m in vllm_client.list_models(f"http://127.0.0.1:{port}/v1")]
             api = next(p for p in psutil.process_iter(["cmdline"]) if f"--port {port}" in " ".join(p.info["cmdline"] or []))
             engines = [c for c in api.children(recursive=True) if "EngineCore" in " ".join(c.cmdline()) + c.name()]
             seen["killed"] = [c.pid for c in engines]
@@ -196,5 +197,5 @@ def test_a_killed_run_leaves_no_vllm_process_behind(tmp_path, vllm_python, how) 
 @pytest.fixture(autouse=True)
 def _no_server_left() -> Iterator[None]:
     yield
-    server.stop_all()
+    managed_server.stop_all()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from orion_assets.llm import server, vllm_host
+from orion_assets.serving import managed_server, vllm_host
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class Pair:
-    real: server.ManagedServer
-    sim: server.ManagedServer
+    real: managed_server.ManagedServer
+    sim: managed_server.ManagedServer
     model: str
     adapters: Path
 
@@ -98,18 +98,18 @@ def _commands(model: str, port: int, python: str, extra: tuple[str, ...] = ()) -
     """The pipeline's vLLM command on this CPU host, and the simulator's: the same arguments, its own module."""
     flags = vllm_host.host_flags(on_cpu=True, sleep_mode=None, gpu_memory_utilization=0.85, kv_cache_gib=1.0,
                                  max_model_len=MAX_LEN, batched_tokens=8192)  # fmt: skip
-    real = server.default_command("vllm", model, port, device="cpu", lora_rank=16, vllm_python=python,
-                                  host_args=flags.args, extra=extra)  # fmt: skip
+    real = managed_server.default_command("vllm", model, port, device="cpu", lora_rank=16, vllm_python=python,
+                                          host_args=flags.args, extra=extra)  # fmt: skip
     args = real[real.index(vllm_host.ENTRY_POINT) + 1 :]
     return real, [sys.executable, "-m", "orion_devtools.llm_simulator", *args, "--tokenizer", model, *SIM_ONLY]
 
 
-def _plan(command: list[str], port: int, log: Path, sleep_mode: bool = False) -> server.ServerPlan:
+def _plan(command: list[str], port: int, log: Path, sleep_mode: bool = False) -> managed_server.ServerPlan:
     flags = vllm_host.host_flags(on_cpu=True, sleep_mode=None, gpu_memory_utilization=0.85, kv_cache_gib=1.0,
                                  max_model_len=MAX_LEN, batched_tokens=8192)  # fmt: skip
-    return server.ServerPlan(kind="vllm", model=command[command.index("--model") + 1], port=port,
-                             command=tuple(command), log_path=log, timeout_s=600,
-                             env=server.server_env("vllm", sleep_mode=sleep_mode, host_env=flags.env))  # fmt: skip
+    return managed_server.ServerPlan(kind="vllm", model=command[command.index("--model") + 1], port=port,
+                                     command=tuple(command), log_path=log, timeout_s=600,
+                                     env=managed_server.server_env("vllm", sleep_mode=sleep_mode, host_env=flags.env))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +131,11 @@ def adapters(smol_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pair(smol_model, vllm_python, adapters, tmp_path_factory) -> Iterator[Pair]:
     model, logs = str(smol_model.path), tmp_path_factory.mktemp("logs")
-    real_port, sim_port = server.free_port(), server.free_port()
+    real_port, sim_port = managed_server.free_port(), managed_server.free_port()
     real_cmd, _ = _commands(model, real_port, vllm_python)
     _, sim_cmd = _commands(model, sim_port, vllm_python)
-    real = server.ManagedServer(_plan(real_cmd, real_port, logs / "vllm.log"))
-    sim = server.ManagedServer(_plan(sim_cmd, sim_port, logs / "sim.log"))
+    real = managed_server.ManagedServer(_plan(real_cmd, real_port, logs / "vllm.log"))
+    sim = managed_server.ManagedServer(_plan(sim_cmd, sim_port, logs / "sim.log"))
     try:
         real.start()
         sim.start()
@@ -265,12 +265,12 @@ def test_health_unknown_routes_and_no_sleep_routes_alike(pair: Pair) -> None:
 
 def test_sleep_mode_stops_both_from_starting_on_a_cpu_host(smol_model, vllm_python, tmp_path) -> None:
     """vLLM's CPU build refuses --enable-sleep-mode; ManagedServer reports the exit and the log's last lines."""
-    port = server.free_port()
+    port = managed_server.free_port()
     for command, name in zip(_commands(str(smol_model.path), port, vllm_python, ("--enable-sleep-mode",)), ("vllm", "sim"),
                              strict=True):  # fmt: skip
-        managed = server.ManagedServer(_plan(command, port, tmp_path / f"{name}.log", sleep_mode=True))
+        managed = managed_server.ManagedServer(_plan(command, port, tmp_path / f"{name}.log", sleep_mode=True))
         try:
-            with pytest.raises(server.ServerStartError) as refused:
+            with pytest.raises(managed_server.ServerStartError) as refused:
                 managed.start()
         finally:
             managed.stop()

@@ -183,7 +183,7 @@ def test_openai_backend_against_transformers_serve(served, tmp_path: Path) -> No
 
 def test_release_models_frees_a_loaded_model_and_a_later_call_loads_it_again(tiny_student: BuiltModel,
                                                                              tmp_path: Path) -> None:
-    """Before SFT takes the accelerator the hf backend lets go of its model (io.serving.release_accelerator)."""
+    """Before SFT takes the accelerator the hf backend lets go of its model (serving.handover.release_accelerator)."""
     import gc
     import weakref
 

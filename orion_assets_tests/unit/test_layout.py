@@ -38,7 +38,7 @@ def graph() -> grimp.ImportGraph:
 
 def test_the_layer_contracts_hold() -> None:
     """pyproject.toml's [tool.importlinter] contracts: each layer imports only the layers below it, and
-    only the Dagster layer (assets, io, definitions, cli, training.pipes) imports dagster."""
+    only the Dagster layer (assets, io, definitions, cli) imports dagster."""
     # In its own process: import-linter's CLI reconfigures logging, which would silence the loggers of later tests.
     code = f"from importlinter.cli import lint_imports; raise SystemExit(lint_imports({str(PYPROJECT)!r}, no_cache=True))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -58,10 +58,13 @@ def test_no_module_imports_itself_back_through_any_chain(graph: grimp.ImportGrap
 
 
 def test_the_method_and_the_layers_under_it_import_without_dagster() -> None:
-    """Importing every module under orion_assets.method (and the layers it stands on) loads no dagster."""
-    names = [info.name for package in ("orion_assets.method", "orion_assets.llm", "orion_assets.store")
+    """Importing every module under orion_assets.method (and the layers it stands on), and under
+    orion_assets.serving, loads no dagster."""
+    names = [info.name for package in ("orion_assets.serving", "orion_assets.method", "orion_assets.llm",
+                                       "orion_assets.store")
              for info in pkgutil.walk_packages(__import__(package, fromlist=["_"]).__path__, package + ".")]
     assert any(name.startswith("orion_assets.method.grading") for name in names)
+    assert "orion_assets.serving.handover" in names
     script = ("import importlib, sys\n"
               f"for name in {names!r}:\n"
               "    importlib.import_module(name)\n"

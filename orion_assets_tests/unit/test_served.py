@@ -1,5 +1,5 @@
 """vLLM's runtime-LoRA and sleep endpoints over real HTTP: the simulator answers them with vLLM's
-bodies, statuses and error texts, and orion_assets.llm.served drives them and reports refusals."""
+bodies, statuses and error texts, and orion_assets.serving.vllm_client drives them and reports refusals."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from orion_assets.llm import served
-from orion_assets.llm.served import ServedModel, ServerError
 from orion_assets.method import prompts
+from orion_assets.serving import vllm_client
+from orion_assets.serving.vllm_client import ServedModel, ServerError
 from orion_assets_tests.conftest import REPO_ROOT, gsm8k_train_rows
 from orion_devtools.llm_simulator import SimConfig, Simulator
 
@@ -76,22 +76,22 @@ def test_a_loaded_adapter_is_listed_with_its_path_and_answers_under_its_name(vll
     status, content_type, body = _raw(vllm, "POST", "/v1/load_lora_adapter", {"lora_name": "orion", "lora_path": str(ckpt)})
     assert (status, content_type, body) == (200, "", b"Success: LoRA adapter 'orion' added successfully.")
     try:
-        models = served.list_models(vllm.base_url)
+        models = vllm_client.list_models(vllm.base_url)
         assert models == [ServedModel(BASE, BASE, None), ServedModel("teacher_sft", "rev-1", BASE),
                           ServedModel("orion", str(ckpt), BASE)]  # fmt: skip
         status, reply = _chat(vllm, "orion")
         assert status == 200 and reply["model"] == "orion" and reply["choices"][0]["message"]["content"]
         assert vllm.requests()[-1]["model"] == "orion"
     finally:
-        served.unload_adapter(vllm.base_url, "orion")
+        vllm_client.unload_adapter(vllm.base_url, "orion")
 
 
 def test_the_client_loads_and_unloads_and_an_unloaded_adapter_is_vllms_404(vllm: Simulator, tmp_path: Path) -> None:
     ckpt = _adapter(tmp_path, "ckpt-200")
-    assert served.load_adapter(vllm.base_url, "orion", str(ckpt)) == "Success: LoRA adapter 'orion' added successfully."
+    assert vllm_client.load_adapter(vllm.base_url, "orion", str(ckpt)) == "Success: LoRA adapter 'orion' added successfully."
     assert _chat(vllm, "orion")[0] == 200
-    assert served.unload_adapter(vllm.url, "orion") == "Success: LoRA adapter 'orion' removed successfully."
-    assert [m.id for m in served.list_models(vllm.base_url)] == [BASE, "teacher_sft"]
+    assert vllm_client.unload_adapter(vllm.url, "orion") == "Success: LoRA adapter 'orion' removed successfully."
+    assert [m.id for m in vllm_client.list_models(vllm.base_url)] == [BASE, "teacher_sft"]
     status, body = _chat(vllm, "orion")
     assert (status, body) == (404, {"error": {"message": f"The model `orion` does not exist. Valid aliases: {BASE}.",
                                               "type": "NotFoundError",
@@ -103,11 +103,11 @@ def test_the_checkpoint_path_decides_the_replies_like_a_revision(vllm: Simulator
     first, second = _adapter(tmp_path, "ckpt-1"), _adapter(tmp_path, "ckpt-2")
 
     def replies(path: Path) -> list[str]:
-        served.load_adapter(vllm.base_url, "orion", str(path))
+        vllm_client.load_adapter(vllm.base_url, "orion", str(path))
         try:
             return [_chat(vllm, "orion", p)[1]["choices"][0]["message"]["content"] for p in PROBLEMS[:6]]
         finally:
-            served.unload_adapter(vllm.base_url, "orion")
+            vllm_client.unload_adapter(vllm.base_url, "orion")
 
     one = replies(first)
     assert replies(first) == one  # the same checkpoint again: the same answers
@@ -118,17 +118,17 @@ def test_duplicates_unknown_paths_and_unknown_names_are_refused_with_vllms_messa
     vllm: Simulator, tmp_path: Path
 ) -> None:
     ckpt = _adapter(tmp_path, "ckpt-300")
-    served.load_adapter(vllm.base_url, "orion", str(ckpt))
+    vllm_client.load_adapter(vllm.base_url, "orion", str(ckpt))
     try:
         with pytest.raises(ServerError) as duplicate:
-            served.load_adapter(vllm.base_url, "orion", str(ckpt))
+            vllm_client.load_adapter(vllm.base_url, "orion", str(ckpt))
         assert duplicate.value.status == 400
         assert duplicate.value.message == ("The lora adapter 'orion' has already been loaded. If you want to load "
                                            "the adapter in place, set 'load_inplace' to True.")  # fmt: skip
         with pytest.raises(ServerError, match="already been loaded"):  # a --lora-modules adapter counts too
-            served.load_adapter(vllm.base_url, "teacher_sft", str(ckpt))
+            vllm_client.load_adapter(vllm.base_url, "teacher_sft", str(ckpt))
     finally:
-        served.unload_adapter(vllm.base_url, "orion")
+        vllm_client.unload_adapter(vllm.base_url, "orion")
 
     missing, not_adapter = tmp_path / "nowhere", tmp_path / "plain-dir"
     not_adapter.mkdir()
@@ -142,35 +142,35 @@ def test_duplicates_unknown_paths_and_unknown_names_are_refused_with_vllms_messa
     assert json.loads(body)["error"]["type"] == "InvalidUserInput"
 
     with pytest.raises(ServerError) as unknown:
-        served.unload_adapter(vllm.base_url, "orion")
+        vllm_client.unload_adapter(vllm.base_url, "orion")
     assert (unknown.value.status, unknown.value.message) == (404, "The lora adapter 'orion' cannot be found.")
-    assert [m.id for m in served.list_models(vllm.base_url)] == [BASE, "teacher_sft"]
+    assert [m.id for m in vllm_client.list_models(vllm.base_url)] == [BASE, "teacher_sft"]
 
 
 def test_sleep_holds_requests_until_wake_up(vllm: Simulator) -> None:
-    assert served.is_sleeping(vllm.base_url) is False
+    assert vllm_client.is_sleeping(vllm.base_url) is False
     assert _raw(vllm, "POST", "/sleep?level=1") == (200, "", b"")
-    assert served.is_sleeping(vllm.base_url) is True
-    served.sleep(vllm.base_url, level=1)  # sleeping again is harmless
+    assert vllm_client.is_sleeping(vllm.base_url) is True
+    vllm_client.sleep(vllm.base_url, level=1)  # sleeping again is harmless
     answered: list[tuple[int, dict[str, Any]]] = []
     worker = threading.Thread(target=lambda: answered.append(_chat(vllm, "teacher_sft")))
     worker.start()
     time.sleep(0.5)
     assert worker.is_alive() and answered == []  # accepted, not answered: the scheduler is paused
     try:
-        served.wake_up(vllm.base_url)
+        vllm_client.wake_up(vllm.base_url)
         worker.join(timeout=30)
     finally:
-        served.wake_up(vllm.base_url)
+        vllm_client.wake_up(vllm.base_url)
     assert answered[0][0] == 200 and answered[0][1]["model"] == "teacher_sft"
-    assert served.is_sleeping(vllm.base_url) is False
+    assert vllm_client.is_sleeping(vllm.base_url) is False
     chats = lambda: [r for r in vllm.requests() if r.get("kind") != "runtime"]  # noqa: E731 - the log's chat entries
     assert chats()[-1].get("held_while_sleeping") is True
     assert _chat(vllm, BASE)[0] == 200 and "held_while_sleeping" not in chats()[-1]
     runtime = [r["path"] for r in vllm.requests() if r.get("kind") == "runtime"]
     assert runtime[-3:] == ["/wake_up", "/wake_up", "/is_sleeping"]  # the runtime routes are logged too
     with pytest.raises(ValueError, match="sleep level"):
-        served.sleep(vllm.base_url, level=3)
+        vllm_client.sleep(vllm.base_url, level=3)
 
 
 def test_without_the_switches_the_routes_are_fastapis_404_and_the_client_says_what_is_missing(tmp_path: Path) -> None:
@@ -191,21 +191,21 @@ def test_without_the_switches_the_routes_are_fastapis_404_and_the_client_says_wh
             url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
             if "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in extra:  # LoRA updating on, sleep off (no dev mode)
                 with pytest.raises(ServerError, match="No adapter found for"):
-                    served.load_adapter(url, "orion", str(tmp_path / "nowhere"))
+                    vllm_client.load_adapter(url, "orion", str(tmp_path / "nowhere"))
                 with pytest.raises(ServerError) as refused:
-                    served.sleep(url)
+                    vllm_client.sleep(url)
                 assert refused.value.status == 404
                 assert "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1" in str(refused.value)
                 with pytest.raises(ServerError, match="VLLM_SERVER_DEV_MODE"):
-                    served.is_sleeping(url)
+                    vllm_client.is_sleeping(url)
             else:  # sleep on, LoRA updating off: vLLM never registers the LoRA routes
-                assert served.is_sleeping(url) is False
+                assert vllm_client.is_sleeping(url) is False
                 with pytest.raises(ServerError) as refused:
-                    served.load_adapter(url, "orion", str(_adapter(tmp_path, "ckpt")))
+                    vllm_client.load_adapter(url, "orion", str(_adapter(tmp_path, "ckpt")))
                 assert (refused.value.status, refused.value.message) == (
                     404, "Not Found (no such route: the server must run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)")
                 with pytest.raises(ServerError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
-                    served.unload_adapter(url, "orion")
+                    vllm_client.unload_adapter(url, "orion")
         finally:
             proc.kill()
             proc.wait()
@@ -215,5 +215,5 @@ def test_without_the_switches_the_routes_are_fastapis_404_and_the_client_says_wh
 
 def test_a_server_that_does_not_answer_is_a_server_error_without_status() -> None:
     with pytest.raises(ServerError) as down:
-        served.list_models("http://127.0.0.1:9/v1", timeout_s=5)
+        vllm_client.list_models("http://127.0.0.1:9/v1", timeout_s=5)
     assert down.value.status is None and "no answer" in str(down.value) and "127.0.0.1:9/v1/models" in str(down.value)

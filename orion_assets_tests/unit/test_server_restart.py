@@ -18,10 +18,11 @@ import duckdb
 import psutil
 import pytest
 
-from orion_assets.llm import GenerationRequest, SamplingParams, served, server
+from orion_assets.llm import GenerationRequest, SamplingParams
 from orion_assets.llm.openai_backend import OpenAIEndpoint
 from orion_assets.profiles.schema import EndpointConfig
 from orion_assets.progress import TERMINAL
+from orion_assets.serving import managed_server, vllm_client
 from orion_assets.store import Store
 
 MODEL = "student-base"
@@ -30,20 +31,20 @@ MODEL = "student-base"
 @pytest.fixture(autouse=True)
 def _no_server_left() -> Iterator[None]:
     yield
-    server.stop_all()
+    managed_server.stop_all()
 
 
-def _managed(tmp_path: Path, restarts: int) -> server.ManagedServer:
+def _managed(tmp_path: Path, restarts: int) -> managed_server.ManagedServer:
     (tmp_path / "sim.json").write_text(json.dumps({"latency_s": 0.25}))
-    port = server.free_port()
+    port = managed_server.free_port()
     command = (sys.executable, "-m", "orion_devtools.llm_simulator", MODEL, "--port", str(port), "--config",
                str(tmp_path / "sim.json"), "--print-log")
-    plan = server.ServerPlan(kind="vllm", model=MODEL, port=port, command=command, log_path=tmp_path / "serve.log",
-                             timeout_s=120, max_restarts=restarts, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
-    return server.server_for(f"test/{port}", lambda: plan)
+    plan = managed_server.ServerPlan(kind="vllm", model=MODEL, port=port, command=command, log_path=tmp_path / "serve.log",
+                                     timeout_s=120, max_restarts=restarts, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+    return managed_server.server_for(f"test/{port}", lambda: plan)
 
 
-def _endpoint(running: server.ManagedServer, store: Store) -> OpenAIEndpoint:
+def _endpoint(running: managed_server.ManagedServer, store: Store) -> OpenAIEndpoint:
     cfg = EndpointConfig(backend="openai", base_url=running.plan.base_url, model=MODEL, concurrency=4, max_retries=2,
                          max_tokens=32, timeout_s=60)
     return OpenAIEndpoint(cfg, store, role="student", backoff_base_s=0.05, backoff_max_s=0.2)
@@ -55,7 +56,7 @@ def _requests(n: int) -> list[GenerationRequest]:
             for i in range(n)]
 
 
-def _kill_when_answered(running: server.ManagedServer, answered: int) -> threading.Thread:
+def _kill_when_answered(running: managed_server.ManagedServer, answered: int) -> threading.Thread:
     """SIGKILL the server's whole process group (as the OOM killer ends vLLM's engine) once it has answered
     ``answered`` calls (its request log, one JSON line each), so that the kill falls mid-batch."""
     def kill() -> None:
@@ -93,7 +94,7 @@ def test_a_killed_server_is_started_again_and_every_call_is_answered_once(tmp_pa
     assert running.restarts == 1 and running.process.pid != first_pid and running.running
     assert running.plan.log_path.read_text().count("== ") == 2  # two starts in one log, on the same port
     # the adapter loaded at run time is served again by the new process
-    assert served.ServedModel("orion-0123456789ab", str(adapter), MODEL) in served.list_models(running.plan.base_url)
+    assert vllm_client.ServedModel("orion-0123456789ab", str(adapter), MODEL) in vllm_client.list_models(running.plan.base_url)
     said = [r for r in caplog.records if getattr(r, TERMINAL, False)]
     assert len(said) == 1 and "died (exit code -9): starting it again (restart 1 of 2)" in said[0].getMessage()
     assert _rows(tmp_path / "orion_store.duckdb") == (40, 40, 40)  # nothing lost, nothing twice
@@ -106,7 +107,7 @@ def test_a_server_that_may_not_be_restarted_fails_the_step_with_its_log_and_keep
     pid = running.process.pid
     store = Store(tmp_path / "orion_store.duckdb")
     killer = _kill_when_answered(running, answered=4)
-    with pytest.raises(server.ServerDiedError) as failed:
+    with pytest.raises(managed_server.ServerDiedError) as failed:
         _endpoint(running, store).generate(_requests(40))
     killer.join()
     message = str(failed.value)
@@ -124,7 +125,7 @@ def test_a_server_killed_between_steps_is_waited_for_by_the_next_step(tmp_path) 
     running = _managed(tmp_path, restarts=2)
     plan = running.plan
     os.killpg(running.process.pid, signal.SIGKILL)
-    again = server.server_for(f"test/{plan.port}", lambda: plan)
+    again = managed_server.server_for(f"test/{plan.port}", lambda: plan)
     assert again is running
-    assert [m.id for m in served.list_models(plan.base_url)] == [MODEL]
+    assert [m.id for m in vllm_client.list_models(plan.base_url)] == [MODEL]
     assert running.restarts == 1 and running.starts == 2  # started again once, by its watchdog

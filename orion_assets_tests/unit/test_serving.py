@@ -1,4 +1,4 @@
-"""Which server answers for which checkpoint (orion_assets/io/serving.py), and what `orion check` says of a
+"""Which server answers for which checkpoint (orion_assets/serving/), and what `orion check` says of a
 server the run will start."""
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from orion_assets.cli.check import run_preflight
 from orion_assets.cli.preflight.endpoints import _check_window
 from orion_assets.cli.preflight.plan import Stage
 from orion_assets.cli.preflight.report import Section
-from orion_assets.io import serving
-from orion_assets.llm import vllm_host
 from orion_assets.profiles import ProfileError, load_profile
 from orion_assets.profiles.schema import EndpointConfig
+from orion_assets.serving import vllm_host
+from orion_assets.serving.handover import served_endpoint
+from orion_assets.serving.served_weights import (
+    MARKER,
+    AskedWeights,
+    checkpoint_name,
+    merged_directory,
+    served_directory,
+)
 
 SERVED_VLLM = """
 [endpoints.student]
@@ -39,17 +46,17 @@ def test_a_served_directory_holds_the_base_weights_under_the_adapter_and_a_full_
         tiny_student_model, tmp_path) -> None:
     base = tiny_student_model.path
     adapter = _adapter(tmp_path / "ckpt" / "final")
-    lora = {"checkpoint_id": "c" * 16, "kind": "lora_adapter", "path": str(adapter)}
-    made = serving.served_directory(tmp_path / "served" / "orion-cccc", lora, str(base))
+    lora = AskedWeights(str(base), variant="orion", kind="lora_adapter", checkpoint_id="c" * 16, path=str(adapter))
+    made = served_directory(tmp_path / "served" / "orion-cccc", lora)
     assert (made / "config.json").resolve() == (base / "config.json").resolve()  # the base's config and weights
     assert (made / "model.safetensors").resolve() == (base / "model.safetensors").resolve()
     assert (made / "adapter_config.json").resolve() == (adapter / "adapter_config.json").resolve()
     assert (made / "tokenizer_config.json").resolve() == (adapter / "tokenizer_config.json").resolve()  # over the base's
     assert not (made / "build_info.json").exists()
-    assert (made / serving.MARKER).read_text() == "c" * 16
-    assert serving.served_directory(made, lora, str(base)) == made  # made once
-    full = {"checkpoint_id": "f" * 16, "kind": "full", "path": str(base)}
-    alone = serving.served_directory(tmp_path / "served" / "orion-ffff", full, "/nowhere")
+    assert (made / MARKER).read_text() == "c" * 16
+    assert served_directory(made, lora) == made  # made once
+    full = AskedWeights("/nowhere", variant="orion", kind="full", checkpoint_id="f" * 16, path=str(base))
+    alone = served_directory(tmp_path / "served" / "orion-ffff", full)
     assert not (alone / "adapter_config.json").exists() and (alone / "model.safetensors").is_symlink()
 
 
@@ -65,10 +72,11 @@ def test_a_merged_directory_answers_as_the_base_under_its_adapter_and_is_made_on
         if "lora_B" in name:
             torch.nn.init.normal_(weight, std=0.5)  # a fresh adapter's B is zero: it would change nothing
     peft_model.save_pretrained(tmp_path / "ckpt")
-    lora = {"checkpoint_id": "d" * 16, "kind": "lora_adapter", "path": str(tmp_path / "ckpt")}
+    lora = AskedWeights(str(base), variant="orion", kind="lora_adapter", checkpoint_id="d" * 16,
+                        path=str(tmp_path / "ckpt"))
 
-    made = serving.merged_directory(tmp_path / "merged" / "orion-dddd", lora, str(base))
-    assert (made / serving.MARKER).read_text() == "d" * 16 and not (made / "adapter_config.json").exists()
+    made = merged_directory(tmp_path / "merged" / "orion-dddd", lora)
+    assert (made / MARKER).read_text() == "d" * 16 and not (made / "adapter_config.json").exists()
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(made)(ids).logits
@@ -76,7 +84,7 @@ def test_a_merged_directory_answers_as_the_base_under_its_adapter_and_is_made_on
         plain = AutoModelForCausalLM.from_pretrained(base)(ids).logits
     assert torch.allclose(merged, applied, atol=1e-4) and not torch.allclose(merged, plain, atol=1e-2)
     stamp = (made / "model.safetensors").stat().st_mtime_ns
-    assert serving.merged_directory(made, lora, str(base)) == made
+    assert merged_directory(made, lora) == made
     assert (made / "model.safetensors").stat().st_mtime_ns == stamp  # made once
 
 
@@ -91,10 +99,22 @@ def test_a_variant_served_elsewhere_is_asked_there(write_profile) -> None:
         model = "orion-full"
         """)))
     checkpoint = {"variant": "orion", "kind": "full", "checkpoint_id": "a" * 16, "path": "/ckpt"}
-    cfg, model = serving.served_endpoint(profile.config, "tiny", base_model="/base", data_path=Path("/data"),
-                                         checkpoint=checkpoint)
+    cfg, model = served_endpoint(profile.config, "tiny", AskedWeights.of(checkpoint, "/base"), Path("/data"))
     assert (cfg.base_url, model) == ("http://127.0.0.1:8001/v1", "orion-full")
-    assert serving.checkpoint_name("orion", "0123456789abcdef") == "orion-0123456789ab"
+    assert checkpoint_name("orion", "0123456789abcdef") == "orion-0123456789ab"
+
+
+def test_what_is_asked_for_is_made_once_from_the_checkpoint_row() -> None:
+    """A trained checkpoint is asked for by its name; the base weights (no row, or a ``base`` row) are not."""
+    lora = AskedWeights.of({"variant": "orion", "kind": "lora_adapter", "checkpoint_id": "0123456789abcdef",
+                            "path": "/ckpt", "seed": 0}, "/base")
+    assert (lora.trained, lora.full, lora.name, lora.path, lora.base_model) == (
+        True, False, "orion-0123456789ab", "/ckpt", "/base")
+    assert AskedWeights.of({"variant": "teacher_sft", "kind": "full", "checkpoint_id": "f" * 16, "path": "/f"},
+                           "/base").full
+    assert not AskedWeights.of(None, "/base").trained
+    assert not AskedWeights.of({"variant": "base", "kind": "base", "checkpoint_id": "b" * 16, "path": "/base"},
+                               "/base").trained
 
 
 @pytest.mark.parametrize(("body", "error"), [

@@ -544,7 +544,7 @@ def test_sigkill_then_resume_from_last_checkpoint(tmp_path, tiny_student, sft_pa
 
 @pytest.mark.slow
 def test_pipes_materialize_reports_result_and_training_log(tmp_path, tiny_student, sft_parquet):
-    from orion_assets.training.pipes import run_sft_with_pipes
+    from orion_assets.io.sft_pipes import run_sft_with_pipes
 
     params = _params(tiny_student, sft_parquet, tmp_path / "pipes", max_steps=3, save_steps=2)
     outcomes = []

@@ -55,6 +55,13 @@ def test_tracking_changes_neither_the_config_hash_nor_the_profile_hash(tmp_path,
     assert logged.hash == plain.hash
 
 
+def test_a_checkpoint_is_identified_by_the_active_profile_s_name_and_hash(write_profile):
+    profile = load_profile(str(write_profile('[tracking]\nbackend = "none"\n', name="named.toml")))
+    ident = CheckpointIdentity.of(profile, "tiny", "orion", 2, "checkpoint-0", "config-0")
+    assert ident == CheckpointIdentity(profile.name, profile.hash, "tiny", "orion", 2, "checkpoint-0", "config-0")
+    assert ident.tags()["orion.profile_hash"] == profile.hash and ident.key == "checkpoint-0-seed2"
+
+
 def _score_in_process(args: tuple[str, int]) -> str:
     """One Dagster step's worth of tracking in its own process: open the checkpoint's run, log a score."""
     root, index = args

@@ -10,9 +10,10 @@ from orion_assets.cli.preflight.context import Context
 from orion_assets.cli.preflight.net import http_get, is_loopback, why_unreachable
 from orion_assets.cli.preflight.plan import Stage
 from orion_assets.cli.preflight.report import Section
-from orion_assets.io.serving import checkpoint_name, on_cpu, server_command
-from orion_assets.llm import vllm_host
 from orion_assets.profiles.schema import EndpointConfig
+from orion_assets.serving import vllm_host
+from orion_assets.serving.handover import on_cpu, server_command
+from orion_assets.serving.served_weights import checkpoint_name
 
 
 def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]) -> None:
@@ -76,7 +77,7 @@ def check_endpoint(ctx: Context, role: str, *, needed: bool, stages: list[Stage]
 
 def _check_variants(ctx: Context, section: Section, served: dict[str, dict]) -> None:
     """Evaluation asks the student server for each trained checkpoint by a name that carries its id
-    (``<variant>-<checkpoint id[:12]>``, io/serving.py): a server of the user's own must list each."""
+    (``<variant>-<checkpoint id[:12]>``, serving/served_weights.py): a server of the user's own must list each."""
     trained = [row for row in ctx.checkpoints() if row["variant"] != "base" and row.get("kind") != "base"]
     if ctx.selected("student_checkpoint") or not trained:
         section.add("warn", "evaluation asks for each checkpoint by <variant>-<checkpoint id[:12]>: serve them after "

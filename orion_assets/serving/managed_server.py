@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orion_assets.llm import served, vllm_host
+from orion_assets.llm.endpoint import ServerDiedError, register_managed_servers
 from orion_assets.progress import TERMINAL
+from orion_assets.serving import vllm_client, vllm_host
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ UNHEALTHY_GRACE_S = 60.0  # a live server that stops answering /health this long
 
 class ServerStartError(RuntimeError):
     """The managed server exited or did not get ready in time; the message ends with its log's last lines."""
-
-
-class ServerDiedError(RuntimeError):
-    """The managed server died mid-step more often than it may be restarted; the message ends with its log's
-    last lines."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ def default_command(kind: str, model: str, port: int, *, device: str, lora_rank:
     path: the base weights, an adapter directory (through PEFT) or a full fine-tune. vLLM serves the base with
     LoRA enabled and adapters loaded at run time, from ``vllm_python``'s environment through its OpenAI server
     module (the CPU build has no working ``vllm`` script), with ``host_args`` for the host it runs on
-    (:func:`orion_assets.llm.vllm_host.host_flags`)."""
+    (:func:`orion_assets.serving.vllm_host.host_flags`)."""
     if kind == "transformers":
         return [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", HOST, "--port", str(port),
                 "--device", device, "--log-level", "warning", *extra]
@@ -203,8 +199,8 @@ class ManagedServer:
                 raise ServerStartError(
                     f"the {plan.kind} server exited with code {process.returncode} before it was ready "
                     f"(command: {' '.join(plan.command)}; log {plan.log_path}):\n{self.log_tail()}")
-            with contextlib.suppress(served.ServerError, ValueError):
-                if served.is_healthy(plan.root_url) and served.list_models(plan.base_url) is not None:
+            with contextlib.suppress(vllm_client.ServerError, ValueError):
+                if vllm_client.is_healthy(plan.root_url) and vllm_client.list_models(plan.base_url) is not None:
                     return
             if time.monotonic() > deadline:
                 with self._lock:
@@ -250,8 +246,8 @@ class ManagedServer:
                 for name, path in dict(self.adapters).items():  # a new engine has none of them
                     logger.info("loading adapter %s from %s again into the %s server on port %d", name, path,
                                 self.plan.kind, self.plan.port)
-                    served.load_adapter(self.plan.base_url, name, path)
-            except (ServerStartError, served.ServerError) as exc:
+                    vllm_client.load_adapter(self.plan.base_url, name, path)
+            except (ServerStartError, vllm_client.ServerError) as exc:
                 with self._lock:
                     if self.process is process:  # not stopped meanwhile on purpose
                         self.process = None
@@ -272,7 +268,7 @@ class ManagedServer:
             if process is None:  # stopped or released on purpose: nothing to wait for
                 return waited
             if self._serving.is_set() and process.poll() is None:
-                if served.is_healthy(self.plan.root_url):
+                if vllm_client.is_healthy(self.plan.root_url):
                     return waited
                 # Alive but not answering: vLLM's API server shutting down after its engine died, or hung.
                 unhealthy_since = unhealthy_since or time.monotonic()
@@ -288,7 +284,7 @@ class ManagedServer:
 
     def load_adapter(self, name: str, path: str) -> None:
         """Serve the LoRA adapter at ``path`` as ``name`` (vLLM's runtime loading), again after any restart."""
-        served.load_adapter(self.plan.base_url, name, path)
+        vllm_client.load_adapter(self.plan.base_url, name, path)
         self.adapters[name] = path
 
     def stop(self, grace_s: float = 20.0) -> None:
@@ -308,7 +304,7 @@ class ManagedServer:
             return "asleep"
         if self.plan.sleep_mode:
             logger.info("putting the %s server on port %d to sleep", self.plan.kind, self.plan.port)
-            served.sleep(self.plan.base_url)
+            vllm_client.sleep(self.plan.base_url)
             self.asleep = True
             return "asleep"
         self.stop()
@@ -321,7 +317,7 @@ class ManagedServer:
             return self.start()
         if self.asleep:
             logger.info("waking the %s server on port %d", self.plan.kind, self.plan.port)
-            served.wake_up(self.plan.base_url)
+            vllm_client.wake_up(self.plan.base_url)
             self.asleep = False
             return self
         self.wait_serving()
@@ -343,6 +339,7 @@ def server_for(key: str, make_plan) -> ManagedServer:
             if not _SERVERS and not _HOOKED:
                 _HOOKED.append(True)
                 _install_exit_hooks()
+                register_managed_servers(managed_at)  # an openai endpoint at a server's URL waits for its restarts
             for other in _SERVERS.values():
                 other.release()
             server = _SERVERS[key] = ManagedServer(make_plan())
