@@ -109,9 +109,13 @@ def report(root: Path) -> str:
     assets = asset_functions(root)
     loads = profile_loads_at_import(root)
     over = sorted((n, c) for n, c in counts.items() if c > MAX_MODULE_LINES)
+    readme = len((root / "README.md").read_text(encoding="utf-8").splitlines())
+    names = Counter(m.rsplit(".", 1)[-1] for m, path in modules(root).items() if path.name != "__init__.py")
     lines = [f"# code shape of {root}", "", "## modules",
              f"{len(counts)} modules, {sum(counts.values())} lines; largest {max(counts.values())}; "
-             f"over {MAX_MODULE_LINES}: {', '.join(f'{n} ({c})' for n, c in over) or 'none'}", "",
+             f"over {MAX_MODULE_LINES}: {', '.join(f'{n} ({c})' for n, c in over) or 'none'}; README.md {readme} lines",
+             "names used by more than one module: "
+             + (", ".join(f"{n}.py ({c})" for n, c in sorted(names.items()) if c > 1) or "none"), "",
              "## asset functions (lines from def to end)"]
     lines += [f"{a.lines:4d}  {a.module}.{a.name}" + ("  OVER" if a.lines > MAX_ASSET_LINES else "")
               for a in sorted(assets, key=lambda a: -a.lines)]
