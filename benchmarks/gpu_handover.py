@@ -48,8 +48,7 @@ def part_handover(args: Any, work: Path, model: tuple[str, str, int], cuda: bool
     device = "cuda" if cuda else "cpu"
     memory: dict[str, float | None] = {"baseline": _used_gib(cuda)}
     port = managed_server.free_port()
-    command = managed_server.default_command("transformers", path, port, device=device, lora_rank=16,
-                                             gpu_memory_utilization=0.85, sleep_mode=False)
+    command = managed_server.default_command("transformers", path, port, device=device, lora_rank=16)
     env = managed_server.server_env("transformers", sleep_mode=False)
     plan = managed_server.ServerPlan(kind="transformers", model=path, port=port, command=tuple(command),
                                      log_path=work / "logs" / f"serve-handover-{port}.log", timeout_s=600, env=env)
