@@ -50,6 +50,7 @@ def test_gpu_check_without_cuda_stops_with_a_message(tmp_path: Path) -> None:
     assert not (tmp_path / "gpu.json").exists()
 
 
+@pytest.mark.slow  # runs the benchmark end to end on every backend: about 30 s
 def test_bench_writers_writes_every_partition_once_in_every_backend(tmp_path: Path) -> None:
     from orion_devtools.services import postgres_bin
 

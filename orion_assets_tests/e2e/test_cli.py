@@ -46,6 +46,7 @@ def seconds_free(lines: list[str]) -> list[str]:
 # -- user errors: one line, exit 2 ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # orion run in a subprocess: about 12 s
 def test_profile_typo_is_one_line_with_did_you_mean(orion_env, write_profile):
     profile = write_profile("[sft]\nlearning_rte = 1e-3\n")
     expected = f"profile {profile}: unknown key 'sft.learning_rte' (did you mean 'learning_rate'?)"
@@ -65,6 +66,7 @@ def test_a_query_longer_than_a_file_name_is_run_not_mistaken_for_a_path(orion_en
     assert done.stderr.startswith("orion sql: no DuckDB file at "), done.stderr
 
 
+@pytest.mark.slow  # orion run in a subprocess: about 11 s
 def test_broken_jsonl_line_names_file_line_and_reason(orion_env, write_profile, tmp_path):
     data = tmp_path / "pool.jsonl"
     data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": oops}\n')
@@ -149,6 +151,7 @@ def _student_profile(write_profile, base_url: str, eval_max_tokens: int = 1024) 
         """)
 
 
+@pytest.mark.slow  # orion check in a subprocess against the simulator: about 14 s
 def test_check_against_the_simulator(orion_env, write_profile):
     cfg = SimConfig(persona="student", model=QWEN, adapters={"teacher_sft": "rev-1", "orion": "rev-1"})
     with Simulator(cfg) as sim:
@@ -181,6 +184,7 @@ def test_check_against_the_simulator(orion_env, write_profile):
         assert not [r for r in sim.requests()], "orion check sends no chat request"
 
 
+@pytest.mark.slow  # orion check in a subprocess, waiting out a refused connection: about 16 s
 def test_check_against_an_unreachable_url(orion_env, write_profile):
     profile = _student_profile(write_profile, "http://127.0.0.1:9/v1")
     done = orion("check", "--profile", str(profile), "--select", "student_attempts")

@@ -363,6 +363,7 @@ def test_extension_wheels_must_match_duckdb(monkeypatch, tmp_path: Path):
 # -- orion sql, a sql/ file, orion report ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI in subprocesses on a lake: about 20 s
 def test_orion_sql_report_and_a_sql_file_on_a_lake(pg_s3_spec, write_profile, tmp_path: Path):
     from orion_assets_tests.unit.test_report import materialization, scores_frame
 
@@ -426,6 +427,7 @@ def test_orion_sql_report_and_a_sql_file_on_a_lake(pg_s3_spec, write_profile, tm
 # -- several writers at once ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several writer processes at once: about 19 s
 def test_concurrent_cache_appends_lose_nothing_and_duplicate_nothing(pg_spec, tmp_path: Path):
     go = tmp_path / "go"
     children = 4
@@ -453,6 +455,7 @@ def test_concurrent_cache_appends_lose_nothing_and_duplicate_nothing(pg_spec, tm
         assert texts[f"call-{i}"] in {f"child {c}" for c, planned in plans.items() if i in planned}
 
 
+@pytest.mark.slow  # several writer processes at once: about 15 s
 def test_concurrent_partition_writers(pg_spec, tmp_path: Path):
     store = open_store(pg_spec)
     for part in ("p0", "p1", "other1", "other2"):

