@@ -86,22 +86,25 @@ def subpackage(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 else module
 
 
-def import_graph(root: Path) -> Counter[tuple[str, str]]:
-    """How many module imports go from one subpackage (or top-level module) of the package to another."""
+def import_graph(root: Path) -> tuple[Counter[tuple[str, str]], Counter[str]]:
+    """How many module imports go from one subpackage (or top-level module) of the package to another, and how
+    many modules of each subpackage import dagster."""
     import grimp  # deferred: only this report needs it
 
     sys.path.insert(0, str(root))
     try:
-        graph = grimp.build_graph(PACKAGE, cache_dir=None)
+        graph = grimp.build_graph(PACKAGE, include_external_packages=True, cache_dir=None)
     finally:
         sys.path.remove(str(root))
     edges: Counter[tuple[str, str]] = Counter()
-    for importer in graph.modules:
+    dagster: Counter[str] = Counter()
+    for importer in (m for m in graph.modules if m.split(".")[0] == PACKAGE):
         for imported in graph.find_modules_directly_imported_by(importer):
-            a, b = subpackage(importer), subpackage(imported)
-            if a != b:
+            if imported.split(".")[0] == "dagster":
+                dagster[subpackage(importer)] += 1
+            elif imported.split(".")[0] == PACKAGE and (a := subpackage(importer)) != (b := subpackage(imported)):
                 edges[(a, b)] += 1
-    return edges
+    return edges, dagster
 
 
 def report(root: Path) -> str:
@@ -122,7 +125,10 @@ def report(root: Path) -> str:
     lines += ["", f"over {MAX_ASSET_LINES}: {sum(a.lines > MAX_ASSET_LINES for a in assets)} of {len(assets)}", "",
               "## profile loaded at import", *(loads or ["none"]), "", "## import graph (imports between subpackages)"]
     short = {f"{PACKAGE}.{name}": name for name in {subpackage(m).split(".")[-1] for m in counts}}
-    lines += [f"{n:4d}  {short.get(a, a)} -> {short.get(b, b)}" for (a, b), n in sorted(import_graph(root).items())]
+    edges, dagster = import_graph(root)
+    lines += [f"{n:4d}  {short.get(a, a)} -> {short.get(b, b)}" for (a, b), n in sorted(edges.items())]
+    lines += ["", "## modules importing dagster, by subpackage",
+              *(f"{n:4d}  {short.get(a, a)}" for a, n in sorted(dagster.items()))]
     return "\n".join(lines)
 
 
