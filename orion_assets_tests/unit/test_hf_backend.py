@@ -190,6 +190,7 @@ def test_release_models_frees_a_loaded_model_and_a_later_call_loads_it_again(tin
 
     from orion_assets.llm.hf_backend import release_models
 
+    release_models()  # whatever an earlier test of this worker's process left loaded: the count below is ours
     params = SamplingParams(max_tokens=4, temperature=0.0)
     endpoint = make_endpoint(_cfg(4), Store(tmp_path / "a.duckdb"), role="student", model_path=str(tiny_student.path))
     first = endpoint.generate(_requests(params)[:2])

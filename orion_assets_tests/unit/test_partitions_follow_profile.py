@@ -109,6 +109,7 @@ def test_two_profiles_build_their_own_definitions_in_one_process(write_profile) 
         tiny_defs, "benchmark_predictions")
 
 
+@pytest.mark.slow  # dagster's code location loaded in a subprocess: about 6 s
 def test_the_code_location_loaded_with_tiny_shows_only_what_tiny_makes() -> None:
     code = ("import json, warnings; warnings.simplefilter('ignore')\n"
             "from orion_assets.definitions import defs\n"

@@ -312,6 +312,7 @@ def test_report_from_path_or_open_connection(tmp_path: Path) -> None:
     assert tables == by_connection.markdown.split("## pass@1", 1)[1]
 
 
+@pytest.mark.slow  # orion report in a subprocess: about 10 s
 def test_orion_report_command(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     write_store(data_dir / "orion_store.duckdb", ALL_TABLES)

@@ -37,6 +37,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow  # dagster's code location loaded in a subprocess: about 6 s
 def test_the_profile_tags_reach_the_student_checkpoint_asset_when_the_definitions_load(write_profile, tmp_path):
     profile = write_profile(GPU_POOL)
     assert sft_op_tags(load_profile(str(profile)).config.sft.k8s) == {K8S_CONFIG_TAG: EXPECTED}
