@@ -37,12 +37,7 @@ ASSET_MODULES = (problems, teacher, exposure, reflection, baselines, quality, tr
 
 def blueprints() -> list[Blueprint]:
     """Every asset and check the asset modules declare, in graph order."""
-    found: dict[int, Blueprint] = {}  # by identity: a module may hold another's blueprint too
-    for module in ASSET_MODULES:
-        for value in vars(module).values():
-            if isinstance(value, Blueprint):
-                found.setdefault(id(value), value)
-    return list(found.values())
+    return [value for module in ASSET_MODULES for value in vars(module).values() if isinstance(value, Blueprint)]
 
 
 def build_definitions(profile: Profile, data_dir: str | Path = "data") -> dg.Definitions:
