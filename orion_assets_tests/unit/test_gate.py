@@ -20,7 +20,7 @@ from orion_assets.method.quality.results import GateResult
 from orion_assets.method.quality.rules import DROP_REASONS, row_drop_reasons
 from orion_assets.profiles.schema import QualityConfig
 from orion_assets.records import PACKAGE_DATA as PACKAGE_DATA_DIR
-from orion_assets_tests.graph import all_assets
+from orion_assets_tests.graph import all_assets, cot_quality, quality_gate, sft_dataset
 
 TRAIN = PACKAGE_DATA_DIR / "train"
 # The clean rows (real GSM8K and short AIME solutions) stay under max_tokens; the long one not.
@@ -500,7 +500,6 @@ def test_check_stores_per_variant_verdicts_and_sft_dataset_follows_them(tmp_path
     from orion_assets.io.resource import OrionResource
     from orion_assets.method.quality.verdicts import GATE_TABLE, latest_gate_verdict
     from orion_assets.store import Store
-    from orion_assets_tests.graph import quality_gate, sft_dataset
 
     profile = write_profile("[quality]\nmin_tokens = 8\nmax_tokens = 768\n")
     data_dir = tmp_path / "data"
@@ -599,7 +598,6 @@ def test_cot_quality_stores_drop_reasons_kept_and_teacher_similarity_and_the_rep
     from orion_assets.io.resource import OrionResource
     from orion_assets.method.evaluation.report import build_report, quality_frame
     from orion_assets.store import Store
-    from orion_assets_tests.graph import cot_quality
 
     with (TRAIN / "gsm8k_train.jsonl").open(encoding="utf-8") as handle:
         records = [json.loads(line) for _, line in zip(range(6), handle)]

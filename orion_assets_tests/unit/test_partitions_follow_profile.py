@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from orion_assets.definitions import build_definitions
 from orion_assets.io import partitions
 from orion_assets.method import partition_keys
 from orion_assets.method.variants import made_variants, skipped_variants
 from orion_assets.profiles import load_profile
+from orion_assets_tests.graph import all_assets, sft_dataset, student_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MADE = ["base", "teacher_sft", "orion", "orion_no_error"]  # a replay teacher makes no orion_no_reflection
@@ -75,8 +77,6 @@ def test_two_profiles_build_their_own_definitions_in_one_process(write_profile) 
     process, each hold what their own profile makes (partitions, SFT pod tags, schedule) and a resource naming
     their own profile and data folder; building one changes nothing of the other."""
     import dagster as dg
-
-    from orion_assets.definitions import build_definitions
 
     paper = load_profile(str(write_profile("""
         [sft.k8s.container_config.resources]
@@ -155,7 +155,6 @@ def test_a_variant_the_profile_cannot_make_has_no_partition_and_the_asset_still_
     from orion_assets.assets.training import _refuse_unless_gated
     from orion_assets.io.io_manager import resources_for
     from orion_assets.io.resource import OrionResource
-    from orion_assets_tests.graph import all_assets, sft_dataset, student_checkpoint
 
     orion = OrionResource(profile="tiny", data_dir=str(orion_env["data_dir"]))
     resources = {**resources_for(orion), "pipes_subprocess_client": dg.PipesSubprocessClient()}
